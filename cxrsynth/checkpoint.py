@@ -1,0 +1,94 @@
+"""Checkpoints: a directory with the run config, the weights (safetensors) and non-array state.
+
+    run.yaml            the whole RunConfig, so the model can be rebuilt
+    model.safetensors   `model.state()`
+    extra.json          `model.extra_state()` (vocabulary, tokenizer, ...)
+    train_state.json    step counter, losses, privacy ledger, what produced it
+    optimizers.pt       optimizer states (for resuming local training; never shipped)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import yaml
+from safetensors.numpy import load_file, save_file
+
+from cxrsynth.config import RunConfig, config_from_dict, dump_config
+from cxrsynth.errors import InputError
+from cxrsynth.models import build_model
+from cxrsynth.models.base import GenerativeModel
+
+WEIGHTS = "model.safetensors"
+
+
+def save_checkpoint(
+    out: str | Path,
+    model: GenerativeModel,
+    cfg: RunConfig,
+    train_state: Optional[dict] = None,
+    save_optimizers: bool = True,
+) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    state = {k: np.ascontiguousarray(v) for k, v in model.state().items()}
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(out / WEIGHTS)
+    (out / "extra.json").write_text(json.dumps(model.extra_state(), sort_keys=True), encoding="utf-8")
+    (out / "train_state.json").write_text(json.dumps(train_state or {}, indent=2, sort_keys=True), encoding="utf-8")
+    if save_optimizers and model.opts:
+        torch.save({k: o.state_dict() for k, o in model.opts.items()}, out / "optimizers.pt")
+    save_extra = getattr(model, "save_extra_files", None)
+    if save_extra is not None:
+        save_extra(out)
+    return out
+
+
+def load_run_config(ckpt: str | Path) -> RunConfig:
+    path = Path(ckpt) / "run.yaml"
+    if not path.is_file():
+        raise InputError(f"{ckpt}: not a checkpoint directory (no run.yaml); give the directory `cxrsynth train` wrote.")
+    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+
+
+def load_checkpoint(ckpt: str | Path, device: Optional[torch.device] = None) -> tuple[GenerativeModel, RunConfig, dict]:
+    """Rebuild the model from run.yaml and load its state. Returns (model, config, train_state)."""
+    ckpt = Path(ckpt)
+    cfg = load_run_config(ckpt)
+    model = build_model(cfg.model)
+    extra_path = ckpt / "extra.json"
+    if extra_path.is_file():
+        model.load_extra_state(json.loads(extra_path.read_text(encoding="utf-8")))
+    weights = ckpt / WEIGHTS
+    if not weights.is_file():
+        raise InputError(f"{ckpt}: no {WEIGHTS} in the checkpoint directory.")
+    model.load_state(load_file(str(weights)))
+    if device is not None:
+        model.to_device(device)
+    ts_path = ckpt / "train_state.json"
+    train_state = json.loads(ts_path.read_text(encoding="utf-8")) if ts_path.is_file() else {}
+    return model, cfg, train_state
+
+
+def load_optimizers(ckpt: str | Path, model: GenerativeModel) -> bool:
+    path = Path(ckpt) / "optimizers.pt"
+    if not path.is_file() or not model.opts:
+        return False
+    states: dict[str, Any] = torch.load(path, map_location=model.device, weights_only=True)
+    for k, opt in model.opts.items():
+        if k in states:
+            opt.load_state_dict(states[k])
+    return True
+
+
+def checkpoint_hash(ckpt: str | Path) -> str:
+    """SHA-256 of the weights file, short form, for provenance."""
+    h = hashlib.sha256((Path(ckpt) / WEIGHTS).read_bytes()).hexdigest()
+    return h[:16]

@@ -1,0 +1,176 @@
+"""The `cxrsynth` command.
+
+Arguments are declared here, in one place, so `cxrsynth --help` is fast and complete. Each command
+runs a handler named by "module:function"; handlers in `privacy`, `client` and `server` are found
+by name at run time, so the import graph still points one way (cxrsynth imports neither).
+Exit codes: 0 ok, 1 a check failed, 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Optional
+
+from cxrsynth.errors import CxrError, NotBuilt
+
+# command path -> (handler, issue that builds it)
+HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("demo",): ("server.demo:command", "issue 9"),
+    ("data", "phantom"): ("cxrsynth.data.commands:phantom", "issue 2"),
+    ("data", "ingest"): ("cxrsynth.data.commands:ingest", "issue 2"),
+    ("deid", "run"): ("privacy.deid.commands:run", "issue 3"),
+    ("deid", "eval"): ("privacy.deid.commands:evaluate", "issue 3"),
+    ("train",): ("cxrsynth.commands:train", "issue 2"),
+    ("fl", "simulate"): ("server.simulate:command", "issue 7"),
+    ("generate",): ("cxrsynth.commands:generate", "issue 2"),
+    ("evaluate",): ("cxrsynth.eval.commands:evaluate", "issue 9"),
+    ("audit",): ("privacy.audit.commands:audit", "issue 8"),
+    ("release",): ("privacy.release:command", "issue 8"),
+    ("release", "verify"): ("privacy.release:verify_command", "issue 8"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cxrsynth",
+        description="Federated, privacy-aware synthetic chest X-ray data: train across hospitals, audit, release.",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    d = sub.add_parser("demo", help="the main job end to end on phantom data (3 hospitals)")
+    d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    d.add_argument("--family", choices=["emixer", "ldm", "mopoe"], default="emixer")
+    d.add_argument("--quick", action="store_true", help="a shortened run (fewer records and rounds)")
+    d.set_defaults(path=("demo",))
+
+    data = sub.add_parser("data", help="make phantom data or ingest a site's data").add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
+    ph = data.add_parser("phantom", help="write a phantom dataset (with PHI in its reports)")
+    ph.add_argument("--out", required=True)
+    ph.add_argument("--n", type=int, default=500)
+    ph.add_argument("--sites", type=int, default=3)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--size", type=int, default=64, help="image side in pixels")
+    ph.add_argument("--no-lateral", action="store_true")
+    ph.set_defaults(path=("data", "phantom"))
+    ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
+    ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
+    ing.add_argument("--path", required=True)
+    ing.add_argument("--out", required=True)
+    ing.add_argument("--site", default="site0")
+    ing.add_argument("--size", type=int, default=0, help="resize images to this side (0: keep)")
+    ing.add_argument("--holdout", type=float, default=0.2, help="share of patients held out")
+    ing.add_argument("--seed", type=int, default=0)
+    ing.add_argument("--strict", action="store_true", help="fail on the first bad file or row")
+    ing.set_defaults(path=("data", "ingest"))
+
+    de = sub.add_parser("deid", help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)
+    dr = de.add_parser("run", help="JSON lines in -> de-identified JSON lines out")
+    dr.add_argument("--in", dest="input", required=True)
+    dr.add_argument("--out", required=True)
+    dr.add_argument("--config", default=None, help="de-identification settings (YAML)")
+    dr.add_argument("--workers", type=int, default=1)
+    dr.add_argument("--audit-log", default=None, help="where the on-site audit log goes (default: beside --out)")
+    dr.set_defaults(path=("deid", "run"))
+    dv = de.add_parser("eval", help="recall/precision per entity type against a gold file")
+    dv.add_argument("--gold", required=True)
+    dv.add_argument("--out", default=None, help="write the metrics as JSON here")
+    dv.add_argument("--config", default=None)
+    dv.set_defaults(path=("deid", "eval"))
+
+    t = sub.add_parser("train", help="train one model at one site (no federation)")
+    t.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
+    t.add_argument("--data", default=None, help="dataset directory (default: phantom data)")
+    t.add_argument("--out", default=None, help="checkpoint directory (default: train.out of the config)")
+    t.add_argument("--steps", type=int, default=None, help="override train.steps")
+    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.set_defaults(path=("train",))
+
+    fl = sub.add_parser("fl", help="federated training").add_subparsers(dest="fl_cmd", metavar="ACTION", required=True)
+    fs = fl.add_parser("simulate", help="K simulated sites with Flower's simulation engine")
+    fs.add_argument("--config", required=True)
+    fs.add_argument("--data", default=None, help="dataset directory to partition (default: phantom data)")
+    fs.add_argument("--out", default=None)
+    fs.add_argument("--rounds", type=int, default=None)
+    fs.add_argument("--resume", action="store_true")
+    fs.set_defaults(path=("fl", "simulate"))
+
+    g = sub.add_parser("generate", help="checkpoint -> synthetic dataset")
+    g.add_argument("--checkpoint", required=True)
+    g.add_argument("--n", type=int, required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--prompts", default=None, help="LDM: a file of prompts, one a line")
+    g.add_argument("--labels-from", default=None, help="condition on the label mix of this dataset directory")
+    g.set_defaults(path=("generate",))
+
+    ev = sub.add_parser("evaluate", help="fidelity, diversity, utility and report metrics")
+    ev.add_argument("--synthetic", required=True)
+    ev.add_argument("--real", required=True)
+    ev.add_argument("--out", required=True)
+    ev.add_argument("--checkpoint", default=None, help="a checkpoint for model-specific metrics (MoPoE linear probe)")
+    ev.add_argument("--extractor", default="classifier", help="feature extractor: classifier or a local weights file")
+    ev.set_defaults(path=("evaluate",))
+
+    a = sub.add_parser("audit", help="privacy audit of a synthetic dataset; exit 1 when a check fails")
+    a.add_argument("--synthetic", required=True)
+    a.add_argument("--train", required=True)
+    a.add_argument("--holdout", required=True)
+    a.add_argument("--policy", default=None, help="policy YAML (default thresholds otherwise)")
+    a.add_argument("--checkpoint", default=None, help="for membership inference and the DP ledger")
+    a.add_argument("--out", required=True)
+    a.set_defaults(path=("audit",))
+
+    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`")
+    r.add_argument("--synthetic")
+    r.add_argument("--audit")
+    r.add_argument("--key", help="Ed25519 private key (PEM); made if missing")
+    r.add_argument("--out")
+    r.set_defaults(path=("release",))
+    rs = r.add_subparsers(dest="release_cmd", metavar="verify")
+    rv = rs.add_parser("verify", help="check a release bundle's signature and every file hash")
+    rv.add_argument("dir")
+    rv.add_argument("--public-key", required=True)
+    rv.set_defaults(path=("release", "verify"))
+    return p
+
+
+def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
+    target, issue = HANDLERS[path]
+    module_name, func_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue) from None
+        raise
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue)
+    return func
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    if args.path == ("release",) and not (args.synthetic and args.audit and args.out):
+        print("cxrsynth release: needs --synthetic, --audit and --out (or `release verify DIR --public-key FILE`).", file=sys.stderr)
+        return 2
+    try:
+        handler = resolve(args.path)
+        return int(handler(args) or 0)
+    except CxrError as e:
+        print(f"cxrsynth: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("cxrsynth: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

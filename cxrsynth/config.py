@@ -1,0 +1,208 @@
+"""Every setting of a run, as frozen pydantic models, loaded from YAML.
+
+One YAML describes a whole run: data, model, training, DP, federation and audit policy.
+`--config` takes a YAML path or a preset name (`emixer-tiny`, `ldm-paper`, ...). A YAML may
+start from a preset with `preset: <name>` and override any key. Unknown keys, wrong types and
+out-of-range values are refused with a `ConfigError` naming the file, the key and what was
+expected (exit code 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxrsynth.errors import ConfigError
+from cxrsynth.models.emixer.config import EmixerConfig
+from cxrsynth.models.ldm.config import LDMConfig
+from cxrsynth.models.mopoe.config import MoPoEConfig
+
+PRESET_DIR = Path(__file__).parent / "presets"
+FAMILIES = ("emixer", "ldm", "mopoe")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PhantomConfig(Strict):
+    """The embedded phantom data used when no dataset path is given."""
+
+    n: int = Field(300, ge=1, le=1_000_000, description="number of studies")
+    sites: int = Field(3, ge=1, le=64)
+    seed: int = 0
+    image_size: int = Field(64, ge=16, le=1024)
+    lateral: bool = True
+
+
+class DataConfig(Strict):
+    path: Optional[Path] = Field(None, description="a dataset directory (manifest.csv); none: phantom data")
+    phantom: PhantomConfig = PhantomConfig()
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="share of patients held out (by patient)")
+    labeled_fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of training records whose labels are used")
+    split_seed: int = 0
+
+
+class TrainConfig(Strict):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+    out: Path = Path("runs/train")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; none: torch's default")
+
+
+class DPConfig(Strict):
+    """DP-SGD (Opacus) on the modules that read real data."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+
+
+class FederationConfig(Strict):
+    sites: int = Field(3, ge=1, le=64)
+    rounds: int = Field(3, ge=1)
+    local_steps: int = Field(20, ge=1)
+    strategy: Literal["fedavg", "fedprox", "fedadam"] = "fedavg"
+    proximal_mu: float = Field(0.01, ge=0.0, description="FedProx")
+    server_lr: float = Field(0.01, gt=0.0, description="FedAdam")
+    min_sites: int = Field(2, ge=1, description="a round with fewer results fails the run")
+    partition: Literal["by-site", "iid", "dirichlet"] = "by-site"
+    dirichlet_alpha: float = Field(0.5, gt=0.0)
+    reject_norm_factor: float = Field(10.0, gt=1.0, description="reject updates whose norm exceeds this times the round median")
+    client_dp: Literal["off", "fixed", "adaptive"] = "off"
+    client_dp_noise: float = Field(0.0, ge=0.0)
+    client_dp_clip: float = Field(10.0, gt=0.0)
+    out: Path = Path("runs/fl")
+
+
+class AuditPolicy(Strict):
+    """Release-gate thresholds (privacy/audit). Defaults are argued in the README."""
+
+    max_copy_rate: float = Field(0.001, ge=0.0, le=1.0)
+    copy_quantile: float = Field(0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances")
+    max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0)
+    max_mia_auc_upper: float = Field(0.6, ge=0.5, le=1.0)
+    max_phi_findings: int = Field(0, ge=0)
+    max_rare_ngram_leaks: int = Field(0, ge=0)
+    rare_ngram_n: int = Field(8, ge=3)
+    rare_ngram_k: int = Field(2, ge=1, description="an n-gram found in fewer than k training reports is rare")
+    require_dp: bool = False
+    epsilon_budget: Optional[float] = Field(None, gt=0.0)
+    bootstrap: int = Field(1000, ge=10)
+    encoder: Literal["pixels", "classifier"] = "pixels"
+    encoder_weights: Optional[Path] = None
+
+
+ModelConfig = Annotated[Union[EmixerConfig, LDMConfig, MoPoEConfig], Field(discriminator="family")]
+
+
+class RunConfig(Strict):
+    name: str = "run"
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    dp: DPConfig = DPConfig()
+    federation: FederationConfig = FederationConfig()
+    audit: AuditPolicy = AuditPolicy()
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file; give a YAML path or a preset ({', '.join(preset_names())}).") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}.")
+    return data
+
+
+def _resolve(source: str | Path, seen: tuple = ()) -> tuple[dict, str]:
+    src = str(source)
+    if src in preset_names() and not Path(src).suffix:
+        path = PRESET_DIR / f"{src}.yaml"
+    else:
+        path = Path(src)
+        if not path.exists() and not path.suffix:
+            raise ConfigError(f"{src}: neither a config file nor a preset; presets: {', '.join(preset_names())}.")
+    data = _read_yaml(path)
+    parent = data.pop("preset", None)
+    if parent is not None:
+        if parent in seen:
+            raise ConfigError(f"{path}: key 'preset': preset {parent!r} includes itself.")
+        if parent not in preset_names():
+            raise ConfigError(f"{path}: key 'preset': unknown preset {parent!r}; expected one of {', '.join(preset_names())}.")
+        base, _ = _resolve(parent, seen + (parent,))
+        data = _deep_merge(base, data)
+    return data, str(path)
+
+
+def format_validation_error(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: {err.error_count()} setting(s) not valid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in FAMILIES and len(e["loc"]) > 1 and e["loc"][0] == "model" and p == e["loc"][1]))
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and the section it is in)"
+        else:
+            msg = e["msg"]
+        got = e.get("input")
+        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  key '{key}': {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) -> RunConfig:
+    """Load a RunConfig from a YAML path or a preset name, with optional nested overrides."""
+    data, where = _resolve(source)
+    if overrides:
+        data = _deep_merge(data, overrides)
+    if "model" not in data:
+        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`).")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def config_from_dict(data: dict, where: str = "<config>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, where)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

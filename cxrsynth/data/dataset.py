@@ -1,0 +1,261 @@
+"""The dataset directory format: `manifest.csv` plus the PNG files it names.
+
+Real, de-identified and synthetic datasets all use it (see ARCHITECTURE.md, "The dataset format").
+Reading validates every row; a bad row is reported with the file and row number and, unless
+`strict`, skipped and counted in the returned `DatasetReport` so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxrsynth.data.records import LABELS, SPLITS, VIEWS, Record, empty_labels
+from cxrsynth.errors import InputError
+
+MANIFEST = "manifest.csv"
+BASE_COLUMNS = (
+    "record_id",
+    "patient_id",
+    "study_id",
+    "site",
+    "split",
+    "view",
+    "image_path",
+    "lateral_path",
+    "findings",
+    "impression",
+)
+COLUMNS = BASE_COLUMNS + LABELS + ("provenance",)
+REQUIRED = ("record_id", "patient_id", "study_id", "image_path")
+
+
+@dataclass
+class Problem:
+    file: str
+    row: Optional[int]  # 1-based data row (header is row 0); None for whole-file problems
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}" + (f", row {self.row}" if self.row is not None else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class DatasetReport:
+    """What a read or an ingest kept and what it skipped, with reasons."""
+
+    read: int = 0
+    kept: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+    def add(self, file: str, row: Optional[int], reason: str) -> None:
+        self.problems.append(Problem(str(file), row, reason))
+
+    def as_dict(self) -> dict:
+        reasons: dict[str, int] = {}
+        for p in self.problems:
+            key = p.reason.split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "skipped": self.skipped,
+            "skipped_by_reason": reasons,
+            "problems": [{"file": p.file, "row": p.row, "reason": p.reason} for p in self.problems],
+        }
+
+
+def parse_label(value: str) -> Optional[int]:
+    """Parse one label cell: '1', '0', '-1' (also '1.0' etc.) or empty; anything else is an error."""
+    v = value.strip()
+    if v == "":
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        raise ValueError(f"label value {value!r} is not one of 1, 0, -1 or empty") from None
+    if f not in (1.0, 0.0, -1.0):
+        raise ValueError(f"label value {value!r} is not one of 1, 0, -1 or empty")
+    return int(f)
+
+
+def load_png(path: Path) -> np.ndarray:
+    """Read an image as a 2-D uint8 array; raise ValueError naming the problem."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "I;16", "I"):
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise ValueError("image file is missing") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"image file is corrupt or not an image ({e.__class__.__name__})") from None
+    if arr.dtype != np.uint8:
+        arr = (arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
+    if arr.ndim != 2 or min(arr.shape) < 4:
+        raise ValueError(f"image has unusable shape {arr.shape}")
+    return arr
+
+
+def save_png(arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fixed PNG encoder settings so the same array always gives the same bytes.
+    Image.fromarray(np.asarray(arr, dtype=np.uint8), mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def read_dataset(
+    root: str | Path,
+    *,
+    strict: bool = False,
+    load_images: bool = True,
+    report: Optional[DatasetReport] = None,
+) -> tuple[list[Record], DatasetReport]:
+    """Read a dataset directory. Bad rows are reported (file + row) and skipped, or raised if strict."""
+    root = Path(root)
+    manifest = root / MANIFEST
+    report = report or DatasetReport()
+    if not manifest.is_file():
+        raise InputError(f"{manifest}: no manifest.csv here; a dataset is a directory with manifest.csv and its PNGs.")
+    raw = manifest.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        # Find the row so the message can name it.
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{manifest}: not UTF-8 text (byte {e.start}, line {line}); save the manifest as UTF-8.") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
+        raise InputError(f"{manifest}: header lacks required column(s) {missing}; expected columns {list(COLUMNS)}.")
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown:
+        raise InputError(f"{manifest}: unknown column(s) {unknown}; expected columns {list(COLUMNS)}.")
+    records: list[Record] = []
+    seen: set[str] = set()
+    for i, row in enumerate(reader, start=1):
+        report.read += 1
+        try:
+            rec = _row_to_record(row, root, load_images)
+            if rec.record_id in seen:
+                raise ValueError(f"duplicate record_id {rec.record_id!r}")
+            seen.add(rec.record_id)
+        except ValueError as e:
+            if strict:
+                raise InputError(f"{manifest}, row {i}: {e}") from None
+            report.add(str(manifest), i, str(e))
+            continue
+        records.append(rec)
+        report.kept += 1
+    return records, report
+
+
+def _row_to_record(row: dict, root: Path, load_images: bool) -> Record:
+    if None in row:  # csv puts surplus cells under the None key
+        raise ValueError(f"malformed row: {len(row[None])} more cell(s) than header columns")
+    for col in REQUIRED:
+        if not (row.get(col) or "").strip():
+            raise ValueError(f"malformed row: required column {col!r} is empty")
+    view = (row.get("view") or "PA").strip().upper()
+    if view not in VIEWS:
+        raise ValueError(f"view {view!r} is not one of {list(VIEWS)}")
+    split = (row.get("split") or "").strip()
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of 'train', 'holdout' or empty")
+    labels = empty_labels()
+    for name in LABELS:
+        try:
+            labels[name] = parse_label(row.get(name) or "")
+        except ValueError as e:
+            raise ValueError(f"column {name!r}: {e}") from None
+    image = lateral = None
+    if load_images:
+        image = _load_rel(root, row["image_path"], "image_path")
+        if (row.get("lateral_path") or "").strip():
+            lateral = _load_rel(root, row["lateral_path"], "lateral_path")
+    return Record(
+        record_id=row["record_id"].strip(),
+        patient_id=row["patient_id"].strip(),
+        study_id=row["study_id"].strip(),
+        site=(row.get("site") or "").strip(),
+        split=split,
+        view=view,
+        findings=row.get("findings") or "",
+        impression=row.get("impression") or "",
+        labels=labels,
+        image=image,
+        lateral=lateral,
+        provenance=row.get("provenance") or "",
+    )
+
+
+def _load_rel(root: Path, rel: str, column: str) -> np.ndarray:
+    rel = rel.strip()
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"{column} {rel!r} points outside the dataset directory")
+    try:
+        return load_png(path)
+    except ValueError as e:
+        raise ValueError(f"{column} {rel}: {e}") from None
+
+
+def image_relpath(record: Record, lateral: bool = False) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.record_id)
+    return f"images/{safe}{'_lat' if lateral else ''}.png"
+
+
+def write_dataset(root: str | Path, records: Iterable[Record]) -> Path:
+    """Write records as a dataset directory (manifest.csv + PNGs). Returns the manifest path.
+
+    PHI header fields (`Record.phi_meta`) are never written.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for rec in records:
+        if rec.image is None:
+            raise InputError(f"record {rec.record_id}: has no image to write")
+        img_rel = image_relpath(rec)
+        save_png(rec.image, root / img_rel)
+        lat_rel = ""
+        if rec.lateral is not None:
+            lat_rel = image_relpath(rec, lateral=True)
+            save_png(rec.lateral, root / lat_rel)
+        row = {
+            "record_id": rec.record_id,
+            "patient_id": rec.patient_id,
+            "study_id": rec.study_id,
+            "site": rec.site,
+            "split": rec.split,
+            "view": rec.view,
+            "image_path": img_rel,
+            "lateral_path": lat_rel,
+            "findings": rec.findings,
+            "impression": rec.impression,
+            "provenance": rec.provenance,
+        }
+        for name in LABELS:
+            v = rec.labels.get(name)
+            row[name] = "" if v is None else str(int(v))
+        rows.append(row)
+    manifest = root / MANIFEST
+    tmp = manifest.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(manifest)
+    return manifest

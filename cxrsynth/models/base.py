@@ -1,0 +1,109 @@
+"""The small interface every model family implements.
+
+Training, federation, DP, generation and the audit are written once against it:
+
+- built from its pydantic config: `Model(config)`;
+- `setup(records)`: fit what depends on the training data (vocabulary, tokenizer) before step 0;
+- `nets`: an `nn.ModuleDict` of the trainable networks, and `reads_real_data(name)` saying which
+  of them see real records (DP-SGD applies to those; the rest are post-processing);
+- `opts`: one optimizer per entry of `nets`, made by `make_optimizers()`;
+- `train_step(records)`: one step on a batch of records, returning scalar losses;
+- `state()` / `load_state()`: flat name -> numpy array mapping (what Flower ships, safetensors on disk);
+- `generate(n, conditions, seed)`: synthetic records (image(s), report, labels);
+- `member_scores(records)`: per-record score for membership inference, higher = more member-like.
+
+`privacy.dp` wraps entries of `nets` in Opacus `GradSampleModule`s and entries of `opts` in
+`DPOptimizer`s in place, so a family must reach its networks and optimizers only through these
+two dicts inside `train_step`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrsynth.data.records import Record
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under an Opacus GradSampleModule (or DDP) wrapper."""
+    while hasattr(module, "_module"):
+        module = module._module
+    return module
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class GenerativeModel(nn.Module):
+    family: ClassVar[str] = ""
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+        self.nets = nn.ModuleDict()
+        self.opts: dict[str, torch.optim.Optimizer] = {}
+        self.device = torch.device("cpu")
+
+    # ---- data-dependent setup -------------------------------------------------------------
+    def setup(self, records: Sequence[Record]) -> None:
+        """Fit data-dependent parts (vocabulary, tokenizer). Default: nothing to fit."""
+
+    def extra_state(self) -> dict:
+        """JSON-serialisable state that is not arrays (vocabulary, tokenizer); saved with checkpoints."""
+        return {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        """Restore what `extra_state` returned."""
+
+    # ---- training -------------------------------------------------------------------------
+    def reads_real_data(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def train_step(self, records: list[Record]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def to_device(self, device: torch.device) -> "GenerativeModel":
+        self.device = device
+        return self.to(device)
+
+    # ---- weights --------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Flat name -> array of all weights and buffers, independent of DP wrappers."""
+        out: dict[str, np.ndarray] = {}
+        for name, net in self.nets.items():
+            for k, v in unwrap(net).state_dict().items():
+                out[f"{name}.{k}"] = v.detach().cpu().numpy().copy()
+        return out
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        per_net: dict[str, dict[str, torch.Tensor]] = {n: {} for n in self.nets}
+        for key, arr in state.items():
+            name, _, rest = key.partition(".")
+            if name not in per_net:
+                raise KeyError(f"state key {key!r} names no network of {self.family} ({list(per_net)})")
+            per_net[name][rest] = torch.as_tensor(np.asarray(arr))
+        for name, net in self.nets.items():
+            unwrap(net).load_state_dict(per_net[name], strict=True)
+
+    # ---- generation and audit -------------------------------------------------------------
+    def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
+        raise NotImplementedError
+
+    def member_scores(self, records: Sequence[Record]) -> np.ndarray:
+        raise NotImplementedError
+
+
+def save_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""emixer family: exposes `Model` once built."""

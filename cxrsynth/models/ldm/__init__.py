@@ -1,0 +1,1 @@
+"""ldm family: exposes `Model` once built."""

@@ -1,0 +1,1 @@
+"""mopoe family: exposes `Model` once built."""

@@ -1,0 +1,231 @@
+"""The local training loop, shared by `cxrsynth train` and the Flower ClientApp.
+
+The families differ in their step, not in the loop: batching (uniform or Poisson sampling for
+DP-SGD), logging, checkpointing and resuming live here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from cxrsynth.checkpoint import load_checkpoint, load_optimizers, save_checkpoint
+from cxrsynth.config import RunConfig
+from cxrsynth.data.records import Record
+from cxrsynth.errors import InputError
+from cxrsynth.models import build_model
+from cxrsynth.models.base import GenerativeModel, pick_device
+from cxrsynth.progress import Progress
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class BatchSampler:
+    """Draws batches of records.
+
+    'shuffle': fixed-size batches from reshuffled epochs. 'poisson': each record joins a batch
+    independently with probability batch_size / n, the sampling DP-SGD accounting assumes
+    (batches vary in size and may be empty).
+    """
+
+    def __init__(self, records: Sequence[Record], batch_size: int, seed: int, mode: str = "shuffle"):
+        if not records:
+            raise InputError("no training records: the dataset (after the holdout split) is empty.")
+        self.records = list(records)
+        self.batch_size = min(batch_size, len(self.records))
+        self.mode = mode
+        self.rng = np.random.default_rng(seed)
+        self._order: list[int] = []
+
+    @property
+    def sample_rate(self) -> float:
+        return self.batch_size / len(self.records)
+
+    def __iter__(self) -> Iterator[list[Record]]:
+        return self
+
+    def __next__(self) -> list[Record]:
+        if self.mode == "poisson":
+            mask = self.rng.random(len(self.records)) < self.sample_rate
+            return [self.records[i] for i in np.flatnonzero(mask)]
+        if len(self._order) < self.batch_size:
+            self._order += list(self.rng.permutation(len(self.records)))
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        return [self.records[i] for i in take]
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    step: int  # global step counter after training
+    losses: dict[str, float]  # mean of each loss over this call's steps
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def train_steps(
+    model: GenerativeModel,
+    records: Sequence[Record],
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    sampling: str = "shuffle",
+    start_step: int = 0,
+    log_every: int = 10,
+    on_step: Optional[Callable[[int, dict], None]] = None,
+    progress: Optional[Progress] = None,
+    label: str = "train",
+) -> TrainResult:
+    """Run `steps` training steps of `model` on `records`. No I/O beyond what `on_step` does."""
+    sampler = BatchSampler(records, batch_size, seed + start_step, sampling)
+    model.train()
+    sums: dict[str, float] = {}
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    bar = progress.task(label, total=steps) if progress else None
+    for i in range(steps):
+        batch = next(sampler)
+        losses = model.train_step(batch)
+        for k, v in losses.items():
+            if not math.isfinite(v):
+                raise FloatingPointError(f"loss {k} became {v} at step {start_step + i + 1}; lower the learning rate.")
+            sums[k] = sums.get(k, 0.0) + float(v)
+        step = start_step + i + 1
+        entry = {"step": step, **{k: float(v) for k, v in losses.items()}}
+        history.append(entry)
+        if on_step:
+            on_step(step, entry)
+        if bar is not None:
+            bar.advance(1, " ".join(f"{k}={v:.3g}" for k, v in list(losses.items())[:3]) if step % log_every == 0 or i == steps - 1 else None)
+    if bar is not None:
+        bar.done()
+    return TrainResult(
+        steps_done=steps,
+        step=start_step + steps,
+        losses={k: v / steps for k, v in sums.items()},
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )
+
+
+def load_run_data(cfg: RunConfig) -> list[Record]:
+    """The records a run trains on: the dataset at `data.path`, or phantom data; split by patient."""
+    from cxrsynth.data.split import split_by_patient
+
+    if cfg.data.path is not None:
+        from cxrsynth.data.dataset import read_dataset
+
+        records, report = read_dataset(cfg.data.path)
+        if report.skipped:
+            for p in report.problems[:10]:
+                print(f"skipped {p}")
+            print(f"{report.skipped} row(s) of {cfg.data.path} skipped; {report.kept} kept.")
+    else:
+        from cxrsynth.data.phantom import make_phantom
+
+        p = cfg.data.phantom
+        records = make_phantom(n=p.n, sites=p.sites, seed=p.seed, image_size=p.image_size, lateral=p.lateral)
+    if not any(r.split for r in records):
+        records = split_by_patient(records, cfg.data.holdout_fraction, cfg.data.split_seed)
+    return records
+
+
+def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
+    """Keep labels on only `fraction` of the records (the few-label setting); the rest lose labels."""
+    if fraction >= 1.0:
+        return list(records)
+    rng = np.random.default_rng(seed)
+    keep = rng.random(len(records)) < fraction
+    from cxrsynth.data.records import empty_labels
+
+    return [r if k else r.with_(labels=empty_labels()) for r, k in zip(records, keep)]
+
+
+def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, privatize: Optional[Callable] = None, progress: Optional[Progress] = None) -> Path:
+    """Train one site (no federation): data -> model -> steps -> checkpoint in `out`.
+
+    `privatize(model, cfg, sample_rate)` is given by the caller when DP is on (privacy.dp); it wraps
+    the real-data networks in place and returns a ledger callable.
+    """
+    out = Path(out or cfg.train.out)
+    progress = progress or Progress()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    device = pick_device(cfg.train.device)
+    records = load_run_data(cfg)
+    train_records = [r for r in records if r.split != "holdout"]
+    train_records = apply_labeled_fraction(train_records, cfg.data.labeled_fraction, cfg.train.seed)
+    start_step = 0
+    history: list[dict] = []
+    if resume and (out / "run.yaml").is_file():
+        model, _, state = load_checkpoint(out, device)
+        start_step = int(state.get("step", 0))
+        history = state.get("history", [])
+        model.opts = model.make_optimizers()
+        load_optimizers(out, model)
+        progress.say(f"resuming from {out} at step {start_step}")
+    else:
+        model = build_model(cfg.model)
+        model.setup(train_records)
+        model.to_device(device)
+        model.opts = model.make_optimizers()
+    remaining = cfg.train.steps - start_step
+    if remaining <= 0:
+        progress.say(f"{out} already has {start_step} of {cfg.train.steps} steps; nothing to do.")
+        return out
+    ledger = None
+    sampling = "shuffle"
+    if cfg.dp.enabled:
+        if privatize is None:
+            raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
+        ledger = privatize(model, cfg, min(cfg.train.batch_size, len(train_records)) / len(train_records))
+        sampling = "poisson"
+    log_path = out / "losses.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    every = cfg.train.checkpoint_every
+    with open(log_path, "a", encoding="utf-8") as log:
+
+        def on_step(step: int, entry: dict) -> None:
+            log.write(json.dumps(entry) + "\n")
+            history.append(entry)
+            if every and step % every == 0 and step < cfg.train.steps:
+                log.flush()
+                save_checkpoint(out, model, cfg, _train_state(step, history, ledger))
+
+        result = train_steps(
+            model,
+            train_records,
+            steps=remaining,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            sampling=sampling,
+            start_step=start_step,
+            log_every=cfg.train.log_every,
+            on_step=on_step,
+            progress=progress,
+            label=f"train {cfg.model.family}",
+        )
+    save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger))
+    progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s; checkpoint: {out}")
+    return out
+
+
+def _train_state(step: int, history: list[dict], ledger) -> dict:
+    state = {"step": step, "history": history[-2000:]}
+    if ledger is not None:
+        state["privacy_ledger"] = ledger()
+    return state
