@@ -1,0 +1,29 @@
+"""Image arrays <-> model tensors. Models work on (B, 1, S, S) floats in [-1, 1]."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def images_to_tensor(images: Sequence[np.ndarray], size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stack uint8 HxW images into a (B, 1, size, size) tensor in [-1, 1] (area-resized when needed)."""
+    if len(images) == 0:
+        return torch.zeros(0, 1, size, size, device=device)
+    out = []
+    for im in images:
+        t = torch.as_tensor(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)[None, None]
+        if t.shape[-2:] != (size, size):
+            mode = "area" if t.shape[-1] > size else "bilinear"
+            t = F.interpolate(t, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+        out.append(t)
+    return torch.cat(out).to(device)
+
+
+def tensor_to_images(t: torch.Tensor) -> list[np.ndarray]:
+    """(B, 1, H, W) in [-1, 1] -> list of HxW uint8 arrays."""
+    arr = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return [a[0] for a in arr]
