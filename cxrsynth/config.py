@@ -82,25 +82,43 @@ class FederationConfig(Strict):
     client_dp: Literal["off", "fixed", "adaptive"] = "off"
     client_dp_noise: float = Field(0.0, ge=0.0)
     client_dp_clip: float = Field(10.0, gt=0.0)
+    vocab_min_count: int = Field(10, ge=1, description="a site reports a report token's count only when it reaches this (rare words never leave)")
+    round_timeout: float = Field(3600.0, gt=0.0, description="seconds the server waits for a round's replies")
     out: Path = Path("runs/fl")
 
 
-class AuditPolicy(Strict):
-    """Release-gate thresholds (privacy/audit). Defaults are argued in the README."""
+AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger")
 
+
+class AuditPolicy(Strict):
+    """Release-gate thresholds (privacy/audit). Defaults are argued in the README (privacy audit)."""
+
+    # Image memorization. A copy is a synthetic image whose nearest training image is closer than
+    # copy_margin x the copy_quantile of holdout-to-train nearest-neighbour distances: calibrated on
+    # the site's own unseen patients, never a hand-set distance.
     max_copy_rate: float = Field(0.001, ge=0.0, le=1.0)
-    copy_quantile: float = Field(0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances")
+    copy_quantile: float = Field(0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances ...")
+    copy_margin: float = Field(0.5, gt=0.0, le=1.0, description="... times this factor")
     max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0)
     max_mia_auc_upper: float = Field(0.6, ge=0.5, le=1.0)
     max_phi_findings: int = Field(0, ge=0)
     max_rare_ngram_leaks: int = Field(0, ge=0)
     rare_ngram_n: int = Field(8, ge=3)
     rare_ngram_k: int = Field(2, ge=1, description="an n-gram found in fewer than k training reports is rare")
+    near_duplicate_jaccard: float = Field(0.9, gt=0.0, le=1.0, description="MinHash Jaccard similarity that makes two reports near-duplicates")
+    max_near_duplicate_excess: float = Field(0.05, ge=0.0, le=1.0, description="synthetic near-duplicate rate may exceed holdout's by this much")
+    text_encoder: Optional[Path] = Field(None, description="a local sentence-embedding model directory (transformers); none: that check is not run")
     require_dp: bool = False
     epsilon_budget: Optional[float] = Field(None, gt=0.0)
     bootstrap: int = Field(1000, ge=10)
-    encoder: Literal["pixels", "classifier"] = "pixels"
-    encoder_weights: Optional[Path] = None
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    encoder: Literal["pixels", "selfsup", "file"] = "pixels"
+    encoder_weights: Optional[Path] = Field(None, description="encoder 'file': TorchScript (.pt) or self-supervised encoder weights (.safetensors)")
+    pixel_grid: int = Field(16, ge=4, le=128, description="encoder 'pixels': side of the downsampled image")
+    selfsup_steps: int = Field(300, ge=1)
+    chunk: int = Field(4096, ge=16, description="nearest-neighbour search block size (bounds memory)")
+    skip: tuple[Literal[AUDIT_CHECKS], ...] = Field((), description="checks the steward deliberately leaves out; recorded in the audit and the dataset card")
+    seed: int = 0
 
 
 ModelConfig = Annotated[Union[EmixerConfig, LDMConfig, MoPoEConfig], Field(discriminator="family")]
