@@ -1,0 +1,106 @@
+"""The hospital's Flower ClientApp: train, evaluate, vocabulary counts and the audit query.
+
+Thin by design: it reads records, calls client.task / privacy.dp, and writes records back.
+Every reply passes client.egress.egress_guard. Node config keys: `data-path` (the site's
+de-identified dataset directory), `site` (its name), `ledger-path` (where the site keeps its
+privacy ledger across runs; default: beside the dataset).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Optional
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.egress import egress_guard
+from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
+from client.task import load_site, token_counts, train_round
+
+DP_STATE = "dp-ledger"
+
+
+def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]:
+    nc = context.node_config
+    if ledger_dir is not None and "partition-id" in nc:
+        return ledger_dir / f"site{nc['partition-id']}.dp-ledger.json"
+    if "ledger-path" in nc:
+        return Path(str(nc["ledger-path"]))
+    if "data-path" in nc:
+        return Path(str(nc["data-path"])).parent / f"{Path(str(nc['data-path'])).name}.dp-ledger.json"
+    return None
+
+
+def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
+    """The site's accountant history: the node's persistent state, or its ledger file if that has more steps."""
+    from privacy.dp import read_ledger_file
+
+    in_state = ledger_from_record(context.state[DP_STATE])["history"] if DP_STATE in context.state else []
+    on_disk = read_ledger_file(_ledger_path(context, ledger_dir))
+    return max(in_state, on_disk, key=lambda h: sum(int(s) for _, _, s in h))
+
+
+def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
+    cfg, extra = read_round_config(msg.content["config"])
+    site = load_site(cfg, context.node_config)
+    result = train_round(
+        cfg,
+        site,
+        extra,
+        from_arrays(msg.content["arrays"]),
+        server_round=int(msg.content["config"]["server-round"]),
+        proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
+        dp_history=_dp_history(context, ledger_dir) if cfg.dp.enabled else None,
+    )
+    content = RecordDict({"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **result.metrics})})
+    if result.ledger is not None:
+        from privacy.dp import write_ledger_file
+
+        content["ledger"] = ledger_to_record(result.ledger)
+        context.state[DP_STATE] = content["ledger"]
+        write_ledger_file(_ledger_path(context, ledger_dir), result.ledger)
+    return Message(content, reply_to=msg)
+
+
+def evaluate(msg: Message, context: Context) -> Message:
+    """Mean membership score of the global model on this site's training records (a scalar)."""
+    from client.task import rebuild_model
+
+    cfg, extra = read_round_config(msg.content["config"])
+    site = load_site(cfg, context.node_config)
+    model = rebuild_model(cfg, extra, from_arrays(msg.content["arrays"]), __import__("torch").device("cpu"))
+    model.eval()
+    sample = site.train[: min(len(site.train), 32)]
+    scores = model.member_scores(sample)
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(sample), "member-score": float(scores.mean())})}), reply_to=msg)
+
+
+def vocab(msg: Message, context: Context) -> Message:
+    """Counts of frequent report tokens, for the shared vocabulary (server/vocab.py)."""
+    cfg, _ = read_round_config(msg.content["config"])
+    site = load_site(cfg, context.node_config)
+    counts, n_reports = token_counts(site.train, cfg.federation.vocab_min_count)
+    return Message(RecordDict({"counts": MetricRecord(counts), "metrics": MetricRecord({"num-reports": n_reports})}), reply_to=msg)
+
+
+def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> ClientApp:
+    """The ClientApp; `mods` run outside the egress guard (tests use one to capture what leaves).
+
+    `ledger_dir`: where simulated sites keep their privacy ledgers across runs.
+    """
+    app = ClientApp(mods=[*(mods or []), egress_guard])
+    ledger_dir = Path(ledger_dir) if ledger_dir else None
+    app.train()(lambda msg, context: train(msg, context, ledger_dir))
+    app.evaluate()(evaluate)
+    app.query("vocab")(vocab)
+    if importlib.util.find_spec("client.query") is not None:
+        # The federated audit query (privacy/audit, issue 8) answers with counts and scalars only.
+        from client.query import handle
+
+        app.query()(handle)
+    return app
+
+
+app = make_app()

@@ -1,0 +1,71 @@
+"""The site's egress rule, enforced on every reply the ClientApp sends (a Flower mod).
+
+Only model arrays (train replies), counts and scalar metrics (MetricRecords) and privacy-ledger
+entries (the `ledger` ConfigRecord, numbers and one enumerated string) may leave a hospital.
+Anything else (text, images, record ids, file paths) stops the reply at the site. Errors carry
+our own messages for expected failures and only the exception type for unexpected ones, since an
+arbitrary exception text could quote data.
+"""
+
+from __future__ import annotations
+
+import logging
+import numbers
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+
+from cxrsynth.errors import CxrError
+
+LEDGER_STRINGS = {"accountant"}
+log = logging.getLogger("cxrsynth.client")
+
+
+class EgressRefused(RuntimeError):
+    """A reply that would carry something other than arrays, counts, scalar metrics or ledger entries."""
+
+
+def _numeric(v) -> bool:
+    if isinstance(v, (list, tuple)):
+        return all(isinstance(x, numbers.Number) for x in v)
+    return isinstance(v, numbers.Number)
+
+
+def check_reply(msg: Message) -> None:
+    """Raise EgressRefused naming the record and key that may not leave the site."""
+    if msg.has_error():
+        return
+    kind = msg.metadata.message_type.split(".")[0]
+    for name, rec in msg.content.items():
+        if isinstance(rec, ArrayRecord):
+            if kind != "train":
+                raise EgressRefused(f"record {name!r}: model arrays leave a site only in train replies, not {kind}.")
+        elif isinstance(rec, MetricRecord):
+            bad = [k for k, v in rec.items() if not _numeric(v)]
+            if bad:
+                raise EgressRefused(f"record {name!r}: metric(s) {bad[:3]} are not numbers.")
+        elif isinstance(rec, ConfigRecord):
+            if name != "ledger":
+                raise EgressRefused(f"record {name!r}: only the privacy ledger may travel as a ConfigRecord.")
+            bad = [k for k, v in rec.items() if not (_numeric(v) or (k in LEDGER_STRINGS and isinstance(v, str) and len(v) < 16))]
+            if bad:
+                raise EgressRefused(f"ledger key(s) {bad[:3]} are neither numbers nor an accountant name.")
+        else:
+            raise EgressRefused(f"record {name!r} of type {type(rec).__name__} may not leave a site.")
+
+
+def egress_guard(msg: Message, context: Context, call_next) -> Message:
+    """Flower mod: run the handler, turn failures into safe error replies, check what goes out."""
+    try:
+        reply = call_next(msg, context)
+    except CxrError as e:
+        log.error("%s", e)
+        return Message(Error(code=1, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
+    except Exception as e:  # noqa: BLE001 - the details stay in the site's log
+        log.exception("ClientApp failed")
+        return Message(Error(code=2, reason=f"{type(e).__name__} at the site (details in the site's log)"), reply_to=msg)
+    try:
+        check_reply(reply)
+    except EgressRefused as e:
+        log.error("reply stopped at the site: %s", e)
+        return Message(Error(code=3, reason=f"egress refused: {e}"), reply_to=msg)
+    return reply

@@ -1,0 +1,180 @@
+"""What a hospital node does in a federated round, with no Flower types: data, model, local steps, DP.
+
+The ClientApp (client/app.py) only moves records in and out of these functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cxrsynth.config import RunConfig
+from cxrsynth.data.records import Record
+from cxrsynth.data.text import tokenize
+from cxrsynth.errors import InputError
+from cxrsynth.models import build_model
+from cxrsynth.models.base import GenerativeModel, pick_device, unwrap
+from cxrsynth.train import apply_labeled_fraction, load_run_data, seed_everything, train_steps
+
+
+@dataclass
+class SiteData:
+    site: str
+    train: list[Record]
+
+
+_SITE_CACHE: dict[tuple, SiteData] = {}
+
+
+def _partition_of(records: list[Record], k: int, i: int, cfg: RunConfig) -> list[Record]:
+    try:
+        from cxrsynth.data.partition import partition  # the data engineer's partitioner, when present
+    except ImportError:
+        partition = None
+    if partition is not None:
+        parts = partition(records, k, mode=cfg.federation.partition, alpha=cfg.federation.dirichlet_alpha, seed=cfg.data.split_seed)
+        return list(parts[i])
+    sites = sorted({r.site for r in records})
+    if len(sites) == k:
+        return [r for r in records if r.site == sites[i]]
+    # Patients, not images, are dealt to sites, so a patient never sits at two hospitals.
+    return [r for r in records if int(hashlib.sha256(r.patient_id.encode()).hexdigest()[:8], 16) % k == i]
+
+
+def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
+    """The training records of this node.
+
+    A hospital node names its (ingested, de-identified) dataset with the node config key
+    `data-path`; a simulated node gets `partition-id` / `num-partitions` and takes its share of
+    the run's dataset (phantom data when `data.path` is empty).
+    """
+    key = (tuple(sorted((k, str(v)) for k, v in node_config.items())), cfg.data.model_dump_json())
+    if key in _SITE_CACHE:
+        return _SITE_CACHE[key]
+    if "data-path" in node_config:
+        from cxrsynth.data.dataset import read_dataset
+        from cxrsynth.data.split import split_by_patient
+
+        path = Path(str(node_config["data-path"]))
+        records, report = read_dataset(path)
+        if report.skipped:
+            print(f"{path}: {report.skipped} row(s) skipped, {report.kept} kept")
+        if not any(r.split for r in records):
+            records = split_by_patient(records, cfg.data.holdout_fraction, cfg.data.split_seed)
+        site = str(node_config.get("site") or (records[0].site if records else path.name))
+    elif "partition-id" in node_config:
+        k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
+        records = _partition_of(load_run_data(cfg), k, i, cfg)
+        site = f"site{i}"
+    else:
+        raise InputError(
+            "node config has neither 'data-path' (a hospital's dataset directory) nor 'partition-id' "
+            "(a simulated site); start the SuperNode with --node-config \"data-path='/data/site' site='name'\"."
+        )
+    train = [r for r in records if r.split != "holdout"]
+    if not train:
+        raise InputError(f"site {site}: no training records (after the holdout split); nothing to train on.")
+    train = apply_labeled_fraction(train, cfg.data.labeled_fraction, cfg.train.seed)
+    data = SiteData(site=site, train=train)
+    _SITE_CACHE[key] = data
+    return data
+
+
+def token_counts(records: list[Record], min_count: int) -> tuple[dict[str, int], int]:
+    """Counts of report tokens seen at least `min_count` times, and the number of reports.
+
+    Rare tokens (a surname the de-identifier missed, a unique phrase) never leave the site;
+    the server merges the frequent ones into one vocabulary for every site.
+    """
+    counts = Counter(t for r in records for t in tokenize(r.report))
+    return {t: c for t, c in counts.items() if c >= min_count}, len(records)
+
+
+def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:
+    """The global model as the server sent it: vocabulary and other extra state first, then weights."""
+    model = build_model(cfg.model)
+    model.load_extra_state(extra_state)
+    model.load_state(arrays)
+    return model.to_device(device)
+
+
+def _proximal_pull(model: GenerativeModel, anchor: dict[str, torch.Tensor], mu: float):
+    """FedProx (Li et al. 2020, eq. 2): after each local step, move the weights toward the global ones.
+
+    Taking a step of the proximal term mu/2 |w - w_global|^2 apart from the family's own loss
+    keeps the loop and every family's `train_step` unchanged; with plain SGD it is exactly the
+    FedProx update, with Adam it is the decoupled form (as AdamW decouples weight decay).
+    """
+
+    def pull(step: int, entry: dict) -> None:
+        with torch.no_grad():
+            for name, net in model.nets.items():
+                lr = model.opts[name].param_groups[0]["lr"]
+                for pname, p in unwrap(net).named_parameters():
+                    g = anchor[f"{name}.{pname}"]
+                    p.sub_(lr * mu * (p - g))
+
+    return pull
+
+
+@dataclass
+class RoundResult:
+    arrays: dict[str, np.ndarray]
+    num_examples: int
+    metrics: dict[str, float]
+    ledger: Optional[dict]
+
+
+def train_round(
+    cfg: RunConfig,
+    site: SiteData,
+    extra_state: dict,
+    arrays: dict[str, np.ndarray],
+    *,
+    server_round: int,
+    proximal_mu: float = 0.0,
+    dp_history: Optional[list] = None,
+) -> RoundResult:
+    """One round at one site: rebuild the global model, run `federation.local_steps` steps, return the update."""
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed = cfg.train.seed + 1000 * server_round + int(hashlib.sha256(site.site.encode()).hexdigest()[:6], 16)
+    seed_everything(seed)
+    model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))
+    model.opts = model.make_optimizers()
+    steps = cfg.federation.local_steps
+    sampling, ledger = "shuffle", None
+    if cfg.dp.enabled:
+        from privacy.dp import check_budget, privatize
+
+        rate = min(cfg.train.batch_size, len(site.train)) / len(site.train)
+        # A round is refused up front when even its lower bound of noisy steps (one per real-data
+        # network per local step) would pass the budget; the DP optimizer stops any step beyond it.
+        lower = steps * sum(1 for n in model.nets if model.reads_real_data(n))
+        check_budget(dp_history or [], cfg.dp, rate, lower, site=f"site {site.site}")
+        ledger = privatize(model, cfg, rate, dp_history or [])
+        sampling = "poisson"
+    on_step = None
+    if proximal_mu > 0:
+        anchor = {k: torch.as_tensor(v, device=model.device) for k, v in arrays.items()}
+        on_step = _proximal_pull(model, anchor, proximal_mu)
+    result = train_steps(
+        model,
+        site.train,
+        steps=steps,
+        batch_size=cfg.train.batch_size,
+        seed=seed,
+        sampling=sampling,
+        start_step=(server_round - 1) * steps,
+        log_every=cfg.train.log_every,
+        on_step=on_step,
+    )
+    metrics = {f"loss-{k}": float(v) for k, v in result.losses.items()}
+    metrics["local-seconds"] = float(result.seconds)
+    return RoundResult(arrays=model.state(), num_examples=len(site.train), metrics=metrics, ledger=ledger() if ledger else None)

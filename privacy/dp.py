@@ -1,0 +1,163 @@
+"""DP-SGD per site with Opacus, and the privacy ledger that travels with every update.
+
+`privatize(model, cfg, sample_rate, history)` wraps, in place, each network of `model.nets` that
+reads real data in an Opacus `GradSampleModule` and its optimizer in a `DPOptimizer`; the other
+networks (a GAN generator, which only sees the discriminator's verdicts) are post-processing of
+DP outputs and stay as they are. One accountant counts every noisy step of every wrapped
+optimizer: each is a query of the site's data, so they compose.
+
+The accountant's history `[(noise_multiplier, sample_rate, steps), ...]` is the whole privacy
+state of a site. It is passed in (from the node's persistent state across rounds, or from the
+ledger file a site keeps across runs) and returned in every ledger entry, so epsilon accumulates
+over rounds and runs instead of starting again at zero each round.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.optimizers import DPOptimizer
+from opacus.validators import ModuleValidator
+
+from cxrsynth.config import DPConfig, RunConfig
+from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.models.base import GenerativeModel, unwrap
+
+History = list[tuple[float, float, int]]
+
+
+def epsilon_of(history: Sequence[Sequence[float]], dp: DPConfig) -> float:
+    """Epsilon at `dp.delta` spent by a site with this accountant history (0 with no steps)."""
+    if not history:
+        return 0.0
+    acc = create_accountant(dp.accountant)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(acc.get_epsilon(delta=dp.delta))
+
+
+def _merge(history: History, noise: float, rate: float, steps: int) -> History:
+    # Opacus' RDP accountant merges equal (sigma, q) entries the same way; keeps ledgers short.
+    out = [tuple(h) for h in history]
+    if out and out[-1][0] == noise and out[-1][1] == rate:
+        out[-1] = (noise, rate, out[-1][2] + steps)
+    else:
+        out.append((noise, rate, steps))
+    return [(float(s), float(q), int(n)) for s, q, n in out]
+
+
+def check_budget(history: History, dp: DPConfig, sample_rate: float, planned_steps: int, site: str = "this site") -> float:
+    """Refuse (CheckFailed) when `planned_steps` more noisy steps would take the site past its budget.
+
+    Returns the epsilon the site would have spent afterwards.
+    """
+    after = epsilon_of(_merge(history, dp.noise_multiplier, sample_rate, planned_steps), dp)
+    if dp.epsilon_budget is not None and after > dp.epsilon_budget:
+        spent = epsilon_of(history, dp)
+        raise CheckFailed(
+            f"{site} refuses to train: its privacy budget is epsilon {dp.epsilon_budget:g} at delta {dp.delta:g}; "
+            f"it has spent {spent:.3f} and this round's {planned_steps} noisy steps (noise multiplier "
+            f"{dp.noise_multiplier:g}, sample rate {sample_rate:.4f}) would bring it to {after:.3f}. "
+            "Stop the run, or raise dp.epsilon_budget / dp.noise_multiplier knowingly."
+        )
+    return after
+
+
+def _validate(name: str, net) -> None:
+    errors = ModuleValidator.validate(net, strict=False)
+    if errors:
+        details = "; ".join(str(e) for e in errors[:3])
+        raise InputError(
+            f"network {name!r} cannot be trained with DP-SGD: {details}. Per-sample gradients need layers "
+            "that treat samples independently: use GroupNorm or LayerNorm instead of BatchNorm (or "
+            "opacus.validators.ModuleValidator.fix), and no in-place tricks over the batch dimension."
+        )
+
+
+def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, history: Optional[History] = None) -> Callable[[], dict]:
+    """Wrap the real-data networks of `model` for DP-SGD in place; return the ledger callable.
+
+    `model.opts` must exist (call `model.make_optimizers()` first). `history` is the site's
+    accountant history so far. Calling the returned function gives the current ledger entry.
+    """
+    dp = cfg.dp
+    if not 0.0 < sample_rate <= 1.0:
+        raise InputError(f"DP sample rate must be in (0, 1], got {sample_rate}; check train.batch_size and the dataset size.")
+    if not model.opts:
+        raise InputError("privatize() needs the model's optimizers; call model.make_optimizers() first.")
+    real = [name for name in model.nets if model.reads_real_data(name)]
+    if not real:
+        raise InputError(f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing.")
+    accountant = create_accountant(dp.accountant)
+    accountant.history = [tuple(h) for h in (history or [])]
+    count = accountant.get_optimizer_hook_fn(sample_rate)
+
+    def hook(optim: DPOptimizer) -> None:
+        # Runs after clipping and noising, before the update: raising here leaves the weights
+        # untouched, so no step past the budget is ever taken, whatever the round's estimate was.
+        if dp.epsilon_budget is not None:
+            nxt = epsilon_of(_merge(list(accountant.history), optim.noise_multiplier, sample_rate, 1), dp)
+            if nxt > dp.epsilon_budget:
+                raise CheckFailed(
+                    f"privacy budget reached: one more noisy step would spend epsilon {nxt:.3f} > budget "
+                    f"{dp.epsilon_budget:g} at delta {dp.delta:g}; training stops here."
+                )
+        count(optim)
+
+    # The loop samples each record with rate batch_size / n, so the expected batch is the
+    # configured batch size; Opacus divides the noisy gradient sum by it.
+    expected_batch = cfg.train.batch_size
+    for name in real:
+        net = unwrap(model.nets[name])
+        _validate(name, net)
+        if not isinstance(model.nets[name], GradSampleModule):
+            model.nets[name] = GradSampleModule(net)
+        opt = model.opts[name]
+        if not isinstance(opt, DPOptimizer):
+            opt = DPOptimizer(opt, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch)
+            model.opts[name] = opt
+        opt.attach_step_hook(hook)
+
+    def ledger() -> dict:
+        hist = [(float(s), float(q), int(n)) for s, q, n in accountant.history]
+        return {
+            "noise_multiplier": dp.noise_multiplier,
+            "max_grad_norm": dp.max_grad_norm,
+            "sample_rate": float(sample_rate),
+            "steps": int(sum(n for _, _, n in hist)),
+            "epsilon": epsilon_of(hist, dp),
+            "delta": dp.delta,
+            "accountant": dp.accountant,
+            "epsilon_budget": dp.epsilon_budget,
+            "networks": real,
+            "history": hist,
+        }
+
+    return ledger
+
+
+# ---- the ledger a site keeps on its own disk, across runs -------------------------------------
+def read_ledger_file(path: Optional[Path]) -> History:
+    if path is None or not Path(path).is_file():
+        return []
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return [(float(s), float(q), int(n)) for s, q, n in data["history"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(
+            f"{path}: the site's privacy ledger is unreadable ({e}); it records the epsilon already spent, "
+            "so training cannot continue safely without it. Restore it from backup."
+        ) from None
+
+
+def write_ledger_file(path: Optional[Path], entry: dict) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(entry, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,146 @@
+"""The coordinator's round loop: shared vocabulary, rounds, screening, aggregation, checkpoints.
+
+Written out here rather than with `Strategy.start()` because Flower has no resume: the loop
+starts at the round after the last complete checkpoint, with the strategy's own state restored.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from client.records import from_arrays, ledger_from_record, round_config, to_arrays
+from cxrsynth.checkpoint import load_checkpoint
+from cxrsynth.config import RunConfig
+from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.models import build_model
+from cxrsynth.models.base import GenerativeModel
+from cxrsynth.progress import Progress
+from cxrsynth.train import seed_everything
+from server.screen import screen
+from server.state import last_round, load_round, save_round
+from server.strategy import load_strategy_state, make_strategy, strategy_state
+from server.vocab import merge_counts, pseudo_reports
+
+
+class RoundFailed(CheckFailed):
+    """A round ended with fewer usable results than `federation.min_sites`."""
+
+
+def _wait_for_nodes(grid: Grid, n: int, timeout: float, progress: Progress) -> list[int]:
+    t0 = time.monotonic()
+    said = False
+    while len(nodes := list(grid.get_node_ids())) < n:
+        if time.monotonic() - t0 > timeout:
+            raise RoundFailed(f"only {len(nodes)} site(s) connected after {timeout:.0f}s; federation.min_sites is {n}.")
+        if not said:
+            progress.say(f"waiting for {n} sites to connect ({len(nodes)} so far)")
+            said = True
+        time.sleep(0.5)
+    return nodes
+
+
+def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[GenerativeModel, dict]:
+    """Build the global model and fit its vocabulary on the sites' merged frequent-token counts."""
+    fed = cfg.federation
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model)
+    nodes = _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
+    msgs = [Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab") for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
+    ok = [r for r in replies if not r.has_error()]
+    for r in replies:
+        if r.has_error():
+            progress.say(f"site {r.metadata.src_node_id} gave no vocabulary counts: {r.error.reason}")
+    if len(ok) < fed.min_sites:
+        raise RoundFailed(f"vocabulary step: {len(ok)} of {len(nodes)} sites answered, fewer than federation.min_sites={fed.min_sites}.")
+    counts = merge_counts([dict(r.content["counts"]) for r in ok])
+    n_reports = sum(int(r.content["metrics"]["num-reports"]) for r in ok)
+    model.setup(pseudo_reports(counts, n_reports))
+    summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count}
+    progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)")
+    return model, summary
+
+
+def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunConfig) -> None:
+    if not cfg.dp.enabled:
+        return
+    book = fl_state.setdefault("privacy_ledger", {"sites": {}, "delta": cfg.dp.delta})
+    for r in accepted:
+        if "ledger" not in r.content.config_records:
+            continue
+        entry = ledger_from_record(r.content["ledger"])
+        site = book["sites"].setdefault(str(r.metadata.src_node_id), {"rounds": []})
+        site.update({k: v for k, v in entry.items() if k != "rounds"})
+        site["rounds"].append({"round": rnd, "epsilon": entry["epsilon"], "steps": entry["steps"]})
+    eps = [s["epsilon"] for s in book["sites"].values() if "epsilon" in s]
+    book["epsilon"] = max(eps) if eps else 0.0
+
+
+def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None) -> Path:
+    """Run `federation.rounds` rounds (continuing after the last checkpoint with `resume`). Returns `out`."""
+    progress = progress or Progress()
+    fed = cfg.federation
+    out = Path(out)
+    strategy = make_strategy(fed)
+    last = last_round(out)
+    if last is not None and not resume:
+        raise InputError(f"{out} already holds a federated run (last complete: {last.name}); add --resume to continue it, or choose another --out.")
+    if last is not None:
+        model, _, _ = load_checkpoint(last)
+        fl_state, strat_arrays = load_round(last)
+        load_strategy_state(strategy, strat_arrays, fl_state.get("strategy_scalars", {}))
+        progress.say(f"resuming {out} after round {fl_state['round']} of {fed.rounds}")
+    else:
+        model, vocab = initial_model(grid, cfg, progress)
+        fl_state = {"round": 0, "history": [], "rejections": [], "vocabulary": vocab}
+    extra = model.extra_state()
+    arrays = model.state()
+    bar = progress.task(f"federated {cfg.model.family}", total=fed.rounds)
+    bar.count = fl_state["round"]
+    for rnd in range(fl_state["round"] + 1, fed.rounds + 1):
+        t0 = time.perf_counter()
+        _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
+        msgs = list(strategy.configure_train(rnd, to_arrays(arrays), round_config(cfg, extra), grid))
+        replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
+        screened = screen(replies, arrays, fed.reject_norm_factor)
+        missing = len(msgs) - len(replies)
+        for rej in screened.rejected:
+            progress.say(f"round {rnd}: update of site {rej['node']} rejected: {rej['reason']}")
+            fl_state["rejections"].append({"round": rnd, **rej})
+        if len(screened.accepted) < fed.min_sites:
+            reasons = "; ".join(f"site {r['node']}: {r['reason']}" for r in screened.rejected) or "no rejections"
+            raise RoundFailed(
+                f"round {rnd}: {len(screened.accepted)} usable update(s) of {len(msgs)} sites "
+                f"({missing} gave no reply), fewer than federation.min_sites={fed.min_sites}; {reasons}. "
+                f"The run stops; the checkpoint of round {rnd - 1} in {out} is intact (continue with --resume)."
+            )
+        agg, metrics = strategy.aggregate_train(rnd, screened.accepted)
+        if agg is None:
+            raise RoundFailed(f"round {rnd}: the {fed.strategy} strategy produced no aggregate from {len(screened.accepted)} updates.")
+        model.load_state(from_arrays(agg))
+        arrays = model.state()
+        _ledger_update(fl_state, rnd, screened.accepted, cfg)
+        fl_state["round"] = rnd
+        fl_state["history"].append(
+            {
+                "round": rnd,
+                "sites": len(msgs),
+                "accepted": len(screened.accepted),
+                "rejected": len(screened.rejected),
+                "no_reply": missing,
+                "update_norms": {str(k): v for k, v in screened.norms.items()},
+                "metrics": dict(metrics) if metrics is not None else {},
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        s_arrays, s_scalars = strategy_state(strategy)
+        fl_state["strategy_scalars"] = s_scalars
+        save_round(out, rnd, model, cfg, fl_state, s_arrays)
+        bar.advance(1, f"round {rnd}: {len(screened.accepted)} updates")
+    progress.say(f"federated run complete: {fed.rounds} rounds; checkpoint {out}")
+    return out
