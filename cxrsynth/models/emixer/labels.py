@@ -1,0 +1,109 @@
+"""Diagnosis labels as conditioning vectors, and the label mix generation samples from.
+
+A condition vector has one channel per label for "positive", one for "uncertain", and a last
+channel that says the record carries labels at all. An unlabeled record (the few-label setting,
+EMIXER sec. 4: 30% labeled) is the zero vector, so the projection term of D_image vanishes for
+it and only the unconditional parts learn from it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.errors import InputError
+
+COND_DIM = 2 * len(LABELS) + 1
+_VALUES = (1, 0, -1, None)
+
+
+def normalize_labels(labels: dict, where: str = "condition") -> dict[str, Optional[int]]:
+    """A full label dict (all 14 names) from a partial one; refuses unknown names and values."""
+    out = empty_labels()
+    for name, value in labels.items():
+        if name not in out:
+            raise InputError(f"{where}: unknown label {name!r}; expected one of {', '.join(LABELS)}.")
+        if value in ("", None):
+            continue
+        try:
+            v = int(float(value))
+        except (TypeError, ValueError):
+            v = None
+        if v not in (1, 0, -1):
+            raise InputError(f"{where}: label {name!r} has value {value!r}; expected 1, 0, -1 or empty.")
+        out[name] = v
+    return out
+
+
+def condition_vector(labels: dict) -> np.ndarray:
+    vec = np.zeros(COND_DIM, dtype=np.float32)
+    if not any(v is not None for v in labels.values()):
+        return vec
+    for i, name in enumerate(LABELS):
+        v = labels.get(name)
+        if v == 1:
+            vec[i] = 1.0
+        elif v == -1:
+            vec[len(LABELS) + i] = 1.0
+    vec[-1] = 1.0
+    return vec
+
+
+def condition_tensor(label_dicts: Sequence[dict], device: torch.device | str = "cpu") -> torch.Tensor:
+    if not label_dicts:
+        return torch.zeros(0, COND_DIM, device=device)
+    return torch.as_tensor(np.stack([condition_vector(d) for d in label_dicts]), device=device)
+
+
+class LabelPrior:
+    """The training label mix, for generation without explicit conditions.
+
+    Whole label combinations are kept only when at least `min_count` records share them (a count,
+    never a single record's labels); the rest of the mass is drawn label by label from marginals.
+    """
+
+    def __init__(self, patterns: list[tuple[dict, int]], marginals: dict[str, list[float]], rest: int):
+        self.patterns = patterns
+        self.marginals = marginals
+        self.rest = rest
+
+    @classmethod
+    def fit(cls, records: Sequence[Record], min_count: int) -> "LabelPrior":
+        labeled = [r.labels for r in records if r.has_labels()]
+        counts = Counter(tuple(d.get(n) for n in LABELS) for d in labeled)
+        patterns = [(dict(zip(LABELS, key)), c) for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))) if c >= min_count]
+        rest = len(labeled) - sum(c for _, c in patterns)
+        marginals = {}
+        for name in LABELS:
+            vals = Counter(d.get(name) for d in labeled)
+            total = max(len(labeled), 1)
+            marginals[name] = [vals.get(v, 0) / total for v in _VALUES]
+        return cls(patterns, marginals, rest)
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[dict]:
+        weights = np.array([c for _, c in self.patterns] + [self.rest], dtype=float)
+        if weights.sum() <= 0:
+            weights = np.array([0.0] * len(self.patterns) + [1.0])
+        picks = rng.choice(len(weights), size=n, p=weights / weights.sum())
+        out = []
+        for k in picks:
+            if k < len(self.patterns):
+                out.append(dict(self.patterns[k][0]))
+                continue
+            d = empty_labels()
+            for name in LABELS:
+                p = np.asarray(self.marginals.get(name, [0, 0, 0, 1]), dtype=float)
+                d[name] = _VALUES[rng.choice(4, p=p / p.sum())] if p.sum() > 0 else None
+            out.append(d)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"patterns": [[p, c] for p, c in self.patterns], "marginals": self.marginals, "rest": self.rest}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LabelPrior":
+        return cls([(dict(p), int(c)) for p, c in d["patterns"]], {k: list(v) for k, v in d["marginals"].items()}, int(d["rest"]))

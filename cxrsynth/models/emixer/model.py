@@ -1,0 +1,212 @@
+"""EMIXER (Biswal et al., MLHC 2022) behind the common model interface.
+
+One `train_step` is one discriminator step on one batch of real records; every `d_steps`-th
+step also updates G (EMIXER sec. 4: two D steps per G step). Keeping one real batch per step
+keeps DP-SGD accounting honest: each optimizer step of a real-data network sees exactly one
+Poisson-sampled batch.
+
+Per-sample gradients: all real-data networks are updated from one backward pass per step. The
+fake images of that step are paired with the real records (fake i carries real i's labels), so
+Opacus sums the real, fake and rotation passes of record i into one per-sample gradient that is
+clipped once. G's step runs the discriminators and F with their parameters frozen and the Opacus
+hooks off, so it leaves no grad_sample behind on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrsynth.data.records import Record
+from cxrsynth.data.text import Vocabulary
+from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
+from cxrsynth.errors import InputError
+from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.models.emixer.config import EmixerConfig
+from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DReport, rotate
+from cxrsynth.models.emixer.generator import Generator
+from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor, normalize_labels
+from cxrsynth.models.emixer.losses import d_loss, g_loss
+from cxrsynth.models.emixer.report import ReportDecoder, build_vocabulary, encode_reports, grid_to_text
+
+REAL_DATA_NETS = ("report_decoder", "d_image", "d_report", "d_joint")
+
+
+@contextlib.contextmanager
+def frozen(*nets: torch.nn.Module):
+    """Parameters without gradients and Opacus hooks off, so a pass through these nets leaves no grad_sample."""
+    saved = []
+    for net in nets:
+        saved.append([p.requires_grad for p in net.parameters()])
+        for p in net.parameters():
+            p.requires_grad_(False)
+        if hasattr(net, "disable_hooks"):
+            net.disable_hooks()
+    try:
+        yield
+    finally:
+        for net, flags in zip(nets, saved):
+            for p, flag in zip(net.parameters(), flags):
+                p.requires_grad_(flag)
+            if hasattr(net, "enable_hooks"):
+                net.enable_hooks()
+
+
+class Model(GenerativeModel):
+    family = "emixer"
+
+    def __init__(self, config: EmixerConfig):
+        super().__init__(config)
+        self.nets["generator"] = Generator(config)
+        self.nets["report_decoder"] = ReportDecoder(config)
+        self.nets["d_image"] = DImage(config)
+        self.nets["d_report"] = DReport(config)
+        self.nets["d_joint"] = DJoint(config)
+        self.vocab: Optional[Vocabulary] = None
+        self.prior = LabelPrior([], {}, 0)
+        self.step_count = 0
+        self._rng = np.random.default_rng(0)
+
+    # ---- data-dependent setup ---------------------------------------------------------------
+    def setup(self, records: Sequence[Record]) -> None:
+        cfg = self.config
+        self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size)
+        self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
+
+    def extra_state(self) -> dict:
+        return {"vocabulary": self.vocab.to_dict() if self.vocab else None, "label_prior": self.prior.to_dict(), "step": self.step_count}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.vocab = Vocabulary.from_dict(extra["vocabulary"]) if extra.get("vocabulary") else None
+        if "label_prior" in extra:
+            self.prior = LabelPrior.from_dict(extra["label_prior"])
+        self.step_count = int(extra.get("step", 0))
+
+    def _need_vocab(self) -> Vocabulary:
+        if self.vocab is None:
+            raise InputError("the EMIXER model has no vocabulary: call setup(training records) before training, or load a checkpoint.")
+        return self.vocab
+
+    # ---- training ---------------------------------------------------------------------------
+    def reads_real_data(self, name: str) -> bool:
+        return name in REAL_DATA_NETS
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        lrs = {"generator": cfg.lr_g, "report_decoder": cfg.lr_f, "d_image": cfg.lr_d, "d_report": cfg.lr_d, "d_joint": cfg.lr_d}
+        betas = {"report_decoder": (0.9, 0.999)}
+        return {
+            name: torch.optim.Adam(net.parameters(), lr=lrs[name], betas=betas.get(name, (cfg.adam_beta1, cfg.adam_beta2)), eps=1e-6)
+            for name, net in self.nets.items()
+        }
+
+    def _images(self, records: Sequence[Record]) -> torch.Tensor:
+        for r in records:
+            if r.image is None:
+                raise InputError(f"record {r.record_id}: no frontal image loaded; EMIXER trains on image + report pairs.")
+        return images_to_tensor([r.image for r in records], self.config.image_size, self.device)
+
+    def _z(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return torch.randn(n, self.config.z_dim, generator=generator).to(self.device)
+
+    def train_step(self, records: list[Record]) -> dict[str, float]:
+        if not records:
+            return {}
+        cfg, vocab, nets, opts = self.config, self._need_vocab(), self.nets, self.opts
+        self.step_count += 1
+        b = len(records)
+        real = self._images(records)
+        y = condition_tensor([r.labels for r in records], self.device)
+        ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words)
+        ids, counts = ids.to(self.device), counts.to(self.device)
+        real_onehot = F.one_hot(ids, cfg.vocab_size).float()
+
+        # Fake i is conditioned on real i's labels, or on sampled labels where real i has none;
+        # D then sees it with real i's condition vector, so labeled and unlabeled look alike.
+        sampled = condition_tensor(self.prior.sample(b, self._rng), self.device)
+        y_gen = torch.where(y[:, -1:] > 0, y, sampled)
+        with torch.no_grad():
+            fake = nets["generator"](self._z(b), y_gen)
+            _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab.eos_id, vocab.pad_id)
+
+        for name in REAL_DATA_NETS:
+            opts[name].zero_grad(set_to_none=True)
+        d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
+        rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
+        loss_img = d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss)
+        loss_rot = F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k)
+        loss_rep = d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss)
+        loss_jnt = d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss)
+        loss_f = unwrap(nets["report_decoder"]).loss(real, ids, counts, vocab.pad_id)
+        (loss_img + cfg.rot_weight_d * loss_rot + loss_rep + loss_jnt + loss_f).backward()
+        for name in REAL_DATA_NETS:
+            opts[name].step()
+        losses = {"d_image": loss_img.item(), "d_rotation": loss_rot.item(), "d_report": loss_rep.item(), "d_joint": loss_jnt.item(), "f_report": loss_f.item()}
+        if self.step_count % cfg.d_steps == 0:
+            losses.update(self._generator_step(b))
+        return losses
+
+    def _generator_step(self, b: int) -> dict[str, float]:
+        cfg, vocab, nets = self.config, self.vocab, self.nets
+        opt = self.opts["generator"]
+        opt.zero_grad(set_to_none=True)
+        with frozen(*(nets[n] for n in REAL_DATA_NETS)):
+            y = condition_tensor(self.prior.sample(b, self._rng), self.device)
+            fake = nets["generator"](self._z(b), y)
+            _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab.eos_id, vocab.pad_id, soft=True)
+            rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
+            adv_img = g_loss(nets["d_image"](fake, y), cfg.adversarial_loss)
+            rot = F.cross_entropy(unwrap(nets["d_image"]).rotation(rotate(fake, rot_k)), rot_k)
+            adv_rep = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(nets["d_joint"](fake, onehot), cfg.adversarial_loss)
+            (adv_img + cfg.rot_weight_g * rot + cfg.report_adv_weight * adv_rep).backward()
+        opt.step()
+        for name in REAL_DATA_NETS:
+            self.opts[name].zero_grad(set_to_none=True)
+        return {"g_image": adv_img.item(), "g_rotation": rot.item(), "g_report": adv_rep.item()}
+
+    # ---- generation and audit ---------------------------------------------------------------
+    @contextlib.contextmanager
+    def _evaluating(self):
+        modes = {name: net.training for name, net in self.nets.items()}
+        self.nets.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            for name, net in self.nets.items():
+                net.train(modes[name])
+
+    def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
+        vocab = self._need_vocab()
+        if conditions is not None and len(conditions) != n:
+            raise InputError(f"generate: {len(conditions)} label conditions for {n} records; give one per record.")
+        if conditions is None:
+            labels = self.prior.sample(n, np.random.default_rng(seed))
+        else:
+            labels = [normalize_labels(c, f"condition {i}") for i, c in enumerate(conditions)]
+        gen = torch.Generator().manual_seed(seed)
+        with self._evaluating():
+            images = self.nets["generator"](self._z(n, gen), condition_tensor(labels, self.device))
+            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab.eos_id, vocab.pad_id)
+        texts = grid_to_text(ids.cpu(), counts.cpu(), vocab)
+        return [
+            Record(record_id=f"gen-{i}", patient_id=f"gen-{i}", study_id=f"gen-{i}", findings=f, impression=imp, labels=lab, image=img)
+            for i, (img, (f, imp), lab) in enumerate(zip(tensor_to_images(images), texts, labels))
+        ]
+
+    def member_scores(self, records: Sequence[Record]) -> np.ndarray:
+        """D_image(I, y) + D_joint(I, S) per record; members tend to score higher."""
+        if not records:
+            return np.zeros(0)
+        cfg, vocab = self.config, self._need_vocab()
+        with self._evaluating():
+            x = self._images(records)
+            y = condition_tensor([r.labels for r in records], self.device)
+            ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words)
+            onehot = F.one_hot(ids.to(self.device), cfg.vocab_size).float()
+            score = self.nets["d_image"](x, y) + self.nets["d_joint"](x, onehot)
+        return score.cpu().numpy().astype(np.float64)
