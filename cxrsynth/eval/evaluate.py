@@ -1,0 +1,210 @@
+"""One evaluation run: real + synthetic dataset directories -> metrics.json and index.html."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cxrsynth.data.dataset import read_dataset
+from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.split import split_by_patient
+from cxrsynth.errors import InputError, NotBuilt
+from cxrsynth.eval.config import EvalConfig
+from cxrsynth.eval.diversity import within_condition_ms_ssim
+from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
+from cxrsynth.eval.labels import label_agreement, load_labeler
+from cxrsynth.eval.stages import run_stage
+from cxrsynth.eval.text_metrics import report_metrics
+from cxrsynth.eval.utility import utility
+from cxrsynth.progress import Progress
+
+
+def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list[Record]]:
+    """(train, holdout) of a real dataset; split by patient when the manifest has no split."""
+    records, report = read_dataset(real_dir)
+    if report.skipped:
+        print(f"{real_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+    if not records:
+        raise InputError(f"{real_dir}: the real dataset has no readable records.")
+    if not any(r.split for r in records):
+        records = split_by_patient(records, cfg.holdout_fraction, cfg.seed)
+    train = [r for r in records if r.split != "holdout"]
+    holdout = [r for r in records if r.split == "holdout"]
+    if not holdout or not train:
+        raise InputError(f"{real_dir}: needs both training and holdout records (split column); got {len(train)} train and {len(holdout)} holdout.")
+    return train, holdout
+
+
+def load_synthetic(synthetic_dir: str | Path) -> list[Record]:
+    records, report = read_dataset(synthetic_dir)
+    if report.skipped:
+        print(f"{synthetic_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+    if len(records) < 2:
+        raise InputError(f"{synthetic_dir}: needs at least 2 synthetic records, found {len(records)}.")
+    return records
+
+
+def _provenance(rec: Record, key: str) -> Optional[str]:
+    return next((p.split("=", 1)[1] for p in rec.provenance.split(";") if p.startswith(key + "=")), None)
+
+
+def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_refs: int) -> tuple[str, list[str], list[list[str]]]:
+    """Candidate reports and their references.
+
+    'paired': a synthetic row whose provenance says `reference=<real record_id>` (a report generated
+    from that real image) is scored against that record's report. Otherwise 'label-matched': up to
+    `max_refs` real reports with exactly the same labels serve as references.
+    """
+    by_id = {r.record_id: r for r in real}
+    cands, refs = [], []
+    for s in synthetic:
+        ref_id = _provenance(s, "reference")
+        if ref_id in by_id and by_id[ref_id].report.strip() and s.report.strip():
+            cands.append(s.report)
+            refs.append([by_id[ref_id].report])
+    if cands:
+        return "paired", cands, refs
+    by_labels: dict[tuple, list[str]] = {}
+    for r in real:
+        if r.report.strip():
+            by_labels.setdefault(tuple(r.labels.get(k) for k in LABELS), []).append(r.report)
+    for s in synthetic:
+        matched = by_labels.get(tuple(s.labels.get(k) for k in LABELS), [])
+        if s.report.strip() and matched:
+            cands.append(s.report)
+            refs.append(matched[:max_refs])
+    return "label-matched", cands, refs
+
+
+def mopoe_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequence[Record]) -> dict:
+    from cxrsynth.checkpoint import load_run_config
+
+    family = load_run_config(checkpoint).model.family
+    if family != "mopoe":
+        return {"skipped": f"the checkpoint is {family}; the linear-probe table is MoPoE's"}
+    try:
+        from cxrsynth.models.mopoe.probe import linear_probe_table
+    except ImportError:
+        raise NotBuilt("the MoPoE linear probe (cxrsynth.models.mopoe.probe.linear_probe_table)", "issue 6") from None
+    from cxrsynth.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(checkpoint)
+    model.eval()
+    return {"table": linear_probe_table(model, list(train), list(holdout))}
+
+
+def run_evaluation(
+    synthetic_dir: str | Path,
+    real_dir: str | Path,
+    out_dir: str | Path,
+    cfg: EvalConfig = EvalConfig(),
+    extractor: str = "classifier",
+    checkpoint: Optional[str | Path] = None,
+    progress: Optional[Progress] = None,
+) -> dict:
+    progress = progress or Progress()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, holdout = load_real(real_dir, cfg)
+    synthetic = load_synthetic(synthetic_dir)
+    families = sorted({_provenance(s, "family") or "unknown" for s in synthetic})
+    metrics: dict = {
+        "synthetic": {"dir": str(synthetic_dir), "records": len(synthetic), "families": families},
+        "real": {"dir": str(real_dir), "train_records": len(train), "holdout_records": len(holdout)},
+        "settings": cfg.model_dump(),
+        "status": {},
+    }
+    say = progress.say
+
+    def record(name: str, result) -> None:
+        metrics["status"][name] = {"status": result.status, "detail": result.detail, "seconds": round(result.seconds, 2)}
+        if result.ok:
+            metrics[name] = result.value
+
+    util = run_stage("utility", lambda: utility(train, synthetic, holdout, cfg, progress), say)
+    real_classifier = util.value[1] if util.ok else None
+    if util.ok:
+        util.value = util.value[0]
+    record("utility", util)
+
+    def fidelity() -> dict:
+        if extractor == "classifier":
+            if real_classifier is None:
+                raise InputError("the default FID extractor is the real-only utility classifier, which did not train; pass --extractor FILE.")
+            ext = classifier_extractor(real_classifier, f"CXR classifier trained on {len(train)} real training images ({real_classifier.feature_dim}-d penultimate features, {cfg.classifier_steps} steps)")
+        else:
+            ext = file_extractor(extractor, cfg.image_size)
+        f_hold = ext([r.image for r in holdout])
+        f_syn = ext([r.image for r in synthetic])
+        half = len(f_hold) // 2
+        return {
+            "extractor": ext.name,
+            "feature_dim": ext.dim,
+            "fid_synthetic_vs_holdout": frechet_distance(f_hold, f_syn),
+            # Real against real for scale; not against the training images, whose features the
+            # extractor has fitted and which therefore sit apart from unseen ones.
+            "fid_holdout_halves": frechet_distance(f_hold[:half], f_hold[half:]) if half >= 2 else None,
+            "n_synthetic": len(synthetic),
+            "n_holdout": len(holdout),
+        }
+
+    record("fidelity", run_stage("fidelity", fidelity, say))
+
+    def diversity() -> dict:
+        syn = within_condition_ms_ssim(synthetic, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
+        real = within_condition_ms_ssim(train + holdout, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
+        return {"synthetic": syn, "real": real, "note": "MS-SSIM among images of one conditioning; lower is more diverse"}
+
+    record("diversity", run_stage("diversity", diversity, say))
+
+    def reports() -> dict:
+        mode, cands, refs = reference_pairs(synthetic, holdout + train, cfg.max_references)
+        return {"references": mode, **report_metrics(cands, refs)} if cands else {"references": mode, "n": 0}
+
+    record("reports", run_stage("report metrics", reports, say))
+    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic, load_labeler()), "real_holdout": label_agreement(holdout, load_labeler())}, say))
+    if checkpoint:
+        record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
+
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
+    from cxrsynth.eval.page import write_page
+
+    write_page(out / "index.html", metrics, train, holdout, synthetic, cfg)
+    return metrics
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """The headline numbers, for the terminal."""
+    lines = []
+    fid = metrics.get("fidelity")
+    if fid:
+        lines.append(f"FID synthetic vs real holdout: {fid['fid_synthetic_vs_holdout']:.3f} (real holdout half vs half: {fid['fid_holdout_halves'] if fid['fid_holdout_halves'] is None else round(fid['fid_holdout_halves'], 3)}); extractor: {fid['extractor']}")
+    div = metrics.get("diversity")
+    if div and div["synthetic"]["mean"] is not None:
+        real = div["real"]["mean"]
+        lines.append(f"MS-SSIM within a conditioning: synthetic {div['synthetic']['mean']:.3f} over {div['synthetic']['pairs']} pairs, real {real if real is None else f'{real:.3f}'}")
+    util = metrics.get("utility")
+    if util:
+        arms = "  ".join(f"{a}: {v['macro_auroc']:.3f}" if v["macro_auroc"] is not None else f"{a}: n/a" for a, v in util["arms"].items())
+        lines.append(f"macro AUROC on real holdout ({util['holdout_records']} records)  {arms}")
+    rep = metrics.get("reports")
+    if rep and rep.get("n"):
+        lines.append(f"reports ({rep['references']}, n={rep['n']}): " + " ".join(f"{k}={rep[k]:.3f}" for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")))
+    lab = metrics.get("label_agreement")
+    if lab and lab["synthetic"].get("n"):
+        lines.append(f"label agreement (report vs labels): synthetic exact {lab['synthetic']['exact_agreement']:.3f}, real holdout {lab['real_holdout'].get('exact_agreement', float('nan')):.3f}")
+    for name, st in metrics["status"].items():
+        if st["status"] != "ok":
+            lines.append(f"{name}: {st['status']} - {st['detail']}")
+    return lines
