@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True)
     ev.add_argument("--checkpoint", default=None, help="a checkpoint for model-specific metrics (MoPoE linear probe)")
     ev.add_argument("--extractor", default="classifier", help="feature extractor: classifier or a local weights file")
+    ev.add_argument("--classifier-steps", type=int, default=300, help="training steps of each utility classifier")
+    ev.add_argument("--seeds", type=int, default=1, help="utility classifiers per arm, averaged")
     ev.set_defaults(path=("evaluate",))
 
     a = sub.add_parser("audit", help="privacy audit of a synthetic dataset; exit 1 when a check fails")
