@@ -123,7 +123,6 @@ class Model(GenerativeModel):
         y = condition_tensor([r.labels for r in records], self.device)
         ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words)
         ids, counts = ids.to(self.device), counts.to(self.device)
-        real_onehot = F.one_hot(ids, cfg.vocab_size).float()
 
         # Fake i is conditioned on real i's labels, or on sampled labels where real i has none;
         # D then sees it with real i's condition vector, so labeled and unlabeled look alike.
@@ -133,22 +132,36 @@ class Model(GenerativeModel):
             fake = nets["generator"](self._z(b), y_gen)
             _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab.eos_id, vocab.pad_id)
 
+        rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
         for name in REAL_DATA_NETS:
             opts[name].zero_grad(set_to_none=True)
-        d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
-        rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
-        loss_img = d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss)
-        loss_rot = F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k)
-        loss_rep = d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss)
-        loss_jnt = d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss)
-        loss_f = unwrap(nets["report_decoder"]).loss(real, ids, counts, vocab.pad_id)
-        (loss_img + cfg.rot_weight_d * loss_rot + loss_rep + loss_jnt + loss_f).backward()
+        losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k)
+        weights = {"d_rotation": cfg.rot_weight_d}
+        sum(weights.get(k, 1.0) * v for k, v in losses.items()).backward()
         for name in REAL_DATA_NETS:
             opts[name].step()
-        losses = {"d_image": loss_img.item(), "d_rotation": loss_rot.item(), "d_report": loss_rep.item(), "d_joint": loss_jnt.item(), "f_report": loss_f.item()}
+        losses = {k: v.item() for k, v in losses.items()}
         if self.step_count % cfg.d_steps == 0:
             losses.update(self._generator_step(b))
         return losses
+
+    def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k) -> dict[str, torch.Tensor]:
+        """The losses of every real-data network on one batch; their sum is backpropagated once.
+
+        Each network runs on batches of the same records in the same order (real, then the
+        paired fakes, then the rotated reals), so Opacus sums record i's passes into one
+        per-sample gradient. Unweighted: the caller weighs the rotation loss.
+        """
+        cfg, nets = self.config, self.nets
+        d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
+        real_onehot = F.one_hot(ids, cfg.vocab_size).float()
+        return {
+            "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
+            "d_rotation": F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k),
+            "d_report": d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss),
+            "d_joint": d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss),
+            "f_report": unwrap(nets["report_decoder"]).loss(real, ids, counts, self._need_vocab().pad_id),
+        }
 
     def _generator_step(self, b: int) -> dict[str, float]:
         cfg, vocab, nets = self.config, self.vocab, self.nets
