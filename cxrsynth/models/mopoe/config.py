@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class MoPoEConfig(BaseModel):
@@ -12,7 +12,27 @@ class MoPoEConfig(BaseModel):
 
     family: Literal["mopoe"] = "mopoe"
     preset: Literal["tiny", "paper", "custom"] = "custom"
-    image_size: int = Field(32, ge=16, le=512)
+    image_size: int = Field(32, ge=16, le=512, description="side of the square images the model sees (a power of two)")
     latent_dim: int = Field(64, ge=2)
-    beta: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0, description="weight of the KL term of the MoPoE ELBO (Sutter et al. 2021, eq. 5)")
     lr: float = Field(5e-4, gt=0)
+    channels: int = Field(16, ge=4, description="width of the first image conv layer; doubles per level up to 8x")
+    image_likelihood: Literal["laplace", "gaussian"] = "laplace"
+    image_scale: float = Field(0.1, gt=0, description="fixed scale of the image likelihood, on the [-1, 1] pixel range")
+    text_length: int = Field(32, ge=8, le=1024, description="report length in word tokens (truncated or padded); a multiple of 4")
+    text_channels: int = Field(64, ge=8)
+    embed_dim: int = Field(32, ge=4)
+    vocab_min_count: int = Field(3, ge=1, description="a word joins the vocabulary only if it occurs this many times in the training reports, so rare words (names that escaped de-identification) cannot be generated")
+    rec_weighting: Literal["by-size", "equal"] = Field(
+        "by-size",
+        description="by-size: each modality's log-likelihood is scaled by (largest modality size / its size), as in the MoPoE MIMIC-CXR code, so a 64-word report weighs as much as a 128x128 image",
+    )
+    member_samples: int = Field(4, ge=1, description="latent samples averaged per record by member_scores")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "MoPoEConfig":
+        if self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two (the image nets halve it down to 4x4), got {self.image_size}")
+        if self.text_length % 4:
+            raise ValueError(f"text_length must be a multiple of 4 (the text nets halve it twice), got {self.text_length}")
+        return self

@@ -1,0 +1,263 @@
+"""The MoPoE-VAE over frontal image (F), lateral image (L) and report (T).
+
+Training maximises the MoPoE ELBO (Sutter et al. 2021, eq. 5): a latent drawn from the uniform
+mixture of the PoE posteriors of every subset of the modalities a record has, the likelihood of
+each modality it has, minus beta times the mixture's KL to the prior. Every net sees the whole
+batch (zeros where a modality is missing, masked out of the fusion and the likelihood) so that
+per-sample DP-SGD gradients line up across nets and an empty Poisson batch still steps.
+
+Conditions for `generate` (one per record, or one dict for all n):
+    {"frontal": HxW uint8, "lateral": HxW uint8, "report": "FINDINGS: ... IMPRESSION: ..."}
+Any non-empty subset of the three keys. The latent is drawn from the PoE posterior of the given
+modalities; every modality of the returned record is decoded from it, so no input pixel or word
+is copied into the synthetic output.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrsynth.data.labeler import label_report
+from cxrsynth.data.records import Record
+from cxrsynth.data.text import Vocabulary
+from cxrsynth.data.transforms import tensor_to_images
+from cxrsynth.errors import InputError
+from cxrsynth.models.base import GenerativeModel
+from cxrsynth.models.mopoe import fusion
+from cxrsynth.models.mopoe.codec import Batch, decode_report, make_batch, to_batch
+from cxrsynth.models.mopoe.config import MoPoEConfig
+from cxrsynth.models.mopoe.fusion import MODALITIES
+from cxrsynth.models.mopoe.nets import ImageDecoder, ImageEncoder, TextDecoder, TextEncoder
+
+IMAGE_MODALITIES = ("frontal", "lateral")
+
+
+class Model(GenerativeModel):
+    family = "mopoe"
+
+    def __init__(self, config: MoPoEConfig):
+        super().__init__(config)
+        self.vocab: Optional[Vocabulary] = None
+        # The text nets need the vocabulary size; a checkpoint brings it in extra_state.
+        self._build_image_nets()
+
+    # ---- construction --------------------------------------------------------------------
+    def _build_image_nets(self) -> None:
+        c = self.config
+        for m in IMAGE_MODALITIES:
+            self.nets[f"enc_{m}"] = ImageEncoder(c.image_size, c.channels, c.latent_dim)
+            self.nets[f"dec_{m}"] = ImageDecoder(c.image_size, c.channels, c.latent_dim)
+
+    def _build_text_nets(self, vocab: Vocabulary) -> None:
+        c = self.config
+        self.vocab = vocab
+        args = (len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim)
+        self.nets["enc_report"] = TextEncoder(*args).to(self.device)
+        self.nets["dec_report"] = TextDecoder(*args).to(self.device)
+
+    def setup(self, records: Sequence[Record]) -> None:
+        reports = [r.report for r in records if r.report.strip()]
+        if not reports:
+            raise InputError("MoPoE needs reports to build its word vocabulary, and none of the training records has findings or impression text.")
+        self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
+
+    def extra_state(self) -> dict:
+        return {"vocab": self.vocab.to_dict()} if self.vocab else {}
+
+    def load_extra_state(self, extra: dict) -> None:
+        if "vocab" not in extra:
+            raise InputError("this MoPoE checkpoint has no vocabulary in extra.json; it was not written by `cxrsynth train`.")
+        self._build_text_nets(Vocabulary.from_dict(extra["vocab"]))
+
+    def _require_setup(self) -> None:
+        if self.vocab is None:
+            raise InputError("the MoPoE model has no vocabulary yet: call setup(train_records) or load a checkpoint first.")
+
+    def reads_real_data(self, name: str) -> bool:
+        return True
+
+    def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        self._require_setup()
+        return {name: torch.optim.Adam(net.parameters(), lr=self.config.lr) for name, net in self.nets.items()}
+
+    # ---- the ELBO ------------------------------------------------------------------------
+    def _batch(self, records: Sequence[Record]) -> Batch:
+        self._require_setup()
+        c = self.config
+        return to_batch(records, self.vocab, c.image_size, c.text_length, self.device)
+
+    def _rec_weights(self) -> dict[str, float]:
+        c = self.config
+        sizes = {"frontal": c.image_size**2, "lateral": c.image_size**2, "report": c.text_length}
+        if c.rec_weighting == "equal":
+            return {m: 1.0 for m in sizes}
+        ref = max(sizes.values())
+        return {m: ref / s for m, s in sizes.items()}
+
+    def _image_nll(self, loc: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        s = self.config.image_scale
+        if self.config.image_likelihood == "laplace":
+            per_pixel = (x - loc).abs() / s + math.log(2 * s)
+        else:
+            per_pixel = 0.5 * ((x - loc) / s) ** 2 + math.log(s) + 0.5 * math.log(2 * math.pi)
+        return per_pixel.flatten(1).sum(1)
+
+    def _encode(self, batch: Batch) -> tuple[dict, dict]:
+        mus, logvars = {}, {}
+        for m in MODALITIES:
+            mu, lv = self.nets[f"enc_{m}"](getattr(batch, m))
+            mus[m], logvars[m] = mu, lv.clamp(-12.0, 12.0)
+        return mus, logvars
+
+    def _negative_elbo(self, batch: Batch, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        """Per-record terms (B,): 'loss' = weighted NLLs + beta * KL, and each term."""
+        mus, logvars = self._encode(batch)
+        mu, lv, valid = fusion.subset_posteriors(mus, logvars, batch.present)
+        z = fusion.mixture_sample(mu, lv, valid, generator)
+        weights = self._rec_weights()
+        terms = {}
+        for m in IMAGE_MODALITIES:
+            terms[f"nll_{m}"] = self._image_nll(self.nets[f"dec_{m}"](z), getattr(batch, m)) * batch.present[m]
+        logits = self.nets["dec_report"](z)
+        terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
+        terms["kl"] = fusion.mixture_kl(mu, lv, valid)
+        terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in MODALITIES) + self.config.beta * terms["kl"]
+        return terms
+
+    def train_step(self, records: list[Record]) -> dict[str, float]:
+        batch = self._batch(records)
+        for opt in self.opts.values():
+            opt.zero_grad(set_to_none=True)
+        terms = self._negative_elbo(batch)
+        # Sum over records / batch size, not .mean(): an empty Poisson batch must still give a
+        # (zero) loss connected to every net, so that DP-SGD adds its noise and steps.
+        n = max(len(batch), 1)
+        (terms["loss"].sum() / n).backward()
+        for opt in self.opts.values():
+            opt.step()
+        return {k: float(v.detach().sum()) / n for k, v in terms.items()}
+
+    # ---- latents ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_subset(self, records: Sequence[Record], subset: str | Sequence[str]) -> np.ndarray:
+        """Mean of the PoE posterior of `subset` ('LF', or modality names) per record, (N, latent).
+
+        Every record must have every modality of the subset.
+        """
+        mods = fusion.BY_NAME[subset] if isinstance(subset, str) else tuple(subset)
+        batch = self._eval_batch(records, require=mods)
+        mus, logvars = self._encode(batch)
+        stack_mu = torch.stack([mus[m] for m in mods])
+        stack_lv = torch.stack([logvars[m] for m in mods])
+        mu, _ = fusion.product_of_experts(stack_mu, stack_lv, torch.ones(stack_mu.shape[:2], device=self.device))
+        return mu.cpu().numpy()
+
+    def _eval_batch(self, records: Sequence[Record], require: Sequence[str] = ()) -> Batch:
+        batch = self._batch(records)
+        for m in require:
+            missing = [r.record_id for r, p in zip(records, batch.present[m].tolist()) if not p]
+            if missing:
+                raise InputError(f"record(s) {', '.join(missing[:5])} have no {m}; the {m} expert cannot encode them.")
+        return batch
+
+    @torch.no_grad()
+    def member_scores(self, records: Sequence[Record]) -> np.ndarray:
+        """The ELBO of each record (minus the training loss), averaged over `member_samples` latents.
+
+        Higher means the model explains the record better, i.e. more member-like.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            generator = torch.Generator(device=self.device).manual_seed(0)
+            scores = np.zeros(len(records))
+            for start in range(0, len(records), 64):
+                batch = self._batch(records[start : start + 64])
+                total = sum(self._negative_elbo(batch, generator)["loss"] for _ in range(self.config.member_samples))
+                scores[start : start + len(batch)] = -(total / self.config.member_samples).cpu().numpy()
+            return scores
+        finally:
+            self.train(was_training)
+
+    # ---- generation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def _decode(self, z: torch.Tensor) -> dict:
+        out = {m: tensor_to_images(self.nets[f"dec_{m}"](z)) for m in IMAGE_MODALITIES}
+        ids = self.nets["dec_report"](z).argmax(1).cpu().tolist()
+        out["report"] = [decode_report(row, self.vocab) for row in ids]
+        return out
+
+    @torch.no_grad()
+    def _conditional_latent(self, given: Sequence[dict], generator: torch.Generator) -> torch.Tensor:
+        """One latent per condition dict, from the PoE posterior of the modalities it gives."""
+        keys = set().union(*(g.keys() for g in given)) if given else set()
+        unknown = keys - set(MODALITIES)
+        if unknown:
+            raise InputError(
+                f"MoPoE conditions take the modalities {', '.join(MODALITIES)}; got {', '.join(sorted(map(str, unknown)))}. "
+                "MoPoE does not condition on labels (use EMIXER for label-conditioned generation)."
+            )
+        if any(not g for g in given):
+            raise InputError("an empty MoPoE condition: give at least one of frontal, lateral, report (or no conditions for unconditional samples).")
+        c = self.config
+        batch = make_batch(
+            [g.get("frontal") for g in given], [g.get("lateral") for g in given], [g.get("report") or "" for g in given], self.vocab, c.image_size, c.text_length, self.device
+        )
+        mus, logvars = self._encode(batch)
+        stack_mu = torch.stack([mus[m] for m in MODALITIES])
+        stack_lv = torch.stack([logvars[m] for m in MODALITIES])
+        mask = torch.stack([batch.present[m] for m in MODALITIES])
+        mu, lv = fusion.product_of_experts(stack_mu, stack_lv, mask)
+        eps = torch.randn(mu.shape, generator=generator, device=self.device)
+        return mu + torch.exp(0.5 * lv) * eps
+
+    @torch.no_grad()
+    def generate(self, n: int, conditions: Optional[list | dict] = None, seed: int = 0) -> list[Record]:
+        self._require_setup()
+        was_training = self.training
+        self.eval()
+        try:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            if conditions is None:
+                z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+            else:
+                given = [conditions] * n if isinstance(conditions, dict) else list(conditions)
+                if len(given) != n:
+                    raise InputError(f"MoPoE conditions: expected {n} condition dicts (one per record) or one dict, got {len(given)}.")
+                z = self._conditional_latent(given, generator)
+            out = self._decode(z)
+        finally:
+            self.train(was_training)
+        records = []
+        for i in range(n):
+            findings, impression = out["report"][i]
+            rec = Record(
+                record_id=f"mopoe-{seed}-{i}",
+                patient_id="",
+                study_id="",
+                view="PA",
+                findings=findings,
+                impression=impression,
+                image=out["frontal"][i],
+                lateral=out["lateral"][i],
+            )
+            records.append(rec.with_(labels=label_report(rec.report)))
+        return records
+
+    def report_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[str]:
+        """A report (FINDINGS/IMPRESSION text) for each frontal image."""
+        return [r.report for r in self.generate(len(images), [{"frontal": im} for im in images], seed)]
+
+    def images_from_report(self, reports: Sequence[str], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """A (frontal, lateral) pair of uint8 images for each report text."""
+        return [(r.image, r.lateral) for r in self.generate(len(reports), [{"report": t} for t in reports], seed)]
+
+    def lateral_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[np.ndarray]:
+        """A lateral view for each frontal image."""
+        return [r.lateral for r in self.generate(len(images), [{"frontal": im} for im in images], seed)]

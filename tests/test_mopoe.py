@@ -1,0 +1,210 @@
+"""MoPoE-VAE: fusion, ELBO, missing modalities, DP-SGD, generation and checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from cxrsynth.data.labeler import label_report
+from cxrsynth.data.phantom import make_phantom
+from cxrsynth.data.text import Vocabulary
+from cxrsynth.errors import InputError
+from cxrsynth.models import build_model
+from cxrsynth.models.mopoe import fusion
+from cxrsynth.models.mopoe.codec import decode_report, encode_text
+from cxrsynth.models.mopoe.config import MoPoEConfig
+
+
+def tiny_config(**over) -> MoPoEConfig:
+    base = dict(image_size=16, latent_dim=8, channels=8, text_length=16, text_channels=16, embed_dim=8, vocab_min_count=1, lr=2e-3)
+    return MoPoEConfig(**{**base, **over})
+
+
+def tiny_model(records, **over):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(**over))
+    model.setup(records)
+    model.opts = model.make_optimizers()
+    return model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Small convolutions on a shared 2-core machine run far slower with 2 threads than with 1.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def records():
+    recs = make_phantom(24, sites=2, seed=0, image_size=32)
+    # Studies without a lateral view are common: a third of them here.
+    return [r.with_(lateral=None) if i % 3 == 0 else r for i, r in enumerate(recs)]
+
+
+# ---- fusion --------------------------------------------------------------------------------
+
+
+def test_poe_of_one_expert_is_that_expert():
+    mu, lv = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
+    out_mu, out_lv = fusion.product_of_experts(mu, lv, torch.ones(1, 5), prior=False)
+    assert torch.allclose(out_mu, mu[0], atol=1e-6) and torch.allclose(out_lv, lv[0], atol=1e-6)
+
+
+def test_poe_is_precision_weighted_and_includes_the_prior():
+    mus = torch.tensor([[[2.0]], [[-1.0]]])
+    logvars = torch.log(torch.tensor([[[1.0]], [[0.5]]]))
+    mu, lv = fusion.product_of_experts(mus, logvars, torch.ones(2, 1))
+    # precisions 1 (prior) + 1 + 2 = 4; mean (0 + 2*1 + -1*2) / 4 = 0
+    assert mu.item() == pytest.approx(0.0, abs=1e-6) and lv.exp().item() == pytest.approx(0.25)
+    mu, lv = fusion.product_of_experts(mus, logvars, torch.tensor([[1.0], [0.0]]))
+    assert mu.item() == pytest.approx(1.0) and lv.exp().item() == pytest.approx(0.5)
+
+
+def test_subset_enumeration_matches_the_papers_table():
+    assert [fusion.subset_name(s) for s in fusion.SUBSETS] == list(fusion.TABLE_ORDER)
+    assert len(fusion.subsets_of(("frontal", "report"))) == 3
+    assert fusion.BY_NAME["LFT"] == ("frontal", "lateral", "report")
+
+
+def test_missing_lateral_leaves_only_its_subsets():
+    b, d = 4, 3
+    mus = {m: torch.zeros(b, d) for m in fusion.MODALITIES}
+    mus["lateral"] = torch.full((b, d), 1000.0)  # would dominate any subset it joined
+    logvars = {m: torch.zeros(b, d) for m in fusion.MODALITIES}
+    present = {"frontal": torch.ones(b), "lateral": torch.tensor([1.0, 0, 0, 0]), "report": torch.ones(b)}
+    mu, lv, valid = fusion.subset_posteriors(mus, logvars, present)
+    names = list(fusion.TABLE_ORDER)
+    assert valid[0].tolist() == [1.0] * 7
+    assert [n for n, v in zip(names, valid[1].tolist()) if v] == ["F", "T", "FT"]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        z = fusion.mixture_sample(mu, lv, valid, g)
+        assert z[1:].abs().max() < 20
+    assert torch.isfinite(fusion.mixture_kl(mu, lv, valid)).all()
+
+
+# ---- the model -----------------------------------------------------------------------------
+
+
+def test_report_codec_round_trip():
+    from cxrsynth.data.records import Record
+
+    rec = Record("r", "p", "s", findings="The heart is enlarged. No pleural effusion.", impression="Cardiomegaly.")
+    vocab = Vocabulary.build([rec.report], min_count=1)
+    ids = encode_text([rec.report], vocab, 32)
+    assert ids.shape == (1, 32) and ids[0, -1].item() == vocab.pad_id
+    assert decode_report(ids[0].tolist(), vocab) == (rec.findings, rec.impression)
+    # Truncation keeps the end-of-report token.
+    assert encode_text([rec.report], vocab, 8)[0, -1].item() == vocab.eos_id
+
+
+def test_elbo_finite_and_decreasing(records):
+    model = tiny_model(records)
+    batch = records[:12]
+    before = model.member_scores(batch)
+    losses = [model.train_step(batch)["loss"] for _ in range(25)]
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 100
+    after = model.member_scores(batch)
+    assert after.shape == (12,) and (after > before).all()
+
+
+def test_missing_modality_batch_trains_without_touching_lateral_nets(records):
+    model = tiny_model(records)
+    no_lateral = [r for r in records if r.lateral is None]
+    losses = model.train_step(no_lateral)
+    assert losses["nll_lateral"] == 0.0 and np.isfinite(losses["loss"])
+    for name in ("enc_lateral", "dec_lateral"):
+        grads = [p.grad for p in model.nets[name].parameters()]
+        assert all(g is None or g.abs().max() == 0 for g in grads), name
+    assert any(p.grad.abs().max() > 0 for p in model.nets["enc_frontal"].parameters())
+
+
+def test_empty_batch_is_handled(records):
+    model = tiny_model(records)
+    assert model.train_step([]) == {"nll_frontal": 0.0, "nll_lateral": 0.0, "nll_report": 0.0, "kl": 0.0, "loss": 0.0}
+
+
+def test_opacus_step_on_encoders_and_decoders(records):
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    model = tiny_model(records)
+    for name in list(model.nets.keys()):
+        model.nets[name] = GradSampleModule(model.nets[name])
+        model.opts[name] = DPOptimizer(model.opts[name], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=8)
+    before = model.state()
+    batch = records[:8]  # records 0, 3 and 6 have no lateral
+    losses = model.train_step(batch)
+    assert np.isfinite(losses["loss"])
+    for name, net in model.nets.items():
+        for p in net.parameters():
+            assert p.grad_sample is None or p.grad_sample.shape[0] == len(batch)
+    changed = {k.split(".")[0] for k, v in model.state().items() if not np.array_equal(v, before[k])}
+    assert changed == set(model.nets.keys())
+    # An empty Poisson batch: DP-SGD still steps (noise only).
+    before = model.state()
+    model.train_step([])
+    assert any(not np.array_equal(v, before[k]) for k, v in model.state().items() if k.startswith("dec_report"))
+
+
+def test_unconditional_generation_labels_come_from_the_report(records):
+    model = tiny_model(records)
+    out = model.generate(3, seed=5)
+    assert len(out) == 3
+    for r in out:
+        assert r.image.shape == (16, 16) and r.image.dtype == np.uint8 and r.lateral.shape == (16, 16)
+        assert r.labels == label_report(r.report)
+    again = model.generate(3, seed=5)
+    assert all(np.array_equal(a.image, b.image) and a.report == b.report for a, b in zip(out, again))
+
+
+def test_conditional_generation_and_helpers(records):
+    model = tiny_model(records)
+    frontal = [r.image for r in records[:2]]
+    assert len(model.report_from_frontal(frontal)) == 2
+    pairs = model.images_from_report([records[0].report])
+    assert pairs[0][0].shape == (16, 16) and pairs[0][1].shape == (16, 16)
+    lat = model.lateral_from_frontal(frontal, seed=1)
+    assert lat[0].shape == (16, 16)
+    # The condition changes the latent: two different frontal images give different laterals.
+    assert not np.array_equal(lat[0], model.lateral_from_frontal(frontal[1:], seed=1)[0]) or np.array_equal(frontal[0], frontal[1])
+    one = model.generate(2, {"report": records[1].report}, seed=0)
+    assert len(one) == 2
+
+
+def test_bad_conditions_teach(records):
+    model = tiny_model(records)
+    with pytest.raises(InputError, match="does not condition on labels"):
+        model.generate(1, [{"Cardiomegaly": 1}])
+    with pytest.raises(InputError, match="expected 2 condition dicts"):
+        model.generate(2, [{"report": "x"}])
+    with pytest.raises(InputError, match="empty MoPoE condition"):
+        model.generate(1, [{}])
+
+
+def test_checkpoint_round_trip(records, tmp_path):
+    from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
+    from cxrsynth.config import config_from_dict
+
+    cfg = config_from_dict({"model": tiny_config().model_dump()})
+    model = tiny_model(records)
+    model.train_step(records[:8])
+    save_checkpoint(tmp_path, model, cfg, {"step": 1})
+    loaded, _, state = load_checkpoint(tmp_path)
+    assert state["step"] == 1 and loaded.vocab.itos == model.vocab.itos
+    a, b = model.generate(2, seed=3), loaded.generate(2, seed=3)
+    assert all(np.array_equal(x.image, y.image) and x.report == y.report for x, y in zip(a, b))
+    assert np.allclose(model.member_scores(records[:4]), loaded.member_scores(records[:4]), rtol=1e-4)
+
+
+def test_config_refuses_shapes_the_nets_cannot_take():
+    from cxrsynth.config import config_from_dict
+    from cxrsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="power of two"):
+        config_from_dict({"model": {"family": "mopoe", "image_size": 48}})
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        config_from_dict({"model": {"family": "mopoe", "text_length": 30}})
