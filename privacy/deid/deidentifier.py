@@ -1,0 +1,290 @@
+"""De-identify one report: find PHI, replace it, check the result, or quarantine the report.
+
+Fail closed (issue 3, item 5): an exception, a timeout, an over-long text or header PHI still
+present after replacement quarantines the report with a reason that itself holds no PHI.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Optional
+
+from presidio_anonymizer import AnonymizerEngine
+from spacy.lang.en.stop_words import STOP_WORDS
+from presidio_anonymizer.entities import OperatorConfig, RecognizerResult as AnonResult
+
+from cxrsynth.errors import InputError
+from privacy.deid.config import DeidConfig
+from privacy.deid.engine import build_analyzer, versions
+from privacy.deid.keys import load_secret
+from privacy.deid.medical_terms import keep_spans
+from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
+from privacy.deid.surrogates import DATE_FORMATS, Surrogates, redaction_tag
+
+HEADER_FIELDS = {
+    "PatientName": "NAME",
+    "ReferringPhysicianName": "NAME",
+    "PatientID": "ID",
+    "AccessionNumber": "ID",
+    "PatientBirthDate": "DATE",
+}
+# Presidio's own entity names -> the project's types.
+PRESIDIO_TYPES = {
+    "PERSON": "NAME",
+    "LOCATION": "LOCATION",
+    "EMAIL_ADDRESS": "CONTACT",
+    "PHONE_NUMBER": "CONTACT",
+    "URL": "CONTACT",
+    "IP_ADDRESS": "ID",
+    "US_SSN": "ID",
+    "CREDIT_CARD": "ID",
+}
+# Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B").
+SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital"}
+NOT_A_NAME = NON_NAME_WORDS | STOP_WORDS
+
+
+def _not_a_name(text: str) -> bool:
+    words = re.findall(r"[A-Za-z]+", text.lower())
+    return not words or all(w in NOT_A_NAME for w in words)
+
+
+@dataclass(frozen=True)
+class Finding:
+    type: str
+    start: int
+    end: int
+    score: float
+    source: str = ""
+
+
+@dataclass
+class DeidResult:
+    text: Optional[str]
+    status: str  # "ok" | "quarantined"
+    reason: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class ReportTimeout(Exception):
+    pass
+
+
+def _name_tokens(value: str) -> list[str]:
+    return [t for t in re.split(r"[\^,\s]+", value) if len(t.strip(".")) >= 2 and re.search(r"[A-Za-z]", t)]
+
+
+def _parse_header_date(value: str) -> Optional[date]:
+    for fmt in ("%Y%m%d", "%Y-%m-%d", "%m/%d/%Y", "%d.%m.%Y", "%d/%m/%Y"):
+        try:
+            return datetime.strptime(value.strip(), fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def _date_variants(d: date) -> set[str]:
+    out = set()
+    for fmt in DATE_FORMATS:
+        if "%Y" not in fmt and "%y" not in fmt:
+            continue
+        s = d.strftime(fmt)
+        out |= {s, s.upper(), re.sub(r"(?<![\d])0(\d)", r"\1", s)}
+    return out
+
+
+def _loose(value: str) -> str:
+    """A regex for an identifier written with or without separators ("12345678" ~ "1234-5678")."""
+    chars = [re.escape(c) for c in re.sub(r"[\s\-./]", "", value)]
+    return r"[\s\-./]?".join(chars)
+
+
+@dataclass(frozen=True)
+class DenyTerm:
+    field: str
+    type: str
+    regex: re.Pattern
+
+
+def header_deny_terms(meta: Optional[dict]) -> list[DenyTerm]:
+    """Per-report deny-list from header fields: name words, identifiers, the birth date in many forms."""
+    terms: list[DenyTerm] = []
+    for fld, typ in HEADER_FIELDS.items():
+        value = str((meta or {}).get(fld) or "").strip()
+        if not value:
+            continue
+        if typ == "NAME":
+            alts = [re.escape(t.strip(".")) for t in _name_tokens(value)]
+        elif typ == "ID":
+            alts = [_loose(value)] if len(re.sub(r"\W", "", value)) >= 4 else []
+        else:
+            d = _parse_header_date(value)
+            alts = [re.escape(v) for v in sorted(_date_variants(d), key=len, reverse=True)] if d else [re.escape(value)]
+        if alts:
+            terms.append(DenyTerm(fld, typ, re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(alts) + r")(?![A-Za-z0-9])", re.IGNORECASE)))
+    return terms
+
+
+def roster_deny_terms(path) -> list[DenyTerm]:
+    """A staff roster (one name a line): the full name in any case, the surname when capitalised."""
+    if path is None:
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the roster (setting 'roster_file'): {e}") from None
+    full, surnames = [], []
+    for line in lines:
+        toks = _name_tokens(line.strip())
+        if not toks:
+            continue
+        full.append(r"\s+".join(re.escape(t) for t in toks))
+        if len(toks[-1]) >= 3:
+            surnames.append(re.escape(toks[-1][0].upper() + toks[-1][1:].lower()))
+    out = []
+    if full:
+        out.append(DenyTerm("roster", "NAME", re.compile(r"(?<![A-Za-z])(?:" + "|".join(full) + r")(?![A-Za-z])", re.IGNORECASE)))
+    if surnames:
+        out.append(DenyTerm("roster", "NAME", re.compile(r"(?<![A-Za-z])(?:" + "|".join(surnames) + r")(?![A-Za-z])")))
+    return out
+
+
+def merge(findings: list[Finding]) -> list[Finding]:
+    """Overlapping findings become one span; its type is the strongest finding's."""
+    out: list[Finding] = []
+    for f in sorted(findings, key=lambda f: (f.start, -f.end)):
+        if out and f.start < out[-1].end:
+            last = out[-1]
+            strongest = max((last, f), key=lambda x: (x.score, x.end - x.start))
+            out[-1] = Finding(strongest.type, last.start, max(last.end, f.end), max(last.score, f.score), strongest.source)
+        else:
+            out.append(f)
+    return out
+
+
+class _Deadline:
+    """SIGALRM-based timeout on the main thread; elsewhere the elapsed time is checked afterwards."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.armed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+
+    def _fire(self, *_):
+        raise ReportTimeout()
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        if self.armed:
+            self.old = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        return self
+
+    def __exit__(self, *exc):
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.old)
+        return False
+
+    def expired(self) -> bool:
+        return time.perf_counter() - self.t0 > self.seconds
+
+
+class Deidentifier:
+    """The on-site de-identifier. Build once (loads spaCy, a few seconds), call per report."""
+
+    def __init__(self, config: Optional[DeidConfig] = None):
+        self.config = config or DeidConfig()
+        self.analyzer = build_analyzer(self.config)
+        self.anonymizer = AnonymizerEngine()
+        self.secret, self.secret_source = load_secret(self.config.secret_file)
+        self.roster = roster_deny_terms(self.config.roster_file)
+
+    def versions(self) -> dict[str, str]:
+        return versions(self.config, self.analyzer)
+
+    def find(self, text: str, meta: Optional[dict] = None) -> list[Finding]:
+        """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
+        found: list[Finding] = []
+        for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold):
+            typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
+            if typ is None:
+                continue
+            meta_r = r.recognition_metadata or {}
+            source = meta_r.get("rule") or meta_r.get("recognizer_name", "")
+            found.append(Finding(typ, r.start, r.end, float(r.score), source))
+        keep = keep_spans(text)
+        found = [
+            f
+            for f in found
+            if not (
+                f.source in SOFT_SOURCES
+                and (any(f.start < b and a < f.end for a, b in keep) or (f.type == "NAME" and _not_a_name(text[f.start : f.end])))
+            )
+        ]
+        for term in header_deny_terms(meta) + self.roster:
+            found += [Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(text)]
+        return merge(found)
+
+    def _replace(self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]) -> str:
+        if self.config.mode == "redact":
+            make = redaction_tag
+        else:
+            avoid = frozenset(m.group(0) for t in deny for m in t.regex.finditer(text))
+            sur = Surrogates(self.secret, patient_key, self.config.max_shift_days, avoid)
+            make = sur.replace
+        operators = {t: OperatorConfig("custom", {"lambda": (lambda s, t=t: make(t, s))}) for t in {f.type for f in findings}}
+        results = [AnonResult(f.type, f.start, f.end, f.score) for f in findings]
+        return self.anonymizer.anonymize(text, results, operators=operators).text
+
+    def deidentify_text(self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None) -> DeidResult:
+        t0 = time.perf_counter()
+
+        def quarantine(reason: str, counts: Optional[dict] = None) -> DeidResult:
+            return DeidResult(None, "quarantined", reason, counts or {}, time.perf_counter() - t0)
+
+        if not isinstance(text, str):
+            return quarantine(f"text is {type(text).__name__}, not a string")
+        if len(text) > self.config.max_chars:
+            return quarantine(f"over-long text ({len(text)} characters > max_chars {self.config.max_chars})")
+        key = patient_key or str((meta or {}).get("PatientID") or "unknown-patient")
+        deadline = _Deadline(self.config.timeout_s)
+        try:
+            with deadline:
+                findings = self.find(text, meta)
+                deny = header_deny_terms(meta) + self.roster
+                out = self._replace(text, findings, key, deny) if findings else text
+        except ReportTimeout:
+            return quarantine(f"timeout after {self.config.timeout_s:g} s")
+        except Exception as e:  # fail closed: the message may quote the text, so only the type is kept
+            return quarantine(f"error: {type(e).__name__}")
+        counts: dict[str, int] = {}
+        for f in findings:
+            counts[f.type] = counts.get(f.type, 0) + 1
+        if deadline.expired():
+            return quarantine(f"timeout after {self.config.timeout_s:g} s", counts)
+        leaked = sorted({t.field for t in deny if t.regex.search(out)})
+        if leaked:
+            return quarantine(f"header PHI still present after replacement ({', '.join(leaked)})", counts)
+        return DeidResult(out, "ok", "", counts, time.perf_counter() - t0)
+
+
+@lru_cache(maxsize=4)
+def cached_deidentifier(config: DeidConfig) -> Deidentifier:
+    return Deidentifier(config)
+
+
+def scan_phi(texts: list[str], config: Optional[DeidConfig] = None) -> list[list[Finding]]:
+    """PHI findings per text, for the privacy audit of synthetic reports (no header deny-list).
+
+    A finding carries type, offsets, score and source only; callers must not print or log the
+    text under a finding outside the site.
+    """
+    deid = cached_deidentifier(config or DeidConfig())
+    return [deid.find(t) for t in texts]
