@@ -1,0 +1,55 @@
+"""`cxrsynth audit`: run the privacy audit and exit 1 when any check fails."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from pydantic import ValidationError
+
+from cxrsynth.config import AuditPolicy, format_validation_error
+from cxrsynth.errors import CheckFailed, ConfigError
+from cxrsynth.progress import Progress
+
+
+def load_policy(path: Optional[str | Path]) -> AuditPolicy:
+    """A policy YAML holds AuditPolicy's fields (at the top level, or under `audit:` of a run config)."""
+    if path is None:
+        return AuditPolicy()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such policy file.") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of policy settings, got {type(data).__name__}.")
+    if set(data) == {"audit"} or ("audit" in data and "model" in data):
+        data = data["audit"] or {}
+    try:
+        return AuditPolicy.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+
+
+def audit(args: argparse.Namespace) -> int:
+    import torch
+
+    from privacy.audit.run import run_audit
+
+    torch.set_num_threads(1)
+    policy = load_policy(args.policy)
+    progress = Progress(args.quiet)
+    result = run_audit(Path(args.synthetic), Path(args.train), Path(args.holdout), policy, Path(args.out), Path(args.checkpoint) if args.checkpoint else None, progress)
+    lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {name} ({c.get('status', '')}){': ' + '; '.join(c['reasons']) if c.get('reasons') and not c['passed'] else ''}" for name, c in result["checks"].items()]
+    progress.say("\n".join(lines))
+    progress.say(f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}")
+    if not result["passed"]:
+        raise CheckFailed(f"audit failed: {', '.join(n for n, c in result['checks'].items() if not c['passed'])}. See {Path(args.out) / 'report.html'}.")
+    print("audit passed")
+    return 0

@@ -1,0 +1,101 @@
+"""Image memorization at one site: distances to closest record, closeness share, copies.
+
+Figures follow the distance-to-closest-record audits of synthetic medical images (Dar et al.
+2024; Akbar et al. 2023): each synthetic image's nearest training and nearest holdout neighbour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cxrsynth.config import AuditPolicy
+from cxrsynth.data.records import Record
+from cxrsynth.errors import InputError
+from cxrsynth.progress import Progress
+from privacy.audit.encoders import Encoder
+from privacy.audit.neighbors import nearest
+from privacy.audit.stats import closeness_replicates, percentile_ci
+
+MIN_HOLDOUT = 20  # below this the 1% quantile of holdout distances is the minimum of a handful
+HIST_BINS = 40
+
+
+@dataclass
+class CopyPair:
+    """A flagged synthetic image and the training record it copies; stays at the site."""
+
+    synthetic_id: str
+    train_record_id: str
+    patient_id: str
+    distance: float
+
+
+def _nearest_either_way(q: np.ndarray, q_mirrored: np.ndarray, base: np.ndarray, chunk: int, progress: Optional[Progress] = None, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+    d, i = nearest(q, base, chunk, progress, label)
+    dm, im = nearest(q_mirrored, base, chunk)
+    use_m = dm < d
+    return np.where(use_m, dm, d), np.where(use_m, im, i)
+
+
+def image_memorization(
+    encoder: Encoder,
+    synthetic: Sequence[Record],
+    train: Sequence[Record],
+    holdout: Sequence[Record],
+    policy: AuditPolicy,
+    site: str = "",
+    progress: Optional[Progress] = None,
+) -> tuple[dict, list[CopyPair]]:
+    """Aggregate image figures of one site (shippable) and the copy pairs (kept at the site)."""
+    if len(holdout) < MIN_HOLDOUT:
+        raise InputError(f"site {site or '?'}: {len(holdout)} holdout record(s); the copy threshold is calibrated on holdout-to-train distances and needs at least {MIN_HOLDOUT}.")
+    if not train or not synthetic:
+        raise InputError(f"site {site or '?'}: the image check needs training and synthetic images (got {len(train)} and {len(synthetic)}).")
+    chunk = policy.chunk
+    syn_imgs = [r.image for r in synthetic]
+    hold_imgs = [r.image for r in holdout]
+    e_train = encoder.embed([r.image for r in train])
+    e_hold = encoder.embed(hold_imgs)
+    e_syn, e_syn_m = encoder.embed(syn_imgs), encoder.embed(syn_imgs, mirrored=True)
+    e_hold_m = encoder.embed(hold_imgs, mirrored=True)
+
+    d_st, i_st = _nearest_either_way(e_syn, e_syn_m, e_train, chunk, progress, f"{site} synthetic->train")
+    d_ht, _ = _nearest_either_way(e_hold, e_hold_m, e_train, chunk, progress, f"{site} holdout->train")
+    d_sh, _ = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
+
+    threshold = float(policy.copy_margin * np.quantile(d_ht, policy.copy_quantile))
+    copies = np.flatnonzero(d_st < threshold)
+    pairs = [CopyPair(synthetic[j].record_id, train[i_st[j]].record_id, train[i_st[j]].patient_id, float(d_st[j])) for j in copies]
+
+    # The closeness share compares like with like: a training subsample as large as the holdout,
+    # else a bigger training set is "closer" by sheer numbers (share > 0.5 with no memorization).
+    rng = np.random.default_rng(policy.seed)
+    sub = rng.choice(len(train), size=min(len(train), len(holdout)), replace=False)
+    d_stsub, _ = _nearest_either_way(e_syn, e_syn_m, e_train[sub], chunk)
+    closer = (d_stsub < d_sh) + 0.5 * (d_stsub == d_sh)
+    reps = closeness_replicates(closer.astype(np.float64), policy.bootstrap, policy.seed)
+
+    top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
+    edges = np.linspace(0.0, top, HIST_BINS + 1)
+
+    def hist(d: np.ndarray) -> list[int]:
+        return np.histogram(np.clip(d, 0, top), edges)[0].tolist()
+
+    return {
+        "encoder": encoder.name,
+        "n_synthetic": len(synthetic),
+        "n_train": len(train),
+        "n_holdout": len(holdout),
+        "copy_threshold": threshold,
+        "copies": [synthetic[j].record_id for j in copies],
+        "copy_rate": len(copies) / len(synthetic),
+        "holdout_copy_rate": float(np.mean(d_ht < threshold)),
+        "closeness_share": float(closer.mean()),
+        "closeness_ci": percentile_ci(reps, policy.confidence),
+        "closeness_replicates": reps.round(6).tolist(),
+        "dcr_median": {"synthetic_to_train": float(np.median(d_st)), "synthetic_to_holdout": float(np.median(d_sh)), "holdout_to_train": float(np.median(d_ht))},
+        "dcr_hist": {"edges": edges.round(6).tolist(), "synthetic_to_train": hist(d_st), "synthetic_to_holdout": hist(d_sh), "holdout_to_train": hist(d_ht)},
+    }, pairs

@@ -1,0 +1,67 @@
+"""The DP ledger of a checkpoint: per-site epsilon and delta, from train_state.json.
+
+Two forms are written (privacy/dp.py, server/loop.py): a single-site entry `{"epsilon",
+"delta", ...}` from `cxrsynth train`, and a federated book `{"sites": {site: {"epsilon",
+"delta", ...}}, "delta", "epsilon"}`. Anything else is reported as unreadable, never guessed at.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from cxrsynth.config import AuditPolicy
+
+
+def _entry(name: str, e: Any, default_delta: Optional[float]) -> tuple[Optional[dict], Optional[str]]:
+    if not isinstance(e, dict):
+        return None, f"site {name}: entry is {type(e).__name__}, expected a mapping"
+    eps, delta = e.get("epsilon"), e.get("delta", default_delta)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or math.isnan(eps):
+        return None, f"site {name}: no numeric 'epsilon' (keys: {sorted(e)})"
+    if not isinstance(delta, (int, float)):
+        return None, f"site {name}: no numeric 'delta' (keys: {sorted(e)})"
+    return {"site": name, "epsilon": float(eps), "delta": float(delta), "steps": e.get("steps")}, None
+
+
+def read_ledger(train_state: Optional[dict]) -> tuple[list[dict], list[str]]:
+    """(per-site entries, problems). No ledger at all is one problem, stated as such."""
+    if not train_state or train_state.get("privacy_ledger") in (None, {}):
+        return [], ["the checkpoint's train_state.json has no 'privacy_ledger' (trained without DP, or not by cxrsynth)"]
+    book = train_state["privacy_ledger"]
+    if not isinstance(book, dict):
+        return [], [f"'privacy_ledger' is {type(book).__name__}, expected a mapping"]
+    if "sites" in book:
+        sites = book["sites"]
+        if not isinstance(sites, dict) or not sites:
+            return [], ["'privacy_ledger.sites' is empty or not a mapping"]
+        out, problems = [], []
+        for name, e in sites.items():
+            entry, problem = _entry(str(name), e, book.get("delta"))
+            if entry:
+                out.append(entry)
+            if problem:
+                problems.append(problem)
+        return out, problems
+    entry, problem = _entry("local", book, None)
+    return ([entry] if entry else []), ([problem] if problem else [])
+
+
+def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
+    entries, problems = read_ledger(train_state)
+    worst = max((e["epsilon"] for e in entries), default=None)
+    reasons = list(problems)
+    if policy.require_dp:
+        if not entries:
+            reasons.append("policy require_dp is true and no site has a DP ledger entry")
+        if policy.epsilon_budget is None:
+            reasons.append("policy require_dp is true but epsilon_budget is not set")
+        elif worst is not None and worst > policy.epsilon_budget:
+            reasons.append(f"epsilon {worst:.3g} exceeds the policy budget {policy.epsilon_budget:g}")
+        passed = not reasons
+    else:
+        # Without require_dp the ledger is reported, and only a stated budget can fail it.
+        passed = not (policy.epsilon_budget is not None and worst is not None and worst > policy.epsilon_budget)
+        if not passed:
+            reasons.append(f"epsilon {worst:.3g} exceeds the policy budget {policy.epsilon_budget:g}")
+    return {"passed": passed, "status": "ran", "sites": entries, "epsilon_max": worst, "require_dp": policy.require_dp, "epsilon_budget": policy.epsilon_budget, "reasons": reasons}

@@ -1,0 +1,110 @@
+"""The audit when one party holds all the data: each site's checks run here, then combine.
+
+The code path is the federated one (site.site_audit per site, combine.combine at the end); only
+the transport differs, so a local audit and a federated one give the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cxrsynth.config import AuditPolicy
+from cxrsynth.data.dataset import read_dataset
+from cxrsynth.data.records import Record
+from cxrsynth.errors import InputError
+from cxrsynth.progress import Progress
+from privacy.audit.combine import combine
+from privacy.audit.ledger import dp_ledger_check
+from privacy.audit.phi import phi_scan
+from privacy.audit.report import write_report
+from privacy.audit.site import Scorer, site_audit
+
+
+def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str, tuple[list[Record], list[Record]]]:
+    """site -> (train, holdout); a site with training records but no holdout cannot be calibrated."""
+    sites: dict[str, tuple[list[Record], list[Record]]] = {}
+    for r in train:
+        sites.setdefault(r.site or "local", ([], []))[0].append(r)
+    for r in holdout:
+        key = r.site or "local"
+        if key not in sites:
+            raise InputError(f"holdout record {r.record_id} is from site {key!r}, which has no training records; holdout and training must come from the same sites.")
+        sites[key][1].append(r)
+    return sites
+
+
+def audit_records(
+    synthetic: Sequence[Record],
+    train: Sequence[Record],
+    holdout: Sequence[Record],
+    policy: AuditPolicy,
+    *,
+    scorer: Optional[Scorer] = None,
+    train_state: Optional[dict] = None,
+    inputs: Optional[dict] = None,
+    progress: Optional[Progress] = None,
+) -> tuple[dict, list[tuple]]:
+    """The audit dict and the copy pairs with both images (for the local report)."""
+    progress = progress or Progress(quiet=True)
+    by_id = {r.record_id: r for r in train}
+    syn_by_id = {r.record_id: r for r in synthetic}
+    answers, pairs = [], []
+    for site, (tr, ho) in sorted(split_sites(train, holdout).items()):
+        answer, site_pairs = site_audit(synthetic, tr, ho, policy, scorer, site, progress)
+        answers.append(answer)
+        pairs += [(p, syn_by_id[p.synthetic_id].image, by_id[p.train_record_id].image) for p in site_pairs]
+    phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
+    dp = dp_ledger_check(train_state, policy) if train_state is not None else None
+    return combine(answers, policy, phi, dp, inputs), pairs
+
+
+def _read(path: Path, what: str, load_images: bool = True) -> list[Record]:
+    # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
+    records, _ = read_dataset(path, strict=True, load_images=load_images)
+    if not records:
+        raise InputError(f"{path}: the {what} dataset has no records.")
+    return records
+
+
+def run_audit(
+    synthetic_dir: Path,
+    train_dir: Path,
+    holdout_dir: Path,
+    policy: AuditPolicy,
+    out: Path,
+    checkpoint: Optional[Path] = None,
+    progress: Optional[Progress] = None,
+) -> dict:
+    from privacy.release import tree_hashes
+
+    progress = progress or Progress()
+    synthetic = _read(synthetic_dir, "synthetic")
+    train_all = _read(train_dir, "training")
+    same = Path(train_dir).resolve() == Path(holdout_dir).resolve()
+    train = [r for r in train_all if r.split != "holdout"]
+    holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in _read(holdout_dir, "holdout") if r.split != "train"]
+    if not holdout:
+        raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
+    overlap = {r.patient_id for r in train} & {r.patient_id for r in holdout}
+    if overlap:
+        raise InputError(f"{len(overlap)} patient(s) are in both training and holdout (e.g. {sorted(overlap)[:3]}); the split must be by patient.")
+    scorer, train_state, ckhash = None, None, None
+    if checkpoint is not None:
+        from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
+
+        model, _, train_state = load_checkpoint(checkpoint)
+        model.eval()
+        scorer, ckhash = model.member_scores, checkpoint_hash(checkpoint)
+    inputs = {"synthetic": str(synthetic_dir), "train": str(train_dir), "holdout": str(holdout_dir), "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_hash": ckhash, "synthetic_files": tree_hashes(synthetic_dir)}
+    audit, pairs = audit_records(synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress)
+    write_audit(audit, out, pairs)
+    return audit
+
+
+def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
+    write_report(audit, out, pairs)
