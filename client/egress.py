@@ -69,3 +69,35 @@ def egress_guard(msg: Message, context: Context, call_next) -> Message:
         log.error("reply stopped at the site: %s", e)
         return Message(Error(code=3, reason=f"egress refused: {e}"), reply_to=msg)
     return reply
+
+
+def describe(msg: Message) -> dict:
+    """What a reply carries, without the values of arrays: record names, types, keys, shapes, numbers."""
+    if msg.has_error():
+        return {"type": msg.metadata.message_type, "error": msg.error.reason}
+    out: dict = {"type": msg.metadata.message_type, "records": {}}
+    for name, rec in msg.content.items():
+        if isinstance(rec, ArrayRecord):
+            body = {k: [str(v.dtype), list(v.shape)] for k, v in rec.items()}
+        else:
+            body = {k: v for k, v in rec.items()}
+        out["records"][name] = {"kind": type(rec).__name__, "items": body}
+    return out
+
+
+def egress_log(path):
+    """Flower mod that appends one JSON line per outgoing reply to `path`: a site's own record of what left."""
+    import json
+    from pathlib import Path
+
+    target = Path(path)
+
+    def mod(msg: Message, context: Context, call_next) -> Message:
+        reply = call_next(msg, context)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"node_config": dict(context.node_config), **describe(reply)}
+        with open(target, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+        return reply
+
+    return mod

@@ -86,14 +86,21 @@ def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
     return data
 
 
-def token_counts(records: list[Record], min_count: int) -> tuple[dict[str, int], int]:
-    """Counts of report tokens seen at least `min_count` times, and the number of reports.
+def token_counts(records: list[Record], min_patients: int) -> tuple[dict[str, int], int]:
+    """Counts of the report tokens found in the reports of at least `min_patients` patients, and the number of reports.
 
-    Rare tokens (a surname the de-identifier missed, a unique phrase) never leave the site;
-    the server merges the frequent ones into one vocabulary for every site.
+    The threshold is on distinct patients, not occurrences, so a token tied to one person (an
+    MRN or a surname the de-identifier missed, repeated over that patient's studies) never
+    leaves the site, however often it occurs; the server merges the rest into one vocabulary.
     """
-    counts = Counter(t for r in records for t in tokenize(r.report))
-    return {t: c for t, c in counts.items() if c >= min_count}, len(records)
+    counts: Counter = Counter()
+    patients: dict[str, set] = {}
+    for r in records:
+        toks = tokenize(r.report)
+        counts.update(toks)
+        for t in set(toks):
+            patients.setdefault(t, set()).add(r.patient_id)
+    return {t: c for t, c in counts.items() if len(patients[t]) >= min_patients}, len(records)
 
 
 def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:

@@ -2,7 +2,7 @@
 
 A vocabulary fitted at each site would give each site different embedding shapes and token ids,
 so their weights could not be averaged. Before round 1 the server asks every site for the counts
-of the report tokens it has seen at least `federation.vocab_min_count` times (plus its number of
+of the report tokens found at `federation.vocab_min_count` or more of its patients (plus its number of
 reports), sums them, and fits the model's data-dependent parts once on count-equivalent
 pseudo-reports: each kept token appears exactly its summed count, spread over as many reports
 as the sites hold. The fitted extra state (vocabulary, tokenizer) then travels to every site

@@ -1,0 +1,107 @@
+"""privacy/dp.py with real Opacus on a real model family (MoPoE tiny)."""
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from cxrsynth.config import load_config
+from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.models import build_model
+from cxrsynth.train import load_run_data, train_steps
+from privacy.dp import check_budget, epsilon_of, privatize, read_ledger_file, write_ledger_file
+
+
+def _cfg(**dp):
+    return load_config(
+        "mopoe-tiny",
+        {
+            "model": {"image_size": 16, "text_length": 16, "channels": 8},
+            "data": {"phantom": {"n": 40, "sites": 1, "image_size": 16}},
+            "train": {"batch_size": 8, "num_threads": 1},
+            "dp": {"enabled": True, "noise_multiplier": 1.0, **dp},
+        },
+    )
+
+
+def _model(cfg):
+    torch.manual_seed(0)
+    records = [r for r in load_run_data(cfg) if r.split != "holdout"]
+    model = build_model(cfg.model)
+    model.setup(records)
+    model.opts = model.make_optimizers()
+    return model, records
+
+
+def test_privatize_wraps_real_data_nets_and_ledger_accumulates_across_rounds():
+    cfg = _cfg()
+    model, records = _model(cfg)
+    rate = cfg.train.batch_size / len(records)
+    ledger = privatize(model, cfg, rate)
+    real = [n for n in model.nets if model.reads_real_data(n)]
+    assert real and all(isinstance(model.nets[n], GradSampleModule) for n in real)
+    assert all(isinstance(model.opts[n], DPOptimizer) for n in real)
+    train_steps(model, records, steps=2, batch_size=cfg.train.batch_size, sampling="poisson")
+    first = ledger()
+    assert first["steps"] == 2 * len(real)  # every real-data optimizer step is a counted query
+    assert 0 < first["epsilon"] and first["delta"] == cfg.dp.delta
+    # Round 2 at the same site starts from the round-1 history (a fresh model, as in federation).
+    model2, _ = _model(cfg)
+    ledger2 = privatize(model2, cfg, rate, history=first["history"])
+    train_steps(model2, records, steps=2, batch_size=cfg.train.batch_size, sampling="poisson")
+    second = ledger2()
+    assert second["steps"] == 2 * first["steps"]
+    assert second["epsilon"] > first["epsilon"]
+    assert second["epsilon"] == pytest.approx(epsilon_of(second["history"], cfg.dp))
+    # The weights read back through the wrappers, with the plain names.
+    assert set(model2.state()) == set(build_model(cfg.model).state()) | {k for k in model2.state() if "report" in k}
+
+
+def test_budget_refuses_a_round_up_front_with_reasons():
+    cfg = _cfg(epsilon_budget=5.0)
+    with pytest.raises(CheckFailed, match="site x refuses to train: its privacy budget is epsilon 5"):
+        check_budget([], cfg.dp, 0.2, 500, site="site x")
+    assert 0 < check_budget([], cfg.dp, 0.2, 1, site="site x") < 5.0
+    # What was spent before counts: the same single step is refused after a long history.
+    with pytest.raises(CheckFailed, match="it has spent"):
+        check_budget([(1.0, 0.2, 400)], cfg.dp, 0.2, 1, site="site x")
+
+
+def test_dp_optimizer_stops_at_the_budget_without_applying_the_step():
+    cfg = _cfg(epsilon_budget=8.0)
+    model, records = _model(cfg)
+    rate = cfg.train.batch_size / len(records)
+    ledger = privatize(model, cfg, rate)
+    before = None
+    with pytest.raises(CheckFailed, match="privacy budget reached"):
+        for _ in range(200):
+            before = {k: v.copy() for k, v in model.state().items()}
+            train_steps(model, records, steps=1, batch_size=cfg.train.batch_size, sampling="poisson")
+    spent = ledger()
+    assert spent["epsilon"] <= 8.0
+    assert spent["steps"] > 0
+    # The refused step was never applied: the network stepped last in a train step kept the
+    # weights it had before the refused call (the client then discards the whole round).
+    last_real = [n for n in model.opts if model.reads_real_data(n)][-1]
+    after = model.state()
+    assert all((after[k] == before[k]).all() for k in after if k.startswith(last_real + "."))
+
+
+def test_batchnorm_is_refused_with_a_teaching_message():
+    cfg = _cfg()
+    model, _ = _model(cfg)
+    name = next(iter(model.nets))
+    model.nets[name] = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    model.opts[name] = torch.optim.SGD(model.nets[name].parameters(), lr=0.1)
+    with pytest.raises(InputError, match="GroupNorm"):
+        privatize(model, cfg, 0.1)
+
+
+def test_ledger_file_roundtrip_and_corruption(tmp_path):
+    path = tmp_path / "site.dp-ledger.json"
+    write_ledger_file(path, {"history": [[1.0, 0.1, 30]], "epsilon": 1.2})
+    assert read_ledger_file(path) == [(1.0, 0.1, 30)]
+    path.write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputError, match="privacy ledger is unreadable"):
+        read_ledger_file(path)
