@@ -156,11 +156,13 @@ def roster_deny_terms(path) -> list[DenyTerm]:
     return out
 
 
-def merge(findings: list[Finding]) -> list[Finding]:
-    """Overlapping findings become one span; its type is the strongest finding's."""
+def merge(findings: list[Finding], text: str) -> list[Finding]:
+    """Overlapping findings become one span (type of the strongest); so do same-type findings
+    separated only by a space or a comma ("Rose" "Green" -> "Rose Green")."""
     out: list[Finding] = []
     for f in sorted(findings, key=lambda f: (f.start, -f.end)):
-        if out and f.start < out[-1].end:
+        joins = out and f.start >= out[-1].end and f.type == out[-1].type and re.fullmatch(r"[\s,]{1,2}", text[out[-1].end : f.start])
+        if out and (f.start < out[-1].end or joins):
             last = out[-1]
             strongest = max((last, f), key=lambda x: (x.score, x.end - x.start))
             out[-1] = Finding(strongest.type, last.start, max(last.end, f.end), max(last.score, f.score), strongest.source)
@@ -225,12 +227,39 @@ class Deidentifier:
             for f in found
             if not (
                 f.source in SOFT_SOURCES
-                and (any(f.start < b and a < f.end for a, b in keep) or (f.type == "NAME" and _not_a_name(text[f.start : f.end])))
+                and (any(f.start < b and a < f.end for a, b in keep) or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end])))
             )
         ]
         for term in header_deny_terms(meta) + self.roster:
             found += [Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(text)]
-        return merge(found)
+        found += self._propagate(text, found)
+        return merge(found, text)
+
+    def _propagate(self, text: str, found: list[Finding]) -> list[Finding]:
+        """Other mentions of a name found once: its words elsewhere (capitalised or in any case
+        when the word is long), and user names made from it ("mkowalczyk", "m.kowalczyk")."""
+        words: set[str] = set()
+        user_names: set[str] = set()
+        for f in found:
+            if f.type != "NAME":
+                continue
+            toks = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", text[f.start : f.end]) if t.lower() not in NOT_A_NAME]
+            words |= {t for t in toks if len(t) >= 3}
+            if len(toks) >= 2:
+                first, last = toks[0].lower(), toks[-1].lower()
+                user_names |= {first[0] + last, f"{first}.{last}", f"{first[0]}.{last}", first + last[0], last + first[0]}
+        if not words:
+            return []
+        keep = keep_spans(text)
+        alts = "|".join(re.escape(w) for w in sorted(words | user_names, key=len, reverse=True))
+        out = []
+        for m in re.finditer(rf"(?<![\w@.])(?:{alts})(?![\w@])", text, re.IGNORECASE):
+            if any(m.start() < b and a < m.end() for a, b in keep):
+                continue
+            exact = m.group(0) in words or m.group(0).lower() in user_names
+            if exact or (m.group(0)[:1].isupper() and len(m.group(0)) >= 4) or len(m.group(0)) >= 6:
+                out.append(Finding("NAME", m.start(), m.end(), 0.7, "propagated"))
+        return out
 
     def _replace(self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]) -> str:
         if self.config.mode == "redact":

@@ -18,7 +18,12 @@ ENTITY_TYPES = ("NAME", "ID", "DATE", "TIME", "AGE", "CONTACT", "LOCATION")
 
 MONTH = (
     r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
-    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+    r"|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?"
+    # French, Spanish, Portuguese, German, Italian month names (international reports)
+    r"|janvier|f[ée]vrier|mars|avril|mai|juin|juillet|ao[ûu]t|septembre|octobre|novembre|d[ée]cembre"
+    r"|enero|febrero|marzo|abril|mayo|junio|julio|agosto|septiembre|setiembre|octubre|noviembre|diciembre"
+    r"|janeiro|fevereiro|mar[çc]o|maio|junho|julho|setembro|outubro|novembro|dezembro"
+    r"|januar|februar|m[äa]rz|juni|juli|oktober|dezember|gennaio|febbraio|aprile|maggio|giugno|luglio|settembre|ottobre|dicembre)"
 )
 ORD = r"(?:st|nd|rd|th)"
 # One name word: capitalised (Smith, O'Neil, McDonald, Garcia-Lopez) or ALL CAPS.
@@ -33,7 +38,9 @@ NON_NAME_WORDS = frozenset(
     brother sister son daughter mother father partner caregiver family spouse niece nephew and or with by for from
     left right bilateral lungs lung heart hospital clinic center centre ward room bed floor procedure indications
     reason critical result results findings discussed spoke paged called verified interpreted read approved reported
-    cc tech technologist radiologist staff author primary care nurse rn md do phd mbbs frcr np ms cm mm""".split()
+    cc tech technologist radiologist staff author primary care nurse rn md do phd mbbs frcr np ms cm mm
+    mediastinum mediastinal cardiomegaly atelectasis effusion effusions consolidation pneumothorax edema opacity
+    opacities hilum hila trachea carina aorta neg pos lv rv la rad imp hx dx sob cabg copd chf ards ptx nl wnl""".split()
 )
 NOT_NAME = r"(?!(?i:" + "|".join(sorted(NON_NAME_WORDS, key=len, reverse=True)) + r")\b)"
 NAME_WORD = rf"{NOT_NAME}(?:(?:Ma?c|O['\u2019]|D['\u2019])?[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?|[A-Z]{{2,}}(?:['\u2019-][A-Z]+)?)"
@@ -55,7 +62,7 @@ SIGN_LABEL = (
     r"|referring\s+(?:physician|provider|md|clinician|doctor)|requested\s+by|ordered\s+by|performed\s+by|technologist"
     r"|tech|rad\s+tech|cc|c\.c\.|copy\s+to|copies\s+to|discussed\s+with|d/w|dw|spoke\s+with|spoke\s+to|called\s+to"
     r"|communicated\s+to|conveyed\s+to|relayed\s+to|informed|notified|paged|author|referrer|physician|clinician"
-    r"|referring|ordering|requesting|identified\s+as|patient|pt|name|patient\s+name|pt\s+name|surname|first\s+name|last\s+name|given\s+name|reported\s+to|results\s+to"
+    r"|referring|ordering|requesting|identified\s+as|ref\.?|referred\s+by|patient|pt|name|patient\s+name|pt\s+name|surname|first\s+name|last\s+name|given\s+name|reported\s+to|results\s+to"
     r"|preliminary\s+read\s+by|prelim\s+by|wet\s+read\s+by|addendum\s+by|final\s+read\s+by|consultant|provider|pcp)"
 )
 RELATIVE = (
@@ -67,7 +74,8 @@ ID_LABEL = (
     r"(?:\s?(?:No\.?|Number|#))?|Unit\s?(?:No\.?|Number|#)|Pt\.?\s?ID|Patient\s?ID|Hosp(?:ital)?\.?\s?(?:No\.?|Number|#)"
     r"|Study\s?(?:ID|No\.?|#)|Order\s?(?:ID|No\.?|Number|#)|Exam\s?(?:ID|No\.?|#)|Case\s?(?:ID|No\.?|#)|Encounter(?:\s?(?:ID|No\.?|#))?"
     r"|Visit\s?(?:ID|No\.?|#)|FIN|CSN|NHS\s?(?:No\.?|Number)|Health\s?Card(?:\s?(?:No\.?|Number))?|Req(?:uisition)?\.?\s?(?:No\.?|#)"
-    r"|Account\s?(?:No\.?|Number|#)|Acct\.?\s?(?:No\.?|#)?|Specimen\s?(?:ID|No\.?)|Film\s?(?:No\.?|#)|ID)"
+    r"|Account\s?(?:No\.?|Number|#)|Acct\.?\s?(?:No\.?|#)?|Specimen\s?(?:ID|No\.?)|Film\s?(?:No\.?|#)|IPP|NIP|GMC|NPI|DEA"
+    r"|License\s?(?:No\.?|#)|Licence\s?(?:No\.?|#)|Badge|Employee\s?(?:ID|No\.?)|ID)"
 )
 # Ordinals that are anatomy, not dates ("the 5th rib", "the 4th ventricle").
 ANATOMY_AFTER_ORDINAL = (
@@ -94,6 +102,7 @@ RULES: tuple[Rule, ...] = (
     Rule("id_grouped", "ID", r"\b[A-Z]{2,5}-\d{2,4}-\d{3,}\b", 0.8),
     Rule("id_digits", "ID", r"(?<![\d.,/:-])\d{6,}(?![\d.,/:]\d)", 0.6),
     Rule("id_dashed", "ID", r"(?<![\d/.-])\d{2,4}-\d{2,4}-\d{2,4}(?:-\d{1,4})?(?![\d/.-])", 0.6),
+    Rule("id_year_serial", "ID", r"(?<![\d/.-])(?:19|20)\d{2}-\d{5,}(?![\d-])", 0.7),
     Rule("id_nhs", "ID", r"\b\d{3}\s\d{3}\s\d{4}\b", 0.6),
     # --- dates -------------------------------------------------------------------------------
     Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d/-]|\.\d)", 0.9),
@@ -107,7 +116,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "date_short",
         "DATE",
-        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|compared\s+(?:to|with)|study|exam|film|radiograph|cxr|until|by|and|to|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?)\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])",
+        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|compared\s+(?:to|with)|study|exam|film|radiograph|cxr|until|by|and|to|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?|ap|pa|portable|chest|xr|view|views)\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])",
         0.7,
     ),
     Rule("date_weekday", "DATE", r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)(?:\s+(?:morning|afternoon|evening|night))?\b", 0.5),
@@ -116,6 +125,7 @@ RULES: tuple[Rule, ...] = (
     Rule("time_colon", "TIME", r"(?<![\d:])(?:[01]?\d|2[0-3])[:h][0-5]\d(?::[0-5]\d)?(?:\s?(?i:a\.?m\.?|p\.?m\.?|hrs?|h))?(?![\d:])", 0.85),
     Rule("time_military", "TIME", r"(?i)(?:\bat|@|\bby|\btime:?|\bfrom|\bto|\buntil|\bbefore|\bafter|\baround|\b~)\s*(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?:\s?(?:hrs?|hours|h)\b)?(?!\d)", 0.8),
     Rule("time_hrs", "TIME", r"(?i)(?<![\d:])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d\s?(?:hrs?|hours|h))\b", 0.85),
+    Rule("time_after_date", "TIME", r"(?<![\d/.-])\d{1,4}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?!\d)", 0.7),
     Rule("time_ampm", "TIME", r"(?i)(?<![\d:])(?:1[0-2]|0?[1-9])\s?(?:a\.m\.|p\.m\.|am|pm)(?![a-z])", 0.85),
     # --- ages over 89 (Safe Harbor aggregates them as 90+) -----------------------------------
     Rule("age_years", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)(?:\s?|-)(?:years?|yrs?|y)(?:\s?|-)(?:old|o\b|/o)", 0.9),
@@ -150,9 +160,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "hospital",
         "LOCATION",
-        r"\b(?:(?:St|Mt)\.?\s|Saint\s|Mount\s)?(?:[A-Z][A-Za-z'\u2019&.-]+\s(?:(?:of|the|and|&)\s)?){1,4}(?:Hospital|Medical\sCent(?:er|re)|Health\s(?:Cent(?:er|re)|System|Sciences\sCent(?:er|re))|Clinic|Infirmary|Healthcare|Memorial|Cancer\sCent(?:er|re)|Children's|Rehabilitation\s(?:Cent(?:er|re)|Hospital)|Nursing\sHome|Care\sHome|Urgent\sCare|Imaging(?:\sCent(?:er|re))?|Radiology\s(?:Associates|Group|Partners)|Medical\sGroup|Infirmary|Hospice|Polyclinic|Sanatorium|Health)\b(?:\s(?:of|at)\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?",
+        r"\b(?:(?:St|Mt)\.?\s|Saint\s|Mount\s)?(?:[A-Z][A-Za-z'\u2019&.-]+\s(?:(?:of|the|and|&)\s)?){1,4}(?:Hospital|Medical\sCent(?:er|re)|Health\s(?:Cent(?:er|re)|System|Sciences\sCent(?:er|re))|Clinic|Infirmary|Healthcare|Memorial|Cancer\sCent(?:er|re)|Children's|Rehabilitation\s(?:Cent(?:er|re)|Hospital)|Nursing\sHome|Care\sHome|Urgent\sCare|Imaging(?:\sCent(?:er|re))?|Radiology\s(?:Associates|Group|Partners)|Associates|Medical\sGroup|Infirmary|Hospice|Polyclinic|Sanatorium|Health)\b(?:\s(?:of|at)\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?(?:\s\d{1,3}[A-Z]?\b)?",
         0.85,
     ),
+    # Hospital names in the word order of other languages: "Clinique Saint-Luc", "Klinikum Rechts der Isar"
+    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)\s(?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[\s-])*[A-Z][\w'-]+(?:[\s-](?:de|du|del|der|di)?\s?[A-Z][\w'-]+){0,2}", 0.8),
     Rule("hospital_of", "LOCATION", r"\b(?:Hospital|Royal\sInfirmary|University|Clinique|Klinikum|Hôpital|Hospital\sUniversitario)\s(?:of|de|du|für|at)\s(?:the\s)?[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}\b", 0.8),
     Rule("ward", "LOCATION", r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|pod|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b", 0.7),
     Rule("ward_compass", "LOCATION", r"\b\d{1,2}\s?(?:North|South|East|West|N|S|E|W)\b(?=\s*(?:ICU|CCU|unit|ward|floor|tower|step-?down|med|surg|telemetry|tele|[,.;)]|$))", 0.7),

@@ -373,9 +373,34 @@ def build_report(rng: random.Random, held: bool, idx: int) -> dict:
     return {"id": f"{'heldout' if held else 'tune'}-{idx:03d}", "text": text, "meta": meta, "gold": b.gold, "keep": b.keep}
 
 
+MARK = re.compile(r"\[\[([A-Z]+):(.*?)\]\]|\{\{(.*?)\}\}")
+
+
+def read_handwritten(path: Path, prefix: str) -> list[dict]:
+    """Hand-written reports: `[[TYPE:text]]` marks PHI, `{{text}}` a medical term to keep, `---` separates."""
+    rows = []
+    for i, block in enumerate(path.read_text(encoding="utf-8").split("\n---\n")):
+        lines = block.strip("\n").splitlines()
+        meta = json.loads(lines[0][len("META:") :]) if lines and lines[0].startswith("META:") else {}
+        body = "\n".join(lines[1:] if lines and lines[0].startswith("META:") else lines)
+        b, pos = Builder(), 0
+        for m in MARK.finditer(body):
+            b.add(body[pos : m.start()])
+            if m.group(1):
+                b.add(m.group(2), m.group(1))
+            else:
+                b.add(m.group(3), "KEEP")
+            pos = m.end()
+        b.add(body[pos:])
+        rows.append({"id": f"{prefix}-{i:03d}", "text": b.text(), "meta": meta, "gold": b.gold, "keep": b.keep})
+    return rows
+
+
 def write(path: Path, n: int, seed: int, held: bool) -> tuple[int, int]:
     rng = random.Random(seed)
     rows = [build_report(rng, held, i) for i in range(n)]
+    hand = HERE / f"handwritten_{'heldout' if held else 'tune'}.txt"
+    rows += read_handwritten(hand, f"{'heldout' if held else 'tune'}-hand")
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return len(rows), sum(len(r["gold"]) for r in rows)
 
