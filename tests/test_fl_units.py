@@ -1,0 +1,123 @@
+"""The federation's parts without the simulation engine: screening, vocabulary, egress, strategy state, ClientApp."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import make_app
+from client.egress import EgressRefused, check_reply
+from client.records import from_arrays, ledger_from_record, round_config, to_arrays
+from client.task import token_counts
+from cxrsynth.config import load_config
+from cxrsynth.data.records import Record
+from cxrsynth.data.text import tokenize
+from server.screen import screen
+from server.strategy import load_strategy_state, make_strategy, strategy_state
+from server.vocab import merge_counts, pseudo_reports
+
+
+@pytest.fixture(autouse=True)
+def _identity():
+    # A Message needs the process's Flower identity; a SuperNode or the simulation sets it.
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
+
+
+def _reply(node: int, arrays: dict, n: int = 10, message_type: str = "train") -> Message:
+    incoming = Message(RecordDict(), dst_node_id=node, message_type=message_type)
+    return Message(RecordDict({"arrays": to_arrays(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=incoming)
+
+
+def test_screen_rejects_nan_shape_outlier_and_failed_sites():
+    g = {"a.w": np.zeros((3, 2), np.float32), "a.b": np.zeros(2, np.float32)}
+    ok = [_reply(i, {"a.w": np.full((3, 2), 0.1 * i, np.float32), "a.b": np.zeros(2, np.float32)}) for i in (1, 2, 3)]
+    nan = _reply(4, {"a.w": np.full((3, 2), np.nan, np.float32), "a.b": np.zeros(2, np.float32)})
+    shape = _reply(5, {"a.w": np.zeros((2, 3), np.float32), "a.b": np.zeros(2, np.float32)})
+    huge = _reply(6, {"a.w": np.full((3, 2), 1e4, np.float32), "a.b": np.zeros(2, np.float32)})
+    missing = _reply(7, {"a.w": np.zeros((3, 2), np.float32)})
+    from flwr.app import Error
+
+    crashed = Message(Error(code=2, reason="RuntimeError at the site"), reply_to=Message(RecordDict(), dst_node_id=8, message_type="train"))
+    s = screen(ok + [nan, shape, huge, missing, crashed], g, norm_factor=10.0)
+    assert sorted(m.metadata.src_node_id for m in s.accepted) == [1, 2, 3]
+    reasons = {r["node"]: r["reason"] for r in s.rejected}
+    assert "NaN" in reasons[4] and "shape" in reasons[5] and "median" in reasons[6]
+    assert "missing" in reasons[7] and "failed" in reasons[8]
+
+
+def test_vocabulary_counts_need_enough_patients_and_merge_exactly():
+    recs = [Record(f"r{i}", f"p{i % 4}", f"s{i}", findings="heart normal. mrn 1234" if i % 4 == 0 else "heart normal.") for i in range(12)]
+    counts, n = token_counts(recs, min_patients=2)
+    assert n == 12 and counts["heart"] == 12 and "." in counts
+    assert "1234" not in counts and "mrn" not in counts  # one patient's token, whatever its count (3)
+    merged = merge_counts([counts, {"heart": 3, "effusion": 5}])
+    fake = pseudo_reports(merged, n_reports=15)
+    assert Counter(t for r in fake for t in tokenize(r.report)) == merged
+    assert len(fake) <= 15
+
+
+def test_egress_rule_lets_only_arrays_counts_metrics_and_ledger_out():
+    ok = _reply(1, {"w": np.ones(2)})
+    check_reply(ok)
+    text = _reply(1, {"w": np.ones(2)})
+    text.content["notes"] = ConfigRecord({"report": "Patient John Smith"})
+    with pytest.raises(EgressRefused, match="notes"):
+        check_reply(text)
+    arrays_in_query = _reply(1, {"w": np.ones(2)}, message_type="query")
+    with pytest.raises(EgressRefused, match="only in train replies"):
+        check_reply(arrays_in_query)
+    bad_ledger = _reply(1, {"w": np.ones(2)})
+    bad_ledger.content["ledger"] = ConfigRecord({"epsilon": 1.0, "site-name": "St Mary's"})
+    with pytest.raises(EgressRefused, match="site-name"):
+        check_reply(bad_ledger)
+
+
+def test_fedadam_state_survives_a_save_and_load():
+    cfg = load_config("mopoe-tiny", {"federation": {"strategy": "fedadam"}})
+    s1 = make_strategy(cfg.federation)
+    s1.m_t = {"a": np.arange(3.0)}
+    s1.v_t = {"a": np.ones(3)}
+    arrays, scalars = strategy_state(s1)
+    s2 = make_strategy(cfg.federation)
+    load_strategy_state(s2, arrays, scalars)
+    assert np.array_equal(s2.m_t["a"], np.arange(3.0)) and np.array_equal(s2.v_t["a"], np.ones(3))
+    dp = make_strategy(load_config("mopoe-tiny", {"federation": {"client_dp": "adaptive", "client_dp_clip": 2.5}}).federation)
+    assert strategy_state(dp)[1]["clipping_norm"] == 2.5
+
+
+def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
+    cfg = load_config(
+        "mopoe-tiny",
+        {
+            "model": {"image_size": 16, "text_length": 16, "channels": 8},
+            "data": {"phantom": {"n": 36, "sites": 3, "image_size": 16}},
+            "train": {"batch_size": 4, "num_threads": 1},
+            "dp": {"enabled": True, "noise_multiplier": 1.5},
+            "federation": {"local_steps": 1, "vocab_min_count": 2},
+        },
+    )
+    app = make_app(ledger_dir=tmp_path)
+    ctx = Context(run_id=11, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={})
+    vocab = app(Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx)
+    assert not vocab.has_error(), vocab.error.reason if vocab.has_error() else ""
+    counts = dict(vocab.content["counts"])
+    assert counts and all(isinstance(v, int) for v in counts.values())
+    from cxrsynth.models import build_model
+
+    model = build_model(cfg.model)
+    model.setup(pseudo_reports(merge_counts([counts]), int(vocab.content["metrics"]["num-reports"])))
+    arrays, extra = model.state(), model.extra_state()
+    eps = []
+    for rnd in (1, 2):
+        conf = round_config(cfg, extra)
+        conf["server-round"] = rnd
+        reply = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), ctx)
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        check_reply(reply)
+        assert set(reply.content.keys()) == {"arrays", "metrics", "ledger"}
+        assert set(from_arrays(reply.content["arrays"])) == set(arrays)
+        eps.append(ledger_from_record(reply.content["ledger"])["epsilon"])
+    assert 0 < eps[0] < eps[1]
+    assert (tmp_path / "site1.dp-ledger.json").is_file()
