@@ -1,0 +1,73 @@
+"""The prompt tokenizer: trained offline with `tokenizers` from the de-identified training reports,
+or read from a local folder. Kept as its JSON serialisation so it travels with the checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from cxrsynth.errors import InputError
+
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+
+
+def train_tokenizer(texts: Sequence[str], kind: str, min_count: int, vocab_size: int) -> PreTrainedTokenizerFast:
+    """Fit a word-level or BPE tokenizer on report texts; rare tokens (PHI that escaped
+    de-identification is rare) stay out of the vocabulary."""
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS])
+    else:
+        tok = Tokenizer(models.WordLevel(unk_token=UNK))
+        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS])
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))]
+    )
+    return wrap(tok)
+
+
+def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS)
+
+
+def from_json(text: str) -> PreTrainedTokenizerFast:
+    tok = Tokenizer.from_str(text)
+    if tok.token_to_id(PAD) is not None:
+        return wrap(tok)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok)
+    if fast.pad_token is None:
+        # A pretrained tokenizer without a pad token (CLIP's) pads with its end token.
+        fast.pad_token = fast.eos_token or fast.unk_token
+    return fast
+
+
+def load_local(folder: Path) -> PreTrainedTokenizerFast:
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, use_fast=True)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{folder}: no usable tokenizer here ({e.__class__.__name__}); expected tokenizer.json or a CLIP vocab.json/merges.txt.") from None
+    if not isinstance(tok, PreTrainedTokenizerFast):
+        raise InputError(f"{folder}: tokenizer {type(tok).__name__} has no fast version; convert it with `tokenizers` first.")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
+def to_json(tok: PreTrainedTokenizerFast) -> str:
+    return tok.backend_tokenizer.to_str()
+
+
+def encode(tok: PreTrainedTokenizerFast, prompts: Sequence[str], max_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+    """(input_ids, attention_mask) padded to max_tokens, and whether each prompt had to be cut."""
+    full = tok(list(prompts), add_special_tokens=True)["input_ids"]
+    too_long = [len(ids) > max_tokens for ids in full]
+    enc = tok(list(prompts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), too_long

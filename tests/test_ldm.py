@@ -1,0 +1,302 @@
+"""Latent diffusion family: tiny real diffusers/transformers parts, seeded, each test well under seconds."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
+from cxrsynth.config import load_config
+from cxrsynth.data.phantom import make_phantom
+from cxrsynth.errors import ConfigError, InputError
+from cxrsynth.models.ldm import Model
+from cxrsynth.models.ldm import tokenizer as T
+from cxrsynth.models.ldm.components import noise_scheduler, sampling_scheduler
+from cxrsynth.models.ldm.config import LDMConfig
+from cxrsynth.models.ldm.prompts import prompt_from_labels
+
+TINY = dict(
+    image_size=16,
+    vae_channels=(8, 8),
+    unet_channels=(8, 16),
+    norm_num_groups=4,
+    attention_head_dim=4,
+    text_hidden=16,
+    text_layers=1,
+    text_heads=2,
+    text_intermediate=32,
+    tokenizer_min_count=1,
+    tokenizer_vocab_size=256,
+    prompt_section="report",
+    vae_steps=1,
+    lr=1e-3,
+    ema_decay=0.9,
+    sample_steps=4,
+    sampler="ddim",
+    member_timesteps=(100, 500),
+)
+
+
+def tiny_config(**over) -> LDMConfig:
+    return LDMConfig(**{**TINY, **over})
+
+
+@pytest.fixture(scope="module")
+def records():
+    return make_phantom(24, sites=2, seed=0, image_size=16, lateral=False)
+
+
+def tiny_model(records, **over) -> Model:
+    torch.manual_seed(0)
+    m = Model(tiny_config(**over))
+    m.setup(records)
+    m.opts = m.make_optimizers()
+    return m
+
+
+def flat(module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
+
+
+def test_vae_stage_then_diffusion_stage_train_their_own_nets(records):
+    m = tiny_model(records)
+    before = {n: flat(m.part(n)) for n in ("vae", "unet", "text_encoder")}
+    pos_before = m.part("text_encoder").embeddings.position_embedding.weight.clone()
+    vae_losses = m.train_step(records[:4])
+    assert set(vae_losses) == {"vae_rec", "vae_kl"} and all(np.isfinite(list(vae_losses.values())))
+    assert not torch.equal(before["vae"], flat(m.part("vae")))
+    assert torch.equal(before["unet"], flat(m.part("unet")))
+    vae_after = flat(m.part("vae"))
+    losses = m.train_step(records[:4])
+    assert set(losses) == {"loss"} and np.isfinite(losses["loss"])
+    assert torch.equal(vae_after, flat(m.part("vae")))
+    assert not torch.equal(before["unet"], flat(m.part("unet")))
+    assert not torch.equal(before["text_encoder"], flat(m.part("text_encoder")))
+    # Position embeddings stay frozen (Opacus cannot clip their per-sample gradients).
+    assert torch.equal(pos_before, m.part("text_encoder").embeddings.position_embedding.weight)
+
+
+def test_frozen_parts_are_not_nets_but_travel_in_state(records):
+    m = tiny_model(records, vae_training="frozen", text_training="frozen")
+    assert list(m.nets) == ["unet"] and list(m.opts) == ["unet"]
+    assert m.reads_real_data("unet") and not m.reads_real_data("vae")
+    state = m.state()
+    assert any(k.startswith("frozen.vae.") for k in state) and any(k.startswith("ema_unet.") for k in state)
+    m.train_step(records[:4])
+    m2 = tiny_model(records, vae_training="frozen", text_training="frozen")
+    m2.load_state(m.state())
+    for a, b in zip(m.state().values(), m2.state().values()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ema_follows_unet_slowly(records):
+    m = tiny_model(records, vae_steps=0)
+    start = flat(m.ema_unet)
+    for _ in range(3):
+        m.train_step(records[:4])
+    ema, live = flat(m.ema_unet), flat(m.part("unet"))
+    assert not torch.equal(ema, start)
+    assert 0 < (ema - start).norm() < (live - start).norm()
+    assert m.sampling_unet() is m.ema_unet
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("sampler", ["ddim", "pndm"])
+def test_scheduler_round_trip_with_exact_model_output(prediction, sampler):
+    """Noising with the training scheduler and denoising with the sampler, given the exact
+    target the model is trained to output, lands back on the clean latents."""
+    cfg = tiny_config(prediction=prediction)
+    train_sched, sched = noise_scheduler(cfg), sampling_scheduler(cfg, sampler)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 8, 8, generator=gen)
+    noise = torch.randn(2, 4, 8, 8, generator=gen)
+    sched.set_timesteps(20)
+    t0 = sched.timesteps[0]
+    x = train_sched.add_noise(x0, noise, t0.expand(2))
+    alphas = train_sched.alphas_cumprod
+    for t in sched.timesteps:
+        a = alphas[t]
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        target = eps if prediction == "epsilon" else train_sched.get_velocity(x0, eps, t.expand(2))
+        x = sched.step(target, t, x).prev_sample
+    # The last step ends at alphas_cumprod[0], not 1 (set_alpha_to_one=False, as Stable Diffusion).
+    expected = train_sched.add_noise(x0, noise, torch.zeros(2, dtype=torch.long))
+    tol = 1e-3 if sampler == "ddim" else 5e-2  # PLMS mixes earlier steps' outputs
+    assert (x - expected).abs().max() < tol
+
+
+def test_sampling_is_seeded_and_guidance_uses_both_branches(records):
+    m = tiny_model(records, vae_steps=0)
+    m.train_step(records[:8])
+    m.eval()
+    prompts = [prompt_from_labels({"Cardiomegaly": 1}), prompt_from_labels({"Cardiomegaly": 0})]
+    a = m.sample(prompts, seed=3, guidance=4.0)
+    assert np.array_equal(a[0], m.sample(prompts, seed=3, guidance=4.0)[0])
+    assert not np.array_equal(a[0], m.sample(prompts, seed=4, guidance=4.0)[0])
+    plain = m.sample(prompts, seed=3, guidance=1.0)
+    assert not np.array_equal(a[0], plain[0])
+    assert a[0].dtype == np.uint8 and a[0].shape == (16, 16)
+
+
+def test_prompt_dropout_trains_the_empty_prompt(records):
+    """With every prompt dropped, only the special tokens' embeddings receive gradient."""
+    words = T.encode(tiny_model(records).tokenizer, [records[0].report], 77, "cpu")[0][0]
+    word_ids = [int(i) for i in words if int(i) > 3]
+    for dropout, expect_word_grad in ((0.0, True), (0.999, False)):
+        m = tiny_model(records, vae_steps=0, prompt_dropout=dropout)
+        torch.manual_seed(1)
+        m.train_step(records[:1])
+        grad = m.part("text_encoder").get_input_embeddings().weight.grad
+        assert bool(grad[word_ids].abs().sum() > 0) is expect_word_grad
+
+
+def test_long_prompts_truncated_or_filtered(records):
+    long = records[0].with_(findings="The heart is enlarged. " * 40)
+    short = records[1].with_(findings="Heart size is normal.", impression="")
+    m = tiny_model(records, vae_steps=0, long_prompts="filter", max_tokens=40)
+    losses = m.train_step([long, short])
+    assert losses["filtered_prompts"] == 1 and np.isfinite(losses["loss"])
+    assert m.train_step([long]) == {"filtered_prompts": 1.0}
+    m = tiny_model(records, vae_steps=0, long_prompts="truncate", max_tokens=40)
+    assert set(m.train_step([long])) == {"loss"}
+
+
+def test_tokenizer_keeps_rare_words_out_and_round_trips(records):
+    texts = [r.report for r in records] + ["Seen once by Dr Zyxwvut."]
+    tok = T.train_tokenizer(texts, "wordlevel", min_count=2, vocab_size=500)
+    assert "zyxwvut" not in tok.get_vocab() and "heart" in tok.get_vocab()
+    again = T.from_json(T.to_json(tok))
+    a = T.encode(tok, ["The heart is enlarged, Zyxwvut."], 12, "cpu")[0]
+    assert torch.equal(a, T.encode(again, ["The heart is enlarged, Zyxwvut."], 12, "cpu")[0])
+    assert int(a[0, 0]) == tok.convert_tokens_to_ids(T.BOS) and tok.convert_tokens_to_ids(T.UNK) in a[0].tolist()
+    bpe = T.train_tokenizer(texts, "bpe", min_count=2, vocab_size=120)
+    assert len(bpe.get_vocab()) <= 120
+
+
+def test_opacus_step_on_unet_text_encoder_and_vae(records):
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    m = tiny_model(records, vae_steps=1)
+    for name in list(m.nets):
+        m.nets[name] = GradSampleModule(m.nets[name])
+    m.opts = {n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4) for n, o in m.make_optimizers().items()}
+    before = {n: flat(m.part(n)) for n in m.nets}
+    assert set(m.train_step(records[:4])) == {"vae_rec", "vae_kl"}
+    assert np.isfinite(m.train_step(records[:3])["loss"])
+    for name in m.nets:
+        assert not torch.equal(before[name], flat(m.part(name))), name
+    # An empty Poisson batch still takes the noisy step the accountant counts.
+    unet = flat(m.part("unet"))
+    assert m.train_step([]) == {}
+    assert not torch.equal(unet, flat(m.part("unet")))
+    # The state is independent of the wrappers.
+    assert not any("_module" in k for k in m.state())
+
+
+def test_opacus_step_with_bert_text_encoder(records):
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    m = tiny_model(records, vae_steps=0, text_encoder="bert")
+    m.nets["text_encoder"] = GradSampleModule(m.nets["text_encoder"])
+    m.nets["unet"] = GradSampleModule(m.nets["unet"])
+    m.opts = {n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4) for n, o in m.make_optimizers().items()}
+    before = flat(m.part("text_encoder"))
+    assert np.isfinite(m.train_step(records[:4])["loss"])
+    assert not torch.equal(before, flat(m.part("text_encoder")))
+
+
+def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_path):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
+    torch.manual_seed(0)
+    m = Model(cfg.model)
+    m.setup(records)
+    m.opts = m.make_optimizers()
+    for _ in range(3):
+        m.train_step(records[:4])
+    m.eval()
+    save_checkpoint(tmp_path / "ck", m, cfg)
+    folder = tmp_path / "ck" / "diffusers"
+    assert UNet2DConditionModel.from_pretrained(folder / "unet").config.in_channels == 4
+    assert AutoencoderKL.from_pretrained(folder / "vae").config.in_channels == 1
+    assert isinstance(CLIPTextModel.from_pretrained(folder / "text_encoder"), CLIPTextModel)
+    prompts = [prompt_from_labels({"Pleural Effusion": 1})]
+    expected = m.sample(prompts, seed=5)[0]
+    started = Model(cfg.model.model_copy(update={"pretrained": folder}))
+    started.eval()
+    np.testing.assert_array_equal(started.sample(prompts, seed=5)[0], expected)
+    loaded, _, _ = load_checkpoint(tmp_path / "ck")
+    loaded.eval()
+    np.testing.assert_array_equal(loaded.sample(prompts, seed=5)[0], expected)
+
+
+def test_pretrained_folder_missing_parts_is_a_clear_error(tmp_path):
+    with pytest.raises(InputError, match=r"unet/config.json"):
+        Model(tiny_config(pretrained=tmp_path))
+
+
+def test_generate_labels_come_from_prompts_and_prevalence(records):
+    m = tiny_model(records, vae_steps=0)
+    m.eval()
+    out = m.generate(2, ["The heart is enlarged.", {"Pleural Effusion": 1, "Cardiomegaly": 0}], seed=0)
+    assert out[0].labels["Cardiomegaly"] == 1
+    assert out[1].labels["Pleural Effusion"] == 1 and out[1].labels["Cardiomegaly"] == 0
+    drawn = m.generate(6, None, seed=0)
+    train_texts = {r.findings for r in records} | {r.report for r in records}
+    assert all(r.findings and r.findings not in train_texts for r in drawn)
+    with pytest.raises(InputError, match="condition"):
+        m.generate(2, ["one prompt"], seed=0)
+    with pytest.raises(InputError, match="unknown label"):
+        m.generate(1, [{"Heart Attack": 1}], seed=0)
+
+
+def test_member_scores_are_fixed_per_record(records):
+    m = tiny_model(records, vae_steps=0)
+    m.eval()
+    a = m.member_scores(records[:5])
+    assert a.shape == (5,) and np.all(np.isfinite(a)) and np.all(a < 0)
+    np.testing.assert_array_equal(a, m.member_scores(records[:5]))
+    assert len(set(np.round(a, 6))) > 1
+
+
+def test_config_errors_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: ldm-tiny\nmodel:\n  family: ldm\n  samplr: ddim\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="samplr"):
+        load_config(bad)
+    with pytest.raises(Exception, match="norm_num_groups"):
+        LDMConfig(unet_channels=(30, 60), norm_num_groups=8)
+
+
+def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
+    from cxrsynth.cli import main
+
+    model_over = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    cfg_path = tmp_path / "run.yaml"
+    import yaml
+
+    cfg_path.write_text(
+        yaml.safe_dump({"preset": "ldm-tiny", "model": model_over, "data": {"phantom": {"n": 24, "image_size": 16}}, "train": {"batch_size": 4}}),
+        encoding="utf-8",
+    )
+    ck = tmp_path / "ck"
+    assert main(["--quiet", "train", "--config", str(cfg_path), "--steps", "3", "--out", str(ck)]) == 0
+    assert (ck / "diffusers" / "model_index.json").is_file()
+    assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "3", "--out", str(tmp_path / "syn")]) == 0
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("There is a pleural effusion.\nHeart size is normal. No pleural effusion.\n", encoding="utf-8")
+    assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "3", "--out", str(tmp_path / "syn2"), "--prompts", str(prompts)]) == 0
+    for name, n in (("syn", 3), ("syn2", 3)):
+        rows = list(csv.DictReader(open(tmp_path / name / "manifest.csv", encoding="utf-8")))
+        assert len(rows) == n and all(r["provenance"].startswith("family=ldm") for r in rows)
+        assert all((tmp_path / name / r["image_path"]).is_file() for r in rows)
+    rows = list(csv.DictReader(open(tmp_path / "syn2" / "manifest.csv", encoding="utf-8")))
+    assert rows[0]["findings"] == "There is a pleural effusion." and rows[0]["Pleural Effusion"] == "1"
+    assert rows[1]["Pleural Effusion"] == "0" and rows[2]["Pleural Effusion"] == "1"
