@@ -1,0 +1,264 @@
+"""`cxrsynth demo`: the main job end to end on phantom data, with one HTML overview.
+
+phantom data for 3 hospitals (PHI in the reports) -> de-identification with its audit log ->
+federated training in Flower's simulation engine with DP-SGD on -> generation -> evaluation ->
+privacy audit -> signed release or a refusal with reasons -> out/index.html.
+
+Every stage is called through its public API. A stage whose code is not there yet is reported as
+"not built yet", and the stages that need its output are skipped, never fed with stand-ins:
+de-identification in particular fails closed, so nothing trains on reports that were not
+de-identified. Every number on the overview is read from this run's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cxrsynth.eval.stages import FAILED, NOT_BUILT, OK, REFUSED, StageResult, run_stage, skipped
+from cxrsynth.progress import Progress
+
+
+class DemoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    family: str = "emixer"
+    studies: int = Field(600, ge=30, description="phantom studies over all sites")
+    sites: int = Field(3, ge=2)
+    image_size: int = 32
+    holdout_fraction: float = 0.2
+    rounds: int = Field(3, ge=1)
+    local_steps: int = Field(30, ge=1)
+    batch_size: int = Field(16, ge=2)
+    noise_multiplier: float = Field(0.8, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    # RoentGen (Chambon et al., sec. 3.3) scores diversity over 4 samples per prompt.
+    samples_per_condition: int = 4
+    conditions: int = Field(60, ge=1, description="holdout label sets to condition on; synthetic = conditions x samples_per_condition")
+    eval_classifier_steps: int = 300
+    seed: int = 0
+
+
+# The audit calibrates its copy threshold on at least 20 holdout records per site
+# (privacy.audit.images), hence the larger holdout share in the shortened run.
+QUICK = dict(studies=300, holdout_fraction=0.4, rounds=1, local_steps=4, conditions=12, eval_classifier_steps=40)
+
+
+class Demo:
+    def __init__(self, out: Path, cfg: DemoConfig, progress: Progress):
+        self.out, self.cfg, self.progress = out, cfg, progress
+        self.stages: list[StageResult] = []
+        self.facts: dict = {}
+
+    def say(self, text: str) -> None:
+        self.progress.say(text)
+
+    def stage(self, name: str, fn, needs: tuple[str, ...] = ()) -> StageResult:
+        blocked = [s for s in self.stages if s.name in needs and s.status != OK]
+        if blocked:
+            b = blocked[0]
+            result = skipped(name, f"needs '{b.name}', which is {b.status}", self.say)
+        else:
+            result = run_stage(name, fn, self.say)
+        self.stages.append(result)
+        return result
+
+    # ---- stages -----------------------------------------------------------------------------
+    def phantom(self) -> dict:
+        from cxrsynth.data.dataset import write_dataset
+        from cxrsynth.data.phantom import make_phantom
+        from cxrsynth.data.split import split_by_patient
+
+        c = self.cfg
+        records = make_phantom(n=c.studies, sites=c.sites, seed=c.seed, image_size=c.image_size, lateral=True)
+        records = split_by_patient(records, c.holdout_fraction, c.seed)
+        self.raw = records
+        per_site = {}
+        for site in sorted({r.site for r in records}):
+            mine = [r for r in records if r.site == site]
+            write_dataset(self.out / "sites" / site / "raw", mine)
+            per_site[site] = {"studies": len(mine), "patients": len({r.patient_id for r in mine}), "holdout": sum(r.split == "holdout" for r in mine)}
+        return {"per_site": per_site, "studies": len(records), "example_raw_report": _with_header(records[0])}
+
+    def deid(self) -> dict:
+        from privacy.deid import deidentify_records
+        from privacy.deid.config import load_deid_config
+        from cxrsynth.data.dataset import write_dataset
+
+        config = load_deid_config(None)
+        clean, quarantined, per_site = [], [], {}
+        for site in sorted({r.site for r in self.raw}):
+            mine = [r for r in self.raw if r.site == site]
+            log = self.out / "sites" / site / "deid-audit.jsonl"
+            ok, q = deidentify_records(mine, config, log)
+            clean += ok
+            quarantined += list(q)
+            per_site[site] = {"in": len(mine), "clean": len(ok), "quarantined": len(q), "audit_log": str(log.relative_to(self.out))}
+        if not clean:
+            from cxrsynth.errors import CheckFailed
+
+            raise CheckFailed("de-identification quarantined every record; nothing may train.")
+        self.clean = clean
+        data = self.out / "data"
+        write_dataset(data / "all", clean)
+        write_dataset(data / "train", [r for r in clean if r.split != "holdout"])
+        write_dataset(data / "holdout", [r for r in clean if r.split == "holdout"])
+        before = self.raw[0]
+        after = next((r for r in clean if r.record_id == before.record_id), None)
+        return {
+            "per_site": per_site,
+            "quarantined": len(quarantined),
+            "before": _with_header(before),
+            "after": after.report if after is not None else "(quarantined)",
+        }
+
+    def federate(self) -> dict:
+        from cxrsynth.config import load_config
+        from server.simulate import simulate
+        from server.state import last_round
+
+        c = self.cfg
+        overrides = {
+            "name": f"demo-{c.family}",
+            "data": {"path": str(self.out / "data" / "all")},
+            "train": {"batch_size": c.batch_size, "num_threads": 1, "seed": c.seed},
+            "dp": {"enabled": True, "noise_multiplier": c.noise_multiplier, "max_grad_norm": c.max_grad_norm},
+            "federation": {"sites": c.sites, "rounds": c.rounds, "local_steps": c.local_steps, "min_sites": c.sites, "partition": "by-site"},
+        }
+        run_cfg = load_config(f"{c.family}-tiny", overrides)
+        fl_out = self.out / "fl"
+        simulate(run_cfg, fl_out, progress=self.progress)
+        ckpt = last_round(fl_out)
+        if ckpt is None:
+            raise RuntimeError(f"the federated run left no completed round in {fl_out}")
+        self.checkpoint = ckpt
+        state = json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
+        return {"checkpoint": str(ckpt.relative_to(self.out)), "rounds": state.get("round"), "history": state.get("history", []), "privacy_ledger": state.get("privacy_ledger")}
+
+    def generate(self) -> dict:
+        from cxrsynth.generate import generate
+
+        c = self.cfg
+        holdout = [r for r in self.clean if r.split == "holdout" and r.has_labels()][: c.conditions]
+        n = len(holdout) * c.samples_per_condition
+        conditions = None if c.family == "mopoe" else [r.labels for r in holdout for _ in range(c.samples_per_condition)]
+        generate(self.checkpoint, n, self.out / "synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
+        return {"records": n, "conditioned_on": "none (MoPoE prior samples)" if conditions is None else f"{len(holdout)} holdout label sets x {c.samples_per_condition}"}
+
+    def evaluate(self) -> dict:
+        from cxrsynth.eval.config import EvalConfig
+        from cxrsynth.eval.evaluate import run_evaluation, summary_lines
+
+        cfg = EvalConfig(classifier_steps=self.cfg.eval_classifier_steps, samples_per_condition=self.cfg.samples_per_condition, seed=self.cfg.seed)
+        metrics = run_evaluation(self.out / "synthetic", self.out / "data" / "all", self.out / "eval", cfg, checkpoint=self.checkpoint if self.cfg.family == "mopoe" else None, progress=self.progress)
+        for line in summary_lines(metrics):
+            self.say("   " + line)
+        return {"metrics": metrics, "page": "eval/index.html"}
+
+    def audit(self) -> dict:
+        from privacy.audit.commands import audit
+
+        out = self.out / "audit"
+        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), train=str(self.out / "data" / "train"), holdout=str(self.out / "data" / "holdout"), policy=None, checkpoint=str(self.checkpoint), out=str(out), quiet=self.progress.quiet)
+        code = _call(audit, args)
+        report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+        self.audit_passed = bool(report.get("passed")) and code == 0
+        return {"exit_code": code, "passed": self.audit_passed, "checks": report.get("checks", {}), "flagged": report.get("flagged", {})}
+
+    def release(self) -> dict:
+        from privacy.release import command
+
+        out = self.out / "release"
+        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), audit=str(self.out / "audit"), key=str(self.out / "keys" / "steward.pem"), out=str(out), quiet=self.progress.quiet)
+        code = _call(command, args)
+        files = sorted(str(p.relative_to(self.out)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
+        return {"exit_code": code, "released": code == 0, "files": files[:20]}
+
+    def run(self) -> list[StageResult]:
+        t0 = time.perf_counter()
+        self.stage("phantom data", self.phantom)
+        self.stage("de-identification", self.deid, needs=("phantom data",))
+        self.stage("federated training (DP-SGD)", self.federate, needs=("de-identification",))
+        self.stage("generation", self.generate, needs=("federated training (DP-SGD)",))
+        self.stage("evaluation", self.evaluate, needs=("generation",))
+        self.stage("privacy audit", self.audit, needs=("generation",))
+        rel = self.stage("release", self.release, needs=("privacy audit",))
+        if rel.ok and not rel.value["released"]:
+            rel.status, rel.detail = REFUSED, "the release gate refused (see the audit's failed checks)"
+        self.facts["seconds"] = time.perf_counter() - t0
+        from cxrsynth.eval.overview import write_overview
+
+        write_overview(self.out / "index.html", self)
+        self.summary()
+        return self.stages
+
+    def summary(self) -> None:
+        self.say("\n== demo summary")
+        for s in self.stages:
+            self.say(f"   {s.name:<30} {s.status:<14} {s.seconds:7.1f}s  {s.detail[:120]}")
+        self.say(f"   total {self.facts['seconds']:.1f}s; overview: {self.out / 'index.html'}")
+
+
+def _with_header(rec) -> str:
+    """A raw report as the site holds it: PHI header fields, then the text (which may carry PHI too)."""
+    header = "\n".join(f"{k}: {v}" for k, v in rec.phi_meta.items())
+    return (header + "\n" if header else "") + rec.report
+
+
+def _call(handler, args: argparse.Namespace) -> int:
+    """A command handler's exit code; a CheckFailed it raises counts as exit 1, as on the command line."""
+    from cxrsynth.errors import CheckFailed
+
+    try:
+        return int(handler(args) or 0)
+    except CheckFailed:
+        return 1
+
+
+MARKER = "demo.json"
+STAGE_DIRS = ("sites", "data", "fl", "synthetic", "eval", "audit", "release")
+
+
+def _clear_previous(out: Path) -> None:
+    """A demo directory is rewritten whole; a directory the demo did not make is never touched."""
+    import shutil
+
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / MARKER).is_file():
+        from cxrsynth.errors import InputError
+
+        raise InputError(f"--out {out}: exists and was not made by `cxrsynth demo`; choose an empty or new directory.")
+    for name in STAGE_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+
+
+def demo_config(family: str, quick: bool, **overrides) -> DemoConfig:
+    return DemoConfig(family=family, **(QUICK if quick else {}), **overrides)
+
+
+def run_demo(out: str | Path, family: str = "emixer", quick: bool = False, progress: Optional[Progress] = None, **overrides) -> Demo:
+    import torch
+
+    torch.set_num_threads(1)
+    out = Path(out)
+    _clear_previous(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text(json.dumps({"family": family, "quick": quick}), encoding="utf-8")
+    demo = Demo(out, demo_config(family, quick, **overrides), progress or Progress())
+    demo.run()
+    return demo
+
+
+def command(args: argparse.Namespace) -> int:
+    demo = run_demo(args.out, args.family, args.quick, Progress(args.quiet))
+    # A refused release is a result, not an error; a crashed stage is one, and so is one not built.
+    if any(s.status == FAILED for s in demo.stages):
+        return 1
+    return 2 if any(s.status == NOT_BUILT for s in demo.stages) else 0
