@@ -208,3 +208,15 @@ def test_config_refuses_shapes_the_nets_cannot_take():
         config_from_dict({"model": {"family": "mopoe", "image_size": 48}})
     with pytest.raises(ConfigError, match="multiple of 4"):
         config_from_dict({"model": {"family": "mopoe", "text_length": 30}})
+
+
+def test_causal_report_decoder_sees_no_later_word():
+    from cxrsynth.models.mopoe.nets import CausalTextDecoder
+
+    torch.manual_seed(0)
+    dec = CausalTextDecoder(vocab_size=20, text_length=16, embed_dim=8, channels=16, latent_dim=4)
+    z, ids = torch.randn(2, 4), torch.randint(0, 20, (2, 16))
+    changed = ids.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % 20
+    a, b = dec(z, ids), dec(z, changed)
+    assert torch.allclose(a[:, :, :9], b[:, :, :9]) and not torch.allclose(a[:, :, 9:], b[:, :, 9:])

@@ -63,12 +63,33 @@ def test_label_conditions_are_refused_with_exit_2(checkpoint, tmp_path, capsys):
     assert code == 2 and "does not condition on labels" in capsys.readouterr().err
 
 
-def test_probe_table_prints_every_subset(checkpoint, capsys):
+def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):
     from cxrsynth.models.mopoe.probe import main as probe_main
 
-    assert probe_main(["--checkpoint", str(checkpoint), "--label", "Finding"]) == 0
-    text = capsys.readouterr().out
-    header = text.splitlines()[1].split()
-    assert header == ["label", *TABLE_ORDER, "random"]
-    values = [float(v) for v in text.splitlines()[2].split()[1:]]
+    page = tmp_path / "probe.html"
+    assert probe_main(["--checkpoint", str(checkpoint), "--label", "Finding", "--label", "Support Devices", "--html", str(page)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["label", *TABLE_ORDER, "random"]
+    assert lines[2].startswith("Finding") and lines[3].startswith("Support Devices")
+    values = [float(v) for v in lines[3].split()[2:]]
     assert len(values) == 8 and all(0.0 <= v <= 1.0 for v in values)
+    html = page.read_text(encoding="utf-8")
+    assert "Linear probe" in html and html.count("data:image/png;base64,") >= 3
+
+
+def test_train_with_dp_sgd_writes_a_ledger(tmp_path):
+    import json
+
+    cfg = tmp_path / "dp.yaml"
+    cfg.write_text(
+        "preset: mopoe-tiny\n"
+        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2}\n"
+        "data: {phantom: {n: 40, image_size: 32}}\n"
+        "train: {steps: 4, batch_size: 8}\n"
+        "dp: {enabled: true, noise_multiplier: 1.0, max_grad_norm: 1.0}\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "ckpt"
+    assert main(["--quiet", "train", "--config", str(cfg), "--out", str(out)]) == 0
+    ledger = json.loads((out / "train_state.json").read_text())["privacy_ledger"]
+    assert ledger["epsilon"] > 0 and set(ledger["networks"]) == {f"{d}_{m}" for d in ("enc", "dec") for m in ("frontal", "lateral", "report")}

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cxrsynth.data.records import Record
-from cxrsynth.data.text import Vocabulary, sentences_to_text, tokenize
+from cxrsynth.data.text import UNK, Vocabulary, sentences_to_text, tokenize
 from cxrsynth.data.transforms import images_to_tensor
 
 
@@ -81,7 +81,8 @@ def _section(tokens: list[str]) -> str:
 
 def decode_report(ids: Sequence[int], vocab: Vocabulary) -> tuple[str, str]:
     """Word ids -> (findings, impression); text before any header counts as findings."""
-    tokens = vocab.decode(list(ids))
+    # <unk> stands for words too rare to learn (and so for any name that escaped de-identification).
+    tokens = [t for t in vocab.decode(list(ids)) if t != UNK]
     findings, impression, target = [], [], None
     i = 0
     while i < len(tokens):

@@ -21,6 +21,10 @@ class MoPoEConfig(BaseModel):
     image_scale: float = Field(0.1, gt=0, description="fixed scale of the image likelihood, on the [-1, 1] pixel range")
     text_length: int = Field(32, ge=8, le=1024, description="report length in word tokens (truncated or padded); a multiple of 4")
     text_channels: int = Field(64, ge=8)
+    text_decoder: Literal["causal", "parallel"] = Field(
+        "causal", description="causal: each word from the latent and the words before it; parallel: all words at once from the latent (the MoPoE code's convolutional decoder)"
+    )
+    text_temperature: float = Field(0.5, ge=0, description="sampling temperature of generated words (causal decoder); 0: always the most likely word")
     embed_dim: int = Field(32, ge=4)
     vocab_min_count: int = Field(3, ge=1, description="a word joins the vocabulary only if it occurs this many times in the training reports, so rare words (names that escaped de-identification) cannot be generated")
     rec_weighting: Literal["by-size", "equal"] = Field(

@@ -33,7 +33,7 @@ from cxrsynth.models.mopoe import fusion
 from cxrsynth.models.mopoe.codec import Batch, decode_report, make_batch, to_batch
 from cxrsynth.models.mopoe.config import MoPoEConfig
 from cxrsynth.models.mopoe.fusion import MODALITIES
-from cxrsynth.models.mopoe.nets import ImageDecoder, ImageEncoder, TextDecoder, TextEncoder
+from cxrsynth.models.mopoe.nets import CausalTextDecoder, ImageDecoder, ImageEncoder, ParallelTextDecoder, TextEncoder
 
 IMAGE_MODALITIES = ("frontal", "lateral")
 
@@ -57,9 +57,9 @@ class Model(GenerativeModel):
     def _build_text_nets(self, vocab: Vocabulary) -> None:
         c = self.config
         self.vocab = vocab
-        args = (len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim)
-        self.nets["enc_report"] = TextEncoder(*args).to(self.device)
-        self.nets["dec_report"] = TextDecoder(*args).to(self.device)
+        decoder = CausalTextDecoder if c.text_decoder == "causal" else ParallelTextDecoder
+        self.nets["enc_report"] = TextEncoder(len(vocab), c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
+        self.nets["dec_report"] = decoder(len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
 
     def setup(self, records: Sequence[Record]) -> None:
         reports = [r.report for r in records if r.report.strip()]
@@ -108,6 +108,11 @@ class Model(GenerativeModel):
             per_pixel = 0.5 * ((x - loc) / s) ** 2 + math.log(s) + 0.5 * math.log(2 * math.pi)
         return per_pixel.flatten(1).sum(1)
 
+    def _shifted(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's input: <bos>, then the report without its last position."""
+        bos = torch.full_like(ids[:, :1], self.vocab.bos_id)
+        return torch.cat([bos, ids[:, :-1]], dim=1)
+
     def _encode(self, batch: Batch) -> tuple[dict, dict]:
         mus, logvars = {}, {}
         for m in MODALITIES:
@@ -124,7 +129,7 @@ class Model(GenerativeModel):
         terms = {}
         for m in IMAGE_MODALITIES:
             terms[f"nll_{m}"] = self._image_nll(self.nets[f"dec_{m}"](z), getattr(batch, m)) * batch.present[m]
-        logits = self.nets["dec_report"](z)
+        logits = self.nets["dec_report"](z, self._shifted(batch.report))
         terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
         terms["kl"] = fusion.mixture_kl(mu, lv, valid)
         terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in MODALITIES) + self.config.beta * terms["kl"]
@@ -187,10 +192,29 @@ class Model(GenerativeModel):
 
     # ---- generation ----------------------------------------------------------------------
     @torch.no_grad()
-    def _decode(self, z: torch.Tensor) -> dict:
+    def _decode(self, z: torch.Tensor, generator: torch.Generator) -> dict:
         out = {m: tensor_to_images(self.nets[f"dec_{m}"](z)) for m in IMAGE_MODALITIES}
-        ids = self.nets["dec_report"](z).argmax(1).cpu().tolist()
-        out["report"] = [decode_report(row, self.vocab) for row in ids]
+        ids = self._write_reports(z, generator)
+        out["report"] = [decode_report(row, self.vocab) for row in ids.cpu().tolist()]
+        return out
+
+    @torch.no_grad()
+    def _write_reports(self, z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Word ids (B, L) decoded from latents, one word at a time for the causal decoder."""
+        dec, c = self.nets["dec_report"], self.config
+        if c.text_decoder == "parallel":
+            return dec(z, None).argmax(1)
+        length = c.text_length
+        out = torch.full((z.shape[0], length), self.vocab.pad_id, dtype=torch.long, device=z.device)
+        for t in range(length):
+            logits = dec(z, self._shifted(out))[:, :, t]
+            if c.text_temperature > 0:
+                probs = torch.softmax(logits / c.text_temperature, dim=-1)
+                out[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            else:
+                out[:, t] = logits.argmax(-1)
+            if (out[:, : t + 1] == self.vocab.eos_id).any(1).all():
+                break
         return out
 
     @torch.no_grad()
@@ -231,7 +255,7 @@ class Model(GenerativeModel):
                 if len(given) != n:
                     raise InputError(f"MoPoE conditions: expected {n} condition dicts (one per record) or one dict, got {len(given)}.")
                 z = self._conditional_latent(given, generator)
-            out = self._decode(z)
+            out = self._decode(z, generator)
         finally:
             self.train(was_training)
         records = []

@@ -2,8 +2,10 @@
 
 Images: strided convolutions down to 4x4 and nearest-upsampling convolutions back, with GroupNorm
 (BatchNorm mixes the records of a batch, which per-sample DP-SGD gradients cannot allow).
-Reports: a convolutional sequence model over word ids; the decoder predicts every position at
-once (a categorical per position), as the convolutional text decoders of the MoPoE code do.
+Reports: a convolutional sequence model over word ids with a categorical likelihood per word;
+the decoder is either causal (each word given the latent and the words before it) or parallel
+(every position at once from the latent alone, as the convolutional text decoders of the MoPoE
+code do).
 Every layer has an Opacus per-sample gradient rule (Conv, Linear, Embedding, GroupNorm), and
 no layer is a ConvTranspose, which Opacus cannot wrap.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -71,9 +74,13 @@ class ImageDecoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """(B, L) word ids -> (mu, logvar)."""
+    """(B, L) word ids -> (mu, logvar).
 
-    def __init__(self, vocab_size: int, text_length: int, embed_dim: int, channels: int, latent_dim: int):
+    Mean and max over positions after the convolutions, so a phrase counts wherever in the
+    report it stands.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, channels: int, latent_dim: int):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.conv = nn.Sequential(
@@ -83,17 +90,20 @@ class TextEncoder(nn.Module):
             nn.Conv1d(channels, 2 * channels, 4, 2, 1),
             nn.GroupNorm(_groups(2 * channels), 2 * channels),
             nn.SiLU(),
+            nn.Conv1d(2 * channels, 2 * channels, 3, 1, 1),
+            nn.SiLU(),
         )
-        self.head = nn.Linear(2 * channels * (text_length // 4), 2 * latent_dim)
+        self.head = nn.Linear(4 * channels, 2 * latent_dim)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.conv(self.embed(ids).transpose(1, 2))
-        mu, logvar = self.head(h.flatten(1)).chunk(2, dim=-1)
+        pooled = torch.cat([h.mean(-1), h.amax(-1)], dim=-1)
+        mu, logvar = self.head(pooled).chunk(2, dim=-1)
         return mu, logvar
 
 
-class TextDecoder(nn.Module):
-    """(B, latent) -> logits over the vocabulary at every position, (B, V, L)."""
+class ParallelTextDecoder(nn.Module):
+    """(B, latent) -> logits at every position at once, (B, V, L): the MoPoE code's kind of decoder."""
 
     def __init__(self, vocab_size: int, text_length: int, embed_dim: int, channels: int, latent_dim: int):
         super().__init__()
@@ -111,5 +121,32 @@ class TextDecoder(nn.Module):
             nn.Conv1d(channels, vocab_size, 1),
         )
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.conv(self.head(z).view(-1, self.channels, self.quarter))
+
+
+class CausalTextDecoder(nn.Module):
+    """(B, latent), (B, L) previous word ids -> logits of the next word at every position, (B, V, L).
+
+    Dilated causal convolutions (left padding only) over the shifted report, with the latent and
+    a learned position added at every position. No normalisation across positions: it would let
+    a position see the words after it.
+    """
+
+    DILATIONS = (1, 2, 4, 8, 16)
+
+    def __init__(self, vocab_size: int, text_length: int, embed_dim: int, channels: int, latent_dim: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, channels)
+        self.position = nn.Embedding(text_length, channels)
+        self.from_latent = nn.Linear(latent_dim, channels)
+        self.layers = nn.ModuleList(nn.Conv1d(channels, channels, 2, dilation=d) for d in self.DILATIONS)
+        self.out = nn.Conv1d(channels, vocab_size, 1)
+
+    def forward(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        # Positions get the batch dimension too: per-sample gradients need it first on every input.
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        h = (self.embed(ids) + self.position(positions) + self.from_latent(z)[:, None]).transpose(1, 2)
+        for conv, d in zip(self.layers, self.DILATIONS):
+            h = h + conv(F.pad(F.silu(h), (d, 0)))
+        return self.out(F.silu(h))

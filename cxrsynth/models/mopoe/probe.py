@@ -5,9 +5,10 @@ posterior; a logistic regression fitted on the training records' latents predict
 test records, scored by average precision. The paper's figures on MIMIC-CXR, label "Finding":
 F .467, L .460, T .473, LF .476, FT .493, LT .475, LFT .494, random .235.
 
-    python -m cxrsynth.models.mopoe.probe --checkpoint DIR [--label Finding]
+    python -m cxrsynth.models.mopoe.probe --checkpoint DIR [--label Finding] [--html PAGE]
 
-prints the table for a checkpoint on the phantom data (or `--data DIR`) of its run config.
+prints the table for a checkpoint on the data of its run config (or `--data DIR`), split into
+train and holdout as training split it; `--html` also writes a page with generated samples.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from cxrsynth.data.records import LABELS, Record
 from cxrsynth.errors import InputError
 from cxrsynth.models.mopoe.fusion import BY_NAME, TABLE_ORDER
 
+# Table 1 of Klug, Sutter and Vogt, label "Finding", MoPoE row.
+PAPER_FINDING = {"F": 0.467, "L": 0.460, "T": 0.473, "LF": 0.476, "FT": 0.493, "LT": 0.475, "LFT": 0.494}
+PAPER_RANDOM = 0.235
 # "Finding": any of the 13 findings positive, i.e. the complement of "No Finding" (the paper's label).
 FINDING = "Finding"
 
@@ -73,11 +77,20 @@ def chance_level(test_records: Sequence[Record], label: str = FINDING) -> float:
 
 def format_probe_table(table: dict[str, float], label: str = FINDING, random: Optional[float] = None) -> str:
     """The table as text, one column per subset, as Table 1 prints it."""
-    cols = [s for s in TABLE_ORDER if s in table] + (["random"] if random is not None else [])
-    values = [table[s] for s in TABLE_ORDER if s in table] + ([random] if random is not None else [])
-    head = f"{'label':<12}" + "".join(f"{c:>8}" for c in cols)
-    row = f"{label:<12}" + "".join(f"{v:>8.3f}" for v in values)
-    return f"linear probe, average precision per subset\n{head}\n{row}"
+    return format_probe_rows({label: table}, {label: random} if random is not None else None)
+
+
+def format_probe_rows(tables: dict[str, dict[str, float]], random: Optional[dict[str, float]] = None) -> str:
+    """Several labels' tables as one text table: a row per label, a column per subset."""
+    cols = [s for s in TABLE_ORDER if any(s in t for t in tables.values())]
+    width = max([12] + [len(k) + 2 for k in tables])
+    lines = ["linear probe, average precision per subset", f"{'label':<{width}}" + "".join(f"{c:>8}" for c in cols) + ("  random" if random else "")]
+    for label, table in tables.items():
+        row = f"{label:<{width}}" + "".join(f"{table[c]:>8.3f}" if c in table else f"{'':>8}" for c in cols)
+        if random:
+            row += f"{random[label]:>8.3f}"
+        lines.append(row)
+    return "\n".join(lines)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -87,8 +100,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m cxrsynth.models.mopoe.probe", description="The MoPoE linear-probe table for a checkpoint.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--label", default=FINDING)
+    p.add_argument("--label", action="append", help=f"label to predict, repeatable: {FINDING!r} (default) or one of the 14")
     p.add_argument("--data", default=None, help="dataset directory with train/holdout splits (default: the run's data)")
+    p.add_argument("--html", default=None, help="also write an HTML page with the table, a chart and generated samples")
     args = p.parse_args(argv)
     try:
         model, cfg, _ = load_checkpoint(args.checkpoint)
@@ -97,8 +111,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         records = load_run_data(cfg)
         train = [r for r in records if r.split != "holdout"]
         test = [r for r in records if r.split == "holdout"]
-        table = linear_probe_table(model, train, test, args.label)
-        print(format_probe_table(table, args.label, chance_level(test, args.label)))
+        labels = args.label or [FINDING]
+        tables = {label: linear_probe_table(model, train, test, label) for label in labels}
+        random = {label: chance_level(test, label) for label in labels}
+        print(format_probe_rows(tables, random))
+        if args.html:
+            from cxrsynth.models.mopoe.page import write_page
+
+            print(f"page: {write_page(args.html, model, tables[labels[0]], labels[0], random[labels[0]], test)}")
     except CxrError as e:
         print(f"probe: {e}", file=sys.stderr)
         return e.exit_code
