@@ -82,7 +82,7 @@ class FederationConfig(Strict):
     client_dp: Literal["off", "fixed", "adaptive"] = "off"
     client_dp_noise: float = Field(0.0, ge=0.0)
     client_dp_clip: float = Field(10.0, gt=0.0)
-    vocab_min_count: int = Field(10, ge=1, description="a site reports a report token's count only when it reaches this (rare words never leave)")
+    vocab_min_count: int = Field(10, ge=1, description="a site shares a report token's count only when that many of its patients have it (rare words never leave)")
     round_timeout: float = Field(3600.0, gt=0.0, description="seconds the server waits for a round's replies")
     out: Path = Path("runs/fl")
 
@@ -99,6 +99,7 @@ class AuditPolicy(Strict):
     max_copy_rate: float = Field(0.001, ge=0.0, le=1.0)
     copy_quantile: float = Field(0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances ...")
     copy_margin: float = Field(0.5, gt=0.0, le=1.0, description="... times this factor")
+    copy_match: Literal["aligned", "embedding"] = Field("aligned", description="aligned: best shift/zoom/mirror alignment of pixels (catches cropped and shifted copies); embedding: the encoder's distance")
     max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0)
     max_mia_auc_upper: float = Field(0.6, ge=0.5, le=1.0)
     max_phi_findings: int = Field(0, ge=0)

@@ -15,6 +15,7 @@ from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
+from privacy.audit.align import aligned_nearest
 from privacy.audit.encoders import Encoder
 from privacy.audit.neighbors import nearest
 from privacy.audit.stats import closeness_replicates, percentile_ci
@@ -66,9 +67,15 @@ def image_memorization(
     d_ht, _ = _nearest_either_way(e_hold, e_hold_m, e_train, chunk, progress, f"{site} holdout->train")
     d_sh, _ = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
 
-    threshold = float(policy.copy_margin * np.quantile(d_ht, policy.copy_quantile))
-    copies = np.flatnonzero(d_st < threshold)
-    pairs = [CopyPair(synthetic[j].record_id, train[i_st[j]].record_id, train[i_st[j]].patient_id, float(d_st[j])) for j in copies]
+    if policy.copy_match == "aligned":
+        train_imgs = [r.image for r in train]
+        c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
+        c_ht, _ = aligned_nearest(hold_imgs, train_imgs, progress=progress, label=f"{site} aligned holdout calibration")
+    else:
+        c_st, ci_st, c_ht = d_st, i_st, d_ht
+    threshold = float(policy.copy_margin * np.quantile(c_ht, policy.copy_quantile))
+    copies = np.flatnonzero(c_st < threshold)
+    pairs = [CopyPair(synthetic[j].record_id, train[ci_st[j]].record_id, train[ci_st[j]].patient_id, float(c_st[j])) for j in copies]
 
     # The closeness share compares like with like: a training subsample as large as the holdout,
     # else a bigger training set is "closer" by sheer numbers (share > 0.5 with no memorization).
@@ -78,17 +85,18 @@ def image_memorization(
     closer = (d_stsub < d_sh) + 0.5 * (d_stsub == d_sh)
     reps = closeness_replicates(closer.astype(np.float64), policy.bootstrap, policy.seed)
 
-    top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
-    edges = np.linspace(0.0, top, HIST_BINS + 1)
+    def hist(d: np.ndarray, top: float) -> list[int]:
+        return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()
 
-    def hist(d: np.ndarray) -> list[int]:
-        return np.histogram(np.clip(d, 0, top), edges)[0].tolist()
+    top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
+    ctop = float(np.quantile(np.r_[c_st, c_ht], 0.995)) or 1.0
 
     return {
         "encoder": encoder.name,
         "n_synthetic": len(synthetic),
         "n_train": len(train),
         "n_holdout": len(holdout),
+        "copy_match": policy.copy_match,
         "copy_threshold": threshold,
         "copies": [synthetic[j].record_id for j in copies],
         "copy_rate": len(copies) / len(synthetic),
@@ -97,5 +105,6 @@ def image_memorization(
         "closeness_ci": percentile_ci(reps, policy.confidence),
         "closeness_replicates": reps.round(6).tolist(),
         "dcr_median": {"synthetic_to_train": float(np.median(d_st)), "synthetic_to_holdout": float(np.median(d_sh)), "holdout_to_train": float(np.median(d_ht))},
-        "dcr_hist": {"edges": edges.round(6).tolist(), "synthetic_to_train": hist(d_st), "synthetic_to_holdout": hist(d_sh), "holdout_to_train": hist(d_ht)},
+        "dcr_hist": {"top": top, "synthetic_to_train": hist(d_st, top), "synthetic_to_holdout": hist(d_sh, top), "holdout_to_train": hist(d_ht, top)},
+        "copy_hist": {"top": ctop, "synthetic_to_train": hist(c_st, ctop), "holdout_to_train": hist(c_ht, ctop)},
     }, pairs

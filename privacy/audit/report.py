@@ -24,22 +24,26 @@ def _png(fig) -> str:
     return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _hist_figure(rows: list[dict]) -> Optional[str]:
-    rows = [r for r in rows if "dcr_hist" in r]
+LABELS = {"synthetic_to_train": "synthetic → train", "synthetic_to_holdout": "synthetic → holdout", "holdout_to_train": "holdout → train"}
+
+
+def _hist_figure(rows: list[dict], key: str, xlabel: str, threshold: bool) -> Optional[str]:
+    rows = [r for r in rows if key in r]
     if not rows:
         return None
     fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), squeeze=False)
     for ax, r in zip(axes[0], rows):
-        h = r["dcr_hist"]
-        edges = np.asarray(h["edges"])
-        mids, width = (edges[1:] + edges[:-1]) / 2, edges[1] - edges[0]
-        for key, label in (("synthetic_to_train", "synthetic → train"), ("synthetic_to_holdout", "synthetic → holdout"), ("holdout_to_train", "holdout → train")):
-            c = np.asarray(h[key], dtype=float)
-            ax.step(mids, c / max(c.sum(), 1), where="mid", label=label)
-        ax.axvline(r["copy_threshold"], color="red", ls="--", lw=1, label="copy threshold")
-        ax.set_title(f"{r['site']}: distance to closest record")
-        ax.set_xlabel("embedding distance")
-        ax.set_xlim(0, edges[-1] + width)
+        h = r[key]
+        counts = {k: np.asarray(v, dtype=float) for k, v in h.items() if k in LABELS}
+        n = len(next(iter(counts.values())))
+        edges = np.linspace(0, h["top"], n + 1)
+        mids = (edges[1:] + edges[:-1]) / 2
+        for k, c in counts.items():
+            ax.step(mids, c / max(c.sum(), 1), where="mid", label=LABELS[k])
+        if threshold:
+            ax.axvline(r["copy_threshold"], color="red", ls="--", lw=1, label="copy threshold")
+        ax.set_title(f"{r['site']}", fontsize=9)
+        ax.set_xlabel(xlabel)
     axes[0][0].set_ylabel("share")
     axes[0][0].legend(fontsize=7)
     return _png(fig)
@@ -99,7 +103,11 @@ def write_report(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
     for r in audit["sites"]:
         parts.append("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>")
     parts.append("</table>")
-    for title, fig in (("Distance to closest record", _hist_figure(audit["sites"])), ("Membership inference", _roc_figure(audit["sites"])), ("Flagged pairs (synthetic | training)", _pairs_figure(pairs))):
+    aligned = any(r.get("copy_match") == "aligned" for r in audit["sites"])
+    for title, fig in (
+        ("Distance to closest record (encoder embedding)", _hist_figure(audit["sites"], "dcr_hist", "embedding distance", not aligned)),
+        ("Copy search: distance after best alignment", _hist_figure(audit["sites"], "copy_hist", "aligned distance", True) if aligned else None), ("Membership inference", _roc_figure(audit["sites"])), ("Flagged pairs (synthetic | training)", _pairs_figure(pairs)),
+    ):
         if fig:
             parts.append(f"<h2>{title}</h2>{fig}")
     flagged = audit["flagged"]

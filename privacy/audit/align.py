@@ -1,0 +1,112 @@
+"""Copy matching by image alignment: a copy may be shifted, mirrored, cropped and resized.
+
+Two stages keep the cost near that of a plain nearest-neighbour search:
+1. shortlist: coarse windows (blurred 8x8 pixels) of a grid of shifted, zoomed and mirrored
+   versions of each query; the `k` training images nearest to any version are its candidates;
+2. alignment: each candidate's central window is compared with every integer shift (+-6 px at
+   64 px), six zooms and both mirror images of the query's window; the distance is that of the
+   best alignment, between standardised windows (so brightness and contrast do not matter).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrsynth.progress import Progress
+from privacy.audit.encoders import _blur, _standardise, to_tensor
+
+SIZE = 64
+WINDOW = 48  # central window compared; the border is where shifts and crops invent content
+MARGIN = (SIZE - WINDOW) // 2
+MAX_SHIFT = 6  # a 15% crop off-centre moves the content up to ~6 px at 64 px
+ZOOMS = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85)  # crop-and-resize keeping 85-100% of the frame
+POOL = 2  # windows are compared at 24x24 after shifting at full resolution
+COARSE = 3  # shortlist windows: 24x24 pooled again to 8x8
+COARSE_STEP = 2
+
+
+def _prepare(images: Sequence[np.ndarray]) -> torch.Tensor:
+    return _blur(to_tensor(images, SIZE), sigma=1.5)
+
+
+def _zoomed(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Undo a crop-and-resize that kept `zoom` of the frame: shrink the query about its centre."""
+    if zoom == 1.0:
+        return x
+    n = int(round(SIZE * zoom))
+    small = F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False, antialias=True)
+    pad = (SIZE - n) // 2
+    return F.pad(small, (pad, SIZE - n - pad, pad, SIZE - n - pad), mode="replicate")
+
+
+def _windows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 1, S, S) -> fine (B, V, 576) windows at every shift, zoom and mirror, and the coarse
+    (B, V', 64) windows of the even shifts used for the shortlist."""
+    fine, coarse = [], []
+    n = WINDOW // POOL
+    for mirrored in (x, x.flip(-1)):
+        for zoom in ZOOMS:
+            z = _zoomed(mirrored, zoom)
+            for py in range(POOL):
+                for px in range(POOL):
+                    # Pooling each phase once and unfolding gives every shift without re-pooling.
+                    p = F.avg_pool2d(z[:, :, py:, px:], POOL)
+                    u = F.unfold(p, n)  # (B, n*n, positions)
+                    starts_y = py + POOL * torch.arange(p.shape[-2] - n + 1)
+                    starts_x = px + POOL * torch.arange(p.shape[-1] - n + 1)
+                    ok_y = (starts_y - MARGIN).abs() <= MAX_SHIFT
+                    ok_x = (starts_x - MARGIN).abs() <= MAX_SHIFT
+                    keep = (ok_y[:, None] & ok_x[None, :]).flatten()
+                    fine.append(u[:, :, keep])
+                    even = ((starts_y - MARGIN) % COARSE_STEP == 0)[:, None] & ((starts_x - MARGIN) % COARSE_STEP == 0)[None, :]
+                    ck = (keep & even.flatten())
+                    if ck.any():
+                        w = u[:, :, ck].transpose(1, 2).reshape(-1, 1, n, n)
+                        coarse.append(F.avg_pool2d(w, COARSE).reshape(x.shape[0], -1, (n // COARSE) ** 2))
+    return torch.cat(fine, dim=2).transpose(1, 2), torch.cat(coarse, dim=1)
+
+
+def _center(x: torch.Tensor, pool: int) -> torch.Tensor:
+    return F.avg_pool2d(x[:, :, MARGIN : MARGIN + WINDOW, MARGIN : MARGIN + WINDOW], pool).flatten(1)
+
+
+def _inv_norm(w: torch.Tensor) -> torch.Tensor:
+    """1 / the norm of each window after removing its mean: with zero-mean base rows, a raw
+    dot product times this is the cosine of the standardised windows, without copying them."""
+    d = w.shape[-1]
+    mean = w.mean(-1)
+    return ((w * w).sum(-1) - d * mean * mean).clamp_min(1e-12).rsqrt()
+
+
+def _max_similarity(variants: torch.Tensor, base: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """(B, V, D) x (N, D) -> (B, N): each base row's best cosine with any variant, in base blocks."""
+    inv = _inv_norm(variants).unsqueeze(-1)
+    return torch.cat([(torch.einsum("bvd,nd->bvn", variants, base[i : i + block]) * inv).amax(dim=1) for i in range(0, len(base), block)], dim=1)
+
+
+def aligned_nearest(queries: Sequence[np.ndarray], base: Sequence[np.ndarray], k: int = 8, chunk: int = 32, progress: Optional[Progress] = None, label: str = "aligned copy search") -> tuple[np.ndarray, np.ndarray]:
+    """For each query image, the distance of its best-aligned base image and that image's index."""
+    base_t = _prepare(base)
+    base_fine = _standardise(_center(base_t, POOL))
+    base_coarse = _standardise(_center(base_t, POOL * COARSE))
+    k = min(k, len(base))
+    dist = np.empty(len(queries), dtype=np.float32)
+    arg = np.empty(len(queries), dtype=np.int64)
+    task = progress.task(label, len(queries)) if progress else None
+    with torch.no_grad():
+        for s in range(0, len(queries), chunk):
+            fine, coarse = _windows(_prepare(queries[s : s + chunk]))
+            b = fine.shape[0]
+            cand = _max_similarity(coarse, base_coarse).topk(k, dim=1).indices  # (b, k)
+            best = (torch.einsum("bvd,bkd->bvk", fine, base_fine[cand]) * _inv_norm(fine).unsqueeze(-1)).amax(dim=1)  # (b, k)
+            top, j = best.max(dim=1)
+            # Unit vectors: squared distance is 2 - 2 cos.
+            dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()
+            arg[s : s + b] = cand[torch.arange(b), j].numpy()
+            if task:
+                task.advance(b)
+    return dist, arg
