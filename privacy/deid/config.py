@@ -22,6 +22,9 @@ class DeidConfig(BaseModel):
         DEFAULT_SPACY_MODEL,
         description="an installed spaCy package name or a local model folder (en_core_web_lg, a transformer NER); never downloaded",
     )
+    spacy_pipes: Literal["ner", "all"] = Field(
+        "ner", description="ner: run only the NER model (and its tok2vec/transformer), about twice as fast; all: the whole pipeline"
+    )
     mode: Literal["surrogate", "redact"] = Field(
         "surrogate", description="surrogate: hide-in-plain-sight replacements; redact: typed tags such as [NAME]"
     )

@@ -115,9 +115,15 @@ class DenyTerm:
 
 def header_deny_terms(meta: Optional[dict]) -> list[DenyTerm]:
     """Per-report deny-list from header fields: name words, identifiers, the birth date in many forms."""
+    return _deny_terms(tuple(sorted((k, str(v)) for k, v in (meta or {}).items() if k in HEADER_FIELDS)))
+
+
+@lru_cache(maxsize=1024)
+def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
     terms: list[DenyTerm] = []
+    values = dict(fields)
     for fld, typ in HEADER_FIELDS.items():
-        value = str((meta or {}).get(fld) or "").strip()
+        value = values.get(fld, "").strip()
         if not value:
             continue
         if typ == "NAME":
@@ -211,8 +217,10 @@ class Deidentifier:
     def versions(self) -> dict[str, str]:
         return versions(self.config, self.analyzer)
 
-    def find(self, text: str, meta: Optional[dict] = None) -> list[Finding]:
+    def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None) -> list[Finding]:
         """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
+        if deny is None:
+            deny = header_deny_terms(meta) + self.roster
         found: list[Finding] = []
         for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold):
             typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
@@ -230,7 +238,7 @@ class Deidentifier:
                 and (any(f.start < b and a < f.end for a, b in keep) or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end])))
             )
         ]
-        for term in header_deny_terms(meta) + self.roster:
+        for term in deny:
             found += [Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(text)]
         found += self._propagate(text, found)
         return merge(found, text)
@@ -286,8 +294,8 @@ class Deidentifier:
         deadline = _Deadline(self.config.timeout_s)
         try:
             with deadline:
-                findings = self.find(text, meta)
                 deny = header_deny_terms(meta) + self.roster
+                findings = self.find(text, meta, deny)
                 out = self._replace(text, findings, key, deny) if findings else text
         except ReportTimeout:
             return quarantine(f"timeout after {self.config.timeout_s:g} s")

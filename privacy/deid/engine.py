@@ -43,7 +43,10 @@ class OfflineEmailRecognizer(EmailRecognizer):
         return bool(OFFLINE_TLD(pattern_text).fqdn)
 
 
-def load_spacy(model: str) -> spacy.language.Language:
+NER_PIPES = ("tok2vec", "transformer", "ner")
+
+
+def load_spacy(model: str, pipes: str = "all") -> spacy.language.Language:
     """An installed spaCy package or a local model folder; never a download."""
     if Path(model).exists():
         source = Path(model)
@@ -56,13 +59,20 @@ def load_spacy(model: str) -> spacy.language.Language:
             "to a model directory on this machine."
         )
     try:
-        return spacy.load(source)
+        nlp = spacy.load(source)
     except (OSError, ValueError) as e:
         raise InputError(f"spaCy model {model!r} (setting 'spacy_model') cannot be loaded: {e}") from None
+    if "ner" not in nlp.pipe_names:
+        raise InputError(f"spaCy model {model!r} (setting 'spacy_model') has no 'ner' component; names and places need one.")
+    if pipes == "ner":
+        for name in nlp.pipe_names:
+            if name not in NER_PIPES:
+                nlp.disable_pipe(name)
+    return nlp
 
 
 def build_analyzer(config: DeidConfig) -> AnalyzerEngine:
-    nlp = load_spacy(config.spacy_model)
+    nlp = load_spacy(config.spacy_model, config.spacy_pipes)
     ner = NerModelConfiguration(model_to_presidio_entity_mapping=SPACY_LABELS, labels_to_ignore=IGNORED_SPACY_LABELS)
     nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": config.spacy_model}], ner_model_configuration=ner)
     nlp_engine.nlp = {"en": nlp}  # loaded above; SpacyNlpEngine.load() would try to download
@@ -70,7 +80,7 @@ def build_analyzer(config: DeidConfig) -> AnalyzerEngine:
     for rec in (
         SpacyRecognizer(supported_entities=["PERSON", "LOCATION"]),
         OfflineEmailRecognizer(),
-        PhoneRecognizer(supported_regions=("US", "UK", "DE", "FR", "CA", "AU", "IN", "IL")),
+        PhoneRecognizer(supported_regions=("US", "GB", "DE", "FR")),
         UrlRecognizer(),
         IpRecognizer(),
         UsSsnRecognizer(),

@@ -1,0 +1,42 @@
+"""On-site de-identification of radiology reports and DICOM headers (Presidio, offline, fail-closed).
+
+Runs at the hospital before anything else sees the data. Public API:
+
+- `DeidConfig`, `load_deid_config(path | None)`: the settings (spaCy model package or folder,
+  `mode: surrogate | redact`, site secret file, staff roster, limits). Defaults need no file.
+- `Deidentifier(config)`: build once (loads spaCy, a few seconds). Then
+  `.deidentify_text(text, meta=None, patient_key=None) -> DeidResult(text | None, status, reason, counts)`;
+  `status` is "ok" or "quarantined" (then `text` is None and `reason` says why, without PHI).
+  `meta` holds header fields (PatientName, PatientID, AccessionNumber, PatientBirthDate,
+  ReferringPhysicianName) that become a per-report deny-list; `patient_key` keeps surrogate
+  names and date shifts consistent across one patient's reports (default: meta PatientID).
+- `deidentify_records(records, config=None, audit_log_path=None, workers=1) -> (clean, quarantined_ids)`:
+  findings and impression of each `cxrsynth.data.records.Record` de-identified with its
+  `phi_meta`; clean records come back with empty `phi_meta`; quarantined ones are left out.
+- `deidentify_batch(items, config, audit_log_path, workers)`: the same for `DeidItem`s (JSON lines).
+- `scan_phi(texts, config=None) -> list[list[Finding]]`: PHI findings (type, start, end, score,
+  source) for the audit of synthetic reports. Never print or log the text under a finding
+  outside the site.
+- `deidentify_dataset(ds, key, dates="remove") -> (ds, flags)`: DICOM basic-profile header
+  de-identification, UIDs remapped consistently by keyed hash, burned-in annotation flagged.
+
+Commands: `cxrsynth deid run --in FILE --out FILE` and `cxrsynth deid eval --gold FILE.jsonl`.
+"""
+
+from privacy.deid.batch import DeidItem, deidentify_batch, deidentify_records
+from privacy.deid.config import DeidConfig, load_deid_config
+from privacy.deid.deidentifier import DeidResult, Deidentifier, Finding, scan_phi
+from privacy.deid.dicom import deidentify_dataset
+
+__all__ = [
+    "DeidConfig",
+    "DeidItem",
+    "DeidResult",
+    "Deidentifier",
+    "Finding",
+    "deidentify_batch",
+    "deidentify_dataset",
+    "deidentify_records",
+    "load_deid_config",
+    "scan_phi",
+]

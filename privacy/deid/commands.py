@@ -1,0 +1,81 @@
+"""Handlers of `cxrsynth deid run` and `cxrsynth deid eval`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from cxrsynth.errors import InputError
+from cxrsynth.progress import Progress
+from privacy.deid.batch import DeidItem, deidentify_batch
+from privacy.deid.config import load_deid_config
+from privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
+from privacy.deid.evaluate import evaluate_gold, format_table
+
+
+def read_items(path: str | Path) -> list[DeidItem]:
+    """`{"id", "text", "meta"?}` a line; a malformed line is refused with its line number."""
+    path = Path(path)
+    try:
+        raw_lines = path.read_bytes().splitlines()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read the input ({e.strerror}).") from None
+    items, seen = [], set()
+    for i, raw in enumerate(raw_lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}, line {i}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8.") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}, line {i}: not valid JSON ({e.msg}, column {e.colno}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("text"), str):
+            raise InputError(f'{path}, line {i}: expected an object {{"id": str, "text": str, "meta": {{...}} (optional)}}.')
+        meta = row.get("meta") or {}
+        if not isinstance(meta, dict) or any(not isinstance(v, (str, int)) for v in meta.values()):
+            raise InputError(f"{path}, line {i}: key 'meta' must map header fields ({', '.join(HEADER_FIELDS)}) to strings.")
+        rid = str(row["id"])
+        if rid in seen:
+            raise InputError(f"{path}, line {i}: id {rid!r} appears twice; ids must be unique.")
+        seen.add(rid)
+        meta = {k: str(v) for k, v in meta.items()}
+        items.append(DeidItem(rid, row["text"], meta, meta.get("PatientID")))
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_deid_config(args.config)
+    progress = Progress(getattr(args, "quiet", False))
+    items = read_items(args.input)
+    out = Path(args.out)
+    audit = Path(args.audit_log) if args.audit_log else out.with_name(out.name + ".audit.jsonl")
+    progress.say(f"deid: {len(items)} reports from {args.input}, mode {config.mode}, {args.workers} worker(s); loading {config.spacy_model}")
+    cached_deidentifier(config)
+    t0 = time.perf_counter()
+    results = deidentify_batch(items, config, audit, args.workers, progress)
+    elapsed = time.perf_counter() - t0
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for it, r in zip(items, results):
+            f.write(json.dumps({"id": it.id, "text": r.text, "status": r.status, "reason": r.reason}, ensure_ascii=False) + "\n")
+    quarantined = sum(r.status != "ok" for r in results)
+    progress.say(
+        f"deid: {len(items) - quarantined} ok, {quarantined} quarantined -> {out}; audit log {audit}; "
+        f"{len(items) / max(elapsed, 1e-9):.1f} reports/s"
+    )
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    config = load_deid_config(args.config)
+    deid = cached_deidentifier(config)
+    result = evaluate_gold(args.gold, deid)
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "versions": deid.versions(), "config": json.loads(config.model_dump_json())}, indent=2), encoding="utf-8")
+    return 0
