@@ -54,6 +54,7 @@ class DatasetReport:
     read: int = 0
     kept: int = 0
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # kept, but worth a look (e.g. no report text)
 
     @property
     def skipped(self) -> int:
@@ -62,10 +63,13 @@ class DatasetReport:
     def add(self, file: str, row: Optional[int], reason: str) -> None:
         self.problems.append(Problem(str(file), row, reason))
 
+    def warn(self, file: str, row: Optional[int], reason: str) -> None:
+        self.warnings.append(Problem(str(file), row, reason))
+
     def as_dict(self) -> dict:
         reasons: dict[str, int] = {}
         for p in self.problems:
-            key = p.reason.split(":")[0]
+            key = reason_kind(p.reason)
             reasons[key] = reasons.get(key, 0) + 1
         return {
             "read": self.read,
@@ -73,7 +77,31 @@ class DatasetReport:
             "skipped": self.skipped,
             "skipped_by_reason": reasons,
             "problems": [{"file": p.file, "row": p.row, "reason": p.reason} for p in self.problems],
+            "warnings": [{"file": p.file, "row": p.row, "reason": p.reason} for p in self.warnings],
         }
+
+
+# Problem kinds for the skipped-by-reason counts, matched in order on the problem's text.
+REASON_KINDS = (
+    ("image file is missing", "missing image"),
+    ("corrupt or not an image", "corrupt image"),
+    ("unusable shape", "corrupt image"),
+    ("not UTF-8", "non-UTF-8 text"),
+    ("label value", "unknown label value"),
+    ("malformed row", "malformed row"),
+    ("DICOM", "unreadable DICOM"),
+    ("duplicate record_id", "duplicate record"),
+    ("no readable frontal", "no frontal image"),
+    ("no frontal", "no frontal image"),
+    ("not listed in", "image not in metadata"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    for needle, kind in REASON_KINDS:
+        if needle in reason:
+            return kind
+    return "other"
 
 
 def parse_label(value: str) -> Optional[int]:
@@ -128,14 +156,7 @@ def read_dataset(
     report = report or DatasetReport()
     if not manifest.is_file():
         raise InputError(f"{manifest}: no manifest.csv here; a dataset is a directory with manifest.csv and its PNGs.")
-    raw = manifest.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        # Find the row so the message can name it.
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{manifest}: not UTF-8 text (byte {e.start}, line {line}); save the manifest as UTF-8.") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv_rows(manifest)
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED if c not in header]
     if missing:
@@ -148,6 +169,7 @@ def read_dataset(
     for i, row in enumerate(reader, start=1):
         report.read += 1
         try:
+            check_utf8(row)
             rec = _row_to_record(row, root, load_images)
             if rec.record_id in seen:
                 raise ValueError(f"duplicate record_id {rec.record_id!r}")
@@ -160,6 +182,31 @@ def read_dataset(
         records.append(rec)
         report.kept += 1
     return records, report
+
+
+def csv_rows(path: Path) -> csv.DictReader:
+    """A DictReader over a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row
+    holding them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    bad = [c for c in reader.fieldnames or [] if _has_surrogates(c)]
+    if bad:
+        raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
+    return reader
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def check_utf8(row: dict) -> None:
+    """ValueError naming the first column whose cell held bytes that are not UTF-8."""
+    for key, value in row.items():
+        if isinstance(value, str) and _has_surrogates(value):
+            raise ValueError(f"column {key!r} is not UTF-8 text; save the file as UTF-8")
 
 
 def _row_to_record(row: dict, root: Path, load_images: bool) -> Record:
@@ -217,15 +264,20 @@ def image_relpath(record: Record, lateral: bool = False) -> str:
     return f"images/{safe}{'_lat' if lateral else ''}.png"
 
 
-def write_dataset(root: str | Path, records: Iterable[Record]) -> Path:
+def write_dataset(root: str | Path, records: Iterable[Record], progress=None) -> Path:
     """Write records as a dataset directory (manifest.csv + PNGs). Returns the manifest path.
 
-    PHI header fields (`Record.phi_meta`) are never written.
+    PHI header fields (`Record.phi_meta`) are never written here; see `write_phi_headers`.
+    `progress` (a `cxrsynth.progress.Progress`) reports long writes.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    records = list(records)
+    task = progress.task("writing images", len(records)) if progress is not None else None
     rows = []
     for rec in records:
+        if task is not None:
+            task.advance()
         if rec.image is None:
             raise InputError(f"record {rec.record_id}: has no image to write")
         img_rel = image_relpath(rec)
@@ -259,3 +311,51 @@ def write_dataset(root: str | Path, records: Iterable[Record]) -> Path:
         w.writerows(rows)
     tmp.replace(manifest)
     return manifest
+
+
+PHI_HEADERS = "phi_headers.jsonl"
+
+
+def write_phi_headers(root: str | Path, records: Iterable[Record], keep_existing: bool = False) -> Optional[Path]:
+    """Write `Record.phi_meta` as JSON lines `{"id", "meta"}` to `phi_headers.jsonl` in the dataset dir.
+
+    The file is site-only: de-identification reads it (header PHI to find in the text and to
+    replace), and it must never leave the site. Returns the path, or None when no record has PHI.
+    """
+    import json
+
+    root = Path(root)
+    path = root / PHI_HEADERS
+    headers = read_phi_headers(root) if keep_existing else {}
+    for rec in records:
+        if rec.phi_meta:
+            headers[rec.record_id] = dict(rec.phi_meta)
+    if not headers:
+        if path.exists() and not keep_existing:
+            path.unlink()
+        return None
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for rid in sorted(headers):
+            f.write(json.dumps({"id": rid, "meta": headers[rid]}, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_phi_headers(root: str | Path) -> dict[str, dict[str, str]]:
+    """record_id -> PHI header fields, from `phi_headers.jsonl` (empty when the file is absent)."""
+    import json
+
+    path = Path(root) / PHI_HEADERS
+    if not path.is_file():
+        return {}
+    out = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            out[str(item["id"])] = {str(k): str(v) for k, v in item["meta"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"{path}, line {i}: expected {{\"id\": ..., \"meta\": {{...}}}} ({e.__class__.__name__}).") from None
+    return out

@@ -1,0 +1,179 @@
+"""A MIMIC-CXR-JPG tree -> records, one per study (frontal image paired with a lateral when present).
+
+Layout (Johnson et al., MIMIC-CXR-JPG v2.0.0):
+  files/pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg   images
+  files/pXX/pNNNNNNNN/sNNNNNNNN.txt              the study's report (from MIMIC-CXR)
+  mimic-cxr-2.0.0-metadata.csv[.gz]              dicom_id -> ViewPosition (PA, AP, LATERAL, LL, ...)
+  mimic-cxr-2.0.0-chexpert.csv[.gz]              study labels: 1.0, 0.0, -1.0 or blank
+  mimic-cxr-2.0.0-split.csv[.gz]                 dicom_id -> train / validate / test
+The official test split becomes `holdout`; train and validate become `train`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import re
+from pathlib import Path
+from typing import Iterator, Optional
+
+from cxrsynth.data.dataset import DatasetReport, load_png, parse_label
+from cxrsynth.data.labeler import label_report
+from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.data.report_text import read_report_file, sections
+from cxrsynth.errors import InputError
+from cxrsynth.progress import Progress
+
+METADATA = "mimic-cxr-2.0.0-metadata.csv"
+CHEXPERT = "mimic-cxr-2.0.0-chexpert.csv"
+SPLIT = "mimic-cxr-2.0.0-split.csv"
+FRONTAL_ORDER = ("PA", "AP")  # a PA is preferred as the study's frontal image
+LATERAL_VIEWS = ("LATERAL", "LL")
+SPLIT_MAP = {"train": "train", "validate": "train", "test": "holdout"}
+_STUDY_DIR = re.compile(r"^s\d+$")
+
+
+def _find(root: Path, name: str) -> Optional[Path]:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(1-based data row, row) of a CSV or CSV.GZ; InputError naming the file when it is not UTF-8."""
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        raw = gzip.decompress(raw)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: not UTF-8 text (line {line}); it should be the CSV as distributed.") from None
+    yield from enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)
+
+
+def _require(path: Path, header_row: dict, columns: tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in header_row]
+    if missing:
+        raise InputError(f"{path}: lacks column(s) {missing}; is this the MIMIC-CXR-JPG file of that name?")
+
+
+def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict, dict, dict, bool]:
+    meta_path = _find(root, METADATA)
+    if meta_path is None:
+        raise InputError(f"{root}: no {METADATA}; it gives each image's view (PA/AP/LATERAL) and must sit at the tree's top.")
+    views: dict[str, str] = {}
+    for i, row in _rows(meta_path):
+        if i == 1:
+            _require(meta_path, row, ("dicom_id", "ViewPosition"))
+        views[row["dicom_id"]] = (row.get("ViewPosition") or "").strip().upper()
+    labels: dict[str, dict] = {}
+    chex_path = _find(root, CHEXPERT)
+    if chex_path is not None:
+        for i, row in _rows(chex_path):
+            if i == 1:
+                _require(chex_path, row, ("study_id",) + tuple(n for n in LABELS))
+            try:
+                labels[row["study_id"].strip()] = {n: parse_label(row.get(n) or "") for n in LABELS}
+            except ValueError as e:
+                bad = next(n for n in LABELS if _bad_label(row.get(n) or ""))
+                msg = f"column {bad!r}: {e}"
+                if strict:
+                    raise InputError(f"{chex_path}, row {i}: {msg}") from None
+                report.add(str(chex_path), i, f"unknown label value: {msg}")
+                labels[row["study_id"].strip()] = None  # the study is skipped, not labelled wrongly
+    splits: dict[str, str] = {}
+    split_path = _find(root, SPLIT)
+    if split_path is not None:
+        for i, row in _rows(split_path):
+            splits[row.get("dicom_id", "")] = SPLIT_MAP.get((row.get("split") or "").strip(), "")
+    return views, labels, splits, chex_path is not None
+
+
+def _bad_label(value: str) -> bool:
+    try:
+        parse_label(value)
+        return False
+    except ValueError:
+        return True
+
+
+def read_mimic(root: str | Path, *, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None, progress: Optional[Progress] = None) -> tuple[list[Record], DatasetReport]:
+    root = Path(root)
+    files = root / "files"
+    if not files.is_dir():
+        raise InputError(f"{root}: no files/ folder; a MIMIC-CXR-JPG tree has files/pXX/pNNNNNNNN/sNNNNNNNN/*.jpg.")
+    report = report or DatasetReport()
+    views, study_labels, splits, have_labels = _read_tables(root, report, strict)
+    study_dirs = sorted(d for d in files.glob("p*/p*/s*") if d.is_dir() and _STUDY_DIR.match(d.name))
+    task = (progress or Progress(quiet=True)).task("mimic studies", len(study_dirs))
+    records = []
+
+    def problem(path, row, reason):
+        if strict:
+            raise InputError(f"{path}{'' if row is None else f', row {row}'}: {reason}")
+        report.add(str(path), row, reason)
+
+    for d in study_dirs:
+        task.advance()
+        report.read += 1
+        subject, study = d.parent.name[1:], d.name[1:]
+        if study in study_labels and study_labels[study] is None:
+            continue  # already reported with its row
+        images = {"frontal": [], "lateral": []}
+        for jpg in sorted(d.glob("*.jpg")):
+            view = views.get(jpg.stem)
+            if view is None:
+                problem(jpg, None, f"image not listed in {METADATA}; its view is unknown")
+                continue
+            if view in FRONTAL_ORDER:
+                images["frontal"].append((FRONTAL_ORDER.index(view), jpg, view))
+            elif view in LATERAL_VIEWS:
+                images["lateral"].append((LATERAL_VIEWS.index(view), jpg, "LATERAL"))
+        chosen = {}
+        for slot in ("frontal", "lateral"):
+            for _, jpg, view in sorted(images[slot]):
+                try:
+                    chosen[slot] = (load_png(jpg), view, jpg)
+                    break
+                except ValueError as e:
+                    problem(jpg, None, str(e))
+        if "frontal" not in chosen:
+            problem(d, None, "study has no readable frontal (PA/AP) image")
+            continue
+        text = ""
+        report_path = d.parent / f"{d.name}.txt"
+        if report_path.is_file():
+            try:
+                text = read_report_file(report_path)
+            except ValueError as e:
+                problem(report_path, None, str(e))
+                continue
+        else:
+            report.warn(str(report_path), None, "no report file; the study is kept without report text")
+        findings, impression = sections(text)
+        if study in study_labels:
+            labels = study_labels[study]
+        else:
+            if have_labels:
+                report.warn(str(d), None, f"study not in {CHEXPERT}; labels come from the report labeler")
+            labels = label_report(text) if text else empty_labels()
+        records.append(
+            Record(
+                record_id=f"s{study}",
+                patient_id=f"p{subject}",
+                study_id=f"s{study}",
+                site=site,
+                split=splits.get(chosen["frontal"][2].stem, ""),
+                view=chosen["frontal"][1],
+                findings=findings,
+                impression=impression,
+                labels=labels,
+                image=chosen["frontal"][0],
+                lateral=chosen["lateral"][0] if "lateral" in chosen else None,
+            )
+        )
+        report.kept += 1
+    return records, report
