@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--size", type=int, default=64, help="image side in pixels")
     ph.add_argument("--no-lateral", action="store_true")
+    ph.add_argument("--holdout", type=float, default=0.0, help="share of patients marked holdout (0: split left empty)")
     ph.set_defaults(path=("data", "phantom"))
     ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
     ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
