@@ -17,17 +17,21 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
+def tiny_run(path, n: int, steps: int, batch: int, extra: str = ""):
+    path.write_text(
+        "preset: mopoe-tiny\n"
+        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2}\n"
+        f"data: {{phantom: {{n: {n}, image_size: 32}}}}\n"
+        f"train: {{steps: {steps}, batch_size: {batch}}}\n" + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("mopoe")
-    cfg = root / "run.yaml"
-    cfg.write_text(
-        "preset: mopoe-tiny\n"
-        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2}\n"
-        "data: {phantom: {n: 80, image_size: 32}}\n"
-        "train: {steps: 12, batch_size: 16}\n",
-        encoding="utf-8",
-    )
+    cfg = tiny_run(root / "run.yaml", n=80, steps=12, batch=16)
     out = root / "ckpt"
     assert main(["--quiet", "train", "--config", str(cfg), "--out", str(out)]) == 0
     return out
@@ -80,15 +84,7 @@ def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):
 def test_train_with_dp_sgd_writes_a_ledger(tmp_path):
     import json
 
-    cfg = tmp_path / "dp.yaml"
-    cfg.write_text(
-        "preset: mopoe-tiny\n"
-        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2}\n"
-        "data: {phantom: {n: 40, image_size: 32}}\n"
-        "train: {steps: 4, batch_size: 8}\n"
-        "dp: {enabled: true, noise_multiplier: 1.0, max_grad_norm: 1.0}\n",
-        encoding="utf-8",
-    )
+    cfg = tiny_run(tmp_path / "dp.yaml", n=40, steps=4, batch=8, extra="dp: {enabled: true, noise_multiplier: 1.0, max_grad_norm: 1.0}\n")
     out = tmp_path / "ckpt"
     assert main(["--quiet", "train", "--config", str(cfg), "--out", str(out)]) == 0
     ledger = json.loads((out / "train_state.json").read_text())["privacy_ledger"]
