@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.set_defaults(path=("data", "phantom"))
     ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
     ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
-    ing.add_argument("--path", required=True)
+    ing.add_argument("--path", dest="source_path", required=True, help="the manifest (dir or CSV), MIMIC tree or DICOM folder")
     ing.add_argument("--out", required=True)
     ing.add_argument("--site", default="site0")
     ing.add_argument("--size", type=int, default=0, help="resize images to this side (0: keep)")
