@@ -32,9 +32,9 @@ def ingest(args: argparse.Namespace) -> int:
     from cxrsynth.data.ingest import ingest as run_ingest
 
     report = run_ingest(
-        args.source, args.path, args.out, site=args.site, size=args.size, holdout=args.holdout,
+        args.source, args.source_path, args.out, site=args.site, size=args.size, holdout=args.holdout,
         seed=args.seed, strict=args.strict, progress=Progress(args.quiet),
     )
     if report.read and not report.kept:
-        raise InputError(f"{args.path}: none of the {report.read} item(s) read could be ingested; the reasons are in {Path(args.out) / 'ingest_report.json'}.")
+        raise InputError(f"{args.source_path}: none of the {report.read} item(s) read could be ingested; the reasons are in {Path(args.out) / 'ingest_report.json'}.")
     return 0
