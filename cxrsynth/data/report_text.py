@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-# A section header is an upper-case line start ending in a colon ("FINDINGS:", "WET READ:").
-_HEADER = re.compile(r"(?m)^[ \t]*([A-Z][A-Z /&()-]{2,40}):")
+# A section header is an upper-case line start ending in a colon ("FINDINGS:", "WET READ:"), or a
+# known section name inside a line ("... FINDINGS: x IMPRESSION: y", as one-line exports have it).
+_HEADER = re.compile(r"(?m)(?:^[ \t]*([A-Z][A-Z /&()-]{2,40})|\b(FINDINGS|IMPRESSION|CONCLUSION|INDICATION|TECHNIQUE|COMPARISON|HISTORY)):")
 
 
 def read_report_file(path: Path) -> str:
@@ -34,7 +35,7 @@ def sections(text: str) -> tuple[str, str]:
     found: dict[str, str] = {}
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        name = m.group(1).strip().upper()
+        name = (m.group(1) or m.group(2)).strip().upper()
         if name in ("FINDINGS", "IMPRESSION", "CONCLUSION") and name not in found:
             found[name] = _clean(text[m.end() : end])
     impression = found.get("IMPRESSION") or found.get("CONCLUSION", "")
