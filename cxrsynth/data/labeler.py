@@ -51,7 +51,8 @@ MENTIONS: dict[str, tuple[str, ...]] = {
     "Support Devices": (
         r"(?:endotracheal|et|nasogastric|ng|enteric|feeding|chest|tracheostomy) tubes?",
         r"ett",
-        r"(?:central venous|central|picc|midline|dialysis) (?:line|catheter)s?",
+        r"(?:central venous|central|picc|midline|dialysis|ij|internal jugular|subclavian) (?:line|catheter)s?",
+        r"catheters?",
         r"picc",
         r"(?:cardiac )?pacemaker",
         r"pacer(?: leads)?",
@@ -77,7 +78,7 @@ NORMAL_MENTIONS: dict[str, tuple[str, ...]] = {
     "Enlarged Cardiomediastinum": (
         r"normal cardiomediastinal (?:silhouette|contours?)",
         r"cardiomediastinal (?:silhouette|contours?) (?:is |are |appears? )?(?:within normal limits|normal|unremarkable)",
-        r"mediastin(?:um|al contours?) (?:is |are )?(?:within normal limits|normal|unremarkable|not widened)",
+        r"mediastin(?:um|al (?:and hilar )?contours?) (?:is |are )?(?:within normal limits|normal|unremarkable|not widened)",
         r"normal mediastin(?:um|al contours?)",
     ),
 }
@@ -102,6 +103,8 @@ _POST_NEG = (
     r"(?:is|are|was|were|has|have)? ?(?:now )?(?:resolved|cleared|absent|gone)",
     r"(?:is|are) no longer (?:seen|present|visible|evident)",
     r"no longer (?:seen|present|visible|evident)",
+    r"(?:has|have) been removed",
+    r"(?:was|were) removed",
 )
 _POST_UNC = (
     r"(?:cannot|can ?not|could not|can't) be (?:excluded|ruled out)",
