@@ -1,0 +1,129 @@
+"""`cxrsynth fl simulate` end to end with Flower's simulation engine (Ray) on phantom sites.
+
+Each test is one real simulation: 3 sites on this machine, a tiny model, a few rounds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+import yaml
+
+from client.egress import egress_log
+from cxrsynth.config import load_config
+from cxrsynth.errors import CheckFailed
+from server.simulate import simulate
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injection mod below
+
+SMALL = {
+    "model": {"image_size": 16, "text_length": 16, "channels": 8},
+    "data": {"phantom": {"n": 60, "sites": 3, "image_size": 16}},
+    "train": {"batch_size": 4, "num_threads": 1},
+}
+
+
+def _cfg(**sections):
+    over = json.loads(json.dumps(SMALL))
+    for k, v in sections.items():
+        over.setdefault(k, {}).update(v)
+    return load_config("mopoe-tiny", over)
+
+
+def _state(out: Path) -> dict:
+    return json.loads((out / "fl_state.json").read_text())
+
+
+def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_path):
+    cfg = _cfg(
+        dp={"enabled": True, "noise_multiplier": 1.5, "epsilon_budget": 7.5},
+        federation={"sites": 3, "rounds": 5, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2},
+    )
+    log = tmp_path / "egress.jsonl"
+    out = tmp_path / "run"
+    with pytest.raises(CheckFailed) as err:
+        simulate(cfg, out, client_mods=[egress_log(log)])
+    assert "refuses to train" in str(err.value) and "min_sites=2" in str(err.value)
+    state = _state(out)
+    done = state["round"]
+    assert 2 <= done < 5
+    book = state["privacy_ledger"]
+    assert len(book["sites"]) == 3
+    for site in book["sites"].values():
+        eps = [r["epsilon"] for r in site["rounds"]]
+        assert eps == sorted(eps) and len(set(eps)) == len(eps)  # grows every round
+        assert eps[-1] <= 7.5 and site["steps"] == sum(h[2] for h in site["history"])
+    # Everything that left a site: model arrays and counts/scalars/ledger numbers, nothing else.
+    sent = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {e["type"] for e in sent} == {"query.vocab", "train"}
+    for e in sent:
+        if "error" in e:
+            assert "refuses to train" in e["error"]
+            continue
+        for name, rec in e["records"].items():
+            if rec["kind"] == "ArrayRecord":
+                assert e["type"] == "train" and name == "arrays"
+            elif rec["kind"] == "MetricRecord":
+                assert all(isinstance(v, (int, float)) for v in rec["items"].values())
+            else:
+                assert rec["kind"] == "ConfigRecord" and name == "ledger"
+                assert all(isinstance(v, (int, float, list)) or k == "accountant" for k, v in rec["items"].items())
+    assert sum(1 for e in sent if e["type"] == "train" and "error" not in e) >= 3 * done
+    # The last complete round is a checkpoint `cxrsynth generate` takes.
+    from cxrsynth.generate import generate
+
+    syn = generate(out, 3, tmp_path / "syn", seed=1)
+    assert (Path(syn) / "manifest.csv").read_text().count("\n") == 4
+
+
+def crash_site_2_in_round_2(msg, context, call_next):
+    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 2 and msg.content["config"]["server-round"] == 2:
+        raise RuntimeError("simulated crash of a hospital's ClientApp")
+    return call_next(msg, context)
+
+
+def _fedadam(rounds: int, steps: int = 2):
+    return _cfg(federation={"sites": 3, "rounds": rounds, "local_steps": steps, "min_sites": 2, "strategy": "fedadam", "vocab_min_count": 2})
+
+
+def test_a_site_crashing_mid_run_does_not_stop_the_others(tmp_path):
+    out = simulate(_fedadam(3), tmp_path / "run", client_mods=[crash_site_2_in_round_2])
+    state = _state(out)
+    assert [h["round"] for h in state["history"]] == [1, 2, 3]
+    assert [h["accepted"] for h in state["history"]] == [3, 2, 3]
+    assert any(r["round"] == 2 and "the site failed" in r["reason"] for r in state["rejections"])
+    assert (out / "rounds" / "round-003" / "strategy.safetensors").is_file()  # FedAdam moments kept
+
+
+def test_killed_server_resumes_and_finishes_the_same_rounds(tmp_path):
+    out = tmp_path / "run"
+    cfg_path = tmp_path / "fl.yaml"
+    fed = {"sites": 3, "rounds": 3, "local_steps": 10, "min_sites": 2, "strategy": "fedadam", "vocab_min_count": 2}
+    cfg_path.write_text(yaml.safe_dump({"preset": "mopoe-tiny", **SMALL, "federation": fed}))
+    cmd = [sys.executable, "-m", "cxrsynth.cli", "--quiet", "fl", "simulate", "--config", str(cfg_path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "rounds" / "round-001" / "fl_state.json").is_file():
+            assert proc.poll() is None, "the run ended before round 1 was checkpointed"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed_at = _state(out / "rounds" / "round-001")["round"]
+    assert killed_at == 1 and not (out / "rounds" / "round-003").exists()
+    with pytest.raises(Exception, match="--resume"):
+        simulate(load_config(cfg_path), out)  # a second run into the same directory is refused
+    simulate(load_config(cfg_path), out, resume=True)
+    state = _state(out)
+    rounds = [h["round"] for h in state["history"]]
+    assert rounds[-1] == 3 and rounds == sorted(set(rounds)) and rounds[0] == 1
+    assert state["round"] == 3
