@@ -46,7 +46,7 @@ class DemoConfig(BaseModel):
 
 # The audit calibrates its copy threshold on at least 20 holdout records per site
 # (privacy.audit.images), hence the larger holdout share in the shortened run.
-QUICK = dict(studies=300, holdout_fraction=0.4, rounds=1, local_steps=4, conditions=12, eval_classifier_steps=40)
+QUICK = dict(studies=210, holdout_fraction=0.5, rounds=1, local_steps=4, conditions=12, eval_classifier_steps=40)
 
 
 class Demo:
