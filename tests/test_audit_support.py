@@ -73,3 +73,85 @@ def varied_records(n: int, seed: int, split: str = "train", site: str = "site0",
             )
         )
     return out
+
+
+class TinyGenerator:
+    """A tiny linear-autoencoder image generator with a report sampler, for the gate tests.
+
+    `sampling='kde'` with a small bandwidth is a model built to memorize: it decodes training
+    codes plus a little noise and copies the matching training report (what an over-trained
+    generator does). `sampling='gaussian'` decodes codes drawn from a Gaussian fitted to the
+    training codes and composes reports from sentences many training reports share.
+    `member_scores` is minus the reconstruction error, the loss-based membership score.
+    """
+
+    def __init__(self, latent: int, sampling: str, bandwidth: float = 0.02, side: int = 32, seed: int = 0):
+        import torch
+
+        torch.manual_seed(seed)
+        self.side, self.sampling, self.bandwidth, self.seed = side, sampling, bandwidth, seed
+        d = side * side
+        self.enc = torch.nn.Linear(d, latent)
+        self.dec = torch.nn.Linear(latent, d)
+
+    def _x(self, records):
+        import torch
+        import torch.nn.functional as F
+
+        x = torch.as_tensor(np.stack([r.image for r in records]).astype(np.float32) / 255.0)[:, None]
+        return F.interpolate(x, size=(self.side, self.side), mode="area").flatten(1)
+
+    def fit(self, records, steps: int, lr: float = 3e-3):
+        import torch
+
+        self.train_records = list(records)
+        x = self._x(records)
+        opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()], lr=lr)
+        for _ in range(steps):
+            loss = ((self.dec(self.enc(x)) - x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            self.codes = self.enc(x)
+        counts: dict[str, int] = {}
+        from cxrsynth.data.text import split_sentences
+
+        for r in records:
+            for s in set(split_sentences(r.report.replace("FINDINGS: ", "").replace("IMPRESSION: ", ""))):
+                counts[s] = counts.get(s, 0) + 1
+        self.common = sorted(s for s, c in counts.items() if c >= 5)
+        return self
+
+    def member_scores(self, records) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            x = self._x(records)
+            return -((self.dec(self.enc(x)) - x) ** 2).mean(1).numpy()
+
+    def generate(self, n: int) -> list[Record]:
+        import torch
+        import torch.nn.functional as F
+
+        g = torch.Generator().manual_seed(self.seed + 1)
+        rng = np.random.default_rng(self.seed + 1)
+        src = torch.randint(0, len(self.codes), (n,), generator=g)
+        if self.sampling == "kde":
+            z = self.codes[src] + self.bandwidth * self.codes.std(0) * torch.randn(n, self.codes.shape[1], generator=g)
+        else:
+            mu, cov = self.codes.mean(0), torch.cov(self.codes.T) + 1e-5 * torch.eye(self.codes.shape[1])
+            z = torch.distributions.MultivariateNormal(mu, cov).sample((n,))
+        with torch.no_grad():
+            x = self.dec(z).clamp(0, 1).reshape(n, 1, self.side, self.side)
+            imgs = (F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)[:, 0].numpy() * 255).astype(np.uint8)
+        out = []
+        for i in range(n):
+            if self.sampling == "kde":
+                s = self.train_records[int(src[i])]
+                findings, impression = s.findings, s.impression
+            else:
+                sents = list(rng.choice(self.common, size=3, replace=False))
+                findings, impression = " ".join(sents[:2]), sents[2]
+            out.append(Record(f"syn{i:05d}", f"syn{i:05d}", f"syn{i:05d}", site="synthetic", findings=findings, impression=impression, image=imgs[i]))
+        return out

@@ -77,13 +77,16 @@ def image_memorization(
     copies = np.flatnonzero(c_st < threshold)
     pairs = [CopyPair(synthetic[j].record_id, train[ci_st[j]].record_id, train[ci_st[j]].patient_id, float(c_st[j])) for j in copies]
 
-    # The closeness share compares like with like: a training subsample as large as the holdout,
-    # else a bigger training set is "closer" by sheer numbers (share > 0.5 with no memorization).
+    # The closeness share compares like with like: equal-sized training and holdout reference
+    # sets, else the bigger set is "closer" by sheer numbers (share != 0.5 with no memorization).
     rng = np.random.default_rng(policy.seed)
-    sub = rng.choice(len(train), size=min(len(train), len(holdout)), replace=False)
-    d_stsub, _ = _nearest_either_way(e_syn, e_syn_m, e_train[sub], chunk)
-    closer = (d_stsub < d_sh) + 0.5 * (d_stsub == d_sh)
-    reps = closeness_replicates(closer.astype(np.float64), policy.bootstrap, policy.seed)
+    m = min(len(train), len(holdout))
+    sub_t = rng.choice(len(train), size=m, replace=False)
+    sub_h = rng.choice(len(holdout), size=m, replace=False)
+    d_t, _ = _nearest_either_way(e_syn, e_syn_m, e_train[sub_t], chunk)
+    d_h, _ = _nearest_either_way(e_syn, e_syn_m, e_hold[sub_h], chunk)
+    closer = (d_t < d_h) + 0.5 * (d_t == d_h)
+    reps = closeness_replicates(closer, policy.bootstrap, policy.seed)
 
     def hist(d: np.ndarray, top: float) -> list[int]:
         return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()

@@ -42,3 +42,4 @@ def nearest(queries: np.ndarray, base: np.ndarray, chunk: int = 4096, progress: 
             if task:
                 task.advance(len(q))
     return best.clamp_min(0).sqrt().numpy(), arg.numpy()
+

@@ -17,7 +17,9 @@ def closeness_replicates(closer: np.ndarray, n_boot: int, seed: int) -> np.ndarr
 
     The resampling indices depend only on (seed, number of synthetic records), so every site draws
     the same resamples of the same synthetic set and the steward may average replicates across
-    sites without breaking their correlation.
+    sites without breaking their correlation. The reference sets are not resampled: a nearest-
+    neighbour minimum over a resample with replacement swings with whether one central image
+    is drawn, which measures the resampling, not the model.
     """
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(closer), size=(n_boot, len(closer)))
