@@ -81,7 +81,7 @@ def test_shapes_of_every_network():
     f = model.nets["report_decoder"]
     topics, stop = f.topics(img)
     assert topics.shape == (b, cfg.max_sentences, cfg.word_dim) and stop.shape == (b, cfg.max_sentences, 2)
-    ids, counts, onehot = f.decode(img, model.vocab.eos_id, model.vocab.pad_id, soft=True)
+    ids, counts, onehot = f.decode(img, model.vocab, soft=True)
     assert ids.shape == (b, cfg.max_sentences, cfg.max_words + 1) and counts.shape == (b,)
     assert onehot.shape == (*ids.shape, cfg.vocab_size) and torch.equal(onehot.argmax(-1), ids)
     assert model.nets["d_image"](img, y).shape == (b,)
@@ -103,11 +103,12 @@ def test_report_grid_round_trip_keeps_sections_and_teaches_stop():
     model, records = get_dummy_components()
     vocab, cfg = model.vocab, model.config
     assert IMP in vocab.stoi and len(vocab) <= cfg.vocab_size
-    rec = records[0].with_(findings="Heart size is normal. No pleural effusion.", impression="No pneumothorax.")
+    rec = records[0].with_(findings="Heart size is normal.", impression="No pneumothorax.")
     ids, counts = encode_reports([rec], vocab, cfg.max_sentences, cfg.max_words)
-    assert counts.tolist() == [3]
-    assert (ids[0, :3] == vocab.eos_id).sum(dim=1).tolist() == [1, 1, 1]
-    assert (ids[0, 3] == vocab.pad_id).all()
+    assert counts.tolist() == [2]
+    assert (ids[0, :2] == vocab.eos_id).sum(dim=1).tolist() == [1, 1]
+    assert ids[0, 0, 0] == vocab.stoi[IMP]  # impression first: truncation keeps the diagnoses
+    assert (ids[0, 2] == vocab.pad_id).all()
     findings, impression = grid_to_text(ids, counts, vocab)[0]
     words = lambda s: [w for w in s.lower().replace(".", " ").split()]  # noqa: E731
     assert set(words(findings)) <= set(words(rec.findings)) | {"<unk>"}
@@ -152,7 +153,7 @@ def _batch(model, records, b, seed=0):
     ids, counts = encode_reports(recs, vocab, cfg.max_sentences, cfg.max_words)
     with torch.no_grad():
         fake = model.nets["generator"](torch.randn(b, cfg.z_dim), y)
-        _, _, fake_onehot = model.nets["report_decoder"].decode(fake, vocab.eos_id, vocab.pad_id)
+        _, _, fake_onehot = model.nets["report_decoder"].decode(fake, vocab)
     return real, y, ids, counts, fake, fake_onehot, torch.tensor([1, 3, 0][:b])
 
 
@@ -217,6 +218,7 @@ def test_generate_follows_conditions_and_prior(tmp_path):
     assert out[0].image.shape == (16, 16) and out[0].image.dtype == np.uint8
     again = model.generate(2, cond, seed=3)
     assert all(np.array_equal(a.image, b.image) and a.report == b.report for a, b in zip(out, again))
+    assert not any("<unk>" in r.report or "<pad>" in r.report for r in out)
     sampled = model.generate(5, None, seed=1)
     assert all(r.labels and set(r.labels) == set(LABELS) for r in sampled)
     with pytest.raises(InputError, match="Cardio"):

@@ -130,7 +130,7 @@ class Model(GenerativeModel):
         y_gen = torch.where(y[:, -1:] > 0, y, sampled)
         with torch.no_grad():
             fake = nets["generator"](self._z(b), y_gen)
-            _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab.eos_id, vocab.pad_id)
+            _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab)
 
         rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
         for name in REAL_DATA_NETS:
@@ -170,7 +170,7 @@ class Model(GenerativeModel):
         with frozen(*(nets[n] for n in REAL_DATA_NETS)):
             y = condition_tensor(self.prior.sample(b, self._rng), self.device)
             fake = nets["generator"](self._z(b), y)
-            _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab.eos_id, vocab.pad_id, soft=True)
+            _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab, soft=True)
             rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
             adv_img = g_loss(nets["d_image"](fake, y), cfg.adversarial_loss)
             rot = F.cross_entropy(unwrap(nets["d_image"]).rotation(rotate(fake, rot_k)), rot_k)
@@ -204,7 +204,7 @@ class Model(GenerativeModel):
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
             images = self.nets["generator"](self._z(n, gen), condition_tensor(labels, self.device))
-            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab.eos_id, vocab.pad_id)
+            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab)
         texts = grid_to_text(ids.cpu(), counts.cpu(), vocab)
         return [
             Record(record_id=f"gen-{i}", patient_id=f"gen-{i}", study_id=f"gen-{i}", findings=f, impression=imp, labels=lab, image=img)

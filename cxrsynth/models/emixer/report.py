@@ -3,8 +3,8 @@
 A CNN encodes the image to a feature v; a sentence LSTM turns v into one topic vector per
 sentence and a CONTINUE/STOP distribution; a word LSTM writes each sentence from its topic.
 Reports are held as a grid of word ids, (max_sentences, max_words + 1) per record, each row
-ending in the end token and padded after it. Impression sentences start with the `<imp>` token
-so the two report sections survive a round trip.
+ending in the end token and padded after it. Impression sentences come first and start with the
+`<imp>` token, so the two report sections survive a round trip.
 
 Opacus computes per-sample gradients along the first dimension, so every call into a network
 keeps the record as the batch dimension: the word LSTM runs once per sentence slot.
@@ -30,9 +30,10 @@ CONTINUE, STOP = 0, 1
 
 
 def report_sentences(rec: Record) -> list[list[str]]:
-    """Token lists, findings first; impression sentences start with IMP."""
+    """Token lists, impression first (it carries the diagnoses, so truncation to max_sentences
+    keeps them); impression sentences start with IMP."""
     out = []
-    for section, prefix in ((rec.findings, []), (rec.impression, [IMP])):
+    for section, prefix in ((rec.impression, [IMP]), (rec.findings, [])):
         for sent in split_sentences(section or ""):
             toks = tokenize(sent)
             while toks and toks[-1] == ".":
@@ -149,7 +150,7 @@ class ReportDecoder(nn.Module):
         per_record = word_ce / n_words.clamp_min(1) + (stop_ce * stop_valid).sum(dim=1) / stop_valid.sum(dim=1).clamp_min(1)
         return per_record.mean()
 
-    def decode(self, images: torch.Tensor, eos_id: int, pad_id: int, soft: bool = False, tau: float = 1.0):
+    def decode(self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, tau: float = 1.0):
         """Greedy free-running decoding: (ids (B,S,T+1), counts (B,), one-hot grid (B,S,T+1,V)).
 
         With `soft`, the one-hot grid is straight-through (Bengio et al. 2013): hard tokens in the
@@ -157,15 +158,21 @@ class ReportDecoder(nn.Module):
         discriminators. Positions after a sentence's end and sentences after STOP are padding.
         """
         cfg = self.cfg
+        eos_id, pad_id, bos_id, unk_id = vocab.eos_id, vocab.pad_id, vocab.bos_id, vocab.unk_id
         topics, stop_logits = self.topics(images)
         counts = sentence_count(torch.softmax(stop_logits, dim=-1)[..., STOP])
+        # Never written: padding, the start token, the unknown word (a placeholder, not a word) and
+        # the embedding rows past the vocabulary.
+        banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=images.device)
+        banned[[pad_id, bos_id, unk_id]] = True
+        banned[len(vocab) :] = True
         rows, row_ids = [], []
         for s in range(cfg.max_sentences):
             x, state, steps, step_ids = topics[:, s : s + 1], None, [], []
             for _ in range(cfg.max_words + 1):
                 h, state = self.word_lstm(x, state)
                 logits = self.word_out(h[:, 0])
-                ids = logits.argmax(dim=-1)
+                ids = logits.masked_fill(banned, float("-inf")).argmax(dim=-1)
                 hard = F.one_hot(ids, cfg.vocab_size).to(logits.dtype)
                 onehot = hard + torch.softmax(logits / tau, dim=-1) - torch.softmax(logits / tau, dim=-1).detach() if soft else hard
                 steps.append(onehot)
