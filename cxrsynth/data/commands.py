@@ -24,6 +24,9 @@ def phantom(args: argparse.Namespace) -> int:
     out = Path(args.out)
     write_dataset(out, records, progress=progress)
     phi = write_phi_headers(out, records)
+    from cxrsynth.data.overview import write_overview
+
+    write_overview(out, records, title=f"Phantom data: {args.n} studies, {args.sites} sites, seed {args.seed}")
     progress.say(f"wrote {len(records)} records to {out}; PHI header fields in {phi} (site-only: never ship it)")
     return 0
 

@@ -94,6 +94,9 @@ def ingest(source: str, path: str | Path, out: str | Path, *, site: str = "site0
     summary = report.as_dict()
     summary.update(source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
     (out / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from cxrsynth.data.overview import write_overview
+
+    write_overview(out, kept_before + records, report, title=f"Ingest of {path} ({source}) for {site}")
     for p in report.problems[:20]:
         progress.say(f"skipped {p}")
     if report.skipped > 20:
