@@ -19,7 +19,7 @@ STUDIES = {
     "50000001": ("10000001", [("d1a", "AP"), ("d1b", "PA"), ("d1c", "LATERAL")], "train"),
     "50000002": ("10000001", [("d2a", "PA")], "train"),
     "50000003": ("10000002", [("d3a", "AP"), ("d3b", "LL")], "test"),
-    "50000004": ("10000003", [("d4a", "PA"), ("d4b", "LATERAL")], "validate"),
+    "50000004": ("10000003", [("d4a", "PA"), ("d4b", "LATERAL"), ("d4c", "LAO")], "validate"),
 }
 
 
@@ -71,6 +71,7 @@ def test_one_record_per_study_with_views_labels_sections_and_split(tmp_path):
     assert by_id["s50000003"].view == "AP" and by_id["s50000003"].lateral is not None  # LL pairs as lateral
     assert by_id["s50000003"].split == "holdout" and by_id["s50000004"].split == "train"
     assert by_id["s50000001"].patient_id == by_id["s50000002"].patient_id == "p10000001"
+    assert [w.file.split("/")[-1] for w in report.warnings] == ["d4c.jpg"]  # an unused view is said, not dropped silently
     for rec, study in zip(recs, STUDIES):
         got = by_id[f"s{study}"]
         assert got.labels == rec.labels

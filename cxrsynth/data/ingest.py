@@ -27,6 +27,7 @@ from cxrsynth.progress import Progress
 SOURCES = ("manifest", "mimic", "dicom")
 REPORT = "ingest_report.json"
 SECRET = "site_secret.key"
+UNITS = {"mimic": "studies", "dicom": "files", "manifest": "rows"}  # what `read` counts
 
 
 def site_key(out: Path) -> bytes:
@@ -86,13 +87,14 @@ def ingest(source: str, path: str | Path, out: str | Path, *, site: str = "site0
         records = split_by_patient(records, holdout, seed)
     kept_before = []
     if (out / MANIFEST).is_file():
-        previous, _ = read_dataset(out)
+        # Strict: a row of the existing dataset that no longer reads would otherwise vanish on rewrite.
+        previous, _ = read_dataset(out, strict=True)
         new_ids = {r.record_id for r in records}
         kept_before = [r for r in previous if r.record_id not in new_ids]
     write_dataset(out, kept_before + records, progress=progress)
     write_phi_headers(out, records, keep_existing=True)
     summary = report.as_dict()
-    summary.update(source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
+    summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
     (out / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     from cxrsynth.data.overview import write_overview
 

@@ -132,6 +132,8 @@ def read_mimic(root: str | Path, *, site: str = "", strict: bool = False, report
                 images["frontal"].append((FRONTAL_ORDER.index(view), jpg, view))
             elif view in LATERAL_VIEWS:
                 images["lateral"].append((LATERAL_VIEWS.index(view), jpg, "LATERAL"))
+            else:
+                report.warn(str(jpg), None, f"view {view or '(blank)'!r} is neither frontal nor lateral; image not used")
         chosen = {}
         for slot in ("frontal", "lateral"):
             for _, jpg, view in sorted(images[slot]):
