@@ -55,20 +55,7 @@ def build_unet(cfg: LDMConfig) -> UNet2DConditionModel:
 
 def build_text_encoder(cfg: LDMConfig, vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> nn.Module:
     """Special-token ids follow `tokenizer.train_tokenizer` ([PAD], [UNK], [BOS], [EOS] first)."""
-    if cfg.text_encoder == "clip":
-        conf = CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=cfg.text_hidden,
-            intermediate_size=cfg.text_intermediate,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.text_heads,
-            max_position_embeddings=cfg.max_tokens,
-            pad_token_id=pad_id,
-            bos_token_id=bos_id,
-            eos_token_id=eos_id,
-        )
-        return CLIPTextModel(conf)
-    conf = BertConfig(
+    sizes = dict(
         vocab_size=vocab_size,
         hidden_size=cfg.text_hidden,
         intermediate_size=cfg.text_intermediate,
@@ -77,6 +64,9 @@ def build_text_encoder(cfg: LDMConfig, vocab_size: int, pad_id: int = 0, bos_id:
         max_position_embeddings=cfg.max_tokens,
         pad_token_id=pad_id,
     )
+    if cfg.text_encoder == "clip":
+        return CLIPTextModel(CLIPTextConfig(**sizes, bos_token_id=bos_id, eos_token_id=eos_id))
+    conf = BertConfig(**sizes)
     return BertModel(conf, add_pooling_layer=False)
 
 

@@ -17,7 +17,7 @@ from cxrsynth.data.records import LABELS, Record, empty_labels
 # label -> (positive, negative, uncertain) sentences in ordinary radiology phrasing.
 TEMPLATES: dict[str, tuple[str, str, str]] = {
     "Atelectasis": ("Bibasilar atelectasis.", "No atelectasis.", "Possible atelectasis."),
-    "Cardiomegaly": ("The heart is enlarged.", "Heart size is normal.", "The heart is possibly enlarged."),
+    "Cardiomegaly": ("Cardiomegaly.", "Heart size is normal.", "Possible cardiomegaly."),
     "Consolidation": ("Focal consolidation is present.", "No focal consolidation.", "Possible consolidation."),
     "Edema": ("There is pulmonary edema.", "No pulmonary edema.", "Possible mild pulmonary edema."),
     "Enlarged Cardiomediastinum": ("The cardiomediastinal silhouette is enlarged.", "Normal cardiomediastinal silhouette.", "The mediastinum is possibly widened."),
