@@ -36,6 +36,8 @@ def test_phantom_dataset_is_valid_and_phi_headers_stay_out_of_the_manifest(tmp_p
     assert {r.split for r in recs} == {"train", "holdout"}
     headers = read_phi_headers(tmp_path)
     assert set(headers) == {r.record_id for r in recs}
+    assert all(r.phi_meta == headers[r.record_id] for r in recs)  # read back for de-identification
+    assert all(not r.phi_meta for r in read_dataset(tmp_path, with_phi=False)[0])
     manifest = (tmp_path / "manifest.csv").read_text()
     for meta in headers.values():
         assert meta["PatientName"] not in manifest and meta["PatientBirthDate"] not in manifest

@@ -24,7 +24,7 @@ def test_dataset_format_round_trip(tmp_path):
         assert (a.record_id, a.labels, a.findings, a.view) == (b.record_id, b.labels, b.findings, b.view)
         assert np.array_equal(a.image, b.image)
         assert (a.lateral is None) == (b.lateral is None)
-        assert b.phi_meta == {}  # never written to the manifest
+        assert b.phi_meta == {}  # never written to the manifest (and no phi_headers.jsonl here)
 
 
 def test_bad_rows_in_a_dataset_manifest_are_named_and_skipped(tmp_path):

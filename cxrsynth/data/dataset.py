@@ -149,8 +149,13 @@ def read_dataset(
     strict: bool = False,
     load_images: bool = True,
     report: Optional[DatasetReport] = None,
+    with_phi: bool = True,
 ) -> tuple[list[Record], DatasetReport]:
-    """Read a dataset directory. Bad rows are reported (file + row) and skipped, or raised if strict."""
+    """Read a dataset directory. Bad rows are reported (file + row) and skipped, or raised if strict.
+
+    With `with_phi`, a site dataset's `phi_headers.jsonl` (if any) fills `Record.phi_meta`, so
+    de-identification can use the header PHI of data read back from disk.
+    """
     root = Path(root)
     manifest = root / MANIFEST
     report = report or DatasetReport()
@@ -181,6 +186,9 @@ def read_dataset(
             continue
         records.append(rec)
         report.kept += 1
+    if with_phi and (root / PHI_HEADERS).is_file():
+        headers = read_phi_headers(root)
+        records = [r.with_(phi_meta=dict(headers[r.record_id])) if r.record_id in headers else r for r in records]
     return records, report
 
 
