@@ -43,7 +43,10 @@ NON_NAME_WORDS = frozenset(
     opacities hilum hila trachea carina aorta neg pos lv rv la rad imp hx dx sob cabg copd chf ards ptx nl wnl""".split()
 )
 NOT_NAME = r"(?!(?i:" + "|".join(sorted(NON_NAME_WORDS, key=len, reverse=True)) + r")\b)"
-NAME_WORD = rf"{NOT_NAME}(?:(?:Ma?c|O['\u2019]|D['\u2019])?[A-Z][a-z]+(?:-[A-Za-z][a-z]+)?|[A-Z]{{2,}}(?:['\u2019-][A-Z]+)?)"
+# Latin letters with accents (Inés, Krüger, Wiśniewska): Latin-1 and Latin Extended-A ranges.
+UP = "A-Z\u00c0-\u00d6\u00d8-\u00de\u0100-\u017e"
+LO = "a-z\u00df-\u00f6\u00f8-\u00ff\u0100-\u017f"
+NAME_WORD = rf"{NOT_NAME}(?:(?:Ma?c|O['\u2019]|D['\u2019])?[{UP}][{LO}]+(?:-[{UP}{LO}][{LO}]+)?|[{UP}]{{2,}}(?:['\u2019-][{UP}]+)?)"
 INITIAL = r"[A-Z](?:\.|(?=\s))"
 # A person's name: one to three words with optional middle initials ("John A. Smith", "J. Smith").
 PERSON = rf"(?:{INITIAL}\s?)?{NAME_WORD}(?:\s{INITIAL})?(?:\s(?:{NAME_WORD}|{INITIAL})){{0,2}}"
@@ -126,12 +129,13 @@ RULES: tuple[Rule, ...] = (
     Rule("time_military", "TIME", r"(?i)(?:\bat|@|\bby|\btime:?|\bfrom|\bto|\buntil|\bbefore|\bafter|\baround|\b~)\s*(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?:\s?(?:hrs?|hours|h)\b)?(?!\d)", 0.8),
     Rule("time_hrs", "TIME", r"(?i)(?<![\d:])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d\s?(?:hrs?|hours|h))\b", 0.85),
     Rule("time_after_date", "TIME", r"(?<![\d/.-])\d{1,4}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?!\d)", 0.7),
+    Rule("time_before_date", "TIME", r"(?<![\d:/.-])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)\s+\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?!\d)", 0.7),
     Rule("time_ampm", "TIME", r"(?i)(?<![\d:])(?:1[0-2]|0?[1-9])\s?(?:a\.m\.|p\.m\.|am|pm)(?![a-z])", 0.85),
     # --- ages over 89 (Safe Harbor aggregates them as 90+) -----------------------------------
     Rule("age_years", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)(?:\s?|-)(?:years?|yrs?|y)(?:\s?|-)(?:old|o\b|/o)", 0.9),
-    Rule("age_yo", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:yo|y/o|y\.o\.?|yrs?\b|years\b|year\b|yr-old)", 0.9),
-    Rule("age_sex", "AGE", r"(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:M|F|m|f|yM|yF|YM|YF)\b", 0.8),
-    Rule("age_label", "AGE", r"(?i)\b(?:age[d:]?|aged|age\s+of)\s*(?P<phi>9\d|1[0-1]\d)\b", 0.9),
+    Rule("age_yo", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:yo|y/o|y\.o\.?|yrs?\b|years\b|year\b|yr-old|ans\b|a[ñn]os\b|jahre\b|anni\b)", 0.9),
+    Rule("age_sex", "AGE", r"(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:M|F|m|f|y|Y|yM|yF|YM|YF|yo[MF])\b", 0.8),
+    Rule("age_label", "AGE", r"(?i)(?<![a-z])(?:age[d:]?|aged|age\s+of|[âa]ge\s*:|edad\s*:?|alter\s*:?|idade\s*:?)\s*(?P<phi>9\d|1[0-1]\d)\b", 0.9),
     Rule("age_nonagenarian", "AGE", r"(?i)\b(?:nonagenarian|centenarian)\b", 0.7),
     # --- contacts ------------------------------------------------------------------------------
     Rule("phone_us", "CONTACT", r"(?<![\d-])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}(?!\d)", 0.85),
@@ -152,7 +156,7 @@ RULES: tuple[Rule, ...] = (
     # A capitalised pair in the middle of a sentence ("identified as Delacroix, Hiroshi by"); reports are
     # otherwise lower case there, and eponyms are removed by the medical-term list.
     Rule("name_mid_sentence", "NAME", rf"(?<=[a-z,;(]\s)(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])", 0.6),
-    Rule("name_label", "NAME", rf"(?i:\b{SIGN_LABEL})\s*[:\-]?\s*(?:(?i:by)\s+)?(?:{TITLE}\.?\s+)?(?P<phi>{PERSON_OR_LF}(?:\s?(?:,|;|/|&|and)\s?(?:{TITLE}\.?\s+)?{PERSON})*)", 0.8),
+    Rule("name_label", "NAME", rf"(?i:\b{SIGN_LABEL})\b\s*[:\-]?\s*(?:(?i:by)\s+)?(?:{TITLE}\.?\s+)?(?P<phi>{PERSON_OR_LF}(?:\s?(?:,|;|/|&|and)\s?(?:{TITLE}\.?\s+)?{PERSON})*)", 0.8),
     Rule("name_label_lower", "NAME", r"(?i:\b(?:d/w|dw|discussed\s+with|spoke\s+with|paged|called|informed|notified|per)\s+)(?:(?i:dr|doctor)\.?\s+)?(?P<phi>(?!(?:the|and|or|team|patient|family|nurse|radiology|ed|icu|floor|clinician|provider|protocol|report|her|his|their|pt|on|at|with|for|resident|attending|fellow|ordering|referring|covering|primary|care|service|house|staff|doctor|dr|charge|bedside)\b)[a-z][a-z'\-]+)\b", 0.6),
     Rule("name_relative", "NAME", rf"(?i:\b{RELATIVE})\s*,?\s*\(?(?P<phi>{PERSON})", 0.75),
     Rule("name_initials_signoff", "NAME", rf"(?m)^\s*(?:/s/|--|-|—)\s*(?P<phi>{PERSON_OR_LF})", 0.8),
@@ -160,11 +164,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "hospital",
         "LOCATION",
-        r"\b(?:(?:St|Mt)\.?\s|Saint\s|Mount\s)?(?:[A-Z][A-Za-z'\u2019&.-]+\s(?:(?:of|the|and|&)\s)?){1,4}(?:Hospital|Medical\sCent(?:er|re)|Health\s(?:Cent(?:er|re)|System|Sciences\sCent(?:er|re))|Clinic|Infirmary|Healthcare|Memorial|Cancer\sCent(?:er|re)|Children's|Rehabilitation\s(?:Cent(?:er|re)|Hospital)|Nursing\sHome|Care\sHome|Urgent\sCare|Imaging(?:\sCent(?:er|re))?|Radiology\s(?:Associates|Group|Partners)|Associates|Medical\sGroup|Infirmary|Hospice|Polyclinic|Sanatorium|Health)\b(?:\s(?:of|at)\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?(?:\s\d{1,3}[A-Z]?\b)?",
+        r"\b(?:(?:St|Mt)\.?\s|Saint\s|Mount\s)?(?:[A-Z][A-Za-z'\u2019&.-]+\s(?:(?:of|the|and|&)\s)?){1,4}(?:Hospital|Medical\sCent(?:er|re)|Health\s(?:Cent(?:er|re)|System|Sciences\sCent(?:er|re))|Clinic|Infirmary|Healthcare|Memorial|Cancer\sCent(?:er|re)|Children's|Rehabilitation\s(?:Cent(?:er|re)|Hospital)|Nursing\sHome|Care\sHome|Urgent\sCare|Imaging(?:\sCent(?:er|re))?|Radiology\s(?:Associates|Group|Partners)|Associates|(?:Family\s|Group\s|General\s)?Practice|Medical\sGroup|Infirmary|Hospice|Polyclinic|Sanatorium|Health|Institute|(?:Correctional\s|Care\s|Detention\s)?Facility|Prison|Penitentiary)\b(?:\s(?:of|at)\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?(?:\s\d{1,3}[A-Z]?\b)?",
         0.85,
     ),
     # Hospital names in the word order of other languages: "Clinique Saint-Luc", "Klinikum Rechts der Isar"
-    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)\s(?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[\s-])*[A-Z][\w'-]+(?:[\s-](?:de|du|del|der|di)?\s?[A-Z][\w'-]+){0,2}", 0.8),
+    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]tel-Dieu|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)\s(?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[\s-])*[A-Z][\w'-]+(?:[\s-](?:de|du|del|der|di)?\s?[A-Z][\w'-]+){0,2}", 0.8),
     Rule("hospital_of", "LOCATION", r"\b(?:Hospital|Royal\sInfirmary|University|Clinique|Klinikum|Hôpital|Hospital\sUniversitario)\s(?:of|de|du|für|at)\s(?:the\s)?[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}\b", 0.8),
     Rule("ward", "LOCATION", r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|pod|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b", 0.7),
     Rule("ward_compass", "LOCATION", r"\b\d{1,2}\s?(?:North|South|East|West|N|S|E|W)\b(?=\s*(?:ICU|CCU|unit|ward|floor|tower|step-?down|med|surg|telemetry|tele|[,.;)]|$))", 0.7),

@@ -4,7 +4,8 @@ Reports are assembled from hand-written sentence forms seen in real radiology pr
 blocks, "d/w Dr. X at 14:32", CC lines, MRN/accession shapes, international date forms), with the
 PHI and the medical terms that must survive annotated as they are placed. A share of the sentence
 forms and of the name, hospital and city pools is reserved for the held-out part, so held-out
-scores measure forms the rules were not tuned on. Independent of the phantom data generator.
+scores measure forms the rules were not tuned on. heldout_b.jsonl holds only hand-written reports
+written after the last rule change. Independent of the phantom data generator.
 
     python -m privacy.deid.gold.build_gold   # rewrites the two files (seeded, deterministic)
 """
@@ -409,3 +410,7 @@ if __name__ == "__main__":
     for name, n, seed, held in (("tune.jsonl", 80, 11, False), ("heldout.jsonl", 60, 2027, True)):
         reports, spans = write(HERE / name, n, seed, held)
         print(f"{name}: {reports} reports, {spans} PHI spans")
+    # Held-out B: hand-written after the rules were last changed, scored once (see the README).
+    rows = read_handwritten(HERE / "handwritten_heldout_b.txt", "heldout-b")
+    (HERE / "heldout_b.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"heldout_b.jsonl: {len(rows)} reports, {sum(len(r['gold']) for r in rows)} PHI spans")
