@@ -81,3 +81,13 @@ def test_burned_in_annotation_is_flagged_and_dates_can_shift():
     ds, _ = deidentify_dataset(make_ds("1.2.3.4"), KEY, dates="shift")
     assert ds.StudyDate not in ("", "20210314") and len(ds.StudyDate) == 8
     assert ds.DeidentificationMethodCodeSequence[1].CodeValue == "113107"
+
+
+def test_dicom_and_report_dates_move_together():
+    from privacy.deid import DeidConfig
+    from privacy.deid.deidentifier import cached_deidentifier
+
+    deid = cached_deidentifier(DeidConfig(dicom_dates="shift"))
+    ds, _ = deid.deidentify_dicom(make_ds("1.2.3.4"))
+    text = deid.deidentify_text("Study of 2021-03-14.", {"PatientID": "0044921"}).text
+    assert text == f"Study of {ds.StudyDate[:4]}-{ds.StudyDate[4:6]}-{ds.StudyDate[6:]}."

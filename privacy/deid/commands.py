@@ -13,26 +13,15 @@ from privacy.deid.batch import DeidItem, deidentify_batch
 from privacy.deid.config import load_deid_config
 from privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
 from privacy.deid.evaluate import evaluate_gold, format_table
+from privacy.deid.jsonl import read_jsonl
 
 
 def read_items(path: str | Path) -> list[DeidItem]:
     """`{"id", "text", "meta"?}` a line; a malformed line is refused with its line number."""
     path = Path(path)
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the input ({e.strerror}).") from None
     items, seen = [], set()
-    for i, raw in enumerate(raw_lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}, line {i}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8.") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {i}: not valid JSON ({e.msg}, column {e.colno}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("text"), str):
+    for i, row in read_jsonl(path, "input"):
+        if not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("text"), str):
             raise InputError(f'{path}, line {i}: expected an object {{"id": str, "text": str, "meta": {{...}} (optional)}}.')
         meta = row.get("meta") or {}
         if not isinstance(meta, dict) or any(not isinstance(v, (str, int)) for v in meta.values()):

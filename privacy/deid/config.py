@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cxrsynth.config import format_validation_error
+from cxrsynth.config import _read_yaml, format_validation_error
 from cxrsynth.errors import ConfigError
 
 # The re-upload of en_core_web_sm 3.8.0 on PyPI (MIT); official spaCy models are not on the registry.
@@ -47,17 +46,9 @@ def load_deid_config(path: str | Path | None = None) -> DeidConfig:
     """The settings in a YAML file, or the defaults when `path` is None."""
     if path is None:
         return DeidConfig()
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such de-identification config file.") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}.")
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no such de-identification config file (--config).")
+    data = _read_yaml(Path(path))
     try:
         return DeidConfig.model_validate(data)
     except ValidationError as e:

@@ -225,6 +225,13 @@ class Deidentifier:
         self.secret, self.secret_source = load_secret(self.config.secret_file)
         self.roster = roster_deny_terms(self.config.roster_file)
 
+    def deidentify_dicom(self, ds):
+        """A DICOM header per the basic profile with this site's secret: (ds, flags). Dates, when
+        shifted (setting `dicom_dates`), move by the same per-patient offset as the report text."""
+        from privacy.deid.dicom import deidentify_dataset
+
+        return deidentify_dataset(ds, self.secret, self.config.dicom_dates, self.config.max_shift_days)
+
     def versions(self) -> dict[str, str]:
         return versions(self.config, self.analyzer)
 

@@ -7,33 +7,21 @@ gold span. A `keep` span is damaged if any finding overlaps it (the replacement 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 from cxrsynth.errors import InputError
 from privacy.deid.deidentifier import Deidentifier, Finding
+from privacy.deid.jsonl import read_jsonl
 from privacy.deid.recognizers import ENTITY_TYPES
 
 
 def read_gold(path: str | Path) -> list[dict]:
     path = Path(path)
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as e:
-        raise InputError(f"{path}: cannot read the gold file ({e.strerror}).") from None
     rows = []
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}, line {i}: not UTF-8 (byte {e.start}).") from None
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}, line {i}: not valid JSON ({e.msg}).") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("gold", []), list):
+    for i, row in read_jsonl(path, "gold file"):
+        if not isinstance(row.get("text"), str) or not isinstance(row.get("gold", []), list):
             raise InputError(f"{path}, line {i}: expected {{\"id\", \"text\", \"meta\", \"gold\": [{{start, end, type}}], \"keep\": [{{start, end}}]}}.")
         for s in row.get("gold", []) + row.get("keep", []):
             if not (isinstance(s, dict) and isinstance(s.get("start"), int) and isinstance(s.get("end"), int) and 0 <= s["start"] < s["end"] <= len(row["text"])):
