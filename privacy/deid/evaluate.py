@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Optional
 
 from cxrsynth.errors import InputError
 from privacy.deid.deidentifier import Deidentifier, Finding
 from privacy.deid.jsonl import read_jsonl
-from privacy.deid.recognizers import ENTITY_TYPES
 
 
 def read_gold(path: str | Path) -> list[dict]:
