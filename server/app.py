@@ -22,8 +22,8 @@ _FEDERATION_KEYS = {"num-server-rounds": "rounds", "local-steps": "local_steps",
 
 
 def config_from_run_config(run_config: dict) -> tuple[RunConfig, Path, bool]:
-    fed = {field: run_config[key] for key, field in _FEDERATION_KEYS.items() if key in run_config}
-    cfg = load_config(str(run_config.get("config", "emixer-tiny")), {"federation": fed} if fed else None)
+    fed = {field: run_config[key] for key, field in _FEDERATION_KEYS.items() if run_config.get(key) not in (None, "", 0)}
+    cfg = load_config(str(run_config.get("config") or "mopoe-tiny"), {"federation": fed} if fed else None)
     out = Path(str(run_config.get("out") or cfg.federation.out))
     return cfg, out, bool(run_config.get("resume", False))
 
