@@ -59,6 +59,8 @@ def test_cli_eval_prints_and_writes_json(tmp_path, capsys):
     assert "recall" in printed and "keep spans damaged" in printed
     data = json.loads(out.read_text())
     assert data["reports"] == 5 and "NAME" in data["per_type"] and data["versions"]["spacy"]
+    page = (tmp_path / "m.html").read_text()
+    assert 'src="data:image/png;base64,' in page and "keep" in page
     gold.write_text('{"id": "x", "text": "abc", "gold": [{"start": 2, "end": 9, "type": "NAME"}]}\n')
     assert main(["deid", "eval", "--gold", str(gold)]) == 2
     assert "line 1" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from privacy.deid.config import load_deid_config
 from privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
 from privacy.deid.evaluate import evaluate_gold, format_table
 from privacy.deid.jsonl import read_jsonl
+from privacy.deid.report import write_html
 
 
 def read_items(path: str | Path) -> list[DeidItem]:
@@ -66,5 +67,7 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({**result, "versions": deid.versions(), "config": json.loads(config.model_dump_json())}, indent=2), encoding="utf-8")
+        settings = json.loads(config.model_dump_json())
+        out.write_text(json.dumps({**result, "versions": deid.versions(), "config": settings}, indent=2), encoding="utf-8")
+        write_html(result, out.with_suffix(".html"), deid.versions(), settings)
     return 0

@@ -202,13 +202,16 @@ class _Deadline:
         self.t0 = time.perf_counter()
         if self.armed:
             self.old = signal.signal(signal.SIGALRM, self._fire)
-            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+            self.old_timer = signal.setitimer(signal.ITIMER_REAL, self.seconds)
         return self
 
     def __exit__(self, *exc):
         if self.armed:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.old)
+            delay, interval = self.old_timer
+            if delay > 0:  # someone else's alarm (pytest-timeout, a caller's own) is put back
+                signal.setitimer(signal.ITIMER_REAL, max(delay - (time.perf_counter() - self.t0), 1e-3), interval)
         return False
 
     def expired(self) -> bool:
