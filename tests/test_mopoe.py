@@ -220,3 +220,29 @@ def test_causal_report_decoder_sees_no_later_word():
     changed[:, 9:] = (changed[:, 9:] + 1) % 20
     a, b = dec(z, ids), dec(z, changed)
     assert torch.allclose(a[:, :, :9], b[:, :, :9]) and not torch.allclose(a[:, :, 9:], b[:, :, 9:])
+
+
+def test_paper_preset_builds_at_its_sizes():
+    from pathlib import Path
+
+    import yaml
+
+    preset = Path(__file__).parents[1] / "cxrsynth" / "presets" / "mopoe-paper.yaml"
+    cfg = MoPoEConfig(**yaml.safe_load(preset.read_text())["model"])
+    assert (cfg.image_size, cfg.latent_dim) == (128, 64)
+    model = build_model(cfg)
+    with torch.no_grad():
+        mu, _ = model.nets["enc_lateral"](torch.zeros(1, 1, 128, 128))
+        assert mu.shape == (1, 64) and model.nets["dec_frontal"](mu).shape == (1, 1, 128, 128)
+
+
+@pytest.mark.slow
+def test_paper_preset_steps():
+    from cxrsynth.config import load_config
+
+    recs = make_phantom(4, sites=1, seed=1, image_size=128)
+    model = build_model(load_config("mopoe-paper").model)
+    model.setup(recs * 6)  # enough repeats for the vocabulary's min_count
+    model.opts = model.make_optimizers()
+    assert np.isfinite(model.train_step(recs[:2])["loss"])
+    assert model.generate(1, seed=0)[0].image.shape == (128, 128)

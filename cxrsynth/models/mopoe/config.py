@@ -24,6 +24,9 @@ class MoPoEConfig(BaseModel):
     text_decoder: Literal["causal", "parallel"] = Field(
         "causal", description="causal: each word from the latent and the words before it; parallel: all words at once from the latent (the MoPoE code's convolutional decoder)"
     )
+    word_dropout: float = Field(
+        0.25, ge=0, lt=1, description="share of the causal decoder's input words replaced by <unk> in training, so it must read the report's content from the latent (Bowman et al. 2016, Sec. 3.3)"
+    )
     text_temperature: float = Field(0.5, ge=0, description="sampling temperature of generated words (causal decoder); 0: always the most likely word")
     embed_dim: int = Field(32, ge=4)
     vocab_min_count: int = Field(3, ge=1, description="a word joins the vocabulary only if it occurs this many times in the training reports, so rare words (names that escaped de-identification) cannot be generated")

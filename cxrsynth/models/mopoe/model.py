@@ -129,7 +129,11 @@ class Model(GenerativeModel):
         terms = {}
         for m in IMAGE_MODALITIES:
             terms[f"nll_{m}"] = self._image_nll(self.nets[f"dec_{m}"](z), getattr(batch, m)) * batch.present[m]
-        logits = self.nets["dec_report"](z, self._shifted(batch.report))
+        inputs = self._shifted(batch.report)
+        if self.training and self.config.word_dropout > 0:
+            drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.config.word_dropout
+            inputs = inputs.masked_fill(drop & (inputs != self.vocab.pad_id), self.vocab.unk_id)
+        logits = self.nets["dec_report"](z, inputs)
         terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
         terms["kl"] = fusion.mixture_kl(mu, lv, valid)
         terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in MODALITIES) + self.config.beta * terms["kl"]

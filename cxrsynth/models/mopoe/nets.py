@@ -128,9 +128,10 @@ class ParallelTextDecoder(nn.Module):
 class CausalTextDecoder(nn.Module):
     """(B, latent), (B, L) previous word ids -> logits of the next word at every position, (B, V, L).
 
-    Dilated causal convolutions (left padding only) over the shifted report, with the latent and
-    a learned position added at every position. No normalisation across positions: it would let
-    a position see the words after it.
+    Dilated causal convolutions (left padding only) over the shifted report, with a learned
+    position at the input and the latent added again before every layer, so the words the latent
+    implies are never more than one layer away. No normalisation across positions: it would let a
+    position see the words after it.
     """
 
     DILATIONS = (1, 2, 4, 8, 16)
@@ -139,14 +140,15 @@ class CausalTextDecoder(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, channels)
         self.position = nn.Embedding(text_length, channels)
-        self.from_latent = nn.Linear(latent_dim, channels)
+        self.from_latent = nn.Linear(latent_dim, channels * (len(self.DILATIONS) + 1))
         self.layers = nn.ModuleList(nn.Conv1d(channels, channels, 2, dilation=d) for d in self.DILATIONS)
         self.out = nn.Conv1d(channels, vocab_size, 1)
 
     def forward(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         # Positions get the batch dimension too: per-sample gradients need it first on every input.
         positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
-        h = (self.embed(ids) + self.position(positions) + self.from_latent(z)[:, None]).transpose(1, 2)
-        for conv, d in zip(self.layers, self.DILATIONS):
-            h = h + conv(F.pad(F.silu(h), (d, 0)))
+        latent = self.from_latent(z)[:, :, None].chunk(len(self.DILATIONS) + 1, dim=1)
+        h = (self.embed(ids) + self.position(positions)).transpose(1, 2) + latent[0]
+        for conv, d, zl in zip(self.layers, self.DILATIONS, latent[1:]):
+            h = h + conv(F.pad(F.silu(h + zl), (d, 0)))
         return self.out(F.silu(h))
