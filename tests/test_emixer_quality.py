@@ -52,6 +52,16 @@ def report_agreement(generated) -> dict[str, float]:
     return out
 
 
+def pooled_kappa(generated) -> float:
+    """Cohen's kappa of (record, label) pairs: labeler-positive vs conditioned-positive (chance: 0)."""
+    read = [label_report(r.report) for r in generated]
+    cond = np.array([[_positive(r.labels, n) for n in LABELS] for r in generated]).ravel()
+    said = np.array([[_positive(x, n) for n in LABELS] for x in read]).ravel()
+    observed = (cond == said).mean()
+    expected = cond.mean() * said.mean() + (1 - cond.mean()) * (1 - said.mean())
+    return float((observed - expected) / (1 - expected)) if expected < 1 else 0.0
+
+
 def _pixels(records) -> np.ndarray:
     return np.stack([r.image.astype(np.float32).ravel() / 255.0 for r in records])
 
@@ -96,6 +106,8 @@ def evaluate(model, train, holdout, n: int = 300, seed: int = 1) -> dict:
     return {
         "report_balanced_accuracy": float(np.mean(list(rep.values()))) if rep else float("nan"),
         "report_balanced_accuracy_shuffled": float(np.mean(list(report_agreement(shuffled).values()) or [np.nan])),
+        "report_kappa": pooled_kappa(generated),
+        "report_kappa_shuffled": pooled_kappa(shuffled),
         "report_per_label": rep,
         "image_auc_generated": float(np.mean(list(gen_auc.values()))) if gen_auc else float("nan"),
         "image_auc_real_holdout": real_auc,

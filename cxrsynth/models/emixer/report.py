@@ -94,7 +94,11 @@ def grid_to_text(ids: torch.Tensor, counts: torch.Tensor, vocab: Vocabulary) -> 
 
 
 class ImageEncoder(nn.Module):
-    """Strided convolutions to the feature v; no normalization layers (DP-SGD)."""
+    """Strided convolutions to a 4x4 map, flattened to the feature v; no normalization layers (DP-SGD).
+
+    Flattening instead of pooling keeps where things are: a wide heart or a basal effusion is a
+    matter of position.
+    """
 
     def __init__(self, image_size: int, width: int, feature_dim: int):
         super().__init__()
@@ -105,10 +109,10 @@ class ImageEncoder(nn.Module):
             layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
             c = c_out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(c, feature_dim)
+        self.proj = nn.Linear(c * 16, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.proj(self.convs(x).mean(dim=(2, 3))))
+        return torch.relu(self.proj(self.convs(x).flatten(1)))
 
 
 class ReportDecoder(nn.Module):
@@ -120,7 +124,8 @@ class ReportDecoder(nn.Module):
         self.topic = nn.Linear(cfg.sentence_hidden, cfg.word_dim)
         self.stop = nn.Linear(cfg.sentence_hidden, 2)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.word_dim)
-        self.word_lstm = DPLSTM(cfg.word_dim, cfg.word_hidden, batch_first=True)
+        # The topic joins every word step, not only the first, so long sentences stay on topic.
+        self.word_lstm = DPLSTM(2 * cfg.word_dim, cfg.word_hidden, batch_first=True)
         self.word_out = nn.Linear(cfg.word_hidden, cfg.vocab_size)
 
     def topics(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,8 +145,8 @@ class ReportDecoder(nn.Module):
         word_ce = torch.zeros(b, device=ids.device)
         n_words = torch.zeros(b, device=ids.device)
         for s in range(s_max):
-            prev = self.embed(ids[:, s, :-1])
-            h, _ = self.word_lstm(torch.cat([topics[:, s : s + 1], prev], dim=1))
+            prev = torch.cat([torch.zeros_like(topics[:, s : s + 1]), self.embed(ids[:, s, :-1])], dim=1)
+            h, _ = self.word_lstm(torch.cat([topics[:, s : s + 1].expand(-1, t1, -1), prev], dim=2))
             logits = self.word_out(h)
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, s].reshape(-1), reduction="none").view(b, t1)
             valid = (ids[:, s] != pad_id).float()
@@ -168,7 +173,8 @@ class ReportDecoder(nn.Module):
         banned[len(vocab) :] = True
         rows, row_ids = [], []
         for s in range(cfg.max_sentences):
-            x, state, steps, step_ids = topics[:, s : s + 1], None, [], []
+            topic = topics[:, s : s + 1]
+            x, state, steps, step_ids = torch.cat([topic, torch.zeros_like(topic)], dim=2), None, [], []
             for _ in range(cfg.max_words + 1):
                 h, state = self.word_lstm(x, state)
                 logits = self.word_out(h[:, 0])
@@ -177,7 +183,7 @@ class ReportDecoder(nn.Module):
                 onehot = hard + torch.softmax(logits / tau, dim=-1) - torch.softmax(logits / tau, dim=-1).detach() if soft else hard
                 steps.append(onehot)
                 step_ids.append(ids)
-                x = (onehot @ self.embed.weight)[:, None, :]
+                x = torch.cat([topic, (onehot @ self.embed.weight)[:, None, :]], dim=2)
             rows.append(torch.stack(steps, dim=1))
             row_ids.append(torch.stack(step_ids, dim=1))
         onehot = torch.stack(rows, dim=1)
