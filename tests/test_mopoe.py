@@ -246,3 +246,33 @@ def test_paper_preset_steps():
     model.opts = model.make_optimizers()
     assert np.isfinite(model.train_step(recs[:2])["loss"])
     assert model.generate(1, seed=0)[0].image.shape == (128, 128)
+
+
+@pytest.mark.slow
+def test_tiny_preset_latents_carry_the_visible_labels(tmp_path):
+    """Minutes: the whole mopoe-tiny run, then the Table 1 probe on its holdout."""
+    from cxrsynth.checkpoint import load_checkpoint
+    from cxrsynth.config import load_config
+    from cxrsynth.models.mopoe.probe import chance_level, linear_probe_table
+    from cxrsynth.progress import Progress
+    from cxrsynth.train import load_run_data, train
+
+    cfg = load_config("mopoe-tiny")
+    model, _, _ = load_checkpoint(train(cfg, tmp_path / "ckpt", progress=Progress(quiet=True)))
+    records = load_run_data(cfg)
+    fit, test = [r for r in records if r.split == "train"], [r for r in records if r.split == "holdout"]
+    for label in ("Cardiomegaly", "Pleural Effusion"):
+        table = linear_probe_table(model, fit, test, label)
+        # Both findings change the phantom images a lot: far above chance from every view.
+        assert min(table[s] for s in ("F", "L", "LF", "LFT")) > chance_level(test, label) + 0.4, (label, table)
+        assert table["LFT"] >= table["T"], (label, table)
+
+
+def test_encode_subset_needs_the_subsets_modalities(records):
+    model = tiny_model(records)
+    with_lateral = [r for r in records if r.lateral is not None]
+    lft = model.encode_subset(with_lateral, "LFT")
+    assert lft.shape == (len(with_lateral), 8)
+    assert not np.allclose(lft, model.encode_subset(with_lateral, "F"))
+    with pytest.raises(InputError, match=r"r000000.*no lateral"):
+        model.encode_subset(records, "LF")

@@ -160,12 +160,15 @@ class Model(GenerativeModel):
         Every record must have every modality of the subset.
         """
         mods = fusion.BY_NAME[subset] if isinstance(subset, str) else tuple(subset)
-        batch = self._eval_batch(records, require=mods)
-        mus, logvars = self._encode(batch)
-        stack_mu = torch.stack([mus[m] for m in mods])
-        stack_lv = torch.stack([logvars[m] for m in mods])
-        mu, _ = fusion.product_of_experts(stack_mu, stack_lv, torch.ones(stack_mu.shape[:2], device=self.device))
-        return mu.cpu().numpy()
+        out = []
+        for start in range(0, len(records), 256):
+            batch = self._eval_batch(records[start : start + 256], require=mods)
+            mus, logvars = self._encode(batch)
+            stack_mu = torch.stack([mus[m] for m in mods])
+            stack_lv = torch.stack([logvars[m] for m in mods])
+            mu, _ = fusion.product_of_experts(stack_mu, stack_lv, torch.ones(stack_mu.shape[:2], device=self.device))
+            out.append(mu.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.config.latent_dim), dtype=np.float32)
 
     def _eval_batch(self, records: Sequence[Record], require: Sequence[str] = ()) -> Batch:
         batch = self._batch(records)
