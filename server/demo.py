@@ -28,19 +28,19 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     family: str = "emixer"
-    studies: int = Field(600, ge=30, description="phantom studies over all sites")
+    studies: int = Field(450, ge=30, description="phantom studies over all sites")
     sites: int = Field(3, ge=2)
     image_size: int = 32
     holdout_fraction: float = 0.2
-    rounds: int = Field(3, ge=1)
-    local_steps: int = Field(30, ge=1)
+    rounds: int = Field(2, ge=1)
+    local_steps: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=2)
     noise_multiplier: float = Field(0.8, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     # RoentGen (Chambon et al., sec. 3.3) scores diversity over 4 samples per prompt.
     samples_per_condition: int = 4
-    conditions: int = Field(60, ge=1, description="holdout label sets to condition on; synthetic = conditions x samples_per_condition")
-    eval_classifier_steps: int = 300
+    conditions: int = Field(40, ge=1, description="holdout label sets to condition on; synthetic = conditions x samples_per_condition")
+    eval_classifier_steps: int = 200
     seed: int = 0
 
 
@@ -92,13 +92,16 @@ class Demo:
 
         config = load_deid_config(None)
         clean, quarantined, per_site = [], [], {}
-        for site in sorted({r.site for r in self.raw}):
+        sites = sorted({r.site for r in self.raw})
+        bar = self.progress.task("de-identify sites", len(sites))
+        for site in sites:
             mine = [r for r in self.raw if r.site == site]
             log = self.out / "sites" / site / "deid-audit.jsonl"
             ok, q = deidentify_records(mine, config, log)
             clean += ok
             quarantined += list(q)
             per_site[site] = {"in": len(mine), "clean": len(ok), "quarantined": len(q), "audit_log": str(log.relative_to(self.out))}
+            bar.advance(1, f"{site}: {len(ok)} clean, {len(q)} quarantined")
         if not clean:
             from cxrsynth.errors import CheckFailed
 

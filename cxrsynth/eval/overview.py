@@ -46,8 +46,12 @@ def _federate(v: dict) -> str:
         parts.append(figure_img(fig, "round metrics"))
     if hist:
         parts.append(table(["round", "sites", "accepted", "rejected", "no reply", "seconds"], [(h["round"], h["sites"], h["accepted"], h["rejected"], h["no_reply"], h["seconds"]) for h in hist]))
-    if v.get("privacy_ledger") is not None:
-        parts.append(f"<p>Privacy ledger:</p><pre>{esc(_short_json(v['privacy_ledger']))}</pre>")
+    ledger = v.get("privacy_ledger")
+    if isinstance(ledger, dict) and isinstance(ledger.get("sites"), dict):
+        rows = [(site, e.get("epsilon"), e.get("delta"), e.get("steps"), e.get("noise_multiplier"), e.get("sample_rate")) for site, e in ledger["sites"].items()]
+        parts.append(f"<p>Privacy ledger: epsilon {esc(fmt(ledger.get('epsilon')))} at delta {esc(ledger.get('delta'))} (the largest over sites).</p>" + table(["site node", "epsilon", "delta", "DP-SGD steps", "noise multiplier", "sample rate"], rows))
+    elif ledger is not None:
+        parts.append(f"<p>Privacy ledger:</p><pre>{esc(_short_json(ledger))}</pre>")
     return "".join(parts)
 
 
