@@ -55,16 +55,17 @@ NONE = -9  # "not mentioned" in the label-state array
 
 
 def site_acquisition(site: int) -> dict[str, float]:
-    """Per-site acquisition (gamma, gain, offset, noise) and label-mix skew; fixed per site index."""
+    """Per-site acquisition (gamma, gain, offset, noise, blur) and label-mix skew; fixed per site index."""
     fixed = (
-        {"gamma": 1.0, "gain": 1.0, "offset": 0.0, "noise": 0.015},
-        {"gamma": 0.75, "gain": 0.85, "offset": 0.08, "noise": 0.035},
-        {"gamma": 1.35, "gain": 1.1, "offset": -0.04, "noise": 0.025},
+        {"gamma": 1.0, "gain": 1.0, "offset": 0.0, "noise": 0.015, "blur": 0.1},
+        {"gamma": 0.75, "gain": 0.85, "offset": 0.08, "noise": 0.035, "blur": 0.2},
+        {"gamma": 1.35, "gain": 1.1, "offset": -0.04, "noise": 0.025, "blur": 0.04},
     )
     rng = np.random.default_rng([7919, site])
     acq = dict(fixed[site]) if site < len(fixed) else {
         "gamma": float(rng.uniform(0.7, 1.4)), "gain": float(rng.uniform(0.8, 1.15)),
         "offset": float(rng.uniform(-0.05, 0.1)), "noise": float(rng.uniform(0.01, 0.045)),
+        "blur": float(rng.uniform(0.03, 0.2)),
     }
     skew = np.random.default_rng([104729, site]).uniform(0.6, 1.5, len(FINDINGS))
     acq["skew"] = {n: float(s) for n, s in zip(FINDINGS, skew)}
@@ -138,7 +139,7 @@ def _cohort(n: int, sites: int, seed: int, lateral: bool) -> dict:
     p["ap"] = rng.random(n) < np.where(sd, 0.75, 0.25)  # portable AP films are mostly bedside/ICU
     has_lat = rng.random(n) < np.where(p["ap"], 0.35, 0.92)
     p["has_lateral"] = has_lat & lateral
-    for k in ("gamma", "gain", "offset", "noise"):
+    for k in ("gamma", "gain", "offset", "noise", "blur"):
         p[k] = np.array([acq[s][k] for s in site])
 
     start = date(2015, 1, 1)
@@ -190,10 +191,12 @@ def _lung(q, sgn):
 # Frontal painters: (image subset, subset arrays, strength, side sign) -> image subset.
 def _f_pneumothorax(img, q, s, sgn):
     # Beyond a pleural line the lung has fallen away: dark air and no lung markings.
+    # The collapsed lung inside the line is denser than normal lung.
     r, inside, _ = _lung(q, sgn)
-    edge = np.where(s > 0.6, 0.55, 0.75)
-    img = np.where(inside & (r > edge) & (q.v < 0.62), 0.03, img)
-    return np.where(inside & (np.abs(r - edge) < 0.08) & (q.v < 0.62), 0.55, img)
+    edge = np.where(s > 0.6, 0.5, 0.72)
+    img = np.where(inside & (r <= edge), img + 0.1 * s, img)
+    img = np.where(inside & (r > edge) & (q.v < 0.65), 0.0, img)
+    return np.where(inside & (np.abs(r - edge) < 0.1) & (q.v < 0.65), 0.55, img)
 
 
 def _f_effusion(img, q, s, sgn):
@@ -263,8 +266,8 @@ def _f_pleural_other(img, q, s, sgn):
 def _f_fracture(img, q, s, sgn):
     # A bright callus with a cortical gap on a lateral rib.
     fu = 0.5 + sgn * (q.lung_sep + 0.8 * q.lung_rx)
-    callus = ((q.u - fu) / 0.045) ** 2 + ((q.v - q.fx_v) / 0.03) ** 2 < 1
-    img = _blend(img, callus, 0.9, s)
+    callus = ((q.u - fu) / 0.05) ** 2 + ((q.v - q.fx_v) / 0.035) ** 2 < 1
+    img = _blend(img, callus, 0.95, s)
     return _blend(img, (np.abs(q.u - fu) < q.thin) & (np.abs(q.v - q.fx_v) < 0.05), 0.05, s)
 
 
@@ -293,7 +296,7 @@ def _l_effusion(img, q, s, sgn):
 
 
 def _l_consolidation(img, q, s, sgn):
-    return _blend(img, q.lungs & (q.v > 0.95 - 0.75 * q.u) & (q.u > 0.45), 0.62, s)
+    return _blend(img, q.lungs & (q.v > 0.85 - 0.7 * q.u) & (q.u > 0.45), 0.64, s)
 
 
 def _l_edema(img, q, s, sgn):
@@ -329,7 +332,7 @@ def _l_pleural_other(img, q, s, sgn):
 
 
 def _l_fracture(img, q, s, sgn):
-    return _blend(img, ((q.u - 0.74) / 0.045) ** 2 + ((q.v - q.fx_v) / 0.03) ** 2 < 1, 0.9, s)
+    return _blend(img, ((q.u - 0.74) / 0.055) ** 2 + ((q.v - q.fx_v) / 0.04) ** 2 < 1, 0.95, s)
 
 
 def _l_devices(img, q, s, sgn):
@@ -462,7 +465,10 @@ def _marking_table(image_size: int, levels: int = 16) -> np.ndarray:
 
 
 def _acquire(img: np.ndarray, p: dict, sl: slice, rng) -> np.ndarray:
-    """Site acquisition: detector response (gamma, gain, offset) and quantum noise, to uint8."""
+    """Site acquisition: detector blur, response (gamma, gain, offset) and quantum noise, to uint8."""
+    w = _col(p["blur"][sl])
+    for axis in (1, 2):  # separable [w, 1-2w, w] kernel: the detector's unsharpness
+        img = (1 - 2 * w) * img + w * (np.roll(img, 1, axis) + np.roll(img, -1, axis))
     x = np.clip(img, 0, 1) ** _col(p["gamma"][sl])
     x = x * _col(p["gain"][sl]) + _col(p["offset"][sl])
     x += rng.standard_normal(img.shape, dtype=np.float32) * _col(p["noise"][sl])
