@@ -227,6 +227,10 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
     assert UNet2DConditionModel.from_pretrained(folder / "unet").config.in_channels == 4
     assert AutoencoderKL.from_pretrained(folder / "vae").config.in_channels == 1
     assert isinstance(CLIPTextModel.from_pretrained(folder / "text_encoder"), CLIPTextModel)
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    assert pipe.vae.config.scaling_factor == cfg.model.latent_scale
     prompts = [prompt_from_labels({"Pleural Effusion": 1})]
     expected = m.sample(prompts, seed=5)[0]
     started = Model(cfg.model.model_copy(update={"pretrained": folder}))

@@ -295,6 +295,10 @@ class Model(GenerativeModel):
             e.copy_(b)
 
     # ---- generation -----------------------------------------------------------------------
+    def latent_size(self) -> int:
+        """From the VAE itself: a pretrained one need not match `vae_channels`."""
+        return self.config.image_size // 2 ** (len(self.part("vae").config.block_out_channels) - 1)
+
     def sampling_unet(self) -> nn.Module:
         if self.ema_unet is not None and int(self.steps_done[1]) > 0:
             return self.ema_unet
@@ -315,7 +319,7 @@ class Model(GenerativeModel):
         empty_ids, empty_mask, _ = self._tokens([""] * len(prompts))
         uncond = text(input_ids=empty_ids, attention_mask=empty_mask)[0]
         gen = torch.Generator().manual_seed(seed)
-        shape = (len(prompts), unet.config.in_channels, cfg.latent_size, cfg.latent_size)
+        shape = (len(prompts), unet.config.in_channels, self.latent_size(), self.latent_size())
         sched = sampling_scheduler(cfg, sampler)
         sched.set_timesteps(steps)
         latents = torch.randn(shape, generator=gen).to(self.device) * sched.init_noise_sigma
@@ -363,7 +367,8 @@ class Model(GenerativeModel):
         cfg = self.config
         unet, text = self.sampling_unet(), self.part("text_encoder")
         gen = torch.Generator().manual_seed(cfg.member_seed)
-        noises = torch.randn((len(cfg.member_timesteps), unet.config.in_channels, cfg.latent_size, cfg.latent_size), generator=gen).to(self.device)
+        size = self.latent_size()
+        noises = torch.randn((len(cfg.member_timesteps), unet.config.in_channels, size, size), generator=gen).to(self.device)
         scores = []
         for start in range(0, len(records), 32):
             chunk = list(records[start : start + 32])
