@@ -11,7 +11,7 @@ from cxrsynth.config import RunConfig, config_from_dict, dump_config
 
 
 def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in state.items()})
+    return ArrayRecord({k: Array(np.array(v, order="C")) for k, v in state.items()})
 
 
 def from_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -37,7 +37,7 @@ def save_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    state = {k: np.ascontiguousarray(v) for k, v in model.state().items()}
+    state = {k: np.array(v, order="C") for k, v in model.state().items()}  # keeps 0-d buffers 0-d
     tmp = out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(out / WEIGHTS)

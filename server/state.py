@@ -47,7 +47,7 @@ def save_round(out: Path, rnd: int, model: GenerativeModel, cfg: RunConfig, fl_s
     save_checkpoint(tmp, model, cfg, train_state, save_optimizers=False)
     (tmp / FL_STATE).write_text(json.dumps(fl_state, indent=2, sort_keys=True), encoding="utf-8")
     if strategy_arrays:
-        save_file({k: np.ascontiguousarray(v) for k, v in strategy_arrays.items()}, str(tmp / STRATEGY))
+        save_file({k: np.array(v, order="C") for k, v in strategy_arrays.items()}, str(tmp / STRATEGY))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
