@@ -176,6 +176,17 @@ def test_tokenizer_keeps_rare_words_out_and_round_trips(records):
     assert len(bpe.get_vocab()) <= 120
 
 
+def test_fixed_tokenizer_is_the_same_everywhere_and_needs_no_data(records):
+    a, b = Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512)), Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512))
+    a.setup(records)
+    ids = T.encode(a.tokenizer, ["Small left pleural effusion, Dr Zyxwvut."], 16, "cpu")[0]
+    assert torch.equal(ids, T.encode(b.tokenizer, ["Small left pleural effusion, Dr Zyxwvut."], 16, "cpu")[0])
+    unk = a.tokenizer.convert_tokens_to_ids(T.UNK)
+    assert ids[0].tolist().count(unk) == 2  # "dr" and the name; every report word is known
+    with pytest.raises(InputError, match="tokenizer_vocab_size"):
+        Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=64))
+
+
 def test_opacus_step_on_unet_text_encoder_and_vae(records):
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer

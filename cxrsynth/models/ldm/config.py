@@ -47,7 +47,11 @@ class LDMConfig(BaseModel):
     text_position_embeddings: Literal["frozen", "trained"] = Field(
         "frozen", description="Opacus cannot compute per-sample gradients of position embeddings shared across the batch; keep frozen under DP-SGD"
     )
-    tokenizer: Literal["wordlevel", "bpe"] = Field("wordlevel", description="trained offline from the de-identified training reports (ignored with pretrained)")
+    tokenizer: Literal["wordlevel", "bpe", "fixed"] = Field(
+        "wordlevel",
+        description="wordlevel/bpe: trained from the site's de-identified training reports; fixed: a radiology word list shipped with "
+        "the code, identical at every site (federation needs one shared vocabulary). Ignored with pretrained (its tokenizer is used).",
+    )
     tokenizer_min_count: int = Field(5, ge=1, description="a token seen fewer times in the training reports never enters the vocabulary")
     tokenizer_vocab_size: int = Field(8000, ge=64)
     max_tokens: int = Field(77, ge=8, le=512, description="CLIP's context length is 77")

@@ -66,6 +66,8 @@ class Model(GenerativeModel):
         # Steps done in total and in the diffusion stage: they decide the stage and the EMA warm-up.
         self.register_buffer("steps_done", torch.zeros(2, dtype=torch.long))
         self.noise = noise_scheduler(cfg)
+        if cfg.tokenizer == "fixed" and self.tokenizer is None:
+            self._set_tokenizer(T.fixed_tokenizer())
 
     # ---- parts ----------------------------------------------------------------------------
     def part(self, name: str) -> nn.Module:
@@ -103,15 +105,24 @@ class Model(GenerativeModel):
         cfg = self.config
         if self.tokenizer is None:
             texts = [P.training_prompt(r, cfg.prompt_section) for r in records]
-            self.tokenizer = T.train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_min_count, cfg.tokenizer_vocab_size)
+            self._set_tokenizer(T.train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_min_count, cfg.tokenizer_vocab_size))
         self.counts = P.label_counts(records)
+
+    def _set_tokenizer(self, tok) -> None:
+        rows = self.part("text_encoder").get_input_embeddings().num_embeddings
+        if len(tok) > rows:
+            raise InputError(
+                f"model.tokenizer: its vocabulary has {len(tok)} tokens but the text encoder embeds only {rows}; "
+                f"raise model.tokenizer_vocab_size to at least {len(tok)}."
+            )
+        self.tokenizer = tok
 
     def extra_state(self) -> dict:
         return {"tokenizer": T.to_json(self.tokenizer) if self.tokenizer else None, "label_counts": self.counts}
 
     def load_extra_state(self, extra: dict) -> None:
         if extra.get("tokenizer"):
-            self.tokenizer = T.from_json(extra["tokenizer"])
+            self._set_tokenizer(T.from_json(extra["tokenizer"]))
         self.counts = extra.get("label_counts")
 
     # ---- weights --------------------------------------------------------------------------

@@ -25,13 +25,58 @@ def train_tokenizer(texts: Sequence[str], kind: str, min_count: int, vocab_size:
     else:
         tok = Tokenizer(models.WordLevel(unk_token=UNK))
         trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS])
+    _normalise(tok)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    return _finish(tok)
+
+
+def _normalise(tok: Tokenizer) -> None:
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(list(texts), trainer=trainer)
+
+
+def _finish(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    if tok.normalizer is None:
+        _normalise(tok)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, tok.token_to_id(BOS)), (EOS, tok.token_to_id(EOS))]
     )
     return wrap(tok)
+
+
+# Words of ordinary chest radiograph reports, for the `fixed` tokenizer: the same vocabulary at
+# every site (token ids must agree before federated averaging) and no word taken from site data.
+RADIOLOGY_WORDS = """
+no yes not without with and or of the a an is are was were be been there this that these as at in on to from by for
+new old prior previous comparison compared unchanged stable improved improving worsened worsening increased decreased
+interval since resolved persistent persists again now still
+mild mildly moderate moderately severe severely marked markedly small large tiny minimal trace subtle slight
+possible possibly probable probably likely may might could cannot excluded exclude suggest suggests suggestive concerning
+consistent evidence definite questionable borderline top normal abnormal limits within acute chronic unremarkable
+right left bilateral bilaterally both lower upper middle mid base bases basal bibasilar basilar apical apex apices
+lobe lobes lung lungs pulmonary chest thorax hemithorax perihilar hilar hila central peripheral retrocardiac lingula
+heart cardiac size silhouette cardiomediastinal mediastinum mediastinal contour contours aorta aortic tortuous
+enlarged enlargement cardiomegaly widened widening
+effusion effusions pleural fluid costophrenic angle angles blunting blunted sharp meniscus layering
+pneumothorax pneumothoraces
+consolidation consolidations consolidative airspace opacity opacities opacification infiltrate infiltrates
+atelectasis atelectatic collapse volume loss linear plate like subsegmental
+edema congestion vascular vasculature interstitial kerley lines overload
+pneumonia infection infectious aspiration process
+nodule nodules nodular mass masses lesion lesions tumor
+fracture fractures rib ribs displaced healed deformity spine clavicle
+thickening scarring plaque plaques calcified calcification calcifications fibrosis
+tube tubes line lines catheter picc endotracheal nasogastric enteric tracheostomy pacemaker leads wires sternotomy
+device devices support place placement tip terminates projects position positioned appropriate
+findings impression frontal lateral view views pa ap portable upright supine semi radiograph radiographs
+cardiopulmonary focal diffuse patchy hazy streaky
+"""
+
+
+def fixed_tokenizer() -> PreTrainedTokenizerFast:
+    words = list(dict.fromkeys(RADIOLOGY_WORDS.split())) + list(".,;:()-/")
+    vocab = {t: i for i, t in enumerate([PAD, UNK, BOS, EOS] + words)}
+    return _finish(Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK)))
 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
