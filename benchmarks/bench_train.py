@@ -18,29 +18,40 @@ FAMILIES = ("emixer", "ldm", "mopoe")
 SIZES = ("tiny", "mid")
 
 
-def one_family(family: str, size: str, dp: str, steps: int) -> dict:
+def one_family(family: str, size: str, steps: int) -> dict:
+    """DP off and on in one process, steps interleaved, so both see the same machine load."""
+    import time
+
     import torch
 
     torch.set_num_threads(1)
     from cxrsynth.models import build_model
     from cxrsynth.train import BatchSampler
+    from privacy.dp import privatize
 
     cfg = model_config(family, size)
-    if dp == "on":
-        cfg = cfg.model_copy(update={"dp": cfg.dp.model_copy(update={"enabled": True})})
     records = phantom_records(256, cfg.model.image_size)
-    model = build_model(cfg.model)
-    model.setup(records)
-    model.opts = model.make_optimizers()
     batch = cfg.train.batch_size
-    if dp == "on":
-        from privacy.dp import privatize
-
-        privatize(model, cfg, batch / len(records))
-    model.train()
-    sampler = BatchSampler(records, batch, seed=0)
-    per_step = timed(lambda: model.train_step(next(sampler)), steps)
-    return {"images_per_s": batch / per_step, "batch": batch, "peak_rss_mb": peak_rss_mb()}
+    models, peaks = {}, {}
+    for dp in ("off", "on"):
+        model = build_model(cfg.model)
+        model.setup(records)
+        model.opts = model.make_optimizers()
+        if dp == "on":
+            privatize(model, cfg.model_copy(update={"dp": cfg.dp.model_copy(update={"enabled": True})}), batch / len(records))
+        model.train()
+        sampler = BatchSampler(records, batch, seed=0)
+        model.train_step(next(sampler))  # warm-up
+        models[dp] = (model, sampler)
+        peaks[dp] = peak_rss_mb()
+    seconds = {"off": 0.0, "on": 0.0}
+    for _ in range(steps):
+        for dp, (model, sampler) in models.items():
+            b = next(sampler)
+            t0 = time.perf_counter()
+            model.train_step(b)
+            seconds[dp] += time.perf_counter() - t0
+    return {"images_per_s": {dp: steps * batch / t for dp, t in seconds.items()}, "batch": batch, "peak_rss_mb": peaks}
 
 
 class PerStudyBCE:
@@ -56,9 +67,13 @@ class PerStudyBCE:
         return per_study if self.reduction == "none" else per_study.mean()
 
 
-def one_classifier(mode: str, steps: int) -> dict:
+def one_classifier(steps: int) -> dict:
+    """The evaluation classifier non-private, with Opacus hooks and with ghost clipping, interleaved."""
+    import time
+
     import numpy as np
     import torch
+    from opacus import PrivacyEngine
 
     torch.set_num_threads(1)
     from cxrsynth.data.transforms import images_to_tensor
@@ -67,31 +82,38 @@ def one_classifier(mode: str, steps: int) -> dict:
     records = phantom_records(256, 64)
     x = images_to_tensor([r.image for r in records], 64)
     y = torch.as_tensor(np.stack([r.label_vector() for r in records]))
-    model = CXRClassifier(16, 64)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     batch = 32
-    criterion = PerStudyBCE()
-    if mode != "off":
-        from opacus import PrivacyEngine
-
-        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
-        engine = PrivacyEngine()
-        kwargs = {"grad_sample_mode": "ghost"} if mode == "ghost" else {}
-        out = engine.make_private(module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, criterion=criterion, poisson_sampling=False, **kwargs)
-        model, opt = out[0], out[1]
-        if mode == "ghost":
-            criterion = out[2]  # ghost mode returns (module, optimizer, criterion, loader)
     g = torch.Generator().manual_seed(0)
+    steppers = {}
+    for mode in ("off", "hooks", "ghost"):
+        torch.manual_seed(0)
+        model = CXRClassifier(16, 64)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        criterion = PerStudyBCE()
+        if mode != "off":
+            loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
+            kwargs = {"grad_sample_mode": "ghost"} if mode == "ghost" else {}
+            out = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, criterion=criterion, poisson_sampling=False, **kwargs)
+            model, opt = out[0], out[1]
+            if mode == "ghost":
+                criterion = out[2]  # ghost mode returns (module, optimizer, criterion, loader)
 
-    def step():
-        idx = torch.randint(0, len(x), (batch,), generator=g)
-        loss = criterion(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        def step(model=model, opt=opt, criterion=criterion):
+            idx = torch.randint(0, len(x), (batch,), generator=g)
+            loss = criterion(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
 
-    per_step = timed(step, steps)
-    return {"images_per_s": batch / per_step, "batch": batch, "peak_rss_mb": peak_rss_mb()}
+        step()  # warm-up
+        steppers[mode] = step
+    seconds = dict.fromkeys(steppers, 0.0)
+    for _ in range(steps):
+        for mode, step in steppers.items():
+            t0 = time.perf_counter()
+            step()
+            seconds[mode] += time.perf_counter() - t0
+    return {"images_per_s": {m: steps * batch / t for m, t in seconds.items()}, "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> int:
@@ -102,29 +124,31 @@ def main() -> int:
     args = p.parse_args()
     if args.child is not None:
         kind, *rest = args.child
-        res = one_family(rest[0], rest[1], rest[2], int(rest[3])) if kind == "family" else one_classifier(rest[0], int(rest[1]))
+        res = one_family(rest[0], rest[1], int(rest[2])) if kind == "family" else one_classifier(int(rest[0]))
         print(json.dumps(res))
         return 0
     steps = 3 if args.quick else 10
     rows = []
     for family in FAMILIES:
         for size in SIZES:
-            got = {dp: child(__file__, "family", family, size, dp, str(steps)) for dp in ("off", "on")}
-            for dp, r in got.items():
-                name = f"train {family} {size} DP {dp}"
-                if "error" in r:
-                    rows.append({"name": name, "value": None, "unit": "images/s", "note": r["error"]})
-                else:
-                    rows.append({"name": name, "value": round(r["images_per_s"], 2), "unit": "images/s", "peak_rss_mb": round(r["peak_rss_mb"]), "note": f"batch {r['batch']}, {steps} steps"})
-            if all("error" not in r for r in got.values()):
-                rows.append({"name": f"DP overhead {family} {size}", "value": round(got["off"]["images_per_s"] / got["on"]["images_per_s"], 2), "unit": "x slower", "note": "non-private / DP-SGD throughput, same run"})
-    cls = {mode: child(__file__, "classifier", mode, str(steps * 3)) for mode in ("off", "hooks", "ghost")}
-    for mode, r in cls.items():
-        name = f"eval classifier 64px DP {mode}"
-        rows.append({"name": name, "value": None if "error" in r else round(r["images_per_s"], 2), "unit": "images/s", "note": r.get("error", f"batch 32, peak {r.get('peak_rss_mb', 0):.0f} MB")})
-    if all("error" not in r for r in cls.values()):
+            r = child(__file__, "family", family, size, str(steps))
+            if "error" in r:
+                rows.append({"name": f"train {family} {size}", "value": None, "unit": "images/s", "note": r["error"]})
+                continue
+            ips = r["images_per_s"]
+            for dp in ("off", "on"):
+                held = " (process also holds the DP-off model)" if dp == "on" else ""
+                rows.append({"name": f"train {family} {size} DP {dp}", "value": round(ips[dp], 2), "unit": "images/s", "peak_rss_mb": round(r["peak_rss_mb"][dp]), "note": f"batch {r['batch']}, {steps} steps interleaved with the other mode{held}"})
+            rows.append({"name": f"DP overhead {family} {size}", "value": round(ips["off"] / ips["on"], 2), "unit": "x slower", "note": "non-private / DP-SGD throughput, same process"})
+    r = child(__file__, "classifier", str(steps * 3))
+    if "error" in r:
+        rows.append({"name": "eval classifier 64px", "value": None, "unit": "images/s", "note": r["error"]})
+    else:
+        ips = r["images_per_s"]
+        for mode in ("off", "hooks", "ghost"):
+            rows.append({"name": f"train eval classifier 64px DP {mode}", "value": round(ips[mode], 2), "unit": "images/s", "note": f"batch 32, {steps * 3} steps interleaved; peak {r['peak_rss_mb']:.0f} MB for all three"})
         for mode in ("hooks", "ghost"):
-            rows.append({"name": f"DP overhead eval classifier ({mode})", "value": round(cls["off"]["images_per_s"] / cls[mode]["images_per_s"], 2), "unit": "x slower", "note": "Opacus per-sample gradients vs ghost clipping"})
+            rows.append({"name": f"DP overhead eval classifier ({mode})", "value": round(ips["off"] / ips[mode], 2), "unit": "x slower", "note": "non-private / DP-SGD, Opacus " + ("per-sample gradient hooks" if mode == "hooks" else "ghost clipping")})
     write(args.out, "train", rows)
     return 0
 

@@ -192,7 +192,9 @@ class Demo:
         self.stage("privacy audit", self.audit, needs=("generation",))
         rel = self.stage("release", self.release, needs=("privacy audit",))
         if rel.ok and not rel.value["released"]:
-            rel.status, rel.detail = REFUSED, "the release gate refused (see the audit's failed checks)"
+            audit = next(s for s in self.stages if s.name == "privacy audit").value
+            failed = [name for name, check in audit["checks"].items() if not check.get("passed")]
+            rel.status, rel.detail = REFUSED, f"the release gate refused: audit check(s) failed: {', '.join(failed) or 'none listed'}"
         self.facts["seconds"] = time.perf_counter() - t0
         from cxrsynth.eval.overview import write_overview
 
