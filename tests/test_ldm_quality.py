@@ -35,13 +35,45 @@ def finding_classifiers(size: int) -> dict:
     return out
 
 
-def positive_rates(model, clf, name: str, seed: int) -> tuple[float, float]:
-    rates = []
+def positive_rates(model, clf, name: str, seed: int) -> tuple[float, float, dict]:
+    """Share of images classified positive for prompts naming, then negating, the finding."""
+    rates, shown = [], {}
     for value in (1, 0):
         prompt = prompt_from_labels({name: value})
         images = model.sample([prompt] * N_SAMPLES, seed=seed)
         rates.append(float(clf.predict(np.stack([im.reshape(-1) / 255.0 for im in images])).mean()))
-    return rates[0], rates[1]
+        shown[prompt] = images[:8]
+    return rates[0], rates[1], shown
+
+
+def write_report(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
+    """An HTML page: the measured rates and, per prompt, the first generated images."""
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prompts = [(p, ims) for *_, shown in rows for p, ims in shown.items()]
+    fig, axes = plt.subplots(len(prompts), 8, figsize=(8, 1.2 * len(prompts)))
+    for r, (prompt, images) in enumerate(prompts):
+        for c, im in enumerate(images):
+            axes[r, c].imshow(im, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].axis("off")
+        axes[r, 0].set_title(prompt, fontsize=7, loc="left")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    table = "".join(f"<tr><td>{n}</td><td>{a:.3f}</td><td>{p:.3f}</td><td>{q:.3f}</td></tr>" for n, a, p, q, _ in rows)
+    path.write_text(
+        "<html><body><h1>LDM prompt following</h1><table border=1><tr><th>finding</th><th>classifier accuracy (real)</th>"
+        f"<th>positive, prompt names it</th><th>positive, prompt negates it</th></tr>{table}</table>"
+        f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'></body></html>",
+        encoding="utf-8",
+    )
 
 
 @pytest.mark.slow
@@ -51,8 +83,13 @@ def test_images_follow_prompts_after_short_cpu_training(tmp_path):
     train(cfg, progress=Progress())
     model, _, _ = load_checkpoint(tmp_path / "ck")
     model.eval()
+    rows = []
     for name, (clf, acc) in finding_classifiers(cfg.model.image_size).items():
-        named, negated = positive_rates(model, clf, name, seed=7)
+        named, negated, shown = positive_rates(model, clf, name, seed=7)
         print(f"{name}: classifier held-out accuracy {acc:.3f}; classified positive: named {named:.3f}, negated {negated:.3f}")
+        rows.append((name, acc, named, negated, shown))
+    write_report(tmp_path / "prompt_following.html", rows)
+    print(f"report: {tmp_path / 'prompt_following.html'}")
+    for name, acc, named, negated, _ in rows:
         assert acc > 0.85
         assert named > negated + 0.15, name
