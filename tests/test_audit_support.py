@@ -54,6 +54,17 @@ def report(rng: np.random.Generator, rare: bool) -> tuple[str, str]:
     return " ".join(sents[:-1]), sents[-1]
 
 
+def write_audit_inputs(root, n_train: int = 150, n_holdout: int = 60, n_synthetic: int = 200) -> tuple:
+    """A real dataset (train + holdout, one site) and an honest synthetic set of unseen patients."""
+    from cxrsynth.data.dataset import write_dataset
+
+    real = varied_records(n_train, 1, prefix="t") + varied_records(n_holdout, 2, split="holdout", prefix="h")
+    synthetic = [r.with_(site="synthetic", split="") for r in varied_records(n_synthetic, 3, prefix="syn", split="", rare=False)]
+    write_dataset(root / "real", real)
+    write_dataset(root / "syn", synthetic)
+    return root / "real", root / "syn"
+
+
 def varied_records(n: int, seed: int, split: str = "train", site: str = "site0", prefix: str = "r", rare: bool = True) -> list[Record]:
     rng = np.random.default_rng(seed)
     out = []

@@ -142,7 +142,7 @@ def _site_row(a: dict) -> dict:
     row = {"site": a["site"], "n_train": a["n_train"], "n_holdout": a["n_holdout"]}
     if "images" in a:
         i = a["images"]
-        row.update(copies=len(i["copies"]), copy_match=i["copy_match"], copy_threshold=i["copy_threshold"], holdout_copy_rate=i["holdout_copy_rate"], closeness=i["closeness_share"], closeness_ci=i["closeness_ci"], dcr_hist=i["dcr_hist"], copy_hist=i["copy_hist"], dcr_median=i["dcr_median"])
+        row.update(copies=len(i["copies"]), copy_match=i.get("copy_match", ""), copy_threshold=i["copy_threshold"], holdout_copy_rate=i["holdout_copy_rate"], closeness=i["closeness_share"], closeness_ci=i["closeness_ci"], dcr_hist=i["dcr_hist"], copy_hist=i["copy_hist"], dcr_median=i["dcr_median"])
     if "rare_ngrams" in a:
         row["rare_ngram_reports"] = len(a["rare_ngrams"]["leaking_reports"])
     if "near_duplicates" in a:

@@ -1,0 +1,66 @@
+"""The site's answer to the federated audit query (privacy/audit, issue 8).
+
+The steward sends the synthetic images and reports, the audit policy and (for membership
+inference) the model; the site runs `privacy.audit.site.site_audit` against its own training and
+holdout records and replies with numbers only: counts, scalar figures, histograms, bootstrap
+replicates, and flagged synthetic records as indices into the set the steward sent. The copy
+pairs, with the training images they copy, stay here: written to the node's `audit-out`
+directory (node config) as a site-local report when that key is set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from privacy.audit.protocol import answer_to_metrics, read_query
+
+
+def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
+    """(site name, training records, holdout records) of this node."""
+    from cxrsynth.data.dataset import read_dataset
+    from cxrsynth.errors import InputError
+
+    if "data-path" in node_config:
+        path = Path(str(node_config["data-path"]))
+        # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
+        records, _ = read_dataset(path, strict=True)
+        site = str(node_config.get("site") or (records[0].site if records else path.name))
+    elif "partition-id" in node_config:
+        if cfg is None:
+            raise InputError("a simulated site needs the run config in the audit query to find its partition.")
+        from client.task import _partition_of
+        from cxrsynth.train import load_run_data
+
+        k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
+        records = _partition_of(load_run_data(cfg), k, i, cfg)
+        site = f"site{i}"
+    else:
+        raise InputError("node config has neither 'data-path' nor 'partition-id'; the audit cannot find this site's records.")
+    train = [r for r in records if r.split != "holdout"]
+    holdout = [r for r in records if r.split == "holdout"]
+    if not holdout:
+        raise InputError(f"site {site}: no holdout records (split column 'holdout'); the audit calibrates on unseen patients.")
+    return site, train, holdout
+
+
+def handle(msg: Message, context: Context) -> Message:
+    import torch
+
+    from privacy.audit.combine import combine
+    from privacy.audit.report import write_report
+    from privacy.audit.site import site_audit
+
+    torch.set_num_threads(1)
+    query = read_query(msg.content)
+    site, train, holdout = _site_records(context.node_config, query.run_config)
+    answer, pairs = site_audit(query.synthetic, train, holdout, query.policy, query.scorer(), site)
+    out = context.node_config.get("audit-out")
+    if out:
+        # The site's own view: which of its patients each flagged synthetic image copies.
+        by_id = {r.record_id: r for r in train}
+        syn = {r.record_id: r for r in query.synthetic}
+        Path(str(out)).mkdir(parents=True, exist_ok=True)
+        write_report(combine([answer], query.policy), Path(str(out)), [(p, syn[p.synthetic_id].image, by_id[p.train_record_id].image) for p in pairs])
+    return Message(RecordDict({"audit": MetricRecord(answer_to_metrics(answer, query.synthetic))}), reply_to=msg)
