@@ -1,6 +1,6 @@
 """Rule-based report labeler for the 14 CheXpert / MIMIC-CXR labels.
 
-Follows the CheXpert labeler's three stages (Irvin et al. 2019, section 2.2): mention extraction,
+Follows the CheXpert labeler's three stages (Irvin et al. 2019, "CheXpert", the labeler section): mention extraction,
 mention classification (negated / uncertain / positive) and aggregation. A mention is classified by
 the nearest negation or uncertainty cue in its clause, before it ("no pneumothorax", "possible
 effusion") or after it ("pneumothorax is not seen", "effusion cannot be excluded"). Aggregation per

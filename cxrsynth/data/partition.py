@@ -5,7 +5,7 @@ Modes:
   partition i mod k);
 - `iid`: patients dealt at random, so every partition has the same label mix in expectation;
 - `dirichlet`: label skew as in Hsu et al. 2019 ("Measuring the effects of non-identical data
-  distribution", section 3): each patient gets one class (its rarest positive label, else "No
+  distribution", synthetic non-identical client data): each patient gets one class (its rarest positive label, else "No
   Finding"), and each class is shared among the partitions by proportions drawn from
   Dirichlet(alpha); small alpha, strong skew.
 """

@@ -39,7 +39,7 @@ FINDINGS = tuple(n for n in LABELS if n != "No Finding")
 IDX = {n: i for i, n in enumerate(LABELS)}
 # Share of studies where a finding is present. Chosen so each label has at least ~5% positives
 # overall (models must be able to learn each one) and about a fifth of studies have no finding,
-# close to the MIMIC-CXR mix (Johnson et al. 2019, Table 3).
+# roughly the MIMIC-CXR-JPG mix (Johnson et al. 2019).
 PREVALENCE = {
     "Atelectasis": 0.13, "Cardiomegaly": 0.14, "Consolidation": 0.08, "Edema": 0.10,
     "Enlarged Cardiomediastinum": 0.07, "Fracture": 0.07, "Lung Lesion": 0.07, "Lung Opacity": 0.14,
