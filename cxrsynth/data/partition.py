@@ -5,9 +5,10 @@ Modes:
   partition i mod k);
 - `iid`: patients dealt at random, so every partition has the same label mix in expectation;
 - `dirichlet`: label skew as in Hsu et al. 2019 ("Measuring the effects of non-identical data
-  distribution", synthetic non-identical client data): each patient gets one class (its rarest positive label, else "No
-  Finding"), and each class is shared among the partitions by proportions drawn from
-  Dirichlet(alpha); small alpha, strong skew.
+  distribution for federated visual classification", their synthetic non-identical client
+  data): each patient gets one class (its rarest positive label, else "No Finding"), and each
+  class is shared among the partitions by proportions drawn from Dirichlet(alpha); small
+  alpha, strong skew.
 """
 
 from __future__ import annotations
