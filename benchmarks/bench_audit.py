@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import peak_rss_mb, write  # noqa: E402
+from common import peak_rss_mb, write  # noqa: E402
 
 
 def main() -> None:
