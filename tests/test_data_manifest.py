@@ -116,3 +116,14 @@ def test_ingest_keeps_what_was_ingested_before_and_strict_writes_nothing(tmp_pat
     assert len(recs) == 2  # the first ingest's record is still there
     assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path), "--out", str(out), "--strict"]) == 2
     assert len(read_dataset(out)[0]) == 2 and first.splitlines()[1] in (out / "manifest.csv").read_text()
+
+
+def test_ingest_refuses_to_merge_into_an_output_whose_rows_no_longer_read(tmp_path, capsys):
+    path = _site(tmp_path, ['img/a.png,"FINDINGS: No effusion.",MRN1,ACC1,0,0'])
+    out = tmp_path / "out"
+    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path), "--out", str(out)]) == 0
+    next((out / "images").iterdir()).write_bytes(b"broken")
+    before = (out / "manifest.csv").read_bytes()
+    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path), "--out", str(out)]) == 2
+    assert "row 1" in capsys.readouterr().err
+    assert (out / "manifest.csv").read_bytes() == before  # the broken row was not dropped by a rewrite
