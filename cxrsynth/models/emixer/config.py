@@ -36,6 +36,8 @@ class EmixerConfig(BaseModel):
     vocab_min_count: int = Field(6, ge=1, description="paper: tokens seen at least 6 times")
     max_sentences: int = Field(4, ge=1)
     max_words: int = Field(10, ge=2, description="words per sentence before the end token")
+    decoding: Literal["sample", "greedy"] = Field("sample", description="greedy decoding writes the same likeliest report again and again")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature when sampling words")
 
     # Losses and schedule.
     adversarial_loss: Literal["hinge", "bce"] = "hinge"

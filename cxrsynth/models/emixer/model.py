@@ -204,7 +204,7 @@ class Model(GenerativeModel):
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
             images = self.nets["generator"](self._z(n, gen), condition_tensor(labels, self.device))
-            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab)
+            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab, generator=gen)
         texts = grid_to_text(ids.cpu(), counts.cpu(), vocab)
         return [
             Record(record_id=f"gen-{i}", patient_id=f"gen-{i}", study_id=f"gen-{i}", findings=f, impression=imp, labels=lab, image=img)

@@ -13,7 +13,7 @@ keeps the record as the batch dimension: the word LSTM runs once per sentence sl
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -155,11 +155,13 @@ class ReportDecoder(nn.Module):
         per_record = word_ce / n_words.clamp_min(1) + (stop_ce * stop_valid).sum(dim=1) / stop_valid.sum(dim=1).clamp_min(1)
         return per_record.mean()
 
-    def decode(self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, tau: float = 1.0):
-        """Greedy free-running decoding: (ids (B,S,T+1), counts (B,), one-hot grid (B,S,T+1,V)).
+    def decode(self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, generator: Optional[torch.Generator] = None):
+        """Free-running decoding: (ids (B,S,T+1), counts (B,), one-hot grid (B,S,T+1,V)).
 
-        With `soft`, the one-hot grid is straight-through (Bengio et al. 2013): hard tokens in the
-        forward pass, softmax gradients in the backward pass, so G learns through the report
+        Words are greedy (`decoding: greedy`) or drawn from the softmax at `temperature` with the
+        Gumbel-max trick (`decoding: sample`); a sentence stops at its end token, the report at the
+        first STOP. With `soft`, the one-hot grid is straight-through (Bengio et al. 2013): hard
+        tokens forward, softmax gradients backward, so G learns through the report
         discriminators. Positions after a sentence's end and sentences after STOP are padding.
         """
         cfg = self.cfg
@@ -171,16 +173,20 @@ class ReportDecoder(nn.Module):
         banned = torch.zeros(cfg.vocab_size, dtype=torch.bool, device=images.device)
         banned[[pad_id, bos_id, unk_id]] = True
         banned[len(vocab) :] = True
+        b, tau = images.shape[0], cfg.temperature
         rows, row_ids = [], []
         for s in range(cfg.max_sentences):
             topic = topics[:, s : s + 1]
             x, state, steps, step_ids = torch.cat([topic, torch.zeros_like(topic)], dim=2), None, [], []
             for _ in range(cfg.max_words + 1):
                 h, state = self.word_lstm(x, state)
-                logits = self.word_out(h[:, 0])
-                ids = logits.masked_fill(banned, float("-inf")).argmax(dim=-1)
+                logits = self.word_out(h[:, 0]).masked_fill(banned, float("-inf")) / tau
+                if cfg.decoding == "sample":
+                    u = torch.rand(b, cfg.vocab_size, generator=generator).to(logits.device)
+                    logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+                ids = logits.argmax(dim=-1)
                 hard = F.one_hot(ids, cfg.vocab_size).to(logits.dtype)
-                onehot = hard + torch.softmax(logits / tau, dim=-1) - torch.softmax(logits / tau, dim=-1).detach() if soft else hard
+                onehot = hard + torch.softmax(logits, dim=-1) - torch.softmax(logits, dim=-1).detach() if soft else hard
                 steps.append(onehot)
                 step_ids.append(ids)
                 x = torch.cat([topic, (onehot @ self.embed.weight)[:, None, :]], dim=2)
