@@ -103,7 +103,7 @@ def image_memorization(
         "copy_threshold": threshold,
         "copies": [synthetic[j].record_id for j in copies],
         "copy_rate": len(copies) / len(synthetic),
-        "holdout_copy_rate": float(np.mean(d_ht < threshold)),
+        "holdout_copy_rate": float(np.mean(c_ht < threshold)),
         "closeness_share": float(closer.mean()),
         "closeness_ci": percentile_ci(reps, policy.confidence),
         "closeness_replicates": reps.round(6).tolist(),
