@@ -64,7 +64,8 @@ def read_source(source: str, path: Path, out: Path, site: str, strict: bool, pro
     if source == "manifest":
         from cxrsynth.data.manifest import read_manifest
 
-        return read_manifest(path, key=site_key(out), site=site, strict=strict)
+        # A dataset directory carries its pseudonyms already; only a site manifest CSV needs the key.
+        return read_manifest(path, key=site_key(out) if path.is_file() else b"", site=site, strict=strict)
     raise InputError(f"--source {source!r} is not one of {list(SOURCES)}.")
 
 
