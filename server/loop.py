@@ -21,6 +21,7 @@ from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel
 from cxrsynth.progress import Progress
 from cxrsynth.train import seed_everything
+from server.report import write_report
 from server.screen import screen
 from server.state import last_round, load_round, save_round
 from server.strategy import load_strategy_state, make_strategy, strategy_state
@@ -114,11 +115,13 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
             fl_state["rejections"].append({"round": rnd, **rej})
         if len(screened.accepted) < fed.min_sites:
             reasons = "; ".join(f"site {r['node']}: {r['reason']}" for r in screened.rejected) or "no rejections"
-            raise RoundFailed(
+            failure = (
                 f"round {rnd}: {len(screened.accepted)} usable update(s) of {len(msgs)} sites "
                 f"({missing} gave no reply), fewer than federation.min_sites={fed.min_sites}; {reasons}. "
                 f"The run stops; the checkpoint of round {rnd - 1} in {out} is intact (continue with --resume)."
             )
+            write_report(out, {**fl_state, "failure": failure})
+            raise RoundFailed(failure)
         agg, metrics = strategy.aggregate_train(rnd, screened.accepted)
         if agg is None:
             raise RoundFailed(f"round {rnd}: the {fed.strategy} strategy produced no aggregate from {len(screened.accepted)} updates.")
@@ -141,6 +144,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         s_arrays, s_scalars = strategy_state(strategy)
         fl_state["strategy_scalars"] = s_scalars
         save_round(out, rnd, model, cfg, fl_state, s_arrays)
+        write_report(out, fl_state, f"Federated {cfg.model.family}: {cfg.name}")
         bar.advance(1, f"round {rnd}: {len(screened.accepted)} updates")
     progress.say(f"federated run complete: {fed.rounds} rounds; checkpoint {out}")
     return out

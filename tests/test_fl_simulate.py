@@ -75,6 +75,8 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
                 assert rec["kind"] == "ConfigRecord" and name == "ledger"
                 assert all(isinstance(v, (int, float, list)) or k == "accountant" for k, v in rec["items"].items())
     assert sum(1 for e in sent if e["type"] == "train" and "error" not in e) >= 3 * done
+    report = (out / "report.html").read_text()
+    assert "The run stopped" in report and "epsilon spent by each site" in report
     # The last complete round is a checkpoint `cxrsynth generate` takes.
     from cxrsynth.generate import generate
 

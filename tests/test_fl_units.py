@@ -121,3 +121,14 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
         eps.append(ledger_from_record(reply.content["ledger"])["epsilon"])
     assert 0 < eps[0] < eps[1]
     assert (tmp_path / "site1.dp-ledger.json").is_file()
+    # A fresh node state (a restarted SuperNode) still starts from the ledger the site keeps on disk.
+    fresh = Context(run_id=12, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={})
+    conf = round_config(cfg, extra)
+    conf["server-round"] = 3
+    reply = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), fresh)
+    assert ledger_from_record(reply.content["ledger"])["epsilon"] > eps[1]
+    # Central evaluation answers with scalars only.
+    ev = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": round_config(cfg, extra)}), dst_node_id=1, message_type="evaluate"), ctx)
+    assert not ev.has_error(), ev.error.reason if ev.has_error() else ""
+    check_reply(ev)
+    assert set(ev.content.keys()) == {"metrics"} and np.isfinite(ev.content["metrics"]["member-score"])
