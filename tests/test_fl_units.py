@@ -132,3 +132,30 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     assert not ev.has_error(), ev.error.reason if ev.has_error() else ""
     check_reply(ev)
     assert set(ev.content.keys()) == {"metrics"} and np.isfinite(ev.content["metrics"]["member-score"])
+
+
+def test_fedprox_pull_keeps_a_site_closer_to_the_global_model():
+    from client.task import SiteData, train_round
+    from cxrsynth.models import build_model
+    from cxrsynth.train import load_run_data
+
+    cfg = load_config(
+        "mopoe-tiny",
+        {
+            "model": {"image_size": 16, "text_length": 16, "channels": 8},
+            "data": {"phantom": {"n": 24, "sites": 1, "image_size": 16}},
+            "train": {"batch_size": 4, "num_threads": 1},
+            "federation": {"local_steps": 4},
+        },
+    )
+    records = [r for r in load_run_data(cfg) if r.split != "holdout"]
+    model = build_model(cfg.model)
+    model.setup(records)
+    g, extra = model.state(), model.extra_state()
+    site = SiteData("s", records)
+
+    def drift(mu: float) -> float:
+        new = train_round(cfg, site, extra, g, server_round=1, proximal_mu=mu).arrays
+        return float(sum(np.sum((new[k].astype(np.float64) - g[k]) ** 2) for k in g if g[k].dtype.kind == "f"))
+
+    assert drift(200.0) < 0.8 * drift(0.0)
