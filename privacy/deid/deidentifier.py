@@ -168,6 +168,33 @@ def roster_deny_terms(path) -> list[DenyTerm]:
     return out
 
 
+def _name_parts(f: Finding, text: str) -> list[Finding]:
+    """A name holds no digits and does not start or end with a label word: a NAME finding that
+    swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
+    to its name words, so the number keeps its own type and the label stays readable."""
+    if f.type != "NAME" or f.source.startswith("deny:"):
+        return [f]
+    runs, run = [], []
+    for m in re.finditer(r"\S+", text[f.start : f.end]):
+        if any(c.isdigit() for c in m.group(0)):
+            run = []
+            continue
+        if not run:
+            runs.append(run)
+        word = m.group(0)
+        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower()  # "A." is an initial
+        run.append((f.start + m.start(), f.start + m.end(), label))
+    out = []
+    for r in runs:
+        while r and r[0][2] in NOT_A_NAME:
+            r = r[1:]
+        while r and r[-1][2] in NOT_A_NAME:
+            r = r[:-1]
+        if r:
+            out.append(Finding(f.type, r[0][0], r[-1][1], f.score, f.source))
+    return out
+
+
 def fold(text: str) -> str:
     """Accents removed character by character (same length, same offsets): "Inés" -> "Ines"."""
     return "".join(unicodedata.normalize("NFKD", c)[0] if ord(c) > 127 else c for c in text)
@@ -250,6 +277,7 @@ class Deidentifier:
             meta_r = r.recognition_metadata or {}
             source = meta_r.get("rule") or meta_r.get("recognizer_name", "")
             found.append(Finding(typ, r.start, r.end, float(r.score), source))
+        found = [part for f in found for part in _name_parts(f, text)]
         keep = keep_spans(text)
         found = [
             f

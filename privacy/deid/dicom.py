@@ -17,7 +17,7 @@ from typing import Literal
 import pydicom
 from pydicom.dataset import Dataset
 
-from privacy.deid.keys import keyed, keyed_hex, keyed_int
+from privacy.deid.keys import keyed, keyed_hex, patient_shift_days
 
 # Attributes of Table E.1-1 (the common ones in radiography headers) and their basic-profile action.
 DUMMY = {  # D: replaced with a non-identifying value of the same VR
@@ -95,8 +95,7 @@ def deidentify_dataset(
         flags.append("secondary_capture")
 
     original_id = str(ds.get("PatientID", "")) or str(ds.get("PatientName", ""))
-    shift = 1 + keyed_int(key, "shift", original_id) % max_shift_days
-    shift = -shift if keyed_int(key, "sign", original_id) % 2 else shift
+    shift = patient_shift_days(key, original_id, max_shift_days)
     shifted = {k: _shift(str(ds.get(k, "")), shift) for k in DATES if dates == "shift" and ds.get(k)}
 
     ds.remove_private_tags()

@@ -47,3 +47,12 @@ def keyed_int(secret: bytes, *parts: str) -> int:
 
 def keyed_hex(secret: bytes, *parts: str, n: int = 16) -> str:
     return keyed(secret, *parts).hex()[:n]
+
+
+def patient_shift_days(secret: bytes, patient_key: str, max_shift_days: int) -> int:
+    """The per-patient date offset, in [-max, -1] or [1, max], never a whole number of years
+    (a year-less "March 14" would come back unchanged)."""
+    magnitude = 1 + keyed_int(secret, "shift", patient_key) % max_shift_days
+    if magnitude % 365 == 0:
+        magnitude -= 1
+    return -magnitude if keyed_int(secret, "sign", patient_key) % 2 else magnitude

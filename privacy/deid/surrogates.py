@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta
 
-from privacy.deid.keys import keyed_int
+from privacy.deid.keys import keyed_int, patient_shift_days
 
 # Names that read as first or last names alike, so one mapping serves both positions.
 SURROGATE_NAMES = (
@@ -61,8 +61,7 @@ class Surrogates:
 
     def __init__(self, secret: bytes, patient_key: str, max_shift_days: int = 365, avoid: frozenset[str] = frozenset()):
         self.secret, self.patient = secret, patient_key
-        magnitude = 1 + keyed_int(secret, "shift", patient_key) % max_shift_days
-        self.shift_days = -magnitude if keyed_int(secret, "sign", patient_key) % 2 else magnitude
+        self.shift_days = patient_shift_days(secret, patient_key, max_shift_days)
         self.avoid = {a.lower() for a in avoid}
 
     def _pick(self, pool: tuple[str, ...], *key: str) -> str:
@@ -86,12 +85,13 @@ class Surrogates:
                 return _match_case(letter, w[0]) + w[1:]
             return _match_case(self._pick(SURROGATE_NAMES, "name", w.lower()), w)
 
-        return re.sub(r"[A-Za-z\u00c0-\u024f]+(?:['\u2019-][A-Za-z\u00c0-\u024f]+)*\.?", word, text)
+        out = re.sub(r"[A-Za-z\u00c0-\u024f]+(?:['\u2019-][A-Za-z\u00c0-\u024f]+)*\.?", word, text)
+        return re.sub(r"\d+", lambda m: self._shape(m.group(0)), out)  # never pass a number through
 
     def _date(self, text: str) -> str:
         m = re.fullmatch(r"(?i)(\d{1,2})(st|nd|rd|th)", text.strip())
         if m:  # "the 25th": shift the day of the month, wrapping inside 28 days
-            day = (int(m.group(1)) - 1 + self.shift_days) % 28 + 1
+            day = (int(m.group(1)) - 1 + (self.shift_days if self.shift_days % 28 else self.shift_days + 1)) % 28 + 1
             return ordinal(day)
         suffix = ORDINAL_RE.search(text)
         norm = ORDINAL_RE.sub(r"\1", text).strip()
@@ -108,7 +108,12 @@ class Surrogates:
                 base = parsed.date()
             else:  # a year-less date: a common year, or the leap year 2000 for 29 February
                 base = date(2001 if (parsed.month, parsed.day) != (2, 29) else 2000, parsed.month, parsed.day)
-            shifted = base + timedelta(days=self.shift_days)
+            if "%d" in fmt:
+                shifted = base + timedelta(days=self.shift_days)
+            else:  # "July 2022": a shift of days could leave month and year as they were; move whole months
+                months = int(self.shift_days / 30) or (1 if self.shift_days > 0 else -1)
+                y, m = divmod(base.month - 1 + months, 12)
+                shifted = date(base.year + y, m + 1, 1)
             out = shifted.strftime(fmt)
             if suffix and "%d" in fmt:
                 out = out.replace(shifted.strftime("%d"), ordinal(shifted.day), 1)
@@ -117,6 +122,8 @@ class Surrogates:
 
     def _time(self, text: str) -> str:
         minutes = keyed_int(self.secret, self.patient, "time", text) % (24 * 60)
+        if re.match(rf"\s*0?{(minutes // 60) % 12 or 12}\s?[ap]", text, re.IGNORECASE):
+            minutes = (minutes + 60) % (24 * 60)  # "10am" must not come back as "10am"
         h, mnt = divmod(minutes, 60)
         m = re.match(r"(?i)\s*(\d{1,2})([:h]?)(\d{2})?(.*)", text)
         if not m:
