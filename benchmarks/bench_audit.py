@@ -35,8 +35,8 @@ def main() -> None:
     torch.set_num_threads(1)
     nq, nb, dim, chunk = (1_000, 10_000, 512, 4096) if args.quick else (10_000, 100_000, 512, 4096)
     rng = np.random.default_rng(0)
-    q = rng.normal(size=(nq, dim)).astype(np.float32)
-    b = rng.normal(size=(nb, dim)).astype(np.float32)
+    q = rng.standard_normal((nq, dim), dtype=np.float32)
+    b = rng.standard_normal((nb, dim), dtype=np.float32)
     rss0 = peak_rss_mb()
 
     t0 = time.perf_counter()

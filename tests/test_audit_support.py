@@ -125,6 +125,9 @@ class TinyGenerator:
             opt.step()
         with torch.no_grad():
             self.codes = self.enc(x)
+            # Per-pixel spread of what the low-rank model does not explain: sampled anew per image,
+            # so outputs have the texture of real images without being any one of them.
+            self.residual_std = (x - self.dec(self.codes)).std(0)
         counts: dict[str, int] = {}
         from cxrsynth.data.text import split_sentences
 
@@ -154,7 +157,10 @@ class TinyGenerator:
             mu, cov = self.codes.mean(0), torch.cov(self.codes.T) + 1e-5 * torch.eye(self.codes.shape[1])
             z = torch.distributions.MultivariateNormal(mu, cov).sample((n,))
         with torch.no_grad():
-            x = self.dec(z).clamp(0, 1).reshape(n, 1, self.side, self.side)
+            x = self.dec(z)
+            if self.sampling != "kde":
+                x = x + self.residual_std * torch.randn(x.shape, generator=g)
+            x = x.clamp(0, 1).reshape(n, 1, self.side, self.side)
             imgs = (F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)[:, 0].numpy() * 255).astype(np.uint8)
         out = []
         for i in range(n):
