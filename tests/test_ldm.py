@@ -44,6 +44,15 @@ def tiny_config(**over) -> LDMConfig:
     return LDMConfig(**{**TINY, **over})
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny networks: a second thread costs more in synchronisation than it gains, badly so on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def records():
     return make_phantom(24, sites=2, seed=0, image_size=16, lateral=False)
