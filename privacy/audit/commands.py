@@ -6,10 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import ValidationError
 
-from cxrsynth.config import AuditPolicy, format_validation_error
+from cxrsynth.config import AuditPolicy, _read_yaml, format_validation_error
 from cxrsynth.errors import CheckFailed, ConfigError
 from cxrsynth.progress import Progress
 
@@ -19,16 +18,9 @@ def load_policy(path: Optional[str | Path]) -> AuditPolicy:
     if path is None:
         return AuditPolicy()
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such policy file.") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e}).") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of policy settings, got {type(data).__name__}.")
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).")
+    data = _read_yaml(path)
     if set(data) == {"audit"} or ("audit" in data and "model" in data):
         data = data["audit"] or {}
     try:
