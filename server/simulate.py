@@ -30,8 +30,14 @@ def simulate(cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optio
     # Ray gets as many CPUs as there are sites times their threads (at most the machine's), so
     # sites run side by side when the machine allows it and queue otherwise.
     cpus = max(1, min(os.cpu_count() or 1, cfg.federation.sites * threads))
+    # With a GPU the simulated sites share it; Ray hides it from a site given no share of it.
+    gpus = 0.0
+    if cfg.train.device != "cpu":
+        import torch
+
+        gpus = 1.0 / cfg.federation.sites if torch.cuda.is_available() else 0.0
     backend = {
-        "client_resources": {"num_cpus": threads, "num_gpus": 0.0},
+        "client_resources": {"num_cpus": threads, "num_gpus": gpus},
         "init_args": {"num_cpus": cpus, "include_dashboard": False, "logging_level": logging.ERROR},
     }
     run_simulation(
