@@ -171,10 +171,12 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     train_records = apply_labeled_fraction(train_records, cfg.data.labeled_fraction, cfg.train.seed)
     start_step = 0
     history: list[dict] = []
+    spent: list = []  # the DP accountant's history so far: a resumed run keeps counting epsilon
     if resume and (out / "run.yaml").is_file():
         model, _, state = load_checkpoint(out, device)
         start_step = int(state.get("step", 0))
         history = state.get("history", [])
+        spent = (state.get("privacy_ledger") or {}).get("history") or []
         model.opts = model.make_optimizers()
         load_optimizers(out, model)
         progress.say(f"resuming from {out} at step {start_step}")
@@ -192,7 +194,8 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     if cfg.dp.enabled:
         if privatize is None:
             raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
-        ledger = privatize(model, cfg, min(cfg.train.batch_size, len(train_records)) / len(train_records))
+        rate = min(cfg.train.batch_size, len(train_records)) / len(train_records)
+        ledger = privatize(model, cfg, rate, spent) if spent else privatize(model, cfg, rate)
         sampling = "poisson"
     log_path = out / "losses.jsonl"
     out.mkdir(parents=True, exist_ok=True)

@@ -105,3 +105,19 @@ def test_ledger_file_roundtrip_and_corruption(tmp_path):
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="privacy ledger is unreadable"):
         read_ledger_file(path)
+
+
+def test_cxrsynth_train_resume_keeps_counting_epsilon(tmp_path):
+    import json
+
+    from cxrsynth.progress import Progress
+    from cxrsynth.train import train
+
+    cfg = _cfg()
+    first = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 2})})
+    train(first, tmp_path, privatize=privatize, progress=Progress(quiet=True))
+    before = json.loads((tmp_path / "train_state.json").read_text())["privacy_ledger"]
+    more = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 4})})
+    train(more, tmp_path, resume=True, privatize=privatize, progress=Progress(quiet=True))
+    after = json.loads((tmp_path / "train_state.json").read_text())["privacy_ledger"]
+    assert after["steps"] == 2 * before["steps"] and after["epsilon"] > before["epsilon"]
