@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from cxrsynth.config import RunConfig, load_config
+from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
 
 
@@ -23,6 +24,12 @@ def simulate(cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optio
     from client.app import make_app as make_client_app
     from server.app import make_app as make_server_app
 
+    fed = cfg.federation
+    if cfg.data.path is None and fed.partition == "by-site" and cfg.data.phantom.sites < fed.sites:
+        raise InputError(
+            f"key 'federation.sites' is {fed.sites} but the phantom data has {cfg.data.phantom.sites} sites "
+            "(data.phantom.sites) and federation.partition is by-site; raise data.phantom.sites or use partition: iid."
+        )
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress()
