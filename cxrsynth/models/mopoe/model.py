@@ -214,7 +214,8 @@ class Model(GenerativeModel):
         length = c.text_length
         out = torch.full((z.shape[0], length), self.vocab.pad_id, dtype=torch.long, device=z.device)
         for t in range(length):
-            logits = dec(z, self._shifted(out))[:, :, t]
+            # Causal: the words up to t decide position t, so the rest need not be computed.
+            logits = dec(z, self._shifted(out)[:, : t + 1])[:, :, t]
             if c.text_temperature > 0:
                 probs = torch.softmax(logits / c.text_temperature, dim=-1)
                 out[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
