@@ -78,8 +78,9 @@ def mixture_sample(mu: torch.Tensor, logvar: torch.Tensor, valid: torch.Tensor, 
     b = mu.shape[0]
     if b == 0:
         return mu[:, 0]
-    weights = valid / valid.sum(1, keepdim=True).clamp_min(1.0)
-    pick = torch.multinomial(weights.clamp_min(0) + (valid.sum(1, keepdim=True) == 0).float(), 1, generator=generator).squeeze(1)
+    # A record with no modality at all has no valid subset; it draws any (its terms are masked).
+    weights = valid + (valid.sum(1, keepdim=True) == 0).float()
+    pick = torch.multinomial(weights, 1, generator=generator).squeeze(1)
     rows = torch.arange(b, device=mu.device)
     m, lv = mu[rows, pick], logvar[rows, pick]
     eps = torch.randn(m.shape, generator=generator, device=m.device, dtype=m.dtype)
