@@ -38,6 +38,8 @@ def generate(args: argparse.Namespace) -> int:
             prompts = [ln.strip() for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{args.prompts}: cannot read prompts ({e}).") from None
+        if not prompts:
+            raise InputError(f"{args.prompts}: no prompts in the file; write one prompt a line.")
         conditions = [prompts[i % len(prompts)] for i in range(args.n)]
     elif args.labels_from:
         from cxrsynth.data.dataset import read_dataset
