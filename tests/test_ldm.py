@@ -317,6 +317,9 @@ def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("There is a pleural effusion.\nHeart size is normal. No pleural effusion.\n", encoding="utf-8")
     assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "3", "--out", str(tmp_path / "syn2"), "--prompts", str(prompts)]) == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "1", "--out", str(tmp_path / "x"), "--prompts", str(empty)]) == 2
     for name, n in (("syn", 3), ("syn2", 3)):
         rows = list(csv.DictReader(open(tmp_path / name / "manifest.csv", encoding="utf-8")))
         assert len(rows) == n and all(r["provenance"].startswith("family=ldm") for r in rows)
