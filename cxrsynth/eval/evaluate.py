@@ -51,12 +51,16 @@ def _provenance(rec: Record, key: str) -> Optional[str]:
     return next((p.split("=", 1)[1] for p in rec.provenance.split(";") if p.startswith(key + "=")), None)
 
 
+def _positives(rec: Record) -> tuple[str, ...]:
+    return tuple(k for k in LABELS if rec.labels.get(k) == 1)
+
+
 def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_refs: int) -> tuple[str, list[str], list[list[str]]]:
     """Candidate reports and their references.
 
     'paired': a synthetic row whose provenance says `reference=<real record_id>` (a report generated
     from that real image) is scored against that record's report. Otherwise 'label-matched': up to
-    `max_refs` real reports with exactly the same labels serve as references.
+    `max_refs` real reports with the same positive findings serve as references.
     """
     by_id = {r.record_id: r for r in real}
     cands, refs = [], []
@@ -70,9 +74,9 @@ def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_ref
     by_labels: dict[tuple, list[str]] = {}
     for r in real:
         if r.report.strip():
-            by_labels.setdefault(tuple(r.labels.get(k) for k in LABELS), []).append(r.report)
+            by_labels.setdefault(_positives(r), []).append(r.report)
     for s in synthetic:
-        matched = by_labels.get(tuple(s.labels.get(k) for k in LABELS), [])
+        matched = by_labels.get(_positives(s), [])
         if s.report.strip() and matched:
             cands.append(s.report)
             refs.append(matched[:max_refs])
@@ -201,6 +205,8 @@ def summary_lines(metrics: dict) -> list[str]:
     rep = metrics.get("reports")
     if rep and rep.get("n"):
         lines.append(f"reports ({rep['references']}, n={rep['n']}): " + " ".join(f"{k}={rep[k]:.3f}" for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")))
+    elif rep is not None:
+        lines.append(f"reports: none scored; no synthetic report has a {rep['references']} real reference")
     lab = metrics.get("label_agreement")
     if lab and lab["synthetic"].get("n"):
         lines.append(f"label agreement (report vs labels): synthetic exact {lab['synthetic']['exact_agreement']:.3f}, real holdout {lab['real_holdout'].get('exact_agreement', float('nan')):.3f}")
