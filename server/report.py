@@ -7,7 +7,7 @@ from pathlib import Path
 from cxrsynth.eval.html import esc, figure_img, fmt, page, table
 
 
-def _plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str) -> str:
+def _plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, limit: float | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,10 +17,15 @@ def _plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title:
     for name, points in series.items():
         if points:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    if limit is not None:
+        ax.axhline(limit, color="#b00", linestyle="--", label="budget")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if len(series) > 1:
+    if len(series) > 1 or limit is not None:
         ax.legend(fontsize=7)
     return figure_img(fig, title)
 
@@ -48,7 +53,7 @@ def write_report(out: Path, fl_state: dict, title: str = "Federated run") -> Pat
     book = fl_state.get("privacy_ledger")
     if book and book.get("sites"):
         eps = {f"site {s}": [(r["round"], r["epsilon"]) for r in e.get("rounds", [])] for s, e in book["sites"].items()}
-        parts.append(f"<h2>Privacy ledger (delta {fmt(book.get('delta'), 8)})</h2>" + _plot_rounds(eps, "epsilon", "epsilon spent by each site"))
+        parts.append(f"<h2>Privacy ledger (delta {fmt(book.get('delta'), 8)})</h2>" + _plot_rounds(eps, "epsilon", "epsilon spent by each site", next((e.get("epsilon_budget") for e in book["sites"].values() if e.get("epsilon_budget")), None)))
         parts.append(
             table(
                 ["site", "epsilon", "budget", "noise multiplier", "sample rate", "noisy steps"],
