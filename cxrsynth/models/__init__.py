@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from cxrsynth.errors import NotBuilt
-from cxrsynth.models.base import GenerativeModel
+
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    from cxrsynth.models.base import GenerativeModel
 
 FAMILIES = ("emixer", "ldm", "mopoe")
 _ISSUES = {"emixer": "issue 4", "ldm": "issue 5", "mopoe": "issue 6"}
 
 
-def build_model(model_config) -> GenerativeModel:
+def build_model(model_config) -> "GenerativeModel":
     """Build the family named by `model_config.family` from its config."""
     family = model_config.family
     module = importlib.import_module(f"cxrsynth.models.{family}")
