@@ -245,7 +245,7 @@ def _clear_previous(out: Path) -> None:
 
 
 def demo_config(family: str, quick: bool, **overrides) -> DemoConfig:
-    return DemoConfig(family=family, **(QUICK if quick else {}), **overrides)
+    return DemoConfig(family=family, **{**(QUICK if quick else {}), **overrides})
 
 
 def run_demo(out: str | Path, family: str = "emixer", quick: bool = False, progress: Optional[Progress] = None, **overrides) -> Demo:
