@@ -24,7 +24,7 @@ from cxrsynth.models.emixer.generator import split_z
 from cxrsynth.models.emixer.labels import COND_DIM, condition_tensor
 from cxrsynth.models.emixer.losses import d_loss, g_loss
 from cxrsynth.models.emixer.model import REAL_DATA_NETS, Model
-from cxrsynth.models.emixer.report import IMP, encode_reports, grid_to_text, keep_mask, sentence_count
+from cxrsynth.models.emixer.report import IMP, build_vocabulary, encode_reports, grid_to_text, keep_mask, report_sentences, sentence_count
 
 TINY = dict(
     image_size=16, up_blocks=2, z_chunk=4, z_dim=16, class_embed_dim=8, g_width=8, attn_resolution=16, d_width=8,
@@ -113,6 +113,42 @@ def test_report_grid_round_trip_keeps_sections_and_teaches_stop():
     words = lambda s: [w for w in s.lower().replace(".", " ").split()]  # noqa: E731
     assert set(words(findings)) <= set(words(rec.findings)) | {"<unk>"}
     assert "pneumothorax" in impression.lower() and "pneumothorax" not in findings.lower()
+
+
+def test_decoder_learns_finding_sentences_only():
+    rec = make_phantom(1, sites=1, seed=0, image_size=16, lateral=False)[0].with_(
+        findings="No prior studies for comparison. Small left pleural effusion. No pneumothorax.",
+        impression="Left pleural effusion. Findings were discussed with Dr. Mensah by telephone at 5:49 PM. Electronically signed by Ana Lee, MD.",
+    )
+    kept = [" ".join(t) for t in report_sentences(rec)]
+    assert kept == [f"{IMP} left pleural effusion", "small left pleural effusion", "no pneumothorax"]
+    every = [" ".join(t) for t in report_sentences(rec, "all")]
+    assert any("signed" in t for t in every) and any("comparison" in t for t in every) and set(kept) < set(every)
+    vocab = build_vocabulary([rec] * 6, min_count=6, size=64)
+    assert "effusion" in vocab.stoi and not {"mensah", "signed", "comparison", "telephone"} & set(vocab.stoi)
+    ids, counts = encode_reports([rec], vocab, max_sentences=4, max_words=6)
+    assert counts.tolist() == [3]
+
+
+def test_extra_decoder_steps_train_f_and_are_refused_under_dp_sgd():
+    torch.manual_seed(0)
+    records = make_phantom(8, sites=1, seed=0, image_size=16, lateral=False)
+    losses = {}
+    for f_steps in (1, 4):
+        model = Model(EmixerConfig(**{**TINY, "f_steps": f_steps, "lr_f": 3e-3}))
+        model.setup(records)
+        model.opts = model.make_optimizers()
+        torch.manual_seed(1)
+        model.nets["report_decoder"].load_state_dict(Model(EmixerConfig(**TINY)).nets["report_decoder"].state_dict())
+        for _ in range(3):
+            model.train_step(records)
+        x, (ids, counts) = model._images(records), encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words)
+        with torch.no_grad():
+            losses[f_steps] = model.nets["report_decoder"].loss(x, ids, counts, model.vocab.pad_id).item()
+    assert losses[4] < losses[1] - 0.05, losses
+    model.nets["report_decoder"] = GradSampleModule(model.nets["report_decoder"])
+    with pytest.raises(InputError, match="f_steps"):
+        model.train_step(records[:2])
 
 
 def test_rotation_labels_match_quarter_turns():

@@ -34,6 +34,9 @@ class EmixerConfig(BaseModel):
     report_hidden: int = Field(64, ge=4, description="LSTM width of D_report and D_joint")
     vocab_size: int = Field(64, ge=8, description="rows of every word embedding; the vocabulary keeps at most this many ids")
     vocab_min_count: int = Field(6, ge=1, description="paper: tokens seen at least 6 times")
+    report_sentences: Literal["findings", "all"] = Field(
+        "findings", description="findings: F learns only sentences the rule labeler reads a finding in (no sign-offs, dates, identifiers)"
+    )
     max_sentences: int = Field(4, ge=1)
     max_words: int = Field(10, ge=2, description="words per sentence before the end token")
     decoding: Literal["sample", "greedy"] = Field("sample", description="greedy decoding writes the same likeliest report again and again")
@@ -48,6 +51,10 @@ class EmixerConfig(BaseModel):
     lr_g: float = Field(1e-4, gt=0)
     lr_d: float = Field(4e-4, gt=0)
     lr_f: float = Field(1e-3, gt=0)
+    f_steps: int = Field(
+        1, ge=1, le=16,
+        description="report-decoder updates per step on the step's batch; F is cheap and learns slowest. DP-SGD needs 1 (one update per sampled batch)",
+    )
     adam_beta1: float = Field(0.0, ge=0.0, lt=1.0, description="BigGAN: 0")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     label_pattern_min_count: int = Field(5, ge=1, description="label combinations kept for sampling need this many records")

@@ -74,7 +74,7 @@ class Model(GenerativeModel):
     # ---- data-dependent setup ---------------------------------------------------------------
     def setup(self, records: Sequence[Record]) -> None:
         cfg = self.config
-        self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size)
+        self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
         self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
 
     def extra_state(self) -> dict:
@@ -121,7 +121,7 @@ class Model(GenerativeModel):
         b = len(records)
         real = self._images(records)
         y = condition_tensor([r.labels for r in records], self.device)
-        ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words)
+        ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
         ids, counts = ids.to(self.device), counts.to(self.device)
 
         # Fake i is conditioned on real i's labels, or on sampled labels where real i has none;
@@ -141,9 +141,27 @@ class Model(GenerativeModel):
         for name in REAL_DATA_NETS:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
+        if cfg.f_steps > 1:
+            losses["f_report"] = self._extra_decoder_steps(real, ids, counts)
         if self.step_count % cfg.d_steps == 0:
             losses.update(self._generator_step(b))
         return losses
+
+    def _extra_decoder_steps(self, real, ids, counts) -> float:
+        """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
+        f = self.nets["report_decoder"]
+        if unwrap(f) is not f:
+            raise InputError(
+                f"model.f_steps is {self.config.f_steps}, but the report decoder trains under DP-SGD: each extra update would "
+                "reuse one sampled batch, which the privacy accountant does not count. Set model.f_steps: 1 with dp.enabled."
+            )
+        opt, pad_id = self.opts["report_decoder"], self._need_vocab().pad_id
+        for _ in range(self.config.f_steps - 1):
+            opt.zero_grad(set_to_none=True)
+            loss = f.loss(real, ids, counts, pad_id)
+            loss.backward()
+            opt.step()
+        return loss.item()
 
     def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k) -> dict[str, torch.Tensor]:
         """The losses of every real-data network on one batch; their sum is backpropagated once.
@@ -219,7 +237,7 @@ class Model(GenerativeModel):
         with self._evaluating():
             x = self._images(records)
             y = condition_tensor([r.labels for r in records], self.device)
-            ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words)
+            ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
             onehot = F.one_hot(ids.to(self.device), cfg.vocab_size).float()
             score = self.nets["d_image"](x, y) + self.nets["d_joint"](x, onehot)
         return score.cpu().numpy().astype(np.float64)

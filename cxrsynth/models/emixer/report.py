@@ -6,6 +6,12 @@ Reports are held as a grid of word ids, (max_sentences, max_words + 1) per recor
 ending in the end token and padded after it. Impression sentences come first and start with the
 `<imp>` token, so the two report sections survive a round trip.
 
+F learns from the findings/impression sentences only (EMIXER sec. 4, data: reports are reduced to
+their clinically relevant sentences): a sentence is kept when the rule labeler finds a finding in
+it, negated or not. Sign-offs, comparison and date lines, call-back notes and identifiers carry no
+finding; left in, they are most of the text F learns to write, and the image has nothing to say
+about them.
+
 Opacus computes per-sample gradients along the first dimension, so every call into a network
 keeps the record as the batch dimension: the word LSTM runs once per sentence slot.
 """
@@ -13,7 +19,7 @@ keeps the record as the batch dimension: the word LSTM runs once per sentence sl
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,20 +27,30 @@ import torch.nn.functional as F
 from opacus.layers import DPLSTM
 from torch import nn
 
+from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import SPECIALS, Vocabulary, sentences_to_text, split_sentences, tokenize
 from cxrsynth.models.emixer.config import EmixerConfig
 
 IMP = "<imp>"
 CONTINUE, STOP = 0, 1
+SentenceFilter = Literal["findings", "all"]
 
 
-def report_sentences(rec: Record) -> list[list[str]]:
+def states_a_finding(sentence: str) -> bool:
+    """True when the rule labeler reads any finding (positive, negative, uncertain or normal) in the sentence."""
+    return any(v is not None for v in label_report(sentence).values())
+
+
+def report_sentences(rec: Record, keep: SentenceFilter = "findings") -> list[list[str]]:
     """Token lists, impression first (it carries the diagnoses, so truncation to max_sentences
-    keeps them); impression sentences start with IMP."""
+    keeps them); impression sentences start with IMP. `keep="findings"` drops sentences that
+    state no finding."""
     out = []
     for section, prefix in ((rec.impression, [IMP]), (rec.findings, [])):
         for sent in split_sentences(section or ""):
+            if keep == "findings" and not states_a_finding(sent):
+                continue
             toks = tokenize(sent)
             while toks and toks[-1] == ".":
                 toks.pop()
@@ -43,19 +59,21 @@ def report_sentences(rec: Record) -> list[list[str]]:
     return out
 
 
-def build_vocabulary(records: Sequence[Record], min_count: int, size: int) -> Vocabulary:
+def build_vocabulary(records: Sequence[Record], min_count: int, size: int, keep: SentenceFilter = "findings") -> Vocabulary:
     """Words seen at least `min_count` times, most frequent first, at most `size` ids in all."""
-    counts = Counter(t for r in records for sent in report_sentences(r) for t in sent if t != IMP)
+    counts = Counter(t for r in records for sent in report_sentences(r, keep) for t in sent if t != IMP)
     kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
     return Vocabulary(([IMP] + kept)[: size - len(SPECIALS)])
 
 
-def encode_reports(records: Sequence[Record], vocab: Vocabulary, max_sentences: int, max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_reports(
+    records: Sequence[Record], vocab: Vocabulary, max_sentences: int, max_words: int, keep: SentenceFilter = "findings"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Word-id grid (B, S, T+1) ending each sentence with EOS, and the sentence count (B,)."""
     grid = np.full((len(records), max_sentences, max_words + 1), vocab.pad_id, dtype=np.int64)
     counts = np.zeros(len(records), dtype=np.int64)
     for b, rec in enumerate(records):
-        sents = report_sentences(rec)[:max_sentences]
+        sents = report_sentences(rec, keep)[:max_sentences]
         counts[b] = len(sents)
         for s, toks in enumerate(sents):
             ids = vocab.encode(toks[:max_words]) + [vocab.eos_id]
