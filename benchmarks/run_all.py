@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quick", action="store_true", help="smoke run: fewer steps")
-    p.add_argument("--only", default="", help="comma-separated names (train,generate,deid,fl,audit)")
+    p.add_argument("--only", default="", help="comma-separated names (train,generate,deid,fl,audit); the others' earlier results are kept")
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -123,6 +123,12 @@ def main(argv=None) -> int:
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     scripts = [s for s in sorted(HERE.glob("bench_*.py")) if not only or s.stem.removeprefix("bench_") in only]
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "machine": machine(), "benchmarks": {}}
+    previous = out / "results.json"
+    if only and previous.is_file():
+        # A partial run updates the named benchmarks and keeps the others' earlier results.
+        earlier = json.loads(previous.read_text(encoding="utf-8"))
+        results["benchmarks"] = {k: v for k, v in earlier.get("benchmarks", {}).items() if k not in only}
+        results["date"] = f"{earlier.get('date', '?')}; {', '.join(sorted(only))} {results['date']}"
     for script in scripts:
         name = script.stem.removeprefix("bench_")
         print(f"== {name}", file=sys.stderr, flush=True)

@@ -87,3 +87,15 @@ def test_demo_refuses_a_foreign_out_dir(tmp_path, capsys):
     assert main(["--quiet", "demo", "--quick", "--out", str(tmp_path)]) == 2
     assert "not made by `cxrsynth demo`" in capsys.readouterr().err
     assert (tmp_path / "keep.txt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["ldm", "mopoe"])
+def test_quick_demo_other_families_reach_the_release_gate(family, tmp_path):
+    demo = run_demo(tmp_path / family, family, quick=True)
+    by_name = {s.name: s for s in demo.stages}
+    for name in STAGES[:-1]:
+        assert by_name[name].status == OK, f"{name}: {by_name[name].status} {by_name[name].detail}"
+    assert by_name["release"].status in (OK, "refused")
+    metrics = json.loads((demo.out / "eval" / "metrics.json").read_text())
+    assert metrics["synthetic"]["families"] == [family]
