@@ -53,7 +53,7 @@ class EmixerConfig(BaseModel):
     lr_f: float = Field(1e-3, gt=0)
     f_steps: int = Field(
         1, ge=1, le=16,
-        description="report-decoder updates per step on the step's batch; F is cheap and learns slowest. DP-SGD needs 1 (one update per sampled batch)",
+        description="report-decoder updates per step on the step's batch; F is cheap and learns slowest. Under DP-SGD one is made (one update per sampled batch)",
     )
     adam_beta1: float = Field(0.0, ge=0.0, lt=1.0, description="BigGAN: 0")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)

@@ -15,6 +15,7 @@ hooks off, so it leaves no grad_sample behind on them.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -70,6 +71,7 @@ class Model(GenerativeModel):
         self.prior = LabelPrior([], {}, 0)
         self.step_count = 0
         self._rng = np.random.default_rng(0)
+        self._warned_f_steps = False
 
     # ---- data-dependent setup ---------------------------------------------------------------
     def setup(self, records: Sequence[Record]) -> None:
@@ -141,8 +143,11 @@ class Model(GenerativeModel):
         for name in REAL_DATA_NETS:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
-        if cfg.f_steps > 1:
+        if cfg.f_steps > 1 and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
             losses["f_report"] = self._extra_decoder_steps(real, ids, counts)
+        elif cfg.f_steps > 1 and not self._warned_f_steps:
+            warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.")
+            self._warned_f_steps = True
         if self.step_count % cfg.d_steps == 0:
             losses.update(self._generator_step(b))
         return losses
@@ -150,11 +155,6 @@ class Model(GenerativeModel):
     def _extra_decoder_steps(self, real, ids, counts) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
         f = self.nets["report_decoder"]
-        if unwrap(f) is not f:
-            raise InputError(
-                f"model.f_steps is {self.config.f_steps}, but the report decoder trains under DP-SGD: each extra update would "
-                "reuse one sampled batch, which the privacy accountant does not count. Set model.f_steps: 1 with dp.enabled."
-            )
         opt, pad_id = self.opts["report_decoder"], self._need_vocab().pad_id
         for _ in range(self.config.f_steps - 1):
             opt.zero_grad(set_to_none=True)
