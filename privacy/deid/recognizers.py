@@ -40,7 +40,14 @@ NON_NAME_WORDS = frozenset(
     reason critical result results findings discussed spoke paged called verified interpreted read approved reported
     cc tech technologist radiologist staff author primary care nurse rn md do phd mbbs frcr np ms cm mm
     mediastinum mediastinal cardiomegaly atelectasis effusion effusions consolidation pneumothorax edema opacity
-    opacities hilum hila trachea carina aorta neg pos lv rv la rad imp hx dx sob cabg copd chf ards ptx nl wnl""".split()
+    opacities hilum hila trachea carina aorta neg pos lv rv la rad imp hx dx sob cabg copd chf ards ptx nl wnl
+    pulmonary pleural cardiac interstitial interstitium vascular vasculature basilar bibasilar apical apices perihilar
+    hilar costophrenic silhouette cardiomediastinal nodule nodules lobe lobar lingula lingular hemidiaphragm
+    hemidiaphragms diaphragm thoracic osseous pneumonia catheter pacemaker sternotomy granuloma emphysema
+    pneumoperitoneum calcified calcification congestion cephalization retrocardiac subsegmental airspace
+    cardiopulmonary opacification infiltrate infiltrates reticular blunting meniscus thickening subcutaneous
+    endotracheal enteric nasogastric tracheostomy fracture fractures hyperinflation scarring parenchyma parenchymal
+    enlargement enlarged widening edematous consolidative patchy focal diffuse pneumothoraces atelectatic""".split()
 )
 NOT_NAME = r"(?!(?i:" + "|".join(sorted(NON_NAME_WORDS, key=len, reverse=True)) + r")\b)"
 # Latin letters with accents (Inés, Krüger, Wiśniewska): Latin-1 and Latin Extended-A ranges.
