@@ -9,7 +9,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
     return data
 
 
-def token_counts(records: list[Record], min_patients: int) -> tuple[dict[str, int], int]:
+def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Record], str] = lambda r: r.report) -> tuple[dict[str, int], int]:
     """Counts of the report tokens found in the reports of at least `min_patients` patients, and the number of reports.
 
     The threshold is on distinct patients, not occurrences, so a token tied to one person (an
@@ -96,7 +96,7 @@ def token_counts(records: list[Record], min_patients: int) -> tuple[dict[str, in
     counts: Counter = Counter()
     patients: dict[str, set] = {}
     for r in records:
-        toks = tokenize(r.report)
+        toks = tokenize(text_of(r))
         counts.update(toks)
         for t in set(toks):
             patients.setdefault(t, set()).add(r.patient_id)

@@ -57,6 +57,11 @@ class GenerativeModel(nn.Module):
     def setup(self, records: Sequence[Record]) -> None:
         """Fit data-dependent parts (vocabulary, tokenizer). Default: nothing to fit."""
 
+    def vocabulary_text(self, record: Record) -> str:
+        """The text of a record this family learns words from; what a site counts for a shared
+        (federated) vocabulary. Default: the whole report."""
+        return record.report
+
     def extra_state(self) -> dict:
         """JSON-serialisable state that is not arrays (vocabulary, tokenizer); saved with checkpoints."""
         return {}

@@ -32,7 +32,7 @@ from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DRe
 from cxrsynth.models.emixer.generator import Generator
 from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor, normalize_labels
 from cxrsynth.models.emixer.losses import d_loss, g_loss
-from cxrsynth.models.emixer.report import ReportDecoder, build_vocabulary, encode_reports, grid_to_text
+from cxrsynth.models.emixer.report import IMP, ReportDecoder, build_vocabulary, encode_reports, grid_to_text, report_sentences
 
 REAL_DATA_NETS = ("report_decoder", "d_image", "d_report", "d_joint")
 
@@ -74,6 +74,12 @@ class Model(GenerativeModel):
         self._warned_f_steps = False
 
     # ---- data-dependent setup ---------------------------------------------------------------
+    def vocabulary_text(self, record: Record) -> str:
+        """Only the sentences F learns from count toward a shared vocabulary (sign-offs and
+        comparison lines would otherwise bring their words into it)."""
+        sents = report_sentences(record, self.config.report_sentences)
+        return " . ".join(" ".join(t for t in sent if t != IMP) for sent in sents)
+
     def setup(self, records: Sequence[Record]) -> None:
         cfg = self.config
         self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
