@@ -47,7 +47,10 @@ NON_NAME_WORDS = frozenset(
     pneumoperitoneum calcified calcification congestion cephalization retrocardiac subsegmental airspace
     cardiopulmonary opacification infiltrate infiltrates reticular blunting meniscus thickening subcutaneous
     endotracheal enteric nasogastric tracheostomy fracture fractures hyperinflation scarring parenchyma parenchymal
-    enlargement enlarged widening edematous consolidative patchy focal diffuse pneumothoraces atelectatic""".split()
+    enlargement enlarged widening edematous consolidative patchy focal diffuse pneumothoraces atelectatic
+    acute chronic possible probable support supported device devices tube tubes line lines rib ribs base bases density
+    densities volume volumes angle angles abnormality abnormalities evidence consistent noted seen present clear mild
+    moderate severe linear widened loss upper lower mid""".split()
 )
 NOT_NAME = r"(?!(?i:" + "|".join(sorted(NON_NAME_WORDS, key=len, reverse=True)) + r")\b)"
 # Latin letters with accents (Inés, Krüger, Wiśniewska): Latin-1 and Latin Extended-A ranges.
