@@ -11,7 +11,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -169,27 +169,42 @@ def read_dataset(
     unknown = [c for c in header if c not in COLUMNS]
     if unknown:
         raise InputError(f"{manifest}: unknown column(s) {unknown}; expected columns {list(COLUMNS)}.")
-    records: list[Record] = []
-    seen: set[str] = set()
-    for i, row in enumerate(reader, start=1):
-        report.read += 1
-        try:
-            check_utf8(row)
-            rec = _row_to_record(row, root, load_images)
-            if rec.record_id in seen:
-                raise ValueError(f"duplicate record_id {rec.record_id!r}")
-            seen.add(rec.record_id)
-        except ValueError as e:
-            if strict:
-                raise InputError(f"{manifest}, row {i}: {e}") from None
-            report.add(str(manifest), i, str(e))
-            continue
-        records.append(rec)
-        report.kept += 1
+    records = collect_rows(reader, lambda row: _row_to_record(row, root, load_images), manifest, report, strict)
     if with_phi and (root / PHI_HEADERS).is_file():
         headers = read_phi_headers(root)
         records = [r.with_(phi_meta=dict(headers[r.record_id])) if r.record_id in headers else r for r in records]
     return records, report
+
+
+def collect_rows(
+    rows: Iterable[dict],
+    make: Callable[[dict], Record],
+    file: Path,
+    report: DatasetReport,
+    strict: bool,
+    duplicate: str = "record_id",
+) -> list[Record]:
+    """Records made from CSV rows. A row that fails (ValueError) or repeats a record_id is named
+    (file, row) and counted in `report`; with `strict` it is an InputError instead."""
+    records: list[Record] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows, start=1):
+        report.read += 1
+        try:
+            check_utf8(row)
+            rec = make(row)
+            if rec.record_id in seen:
+                value = rec.study_id if duplicate == "study" else rec.record_id
+                raise ValueError(f"duplicate {duplicate} {value!r}")
+            seen.add(rec.record_id)
+        except ValueError as e:
+            if strict:
+                raise InputError(f"{file}, row {i}: {e}") from None
+            report.add(str(file), i, str(e))
+            continue
+        records.append(rec)
+        report.kept += 1
+    return records
 
 
 def csv_rows(path: Path) -> csv.DictReader:

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from cxrsynth.data.dataset import MANIFEST, DatasetReport, check_utf8, csv_rows, load_png, parse_label, read_dataset
+from cxrsynth.data.dataset import MANIFEST, DatasetReport, collect_rows, csv_rows, load_png, parse_label, read_dataset
 from cxrsynth.data.dicom import pseudonym, to_uint8, view_of
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, SPLITS, VIEWS, Record, empty_labels
@@ -109,23 +109,7 @@ def read_site_manifest(path: Path, *, key: bytes, site: str = "", strict: bool =
     reader = csv_rows(path)
     cols, label_cols = _columns(path, list(reader.fieldnames or []))
     base = path.parent
-    records: list[Record] = []
-    seen: set[str] = set()
-    for i, row in enumerate(reader, start=1):
-        report.read += 1
-        try:
-            check_utf8(row)
-            rec = _site_row(row, cols, label_cols, base, key, site)
-            if rec.record_id in seen:
-                raise ValueError(f"duplicate study {rec.study_id!r}")
-            seen.add(rec.record_id)
-        except ValueError as e:
-            if strict:
-                raise InputError(f"{path}, row {i}: {e}") from None
-            report.add(str(path), i, str(e))
-            continue
-        records.append(rec)
-        report.kept += 1
+    records = collect_rows(reader, lambda row: _site_row(row, cols, label_cols, base, key, site), path, report, strict, duplicate="study")
     return records, report
 
 
