@@ -10,7 +10,7 @@ expected (exit code 2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -21,6 +21,7 @@ from cxrsynth.models.ldm.config import LDMConfig
 from cxrsynth.models.mopoe.config import MoPoEConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
+M = TypeVar("M", bound=BaseModel)
 FAMILIES = ("emixer", "ldm", "mopoe")
 
 
@@ -149,7 +150,8 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """A YAML mapping from `path`; ConfigError naming the file (and line) otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -177,7 +179,7 @@ def _resolve(source: str | Path, seen: tuple = ()) -> tuple[dict, str]:
         path = Path(src)
         if not path.exists() and not path.suffix:
             raise ConfigError(f"{src}: neither a config file nor a preset; presets: {', '.join(preset_names())}.")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     parent = data.pop("preset", None)
     if parent is not None:
         if parent in seen:
@@ -210,17 +212,19 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
         data = _deep_merge(data, overrides)
     if "model" not in data:
         raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`).")
+    return validate(RunConfig, data, where)
+
+
+def validate(model: type[M], data: Any, where: str) -> M:
+    """`model` validated from `data`; a ConfigError naming `where` and each bad key otherwise."""
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, where)) from None
 
 
 def config_from_dict(data: dict, where: str = "<config>") -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+    return validate(RunConfig, data, where)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -6,9 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from pydantic import ValidationError
 
-from cxrsynth.config import AuditPolicy, _read_yaml, format_validation_error
+from cxrsynth.config import AuditPolicy, read_yaml, validate
 from cxrsynth.errors import CheckFailed, ConfigError
 from cxrsynth.progress import Progress
 
@@ -20,13 +19,10 @@ def load_policy(path: Optional[str | Path]) -> AuditPolicy:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     if set(data) == {"audit"} or ("audit" in data and "model" in data):
         data = data["audit"] or {}
-    try:
-        return AuditPolicy.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path))) from None
+    return validate(AuditPolicy, data, str(path))
 
 
 def audit(args: argparse.Namespace) -> int:

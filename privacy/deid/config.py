@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cxrsynth.config import _read_yaml, format_validation_error
+from cxrsynth.config import read_yaml, validate
 from cxrsynth.errors import ConfigError
 
 # The re-upload of en_core_web_sm 3.8.0 on PyPI (MIT); official spaCy models are not on the registry.
@@ -48,8 +48,4 @@ def load_deid_config(path: str | Path | None = None) -> DeidConfig:
         return DeidConfig()
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such de-identification config file (--config).")
-    data = _read_yaml(Path(path))
-    try:
-        return DeidConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path))) from None
+    return validate(DeidConfig, read_yaml(Path(path)), str(path))
