@@ -30,11 +30,11 @@ def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
     elif "partition-id" in node_config:
         if cfg is None:
             raise InputError("a simulated site needs the run config in the audit query to find its partition.")
-        from client.task import _partition_of
+        from client.task import partition_of
         from cxrsynth.train import load_run_data
 
         k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
-        records = _partition_of(load_run_data(cfg), k, i, cfg)
+        records = partition_of(load_run_data(cfg), k, i, cfg)
         site = f"site{i}"
     else:
         raise InputError("node config has neither 'data-path' nor 'partition-id'; the audit cannot find this site's records.")

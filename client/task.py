@@ -32,7 +32,7 @@ class SiteData:
 _SITE_CACHE: dict[tuple, SiteData] = {}
 
 
-def _partition_of(records: list[Record], k: int, i: int, cfg: RunConfig) -> list[Record]:
+def partition_of(records: list[Record], k: int, i: int, cfg: RunConfig) -> list[Record]:
     try:
         from cxrsynth.data.partition import partition  # the data engineer's partitioner, when present
     except ImportError:
@@ -70,7 +70,7 @@ def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
         site = str(node_config.get("site") or (records[0].site if records else path.name))
     elif "partition-id" in node_config:
         k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
-        records = _partition_of(load_run_data(cfg), k, i, cfg)
+        records = partition_of(load_run_data(cfg), k, i, cfg)
         site = f"site{i}"
     else:
         raise InputError(

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrsynth.progress import Progress
-from privacy.audit.encoders import _blur, _standardise, to_tensor
+from privacy.audit.encoders import blur, standardise, to_tensor
 
 SIZE = 64
 WINDOW = 48  # central window compared; the border is where shifts and crops invent content
@@ -30,7 +30,7 @@ COARSE_STEP = 2
 
 
 def _prepare(images: Sequence[np.ndarray]) -> torch.Tensor:
-    return _blur(to_tensor(images, SIZE), sigma=1.5)
+    return blur(to_tensor(images, SIZE), sigma=1.5)
 
 
 def _zoomed(x: torch.Tensor, zoom: float) -> torch.Tensor:
@@ -91,8 +91,8 @@ def _max_similarity(variants: torch.Tensor, base: torch.Tensor, block: int = 819
 def aligned_nearest(queries: Sequence[np.ndarray], base: Sequence[np.ndarray], k: int = 8, chunk: int = 32, progress: Optional[Progress] = None, label: str = "aligned copy search") -> tuple[np.ndarray, np.ndarray]:
     """For each query image, the distance of its best-aligned base image and that image's index."""
     base_t = _prepare(base)
-    base_fine = _standardise(_center(base_t, POOL))
-    base_coarse = _standardise(_center(base_t, POOL * COARSE))
+    base_fine = standardise(_center(base_t, POOL))
+    base_coarse = standardise(_center(base_t, POOL * COARSE))
     k = min(k, len(base))
     dist = np.empty(len(queries), dtype=np.float32)
     arg = np.empty(len(queries), dtype=np.int64)

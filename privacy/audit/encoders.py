@@ -38,7 +38,7 @@ def to_tensor(images: Sequence[np.ndarray], size: int = INPUT_SIZE) -> torch.Ten
     return torch.cat(out) if out else torch.zeros(0, 1, size, size)
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(round(2.5 * sigma)))
     k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).view(1, 1, 1, -1)
@@ -46,7 +46,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.transpose(-1, -2))
 
 
-def _standardise(z: torch.Tensor) -> torch.Tensor:
+def standardise(z: torch.Tensor) -> torch.Tensor:
     z = z - z.mean(dim=1, keepdim=True)
     return z / z.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
@@ -77,8 +77,8 @@ class PixelEncoder(Encoder):
 
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         # Blur at the scale of one output cell so a shift of a few pixels moves little mass.
-        x = _blur(x, sigma=0.5 * x.shape[-1] / self.grid)
-        return _standardise(F.adaptive_avg_pool2d(x, self.grid).flatten(1))
+        x = blur(x, sigma=0.5 * x.shape[-1] / self.grid)
+        return standardise(F.adaptive_avg_pool2d(x, self.grid).flatten(1))
 
 
 class ConvEncoder(nn.Module):
