@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cxrsynth.config import RunConfig
-from cxrsynth.data.records import Record
+from cxrsynth.data.records import Record, label_key
 from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
@@ -103,6 +103,24 @@ def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Re
     return {t: c for t, c in counts.items() if len(patients[t]) >= min_patients}, len(records)
 
 
+def label_pattern_counts(records: list[Record], min_patients: int) -> dict[str, int]:
+    """How many training records carry each whole label combination, for combinations found at
+    `min_patients` or more patients (a combination tied to fewer never leaves the site).
+
+    Keys are the combination written as `label_key`; the server turns the merged counts into the
+    label mix unconditional generation draws from (server/vocab.py).
+    """
+    counts: Counter = Counter()
+    patients: dict[str, set] = {}
+    for r in records:
+        if not r.has_labels():
+            continue
+        key = label_key(r.labels)
+        counts[key] += 1
+        patients.setdefault(key, set()).add(r.patient_id)
+    return {k: c for k, c in counts.items() if len(patients[k]) >= min_patients}
+
+
 def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:
     """The global model as the server sent it: vocabulary and other extra state first, then weights."""
     model = build_model(cfg.model)
@@ -161,10 +179,9 @@ def train_round(
         from privacy.dp import check_budget, privatize
 
         rate = min(cfg.train.batch_size, len(site.train)) / len(site.train)
-        # A round is refused up front when even its lower bound of noisy steps (one per real-data
-        # network per local step) would pass the budget; the DP optimizer stops any step beyond it.
-        lower = steps * sum(1 for n in model.nets if model.reads_real_data(n))
-        check_budget(dp_history or [], cfg.dp, rate, lower, site=f"site {site.site}")
+        # A round is refused up front when its sampled batches (one accounted step each) would
+        # pass the budget; the DP optimizer stops any step beyond it.
+        check_budget(dp_history or [], cfg.dp, rate, steps, site=f"site {site.site}")
         ledger = privatize(model, cfg, rate, dp_history or [])
         sampling = "poisson"
     on_step = None

@@ -3,8 +3,8 @@
 `privatize(model, cfg, sample_rate, history)` wraps, in place, each network of `model.nets` that
 reads real data in an Opacus `GradSampleModule` and its optimizer in a `DPOptimizer`; the other
 networks (a GAN generator, which only sees the discriminator's verdicts) are post-processing of
-DP outputs and stay as they are. One accountant counts every noisy step of every wrapped
-optimizer: each is a query of the site's data, so they compose.
+DP outputs and stay as they are. The accountant counts one step per sampled batch, at the joint
+noise of every real-data network's release on that batch (see `privatize`).
 
 The accountant's history `[(noise_multiplier, sample_rate, steps), ...]` is the whole privacy
 state of a site. It is passed in (from the node's persistent state across rounds, or from the
@@ -77,11 +77,34 @@ def _validate(name: str, net) -> None:
         )
 
 
+def effective_noise(multipliers: Sequence[float]) -> float:
+    """The noise multiplier of one Gaussian release equal to several on the same batch.
+
+    k releases of per-sample-clipped gradients (bound C_i, noise sigma_i * C_i) computed on one
+    sampled batch are one Gaussian mechanism on their concatenation: rescaling each part by
+    1/(sigma_i C_i) gives unit noise and sensitivity sqrt(sum 1/sigma_i^2), so the joint noise
+    multiplier is (sum 1/sigma_i^2) ** -1/2, sigma / sqrt(k) when all are equal.
+    """
+    if any(float(s) <= 0 for s in multipliers):
+        return 0.0
+    # Rounded, so sigma * sqrt(k) over k releases gives back sigma and ledger entries merge.
+    return round(sum(1.0 / float(s) ** 2 for s in multipliers) ** -0.5, 9)
+
+
 def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, history: Optional[History] = None) -> Callable[[], dict]:
     """Wrap the real-data networks of `model` for DP-SGD in place; return the ledger callable.
 
     `model.opts` must exist (call `model.make_optimizers()` first). `history` is the site's
     accountant history so far. Calling the returned function gives the current ledger entry.
+
+    Accounting is per sampled batch, not per optimizer step. Every real-data network that steps
+    on a batch releases a noisy gradient of the same Poisson sample, so the batch's releases
+    are one subsampled Gaussian mechanism, not independent ones (counting them as independent
+    would credit each with its own subsampling and understate epsilon). Each of the k networks
+    stepping on a batch (`model.nets_stepping()`) gets noise multiplier sigma * sqrt(k), so the
+    batch as a whole is released with the configured `dp.noise_multiplier` sigma; the
+    accountant then counts one step at the joint multiplier of the releases that actually
+    happened (`effective_noise`).
     """
     dp = cfg.dp
     if not 0.0 < sample_rate <= 1.0:
@@ -91,21 +114,21 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
     real = [name for name in model.nets if model.reads_real_data(name)]
     if not real:
         raise InputError(f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing.")
-    accountant = create_accountant(dp.accountant)
-    accountant.history = [tuple(h) for h in (history or [])]
-    count = accountant.get_optimizer_hook_fn(sample_rate)
+    spent: History = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
+    releases: list[float] = []  # noise multipliers of this batch's releases so far
 
     def hook(optim: DPOptimizer) -> None:
         # Runs after clipping and noising, before the update: raising here leaves the weights
-        # untouched, so no step past the budget is ever taken, whatever the round's estimate was.
+        # untouched, so no release past the budget is ever applied, whatever the round's estimate was.
         if dp.epsilon_budget is not None:
-            nxt = epsilon_of(_merge(list(accountant.history), optim.noise_multiplier, sample_rate, 1), dp)
+            joint = effective_noise([*releases, optim.noise_multiplier])
+            nxt = epsilon_of(_merge(spent, joint, sample_rate, 1), dp)
             if nxt > dp.epsilon_budget:
                 raise CheckFailed(
                     f"privacy budget reached: one more noisy step would spend epsilon {nxt:.3f} > budget "
                     f"{dp.epsilon_budget:g} at delta {dp.delta:g}; training stops here."
                 )
-        count(optim)
+        releases.append(optim.noise_multiplier)
 
     # The loop samples each record with rate batch_size / n, so the expected batch is the
     # configured batch size; Opacus divides the noisy gradient sum by it.
@@ -121,8 +144,24 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
             model.opts[name] = opt
         opt.attach_step_hook(hook)
 
+    step_batch = model.train_step
+
+    def train_step(records):
+        stepping = [n for n in model.nets_stepping() if n in real]
+        for n in stepping:
+            model.opts[n].noise_multiplier = dp.noise_multiplier * len(stepping) ** 0.5
+        releases.clear()
+        try:
+            return step_batch(records)
+        finally:
+            if releases:
+                spent[:] = _merge(spent, effective_noise(releases), sample_rate, 1)
+            releases.clear()
+
+    model.train_step = train_step
+
     def ledger() -> dict:
-        hist = [(float(s), float(q), int(n)) for s, q, n in accountant.history]
+        hist = [(float(s), float(q), int(n)) for s, q, n in spent]
         return {
             "noise_multiplier": dp.noise_multiplier,
             "max_grad_norm": dp.max_grad_norm,

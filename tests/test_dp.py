@@ -10,7 +10,20 @@ from cxrsynth.config import load_config
 from cxrsynth.errors import CheckFailed, InputError
 from cxrsynth.models import build_model
 from cxrsynth.train import load_run_data, train_steps
-from privacy.dp import check_budget, epsilon_of, privatize, read_ledger_file, write_ledger_file
+from privacy.dp import check_budget, effective_noise, epsilon_of, privatize, read_ledger_file, write_ledger_file
+
+
+def test_releases_on_one_batch_are_accounted_as_one_joint_release():
+    # k Gaussian releases of one sample are one Gaussian release with noise sigma / sqrt(k) ...
+    assert effective_noise([2.0, 2.0, 2.0, 2.0]) == pytest.approx(1.0)
+    assert effective_noise([1.0, 3.0]) == pytest.approx((1 + 1 / 9) ** -0.5)
+    assert effective_noise([1.0, 0.0]) == 0.0
+    # ... which costs more than k independently subsampled releases would: counting them
+    # separately would understate epsilon.
+    dp = _cfg().dp
+    joint = epsilon_of([(1.0, 0.05, 200)], dp)
+    separate = epsilon_of([(2.0, 0.05, 800)], dp)
+    assert joint > 1.5 * separate
 
 
 def _cfg(**dp):
@@ -44,7 +57,10 @@ def test_privatize_wraps_real_data_nets_and_ledger_accumulates_across_rounds():
     assert all(isinstance(model.opts[n], DPOptimizer) for n in real)
     train_steps(model, records, steps=2, batch_size=cfg.train.batch_size, sampling="poisson")
     first = ledger()
-    assert first["steps"] == 2 * len(real)  # every real-data optimizer step is a counted query
+    # One accounted step per sampled batch, at the configured noise for the batch as a whole:
+    # each of the k networks stepping on it adds noise sigma * sqrt(k).
+    assert first["steps"] == 2 and first["history"] == [(cfg.dp.noise_multiplier, rate, 2)]
+    assert all(model.opts[n].noise_multiplier == pytest.approx(cfg.dp.noise_multiplier * len(real) ** 0.5) for n in real)
     assert 0 < first["epsilon"] and first["delta"] == cfg.dp.delta
     # Round 2 at the same site starts from the round-1 history (a fresh model, as in federation).
     model2, _ = _model(cfg)

@@ -7,6 +7,8 @@ Training, federation, DP, generation and the audit are written once against it:
 - `nets`: an `nn.ModuleDict` of the trainable networks, and `reads_real_data(name)` saying which
   of them see real records (DP-SGD applies to those; the rest are post-processing);
 - `opts`: one optimizer per entry of `nets`, made by `make_optimizers()`;
+- `nets_stepping()`: the real-data networks the next `train_step` updates (DP-SGD shares the
+  batch's noise budget among them);
 - `train_step(records)`: one step on a batch of records, returning scalar losses;
 - `state()` / `load_state()`: flat name -> numpy array mapping (what Flower ships, safetensors on disk);
 - `generate(n, conditions, seed)`: synthetic records (image(s), report, labels);
@@ -72,6 +74,10 @@ class GenerativeModel(nn.Module):
     # ---- training -------------------------------------------------------------------------
     def reads_real_data(self, name: str) -> bool:
         raise NotImplementedError
+
+    def nets_stepping(self) -> list[str]:
+        """The real-data networks the next `train_step` will update: by default all of them."""
+        return [name for name in self.nets if self.reads_real_data(name)]
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError

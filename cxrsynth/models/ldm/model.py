@@ -220,10 +220,19 @@ class Model(GenerativeModel):
             z = dist.sample() if sample else dist.mode()
         return z * self.config.latent_scale
 
+    def _stage(self) -> tuple[str, ...]:
+        """The networks the next step trains: the VAE during its warm-up steps, then the U-Net and text encoder."""
+        if "vae" in self.nets and int(self.steps_done[0]) < self.config.vae_steps:
+            return ("vae",)
+        return tuple(n for n in ("unet", "text_encoder") if n in self.nets)
+
+    def nets_stepping(self) -> list[str]:
+        return list(self._stage())
+
     def train_step(self, records: list[Record]) -> dict[str, float]:
         cfg = self.config
-        in_vae_stage = "vae" in self.nets and int(self.steps_done[0]) < cfg.vae_steps
-        stage = ("vae",) if in_vae_stage else tuple(n for n in ("unet", "text_encoder") if n in self.nets)
+        stage = self._stage()
+        in_vae_stage = stage == ("vae",)
         self.steps_done[0] += 1
         if not records:
             return self._noise_only_step(stage)
