@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
-from client.task import load_site, token_counts, train_round
+from client.task import label_pattern_counts, load_site, token_counts, train_round
 from cxrsynth.models import build_model
 
 DP_STATE = "dp-ledger"
@@ -79,11 +79,17 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def vocab(msg: Message, context: Context) -> Message:
-    """Counts of frequent report tokens, for the shared vocabulary (server/vocab.py)."""
+    """Counts of frequent report tokens and label combinations, for the shared vocabulary and
+    label mix (server/vocab.py)."""
     cfg, _ = read_round_config(msg.content["config"])
     site = load_site(cfg, context.node_config)
-    counts, n_reports = token_counts(site.train, cfg.federation.vocab_min_count, build_model(cfg.model).vocabulary_text)
-    return Message(RecordDict({"counts": MetricRecord(counts), "metrics": MetricRecord({"num-reports": n_reports})}), reply_to=msg)
+    k = cfg.federation.vocab_min_count
+    counts, n_reports = token_counts(site.train, k, build_model(cfg.model).vocabulary_text)
+    patterns = label_pattern_counts(site.train, k)
+    return Message(
+        RecordDict({"counts": MetricRecord(counts), "label-patterns": MetricRecord(patterns), "metrics": MetricRecord({"num-reports": n_reports})}),
+        reply_to=msg,
+    )
 
 
 def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> ClientApp:

@@ -3,10 +3,12 @@
 import csv
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 from cxrsynth.cli import main
+from cxrsynth.data.records import LABELS
 from cxrsynth.eval.stages import NOT_BUILT, OK, SKIPPED
 from server.demo import run_demo
 
@@ -55,6 +57,15 @@ def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
         assert counts["holdout"] == sum(r["split"] == "holdout" for r in rows)
     assert sum(c["studies"] for c in phantom["per_site"].values()) == demo.cfg.studies
     by_name = {s.name: s for s in demo.stages}
+    if by_name["federated training (DP-SGD)"].status == OK:
+        # The sites' label-combination counts reach the checkpoint: it can draw labels itself.
+        from cxrsynth.checkpoint import load_checkpoint
+        from cxrsynth.generate import generate
+
+        model, _, _ = load_checkpoint(demo.checkpoint)
+        assert sum(c for _, c in model.prior.patterns) > 0
+        drawn = generate(demo.checkpoint, 4, demo.out / "unconditional", seed=3)
+        assert any(r[name] for r in _rows(Path(drawn) / "manifest.csv") for name in LABELS)
     if by_name["generation"].status == OK:
         assert len(_rows(demo.out / "synthetic" / "manifest.csv")) == by_name["generation"].value["records"]
     if by_name["evaluation"].status == OK:

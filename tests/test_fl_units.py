@@ -10,9 +10,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import make_app
 from client.egress import EgressRefused, check_reply
 from client.records import from_arrays, ledger_from_record, round_config, to_arrays
-from client.task import token_counts
+from client.task import label_pattern_counts, token_counts
 from cxrsynth.config import load_config
-from cxrsynth.data.records import Record
+from cxrsynth.data.records import Record, empty_labels, label_key
+from cxrsynth.models.emixer.labels import LabelPrior
 from cxrsynth.data.text import tokenize
 from server.screen import screen
 from server.strategy import load_strategy_state, make_strategy, strategy_state
@@ -56,6 +57,25 @@ def test_vocabulary_counts_need_enough_patients_and_merge_exactly():
     fake = pseudo_reports(merged, n_reports=15)
     assert Counter(t for r in fake for t in tokenize(r.report)) == merged
     assert len(fake) <= 15
+
+
+def test_label_combinations_need_enough_patients_and_give_the_federated_label_mix():
+    effusion = {**empty_labels(), "Pleural Effusion": 1, "Edema": 0}
+    normal = {**empty_labels(), "No Finding": 1}
+    rare = {**empty_labels(), "Fracture": 1}
+    recs = [Record(f"r{i}", f"p{i % 5}", f"s{i}", labels=effusion) for i in range(10)]
+    recs += [Record("n1", "p1", "n1", labels=normal), Record("n2", "p2", "n2", labels=normal)]
+    recs += [Record(f"x{i}", "p9", f"x{i}", labels=rare) for i in range(4)]  # four studies, one patient
+    recs += [Record("u", "p3", "u")]  # unlabeled
+    site_a = label_pattern_counts(recs, min_patients=2)
+    assert site_a == {label_key(effusion): 10, label_key(normal): 2}
+    merged = merge_counts([site_a, {label_key(normal): 6}])
+    fake = pseudo_reports(merge_counts([{"heart": 3}]), n_reports=3, label_patterns=merged)
+    assert Counter(label_key(r.labels) for r in fake if r.has_labels()) == {label_key(effusion): 10, label_key(normal): 8}
+    prior = LabelPrior.fit(fake, min_count=5)
+    assert sorted(c for _, c in prior.patterns) == [8, 10]
+    with pytest.raises(ValueError, match="expected"):
+        pseudo_reports(merged, 3, {"1,0": 2})
 
 
 def test_egress_rule_lets_only_arrays_counts_metrics_and_ledger_out():

@@ -80,3 +80,15 @@ class Record:
 
     def with_(self, **changes) -> "Record":
         return replace(self, **changes)
+
+
+def label_key(labels: dict) -> str:
+    """A label combination as one string: each label's value in `LABELS` order, empty for none."""
+    return ",".join("" if labels.get(name) is None else str(int(labels[name])) for name in LABELS)
+
+
+def labels_from_key(key: str) -> dict[str, Optional[int]]:
+    values = key.split(",")
+    if len(values) != len(LABELS):
+        raise ValueError(f"label combination {key!r} has {len(values)} values; expected {len(LABELS)} ({', '.join(LABELS)})")
+    return {name: (int(v) if v else None) for name, v in zip(LABELS, values)}
