@@ -5,6 +5,7 @@
     extra.json          `model.extra_state()` (vocabulary, tokenizer, ...)
     train_state.json    step counter, losses, privacy ledger, what produced it
     optimizers.pt       optimizer states (for resuming local training; never shipped)
+    format.json         the checkpoint layout version and the model family
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel
 
 WEIGHTS = "model.safetensors"
+FORMAT = 1  # raise when the layout of a checkpoint directory or of a family's networks changes
 
 
 def save_checkpoint(
@@ -37,6 +39,7 @@ def save_checkpoint(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    (out / "format.json").write_text(json.dumps({"checkpoint_format": FORMAT, "family": model.family}), encoding="utf-8")
     state = {k: np.array(v, order="C") for k, v in model.state().items()}  # keeps 0-d buffers 0-d
     tmp = out / (WEIGHTS + ".tmp")
     save_file(state, str(tmp))
@@ -62,6 +65,10 @@ def load_checkpoint(ckpt: str | Path, device: Optional[torch.device] = None) -> 
     """Rebuild the model from run.yaml and load its state. Returns (model, config, train_state)."""
     ckpt = Path(ckpt)
     cfg = load_run_config(ckpt)
+    fmt_path = ckpt / "format.json"
+    fmt = json.loads(fmt_path.read_text(encoding="utf-8")).get("checkpoint_format", 0) if fmt_path.is_file() else 0
+    if fmt > FORMAT:
+        raise InputError(f"{ckpt}: checkpoint format {fmt} was written by a newer cxrsynth (this one reads format {FORMAT} and older); upgrade cxrsynth.")
     model = build_model(cfg.model)
     extra_path = ckpt / "extra.json"
     if extra_path.is_file():
@@ -69,7 +76,15 @@ def load_checkpoint(ckpt: str | Path, device: Optional[torch.device] = None) -> 
     weights = ckpt / WEIGHTS
     if not weights.is_file():
         raise InputError(f"{ckpt}: no {WEIGHTS} in the checkpoint directory.")
-    model.load_state(load_file(str(weights)))
+    try:
+        model.load_state(load_file(str(weights)))
+    except (KeyError, RuntimeError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0][:300]
+        raise InputError(
+            f"{weights}: the weights do not fit the {cfg.model.family} networks that {ckpt / 'run.yaml'} describes "
+            f"({detail}). The checkpoint (format {fmt or 'unversioned'}) was written by another cxrsynth version, "
+            "or run.yaml was edited after training."
+        ) from None
     if device is not None:
         model.to_device(device)
     ts_path = ckpt / "train_state.json"

@@ -267,7 +267,7 @@ def test_generate_follows_conditions_and_prior(tmp_path):
     assert scores.shape == (4,) and np.isfinite(scores).all()
 
 
-def test_train_generate_and_resume_from_the_command_line(tmp_path):
+def test_train_generate_and_resume_from_the_command_line(tmp_path, capsys):
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(
         "preset: emixer-tiny\n"
@@ -290,3 +290,14 @@ def test_train_generate_and_resume_from_the_command_line(tmp_path):
     assert len(rows) == 5 and all((out / r["image_path"]).is_file() for r in rows)
     assert all(r["site"] == "synthetic" and "family=emixer" in r["provenance"] for r in rows)
     assert any(r[name] != "" for r in rows for name in LABELS)
+    # A checkpoint whose weights no longer fit the networks run.yaml describes (another version,
+    # or run.yaml edited afterwards) is bad input, named, not a raw state_dict error.
+    run = (ckpt / "run.yaml").read_text()
+    (ckpt / "run.yaml").write_text(run.replace("d_width: 8", "d_width: 16"))
+    capsys.readouterr()
+    assert main(["--quiet", "generate", "--checkpoint", str(ckpt), "--n", "2", "--out", str(tmp_path / "syn2")]) == 2
+    assert "model.safetensors: the weights do not fit the emixer networks" in capsys.readouterr().err
+    (ckpt / "run.yaml").write_text(run)
+    (ckpt / "format.json").write_text('{"checkpoint_format": 99}')
+    assert main(["--quiet", "generate", "--checkpoint", str(ckpt), "--n", "2", "--out", str(tmp_path / "syn3")]) == 2
+    assert "checkpoint format 99 was written by a newer cxrsynth" in capsys.readouterr().err
