@@ -233,13 +233,18 @@ def test_train_steps_under_opacus_with_poisson_batches():
     before = {k: v.copy() for k, v in model.state().items()}
     # Poisson sampling gives batches of varying size, sometimes empty or a single record.
     for batch in ([], records[1:4], records[:1], records[4:6]):
+        seen = {k: v.copy() for k, v in model.state().items()}
         losses = model.train_step(batch)
         assert (losses == {}) == (not batch)
+        if not batch:  # an empty sampled batch is still a noisy release of every real-data network
+            now = model.state()
+            for name in REAL_DATA_NETS:
+                assert any(not np.array_equal(seen[k], now[k]) for k in seen if k.startswith(name + ".")), name
         assert all(np.isfinite(v) for v in losses.values())
         if "g_image" in losses:  # G's step must leave nothing behind on the DP networks
             for name in REAL_DATA_NETS:
                 assert all(getattr(p, "grad_sample", None) is None and p.grad is None for p in model.nets[name].parameters())
-    assert model.step_count == 3  # the empty batch was skipped; G stepped once, after the 1-record batch
+    assert model.step_count == 3  # the empty batch (noise only) does not count; G stepped once, after the 1-record batch
     after = model.state()
     for name in model.nets:
         changed = any(not np.array_equal(before[k], after[k]) for k in before if k.startswith(name + ".") and k.endswith("weight"))

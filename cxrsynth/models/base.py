@@ -82,6 +82,19 @@ class GenerativeModel(nn.Module):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         raise NotImplementedError
 
+    def noise_only_step(self, names: Sequence[str]) -> None:
+        """An empty Poisson batch: each DP optimizer among `names` still takes its noisy step (the
+        accounting assumes a release per sampled batch, empty or not); plain optimizers skip it."""
+        for name in names:
+            opt = self.opts[name]
+            if not hasattr(opt, "noise_multiplier"):
+                continue
+            opt.zero_grad(set_to_none=True)
+            for p in self.nets[name].parameters():
+                if p.requires_grad:
+                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            opt.step()
+
     def train_step(self, records: list[Record]) -> dict[str, float]:
         raise NotImplementedError
 

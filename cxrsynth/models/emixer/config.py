@@ -55,6 +55,10 @@ class EmixerConfig(BaseModel):
         1, ge=1, le=16,
         description="report-decoder updates per step on the step's batch; F is cheap and learns slowest. Under DP-SGD one is made (one update per sampled batch)",
     )
+    f_synthetic_pairs: float = Field(
+        0.0, ge=0.0,
+        description="weight of F's teacher-forced loss on label-matched synthetic pairs: the fake image made from record i's labels, read against record i's report (0: real pairs only, as in the paper)",
+    )
     adam_beta1: float = Field(0.0, ge=0.0, lt=1.0, description="BigGAN: 0")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     label_pattern_min_count: int = Field(5, ge=1, description="label combinations kept for sampling need this many records")

@@ -123,6 +123,7 @@ class Model(GenerativeModel):
 
     def train_step(self, records: list[Record]) -> dict[str, float]:
         if not records:
+            self.noise_only_step(REAL_DATA_NETS)
             return {}
         cfg, vocab, nets, opts = self.config, self._need_vocab(), self.nets, self.opts
         self.step_count += 1
@@ -144,13 +145,13 @@ class Model(GenerativeModel):
         for name in REAL_DATA_NETS:
             opts[name].zero_grad(set_to_none=True)
         losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k)
-        weights = {"d_rotation": cfg.rot_weight_d}
+        weights = {"d_rotation": cfg.rot_weight_d, "f_synthetic": cfg.f_synthetic_pairs}
         sum(weights.get(k, 1.0) * v for k, v in losses.items()).backward()
         for name in REAL_DATA_NETS:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
         if cfg.f_steps > 1 and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
-            losses["f_report"] = self._extra_decoder_steps(real, ids, counts)
+            losses["f_report"] = self._extra_decoder_steps(real, ids, counts, fake, y[:, -1])
         elif cfg.f_steps > 1 and not self._warned_f_steps:
             warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.")
             self._warned_f_steps = True
@@ -158,14 +159,15 @@ class Model(GenerativeModel):
             losses.update(self._generator_step(b))
         return losses
 
-    def _extra_decoder_steps(self, real, ids, counts) -> float:
+    def _extra_decoder_steps(self, real, ids, counts, fake, labeled) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
         f = self.nets["report_decoder"]
-        opt, pad_id = self.opts["report_decoder"], self._need_vocab().pad_id
+        opt, pad_id, w = self.opts["report_decoder"], self._need_vocab().pad_id, self.config.f_synthetic_pairs
         for _ in range(self.config.f_steps - 1):
             opt.zero_grad(set_to_none=True)
             loss = f.loss(real, ids, counts, pad_id)
-            loss.backward()
+            total = loss + w * f.loss(fake, ids, counts, pad_id, weight=labeled) if w > 0 else loss
+            total.backward()
             opt.step()
         return loss.item()
 
@@ -179,12 +181,14 @@ class Model(GenerativeModel):
         cfg, nets = self.config, self.nets
         d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
         real_onehot = F.one_hot(ids, cfg.vocab_size).float()
-        return {
+        decoder, pad_id = unwrap(nets["report_decoder"]), self._need_vocab().pad_id
+        synthetic = {"f_synthetic": decoder.loss(fake, ids, counts, pad_id, weight=y[:, -1])} if cfg.f_synthetic_pairs > 0 else {}
+        return synthetic | {
             "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
             "d_rotation": F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k),
             "d_report": d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss),
             "d_joint": d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss),
-            "f_report": unwrap(nets["report_decoder"]).loss(real, ids, counts, self._need_vocab().pad_id),
+            "f_report": decoder.loss(real, ids, counts, pad_id),
         }
 
     def _generator_step(self, b: int) -> dict[str, float]:

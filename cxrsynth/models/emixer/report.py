@@ -152,8 +152,9 @@ class ReportDecoder(nn.Module):
         h, _ = self.sentence_lstm(v[:, None, :].expand(-1, self.cfg.max_sentences, -1).contiguous())
         return self.topic(h), self.stop(h)
 
-    def loss(self, images: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, pad_id: int) -> torch.Tensor:
-        """Teacher-forced word + stop cross-entropy, averaged per record, then over the batch."""
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, pad_id: int, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Teacher-forced word + stop cross-entropy, averaged per record, then over the batch
+        (each record weighted by `weight` when given)."""
         topics, stop_logits = self.topics(images)
         b, s_max, t1 = ids.shape
         slots = torch.arange(s_max, device=ids.device)[None, :]
@@ -171,7 +172,7 @@ class ReportDecoder(nn.Module):
             word_ce = word_ce + (ce * valid).sum(dim=1)
             n_words = n_words + valid.sum(dim=1)
         per_record = word_ce / n_words.clamp_min(1) + (stop_ce * stop_valid).sum(dim=1) / stop_valid.sum(dim=1).clamp_min(1)
-        return per_record.mean()
+        return per_record.mean() if weight is None else (per_record * weight).mean()
 
     def decode(self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, generator: Optional[torch.Generator] = None):
         """Free-running decoding: (ids (B,S,T+1), counts (B,), one-hot grid (B,S,T+1,V)).

@@ -286,17 +286,8 @@ class Model(GenerativeModel):
         return {"vae_rec": float(rec.detach()), "vae_kl": float(kl.detach())}
 
     def _noise_only_step(self, stage: Sequence[str]) -> dict[str, float]:
-        """An empty Poisson batch. A DP optimizer still takes its noisy step (the accounting
-        assumes one per sampled batch, empty or not); a plain optimizer has nothing to do."""
-        for name in stage:
-            opt = self.opts[name]
-            if not hasattr(opt, "noise_multiplier"):
-                continue
-            opt.zero_grad(set_to_none=True)
-            for p in self.nets[name].parameters():
-                if p.requires_grad:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
-            opt.step()
+        """An empty Poisson batch: noise-only DP steps (`noise_only_step`), and the EMA follows."""
+        self.noise_only_step(stage)
         if "unet" in stage:
             self.steps_done[1] += 1
             self._update_ema()
