@@ -50,7 +50,7 @@ NON_NAME_WORDS = frozenset(
     enlargement enlarged widening edematous consolidative patchy focal diffuse pneumothoraces atelectatic
     acute chronic possible probable support supported device devices tube tubes line lines rib ribs base bases density
     densities volume volumes angle angles abnormality abnormalities evidence consistent noted seen present clear mild
-    moderate severe linear widened loss upper lower mid""".split()
+    moderate severe linear widened loss upper lower mid displaced normal plate small svc""".split()
 )
 NOT_NAME = r"(?!(?i:" + "|".join(sorted(NON_NAME_WORDS, key=len, reverse=True)) + r")\b)"
 # Latin letters with accents (Inés, Krüger, Wiśniewska): Latin-1 and Latin Extended-A ranges.
