@@ -33,9 +33,9 @@ TINY = dict(
 )
 
 
-def get_dummy_components(n: int = 24, seed: int = 0):
+def get_dummy_components(n: int = 24, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    cfg = EmixerConfig(**TINY)
+    cfg = EmixerConfig(**{**TINY, **overrides})
     records = make_phantom(n, sites=1, seed=seed, image_size=16, lateral=False)
     model = Model(cfg)
     model.setup(records)
@@ -198,9 +198,30 @@ def _batch(model, records, b, seed=0):
     return real, y, ids, counts, fake, fake_onehot, torch.tensor([1, 3, 0][:b])
 
 
-def test_opacus_per_sample_gradients_equal_one_record_at_a_time():
-    """Record i's real, paired-fake and rotated passes add up to one per-sample gradient per network."""
-    model, records = get_dummy_components()
+def test_synthetic_pairs_teach_f_only_from_labeled_records():
+    model, records = get_dummy_components(f_synthetic_pairs=1.0)
+    real, y, ids, counts, fake, onehot, rot = _batch(model, records, 3)
+    losses = model.real_data_losses(real, y, ids, counts, fake, onehot, rot)
+    assert losses["f_synthetic"] > 0
+    # Record 1 is unlabeled (its fake came from sampled labels): it adds nothing to the loss.
+    alone = model.real_data_losses(*[t[1:2] for t in (real, y, ids, counts, fake, onehot, rot)])
+    assert alone["f_synthetic"] == 0 and alone["f_report"] > 0
+    # The loss is F's teacher-forced loss on (fake, real report): it falls as F learns it.
+    f = model.nets["report_decoder"]
+    opt, labeled = torch.optim.Adam(f.parameters(), lr=0.01), y[:, -1]
+    before = f.loss(fake, ids, counts, model.vocab.pad_id, weight=labeled).item()
+    for _ in range(30):
+        opt.zero_grad()
+        f.loss(fake, ids, counts, model.vocab.pad_id, weight=labeled).backward()
+        opt.step()
+    assert f.loss(fake, ids, counts, model.vocab.pad_id, weight=labeled).item() < 0.7 * before
+    assert "f_synthetic" not in get_dummy_components()[0].real_data_losses(real, y, ids, counts, fake, onehot, rot)
+
+
+@pytest.mark.parametrize("synthetic", [0.0, 1.0])
+def test_opacus_per_sample_gradients_equal_one_record_at_a_time(synthetic):
+    """Record i's real, paired-fake, synthetic-pair and rotated passes add up to one per-sample gradient per network."""
+    model, records = get_dummy_components(f_synthetic_pairs=synthetic)
     inputs = _batch(model, records, 3)
     for name in REAL_DATA_NETS:
         model.nets[name] = GradSampleModule(model.nets[name])

@@ -10,6 +10,13 @@ fake images of that step are paired with the real records (fake i carries real i
 Opacus sums the real, fake and rotation passes of record i into one per-sample gradient that is
 clipped once. G's step runs the discriminators and F with their parameters frozen and the Opacus
 hooks off, so it leaves no grad_sample behind on them.
+
+Label-matched synthetic pairs (`f_synthetic_pairs`, an addition to the paper): F is also
+teacher-forced on (fake i, report of real i), fake i being drawn from real i's labels. Trained on
+real pairs alone, F reads generated images poorly (their texture differs), and the reports it
+writes for them barely follow the labels; with these pairs it learns to read the findings G draws.
+Only labeled records count (an unlabeled record's fake was drawn from sampled labels). Record i's
+synthetic pass joins its per-sample gradient, so DP-SGD clips it with the rest of record i.
 """
 
 from __future__ import annotations
