@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
-from client.task import label_pattern_counts, load_site, token_counts, train_round
+from client.task import label_counts, load_site, token_counts, train_round
 from cxrsynth.models import build_model
 
 DP_STATE = "dp-ledger"
@@ -79,15 +79,15 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def vocab(msg: Message, context: Context) -> Message:
-    """Counts of frequent report tokens and label combinations, for the shared vocabulary and
-    label mix (server/vocab.py)."""
+    """Counts of frequent report tokens and of labels, for the shared vocabulary and label mix
+    (server/vocab.py, `GenerativeModel.fit_label_counts`)."""
     cfg, _ = read_round_config(msg.content["config"])
     site = load_site(cfg, context.node_config)
     k = cfg.federation.vocab_min_count
     counts, n_reports = token_counts(site.train, k, build_model(cfg.model).vocabulary_text)
-    patterns = label_pattern_counts(site.train, k)
+    labels = label_counts(site.train, k)
     return Message(
-        RecordDict({"counts": MetricRecord(counts), "label-patterns": MetricRecord(patterns), "metrics": MetricRecord({"num-reports": n_reports})}),
+        RecordDict({"counts": MetricRecord(counts), "label-counts": MetricRecord(labels), "metrics": MetricRecord({"num-reports": n_reports})}),
         reply_to=msg,
     )
 

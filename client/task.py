@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cxrsynth.config import RunConfig
-from cxrsynth.data.records import Record, label_key
+from cxrsynth.data.records import Record, findings_key
 from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
@@ -103,22 +103,23 @@ def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Re
     return {t: c for t, c in counts.items() if len(patients[t]) >= min_patients}, len(records)
 
 
-def label_pattern_counts(records: list[Record], min_patients: int) -> dict[str, int]:
-    """How many training records carry each whole label combination, for combinations found at
-    `min_patients` or more patients (a combination tied to fewer never leaves the site).
-
-    Keys are the combination written as `label_key`; the server turns the merged counts into the
-    label mix unconditional generation draws from (server/vocab.py).
+def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
+    """The site's label mix as counts: labeled records ("labeled"), records per positive or
+    uncertain finding ("Edema=1"), and records per whole combination of them ("pattern:" +
+    `findings_key`). A finding or combination found at fewer than `min_patients` patients is left
+    out (reported as absent), so a rare one never leaves the site.
     """
     counts: Counter = Counter()
     patients: dict[str, set] = {}
-    for r in records:
-        if not r.has_labels():
-            continue
-        key = label_key(r.labels)
-        counts[key] += 1
-        patients.setdefault(key, set()).add(r.patient_id)
-    return {k: c for k, c in counts.items() if len(patients[k]) >= min_patients}
+    labeled = [r for r in records if r.has_labels()]
+    for r in labeled:
+        combo = findings_key(r.labels)
+        for key in ["pattern:" + combo, *(filter(None, combo.split(";")))]:
+            counts[key] += 1
+            patients.setdefault(key, set()).add(r.patient_id)
+    out = {k: c for k, c in counts.items() if len(patients[k]) >= min_patients}
+    out["labeled"] = len(labeled)
+    return out
 
 
 def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:

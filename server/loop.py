@@ -60,13 +60,14 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     if len(ok) < fed.min_sites:
         raise RoundFailed(f"vocabulary step: {len(ok)} of {len(nodes)} sites answered, fewer than federation.min_sites={fed.min_sites}.")
     counts = merge_counts([dict(r.content["counts"]) for r in ok])
-    patterns = merge_counts([dict(r.content["label-patterns"]) for r in ok if "label-patterns" in r.content.metric_records])
+    labels = merge_counts([dict(r.content["label-counts"]) for r in ok if "label-counts" in r.content.metric_records])
     n_reports = sum(int(r.content["metrics"]["num-reports"]) for r in ok)
+    model.setup(pseudo_reports(counts, n_reports))
     try:
-        model.setup(pseudo_reports(counts, n_reports, patterns))
+        model.fit_label_counts(dict(labels))
     except ValueError as e:
         raise RoundFailed(f"vocabulary step: a site sent label counts the server cannot read ({e}).") from None
-    summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count, "label_combinations": len(patterns)}
+    summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count, "labeled_records": int(labels.get("labeled", 0))}
     progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)")
     return model, summary
 

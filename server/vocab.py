@@ -7,16 +7,13 @@ reports), sums them, and fits the model's data-dependent parts once on count-equ
 pseudo-reports: each kept token appears exactly its summed count, spread over as many reports
 as the sites hold. The fitted extra state (vocabulary, tokenizer) then travels to every site
 with the weights. A token frequent at no single site stays out: rare words never leave a site.
-Label combinations travel the same way (counts of combinations shared by enough patients), so a
-federated checkpoint can draw labels for unconditional generation.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional
 
-from cxrsynth.data.records import Record, labels_from_key
+from cxrsynth.data.records import Record
 from cxrsynth.data.text import tokenize
 
 
@@ -27,13 +24,8 @@ def merge_counts(per_site: list[dict[str, int]]) -> Counter:
     return total
 
 
-def pseudo_reports(counts: Counter, n_reports: int, label_patterns: Optional[dict[str, int]] = None) -> list[Record]:
-    """Records whose reports hold each token exactly `counts[token]` times, over at most `n_reports` reports.
-
-    `label_patterns` (label combination key -> record count, merged from the sites) are spread
-    over the records, so a family's label mix (EMIXER's label prior, the LDM's prevalences) is
-    fitted as well; records without text are added when the combinations outnumber the reports.
-    """
+def pseudo_reports(counts: Counter, n_reports: int) -> list[Record]:
+    """Records whose reports hold each token exactly `counts[token]` times, over at most `n_reports` reports."""
     # Record.report puts "FINDINGS:" before the findings text, and the sites counted those tokens
     # too; each pseudo-report's own prefix is taken from the counts so the totals match.
     prefix = tokenize(Record("x", "x", "x", findings="x").report)[:-1]
@@ -49,11 +41,4 @@ def pseudo_reports(counts: Counter, n_reports: int, label_patterns: Optional[dic
         for _ in range(rest[token]):
             bins[i % n].append(token)
             i += 1
-    out = [Record(record_id=f"vocab{j}", patient_id=f"vocab{j}", study_id=f"vocab{j}", site="federated", findings=" ".join(b) or ".") for j, b in enumerate(bins)]
-    labels = [labels_from_key(key) for key in sorted(label_patterns or {}) for _ in range(int(label_patterns[key]))]
-    for j, lab in enumerate(labels):
-        if j < len(out):
-            out[j] = out[j].with_(labels=lab)
-        else:
-            out.append(Record(record_id=f"labels{j}", patient_id=f"labels{j}", study_id=f"labels{j}", site="federated", labels=lab))
-    return out
+    return [Record(record_id=f"vocab{j}", patient_id=f"vocab{j}", study_id=f"vocab{j}", site="federated", findings=" ".join(b) or ".") for j, b in enumerate(bins)]

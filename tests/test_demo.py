@@ -63,7 +63,7 @@ def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
         from cxrsynth.generate import generate
 
         model, _, _ = load_checkpoint(demo.checkpoint)
-        assert sum(c for _, c in model.prior.patterns) > 0
+        assert sum(c for _, c in model.prior.patterns) + model.prior.rest > 0
         drawn = generate(demo.checkpoint, 4, demo.out / "unconditional", seed=3)
         assert any(r[name] for r in _rows(Path(drawn) / "manifest.csv") for name in LABELS)
     if by_name["generation"].status == OK:

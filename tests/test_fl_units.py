@@ -10,9 +10,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import make_app
 from client.egress import EgressRefused, check_reply
 from client.records import from_arrays, ledger_from_record, round_config, to_arrays
-from client.task import label_pattern_counts, token_counts
+from client.task import label_counts, token_counts
 from cxrsynth.config import load_config
-from cxrsynth.data.records import Record, empty_labels, label_key
+from cxrsynth.data.records import Record, empty_labels, findings_key
 from cxrsynth.models.emixer.labels import LabelPrior
 from cxrsynth.data.text import tokenize
 from server.screen import screen
@@ -59,23 +59,28 @@ def test_vocabulary_counts_need_enough_patients_and_merge_exactly():
     assert len(fake) <= 15
 
 
-def test_label_combinations_need_enough_patients_and_give_the_federated_label_mix():
+def test_label_counts_need_enough_patients_and_give_the_federated_label_mix():
     effusion = {**empty_labels(), "Pleural Effusion": 1, "Edema": 0}
     normal = {**empty_labels(), "No Finding": 1}
-    rare = {**empty_labels(), "Fracture": 1}
+    rare = {**empty_labels(), "Fracture": 1, "Edema": -1}
     recs = [Record(f"r{i}", f"p{i % 5}", f"s{i}", labels=effusion) for i in range(10)]
-    recs += [Record("n1", "p1", "n1", labels=normal), Record("n2", "p2", "n2", labels=normal)]
+    recs += [Record(f"n{i}", f"q{i}", f"n{i}", labels=normal) for i in range(6)]
     recs += [Record(f"x{i}", "p9", f"x{i}", labels=rare) for i in range(4)]  # four studies, one patient
     recs += [Record("u", "p3", "u")]  # unlabeled
-    site_a = label_pattern_counts(recs, min_patients=2)
-    assert site_a == {label_key(effusion): 10, label_key(normal): 2}
-    merged = merge_counts([site_a, {label_key(normal): 6}])
-    fake = pseudo_reports(merge_counts([{"heart": 3}]), n_reports=3, label_patterns=merged)
-    assert Counter(label_key(r.labels) for r in fake if r.has_labels()) == {label_key(effusion): 10, label_key(normal): 8}
-    prior = LabelPrior.fit(fake, min_count=5)
-    assert sorted(c for _, c in prior.patterns) == [8, 10]
-    with pytest.raises(ValueError, match="expected"):
-        pseudo_reports(merged, 3, {"1,0": 2})
+    site = label_counts(recs, min_patients=2)
+    assert site == {
+        "labeled": 20, "pattern:Pleural Effusion=1": 10, "Pleural Effusion=1": 10, "pattern:No Finding=1": 6, "No Finding=1": 6
+    }  # the one patient's fracture and uncertain edema never leave, alone or in a combination
+    merged = dict(merge_counts([site, {"labeled": 30, "Edema=1": 12, "No Finding=1": 8, "pattern:No Finding=1": 8}]))
+    prior = LabelPrior.from_counts(merged, min_count=5)
+    assert sorted((findings_key(p), c) for p, c in prior.patterns) == [("No Finding=1", 14), ("Pleural Effusion=1", 10)]
+    assert prior.rest == 26 and prior.marginals["Edema"][0] == pytest.approx(12 / 26)
+    drawn = prior.sample(2000, np.random.default_rng(0))
+    assert all(any(v is not None for v in d.values()) for d in drawn)  # every draw is a labeled condition
+    share = np.mean([d["Edema"] == 1 for d in drawn])
+    assert share == pytest.approx(12 / 50, abs=0.03)
+    with pytest.raises(ValueError, match="not <label>=1"):
+        LabelPrior.from_counts({"labeled": 9, "pattern:Spleen=1": 9}, min_count=5)
 
 
 def test_egress_rule_lets_only_arrays_counts_metrics_and_ledger_out():
@@ -179,3 +184,14 @@ def test_fedprox_pull_keeps_a_site_closer_to_the_global_model():
         return float(sum(np.sum((new[k].astype(np.float64) - g[k]) ** 2) for k in g if g[k].dtype.kind == "f"))
 
     assert drift(200.0) < 0.8 * drift(0.0)
+
+
+def test_ldm_label_prevalence_from_merged_counts():
+    from cxrsynth.models import build_model
+    from cxrsynth.models.ldm.prompts import sample_labels
+
+    model = build_model(load_config("ldm-tiny").model)
+    model.fit_label_counts({"labeled": 10, "Edema=1": 4, "Cardiomegaly=-1": 1})
+    assert model.counts["Edema"] == {"1": 4, "-1": 0, "0": 6, "none": 0}
+    drawn = sample_labels(model.counts, 2000, np.random.default_rng(0))
+    assert np.mean([d["Edema"] == 1 for d in drawn]) == pytest.approx(0.4, abs=0.04)

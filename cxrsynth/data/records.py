@@ -82,13 +82,19 @@ class Record:
         return replace(self, **changes)
 
 
-def label_key(labels: dict) -> str:
-    """A label combination as one string: each label's value in `LABELS` order, empty for none."""
-    return ",".join("" if labels.get(name) is None else str(int(labels[name])) for name in LABELS)
+
+def findings_key(labels: dict) -> str:
+    """The positive (1) and uncertain (-1) findings of a label set as one string, in `LABELS`
+    order: "Cardiomegaly=1;Edema=-1"; empty when nothing is positive or uncertain."""
+    return ";".join(f"{name}={int(labels[name])}" for name in LABELS if labels.get(name) in (1, -1))
 
 
-def labels_from_key(key: str) -> dict[str, Optional[int]]:
-    values = key.split(",")
-    if len(values) != len(LABELS):
-        raise ValueError(f"label combination {key!r} has {len(values)} values; expected {len(LABELS)} ({', '.join(LABELS)})")
-    return {name: (int(v) if v else None) for name, v in zip(LABELS, values)}
+def labels_from_findings_key(key: str) -> dict[str, Optional[int]]:
+    """A labeled record's labels from `findings_key`: the named findings, every other label 0."""
+    labels: dict[str, Optional[int]] = {name: 0 for name in LABELS}
+    for part in filter(None, key.split(";")):
+        name, _, value = part.partition("=")
+        if name not in labels or value not in ("1", "-1"):
+            raise ValueError(f"{part!r} in label combination {key!r} is not <label>=1 or <label>=-1 with a known label")
+        labels[name] = int(value)
+    return labels

@@ -59,6 +59,10 @@ class GenerativeModel(nn.Module):
     def setup(self, records: Sequence[Record]) -> None:
         """Fit data-dependent parts (vocabulary, tokenizer). Default: nothing to fit."""
 
+    def fit_label_counts(self, counts: dict[str, int]) -> None:
+        """Fit the label mix unconditional generation draws from, from label counts merged over
+        sites (client.task.label_counts) instead of records. Default: the family keeps none."""
+
     def vocabulary_text(self, record: Record) -> str:
         """The text of a record this family learns words from; what a site counts for a shared
         (federated) vocabulary. Default: the whole report."""

@@ -121,13 +121,19 @@ class Surrogates:
         return TAGS["DATE"]  # a form we cannot parse is redacted, not kept
 
     def _time(self, text: str) -> str:
-        minutes = keyed_int(self.secret, self.patient, "time", text) % (24 * 60)
-        if re.match(rf"\s*0?{(minutes // 60) % 12 or 12}\s?[ap]", text, re.IGNORECASE):
-            minutes = (minutes + 60) % (24 * 60)  # "10am" must not come back as "10am"
-        h, mnt = divmod(minutes, 60)
         m = re.match(r"(?i)\s*(\d{1,2})([:h]?)(\d{2})?(.*)", text)
         if not m:
             return TAGS["TIME"]
+        minutes = keyed_int(self.secret, self.patient, "time", text) % (24 * 60)
+        out = self._format_time(minutes, m)
+        if out.strip().lower() == text.strip().lower():
+            # The draw gave the original back ("10am" as "10am", 1 in 1440 for "5:03 AM"): an hour on.
+            out = self._format_time((minutes + 60) % (24 * 60), m)
+        return out
+
+    @staticmethod
+    def _format_time(minutes: int, m: re.Match) -> str:
+        h, mnt = divmod(minutes, 60)
         rest = m.group(4)
         if re.search(r"(?i)[ap]\.?m", rest):
             return f"{(h % 12) or 12}{m.group(2)}{mnt:02d}{rest}" if m.group(3) else f"{(h % 12) or 12}{rest}"

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.data.records import LABELS, Record, empty_labels, labels_from_findings_key
 from cxrsynth.errors import InputError
 
 COND_DIM = 2 * len(LABELS) + 1
@@ -82,6 +82,28 @@ class LabelPrior:
             vals = Counter(d.get(name) for d in labeled)
             total = max(len(labeled), 1)
             marginals[name] = [vals.get(v, 0) / total for v in _VALUES]
+        return cls(patterns, marginals, rest)
+
+    @classmethod
+    def from_counts(cls, counts: dict[str, int], min_count: int) -> "LabelPrior":
+        """The prior from label counts (client.task.label_counts, merged over sites): whole
+        combinations with at least `min_count` records, and per-label marginals for the rest."""
+        labeled = int(counts.get("labeled", 0))
+        patterns = [
+            (labels_from_findings_key(key[len("pattern:"):]), int(c))
+            for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            if key.startswith("pattern:") and c >= min_count
+        ]
+        rest = max(labeled - sum(c for _, c in patterns), 0)
+        marginals = {}
+        for name in LABELS:
+            left = {}
+            for v in (1, -1):
+                in_patterns = sum(c for p, c in patterns if p[name] == v)
+                left[v] = min(max(int(counts.get(f"{name}={v}", 0)) - in_patterns, 0), rest)
+            p1, pu = (left[1] / rest, left[-1] / rest) if rest else (0.0, 0.0)
+            pu = min(pu, 1.0 - p1)
+            marginals[name] = [p1, 1.0 - p1 - pu, pu, 0.0]  # order of _VALUES: 1, 0, -1, None
         return cls(patterns, marginals, rest)
 
     def sample(self, n: int, rng: np.random.Generator) -> list[dict]:

@@ -92,6 +92,9 @@ class Model(GenerativeModel):
         self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
         self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
 
+    def fit_label_counts(self, counts: dict[str, int]) -> None:
+        self.prior = LabelPrior.from_counts(counts, self.config.label_pattern_min_count)
+
     def extra_state(self) -> dict:
         return {"vocabulary": self.vocab.to_dict() if self.vocab else None, "label_prior": self.prior.to_dict(), "step": self.step_count}
 
