@@ -4,6 +4,8 @@ Training, federation, DP, generation and the audit are written once against it:
 
 - built from its pydantic config: `Model(config)`;
 - `setup(records)`: fit what depends on the training data (vocabulary, tokenizer) before step 0;
+- `fit_label_counts(counts)`: in federated runs, fit the label mix generation draws from to the
+  sites' merged label counts (no records reach the server);
 - `nets`: an `nn.ModuleDict` of the trainable networks, and `reads_real_data(name)` saying which
   of them see real records (DP-SGD applies to those; the rest are post-processing);
 - `opts`: one optimizer per entry of `nets`, made by `make_optimizers()`;
