@@ -114,6 +114,8 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
     real = [name for name in model.nets if model.reads_real_data(name)]
     if not real:
         raise InputError(f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing.")
+    if "train_step" in vars(model):
+        raise InputError("privatize() was already applied to this model; a second accountant would count every batch twice.")
     spent: History = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
     releases: list[float] = []  # noise multipliers of this batch's releases so far
 

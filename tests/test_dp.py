@@ -61,6 +61,8 @@ def test_privatize_wraps_real_data_nets_and_ledger_accumulates_across_rounds():
     # each of the k networks stepping on it adds noise sigma * sqrt(k).
     assert first["steps"] == 2 and first["history"] == [(cfg.dp.noise_multiplier, rate, 2)]
     assert all(model.opts[n].noise_multiplier == pytest.approx(cfg.dp.noise_multiplier * len(real) ** 0.5) for n in real)
+    with pytest.raises(InputError, match="already applied"):
+        privatize(model, cfg, rate)
     assert 0 < first["epsilon"] and first["delta"] == cfg.dp.delta
     # Round 2 at the same site starts from the round-1 history (a fresh model, as in federation).
     model2, _ = _model(cfg)
