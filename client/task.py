@@ -9,7 +9,7 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -93,14 +93,19 @@ def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Re
     MRN or a surname the de-identifier missed, repeated over that patient's studies) never
     leaves the site, however often it occurs; the server merges the rest into one vocabulary.
     """
+    return counts_shared_by(((r.patient_id, tokenize(text_of(r))) for r in records), min_patients), len(records)
+
+
+def counts_shared_by(items: Iterable[tuple[str, list[str]]], min_patients: int) -> dict[str, int]:
+    """Occurrences of each key over (patient, keys) items, kept only for keys found at
+    `min_patients` or more distinct patients."""
     counts: Counter = Counter()
     patients: dict[str, set] = {}
-    for r in records:
-        toks = tokenize(text_of(r))
-        counts.update(toks)
-        for t in set(toks):
-            patients.setdefault(t, set()).add(r.patient_id)
-    return {t: c for t, c in counts.items() if len(patients[t]) >= min_patients}, len(records)
+    for patient, keys in items:
+        counts.update(keys)
+        for k in set(keys):
+            patients.setdefault(k, set()).add(patient)
+    return {k: c for k, c in counts.items() if len(patients[k]) >= min_patients}
 
 
 def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
@@ -109,17 +114,13 @@ def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
     `findings_key`). A finding or combination found at fewer than `min_patients` patients is left
     out (reported as absent), so a rare one never leaves the site.
     """
-    counts: Counter = Counter()
-    patients: dict[str, set] = {}
+
+    def keys(labels: dict) -> list[str]:
+        combo = findings_key(labels)
+        return ["pattern:" + combo, *filter(None, combo.split(";"))]
+
     labeled = [r for r in records if r.has_labels()]
-    for r in labeled:
-        combo = findings_key(r.labels)
-        for key in ["pattern:" + combo, *(filter(None, combo.split(";")))]:
-            counts[key] += 1
-            patients.setdefault(key, set()).add(r.patient_id)
-    out = {k: c for k, c in counts.items() if len(patients[k]) >= min_patients}
-    out["labeled"] = len(labeled)
-    return out
+    return {**counts_shared_by(((r.patient_id, keys(r.labels)) for r in labeled), min_patients), "labeled": len(labeled)}
 
 
 def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:
