@@ -103,7 +103,8 @@ def write_report(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
     for r in audit["sites"]:
         parts.append("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>")
     parts.append("</table>")
-    aligned = any(r.get("copy_match") == "aligned" for r in audit["sites"])
+    # The copy-match method is the steward's policy: federated answers do not echo it back per site.
+    aligned = audit.get("policy", {}).get("copy_match") == "aligned" or any(r.get("copy_match") == "aligned" for r in audit["sites"])
     for title, fig in (
         ("Distance to closest record (encoder embedding)", _hist_figure(audit["sites"], "dcr_hist", "embedding distance", not aligned)),
         ("Copy search: distance after best alignment", _hist_figure(audit["sites"], "copy_hist", "aligned distance", True) if aligned else None), ("Membership inference", _roc_figure(audit["sites"])), ("Flagged pairs (synthetic | training)", _pairs_figure(pairs)),
