@@ -157,7 +157,7 @@ def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int
 def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, privatize: Optional[Callable] = None, progress: Optional[Progress] = None) -> Path:
     """Train one site (no federation): data -> model -> steps -> checkpoint in `out`.
 
-    `privatize(model, cfg, sample_rate)` is given by the caller when DP is on (privacy.dp); it wraps
+    `privatize(model, cfg, sample_rate, history)` is given by the caller when DP is on (privacy.dp); it wraps
     the real-data networks in place and returns a ledger callable.
     """
     out = Path(out or cfg.train.out)
@@ -195,7 +195,7 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         if privatize is None:
             raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
         rate = min(cfg.train.batch_size, len(train_records)) / len(train_records)
-        ledger = privatize(model, cfg, rate, spent) if spent else privatize(model, cfg, rate)
+        ledger = privatize(model, cfg, rate, spent)
         sampling = "poisson"
     log_path = out / "losses.jsonl"
     out.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ class Model(GenerativeModel):
         for name in REAL_DATA_NETS:
             opts[name].zero_grad(set_to_none=True)
         losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k)
-        weights = {"d_rotation": cfg.rot_weight_d, "f_synthetic": cfg.f_synthetic_pairs}
+        weights = self._loss_weights()
         sum(weights.get(k, 1.0) * v for k, v in losses.items()).backward()
         for name in REAL_DATA_NETS:
             opts[name].step()
@@ -171,15 +171,25 @@ class Model(GenerativeModel):
 
     def _extra_decoder_steps(self, real, ids, counts, fake, labeled) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
-        f = self.nets["report_decoder"]
-        opt, pad_id, w = self.opts["report_decoder"], self._need_vocab().pad_id, self.config.f_synthetic_pairs
+        opt = self.opts["report_decoder"]
         for _ in range(self.config.f_steps - 1):
             opt.zero_grad(set_to_none=True)
-            loss = f.loss(real, ids, counts, pad_id)
-            total = loss + w * f.loss(fake, ids, counts, pad_id, weight=labeled) if w > 0 else loss
-            total.backward()
+            losses = self._decoder_losses(real, fake, ids, counts, labeled)
+            sum(self._loss_weights().get(k, 1.0) * v for k, v in losses.items()).backward()
             opt.step()
-        return loss.item()
+        return losses["f_report"].item()
+
+    def _loss_weights(self) -> dict[str, float]:
+        return {"d_rotation": self.config.rot_weight_d, "f_synthetic": self.config.f_synthetic_pairs}
+
+    def _decoder_losses(self, real, fake, ids, counts, labeled) -> dict[str, torch.Tensor]:
+        """F's teacher-forced loss on the real pairs and, with `f_synthetic_pairs`, on the
+        label-matched synthetic pairs (labeled records only)."""
+        decoder, pad_id = unwrap(self.nets["report_decoder"]), self._need_vocab().pad_id
+        losses = {"f_report": decoder.loss(real, ids, counts, pad_id)}
+        if self.config.f_synthetic_pairs > 0:
+            losses["f_synthetic"] = decoder.loss(fake, ids, counts, pad_id, weight=labeled)
+        return losses
 
     def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k) -> dict[str, torch.Tensor]:
         """The losses of every real-data network on one batch; their sum is backpropagated once.
@@ -191,14 +201,12 @@ class Model(GenerativeModel):
         cfg, nets = self.config, self.nets
         d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
         real_onehot = F.one_hot(ids, cfg.vocab_size).float()
-        decoder, pad_id = unwrap(nets["report_decoder"]), self._need_vocab().pad_id
-        synthetic = {"f_synthetic": decoder.loss(fake, ids, counts, pad_id, weight=y[:, -1])} if cfg.f_synthetic_pairs > 0 else {}
-        return synthetic | {
+        return {
             "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
             "d_rotation": F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k),
             "d_report": d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss),
             "d_joint": d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss),
-            "f_report": decoder.loss(real, ids, counts, pad_id),
+            **self._decoder_losses(real, fake, ids, counts, y[:, -1]),
         }
 
     def _generator_step(self, b: int) -> dict[str, float]:

@@ -18,6 +18,7 @@ keeps the record as the batch dimension: the word LSTM runs once per sentence sl
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from typing import Literal, Optional, Sequence
 
@@ -37,6 +38,7 @@ CONTINUE, STOP = 0, 1
 SentenceFilter = Literal["findings", "all"]
 
 
+@functools.lru_cache(maxsize=65536)
 def states_a_finding(sentence: str) -> bool:
     """True when the rule labeler reads any finding (positive, negative, uncertain or normal) in the sentence."""
     return any(v is not None for v in label_report(sentence).values())
