@@ -22,7 +22,9 @@ GOLD = ROOT / "privacy" / "deid" / "gold"
 
 
 def texts(n: int) -> list[str]:
-    rows = [json.loads(x) for f in ("tune.jsonl", "heldout.jsonl") for x in (GOLD / f).read_text(encoding="utf-8").splitlines()]
+    from privacy.deid.evaluate import read_gold
+
+    rows = [row for f in ("tune.jsonl", "heldout.jsonl") for row in read_gold(GOLD / f)]
     return [rows[i % len(rows)]["text"] for i in range(n)]
 
 

@@ -11,14 +11,14 @@ import pytest
 from cxrsynth.cli import main
 from privacy.deid import DeidConfig
 from privacy.deid.deidentifier import cached_deidentifier
-from privacy.deid.evaluate import evaluate_gold, score
+from privacy.deid.evaluate import evaluate_gold, read_gold, score
 from privacy.deid.deidentifier import Finding
 
 GOLD = Path(__file__).parent.parent / "privacy" / "deid" / "gold"
 
 
 def load(name):
-    return [json.loads(x) for x in (GOLD / name).read_text(encoding="utf-8").splitlines()]
+    return read_gold(GOLD / name)
 
 
 def test_gold_corpus_size_and_held_out_part():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxrsynth.config import load_config
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.text import Vocabulary
@@ -223,12 +224,7 @@ def test_causal_report_decoder_sees_no_later_word():
 
 
 def test_paper_preset_builds_at_its_sizes():
-    from pathlib import Path
-
-    import yaml
-
-    preset = Path(__file__).parents[1] / "cxrsynth" / "presets" / "mopoe-paper.yaml"
-    cfg = MoPoEConfig(**yaml.safe_load(preset.read_text())["model"])
+    cfg = load_config("mopoe-paper").model
     assert (cfg.image_size, cfg.latent_dim) == (128, 64)
     model = build_model(cfg)
     with torch.no_grad():
@@ -238,8 +234,6 @@ def test_paper_preset_builds_at_its_sizes():
 
 @pytest.mark.slow
 def test_paper_preset_steps():
-    from cxrsynth.config import load_config
-
     recs = make_phantom(4, sites=1, seed=1, image_size=128)
     model = build_model(load_config("mopoe-paper").model)
     model.setup(recs * 6)  # enough repeats for the vocabulary's min_count
