@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cxrsynth.config import RunConfig
-from cxrsynth.data.records import Record, findings_key
+from cxrsynth.data.records import PATTERN, Record, findings_key
 from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
@@ -117,7 +117,7 @@ def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
 
     def keys(labels: dict) -> list[str]:
         combo = findings_key(labels)
-        return ["pattern:" + combo, *filter(None, combo.split(";"))]
+        return [PATTERN + combo, *filter(None, combo.split(";"))]
 
     labeled = [r for r in records if r.has_labels()]
     return {**counts_shared_by(((r.patient_id, keys(r.labels)) for r in labeled), min_patients), "labeled": len(labeled)}

@@ -83,10 +83,18 @@ class Record:
 
 
 
+PATTERN = "pattern:"  # prefix of a label-combination count in a site's label counts
+
+
+def finding_key(name: str, value: int) -> str:
+    """One positive (1) or uncertain (-1) finding as a key: "Edema=1"."""
+    return f"{name}={int(value)}"
+
+
 def findings_key(labels: dict) -> str:
     """The positive (1) and uncertain (-1) findings of a label set as one string, in `LABELS`
     order: "Cardiomegaly=1;Edema=-1"; empty when nothing is positive or uncertain."""
-    return ";".join(f"{name}={int(labels[name])}" for name in LABELS if labels.get(name) in (1, -1))
+    return ";".join(finding_key(name, labels[name]) for name in LABELS if labels.get(name) in (1, -1))
 
 
 def labels_from_findings_key(key: str) -> dict[str, Optional[int]]:

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cxrsynth.data.records import LABELS, Record, empty_labels, labels_from_findings_key
+from cxrsynth.data.records import LABELS, PATTERN, Record, empty_labels, finding_key, labels_from_findings_key
 from cxrsynth.errors import InputError
 
 COND_DIM = 2 * len(LABELS) + 1
@@ -90,9 +90,9 @@ class LabelPrior:
         combinations with at least `min_count` records, and per-label marginals for the rest."""
         labeled = int(counts.get("labeled", 0))
         patterns = [
-            (labels_from_findings_key(key[len("pattern:"):]), int(c))
+            (labels_from_findings_key(key[len(PATTERN):]), int(c))
             for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-            if key.startswith("pattern:") and c >= min_count
+            if key.startswith(PATTERN) and c >= min_count
         ]
         rest = max(labeled - sum(c for _, c in patterns), 0)
         marginals = {}
@@ -100,7 +100,7 @@ class LabelPrior:
             left = {}
             for v in (1, -1):
                 in_patterns = sum(c for p, c in patterns if p[name] == v)
-                left[v] = min(max(int(counts.get(f"{name}={v}", 0)) - in_patterns, 0), rest)
+                left[v] = min(max(int(counts.get(finding_key(name, v), 0)) - in_patterns, 0), rest)
             p1, pu = (left[1] / rest, left[-1] / rest) if rest else (0.0, 0.0)
             pu = min(pu, 1.0 - p1)
             marginals[name] = [p1, 1.0 - p1 - pu, pu, 0.0]  # order of _VALUES: 1, 0, -1, None

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.records import Record
 from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap
@@ -109,11 +109,7 @@ class Model(GenerativeModel):
         self.counts = P.label_counts(records)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
-        labeled = int(counts.get("labeled", 0))
-        self.counts = {}
-        for name in LABELS:
-            pos, unc = int(counts.get(f"{name}=1", 0)), int(counts.get(f"{name}=-1", 0))
-            self.counts[name] = {"1": pos, "-1": unc, "0": max(labeled - pos - unc, 0), "none": 0}
+        self.counts = P.label_counts_from_site_counts(counts)
 
     def _set_tokenizer(self, tok) -> None:
         rows = self.part("text_encoder").get_input_embeddings().num_embeddings

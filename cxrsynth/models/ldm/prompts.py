@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from cxrsynth.data.labeler import label_report
-from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.data.records import LABELS, Record, empty_labels, finding_key
 
 # label -> (positive, negative, uncertain) sentences in ordinary radiology phrasing.
 TEMPLATES: dict[str, tuple[str, str, str]] = {
@@ -66,6 +66,17 @@ def label_counts(records: Sequence[Record]) -> dict[str, dict[str, int]]:
         for name in LABELS:
             v = r.labels.get(name)
             out[name]["none" if v is None else str(int(v))] += 1
+    return out
+
+
+def label_counts_from_site_counts(counts: dict[str, int]) -> dict[str, dict[str, int]]:
+    """`label_counts`' shape from label counts merged over sites (client.task.label_counts):
+    per label, positives and uncertains as counted; every other labeled record a negative."""
+    labeled = int(counts.get("labeled", 0))
+    out = {}
+    for name in LABELS:
+        pos, unc = int(counts.get(finding_key(name, 1), 0)), int(counts.get(finding_key(name, -1), 0))
+        out[name] = {"1": pos, "-1": unc, "0": max(labeled - pos - unc, 0), "none": 0}
     return out
 
 
