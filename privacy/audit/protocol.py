@@ -9,7 +9,6 @@ with flagged synthetic records as indices into the query's list. A site sends no
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -46,34 +45,30 @@ class Query:
 
 
 def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optional[RunConfig] = None, extra_state: Optional[dict] = None, arrays: Optional[dict] = None) -> RecordDict:
-    from cxrsynth.config import dump_config
+    from client.records import round_config, to_arrays
 
     shapes = {r.image.shape for r in synthetic}
     if len(shapes) != 1:
         raise InputError(f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array.")
     config = {"audit-policy": policy.model_dump_json(), "reports-findings": [r.findings for r in synthetic], "reports-impression": [r.impression for r in synthetic], "record-ids": [r.record_id for r in synthetic]}
     if run_config is not None:
-        config["run-config"] = dump_config(run_config)
-        config["extra-state"] = json.dumps(extra_state or {}, sort_keys=True)
+        config.update(dict(round_config(run_config, extra_state or {})))
     content = RecordDict({"config": ConfigRecord(config), "synthetic": ArrayRecord({"images": Array(np.stack([r.image for r in synthetic]).astype(np.uint8))})})
     if arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(np.array(v, order="C")) for k, v in arrays.items()})
+        content["arrays"] = to_arrays(arrays)
     return content
 
 
 def read_query(content: RecordDict) -> Query:
-    import yaml
-
-    from cxrsynth.config import config_from_dict
+    from client.records import from_arrays, read_round_config
 
     cfg = content["config"]
     policy = AuditPolicy.model_validate_json(str(cfg["audit-policy"]))
     images = content["synthetic"]["images"].numpy()
     ids, fnd, imp = list(cfg["record-ids"]), list(cfg["reports-findings"]), list(cfg["reports-impression"])
     synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, image=img) for i, f, m, img in zip(ids, fnd, imp, images)]
-    run_config = config_from_dict(yaml.safe_load(str(cfg["run-config"])), "run config in the audit query") if "run-config" in cfg else None
-    extra = json.loads(str(cfg["extra-state"])) if "extra-state" in cfg else {}
-    arrays = {k: v.numpy() for k, v in content["arrays"].items()} if "arrays" in content.array_records else None
+    run_config, extra = read_round_config(cfg) if "run-config" in cfg else (None, {})
+    arrays = from_arrays(content["arrays"]) if "arrays" in content.array_records else None
     return Query(policy, synthetic, run_config, extra, arrays)
 
 
