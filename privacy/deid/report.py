@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 from pathlib import Path
+
+from cxrsynth.eval.html import esc, figure_img, page, table
 
 
 def _chart(result: dict) -> str:
@@ -27,30 +26,22 @@ def _chart(result: dict) -> str:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"{result['reports']} reports, {result['overall']['gold']} PHI spans")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_img(fig, "recall and precision per type")
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _fmt(v):
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else v
 
 
 def write_html(result: dict, path: str | Path, versions: dict, config: dict) -> None:
-    rows = "".join(
-        f"<tr><td>{html.escape(t)}</td><td>{s['gold']}</td><td>{_fmt(s['recall'])}</td><td>{s['predicted']}</td><td>{_fmt(s['precision'])}</td></tr>"
-        for t, s in result["per_type"].items()
-    )
+    rows = [[t, s["gold"], s["recall"], s["predicted"], s["precision"]] for t, s in result["per_type"].items()]
     o = result["overall"]
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>De-identification evaluation</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .8em;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
-<h1>De-identification evaluation</h1>
-<p>Gold file <code>{html.escape(result['gold_file'])}</code>. A PHI span counts as found only if every character is covered.</p>
-<img alt="recall and precision per type" src="data:image/png;base64,{_chart(result)}">
-<table><tr><th>type</th><th>gold</th><th>recall</th><th>predicted</th><th>precision</th></tr>{rows}
-<tr><th>ALL</th><th>{o['gold']}</th><th>{o['recall']:.4f}</th><th>{o['predicted']}</th><th>{o['precision']:.4f}</th></tr></table>
-<p>Medical terms (<code>keep</code> spans) damaged: <b>{result['keep_damaged']}</b> of {result['keep_spans']}. Time {result['seconds']:.1f} s.</p>
-<h2>Versions and settings</h2><pre>{html.escape(str(versions))}
-{html.escape(str(config))}</pre></body></html>"""
-    Path(path).write_text(page, encoding="utf-8")
+    rows.append(["ALL", o["gold"], o["recall"], o["predicted"], o["precision"]])
+    parts = [
+        f"<p>Gold file <code>{esc(result['gold_file'])}</code>. A PHI span counts as found only if every character is covered.</p>",
+        _chart(result),
+        table(["type", "gold", "recall", "predicted", "precision"], [[_fmt(v) for v in r] for r in rows]),
+        f"<p>Medical terms (<code>keep</code> spans) damaged: <b>{result['keep_damaged']}</b> of {result['keep_spans']}. Time {result['seconds']:.1f} s.</p>",
+        f"<h2>Versions and settings</h2><pre>{esc(str(versions))}\n{esc(str(config))}</pre>",
+    ]
+    Path(path).write_text(page("De-identification evaluation", parts), encoding="utf-8")
