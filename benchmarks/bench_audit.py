@@ -12,14 +12,9 @@ result away; the search adds the norms, the running minimum and the argmin. A fu
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-
-from common import peak_rss_mb, write  # noqa: E402
+from common import peak_rss_mb, write
 
 
 def main() -> None:

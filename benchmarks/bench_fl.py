@@ -19,15 +19,12 @@ import time
 from pathlib import Path
 
 import torch
+from common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from cxrsynth.config import load_config  # noqa: E402
-from cxrsynth.models import build_model  # noqa: E402
-from cxrsynth.progress import Progress  # noqa: E402
-from cxrsynth.train import load_run_data, seed_everything, train_steps  # noqa: E402
+from cxrsynth.config import load_config
+from cxrsynth.models import build_model
+from cxrsynth.progress import Progress
+from cxrsynth.train import load_run_data, seed_everything, train_steps
 
 
 def _config(family: str, sites: int, rounds: int, local_steps: int, batch: int):
