@@ -19,25 +19,11 @@ from privacy.audit.protocol import answer_to_metrics, read_query
 
 def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
     """(site name, training records, holdout records) of this node."""
-    from cxrsynth.data.dataset import read_dataset
+    from client.task import site_records
     from cxrsynth.errors import InputError
 
-    if "data-path" in node_config:
-        path = Path(str(node_config["data-path"]))
-        # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
-        records, _ = read_dataset(path, strict=True)
-        site = str(node_config.get("site") or (records[0].site if records else path.name))
-    elif "partition-id" in node_config:
-        if cfg is None:
-            raise InputError("a simulated site needs the run config in the audit query to find its partition.")
-        from client.task import partition_of
-        from cxrsynth.train import load_run_data
-
-        k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
-        records = partition_of(load_run_data(cfg), k, i, cfg)
-        site = f"site{i}"
-    else:
-        raise InputError("node config has neither 'data-path' nor 'partition-id'; the audit cannot find this site's records.")
+    # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
+    site, records = site_records(cfg, node_config, strict=True)
     train = [r for r in records if r.split != "holdout"]
     holdout = [r for r in records if r.split == "holdout"]
     if not holdout:

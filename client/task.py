@@ -57,26 +57,7 @@ def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
     key = (tuple(sorted((k, str(v)) for k, v in node_config.items())), cfg.data.model_dump_json())
     if key in _SITE_CACHE:
         return _SITE_CACHE[key]
-    if "data-path" in node_config:
-        from cxrsynth.data.dataset import read_dataset
-        from cxrsynth.data.split import split_by_patient
-
-        path = Path(str(node_config["data-path"]))
-        records, report = read_dataset(path)
-        if report.skipped:
-            print(f"{path}: {report.skipped} row(s) skipped, {report.kept} kept")
-        if not any(r.split for r in records):
-            records = split_by_patient(records, cfg.data.holdout_fraction, cfg.data.split_seed)
-        site = str(node_config.get("site") or (records[0].site if records else path.name))
-    elif "partition-id" in node_config:
-        k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
-        records = partition_of(load_run_data(cfg), k, i, cfg)
-        site = f"site{i}"
-    else:
-        raise InputError(
-            "node config has neither 'data-path' (a hospital's dataset directory) nor 'partition-id' "
-            "(a simulated site); start the SuperNode with --node-config \"data-path='/data/site' site='name'\"."
-        )
+    site, records = site_records(cfg, node_config)
     train = [r for r in records if r.split != "holdout"]
     if not train:
         raise InputError(f"site {site}: no training records (after the holdout split); nothing to train on.")
@@ -84,6 +65,32 @@ def load_site(cfg: RunConfig, node_config: dict) -> SiteData:
     data = SiteData(site=site, train=train)
     _SITE_CACHE[key] = data
     return data
+
+
+def site_records(cfg: Optional[RunConfig], node_config: dict, strict: bool = False) -> tuple[str, list[Record]]:
+    """(site name, records) of this node: its dataset directory (`data-path`), split by patient
+    when it has no split column, or its partition of the run's data (`partition-id`).
+    `strict`: an unreadable row or image is an error, not skipped (the audit may not skip one)."""
+    if "data-path" in node_config:
+        from cxrsynth.data.dataset import read_dataset
+        from cxrsynth.data.split import split_by_patient
+
+        path = Path(str(node_config["data-path"]))
+        records, report = read_dataset(path, strict=strict)
+        if report.skipped:
+            print(f"{path}: {report.skipped} row(s) skipped, {report.kept} kept")
+        if cfg is not None and not any(r.split for r in records):
+            records = split_by_patient(records, cfg.data.holdout_fraction, cfg.data.split_seed)
+        return str(node_config.get("site") or (records[0].site if records else path.name)), records
+    if "partition-id" in node_config:
+        if cfg is None:
+            raise InputError("a simulated site needs the run config to find its partition of the run's data.")
+        k, i = int(node_config["num-partitions"]), int(node_config["partition-id"])
+        return f"site{i}", partition_of(load_run_data(cfg), k, i, cfg)
+    raise InputError(
+        "node config has neither 'data-path' (a hospital's dataset directory) nor 'partition-id' "
+        "(a simulated site); start the SuperNode with --node-config \"data-path='/data/site' site='name'\"."
+    )
 
 
 def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Record], str] = lambda r: r.report) -> tuple[dict[str, int], int]:
