@@ -150,12 +150,14 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_yaml(path: Path) -> dict:
-    """A YAML mapping from `path`; ConfigError naming the file (and line) otherwise."""
+def read_yaml(path: Path, missing: Optional[str] = None) -> dict:
+    """A YAML mapping from `path`; ConfigError naming the file (and line) otherwise. `missing`:
+    what to say after the path when there is no such file (default: the run-config hint)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file; give a YAML path or a preset ({', '.join(preset_names())}).") from None
+        text = Path(path).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        hint = missing or f"no such config file; give a YAML path or a preset ({', '.join(preset_names())})."
+        raise ConfigError(f"{path}: {hint}") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}).") from None
     try:

