@@ -36,6 +36,7 @@ def handle(msg: Message, context: Context) -> Message:
 
     from privacy.audit.combine import combine
     from privacy.audit.report import write_report
+    from privacy.audit.run import pair_images
     from privacy.audit.site import site_audit
 
     torch.set_num_threads(1)
@@ -45,8 +46,6 @@ def handle(msg: Message, context: Context) -> Message:
     out = context.node_config.get("audit-out")
     if out:
         # The site's own view: which of its patients each flagged synthetic image copies.
-        by_id = {r.record_id: r for r in train}
-        syn = {r.record_id: r for r in query.synthetic}
         Path(str(out)).mkdir(parents=True, exist_ok=True)
-        write_report(combine([answer], query.policy), Path(str(out)), [(p, syn[p.synthetic_id].image, by_id[p.train_record_id].image) for p in pairs])
+        write_report(combine([answer], query.policy), Path(str(out)), pair_images(pairs, query.synthetic, train))
     return Message(RecordDict({"audit": MetricRecord(answer_to_metrics(answer, query.synthetic))}), reply_to=msg)

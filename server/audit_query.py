@@ -19,10 +19,8 @@ from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.errors import CheckFailed
 from cxrsynth.progress import Progress
-from privacy.audit.combine import combine
-from privacy.audit.ledger import dp_ledger_check
-from privacy.audit.phi import phi_scan
 from privacy.audit.protocol import make_query, metrics_to_answer
+from privacy.audit.run import finish_audit
 
 QUERY_TIMEOUT = 3600.0
 
@@ -62,9 +60,7 @@ def federated_audit(
     if problems:
         # A site that did not answer is a site whose patients were not checked: no partial pass.
         raise CheckFailed("federated audit incomplete:\n  " + "\n  ".join(problems))
-    phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
-    dp = dp_ledger_check(train_state, policy) if train_state is not None else None
-    return combine(answers, policy, phi, dp, inputs)
+    return finish_audit(answers, synthetic, policy, train_state, inputs)
 
 
 def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] = None) -> dict:

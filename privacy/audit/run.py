@@ -48,16 +48,27 @@ def audit_records(
 ) -> tuple[dict, list[tuple]]:
     """The audit dict and the copy pairs with both images (for the local report)."""
     progress = progress or Progress(quiet=True)
-    by_id = {r.record_id: r for r in train}
-    syn_by_id = {r.record_id: r for r in synthetic}
     answers, pairs = [], []
     for site, (tr, ho) in sorted(split_sites(train, holdout).items()):
         answer, site_pairs = site_audit(synthetic, tr, ho, policy, scorer, site, progress)
         answers.append(answer)
-        pairs += [(p, syn_by_id[p.synthetic_id].image, by_id[p.train_record_id].image) for p in site_pairs]
+        pairs += pair_images(site_pairs, synthetic, train)
+    return finish_audit(answers, synthetic, policy, train_state, inputs), pairs
+
+
+def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> list[tuple]:
+    """(pair, synthetic image, training image) for each flagged copy pair, for the report."""
+    by_id = {r.record_id: r for r in train}
+    syn_by_id = {r.record_id: r for r in synthetic}
+    return [(p, syn_by_id[p.synthetic_id].image, by_id[p.train_record_id].image) for p in pairs]
+
+
+def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
+    """The sites' answers plus the steward's own checks (PHI scan of the synthetic reports, DP
+    ledger of the checkpoint), combined into the audit dict."""
     phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
     dp = dp_ledger_check(train_state, policy) if train_state is not None else None
-    return combine(answers, policy, phi, dp, inputs), pairs
+    return combine(answers, policy, phi, dp, inputs)
 
 
 def _read(path: Path, what: str, load_images: bool = True) -> list[Record]:
