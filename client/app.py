@@ -8,6 +8,7 @@ privacy ledger across runs; default: beside the dataset).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,7 @@ from flwr.clientapp import ClientApp
 from client.egress import egress_guard
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 from client.task import label_counts, load_site, token_counts, train_round
-from cxrsynth.models import build_model
+from cxrsynth.models import model_class
 
 DP_STATE = "dp-ledger"
 
@@ -84,7 +85,7 @@ def vocab(msg: Message, context: Context) -> Message:
     cfg, _ = read_round_config(msg.content["config"])
     site = load_site(cfg, context.node_config)
     k = cfg.federation.vocab_min_count
-    counts, n_reports = token_counts(site.train, k, build_model(cfg.model).vocabulary_text)
+    counts, n_reports = token_counts(site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model))
     labels = label_counts(site.train, k)
     return Message(
         RecordDict({"counts": MetricRecord(counts), "label-counts": MetricRecord(labels), "metrics": MetricRecord({"num-reports": n_reports})}),

@@ -65,9 +65,10 @@ class GenerativeModel(nn.Module):
         """Fit the label mix unconditional generation draws from, from label counts merged over
         sites (client.task.label_counts) instead of records. Default: the family keeps none."""
 
-    def vocabulary_text(self, record: Record) -> str:
-        """The text of a record this family learns words from; what a site counts for a shared
-        (federated) vocabulary. Default: the whole report."""
+    @classmethod
+    def vocabulary_text(cls, config: Any, record: Record) -> str:
+        """The text of a record this family (with `config`) learns words from; what a site counts
+        for a shared (federated) vocabulary, without building the networks. Default: the report."""
         return record.report
 
     def extra_state(self) -> dict:

@@ -81,10 +81,11 @@ class Model(GenerativeModel):
         self._warned_f_steps = False
 
     # ---- data-dependent setup ---------------------------------------------------------------
-    def vocabulary_text(self, record: Record) -> str:
+    @classmethod
+    def vocabulary_text(cls, config: EmixerConfig, record: Record) -> str:
         """Only the sentences F learns from count toward a shared vocabulary (sign-offs and
         comparison lines would otherwise bring their words into it)."""
-        sents = report_sentences(record, self.config.report_sentences)
+        sents = report_sentences(record, config.report_sentences)
         return " . ".join(" ".join(t for t in sent if t != IMP) for sent in sents)
 
     def setup(self, records: Sequence[Record]) -> None:
