@@ -48,32 +48,14 @@ def positive_rates(model, clf, name: str, seed: int) -> tuple[float, float, dict
 
 def write_report(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
     """An HTML page: the measured rates and, per prompt, the first generated images."""
-    import base64
-    import io
+    from cxrsynth.eval.html import esc, grid_img, page, table
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    prompts = [(p, ims) for *_, shown in rows for p, ims in shown.items()]
-    fig, axes = plt.subplots(len(prompts), 8, figsize=(8, 1.2 * len(prompts)))
-    for r, (prompt, images) in enumerate(prompts):
-        for c, im in enumerate(images):
-            axes[r, c].imshow(im, cmap="gray", vmin=0, vmax=255)
-            axes[r, c].axis("off")
-        axes[r, 0].set_title(prompt, fontsize=7, loc="left")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    table = "".join(f"<tr><td>{n}</td><td>{a:.3f}</td><td>{p:.3f}</td><td>{q:.3f}</td></tr>" for n, a, p, q, _ in rows)
-    path.write_text(
-        "<html><body><h1>LDM prompt following</h1><table border=1><tr><th>finding</th><th>classifier accuracy (real)</th>"
-        f"<th>positive, prompt names it</th><th>positive, prompt negates it</th></tr>{table}</table>"
-        f"<img src='data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}'></body></html>",
-        encoding="utf-8",
-    )
+    header = ["finding", "classifier accuracy (real)", "positive, prompt names it", "positive, prompt negates it"]
+    parts = [table(header, [(n, a, p, q) for n, a, p, q, _ in rows])]
+    for *_, shown in rows:
+        for prompt, images in shown.items():
+            parts.append(f"<h3>{esc(prompt)}</h3>" + grid_img(list(images), alt=prompt))
+    path.write_text(page("LDM prompt following", parts), encoding="utf-8")
 
 
 @pytest.mark.slow
