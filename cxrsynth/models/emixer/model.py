@@ -203,8 +203,7 @@ class Model(GenerativeModel):
         d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
         real_onehot = F.one_hot(ids, cfg.vocab_size).float()
         decoder = self._decoder_losses(real, fake, ids, counts, y[:, -1])
-        # The synthetic-pair loss first, F's real-pair loss last: the order of the summed loss
-        # changes its last bits, and the quality figures in the README were measured with it.
+        # The synthetic-pair loss first, F's real-pair loss last (the order of earlier runs).
         synthetic = {"f_synthetic": decoder.pop("f_synthetic")} if "f_synthetic" in decoder else {}
         return synthetic | {
             "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
