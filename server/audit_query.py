@@ -65,16 +65,15 @@ def federated_audit(
 
 def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] = None) -> dict:
     """Run-config keys (kebab-case): audit-synthetic, audit-out, audit-policy, audit-checkpoint."""
-    from cxrsynth.data.dataset import read_dataset
     from privacy.audit.commands import load_policy
-    from privacy.audit.run import write_audit
+    from privacy.audit.run import read_audit_set, write_audit
     from privacy.release import tree_hashes
 
     syn_dir = Path(str(run_config["audit-synthetic"]))
     out = Path(str(run_config["audit-out"]))
     policy = load_policy(run_config.get("audit-policy") or None)
     ckpt = Path(str(run_config["audit-checkpoint"])) if run_config.get("audit-checkpoint") else None
-    synthetic, _ = read_dataset(syn_dir, strict=True)
+    synthetic = read_audit_set(syn_dir, "synthetic")
     inputs = {"synthetic": str(syn_dir), "checkpoint": str(ckpt) if ckpt else None, "federated": True, "synthetic_files": tree_hashes(syn_dir)}
     audit = federated_audit(grid, synthetic, policy, ckpt, inputs, progress=progress)
     write_audit(audit, out)

@@ -84,3 +84,15 @@ def test_federated_audit_over_flower_simulation(tmp_path):
     audit = result["audit"]
     assert len(audit["sites"]) == 2 and audit["checks"]["image_copies"]["passed"]
     assert np.isfinite(audit["checks"]["image_closeness"]["share"])
+
+
+def test_federated_audit_refuses_an_empty_synthetic_set_before_asking_the_sites(tmp_path):
+    from cxrsynth.data.dataset import write_dataset
+    from cxrsynth.errors import InputError
+    from server.audit_query import run_from_config
+
+    write_dataset(tmp_path / "synthetic", [])
+    # No grid is needed: the set is read, and refused, before any site is asked.
+    with pytest.raises(InputError, match="synthetic dataset has no records"):
+        run_from_config(None, {"audit-synthetic": str(tmp_path / "synthetic"), "audit-out": str(tmp_path / "audit")})
+    assert not (tmp_path / "audit").exists()

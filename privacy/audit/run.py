@@ -71,7 +71,7 @@ def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: Audit
     return combine(answers, policy, phi, dp, inputs)
 
 
-def _read(path: Path, what: str, load_images: bool = True) -> list[Record]:
+def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Record]:
     # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
     records, _ = read_dataset(path, strict=True, load_images=load_images)
     if not records:
@@ -91,11 +91,11 @@ def run_audit(
     from privacy.release import tree_hashes
 
     progress = progress or Progress()
-    synthetic = _read(synthetic_dir, "synthetic")
-    train_all = _read(train_dir, "training")
+    synthetic = read_audit_set(synthetic_dir, "synthetic")
+    train_all = read_audit_set(train_dir, "training")
     same = Path(train_dir).resolve() == Path(holdout_dir).resolve()
     train = [r for r in train_all if r.split != "holdout"]
-    holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in _read(holdout_dir, "holdout") if r.split != "train"]
+    holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in read_audit_set(holdout_dir, "holdout") if r.split != "train"]
     if not holdout:
         raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
     overlap = {r.patient_id for r in train} & {r.patient_id for r in holdout}
