@@ -25,7 +25,7 @@ from server.report import write_report
 from server.screen import screen
 from server.state import last_round, load_round, save_round
 from server.strategy import load_strategy_state, make_strategy, strategy_state
-from server.vocab import merge_counts, pseudo_reports
+from server.vocab import merge_counts
 
 
 class RoundFailed(CheckFailed):
@@ -62,7 +62,7 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     counts = merge_counts([dict(r.content["counts"]) for r in ok])
     labels = merge_counts([dict(r.content["label-counts"]) for r in ok if "label-counts" in r.content.metric_records])
     n_reports = sum(int(r.content["metrics"]["num-reports"]) for r in ok)
-    model.setup(pseudo_reports(counts, n_reports))
+    model.setup_from_counts(dict(counts), n_reports)
     try:
         model.fit_label_counts(dict(labels))
     except ValueError as e:

@@ -131,15 +131,10 @@ def test_decoder_learns_finding_sentences_only():
 
 
 def test_extra_decoder_steps_train_f_and_are_skipped_under_dp_sgd():
-    torch.manual_seed(0)
-    records = make_phantom(8, sites=1, seed=0, image_size=16, lateral=False)
     losses = {}
-    for f_steps in (1, 4):
-        model = Model(EmixerConfig(**{**TINY, "f_steps": f_steps, "lr_f": 3e-3}))
-        model.setup(records)
-        model.opts = model.make_optimizers()
+    for f_steps in (1, 4):  # same seed: both models start from the same weights
+        model, records = get_dummy_components(n=8, f_steps=f_steps, lr_f=3e-3)
         torch.manual_seed(1)
-        model.nets["report_decoder"].load_state_dict(Model(EmixerConfig(**TINY)).nets["report_decoder"].state_dict())
         for _ in range(3):
             model.train_step(records)
         x, (ids, counts) = model._images(records), encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words)
@@ -271,6 +266,37 @@ def test_train_steps_under_opacus_with_poisson_batches():
         changed = any(not np.array_equal(before[k], after[k]) for k in before if k.startswith(name + ".") and k.endswith("weight"))
         assert changed, f"{name} was not updated"
     assert set(after) == set(before)  # DP wrappers do not leak into the state names
+
+
+def test_moving_average_of_g_follows_g_and_writes_the_release():
+    model, records = get_dummy_components(g_ema=0.9, g_ema_start=1, f_synthetic_pairs=1.0)
+    g, avg = model.nets["generator"], model.nets["generator_ema"]
+    assert "generator_ema" not in model.opts  # averaged, never optimized
+    assert all(torch.equal(a, b) for a, b in zip(avg.parameters(), g.parameters()))
+    params = lambda net: [p.detach().clone() for p in net.parameters()]
+    model.train_step(records[:4])
+    model.train_step(records[4:8])  # G's first update: the average copies G
+    assert all(torch.equal(a, b) for a, b in zip(avg.parameters(), g.parameters()))
+    before_avg = params(avg)
+    model.train_step(records[8:12])
+    model.train_step(records[12:16])  # second update: 0.9 of the old average, 0.1 of G
+    for a, old, live in zip(avg.parameters(), before_avg, g.parameters()):
+        torch.testing.assert_close(a, 0.9 * old + 0.1 * live)
+    assert any(not torch.equal(a, b) for a, b in zip(avg.parameters(), g.parameters()))
+    # The average keeps its own batch-norm statistics (it runs on every step's labels).
+    assert not torch.equal(avg.out_norm.running_mean, g.out_norm.running_mean)
+    # Generation uses the average: silencing G changes nothing, silencing the average does.
+    out = model.generate(3, None, seed=2)
+    with torch.no_grad():
+        g.out_conv.layer.weight.zero_()
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(out, model.generate(3, None, seed=2)))
+    with torch.no_grad():
+        avg.out_conv.layer.weight.zero_()
+    flat = model.generate(3, None, seed=2)
+    assert all(np.ptp(r.image) == 0 for r in flat) and not all(np.ptp(r.image) == 0 for r in out)
+    # It is saved with the weights and is absent when the setting is off.
+    assert any(k.startswith("generator_ema.") for k in model.state())
+    assert "generator_ema" not in get_dummy_components()[0].nets
 
 
 def test_generate_follows_conditions_and_prior(tmp_path):

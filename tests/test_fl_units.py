@@ -14,10 +14,10 @@ from client.task import label_counts, token_counts
 from cxrsynth.config import load_config
 from cxrsynth.data.records import Record, empty_labels, findings_key
 from cxrsynth.models.emixer.labels import LabelPrior
-from cxrsynth.data.text import tokenize
+from cxrsynth.data.text import pseudo_reports, tokenize
 from server.screen import screen
 from server.strategy import load_strategy_state, make_strategy, strategy_state
-from server.vocab import merge_counts, pseudo_reports
+from server.vocab import merge_counts
 
 
 @pytest.fixture(autouse=True)
@@ -57,6 +57,22 @@ def test_vocabulary_counts_need_enough_patients_and_merge_exactly():
     fake = pseudo_reports(merged, n_reports=15)
     assert Counter(t for r in fake for t in tokenize(r.report)) == merged
     assert len(fake) <= 15
+
+
+@pytest.mark.parametrize("preset", ["emixer-tiny", "mopoe-tiny"])
+def test_vocabulary_from_site_counts_equals_the_one_built_on_the_records(preset):
+    """With every token shared (threshold 1), the server's vocabulary from one site's counts is the
+    vocabulary that site would build from its own records."""
+    from cxrsynth.data.phantom import make_phantom
+    from cxrsynth.models import build_model, model_class
+
+    cfg = load_config(preset).model
+    records = make_phantom(80, sites=1, seed=3, image_size=16, lateral=False)
+    counts, n = token_counts(records, 1, lambda r: model_class(cfg).vocabulary_text(cfg, r))
+    local, fed = build_model(cfg), build_model(cfg)
+    local.setup(records)
+    fed.setup_from_counts(counts, n)
+    assert fed.vocab.itos == local.vocab.itos and len(fed.vocab) > 20
 
 
 def test_label_counts_need_enough_patients_and_give_the_federated_label_mix():
@@ -132,7 +148,7 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     from cxrsynth.models import build_model
 
     model = build_model(cfg.model)
-    model.setup(pseudo_reports(merge_counts([counts]), int(vocab.content["metrics"]["num-reports"])))
+    model.setup_from_counts(dict(merge_counts([counts])), int(vocab.content["metrics"]["num-reports"]))
     arrays, extra = model.state(), model.extra_state()
     eps = []
     for rnd in (1, 2):

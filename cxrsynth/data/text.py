@@ -6,6 +6,8 @@ import re
 from collections import Counter
 from typing import Iterable, Sequence
 
+from cxrsynth.data.records import Record
+
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 
@@ -102,3 +104,23 @@ class Vocabulary:
         v.itos = list(d["itos"])
         v.stoi = {t: i for i, t in enumerate(v.itos)}
         return v
+
+
+def pseudo_reports(counts: dict[str, int], n_reports: int) -> list[Record]:
+    """Records whose reports hold each token exactly `counts[token]` times, over at most `n_reports` reports."""
+    # Record.report puts "FINDINGS:" before the findings text, and the sites counted those tokens
+    # too; each pseudo-report's own prefix is taken from the counts so the totals match.
+    prefix = tokenize(Record("x", "x", "x", findings="x").report)[:-1]
+    have = min(counts.get(t, 0) for t in prefix)
+    n = max(1, min(n_reports, have) if have else n_reports)
+    rest = Counter(counts)
+    if have:
+        for t in prefix:
+            rest[t] -= n
+    bins: list[list[str]] = [[] for _ in range(n)]
+    i = 0
+    for token in sorted(rest, key=lambda t: (-rest[t], t)):
+        for _ in range(rest[token]):
+            bins[i % n].append(token)
+            i += 1
+    return [Record(record_id=f"vocab{j}", patient_id=f"vocab{j}", study_id=f"vocab{j}", site="federated", findings=" ".join(b) or ".") for j, b in enumerate(bins)]

@@ -4,6 +4,8 @@ Training, federation, DP, generation and the audit are written once against it:
 
 - built from its pydantic config: `Model(config)`;
 - `setup(records)`: fit what depends on the training data (vocabulary, tokenizer) before step 0;
+- `setup_from_counts(counts, n_reports)`: the same in federated runs, from the token counts the
+  sites send (of each record's `vocabulary_text`; no report text reaches the server);
 - `fit_label_counts(counts)`: in federated runs, fit the label mix generation draws from to the
   sites' merged label counts (no records reach the server);
 - `nets`: an `nn.ModuleDict` of the trainable networks, and `reads_real_data(name)` saying which
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from cxrsynth.data.records import Record
+from cxrsynth.data.text import pseudo_reports
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -60,6 +63,11 @@ class GenerativeModel(nn.Module):
     # ---- data-dependent setup -------------------------------------------------------------
     def setup(self, records: Sequence[Record]) -> None:
         """Fit data-dependent parts (vocabulary, tokenizer). Default: nothing to fit."""
+
+    def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
+        """Fit data-dependent parts from token counts merged over sites (client.task.token_counts).
+        Default: `setup` on pseudo-reports that hold each token exactly its count."""
+        self.setup(pseudo_reports(counts, n_reports))
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         """Fit the label mix unconditional generation draws from, from label counts merged over

@@ -59,6 +59,11 @@ class EmixerConfig(BaseModel):
         0.0, ge=0.0,
         description="weight of F's teacher-forced loss on label-matched synthetic pairs: the fake image made from record i's labels, read against record i's report (0: real pairs only, as in the paper)",
     )
+    g_ema: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="decay of a moving average of G's weights (BigGAN); when above 0, that average generates and draws F's synthetic pairs (0: off)",
+    )
+    g_ema_start: int = Field(0, ge=0, description="G updates before the moving average starts (until then it copies G)")
     adam_beta1: float = Field(0.0, ge=0.0, lt=1.0, description="BigGAN: 0")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     label_pattern_min_count: int = Field(5, ge=1, description="label combinations kept for sampling need this many records")

@@ -17,6 +17,11 @@ real pairs alone, F reads generated images poorly (their texture differs), and t
 writes for them barely follow the labels; with these pairs it learns to read the findings G draws.
 Only labeled records count (an unlabeled record's fake was drawn from sampled labels). Record i's
 synthetic pass joins its per-sample gradient, so DP-SGD clips it with the rest of record i.
+
+Moving average of G (`g_ema`, BigGAN): a second generator holds the average of G's weights and
+keeps its own batch-norm statistics by running on every step's labels. It generates, and it draws
+the synthetic pairs, so F learns to read the slowly moving generator that writes the release
+rather than the one the discriminators chase from step to step.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DRe
 from cxrsynth.models.emixer.generator import Generator
 from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor, normalize_labels
 from cxrsynth.models.emixer.losses import d_loss, g_loss
-from cxrsynth.models.emixer.report import IMP, ReportDecoder, build_vocabulary, encode_reports, grid_to_text, report_sentences
+from cxrsynth.models.emixer.report import IMP, ReportDecoder, build_vocabulary, encode_reports, grid_to_text, report_sentences, vocabulary_from_counts
 
 REAL_DATA_NETS = ("report_decoder", "d_image", "d_report", "d_joint")
 
@@ -70,6 +75,9 @@ class Model(GenerativeModel):
     def __init__(self, config: EmixerConfig):
         super().__init__(config)
         self.nets["generator"] = Generator(config)
+        if config.g_ema > 0:
+            self.nets["generator_ema"] = Generator(config)
+            self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
         self.nets["report_decoder"] = ReportDecoder(config)
         self.nets["d_image"] = DImage(config)
         self.nets["d_report"] = DReport(config)
@@ -92,6 +100,12 @@ class Model(GenerativeModel):
         cfg = self.config
         self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
         self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
+
+    def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
+        """The sites counted tokens of `vocabulary_text`, already filtered to F's sentences; the
+        vocabulary is taken from the counts as they are (filtering pseudo-reports again would
+        drop words). The label mix comes later, from `fit_label_counts`."""
+        self.vocab = vocabulary_from_counts(counts, self.config.vocab_min_count, self.config.vocab_size)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         self.prior = LabelPrior.from_counts(counts, self.config.label_pattern_min_count)
@@ -121,6 +135,7 @@ class Model(GenerativeModel):
         return {
             name: torch.optim.Adam(net.parameters(), lr=lrs[name], betas=betas.get(name, (cfg.adam_beta1, cfg.adam_beta2)), eps=1e-6)
             for name, net in self.nets.items()
+            if name != "generator_ema"
         }
 
     def _images(self, records: Sequence[Record]) -> torch.Tensor:
@@ -149,20 +164,22 @@ class Model(GenerativeModel):
         sampled = condition_tensor(self.prior.sample(b, self._rng), self.device)
         y_gen = torch.where(y[:, -1:] > 0, y, sampled)
         with torch.no_grad():
-            fake = nets["generator"](self._z(b), y_gen)
+            z = self._z(b)
+            fake = nets["generator"](z, y_gen)
             _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab)
+            synthetic = nets["generator_ema"](z, y_gen) if "generator_ema" in nets else fake
 
         rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
         for name in REAL_DATA_NETS:
             opts[name].zero_grad(set_to_none=True)
-        losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k)
+        losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k, synthetic)
         weights = self._loss_weights()
         sum(weights.get(k, 1.0) * v for k, v in losses.items()).backward()
         for name in REAL_DATA_NETS:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
         if cfg.f_steps > 1 and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
-            losses["f_report"] = self._extra_decoder_steps(real, ids, counts, fake, y[:, -1])
+            losses["f_report"] = self._extra_decoder_steps(real, ids, counts, synthetic, y[:, -1])
         elif cfg.f_steps > 1 and not self._warned_f_steps:
             warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.")
             self._warned_f_steps = True
@@ -170,12 +187,12 @@ class Model(GenerativeModel):
             losses.update(self._generator_step(b))
         return losses
 
-    def _extra_decoder_steps(self, real, ids, counts, fake, labeled) -> float:
+    def _extra_decoder_steps(self, real, ids, counts, synthetic, labeled) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
         opt = self.opts["report_decoder"]
         for _ in range(self.config.f_steps - 1):
             opt.zero_grad(set_to_none=True)
-            losses = self._decoder_losses(real, fake, ids, counts, labeled)
+            losses = self._decoder_losses(real, synthetic, ids, counts, labeled)
             sum(self._loss_weights().get(k, 1.0) * v for k, v in losses.items()).backward()
             opt.step()
         return losses["f_report"].item()
@@ -183,26 +200,27 @@ class Model(GenerativeModel):
     def _loss_weights(self) -> dict[str, float]:
         return {"d_rotation": self.config.rot_weight_d, "f_synthetic": self.config.f_synthetic_pairs}
 
-    def _decoder_losses(self, real, fake, ids, counts, labeled) -> dict[str, torch.Tensor]:
+    def _decoder_losses(self, real, synthetic, ids, counts, labeled) -> dict[str, torch.Tensor]:
         """F's teacher-forced loss on the real pairs and, with `f_synthetic_pairs`, on the
         label-matched synthetic pairs (labeled records only)."""
         decoder, pad_id = unwrap(self.nets["report_decoder"]), self._need_vocab().pad_id
         losses = {"f_report": decoder.loss(real, ids, counts, pad_id)}
         if self.config.f_synthetic_pairs > 0:
-            losses["f_synthetic"] = decoder.loss(fake, ids, counts, pad_id, weight=labeled)
+            losses["f_synthetic"] = decoder.loss(synthetic, ids, counts, pad_id, weight=labeled)
         return losses
 
-    def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k) -> dict[str, torch.Tensor]:
+    def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k, synthetic=None) -> dict[str, torch.Tensor]:
         """The losses of every real-data network on one batch; their sum is backpropagated once.
 
         Each network runs on batches of the same records in the same order (real, then the
         paired fakes, then the rotated reals), so Opacus sums record i's passes into one
-        per-sample gradient. Unweighted: the caller weighs the rotation loss.
+        per-sample gradient. Unweighted: the caller weighs the rotation loss. `synthetic`: the
+        images of F's synthetic pairs (default: `fake`).
         """
         cfg, nets = self.config, self.nets
         d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
         real_onehot = F.one_hot(ids, cfg.vocab_size).float()
-        decoder = self._decoder_losses(real, fake, ids, counts, y[:, -1])
+        decoder = self._decoder_losses(real, fake if synthetic is None else synthetic, ids, counts, y[:, -1])
         # The synthetic-pair loss first, F's real-pair loss last (the order of earlier runs).
         synthetic = {"f_synthetic": decoder.pop("f_synthetic")} if "f_synthetic" in decoder else {}
         return synthetic | {
@@ -227,9 +245,24 @@ class Model(GenerativeModel):
             adv_rep = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(nets["d_joint"](fake, onehot), cfg.adversarial_loss)
             (adv_img + cfg.rot_weight_g * rot + cfg.report_adv_weight * adv_rep).backward()
         opt.step()
+        self._update_ema()
         for name in REAL_DATA_NETS:
             self.opts[name].zero_grad(set_to_none=True)
         return {"g_image": adv_img.item(), "g_rotation": rot.item(), "g_report": adv_rep.item()}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the average toward G after a G update (a copy of G for the first `g_ema_start`)."""
+        if "generator_ema" not in self.nets:
+            return
+        g_updates = self.step_count // self.config.d_steps
+        decay = self.config.g_ema if g_updates > self.config.g_ema_start else 0.0
+        for avg, live in zip(self.nets["generator_ema"].parameters(), self.nets["generator"].parameters()):
+            avg.lerp_(live, 1.0 - decay)
+
+    def generator(self) -> torch.nn.Module:
+        """The generator that writes synthetic records: the moving average when there is one."""
+        return self.nets["generator_ema"] if "generator_ema" in self.nets else self.nets["generator"]
 
     # ---- generation and audit ---------------------------------------------------------------
     @contextlib.contextmanager
@@ -253,7 +286,7 @@ class Model(GenerativeModel):
             labels = [normalize_labels(c, f"condition {i}") for i, c in enumerate(conditions)]
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
-            images = self.nets["generator"](self._z(n, gen), condition_tensor(labels, self.device))
+            images = self.generator()(self._z(n, gen), condition_tensor(labels, self.device))
             ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab, generator=gen)
         texts = grid_to_text(ids.cpu(), counts.cpu(), vocab)
         return [

@@ -63,8 +63,13 @@ def report_sentences(rec: Record, keep: SentenceFilter = "findings") -> list[lis
 
 def build_vocabulary(records: Sequence[Record], min_count: int, size: int, keep: SentenceFilter = "findings") -> Vocabulary:
     """Words seen at least `min_count` times, most frequent first, at most `size` ids in all."""
-    counts = Counter(t for r in records for sent in report_sentences(r, keep) for t in sent if t != IMP)
-    kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
+    return vocabulary_from_counts(Counter(t for r in records for sent in report_sentences(r, keep) for t in sent), min_count, size)
+
+
+def vocabulary_from_counts(counts: dict[str, int], min_count: int, size: int) -> Vocabulary:
+    """The same from token counts (a federated run's merged site counts of `vocabulary_text`).
+    A "." only ends sentences there, which F writes as its end token, so it is left out."""
+    kept = sorted((t for t, c in counts.items() if c >= min_count and t not in (IMP, ".")), key=lambda t: (-counts[t], t))
     return Vocabulary(([IMP] + kept)[: size - len(SPECIALS)])
 
 
