@@ -151,6 +151,22 @@ def test_extra_decoder_steps_train_f_and_are_skipped_under_dp_sgd():
     assert len(updates) == 1
 
 
+def test_report_decoder_feature_keeps_its_scale_when_the_encoder_weights_grow():
+    """v feeds the sentence LSTM; were it to grow with the weights, the LSTM's gates would saturate
+    and F would write one report for every image."""
+    model, records = get_dummy_components()
+    enc = model.nets["report_decoder"].encoder
+    x = model._images(records[:6])
+    with torch.no_grad():
+        before = enc(x)
+        enc.proj.weight.mul_(1000.0)
+        enc.proj.bias.mul_(1000.0)
+        after = enc(x)
+    bound = model.config.feature_dim**0.5  # a layer-normalized vector of this width
+    assert before.abs().max() <= bound and after.abs().max() <= bound
+    assert (after[0] - after[1]).abs().max() > 0.1  # still a different feature per image
+
+
 def test_rotation_labels_match_quarter_turns():
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(4, 1, 1, 1)
     k = torch.tensor([0, 1, 2, 3])

@@ -94,7 +94,7 @@ class Model(GenerativeModel):
         """Only the sentences F learns from count toward a shared vocabulary (sign-offs and
         comparison lines would otherwise bring their words into it)."""
         sents = report_sentences(record, config.report_sentences)
-        return " . ".join(" ".join(t for t in sent if t != IMP) for sent in sents)
+        return " ".join(t for sent in sents for t in sent if t != IMP)
 
     def setup(self, records: Sequence[Record]) -> None:
         cfg = self.config

@@ -67,9 +67,8 @@ def build_vocabulary(records: Sequence[Record], min_count: int, size: int, keep:
 
 
 def vocabulary_from_counts(counts: dict[str, int], min_count: int, size: int) -> Vocabulary:
-    """The same from token counts (a federated run's merged site counts of `vocabulary_text`).
-    A "." only ends sentences there, which F writes as its end token, so it is left out."""
-    kept = sorted((t for t, c in counts.items() if c >= min_count and t not in (IMP, ".")), key=lambda t: (-counts[t], t))
+    """The same from token counts (a federated run's merged site counts of `vocabulary_text`)."""
+    kept = sorted((t for t, c in counts.items() if c >= min_count and t != IMP), key=lambda t: (-counts[t], t))
     return Vocabulary(([IMP] + kept)[: size - len(SPECIALS)])
 
 
@@ -119,10 +118,12 @@ def grid_to_text(ids: torch.Tensor, counts: torch.Tensor, vocab: Vocabulary) -> 
 
 
 class ImageEncoder(nn.Module):
-    """Strided convolutions to a 4x4 map, flattened to the feature v; no normalization layers (DP-SGD).
+    """Strided convolutions to a 4x4 map, flattened to the feature v; no batch statistics (DP-SGD).
 
     Flattening instead of pooling keeps where things are: a wide heart or a basal effusion is a
-    matter of position.
+    matter of position. v is layer-normalized (per record, so per-sample gradients stay exact):
+    unbounded, it grew to hundreds in some runs, saturated the sentence LSTM's gates, and F then
+    wrote the same report for every image.
     """
 
     def __init__(self, image_size: int, width: int, feature_dim: int):
@@ -135,9 +136,10 @@ class ImageEncoder(nn.Module):
             c = c_out
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(c * 16, feature_dim)
+        self.norm = nn.LayerNorm(feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.proj(self.convs(x).flatten(1)))
+        return F.leaky_relu(self.norm(self.proj(self.convs(x).flatten(1))), 0.2)
 
 
 class ReportDecoder(nn.Module):
