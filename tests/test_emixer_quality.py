@@ -8,11 +8,13 @@ Two measurements on records generated from the label combinations of held-out re
 - image agreement: per label, a logistic regression trained on real phantom images scores each
   generated image; AUC of that score against the conditioning label (chance: 0.5). Only labels
   the classifier recognises on real held-out images (AUC >= 0.75) count.
-Slow (about 15 minutes on one CPU thread): run with `pytest -m slow tests/test_emixer_quality.py -s`.
+Slow (about 15 minutes on one CPU thread): run with `pytest -m slow tests/test_emixer_quality.py -s`
+(`EMIXER_QUALITY_SEED=3 ...` for another seed).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -138,12 +140,14 @@ def evaluate(model, train, holdout, n: int = 600, seed: int = 1) -> dict:
 
 @pytest.fixture(scope="module")
 def quality() -> dict:
-    cfg, model, train, holdout = train_quality_model()
+    # EMIXER_QUALITY_SEED=s repeats the run on other phantom data, weights and batch order.
+    seed = int(os.environ.get("EMIXER_QUALITY_SEED", "0"))
+    cfg, model, train, holdout = train_quality_model(seed=seed)
     t0 = time.perf_counter()
-    train_steps(model, train, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=0)
+    train_steps(model, train, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=seed * 7919, log_every=10**6)
     seconds = time.perf_counter() - t0
     m = evaluate(model, train, holdout)
-    print(f"\nEMIXER quality after {cfg.train.steps} steps ({seconds:.0f}s): {m}")
+    print(f"\nEMIXER quality, seed {seed}, after {cfg.train.steps} steps ({seconds:.0f}s): {m}")
     return m
 
 
@@ -156,6 +160,7 @@ def test_generated_images_follow_their_labels(quality):
 def test_generated_reports_follow_their_labels(quality):
     # Better than chance beyond doubt: above every one of 200 shuffles of the conditions ...
     assert quality["report_balanced_accuracy_p"] < 0.01 and quality["report_kappa_p"] < 0.01
-    # ... and clearly: kappa 0.1 above chance, balanced accuracy 0.05 above it.
-    assert quality["report_kappa"] > quality["report_kappa_shuffled"] + 0.1
-    assert quality["report_balanced_accuracy"] > quality["report_balanced_accuracy_shuffled"] + 0.05
+    # ... and clearly: kappa 0.2 above chance, balanced accuracy 0.1 above it (seeds 0, 1, 3
+    # and 4 gave 0.30-0.34 and 0.14-0.17 above).
+    assert quality["report_kappa"] > quality["report_kappa_shuffled"] + 0.2
+    assert quality["report_balanced_accuracy"] > quality["report_balanced_accuracy_shuffled"] + 0.1
