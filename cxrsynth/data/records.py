@@ -82,7 +82,6 @@ class Record:
         return replace(self, **changes)
 
 
-
 PATTERN = "pattern:"  # prefix of a label-combination count in a site's label counts
 
 

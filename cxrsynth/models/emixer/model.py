@@ -173,8 +173,7 @@ class Model(GenerativeModel):
         for name in REAL_DATA_NETS:
             opts[name].zero_grad(set_to_none=True)
         losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k, synthetic)
-        weights = self._loss_weights()
-        sum(weights.get(k, 1.0) * v for k, v in losses.items()).backward()
+        self._weighted_sum(losses).backward()
         for name in REAL_DATA_NETS:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
@@ -193,12 +192,15 @@ class Model(GenerativeModel):
         for _ in range(self.config.f_steps - 1):
             opt.zero_grad(set_to_none=True)
             losses = self._decoder_losses(real, synthetic, ids, counts, labeled)
-            sum(self._loss_weights().get(k, 1.0) * v for k, v in losses.items()).backward()
+            self._weighted_sum(losses).backward()
             opt.step()
         return losses["f_report"].item()
 
-    def _loss_weights(self) -> dict[str, float]:
-        return {"d_rotation": self.config.rot_weight_d, "f_synthetic": self.config.f_synthetic_pairs}
+    def _weighted_sum(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The losses of the real-data networks as one objective (the rotation and synthetic-pair
+        losses weighted, the rest at 1)."""
+        weights = {"d_rotation": self.config.rot_weight_d, "f_synthetic": self.config.f_synthetic_pairs}
+        return sum(weights.get(k, 1.0) * v for k, v in losses.items())
 
     def _decoder_losses(self, real, synthetic, ids, counts, labeled) -> dict[str, torch.Tensor]:
         """F's teacher-forced loss on the real pairs and, with `f_synthetic_pairs`, on the
@@ -220,15 +222,12 @@ class Model(GenerativeModel):
         cfg, nets = self.config, self.nets
         d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
         real_onehot = F.one_hot(ids, cfg.vocab_size).float()
-        decoder = self._decoder_losses(real, fake if synthetic is None else synthetic, ids, counts, y[:, -1])
-        # The synthetic-pair loss first, F's real-pair loss last (the order of earlier runs).
-        synthetic = {"f_synthetic": decoder.pop("f_synthetic")} if "f_synthetic" in decoder else {}
-        return synthetic | {
+        return {
             "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
             "d_rotation": F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k),
             "d_report": d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss),
             "d_joint": d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss),
-            **decoder,
+            **self._decoder_losses(real, fake if synthetic is None else synthetic, ids, counts, y[:, -1]),
         }
 
     def _generator_step(self, b: int) -> dict[str, float]:
