@@ -24,9 +24,11 @@ from cxrsynth.errors import InputError
 from privacy.deid.config import DeidConfig
 from privacy.deid.engine import build_analyzer, versions
 from privacy.deid.keys import load_secret
+from privacy.deid.lexicon import kind
+from privacy.deid.names import _mixed_case
 from privacy.deid.medical_terms import keep_spans
 from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
-from privacy.deid.surrogates import DATE_FORMATS, Surrogates, redaction_tag
+from privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
 
 HEADER_FIELDS = {
     "PatientName": "NAME",
@@ -47,13 +49,61 @@ PRESIDIO_TYPES = {
     "CREDIT_CARD": "ID",
 }
 # Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B").
-SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital"}
+SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital", "ctx_role"}
+# Name findings made from word shape alone (capitals, position); they must also look like a name
+# to the census and dictionary lists ("Lung Cancer", "Xray Chest", "CLAVICLE, BETTER" do not).
+SHAPE_SOURCES = {"SpacyRecognizer", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff"}
+# Rules that read a name from its capital letters; in an all-capitals or all-lower-case report
+# the capitals say nothing and the context recognizer (names.py) reads names instead.
+CAPITAL_RULES = {"name_label", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff", "name_title"}
+# Header labels that a name finding swallows from the next field ("Hope; Acc", "ROBERT MARTINEZ MEDICAL").
+LABEL_WORDS = frozenset("acc accession loc ext ph tel medical rec record dob mrn study exam name patient pt date".split())
+# A time written right after a date: "20090916 0438", "11-Mar-2010 0835", "Sep 9 2013 1812 PM".
+TIME_AFTER_DATE = re.compile(r"[ \t]{1,3}(?:at[ \t]+)?((?:[01]\d|2[0-3])[0-5]\d)(?!\d|[:/.-]\d|[ \t]?(?:mg|ml|cc|cm|mm)\b)")
 NOT_A_NAME = NON_NAME_WORDS | STOP_WORDS
 
 
 # Word endings of procedures, conditions and devices; no name in the gold corpus or the census lists
 # used for the surrogates ends in them.
 MEDICAL_SUFFIX = re.compile(r"(?:plasty|ectomy|ostomy|otomy|itis|osis|megaly|graphy|scopy|pathy|plasia|trophy|algia|emia|rrhea|cele|lysis|sclerosis|genic)$")
+
+
+def plausible_name(span: str, mixed: bool, credential: bool = False) -> bool:
+    """Whether a shape-based NAME finding reads as a name: a census name that is no dictionary
+    word decides yes, a dictionary-only word decides no, and names that are also words ("Rose
+    Cross", "Will") pass only when the text's capitals mark them."""
+    toks = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", span) if t.lower() not in NOT_A_NAME]
+    if not toks:
+        return False
+    if re.search(r"(?<![A-Za-z])[A-Z]\.(?:\s|$)", span):  # an initial beside a word: "G. Wright"
+        toks = toks + ["initial"]
+    kinds = [kind(t) if t != "initial" else "name_and_word" for t in toks]
+    if credential:  # a credential follows ("Lars D. Delacroix, M.D."): only plain words are refused
+        return any(k != "word_only" for k in kinds)
+    if "name_only" in kinds:
+        return True
+    if "word_only" in kinds:
+        return False
+    capitals = all(t[0].isupper() for t in toks)
+    if all(k == "unknown" for k in kinds):
+        return (mixed and capitals) or len(toks) >= 2
+    return len(toks) >= 2 and (capitals or not mixed)
+
+
+def _report_word(text: str, f: "Finding") -> bool:
+    """A spaCy place that is a report word: one word at the start of a sentence or line
+    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), or a dictionary word."""
+    span = text[f.start : f.end]
+    words = re.findall(r"[A-Za-z]+", span)
+    if re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip()) or not words or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words):
+        return True
+    return len(words) == 1 and bool(re.search(r"(?:^|[.:;!?]\s*|\n\s*)$", text[max(0, f.start - 3) : f.start]))
+
+
+def _lone_unknown(span: str) -> bool:
+    """One word that no name list knows ("Veriphy", "EtOH", "LBOT"): jargon more often than a name."""
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", span)
+    return len(words) == 1 and kind(words[0]) == "unknown"
 
 
 def _not_a_name(text: str) -> bool:
@@ -133,7 +183,17 @@ def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
         if not value:
             continue
         if typ == "NAME":
-            alts = [re.escape(fold(t.strip("."))) for t in _name_tokens(value)]
+            toks = [fold(t.strip(".")) for t in _name_tokens(value)]
+            # A name word that is also a common word ("SMALL^CAROL", "MAY") is matched beside another
+            # word of the name in any case, alone only with its capital ("Small", "SMALL"): "small
+            # effusion" stays. The post-replacement check uses the same pattern, so it agrees.
+            alts = [rf"{re.escape(a)}[\s,^]+{re.escape(b)}" for a in toks for b in toks if a != b]
+            for t in toks:
+                if kind(t) in ("name_and_word", "word_only"):
+                    cap = t[:1].upper() + t[1:].lower()
+                    alts.append(rf"(?-i:{re.escape(cap)}|{re.escape(t.upper())})")
+                else:
+                    alts.append(re.escape(t))
         elif typ == "ID":
             alts = [_loose(value)] if len(re.sub(r"\W", "", value)) >= 4 else []
         else:
@@ -172,23 +232,34 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     """A name holds no digits and does not start or end with a label word: a NAME finding that
     swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
     to its name words, so the number keeps its own type and the label stays readable."""
-    if f.type != "NAME" or f.source.startswith("deny:"):
+    if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
         return [f]
     runs, run = [], []
-    for m in re.finditer(r"\S+", text[f.start : f.end]):
+    for m in re.finditer(r"\S+|\n", text[f.start : f.end]):
+        if m.group(0) == "\n":  # a name never crosses a line: what follows is the next line's text
+            break
         if any(c.isdigit() for c in m.group(0)):
             run = []
             continue
         if not run:
             runs.append(run)
         word = m.group(0)
-        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower()  # "A." is an initial
+        if re.fullmatch(r"[A-Za-z]\.", word) and text[f.start + m.end() : f.start + m.end() + 1].isalpha():
+            break  # "M." of "M.D.": the credential starts here
+        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
+        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper():
+            label = ""  # a capitalised census name ("Will", "May") stays in the name
         run.append((f.start + m.start(), f.start + m.end(), label))
+    shape = f.source in SHAPE_SOURCES
+
+    def trimmed(label: str) -> bool:  # shape-based findings also lose plain dictionary words at their ends
+        return label in NOT_A_NAME or label in LABEL_WORDS or (shape and bool(label) and kind(label) == "word_only")
+
     out = []
     for r in runs:
-        while r and r[0][2] in NOT_A_NAME:
+        while r and trimmed(r[0][2]):
             r = r[1:]
-        while r and r[-1][2] in NOT_A_NAME:
+        while r and trimmed(r[-1][2]):
             r = r[:-1]
         if r:
             out.append(Finding(f.type, r[0][0], r[-1][1], f.score, f.source))
@@ -205,7 +276,7 @@ def merge(findings: list[Finding], text: str) -> list[Finding]:
     separated only by a space or a comma ("Rose" "Green" -> "Rose Green")."""
     out: list[Finding] = []
     for f in sorted(findings, key=lambda f: (f.start, -f.end)):
-        joins = out and f.start >= out[-1].end and f.type == out[-1].type and re.fullmatch(r"[\s,]{1,2}", text[out[-1].end : f.start])
+        joins = out and f.start >= out[-1].end and f.type == out[-1].type and re.fullmatch(r"[ \t,]{1,2}", text[out[-1].end : f.start])
         if out and (f.start < out[-1].end or joins):
             last = out[-1]
             strongest = max((last, f), key=lambda x: (x.score, x.end - x.start))
@@ -287,6 +358,25 @@ class Deidentifier:
                 and (any(f.start < b and a < f.end for a, b in keep) or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end])))
             )
         ]
+        mixed = _mixed_case(text)
+        found = [
+            f
+            for f in found
+            if not (
+                f.type == "NAME"
+                and f.source in SHAPE_SOURCES
+                and not plausible_name(text[f.start : f.end], mixed, f.source in ("name_credential", "name_initials_signoff"))
+            )
+            and not (f.source == "UrlRecognizer" and not re.search(r"://|www\.", text[f.start : f.end], re.IGNORECASE))
+            and not (f.source in CAPITAL_RULES and not mixed)
+            and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
+            and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
+        ]
+        for f in list(found):
+            if f.type == "DATE":
+                m = TIME_AFTER_DATE.match(text, f.end)
+                if m:
+                    found.append(Finding("TIME", m.start(1), m.end(1), 0.8, "time_after_date"))
         folded = fold(text)
         for term in deny:
             found += [Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(folded)]
@@ -295,27 +385,35 @@ class Deidentifier:
 
     def _propagate(self, text: str, found: list[Finding]) -> list[Finding]:
         """Other mentions of a name found once: its words elsewhere (capitalised or in any case
-        when the word is long), and user names made from it ("mkowalczyk", "m.kowalczyk")."""
+        when the word is long), its word pairs in any order and case ("MILLER^MAY" -> "May
+        Miller"), and user names made from it ("mkowalczyk", "m.kowalczyk"). A word that is also a
+        dictionary word ("May", "Lung", "Small") travels only inside such a pair: alone it is
+        the ordinary word ("Lung Cancer")."""
         words: set[str] = set()
+        pairs: set[str] = set()
         user_names: set[str] = set()
         for f in found:
             if f.type != "NAME":
                 continue
-            toks = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", text[f.start : f.end]) if t.lower() not in NOT_A_NAME]
-            words |= {t for t in toks if len(t) >= 3}
+            raw = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", text[f.start : f.end]) if t.lower() not in KEEP_WORDS]
+            toks = [t for t in raw if t.lower() not in NOT_A_NAME]
+            words |= {t for t in toks if len(t) >= 3 and kind(t) in ("name_only", "unknown")}
+            for a, b in zip(raw, raw[1:]):
+                pairs |= {rf"{re.escape(a)}[\s,^]+{re.escape(b)}", rf"{re.escape(b)}[\s,^]+{re.escape(a)}"}
             if len(toks) >= 2:
                 first, last = toks[0].lower(), toks[-1].lower()
                 user_names |= {first[0] + last, f"{first}.{last}", f"{first[0]}.{last}", first + last[0], last + first[0]}
-        if not words:
+        if not words and not pairs:
             return []
         keep = keep_spans(text)
-        alts = "|".join(re.escape(w) for w in sorted(words | user_names, key=len, reverse=True))
+        alts = "|".join(sorted(pairs, key=len, reverse=True) + [re.escape(w) for w in sorted(words | user_names, key=len, reverse=True)])
         out = []
         for m in re.finditer(rf"(?<![\w@.])(?:{alts})(?![\w@])", text, re.IGNORECASE):
             if any(m.start() < b and a < m.end() for a, b in keep):
                 continue
+            pair = bool(re.search(r"[\s,^]", m.group(0)))
             exact = m.group(0) in words or m.group(0).lower() in user_names
-            if exact or (m.group(0)[:1].isupper() and len(m.group(0)) >= 4) or len(m.group(0)) >= 6:
+            if pair or exact or (m.group(0)[:1].isupper() and len(m.group(0)) >= 4) or len(m.group(0)) >= 6:
                 out.append(Finding("NAME", m.start(), m.end(), 0.7, "propagated"))
         return out
 

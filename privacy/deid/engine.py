@@ -27,6 +27,7 @@ from presidio_analyzer.predefined_recognizers import (
 
 from cxrsynth.errors import InputError
 from privacy.deid.config import DeidConfig
+from privacy.deid.names import ContextNameRecognizer
 from privacy.deid.recognizers import RegexRecognizer
 
 # Offline suffix matching: the snapshot bundled with tldextract, no fetch, no disk cache.
@@ -86,6 +87,7 @@ def build_analyzer(config: DeidConfig) -> AnalyzerEngine:
         UsSsnRecognizer(),
         CreditCardRecognizer(),
         RegexRecognizer(),
+        ContextNameRecognizer(),
     ):
         registry.add_recognizer(rec)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])

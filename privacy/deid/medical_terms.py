@@ -26,7 +26,8 @@ KEEP_TERMS: tuple[str, ...] = (
     "Wilms tumor", "Hashimoto", "Graves disease", "Crohn disease", "Whipple procedure", "Nissen fundoplication",
     "Ivor Lewis", "Sjogren syndrome", "Sjögren syndrome", "Behcet", "Takayasu arteritis", "Lambert-Eaton",
     "Tietze syndrome", "Mendelson syndrome", "Pickwickian", "Cheyne-Stokes", "Virchow node", "Virchow triad",
-    "Swan-Ganz", "Swan-Ganz catheter", "Swan Ganz catheter",
+    "Swan-Ganz", "Swan-Ganz catheter", "Swan Ganz catheter", "Barrett esophagus", "Barrett's esophagus", "Ghon focus",
+    "Ghon complex", "Ranke complex", "Schatzki ring", "Kussmaul", "Horner syndrome", "Tietze", "Bochdalek hernia",
     # devices and lines
     "Foley catheter", "Foley", "Dobhoff tube", "Dobhoff", "Salem sump", "Pleurx catheter", "PleurX", "Port-a-Cath",
     "Mediport", "Hickman catheter", "Groshong catheter", "Quinton catheter", "Permcath", "Impella", "Impella device",

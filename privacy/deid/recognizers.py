@@ -109,7 +109,7 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     # --- identifiers -------------------------------------------------------------------------
-    Rule("id_labelled", "ID", rf"\b(?i:{ID_LABEL})\s*(?:[:#=]|is|no\.?)?\s*#?\s*(?P<phi>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9\-/.]{{2,}}[A-Z0-9])"),
+    Rule("id_labelled", "ID", rf"\b(?i:{ID_LABEL})\s*(?:[:#=]|is|no\.?)?\s*#?\s*(?P<phi>(?=[A-Za-z0-9-]*\d)[A-Za-z0-9][A-Za-z0-9\-/.]{{2,}}[A-Za-z0-9])"),
     Rule("id_ssn", "ID", r"\b\d{3}-\d{2}-\d{4}\b", 0.9),
     Rule("id_prefixed", "ID", r"\b[A-Z]{1,5}-?\d{5,}(?:-\d+)?\b", 0.8),
     Rule("id_grouped", "ID", r"\b[A-Z]{2,5}-\d{2,4}-\d{3,}\b", 0.8),
@@ -129,7 +129,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "date_short",
         "DATE",
-        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|compared\s+(?:to|with)|study|exam|film|radiograph|cxr|until|by|and|to|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?|ap|pa|portable|chest|xr|view|views)\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])",
+        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|compared\s+(?:to|with)|study|studies|exam|films?|radiographs?|cxrs?|until|by|and|to|at|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?|ap|pa|portable|chest|xr|x-?ray|view|views|lateral|images?|pacs)[,:]?\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])",
         0.7,
     ),
     Rule("date_weekday", "DATE", r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)(?:\s+(?:morning|afternoon|evening|night))?\b", 0.5),
@@ -165,7 +165,7 @@ RULES: tuple[Rule, ...] = (
     Rule("name_caps_pair", "NAME", rf"(?<![A-Za-z'-])(?P<phi>{NOT_NAME}[A-Z][A-Z'\-]+,\s?{NOT_NAME}[A-Z][A-Z'\-]+(?:\s[A-Z]\.?)?)(?![A-Za-z])", 0.75),
     # A capitalised pair in the middle of a sentence ("identified as Delacroix, Hiroshi by"); reports are
     # otherwise lower case there, and eponyms are removed by the medical-term list.
-    Rule("name_mid_sentence", "NAME", rf"(?<=[a-z,;(]\s)(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])", 0.6),
+    Rule("name_mid_sentence", "NAME", rf"(?<=[a-z,;(] )(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])", 0.6),
     Rule("name_label", "NAME", rf"(?i:\b{SIGN_LABEL})\b\s*[:\-]?\s*(?:(?i:by)\s+)?(?:{TITLE}\.?\s+)?(?P<phi>{PERSON_OR_LF}(?:\s?(?:,|;|/|&|and)\s?(?:{TITLE}\.?\s+)?{PERSON})*)", 0.8),
     Rule("name_label_lower", "NAME", r"(?i:\b(?:d/w|dw|discussed\s+with|spoke\s+with|paged|called|informed|notified|per)\s+)(?:(?i:dr|doctor)\.?\s+)?(?P<phi>(?!(?:the|and|or|team|patient|family|nurse|radiology|ed|icu|floor|clinician|provider|protocol|report|her|his|their|pt|on|at|with|for|resident|attending|fellow|ordering|referring|covering|primary|care|service|house|staff|doctor|dr|charge|bedside)\b)[a-z][a-z'\-]+)\b", 0.6),
     Rule("name_relative", "NAME", rf"(?i:\b{RELATIVE})\s*,?\s*\(?(?P<phi>{PERSON})", 0.75),
@@ -187,6 +187,25 @@ RULES: tuple[Rule, ...] = (
         "LOCATION",
         r"\b\d{1,5}\s(?:[A-Z][a-z]+\.?\s){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Highway|Hwy|Square|Sq|Circle|Cir|Crescent|Close)\b\.?(?:,?\s(?:Apt|Apartment|Suite|Ste|Unit|#)\.?\s?\w+)?(?:,\s[A-Z][a-z]+(?:\s[A-Z][a-z]+)?)?(?:,?\s[A-Z]{2}\s\d{5}(?:-\d{4})?)?",
         0.85,
+    ),
+    # An institution on a header line of its own, in any case ("WISHARD HEALTH - DEPARTMENT OF RADIOLOGY").
+    Rule(
+        "hospital_line",
+        "LOCATION",
+        r"(?im)^[ \t]*(?P<phi>(?:(?:st|mt)\.?[ \t]+|saint[ \t]+|mount[ \t]+)?[a-z][a-z'&.-]*(?:[ \t]+[a-z][a-z'&.-]*){0,5}?[ \t]+"
+        r"(?:hospital|medical[ \t]+cent(?:er|re)|health|healthcare|clinic|infirmary)(?:[ \t]+(?:and|&)[ \t]+(?:health[ \t]+)?(?:cent(?:er|re)|clinics?|network|system))?"
+        r"(?:[ \t]+(?:network|system|cent(?:er|re)|care))?)(?=[ \t]*(?:$|[-\u2013|,]))",
+        0.8,
+    ),
+    # A street address in any case, with a directional letter or word ("455 E Main St", "8262 s main road, evansville, oh 47131").
+    Rule(
+        "street_any_case",
+        "LOCATION",
+        r"(?i)\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|of|and|the|to|in|on)\b)"
+        r"(?:[a-z][a-z'.-]*[ \t]+){1,3}?(?:street|avenue|road|boulevard|lane|drive|court|place|terrace|parkway|highway|square|circle"
+        r"|(?-i:St|ST|Ave|AVE|Rd|RD|Blvd|BLVD|Ln|LN|Dr|DR|Ct|CT|Pkwy|PKWY|Hwy|HWY|st|ave|rd|blvd|pkwy))\b\.?"
+        r"(?:,?[ \t]+(?:apt|apartment|suite|ste|unit|\#)\.?[ \t]?\w+)?(?:,[ \t]*[a-z]+(?:[ \t][a-z]+)?)?(?:,?[ \t]+[a-z]{2}[ \t]+\d{5}(?:-\d{4})?)?",
+        0.8,
     ),
     Rule("zip", "LOCATION", r"\b[A-Z]{2}\s(?P<phi>\d{5}(?:-\d{4})?)\b", 0.7),
     Rule("postcode_uk", "LOCATION", r"\b[A-Z]{1,2}\d[A-Z\d]?\s\d[A-Z]{2}\b", 0.7),
