@@ -213,7 +213,7 @@ def test_fail_closed_on_error_timeout_length_and_header_leak(deid, monkeypatch):
 
     leaky = Deidentifier.__new__(Deidentifier)
     leaky.__dict__.update(deid.__dict__)
-    monkeypatch.setattr(leaky, "_replace", lambda text, *a: text)
+    monkeypatch.setattr(leaky, "_replace", lambda text, *a: (text, []))
     r = leaky.deidentify_text("Patient Vanterpool.", {"PatientName": "VANTERPOOL^ODESSA"})
     assert r.status == "quarantined" and r.text is None
     assert r.reason == "header PHI still present after replacement (PatientName)"

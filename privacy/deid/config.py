@@ -28,7 +28,10 @@ class DeidConfig(BaseModel):
     )
     secret_file: Optional[Path] = Field(
         None,
-        description="site secret for keyed hashes (surrogates, audit keys, UID remapping); none: $CXRSYNTH_DEID_SECRET, else a random one per run",
+        description="site secret for keyed hashes (surrogates, audit keys, UID remapping); none: $CXRSYNTH_DEID_SECRET, else the site's default secret file (~/.config/cxrsynth/deid_site_secret.key, made once)",
+    )
+    ephemeral_secret: bool = Field(
+        False, description="with no secret file or variable: a fresh random secret per run (surrogates then differ between runs)"
     )
     roster_file: Optional[Path] = Field(None, description="site staff roster: one name a line, always removed")
     score_threshold: float = Field(0.35, ge=0.0, le=1.0, description="Presidio findings below this score are ignored")

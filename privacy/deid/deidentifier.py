@@ -16,9 +16,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Optional
 
-from presidio_anonymizer import AnonymizerEngine
 from spacy.lang.en.stop_words import STOP_WORDS
-from presidio_anonymizer.entities import OperatorConfig, RecognizerResult as AnonResult
 
 from cxrsynth.errors import InputError
 from privacy.deid.config import DeidConfig
@@ -271,6 +269,25 @@ def fold(text: str) -> str:
     return "".join(unicodedata.normalize("NFKD", c)[0] if ord(c) > 127 else c for c in text)
 
 
+MAX_REDRAWS = 8
+
+
+def _splice(text: str, findings: list[Finding], make) -> tuple[str, list[tuple[int, int, Finding]]]:
+    """`text` with each (sorted, non-overlapping) finding replaced by make(type, value), and where
+    each replacement landed in the output."""
+    parts, placed, pos, n = [], [], 0, 0
+    for f in sorted(findings, key=lambda f: f.start):
+        parts.append(text[pos : f.start])
+        n += f.start - pos
+        new = make(f.type, text[f.start : f.end])
+        placed.append((n, n + len(new), f))
+        parts.append(new)
+        n += len(new)
+        pos = f.end
+    parts.append(text[pos:])
+    return "".join(parts), placed
+
+
 def merge(findings: list[Finding], text: str) -> list[Finding]:
     """Overlapping findings become one span (type of the strongest); so do same-type findings
     separated only by a space or a comma ("Rose" "Green" -> "Rose Green")."""
@@ -322,8 +339,7 @@ class Deidentifier:
     def __init__(self, config: Optional[DeidConfig] = None):
         self.config = config or DeidConfig()
         self.analyzer = build_analyzer(self.config)
-        self.anonymizer = AnonymizerEngine()
-        self.secret, self.secret_source = load_secret(self.config.secret_file)
+        self.secret, self.secret_source = load_secret(self.config.secret_file, self.config.ephemeral_secret)
         self.roster = roster_deny_terms(self.config.roster_file)
 
     def deidentify_dicom(self, ds):
@@ -417,16 +433,40 @@ class Deidentifier:
                 out.append(Finding("NAME", m.start(), m.end(), 0.7, "propagated"))
         return out
 
-    def _replace(self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]) -> str:
+    def _replace(self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]) -> tuple[str, list[str]]:
+        """(text with each finding replaced, header fields a surrogate still collides with).
+
+        A surrogate must not be the record's own PHI: one that matches a header deny term
+        ("Jun" drawn for a date when the patient is called Jun) or repeats a name word or a
+        value found in this record is redrawn, up to MAX_REDRAWS times, each draw keyed (the
+        same for a site on every run)."""
         if self.config.mode == "redact":
-            make = redaction_tag
-        else:
-            avoid = frozenset(m.group(0) for t in deny for m in t.regex.finditer(text))
-            sur = Surrogates(self.secret, patient_key, self.config.max_shift_days, avoid)
-            make = sur.replace
-        operators = {t: OperatorConfig("custom", {"lambda": (lambda s, t=t: make(t, s))}) for t in {f.type for f in findings}}
-        results = [AnonResult(f.type, f.start, f.end, f.score) for f in findings]
-        return self.anonymizer.anonymize(text, results, operators=operators).text
+            return _splice(text, findings, redaction_tag)[0], []
+        avoid = frozenset(m.group(0) for t in deny for m in t.regex.finditer(text))
+        originals = {text[f.start : f.end].lower() for f in findings}
+        name_words = {w.lower() for f in findings if f.type == "NAME" for w in re.findall(r"[A-Za-z]{3,}", text[f.start : f.end])}
+        name_words -= KEEP_WORDS
+        redraw: dict[tuple[str, str], int] = {}
+        for _ in range(MAX_REDRAWS):
+            sur = Surrogates(self.secret, patient_key, self.config.max_shift_days, avoid, redraw)
+            out, placed = _splice(text, findings, sur.replace)
+            folded = fold(out)
+            bad: dict[tuple[str, str], str] = {}
+            for term in deny:
+                for m in term.regex.finditer(folded):
+                    for a, b, f in placed:
+                        if m.start() < b and a < m.end():
+                            bad[(f.type, text[f.start : f.end])] = term.field
+            for a, b, f in placed:
+                new = out[a:b].lower()
+                words = set(re.findall(r"[a-z]{3,}", new)) if f.type == "NAME" else set()
+                if new in originals or words & name_words:
+                    bad.setdefault((f.type, text[f.start : f.end]), "own PHI")
+            if not bad:
+                return out, []
+            for key in bad:
+                redraw[key] = redraw.get(key, 0) + 1
+        return out, sorted(set(bad.values()))
 
     def deidentify_text(self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None) -> DeidResult:
         t0 = time.perf_counter()
@@ -444,7 +484,7 @@ class Deidentifier:
             with deadline:
                 deny = header_deny_terms(meta) + self.roster
                 findings = self.find(text, meta, deny)
-                out = self._replace(text, findings, key, deny) if findings else text
+                out, collided = self._replace(text, findings, key, deny) if findings else (text, [])
         except ReportTimeout:
             return quarantine(f"timeout after {self.config.timeout_s:g} s")
         except Exception as e:  # fail closed: the message may quote the text, so only the type is kept
@@ -454,6 +494,8 @@ class Deidentifier:
             counts[f.type] = counts.get(f.type, 0) + 1
         if deadline.expired():
             return quarantine(f"timeout after {self.config.timeout_s:g} s", counts)
+        if collided:
+            return quarantine(f"surrogate collision after {MAX_REDRAWS} redraws ({', '.join(collided)})", counts)
         leaked = sorted({t.field for t in deny if t.regex.search(fold(out))})
         if leaked:
             return quarantine(f"header PHI still present after replacement ({', '.join(leaked)})", counts)

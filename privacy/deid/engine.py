@@ -97,7 +97,6 @@ def versions(config: DeidConfig, analyzer: AnalyzerEngine) -> dict[str, str]:
     nlp = analyzer.nlp_engine.nlp["en"]
     return {
         "presidio_analyzer": metadata.version("presidio-analyzer"),
-        "presidio_anonymizer": metadata.version("presidio-anonymizer"),
         "spacy": spacy.__version__,
         "spacy_model": f"{nlp.meta.get('lang', '')}_{nlp.meta.get('name', '')}-{nlp.meta.get('version', '')}",
         "tldextract": metadata.version("tldextract"),

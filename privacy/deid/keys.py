@@ -18,8 +18,16 @@ from cxrsynth.errors import InputError
 SECRET_ENV = "CXRSYNTH_DEID_SECRET"
 
 
-def load_secret(secret_file: Optional[Path]) -> tuple[bytes, str]:
-    """(secret, where it came from): the file, $CXRSYNTH_DEID_SECRET, or a random one for this run only."""
+def default_secret_path() -> Path:
+    """Where a site keeps its secret when none is configured: $XDG_CONFIG_HOME/cxrsynth (or ~/.config)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "cxrsynth" / "deid_site_secret.key"
+
+
+def load_secret(secret_file: Optional[Path], ephemeral: bool = False) -> tuple[bytes, str]:
+    """(secret, where it came from): the file, $CXRSYNTH_DEID_SECRET, a random one for this run
+    only when `ephemeral`, else the site's default secret file, made once (mode 0600) and reused,
+    so the same reports give the same surrogates on every run at a site."""
     if secret_file is not None:
         try:
             data = Path(secret_file).read_bytes().strip()
@@ -33,8 +41,22 @@ def load_secret(secret_file: Optional[Path]) -> tuple[bytes, str]:
         if len(env) < 16:
             raise InputError(f"${SECRET_ENV}: the site secret must be at least 16 characters (got {len(env)}).")
         return env.encode(), "env"
-    # Without a configured secret, surrogates are consistent within this run only.
-    return secrets.token_bytes(32), "ephemeral"
+    if ephemeral:  # surrogates consistent within this run only (setting 'ephemeral_secret')
+        return secrets.token_bytes(32), "ephemeral"
+    path = default_secret_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise InputError(
+            f"{path}: cannot create the site secret ({e.strerror}); set 'secret_file', ${SECRET_ENV}, or 'ephemeral_secret: true'."
+        ) from None
+    data, _ = load_secret(path)
+    return data, "site-default"
 
 
 def keyed(secret: bytes, *parts: str) -> bytes:

@@ -59,13 +59,21 @@ def _match_case(new: str, like: str) -> str:
 class Surrogates:
     """Replacement values for one patient (`patient_key`), keyed by the site secret."""
 
-    def __init__(self, secret: bytes, patient_key: str, max_shift_days: int = 365, avoid: frozenset[str] = frozenset()):
+    def __init__(self, secret: bytes, patient_key: str, max_shift_days: int = 365, avoid: frozenset[str] = frozenset(), redraw: dict | None = None):
         self.secret, self.patient = secret, patient_key
-        self.shift_days = patient_shift_days(secret, patient_key, max_shift_days)
+        self.base_shift = patient_shift_days(secret, patient_key, max_shift_days)
+        self.shift_days = self.base_shift
         self.avoid = {a.lower() for a in avoid}
+        # (entity, original) -> how many times its surrogate collided with the record's own PHI;
+        # each redraw is again a keyed (reproducible) value, so a site's output stays the same.
+        self.redraw = redraw or {}
+        self.k = 0
+
+    def _key(self, *key: str) -> tuple[str, ...]:
+        return (*key, f"redraw{self.k}") if self.k else key
 
     def _pick(self, pool: tuple[str, ...], *key: str) -> str:
-        start = keyed_int(self.secret, self.patient, *key)
+        start = keyed_int(self.secret, self.patient, *self._key(*key))
         for i in range(len(pool)):
             cand = pool[(start + i) % len(pool)]
             if cand.lower() not in self.avoid and cand.lower() != key[-1].lower():
@@ -73,6 +81,9 @@ class Surrogates:
         return pool[start % len(pool)]
 
     def replace(self, entity: str, text: str) -> str:
+        self.k = self.redraw.get((entity, text), 0)
+        # a redrawn date moves by whole extra weeks and a month, so month names and years change too
+        self.shift_days = self.base_shift + 37 * self.k
         return getattr(self, f"_{entity.lower()}", self._shape)(text)
 
     def _name(self, text: str) -> str:
@@ -81,7 +92,7 @@ class Surrogates:
             if w.lower().rstrip(".") in KEEP_WORDS:
                 return w
             if len(w.rstrip(".")) == 1:  # an initial
-                letter = chr(ord("A") + keyed_int(self.secret, self.patient, "initial", w[0].upper()) % 26)
+                letter = chr(ord("A") + keyed_int(self.secret, self.patient, *self._key("initial", w[0].upper())) % 26)
                 return _match_case(letter, w[0]) + w[1:]
             return _match_case(self._pick(SURROGATE_NAMES, "name", w.lower()), w)
 
@@ -124,7 +135,7 @@ class Surrogates:
         m = re.match(r"(?i)\s*(\d{1,2})([:h]?)(\d{2})?(.*)", text)
         if not m:
             return TAGS["TIME"]
-        minutes = keyed_int(self.secret, self.patient, "time", text) % (24 * 60)
+        minutes = keyed_int(self.secret, self.patient, *self._key("time", text)) % (24 * 60)
         out = self._format_time(minutes, m)
         if out.strip().lower() == text.strip().lower():
             # The draw gave the original back ("10am" as "10am", 1 in 1440 for "5:03 AM"): an hour on.
@@ -144,7 +155,7 @@ class Surrogates:
 
     def _contact(self, text: str) -> str:
         if "@" in text:
-            return f"contact{keyed_int(self.secret, self.patient, 'email', text.lower()) % 9000 + 1000}@example.org"
+            return f"contact{keyed_int(self.secret, self.patient, *self._key('email', text.lower())) % 9000 + 1000}@example.org"
         return self._shape(text, keep_letters=True)
 
     def _location(self, text: str) -> str:
@@ -152,7 +163,7 @@ class Surrogates:
         if m:
             return f"{self._pick(SURROGATE_HOSPITALS, 'hospital', text.lower())} {m.group(1)}"
         if re.match(r"\d+\s+[A-Za-z]", text) and re.search(r"[A-Za-z]{3,}", text):
-            return f"{keyed_int(self.secret, self.patient, 'street', text) % 900 + 100} {self._pick(SURROGATE_STREETS, 'street', text.lower())} Street"
+            return f"{keyed_int(self.secret, self.patient, *self._key('street', text)) % 900 + 100} {self._pick(SURROGATE_STREETS, 'street', text.lower())} Street"
         if re.search(r"\d", text):
             return self._shape(text)
         return self._pick(SURROGATE_CITIES, "city", text.lower())
@@ -164,7 +175,7 @@ class Surrogates:
         """Same shape: digits to digits, letters to letters, punctuation kept; keyed on the value."""
         out = []
         for i, ch in enumerate(text):
-            k = keyed_int(self.secret, "shape", text, str(i))
+            k = keyed_int(self.secret, "shape", text, str(i), *self._key())
             if ch.isdigit():
                 out.append(str(k % 10))
             elif ch.isalpha() and ch.isascii() and not keep_letters:
