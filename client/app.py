@@ -1,15 +1,18 @@
 """The hospital's Flower ClientApp: train, evaluate, vocabulary counts and the audit query.
 
 Thin by design: it reads records, calls client.task / privacy.dp, and writes records back.
-Every reply passes client.egress.egress_guard. Node config keys: `data-path` (the site's
-de-identified dataset directory), `site` (its name), `ledger-path` (where the site keeps its
-privacy ledger across runs; default: beside the dataset).
+Every reply passes client.egress.egress_guard, and every request is first held to the site's own
+policy (client/policy.py). Node config keys: `data-path` (the site's de-identified dataset
+directory), `site` (its name), `ledger-path` (where the site keeps its privacy ledger across
+runs; default: beside the dataset), `site-policy` (the site's privacy floor; default:
+`site-policy.yaml` in the dataset directory, else the strict defaults).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -17,11 +20,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
+from client.policy import enforce, load_policy
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 from client.task import label_counts, load_site, token_counts, train_round
 from cxrsynth.models import model_class
+from cxrsynth.train import site_ledger_path
 
 DP_STATE = "dp-ledger"
+log = logging.getLogger("cxrsynth.client")
 
 
 def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]:
@@ -31,7 +37,7 @@ def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]
     if "ledger-path" in nc:
         return Path(str(nc["ledger-path"]))
     if "data-path" in nc:
-        return Path(str(nc["data-path"])).parent / f"{Path(str(nc['data-path'])).name}.dp-ledger.json"
+        return site_ledger_path(Path(str(nc["data-path"])))
     return None
 
 
@@ -46,6 +52,8 @@ def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
 
 def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
     cfg, extra = read_round_config(msg.content["config"])
+    policy = load_policy(context.node_config)
+    cfg = enforce(cfg, policy)
     site = load_site(cfg, context.node_config)
     result = train_round(
         cfg,
@@ -56,7 +64,12 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
         dp_history=_dp_history(context, ledger_dir) if cfg.dp.enabled else None,
     )
-    content = RecordDict({"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **result.metrics})})
+    metrics = result.metrics
+    if cfg.dp.enabled and not policy.send_loss_metrics:
+        # Losses are computed on the real batches outside the DP accounting: they stay in the site's log.
+        log.info("round %s losses (kept at the site): %s", msg.content["config"]["server-round"], metrics)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("loss-")}
+    content = RecordDict({"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **metrics})})
     if result.ledger is not None:
         from privacy.dp import write_ledger_file
 
@@ -71,6 +84,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     from client.task import rebuild_model
 
     cfg, extra = read_round_config(msg.content["config"])
+    if not load_policy(context.node_config).send_loss_metrics:
+        from privacy.dp import SiteRefused
+
+        # A mean loss over training records is a membership signal outside any DP accounting.
+        raise SiteRefused("site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered.")
     site = load_site(cfg, context.node_config)
     model = rebuild_model(cfg, extra, from_arrays(msg.content["arrays"]), __import__("torch").device("cpu"))
     model.eval()
@@ -83,6 +101,7 @@ def vocab(msg: Message, context: Context) -> Message:
     """Counts of frequent report tokens and of labels, for the shared vocabulary and label mix
     (server/vocab.py, `GenerativeModel.fit_label_counts`)."""
     cfg, _ = read_round_config(msg.content["config"])
+    cfg = enforce(cfg, load_policy(context.node_config), training=False)
     site = load_site(cfg, context.node_config)
     k = cfg.federation.vocab_min_count
     counts, n_reports = token_counts(site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model))
@@ -104,10 +123,16 @@ def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> 
     app.evaluate()(evaluate)
     app.query("vocab")(vocab)
     if importlib.util.find_spec("client.query") is not None:
-        # The federated audit query (privacy/audit, issue 8) answers with counts and scalars only.
-        from client.query import handle
+        # The federated audit query (privacy/audit, issue 8) answers with counts and scalars only,
+        # and only a pinned set within the site's query budget (issue 15).
+        from client.query import admit, handle
 
-        app.query()(handle)
+        def query(msg: Message, context: Context) -> Message:
+            path = _ledger_path(context, ledger_dir)
+            admit(msg, context, path.with_name(path.name + ".audit-queries.jsonl") if path else None)
+            return handle(msg, context)
+
+        app.query()(query)
     return app
 
 

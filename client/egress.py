@@ -2,9 +2,9 @@
 
 Only model arrays (train replies), counts and scalar metrics (MetricRecords) and privacy-ledger
 entries (the `ledger` ConfigRecord, numbers and one enumerated string) may leave a hospital.
-Anything else (text, images, record ids, file paths) stops the reply at the site. Errors carry
-our own messages for expected failures and only the exception type for unexpected ones, since an
-arbitrary exception text could quote data.
+Anything else (text, images, record ids, file paths) stops the reply at the site. An error reply
+carries an error kind and a fixed text (`error_reply`); only a `SiteRefused` reason, made of
+settings and ledger figures, leaves as written.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numbers
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
-from cxrsynth.errors import CxrError
+from cxrsynth.errors import CheckFailed, CxrError
 
 LEDGER_STRINGS = {"accountant"}
 log = logging.getLogger("cxrsynth.client")
@@ -53,21 +53,40 @@ def check_reply(msg: Message) -> None:
             raise EgressRefused(f"record {name!r} of type {type(rec).__name__} may not leave a site.")
 
 
+# The kinds an error reply may name. The reason of a SiteRefused (settings and ledger figures
+# only) leaves as it is; every other text stays in the site's log, since an exception message can
+# quote a cell, a report or a path.
+ERROR_KINDS = {"refused": 1, "bad-input": 2, "check-failed": 3, "internal": 4, "egress-refused": 5}
+
+
+def error_reply(e: BaseException, msg: Message) -> Message:
+    from privacy.dp import SiteRefused
+
+    if isinstance(e, SiteRefused):
+        kind, reason = "refused", f"refused: {e}"
+    elif isinstance(e, CheckFailed):
+        kind, reason = "check-failed", "check-failed: a check at the site failed; the details are in the site's log."
+    elif isinstance(e, CxrError):
+        kind, reason = "bad-input", "bad-input: the site could not read its data or settings for this request; the details are in the site's log."
+    else:
+        kind, reason = "internal", "internal: the site's ClientApp failed; the details are in the site's log."
+    return Message(Error(code=ERROR_KINDS[kind], reason=reason), reply_to=msg)
+
+
 def egress_guard(msg: Message, context: Context, call_next) -> Message:
     """Flower mod: run the handler, turn failures into safe error replies, check what goes out."""
     try:
         reply = call_next(msg, context)
-    except CxrError as e:
-        log.error("%s", e)
-        return Message(Error(code=1, reason=f"{type(e).__name__}: {e}"), reply_to=msg)
     except Exception as e:  # noqa: BLE001 - the details stay in the site's log
-        log.exception("ClientApp failed")
-        return Message(Error(code=2, reason=f"{type(e).__name__} at the site (details in the site's log)"), reply_to=msg)
+        log.exception("ClientApp failed on a %s message", msg.metadata.message_type)
+        return error_reply(e, msg)
     try:
         check_reply(reply)
     except EgressRefused as e:
+        # The refusal names record keys, and a count's key can be a token: it stays here.
         log.error("reply stopped at the site: %s", e)
-        return Message(Error(code=3, reason=f"egress refused: {e}"), reply_to=msg)
+        reason = "egress-refused: the reply held something other than arrays, counts, numbers or ledger entries; the details are in the site's log."
+        return Message(Error(code=ERROR_KINDS["egress-refused"], reason=reason), reply_to=msg)
     return reply
 
 

@@ -10,11 +10,53 @@ directory (node config) as a site-local report when that key is set.
 
 from __future__ import annotations
 
+import json
+import logging
+import time
 from pathlib import Path
+from typing import Optional
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from privacy.audit.protocol import answer_to_metrics, read_query
+from privacy.audit.protocol import answer_to_metrics, read_query, verify_query
+
+log = logging.getLogger("cxrsynth.client")
+
+
+def _trusted_entities(node_config: dict) -> dict:
+    import yaml
+
+    path = node_config.get("trusted-entities")
+    if not path:
+        return {}
+    return yaml.safe_load(Path(str(path)).read_text(encoding="utf-8")) or {}
+
+
+def admit(msg: Message, context: Context, query_log: Optional[Path]) -> None:
+    """Hold an audit query to the site's policy before any of its data is read.
+
+    Refused (SiteRefused, the reason leaves): the policy answers no queries; the site's query
+    budget is spent; the set is not pinned by a key in the node config's `trusted-entities` YAML
+    (the same file the SuperNode verifies apps with). An admitted query is counted in `query_log`
+    (one JSON line: time, the pinned hashes, the set's size), the site's own record of every look
+    the steward took at its data.
+    """
+    from client.policy import load_policy
+    from privacy.dp import SiteRefused
+
+    policy = load_policy(context.node_config)
+    if not policy.answer_audit_queries:
+        raise SiteRefused("site policy answers no audit queries (answer_audit_queries false).")
+    past = query_log.read_text(encoding="utf-8").splitlines() if query_log is not None and query_log.is_file() else []
+    if len(past) >= policy.audit_query_budget:
+        raise SiteRefused(f"site policy's audit query budget ({policy.audit_query_budget}) is spent; {len(past)} queries answered.")
+    pin = verify_query(msg.content, _trusted_entities(context.node_config)) if policy.require_signed_audit_sets else {}
+    entry = {"time": time.time(), "synthetic-sha256": pin.get("synthetic-sha256"), "checkpoint-sha256": pin.get("checkpoint-sha256"), "key-id": pin.get("key-id"), "n": len(msg.content["config"]["record-ids"])}
+    log.info("audit query admitted: %s", entry)
+    if query_log is not None:
+        query_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(query_log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
 
 
 def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
@@ -32,6 +74,7 @@ def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
 
 
 def handle(msg: Message, context: Context) -> Message:
+    """The site's answer (no admission: the ClientApp calls `admit` first, client/app.py)."""
     import torch
 
     from privacy.audit.combine import combine

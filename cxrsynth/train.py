@@ -154,6 +154,12 @@ def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int
     return [r if k else r.with_(labels=empty_labels()) for r, k in zip(records, keep)]
 
 
+def site_ledger_path(data_path: Optional[Path]) -> Optional[Path]:
+    """Where a site keeps the DP ledger of a dataset directory, across runs: beside it.
+    Phantom data (no path) has no ledger: nobody's privacy is spent on it."""
+    return None if data_path is None else Path(data_path).parent / f"{Path(data_path).name}.dp-ledger.json"
+
+
 def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, privatize: Optional[Callable] = None, progress: Optional[Progress] = None) -> Path:
     """Train one site (no federation): data -> model -> steps -> checkpoint in `out`.
 
@@ -195,7 +201,8 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         if privatize is None:
             raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
         rate = min(cfg.train.batch_size, len(train_records)) / len(train_records)
-        ledger = privatize(model, cfg, rate, spent)
+        # The site's ledger beside its dataset (where the ClientApp keeps it too): one budget per dataset.
+        ledger = privatize(model, cfg, rate, spent, ledger_file=site_ledger_path(cfg.data.path))
         sampling = "poisson"
     log_path = out / "losses.jsonl"
     out.mkdir(parents=True, exist_ok=True)

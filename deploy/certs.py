@@ -8,6 +8,11 @@ writes
     nodes/<name>, nodes/<name>.pub a SuperNode's authentication key pair (OpenSSH format, ECDSA
                                    P-384): the private key stays at the hospital, the coordinator
                                    registers the public key with `flwr supernode register`.
+    signing/<signer>(.pub)         with --app-signer: the Ed25519 key that signs the app bundles
+                                   (deploy/sign_app.py); keep the private key with the coordinator's
+                                   release manager, off the SuperLink host.
+    trusted-entities.yaml          {<signer>: <public key>}: what every hospital passes to
+                                   `python -m client.supernode --trusted-entities`.
 Existing files are kept, so running it again only adds what is missing.
 """
 
@@ -22,7 +27,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Flower accepts SuperNode keys on NIST curves only; P-384 is the one its docs use.
@@ -109,17 +114,38 @@ def make_node_key(out: Path, name: str) -> Path:
     return priv
 
 
+def make_app_signer(out: Path, name: str) -> Path:
+    """An Ed25519 app-signing key pair (Flower verifies FAB signatures with Ed25519 only) and the
+    trusted-entities file listing its public key."""
+    priv = out / "signing" / name
+    if not priv.is_file():
+        k = ed25519.Ed25519PrivateKey.generate()
+        _write(priv, k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()), private=True)
+        pub = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        _write(priv.with_name(name + ".pub"), pub + f" {name}\n".encode())
+    import yaml
+
+    entities = out / "trusted-entities.yaml"
+    known = yaml.safe_load(entities.read_text()) if entities.is_file() else {}
+    known[name] = priv.with_name(name + ".pub").read_text().strip()
+    _write(entities, yaml.safe_dump(known, sort_keys=True).encode())
+    return priv
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Make the federation's CA, the SuperLink certificate and SuperNode keys.")
     p.add_argument("--out", required=True, help="directory for the files (created)")
     p.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1"], help="names and IPs the SuperLink is reached at")
     p.add_argument("--nodes", nargs="*", default=[], help="one authentication key pair per SuperNode name")
+    p.add_argument("--app-signer", help="name of an Ed25519 app-signing key to make, added to trusted-entities.yaml")
     args = p.parse_args(argv)
     out = Path(args.out)
     ca, ca_key = make_ca(out)
     make_server_cert(out, args.hosts, ca, ca_key)
     for name in args.nodes:
         make_node_key(out, name)
+    if args.app_signer:
+        make_app_signer(out, args.app_signer)
     print(f"wrote {out}: ca.crt, server.pem/.key for {', '.join(args.hosts)}; node keys: {', '.join(args.nodes) or 'none'}")
     return 0
 

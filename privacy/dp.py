@@ -30,6 +30,11 @@ from cxrsynth.models.base import GenerativeModel, unwrap
 History = list[tuple[float, float, int]]
 
 
+class SiteRefused(CheckFailed):
+    """A site's refusal whose message holds only settings and ledger figures, never data, so it may
+    leave the site as the reason of an error reply (client/egress.py)."""
+
+
 def epsilon_of(history: Sequence[Sequence[float]], dp: DPConfig) -> float:
     """Epsilon at `dp.delta` spent by a site with this accountant history (0 with no steps)."""
     if not history:
@@ -57,7 +62,7 @@ def check_budget(history: History, dp: DPConfig, sample_rate: float, planned_ste
     after = epsilon_of(_merge(history, dp.noise_multiplier, sample_rate, planned_steps), dp)
     if dp.epsilon_budget is not None and after > dp.epsilon_budget:
         spent = epsilon_of(history, dp)
-        raise CheckFailed(
+        raise SiteRefused(
             f"{site} refuses to train: its privacy budget is epsilon {dp.epsilon_budget:g} at delta {dp.delta:g}; "
             f"it has spent {spent:.3f} and this round's {planned_steps} noisy steps (noise multiplier "
             f"{dp.noise_multiplier:g}, sample rate {sample_rate:.4f}) would bring it to {after:.3f}. "
@@ -91,11 +96,16 @@ def effective_noise(multipliers: Sequence[float]) -> float:
     return round(sum(1.0 / float(s) ** 2 for s in multipliers) ** -0.5, 9)
 
 
-def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, history: Optional[History] = None) -> Callable[[], dict]:
+def privatize(
+    model: GenerativeModel, cfg: RunConfig, sample_rate: float, history: Optional[History] = None, ledger_file: Optional[Path] = None
+) -> Callable[[], dict]:
     """Wrap the real-data networks of `model` for DP-SGD in place; return the ledger callable.
 
     `model.opts` must exist (call `model.make_optimizers()` first). `history` is the site's
     accountant history so far. Calling the returned function gives the current ledger entry.
+    `ledger_file`: the site's ledger on disk (single-site `cxrsynth train`): the accounting
+    starts from it when it records more steps than `history` (another run on the same data), and
+    every ledger entry is written back to it, so a new `--out` does not start again at epsilon 0.
 
     Accounting is per sampled batch, not per optimizer step. Every real-data network that steps
     on a batch releases a noisy gradient of the same Poisson sample, so the batch's releases
@@ -117,6 +127,9 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
     if "train_step" in vars(model):
         raise InputError("privatize() was already applied to this model; a second accountant would count every batch twice.")
     spent: History = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
+    on_disk = read_ledger_file(ledger_file)
+    if sum(n for _, _, n in on_disk) > sum(n for _, _, n in spent):
+        spent = on_disk
     releases: list[float] = []  # noise multipliers of this batch's releases so far
 
     def hook(optim: DPOptimizer) -> None:
@@ -126,7 +139,7 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
             joint = effective_noise([*releases, optim.noise_multiplier])
             nxt = epsilon_of(_merge(spent, joint, sample_rate, 1), dp)
             if nxt > dp.epsilon_budget:
-                raise CheckFailed(
+                raise SiteRefused(
                     f"privacy budget reached: one more noisy step would spend epsilon {nxt:.3f} > budget "
                     f"{dp.epsilon_budget:g} at delta {dp.delta:g}; training stops here."
                 )
@@ -164,7 +177,7 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
 
     def ledger() -> dict:
         hist = [(float(s), float(q), int(n)) for s, q, n in spent]
-        return {
+        entry = {
             "noise_multiplier": dp.noise_multiplier,
             "max_grad_norm": dp.max_grad_norm,
             "sample_rate": float(sample_rate),
@@ -176,6 +189,8 @@ def privatize(model: GenerativeModel, cfg: RunConfig, sample_rate: float, histor
             "networks": real,
             "history": hist,
         }
+        write_ledger_file(ledger_file, entry)
+        return entry
 
     return ledger
 

@@ -68,6 +68,8 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     except ValueError as e:
         raise RoundFailed(f"vocabulary step: a site sent label counts the server cannot read ({e}).") from None
     summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count, "labeled_records": int(labels.get("labeled", 0))}
+    # What each site said it holds bounds the sample count it may weigh its updates with later.
+    summary["site_reports"] = {str(r.metadata.src_node_id): int(r.content["metrics"]["num-reports"]) for r in ok}
     progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)")
     return model, summary
 
@@ -113,7 +115,16 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
         msgs = list(strategy.configure_train(rnd, to_arrays(arrays), round_config(cfg, extra), grid))
         replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
-        screened = screen(replies, arrays, fed.reject_norm_factor)
+        bounds = fl_state.setdefault("site_bounds", dict(fl_state.get("vocabulary", {}).get("site_reports", {})))
+        screened = screen(
+            replies,
+            arrays,
+            fed.reject_norm_factor,
+            dp=cfg.dp,
+            batch_size=cfg.train.batch_size,
+            bounds={int(k): int(v) for k, v in bounds.items()},
+            ledgers=fl_state.get("privacy_ledger", {}).get("sites", {}),
+        )
         missing = len(msgs) - len(replies)
         for rej in screened.rejected:
             progress.say(f"round {rnd}: update of site {rej['node']} rejected: {rej['reason']}")
@@ -133,6 +144,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         model.load_state(from_arrays(agg))
         arrays = model.state()
         _ledger_update(fl_state, rnd, screened.accepted, cfg)
+        for r in screened.accepted:
+            bounds.setdefault(str(r.metadata.src_node_id), int(r.content["metrics"]["num-examples"]))
         fl_state["round"] = rnd
         fl_state["history"].append(
             {

@@ -1,15 +1,23 @@
-"""Screening of site updates before aggregation: crashes, NaN/Inf, wrong shapes, outlying norms.
+"""Screening of site updates before aggregation: crashes, NaN/Inf, wrong shapes or dtypes,
+sample counts, DP ledgers, outlying norms.
 
 Flower hands a strategy whatever replies arrived; a site that crashed simply has none. Every
-reply is screened here and every rejection is logged with the site and the reason.
+reply is screened here and every rejection is logged with the site and the reason. Nothing a
+site claims is taken on trust: its sample count weighs its update in the average (NaN would
+poison the checkpoint, a huge count would hand it the model), and its epsilon is what the
+release gate reads, so the epsilon is recomputed from the reported accountant history.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 from flwr.app import Message
+
+from cxrsynth.config import DPConfig
 
 
 @dataclass
@@ -40,6 +48,8 @@ def _shape_problem(reply: Message, global_arrays: dict[str, np.ndarray]) -> str:
         arr = rec[k].numpy()
         if tuple(arr.shape) != tuple(ref.shape):
             return f"array {k} has shape {tuple(arr.shape)}, the global model has {tuple(ref.shape)}"
+        if arr.dtype != ref.dtype:
+            return f"array {k} has dtype {arr.dtype}, the global model has {ref.dtype}"
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             return f"array {k} holds NaN or Inf"
     if "metrics" not in reply.content.metric_records or "num-examples" not in reply.content["metrics"]:
@@ -47,8 +57,69 @@ def _shape_problem(reply: Message, global_arrays: dict[str, np.ndarray]) -> str:
     return ""
 
 
-def screen(replies: list[Message], global_arrays: dict[str, np.ndarray], norm_factor: float) -> Screened:
-    """Split replies into accepted and rejected (with reasons)."""
+def count_problem(n, bound: Optional[int]) -> str:
+    """Why `num-examples` cannot weigh an update ("" when it can)."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n != int(n) or n <= 0:
+        return f"num-examples {n!r} is not a positive whole number"
+    if bound is not None and n > bound:
+        return f"num-examples {int(n)} exceeds the {bound} records this site reported before"
+    return ""
+
+
+def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch_size: int, previous: Optional[dict] = None) -> str:
+    """Why a site's DP ledger entry is not believed ("" when it checks out).
+
+    The epsilon is recomputed from the entry's (noise, sample rate, steps) history with the run's
+    accountant at the run's delta; the round's sample rate must be the one the site's count
+    implies; and a site's spending never goes down from one round to the next.
+    """
+    from privacy.dp import epsilon_of
+
+    if entry is None:
+        return "no DP ledger in the reply, and the run trains with DP-SGD"
+    try:
+        history = [(float(s), float(q), int(n)) for s, q, n in entry["history"]]
+        claimed, delta, steps = float(entry["epsilon"]), float(entry["delta"]), int(entry["steps"])
+    except (KeyError, TypeError, ValueError):
+        return "the DP ledger is incomplete (history, epsilon, delta, steps)"
+    if not history or any(not (math.isfinite(s) and s >= 0 and 0 < q <= 1 and n >= 0) for s, q, n in history):
+        return "the DP ledger's history is empty or holds an impossible (noise, rate, steps) entry"
+    if entry.get("accountant") != dp.accountant or not math.isclose(delta, dp.delta, rel_tol=1e-9):
+        return f"the DP ledger uses accountant {entry.get('accountant')!r} at delta {delta:g}; the run uses {dp.accountant} at {dp.delta:g}"
+    if steps != sum(n for _, _, n in history):
+        return f"the DP ledger claims {steps} steps, its history adds up to {sum(n for _, _, n in history)}"
+    recomputed = epsilon_of(history, dp)
+    if not math.isclose(claimed, recomputed, rel_tol=1e-6, abs_tol=1e-9):
+        return f"the site claims epsilon {claimed:.6g}, its own history gives {recomputed:.6g}"
+    noise, rate, _ = history[-1]
+    if not math.isclose(noise, dp.noise_multiplier, rel_tol=1e-6):
+        return f"the round's noise multiplier in the ledger is {noise:g}, the run's is {dp.noise_multiplier:g}"
+    expected_rate = min(batch_size, num_examples) / num_examples
+    if not math.isclose(rate, expected_rate, rel_tol=1e-6):
+        return f"the round's sample rate in the ledger is {rate:.6g}; a batch of {batch_size} from {num_examples} records is {expected_rate:.6g}"
+    if previous is not None and (steps < int(previous.get("steps", 0)) or recomputed < float(previous.get("epsilon", 0.0)) - 1e-9):
+        return "the DP ledger spends less than the same site's ledger of an earlier round"
+    return ""
+
+
+def screen(
+    replies: list[Message],
+    global_arrays: dict[str, np.ndarray],
+    norm_factor: float,
+    *,
+    dp: Optional[DPConfig] = None,
+    batch_size: int = 1,
+    bounds: Optional[dict[int, int]] = None,
+    ledgers: Optional[dict[str, dict]] = None,
+) -> Screened:
+    """Split replies into accepted and rejected (with reasons).
+
+    `dp`: the run's DP settings when it trains with DP (every reply then needs a ledger that
+    checks out); `bounds`: node -> most records the site may count; `ledgers`: node (str) -> the
+    site's ledger entry of an earlier round.
+    """
+    from client.records import ledger_from_record
+
     out = Screened()
     candidates: list[Message] = []
     for r in replies:
@@ -56,7 +127,15 @@ def screen(replies: list[Message], global_arrays: dict[str, np.ndarray], norm_fa
         if r.has_error():
             out.rejected.append({"node": node, "reason": f"the site failed: {r.error.reason}"})
             continue
-        problem = _shape_problem(r, global_arrays)
+        problem = _shape_problem(r, global_arrays) or count_problem(r.content["metrics"]["num-examples"], (bounds or {}).get(node))
+        if not problem and dp is not None and dp.enabled:
+            entry = None
+            if "ledger" in r.content.config_records:
+                try:
+                    entry = ledger_from_record(r.content["ledger"])
+                except (KeyError, TypeError, ValueError):
+                    entry = {}
+            problem = ledger_problem(entry, dp, int(r.content["metrics"]["num-examples"]), batch_size, (ledgers or {}).get(str(node)))
         if problem:
             out.rejected.append({"node": node, "reason": problem})
             continue

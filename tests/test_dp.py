@@ -139,3 +139,34 @@ def test_cxrsynth_train_resume_keeps_counting_epsilon(tmp_path):
     train(more, tmp_path, resume=True, privatize=privatize, progress=Progress(quiet=True))
     after = json.loads((tmp_path / "train_state.json").read_text())["privacy_ledger"]
     assert after["steps"] == 2 * before["steps"] and after["epsilon"] > before["epsilon"]
+
+
+def test_cxrsynth_train_keeps_the_site_ledger_beside_the_dataset_across_outs(tmp_path):
+    """Issue 15: each new --out started again at epsilon 0; the ledger beside the data now carries on."""
+    import json
+
+    from cxrsynth.data.dataset import write_dataset
+    from cxrsynth.data.phantom import make_phantom
+    from cxrsynth.progress import Progress
+    from cxrsynth.train import site_ledger_path, train
+
+    data = tmp_path / "site-a"
+    write_dataset(data, make_phantom(n=30, sites=1, seed=2, image_size=16))
+    base = _cfg()
+    cfg = base.model_copy(update={"data": base.data.model_copy(update={"path": data}), "train": base.train.model_copy(update={"steps": 2})})
+    train(cfg, tmp_path / "run1", privatize=privatize, progress=Progress(quiet=True))
+    ledger = site_ledger_path(data)
+    first = json.loads(ledger.read_text())
+    assert ledger == tmp_path / "site-a.dp-ledger.json" and first["steps"] == 2
+    train(cfg, tmp_path / "run2", privatize=privatize, progress=Progress(quiet=True))
+    second = json.loads((tmp_path / "run2" / "train_state.json").read_text())["privacy_ledger"]
+    assert second["steps"] == 4 and second["epsilon"] > first["epsilon"]
+    assert json.loads(ledger.read_text())["steps"] == 4
+    # The budget counts what every run on this data spent.
+    capped = cfg.model_copy(update={"dp": cfg.dp.model_copy(update={"epsilon_budget": second["epsilon"] * 1.0001})})
+    with pytest.raises(CheckFailed, match="budget"):
+        train(capped, tmp_path / "run3", privatize=privatize, progress=Progress(quiet=True))
+    # An unreadable ledger stops training rather than starting again from zero.
+    ledger.write_text("{not json")
+    with pytest.raises(InputError, match="unreadable"):
+        train(cfg, tmp_path / "run4", privatize=privatize, progress=Progress(quiet=True))

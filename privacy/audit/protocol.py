@@ -10,6 +10,7 @@ with flagged synthetic records as indices into the query's list. A site sends no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -138,3 +139,93 @@ def _put(d: dict, dotted: str, value) -> None:
     for p in parts[:-1]:
         d = d.setdefault(p, {})
     d[parts[-1]] = value
+
+
+# ---- the coordinator's pin on a query (issue 15) ------------------------------------------------
+# A site that answered any probe set would be a membership oracle: send it training images and it
+# flags them. So a site answers only a set the coordinator signed, naming the hash of the set and of
+# the checkpoint that generated it (the steward's side refuses to sign a set whose provenance names
+# another checkpoint), and counts every answer against its own query budget.
+PIN = "pin"
+PIN_DOMAIN = b"cxrsynth-audit-query\0"
+
+
+def _digest(*parts: bytes) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def query_digests(content: RecordDict) -> tuple[str, str]:
+    """(synthetic set SHA-256, model arrays SHA-256 or "none") of a query, as the site receives it."""
+    cfg = content["config"]
+    images = content["synthetic"]["images"].numpy()
+    texts = [str(x).encode() for key in ("record-ids", "reports-findings", "reports-impression") for x in cfg[key]]
+    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts)
+    if "arrays" not in content.array_records:
+        return synthetic, "none"
+    rec = content["arrays"]
+    parts = [p for k in sorted(rec.keys()) for p in (k.encode(), str(rec[k].numpy().dtype).encode(), np.ascontiguousarray(rec[k].numpy()).tobytes())]
+    return synthetic, _digest(*parts)
+
+
+def _pin_message(synthetic: str, checkpoint: str, signed_at: int) -> bytes:
+    return PIN_DOMAIN + f"{synthetic}\0{checkpoint}\0{signed_at}".encode()
+
+
+def sign_query(content: RecordDict, key_path, key_id: str, checkpoint_sha256: str) -> RecordDict:
+    """Add the coordinator's pin: Ed25519 over the set's and the model's hashes."""
+    import base64
+    import time
+
+    from flwr.supercore.primitives.asymmetric_ed25519 import load_private_key, sign_message
+
+    synthetic, _ = query_digests(content)
+    signed_at = int(time.time())
+    signature = sign_message(load_private_key(Path(key_path)), _pin_message(synthetic, checkpoint_sha256, signed_at))
+    content[PIN] = ConfigRecord(
+        {"key-id": key_id, "signed-at": signed_at, "synthetic-sha256": synthetic, "checkpoint-sha256": checkpoint_sha256, "signature": base64.urlsafe_b64encode(signature).decode()}
+    )
+    return content
+
+
+def verify_query(content: RecordDict, trusted: dict[str, str]) -> dict:
+    """The pin of a query, once its signature by a trusted key and its hashes check out.
+
+    Raises SiteRefused naming what failed (hashes and key ids only, never data)."""
+    import base64
+
+    from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    from flwr.supercore.primitives.asymmetric_ed25519 import verify_signature
+
+    from privacy.dp import SiteRefused
+
+    if PIN not in content.config_records:
+        raise SiteRefused("audit query refused: it carries no coordinator pin (a synthetic set signed with the coordinator's key).")
+    pin = dict(content[PIN])
+    key_id = str(pin.get("key-id", ""))
+    if key_id not in trusted:
+        raise SiteRefused(f"audit query refused: pin key {key_id!r} is not among the site's trusted entities.")
+    synthetic, arrays = query_digests(content)
+    if synthetic != pin.get("synthetic-sha256"):
+        raise SiteRefused("audit query refused: the synthetic set differs from the one the coordinator pinned.")
+    if arrays != "none" and arrays != pin.get("checkpoint-sha256"):
+        raise SiteRefused("audit query refused: the model sent differs from the pinned checkpoint.")
+    try:
+        message = _pin_message(synthetic, str(pin["checkpoint-sha256"]), int(pin["signed-at"]))
+        ok = verify_signature(load_ssh_public_key(trusted[key_id].encode()), message, base64.urlsafe_b64decode(str(pin["signature"])))
+    except (KeyError, ValueError, TypeError, AttributeError):  # a malformed pin or a non-Ed25519 key
+        ok = False
+    if not ok:
+        raise SiteRefused(f"audit query refused: the pin's signature does not verify with trusted key {key_id!r}.")
+    return pin
+
+
+def state_sha256(arrays: dict) -> str:
+    """The hash `query_digests` gives the same arrays once they travel in a query."""
+    parts = [p for k in sorted(arrays) for p in (k.encode(), str(np.asarray(arrays[k]).dtype).encode(), np.ascontiguousarray(arrays[k]).tobytes())]
+    return _digest(*parts)
