@@ -23,6 +23,7 @@ HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "ingest"): ("cxrsynth.data.commands:ingest", "issue 2"),
     ("deid", "run"): ("privacy.deid.commands:run", "issue 3"),
     ("deid", "eval"): ("privacy.deid.commands:evaluate", "issue 3"),
+    ("deid", "dicom"): ("privacy.deid.commands:dicom", "issue 18"),
     ("train",): ("cxrsynth.commands:train", "issue 2"),
     ("fl", "simulate"): ("server.simulate:command", "issue 7"),
     ("generate",): ("cxrsynth.commands:generate", "issue 2"),
@@ -81,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     dv.add_argument("--out", default=None, help="write the metrics as JSON here")
     dv.add_argument("--config", default=None)
     dv.set_defaults(path=("deid", "eval"))
+    dd = de.add_parser("dicom", help="a folder of DICOM files -> de-identified copies (PS3.15 E.1-1), same relative paths")
+    dd.add_argument("--in", dest="input", required=True, help="folder of DICOM files (read recursively)")
+    dd.add_argument("--out", required=True, help="output folder (outside --in)")
+    dd.add_argument("--config", default=None, help="de-identification settings (YAML): dicom_dates, dicom_device, secret_file")
+    dd.add_argument("--audit-log", default=None, help="where the on-site audit log goes (default: beside --out)")
+    dd.set_defaults(path=("deid", "dicom"))
 
     t = sub.add_parser("train", help="train one model at one site (no federation)")
     t.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")

@@ -17,16 +17,21 @@ Runs at the hospital before anything else sees the data. Public API:
 - `scan_phi(texts, config=None) -> list[list[Finding]]`: PHI findings (type, start, end, score,
   source) for the audit of synthetic reports. Never print or log the text under a finding
   outside the site.
-- `deidentify_dataset(ds, key, dates="remove") -> (ds, flags)`: DICOM basic-profile header
-  de-identification, UIDs remapped consistently by keyed hash, burned-in annotation flagged.
+- `deidentify_dataset(ds, key, dates="remove"|"shift", device="remove"|"keyed") -> (ds, flags)`:
+  DICOM PS3.15 Table E.1-1 (basic profile) applied recursively into sequences, private tags
+  removed, UIDs remapped consistently by keyed hash, burned-in annotation and any identifying
+  value left over flagged.
+- `deidentify_folder(src, out, config, audit_log)`: the same for a folder of DICOM files.
 
-Commands: `cxrsynth deid run --in FILE --out FILE` and `cxrsynth deid eval --gold FILE.jsonl`.
+Commands: `cxrsynth deid run --in FILE --out FILE`, `cxrsynth deid eval --gold FILE.jsonl` and
+`cxrsynth deid dicom --in DIR --out DIR`.
 """
 
 from privacy.deid.batch import DeidItem, deidentify_batch, deidentify_records
 from privacy.deid.config import DeidConfig, load_deid_config
 from privacy.deid.deidentifier import DeidResult, Deidentifier, Finding, scan_phi
 from privacy.deid.dicom import deidentify_dataset
+from privacy.deid.dicom_files import deidentify_folder
 
 __all__ = [
     "DeidConfig",
@@ -36,6 +41,7 @@ __all__ = [
     "Finding",
     "deidentify_batch",
     "deidentify_dataset",
+    "deidentify_folder",
     "deidentify_records",
     "load_deid_config",
     "scan_phi",

@@ -7,7 +7,6 @@ the secret) and the Presidio/spaCy/model versions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -20,7 +19,7 @@ from typing import Optional
 
 from cxrsynth.data.records import Record
 from cxrsynth.progress import Progress
-from privacy.deid.config import DeidConfig
+from privacy.deid.config import DeidConfig, config_hash
 from privacy.deid.deidentifier import DeidResult, Deidentifier, cached_deidentifier
 from privacy.deid.keys import keyed_hex
 
@@ -35,10 +34,6 @@ class DeidItem:
     text: str
     meta: dict = field(default_factory=dict)
     patient_key: Optional[str] = None
-
-
-def config_hash(config: DeidConfig) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
 def _work(config: DeidConfig, items: list[DeidItem]) -> list[DeidResult]:

@@ -71,3 +71,18 @@ def evaluate(args: argparse.Namespace) -> int:
         out.write_text(json.dumps({**result, "versions": deid.versions(), "config": settings}, indent=2), encoding="utf-8")
         write_html(result, out.with_suffix(".html"), deid.versions(), settings)
     return 0
+
+
+def dicom(args: argparse.Namespace) -> int:
+    """`cxrsynth deid dicom --in DIR --out DIR`: one de-identified file per input, same relative path."""
+    from privacy.deid.dicom_files import deidentify_folder
+
+    config = load_deid_config(args.config)
+    progress = Progress(getattr(args, "quiet", False))
+    src, out = Path(args.input), Path(args.out)
+    audit = Path(args.audit_log) if args.audit_log else out.with_name(out.name + ".audit.jsonl")
+    summary = deidentify_folder(src, out, config, audit, progress)
+    progress.say(
+        f"deid dicom: {summary['written']} written, {summary['quarantined']} quarantined, {summary['flagged']} flagged -> {out}; audit log {audit}"
+    )
+    return 0

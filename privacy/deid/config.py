@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -41,6 +42,9 @@ class DeidConfig(BaseModel):
     dicom_dates: Literal["remove", "shift"] = Field(
         "remove", description="DICOM dates: removed (basic profile) or shifted by the patient's offset"
     )
+    dicom_device: Literal["remove", "keyed"] = Field(
+        "remove", description="DICOM device identity (serial numbers, station, detector, plate, cassette): removed (basic profile) or keyed pseudonyms"
+    )
     batch_size: int = Field(32, ge=1, description="reports per worker task")
 
 
@@ -49,3 +53,7 @@ def load_deid_config(path: str | Path | None = None) -> DeidConfig:
     if path is None:
         return DeidConfig()
     return validate(DeidConfig, read_yaml(Path(path), missing="no such de-identification config file (--config)."), str(path))
+
+
+def config_hash(config: DeidConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()

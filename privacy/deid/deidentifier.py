@@ -347,7 +347,7 @@ class Deidentifier:
         shifted (setting `dicom_dates`), move by the same per-patient offset as the report text."""
         from privacy.deid.dicom import deidentify_dataset
 
-        return deidentify_dataset(ds, self.secret, self.config.dicom_dates, self.config.max_shift_days)
+        return deidentify_dataset(ds, self.secret, self.config.dicom_dates, self.config.max_shift_days, self.config.dicom_device)
 
     def versions(self) -> dict[str, str]:
         return versions(self.config, self.analyzer)
