@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 
 from cxrsynth.errors import CheckFailed, CxrError
 
-LEDGER_STRINGS = {"accountant"}
+LEDGER_STRINGS = {"accountant", "privacy-unit"}
 log = logging.getLogger("cxrsynth.client")
 
 

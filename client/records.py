@@ -43,6 +43,7 @@ def ledger_to_record(entry: dict) -> ConfigRecord:
             "delta": float(entry["delta"]),
             "epsilon-budget": float(entry["epsilon_budget"] or 0.0),
             "accountant": str(entry["accountant"]),
+            "privacy-unit": str(entry.get("privacy_unit", "study")),
             "history-noise": [float(h[0]) for h in hist],
             "history-rate": [float(h[1]) for h in hist],
             "history-steps": [int(h[2]) for h in hist],
@@ -61,5 +62,6 @@ def ledger_from_record(rec: ConfigRecord) -> dict:
         "delta": rec["delta"],
         "epsilon_budget": rec["epsilon-budget"] or None,
         "accountant": rec["accountant"],
+        "privacy_unit": rec.get("privacy-unit", "study"),
         "history": hist,
     }

@@ -20,7 +20,7 @@ from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device, unwrap
-from cxrsynth.train import apply_labeled_fraction, load_run_data, seed_everything, train_steps
+from cxrsynth.train import apply_labeled_fraction, dp_sampling, load_run_data, seed_everything, train_steps
 
 
 @dataclass
@@ -187,12 +187,11 @@ def train_round(
     if cfg.dp.enabled:
         from privacy.dp import check_budget, privatize
 
-        rate = min(cfg.train.batch_size, len(site.train)) / len(site.train)
+        sampling, rate, units = dp_sampling(site.train, cfg.train.batch_size, cfg.dp.privacy_unit)
         # A round is refused up front when its sampled batches (one accounted step each) would
         # pass the budget; the DP optimizer stops any step beyond it.
         check_budget(dp_history or [], cfg.dp, rate, steps, site=f"site {site.site}")
         ledger = privatize(model, cfg, rate, dp_history or [])
-        sampling = "poisson"
     on_step = None
     if proximal_mu > 0:
         anchor = {k: torch.as_tensor(v, device=model.device) for k, v in arrays.items()}
@@ -210,4 +209,7 @@ def train_round(
     )
     metrics = {f"loss-{k}": float(v) for k, v in result.losses.items()}
     metrics["local-seconds"] = float(result.seconds)
+    if cfg.dp.enabled:
+        # The coordinator checks the ledger's sample rate against it (server/screen.py).
+        metrics["privacy-units"] = units
     return RoundResult(arrays=model.state(), num_examples=len(site.train), metrics=metrics, ledger=ledger() if ledger else None)

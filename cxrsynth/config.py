@@ -67,6 +67,9 @@ class DPConfig(Strict):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    privacy_unit: Literal["patient", "study"] = Field(
+        "patient", description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study"
+    )
 
 
 class FederationConfig(Strict):

@@ -37,7 +37,11 @@ class BatchSampler:
 
     'shuffle': fixed-size batches from reshuffled epochs. 'poisson': each record joins a batch
     independently with probability batch_size / n, the sampling DP-SGD accounting assumes
-    (batches vary in size and may be empty).
+    (batches vary in size and may be empty). 'poisson-patient': each patient joins with
+    probability batch_size / (number of patients) and brings one of their studies, drawn
+    uniformly; a patient is then one row of the batch, so Opacus' per-sample clipping bounds a
+    patient's whole contribution and the accountant's sample rate is the patients' (patient-level
+    DP: epsilon protects all studies of a patient, not one study).
     """
 
     def __init__(self, records: Sequence[Record], batch_size: int, seed: int, mode: str = "shuffle"):
@@ -48,15 +52,25 @@ class BatchSampler:
         self.mode = mode
         self.rng = np.random.default_rng(seed)
         self._order: list[int] = []
+        self.patients: list[list[int]] = []
+        if mode == "poisson-patient":
+            groups: dict[str, list[int]] = {}
+            for i, r in enumerate(self.records):
+                groups.setdefault(r.patient_id, []).append(i)
+            self.patients = list(groups.values())
+            self.batch_size = min(batch_size, len(self.patients))
 
     @property
     def sample_rate(self) -> float:
-        return self.batch_size / len(self.records)
+        return self.batch_size / (len(self.patients) if self.patients else len(self.records))
 
     def __iter__(self) -> Iterator[list[Record]]:
         return self
 
     def __next__(self) -> list[Record]:
+        if self.mode == "poisson-patient":
+            mask = self.rng.random(len(self.patients)) < self.sample_rate
+            return [self.records[self.patients[i][self.rng.integers(len(self.patients[i]))]] for i in np.flatnonzero(mask)]
         if self.mode == "poisson":
             mask = self.rng.random(len(self.records)) < self.sample_rate
             return [self.records[i] for i in np.flatnonzero(mask)]
@@ -154,6 +168,13 @@ def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int
     return [r if k else r.with_(labels=empty_labels()) for r, k in zip(records, keep)]
 
 
+def dp_sampling(records: Sequence[Record], batch_size: int, privacy_unit: str) -> tuple[str, float, int]:
+    """(sampling mode, the accountant's sample rate, number of privacy units) of DP-SGD on `records`."""
+    mode = "poisson-patient" if privacy_unit == "patient" else "poisson"
+    sampler = BatchSampler(records, batch_size, 0, mode)
+    return mode, sampler.sample_rate, len(sampler.patients) if sampler.patients else len(sampler.records)
+
+
 def site_ledger_path(data_path: Optional[Path]) -> Optional[Path]:
     """Where a site keeps the DP ledger of a dataset directory, across runs: beside it.
     Phantom data (no path) has no ledger: nobody's privacy is spent on it."""
@@ -200,10 +221,9 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     if cfg.dp.enabled:
         if privatize is None:
             raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
-        rate = min(cfg.train.batch_size, len(train_records)) / len(train_records)
+        sampling, rate, _ = dp_sampling(train_records, cfg.train.batch_size, cfg.dp.privacy_unit)
         # The site's ledger beside its dataset (where the ClientApp keeps it too): one budget per dataset.
         ledger = privatize(model, cfg, rate, spent, ledger_file=site_ledger_path(cfg.data.path))
-        sampling = "poisson"
     log_path = out / "losses.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     every = cfg.train.checkpoint_every

@@ -187,6 +187,7 @@ def privatize(
             "accountant": dp.accountant,
             "epsilon_budget": dp.epsilon_budget,
             "networks": real,
+            "privacy_unit": dp.privacy_unit,
             "history": hist,
         }
         write_ledger_file(ledger_file, entry)

@@ -78,6 +78,8 @@ def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunCo
     if not cfg.dp.enabled:
         return
     book = fl_state.setdefault("privacy_ledger", {"sites": {}, "delta": cfg.dp.delta})
+    # What every epsilon in the book protects (privacy/dp.py): a patient, or one study.
+    book["privacy_unit"] = cfg.dp.privacy_unit
     for r in accepted:
         if "ledger" not in r.content.config_records:
             continue

@@ -66,12 +66,13 @@ def count_problem(n, bound: Optional[int]) -> str:
     return ""
 
 
-def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch_size: int, previous: Optional[dict] = None) -> str:
+def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch_size: int, previous: Optional[dict] = None, units: Optional[int] = None) -> str:
     """Why a site's DP ledger entry is not believed ("" when it checks out).
 
     The epsilon is recomputed from the entry's (noise, sample rate, steps) history with the run's
     accountant at the run's delta; the round's sample rate must be the one the site's count
-    implies; and a site's spending never goes down from one round to the next.
+    implies (`units`: its number of privacy units, patients under patient-level DP, at most its
+    records); and a site's spending never goes down from one round to the next.
     """
     from privacy.dp import epsilon_of
 
@@ -94,9 +95,15 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
     noise, rate, _ = history[-1]
     if not math.isclose(noise, dp.noise_multiplier, rel_tol=1e-6):
         return f"the round's noise multiplier in the ledger is {noise:g}, the run's is {dp.noise_multiplier:g}"
-    expected_rate = min(batch_size, num_examples) / num_examples
+    units = num_examples if units is None else units
+    if isinstance(units, bool) or not isinstance(units, (int, float)) or units != int(units) or not 0 < units <= num_examples:
+        return f"privacy-units {units!r} is not a whole number between 1 and num-examples ({num_examples})"
+    if entry.get("privacy_unit", dp.privacy_unit) != dp.privacy_unit:
+        return f"the DP ledger protects a {entry.get('privacy_unit')}, the run asks for a {dp.privacy_unit}"
+    units = int(units)
+    expected_rate = min(batch_size, units) / units
     if not math.isclose(rate, expected_rate, rel_tol=1e-6):
-        return f"the round's sample rate in the ledger is {rate:.6g}; a batch of {batch_size} from {num_examples} records is {expected_rate:.6g}"
+        return f"the round's sample rate in the ledger is {rate:.6g}; a batch of {batch_size} from {units} units is {expected_rate:.6g}"
     if previous is not None and (steps < int(previous.get("steps", 0)) or recomputed < float(previous.get("epsilon", 0.0)) - 1e-9):
         return "the DP ledger spends less than the same site's ledger of an earlier round"
     return ""
@@ -135,7 +142,9 @@ def screen(
                     entry = ledger_from_record(r.content["ledger"])
                 except (KeyError, TypeError, ValueError):
                     entry = {}
-            problem = ledger_problem(entry, dp, int(r.content["metrics"]["num-examples"]), batch_size, (ledgers or {}).get(str(node)))
+            metrics = r.content["metrics"]
+            units = metrics["privacy-units"] if "privacy-units" in metrics else None
+            problem = ledger_problem(entry, dp, int(metrics["num-examples"]), batch_size, (ledgers or {}).get(str(node)), units)
         if problem:
             out.rejected.append({"node": node, "reason": problem})
             continue

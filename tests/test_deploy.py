@@ -316,3 +316,26 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
     finally:
         procs.stop()
     print(f"loopback deployment test took {time.monotonic() - t_start:.1f}s")
+
+
+def test_compose_and_dockerfiles_follow_the_trust_model():
+    """deploy/README.md's trust model, as the deployment files state it: one port, Control API for loopback, signed apps only."""
+    import ipaddress
+
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())["services"]
+    link = compose["superlink"]
+    assert link["ports"] == ["9093:9093"]
+    allow = link["environment"]["CXRSYNTH_CONTROL_ALLOW"].split()
+    assert allow and all(ipaddress.ip_network(n).is_loopback for n in allow)
+    # The coordinator holds hospital public keys only, never a private one.
+    assert all(v.split(":")[0].endswith(".pub") for v in link["volumes"] if "/nodes/" in v)
+    hospitals = [s for name, s in compose.items() if name.startswith("hospital-")]
+    assert len(hospitals) == 2
+    for h in hospitals:
+        assert "ports" not in h  # a hospital listens on nothing; it calls out to the Fleet API
+        assert any(v.endswith(":/certs/trusted-entities.yaml:ro") for v in h["volumes"])
+    server = (REPO / "deploy" / "Dockerfile.server").read_text()
+    client = (REPO / "deploy" / "Dockerfile.client").read_text()
+    assert '"server.superlink"' in server and "flower-superlink" not in server.split("ENTRYPOINT")[-1]
+    entry = client.split("ENTRYPOINT")[-1]
+    assert "client.supernode" in entry and "--trusted-entities /certs/trusted-entities.yaml" in entry and "flower-supernode" not in entry

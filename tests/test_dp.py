@@ -170,3 +170,40 @@ def test_cxrsynth_train_keeps_the_site_ledger_beside_the_dataset_across_outs(tmp
     ledger.write_text("{not json")
     with pytest.raises(InputError, match="unreadable"):
         train(cfg, tmp_path / "run4", privatize=privatize, progress=Progress(quiet=True))
+
+
+def test_patient_level_dp_samples_patients_one_study_each_and_accounts_per_patient():
+    """Issue 15: DP was per study; a patient with four studies was four chances to be seen."""
+    from collections import Counter
+
+    from cxrsynth.data.phantom import make_phantom
+    from cxrsynth.train import BatchSampler, dp_sampling
+
+    records = make_phantom(n=60, sites=1, seed=0, image_size=16)
+    patients = Counter(r.patient_id for r in records)
+    assert max(patients.values()) > 1  # the phantom data has patients with several studies
+    mode, rate, units = dp_sampling(records, 8, "patient")
+    assert (mode, units) == ("poisson-patient", len(patients)) and rate == pytest.approx(8 / len(patients))
+    assert dp_sampling(records, 8, "study") == ("poisson", pytest.approx(8 / 60), 60)
+    sampler = BatchSampler(records, 8, seed=1, mode=mode)
+    seen: Counter = Counter()
+    steps = 3000
+    for _ in range(steps):
+        batch = [r.patient_id for r in next(sampler)]
+        assert len(batch) == len(set(batch))  # one row per patient: per-sample clipping is per-patient clipping
+        seen.update(batch)
+    # Every patient, whatever their number of studies, joins a batch at the patients' sample rate.
+    for p, n_studies in patients.items():
+        assert seen[p] / steps == pytest.approx(rate, abs=0.04), (p, n_studies)
+    # The same steps protect a patient at a larger epsilon than a study: the unit is stated, not assumed.
+    dp = _cfg().dp
+    assert dp.privacy_unit == "patient"
+    assert epsilon_of([(1.0, rate, 200)], dp) > epsilon_of([(1.0, 8 / 60, 200)], dp)
+
+
+def test_the_ledger_names_its_privacy_unit():
+    cfg = _cfg()
+    ledger = privatize(_model(cfg)[0], cfg, 0.1)
+    assert ledger()["privacy_unit"] == "patient"
+    study = _cfg(privacy_unit="study")
+    assert privatize(_model(study)[0], study, 0.1)()["privacy_unit"] == "study"

@@ -120,7 +120,7 @@ def _dp_reply(node: int, arrays: dict, n: int, history: list, epsilon=None, ledg
     if ledger:
         eps = epsilon_of(history, cfg.dp) if epsilon is None else epsilon
         entry = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sample_rate": history[-1][1], "steps": sum(h[2] for h in history), "epsilon": eps,
-                 "delta": cfg.dp.delta, "epsilon_budget": 10.0, "accountant": cfg.dp.accountant, "history": history}
+                 "delta": cfg.dp.delta, "epsilon_budget": 10.0, "accountant": cfg.dp.accountant, "privacy_unit": cfg.dp.privacy_unit, "history": history}
         content["ledger"] = ledger_to_record(entry)
     return Message(content, reply_to=incoming)
 

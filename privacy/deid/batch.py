@@ -38,7 +38,8 @@ class DeidItem:
 
 def _work(config: DeidConfig, items: list[DeidItem]) -> list[DeidResult]:
     deid = cached_deidentifier(config)
-    return [deid.deidentify_text(it.text, it.meta or None, it.patient_key) for it in items]
+    artifacts = deid.nlp_batch([it.text for it in items])
+    return [deid.deidentify_text(it.text, it.meta or None, it.patient_key, a) for it, a in zip(items, artifacts)]
 
 
 def _init_worker() -> None:

@@ -352,12 +352,12 @@ class Deidentifier:
     def versions(self) -> dict[str, str]:
         return versions(self.config, self.analyzer)
 
-    def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None) -> list[Finding]:
+    def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None, nlp_artifacts=None) -> list[Finding]:
         """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
         if deny is None:
             deny = header_deny_terms(meta) + self.roster
         found: list[Finding] = []
-        for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold):
+        for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold, nlp_artifacts=nlp_artifacts):
             typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
             if typ is None:
                 continue
@@ -468,7 +468,21 @@ class Deidentifier:
                 redraw[key] = redraw.get(key, 0) + 1
         return out, sorted(set(bad.values()))
 
-    def deidentify_text(self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None) -> DeidResult:
+    def nlp_batch(self, texts: list[str]) -> list:
+        """spaCy run once over many texts (nlp.pipe, much faster than one call per text); each
+        result goes to `deidentify_text(..., nlp_artifacts=)`. A text that is not a string or is
+        over-long gets None and is refused (quarantined) by `deidentify_text` itself."""
+        ok = [i for i, t in enumerate(texts) if isinstance(t, str) and len(t) <= self.config.max_chars]
+        out: list = [None] * len(texts)
+        try:
+            done = self.analyzer.nlp_engine.process_batch([texts[i] for i in ok], "en", batch_size=max(len(ok), 1))
+            for i, (_, artifacts) in zip(ok, done):
+                out[i] = artifacts
+        except Exception:  # fail closed per report: each text is then analysed on its own
+            return [None] * len(texts)
+        return out
+
+    def deidentify_text(self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None, nlp_artifacts=None) -> DeidResult:
         t0 = time.perf_counter()
 
         def quarantine(reason: str, counts: Optional[dict] = None) -> DeidResult:
@@ -483,7 +497,7 @@ class Deidentifier:
         try:
             with deadline:
                 deny = header_deny_terms(meta) + self.roster
-                findings = self.find(text, meta, deny)
+                findings = self.find(text, meta, deny, nlp_artifacts)
                 out, collided = self._replace(text, findings, key, deny) if findings else (text, [])
         except ReportTimeout:
             return quarantine(f"timeout after {self.config.timeout_s:g} s")

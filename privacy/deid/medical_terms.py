@@ -55,17 +55,38 @@ def _pattern(term: str) -> str:
 TITLE_BEFORE = re.compile(r"(?i)(?:\b(?:mr|mrs|ms|miss|dr|doctor|prof|nurse|sister)\.?\s+)$")
 
 
+def _first_word(term: str) -> str:
+    return re.match(r"[A-Za-z\u00c0-\u024f]+", term).group(0).lower()
+
+
 @lru_cache(maxsize=1)
-def keep_regex() -> re.Pattern:
+def _by_first_word() -> dict[str, tuple[str, ...]]:
+    out: dict[str, list[str]] = {}
+    for t in set(KEEP_TERMS):
+        out.setdefault(_first_word(t), []).append(t)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+@lru_cache(maxsize=512)
+def keep_regex(terms: tuple[str, ...] | None = None) -> re.Pattern:
     # longest first, so "Swan-Ganz catheter" wins over "Swan"
-    terms = sorted(set(KEEP_TERMS), key=len, reverse=True)
+    terms = sorted(set(KEEP_TERMS if terms is None else terms), key=len, reverse=True)
     return re.compile("|".join(_pattern(t) for t in terms), re.IGNORECASE)
 
 
+@lru_cache(maxsize=256)  # called twice per report (findings, then propagated names)
 def keep_spans(text: str) -> list[tuple[int, int]]:
-    """Where the text holds a medical term (not preceded by a personal title)."""
+    """Where the text holds a medical term (not preceded by a personal title).
+
+    Only the terms whose first word occurs in the text go into the pattern: one alternation of
+    all 170 terms tried at every character was a tenth of the time per report."""
+    index = _by_first_word()
+    words = {w.lower() for w in re.findall(r"[A-Za-z\u00c0-\u024f]+", text)}
+    terms = tuple(sorted(t for w in words & index.keys() for t in index[w]))
+    if not terms:
+        return []
     out = []
-    for m in keep_regex().finditer(text):
+    for m in keep_regex(terms).finditer(text):
         if TITLE_BEFORE.search(text[max(0, m.start() - 12) : m.start()]):
             continue
         out.append(m.span())

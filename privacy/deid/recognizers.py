@@ -105,6 +105,7 @@ class Rule:
     pattern: str
     score: float = 0.85
     flags: int = 0
+    needs: str = ""  # a cheap regex that must match somewhere before the rule runs (speed only)
 
 
 RULES: tuple[Rule, ...] = (
@@ -161,8 +162,10 @@ RULES: tuple[Rule, ...] = (
     # --- names ---------------------------------------------------------------------------------
     Rule("name_title", "NAME", rf"(?<![A-Za-z]){TITLE}\.?\s+(?P<phi>{PERSON})", 0.85),
     Rule("name_title_lower", "NAME", r"(?i:\b(?:dr|doctor|mr|mrs|ms)\.?\s+)(?P<phi>(?!(?:and|or|the|on|at|to|in|re|was|is|with|for|of|regarding|who|office|team|service|note|report)\b)[a-z][a-z'\-]+)\b", 0.7),
-    Rule("name_credential", "NAME", rf"(?<![A-Za-z'.-])(?P<phi>{PERSON_OR_LF})(?:,\s?{CREDENTIAL}|\s(?:M\.D\.|MD|MBBS|MBChB|FRCR|Ph\.?D\.?|PA-C))(?![A-Za-z])", 0.85),
-    Rule("name_caps_pair", "NAME", rf"(?<![A-Za-z'-])(?P<phi>{NOT_NAME}[A-Z][A-Z'\-]+,\s?{NOT_NAME}[A-Z][A-Z'\-]+(?:\s[A-Z]\.?)?)(?![A-Za-z])", 0.75),
+    Rule("name_credential", "NAME", rf"(?<![A-Za-z'.-])(?P<phi>{PERSON_OR_LF})(?:,\s?{CREDENTIAL}|\s(?:M\.D\.|MD|MBBS|MBChB|FRCR|Ph\.?D\.?|PA-C))(?![A-Za-z])", 0.85,
+         needs=rf"[,\s]\s?{CREDENTIAL}(?![A-Za-z])"),
+    Rule("name_caps_pair", "NAME", rf"(?<![A-Za-z'-])(?P<phi>{NOT_NAME}[A-Z][A-Z'\-]+,\s?{NOT_NAME}[A-Z][A-Z'\-]+(?:\s[A-Z]\.?)?)(?![A-Za-z])", 0.75,
+         needs=r"[A-Z]{2},\s?[A-Z]{2}"),
     # A capitalised pair in the middle of a sentence ("identified as Delacroix, Hiroshi by"); reports are
     # otherwise lower case there, and eponyms are removed by the medical-term list.
     Rule("name_mid_sentence", "NAME", rf"(?<=[a-z,;(] )(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])", 0.6),
@@ -218,7 +221,7 @@ class RegexRecognizer(LocalRecognizer):
 
     def __init__(self, rules: tuple[Rule, ...] = RULES):
         self.rules = rules
-        self.compiled = [(r, re.compile(r.pattern, r.flags)) for r in rules]
+        self.compiled = [(r, re.compile(r.pattern, r.flags), re.compile(r.needs) if r.needs else None) for r in rules]
         super().__init__(supported_entities=sorted({r.entity for r in rules}), name="RadiologyRegexRecognizer")
 
     def load(self) -> None:
@@ -226,8 +229,8 @@ class RegexRecognizer(LocalRecognizer):
 
     def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
         out = []
-        for rule, rx in self.compiled:
-            if entities and rule.entity not in entities:
+        for rule, rx, needs in self.compiled:
+            if (entities and rule.entity not in entities) or (needs is not None and not needs.search(text)):
                 continue
             for m in rx.finditer(text):
                 start, end = m.span("phi") if "phi" in rx.groupindex else m.span()
