@@ -20,6 +20,7 @@ from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device, unwrap
+from cxrsynth.pretrained import apply_finetune
 from cxrsynth.train import apply_labeled_fraction, dp_sampling, load_run_data, seed_everything, train_steps
 
 
@@ -180,7 +181,13 @@ def train_round(
         torch.set_num_threads(cfg.train.num_threads)
     seed = cfg.train.seed + 1000 * server_round + int(hashlib.sha256(site.site.encode()).hexdigest()[:6], 16)
     seed_everything(seed)
+    if server_round == 1 and cfg.train.init_sha256 is not None:
+        # The first global model of a run that starts from a base must be that base, bit for bit.
+        from cxrsynth.pretrained import check_pin, state_sha256
+
+        check_pin(state_sha256(arrays, extra_state), cfg.train.init_sha256, where=f"site {site.site}, round 1 weights")
     model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))
+    apply_finetune(model, cfg.train.finetune)
     model.opts = model.make_optimizers()
     steps = cfg.federation.local_steps
     sampling, ledger = "shuffle", None

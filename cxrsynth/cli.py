@@ -24,6 +24,7 @@ HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
     ("deid", "run"): ("privacy.deid.commands:run", "issue 3"),
     ("deid", "eval"): ("privacy.deid.commands:evaluate", "issue 3"),
     ("deid", "dicom"): ("privacy.deid.commands:dicom", "issue 18"),
+    ("pretrain",): ("cxrsynth.commands:pretrain", "issue 14"),
     ("train",): ("cxrsynth.commands:train", "issue 2"),
     ("fl", "simulate"): ("server.simulate:command", "issue 7"),
     ("generate",): ("cxrsynth.commands:generate", "issue 2"),
@@ -88,6 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--config", default=None, help="de-identification settings (YAML): dicom_dates, dicom_device, secret_file")
     dd.add_argument("--audit-log", default=None, help="where the on-site audit log goes (default: beside --out)")
     dd.set_defaults(path=("deid", "dicom"))
+
+    pt = sub.add_parser("pretrain", help="train a base model on public data (no DP, no federation) for the sites to fine-tune")
+    pt.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
+    src = pt.add_mutually_exclusive_group()
+    src.add_argument("--data", default=None, help="a public dataset directory (`cxrsynth data ingest`); never a site's data")
+    src.add_argument("--phantom", type=int, default=None, metavar="N", help="a public phantom cohort of N studies (default: 3000), drawn in other acquisition styles than the hospitals'")
+    pt.add_argument("--out", required=True, help="the base checkpoint directory (holds base.json with its SHA-256)")
+    pt.add_argument("--steps", type=int, default=None, help="override train.steps")
+    pt.add_argument("--seed", type=int, default=1, help="phantom cohort seed")
+    pt.set_defaults(path=("pretrain",))
 
     t = sub.add_parser("train", help="train one model at one site (no federation)")
     t.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")

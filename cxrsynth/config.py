@@ -56,6 +56,13 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     out: Path = Path("runs/train")
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; none: torch's default")
+    init_from: Optional[Path] = Field(None, description="a base checkpoint (`cxrsynth pretrain`) to fine-tune instead of training from scratch")
+    init_sha256: Optional[str] = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="the base's SHA-256 (cxrsynth.pretrained.base_sha256); sites refuse a base that hashes otherwise"
+    )
+    finetune: tuple[str, ...] = Field(
+        ("*",), min_length=1, description="glob patterns over '<network>.<parameter>' names that fine-tuning updates; the rest stay frozen"
+    )
 
 
 class DPConfig(Strict):

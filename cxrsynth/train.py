@@ -23,6 +23,7 @@ from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device
+from cxrsynth.pretrained import apply_finetune
 from cxrsynth.progress import Progress
 
 
@@ -199,19 +200,30 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     start_step = 0
     history: list[dict] = []
     spent: list = []  # the DP accountant's history so far: a resumed run keeps counting epsilon
+    base: Optional[dict] = None  # the pretrained base this run fine-tunes, recorded with every checkpoint
     if resume and (out / "run.yaml").is_file():
         model, _, state = load_checkpoint(out, device)
         start_step = int(state.get("step", 0))
         history = state.get("history", [])
         spent = (state.get("privacy_ledger") or {}).get("history") or []
-        model.opts = model.make_optimizers()
-        load_optimizers(out, model)
+        base = state.get("base")
         progress.say(f"resuming from {out} at step {start_step}")
+    elif cfg.train.init_from is not None:
+        from cxrsynth.pretrained import load_base
+
+        model, card = load_base(cfg, device)
+        base = {**card.model_dump(), "path": str(cfg.train.init_from)}
+        progress.say(f"fine-tuning the base {cfg.train.init_from} (sha256 {card.sha256[:16]}..., {card.pretrained_on})")
     else:
         model = build_model(cfg.model)
         model.setup(train_records)
         model.to_device(device)
-        model.opts = model.make_optimizers()
+    trainable, total = apply_finetune(model, cfg.train.finetune)
+    if trainable < total:
+        progress.say(f"train.finetune: {trainable:,} of {total:,} parameters are trained; the rest stay as they are")
+    model.opts = model.make_optimizers()
+    if start_step:
+        load_optimizers(out, model)
     remaining = cfg.train.steps - start_step
     if remaining <= 0:
         progress.say(f"{out} already has {start_step} of {cfg.train.steps} steps; nothing to do.")
@@ -234,7 +246,7 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
             history.append(entry)
             if every and step % every == 0 and step < cfg.train.steps:
                 log.flush()
-                save_checkpoint(out, model, cfg, _train_state(step, history, ledger))
+                save_checkpoint(out, model, cfg, _train_state(step, history, ledger, base))
 
         result = train_steps(
             model,
@@ -249,13 +261,17 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
             progress=progress,
             label=f"train {cfg.model.family}",
         )
-    save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger))
+    save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
     progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s; checkpoint: {out}")
     return out
 
 
-def _train_state(step: int, history: list[dict], ledger) -> dict:
+def _train_state(step: int, history: list[dict], ledger, base: Optional[dict] = None) -> dict:
     state = {"step": step, "history": history[-2000:]}
     if ledger is not None:
         state["privacy_ledger"] = ledger()
+        if base is not None:
+            state["privacy_ledger"]["base"] = base
+    if base is not None:
+        state["base"] = base
     return state

@@ -121,7 +121,8 @@ def privatize(
         raise InputError(f"DP sample rate must be in (0, 1], got {sample_rate}; check train.batch_size and the dataset size.")
     if not model.opts:
         raise InputError("privatize() needs the model's optimizers; call model.make_optimizers() first.")
-    real = [name for name in model.nets if model.reads_real_data(name)]
+    # A network frozen whole (train.finetune) releases nothing, so it needs neither clipping nor noise.
+    real = [name for name in model.nets if model.reads_real_data(name) and any(p.requires_grad for p in model.nets[name].parameters())]
     if not real:
         raise InputError(f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing.")
     if "train_step" in vars(model):

@@ -19,6 +19,7 @@ from cxrsynth.config import RunConfig
 from cxrsynth.errors import CheckFailed, InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel
+from cxrsynth.pretrained import pinned
 from cxrsynth.progress import Progress
 from cxrsynth.train import seed_everything
 from server.report import write_report
@@ -46,9 +47,17 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float, progress: Progress) -> l
 
 
 def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[GenerativeModel, dict]:
-    """Build the global model and fit its vocabulary on the sites' merged frequent-token counts."""
+    """Build the global model and fit its vocabulary on the sites' merged frequent-token counts,
+    or, with `train.init_from`, start from the pretrained base (its vocabulary comes from public
+    data, so the sites are not asked for token counts at all)."""
     fed = cfg.federation
     seed_everything(cfg.train.seed)
+    if cfg.train.init_from is not None:
+        from cxrsynth.pretrained import load_base
+
+        model, card = load_base(cfg)
+        progress.say(f"starting from the base {cfg.train.init_from} (sha256 {card.sha256[:16]}...): {card.pretrained_on}")
+        return model, {"base": {**card.model_dump(), "path": str(cfg.train.init_from)}}
     model = build_model(cfg.model)
     nodes = _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
     msgs = [Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab") for n in nodes]
@@ -71,7 +80,7 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     # What each site said it holds bounds the sample count it may weigh its updates with later.
     summary["site_reports"] = {str(r.metadata.src_node_id): int(r.content["metrics"]["num-reports"]) for r in ok}
     progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)")
-    return model, summary
+    return model, {"vocabulary": summary}
 
 
 def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunConfig) -> None:
@@ -94,6 +103,8 @@ def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunCo
 def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None) -> Path:
     """Run `federation.rounds` rounds (continuing after the last checkpoint with `resume`). Returns `out`."""
     progress = progress or Progress()
+    # Every site checks the round-1 weights against this pin before it trains (client.task).
+    cfg = pinned(cfg)
     fed = cfg.federation
     out = Path(out)
     strategy = make_strategy(fed)
@@ -106,8 +117,8 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         load_strategy_state(strategy, strat_arrays, fl_state.get("strategy_scalars", {}))
         progress.say(f"resuming {out} after round {fl_state['round']} of {fed.rounds}")
     else:
-        model, vocab = initial_model(grid, cfg, progress)
-        fl_state = {"round": 0, "history": [], "rejections": [], "vocabulary": vocab}
+        model, start = initial_model(grid, cfg, progress)
+        fl_state = {"round": 0, "history": [], "rejections": [], **start}
     extra = model.extra_state()
     arrays = model.state()
     bar = progress.task(f"federated {cfg.model.family}", total=fed.rounds)

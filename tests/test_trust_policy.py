@@ -247,3 +247,38 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
     assert len(log) == 1 and '"n": 4' in log[0]
     again = app(_pinned_query(syn, tmp_path / "keys" / "signing" / "coordinator", arrays), ctx)
     assert again.has_error() and "budget" in again.error.reason
+
+
+def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from cxrsynth.checkpoint import checkpoint_hash, save_checkpoint
+    from cxrsynth.config import AuditPolicy
+    from cxrsynth.errors import InputError
+    from cxrsynth.models import build_model
+    from privacy.audit.protocol import make_query, verify_query
+    from server.audit_query import _pin
+
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(repo / "deploy" / "certs.py"), "--out", str(tmp_path / "keys"), "--app-signer", "coordinator"], check=True, capture_output=True)
+    cfg = _cfg(WITHIN_FLOOR)
+    model = build_model(cfg.model)
+    model.setup(make_phantom(n=8, sites=1, seed=1, image_size=16))
+    save_checkpoint(tmp_path / "ckpt", model, cfg, {"step": 0}, save_optimizers=False)
+    short = checkpoint_hash(tmp_path / "ckpt")
+    own = [r.with_(site="synthetic", split="", provenance=f"family=mopoe;checkpoint={short};seed={i}") for i, r in enumerate(make_phantom(n=3, sites=1, seed=9, image_size=16))]
+    probe = [*own, own[0].with_(record_id="probe", provenance="")]  # a real image slipped in among the model's output
+    key = tmp_path / "keys" / "signing" / "coordinator"
+    policy = AuditPolicy(bootstrap=10, skip=("phi",))
+    arrays = model.state()
+    with pytest.raises(InputError, match="do not name checkpoint"):
+        _pin(make_query(probe, policy, cfg, model.extra_state(), arrays), probe, tmp_path / "ckpt", arrays, key)
+    content = _pin(make_query(own, policy, cfg, model.extra_state(), arrays), own, tmp_path / "ckpt", arrays, key)
+    trusted = yaml.safe_load((tmp_path / "keys" / "trusted-entities.yaml").read_text())
+    assert verify_query(content, trusted)["key-id"] == "coordinator"
+    # A model other than the pinned one, sent with the same pin, is refused at the site.
+    content["arrays"] = to_arrays({k: v + 1 if v.dtype.kind == "f" else v for k, v in arrays.items()})
+    with pytest.raises(SiteRefused, match="pinned checkpoint"):
+        verify_query(content, trusted)

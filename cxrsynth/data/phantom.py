@@ -85,7 +85,7 @@ def _studies_per_patient(rng, n: int, sites: int) -> list[int]:
     return counts
 
 
-def _cohort(n: int, sites: int, seed: int, lateral: bool) -> dict:
+def _cohort(n: int, sites: int, seed: int, lateral: bool, site_offset: int = 0) -> dict:
     """Everything random about the studies except pixel noise: who, where, what, how."""
     rng = np.random.default_rng([seed, 1])
     counts = _studies_per_patient(rng, n, sites)
@@ -93,7 +93,7 @@ def _cohort(n: int, sites: int, seed: int, lateral: bool) -> dict:
     pat_of = np.repeat(np.arange(n_pat), counts)
     site_of_pat = np.arange(n_pat) % sites
     site = site_of_pat[pat_of]
-    acq = [site_acquisition(s) for s in range(sites)]
+    acq = [site_acquisition(site_offset + s) for s in range(sites)]
 
     anatomy = {
         "lung_rx": rng.normal(0.15, 0.012, n_pat), "lung_ry": rng.normal(0.30, 0.02, n_pat),
@@ -498,11 +498,16 @@ def labels_of(state_row: np.ndarray) -> dict[str, Optional[int]]:
     return {name: (None if int(state_row[j]) == NONE else int(state_row[j])) for j, name in enumerate(LABELS)}
 
 
-def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, lateral: bool = True) -> list[Record]:
-    """`n` phantom studies over `sites` hospitals: images, reports with PHI, labels, PHI headers."""
+def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, lateral: bool = True, site_offset: int = 0) -> list[Record]:
+    """`n` phantom studies over `sites` hospitals: images, reports with PHI, labels, PHI headers.
+
+    `site_offset`: the sites are site<offset>..site<offset + sites - 1>, with those sites' own
+    acquisition styles and label mixes; a public cohort for pretraining takes an offset past the
+    hospitals', so it differs from them as public data differs from a hospital's.
+    """
     if n < 1 or sites < 1 or image_size < 16:
         raise ValueError(f"make_phantom needs n >= 1, sites >= 1 and image_size >= 16 (got {n}, {sites}, {image_size})")
-    p = _cohort(n, sites, seed, lateral)
+    p = _cohort(n, sites, seed, lateral, site_offset)
     frontal, lat = draw_images(p, image_size, seed)
     rng = p["report_rng"]
     out = []
@@ -517,7 +522,7 @@ def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, la
                 record_id=f"r{i:06d}",
                 patient_id=f"p{int(p['pat_of'][i]):06d}",
                 study_id=f"s{i:06d}",
-                site=f"site{int(p['site'][i])}",
+                site=f"site{site_offset + int(p['site'][i])}",
                 view="AP" if p["ap"][i] else "PA",
                 findings=findings,
                 impression=impression,

@@ -1,0 +1,193 @@
+"""Base models pretrained on public data, and fine-tuning that starts from them.
+
+DP-SGD on a few hundred studies per site cannot teach a generator from scratch what a chest X-ray
+looks like; what makes DP synthetic data useful is a model pretrained without privacy cost on data
+that is no site's, then fine-tuned privately (Ghalebikesabi et al. 2023; DP-LDM, Lyu et al. 2023;
+DP-SynGen 2024 pretrains on programmatically drawn images, as our phantom cohorts are). This
+module is that stage, written once for every family:
+
+- `pretrain(cfg, records, out, source)`: no DP, no federation, on records that are no site's; the
+  checkpoint carries `base.json` (what it was trained on, its SHA-256, "privacy cost: none").
+- `base_sha256`: SHA-256 over the weights and the non-array state (vocabulary, tokenizer), in a
+  canonical order, so the coordinator, every site and the dataset card compute the same value from
+  a checkpoint directory or from the arrays a round ships.
+- `load_base(cfg)`: the model a run starts from when `train.init_from` is set, refused when its
+  hash differs from `train.init_sha256`.
+- `apply_finetune(model, patterns)`: which parameters fine-tuning updates (`train.finetune`);
+  the rest are frozen, so DP-SGD clips and noises fewer dimensions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from cxrsynth.config import RunConfig
+from cxrsynth.data.records import Record
+from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.models.base import GenerativeModel, unwrap
+
+CARD = "base.json"
+NO_PRIVACY_COST = "none: trained on data that is no site's, without DP and without federation"
+
+
+class BaseCard(BaseModel):
+    """What a base checkpoint is; written beside its weights and copied into ledgers and cards."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str
+    family: str
+    pretrained_on: str
+    records: int
+    patients: int
+    steps: int
+    seconds: float
+    privacy_cost: str = NO_PRIVACY_COST
+
+
+def state_sha256(state: dict[str, np.ndarray], extra: dict) -> str:
+    """SHA-256 of a model's arrays (name, dtype, shape, bytes, in name order) and its extra state."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        arr = np.ascontiguousarray(state[name])
+        h.update(name.encode("utf-8") + b"\0" + str(arr.dtype).encode() + b"\0" + str(arr.shape).encode() + b"\0")
+        h.update(arr.tobytes())
+    h.update(json.dumps(extra, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+    return h.hexdigest()
+
+
+def model_sha256(model: GenerativeModel) -> str:
+    return state_sha256(model.state(), model.extra_state())
+
+
+def read_card(ckpt: str | Path) -> BaseCard:
+    path = Path(ckpt) / CARD
+    if not path.is_file():
+        raise InputError(
+            f"{ckpt}: not a base checkpoint (no {CARD}); make one with `cxrsynth pretrain`, which records "
+            "what the base was trained on, so a site can see that it cost no site's privacy."
+        )
+    try:
+        return BaseCard.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a valid base card ({str(e).splitlines()[0]}).") from None
+
+
+def base_sha256(ckpt: str | Path) -> str:
+    """The hash of a base checkpoint directory, recomputed from its files (never read from base.json)."""
+    from cxrsynth.checkpoint import load_checkpoint
+
+    model, _, _ = load_checkpoint(ckpt)
+    return model_sha256(model)
+
+
+def pinned(cfg: RunConfig) -> RunConfig:
+    """`cfg` with `train.init_sha256` set to the base's recomputed hash; refused if a pin differs."""
+    if cfg.train.init_from is None:
+        return cfg
+    digest = base_sha256(cfg.train.init_from)
+    check_pin(digest, cfg.train.init_sha256, where=f"train.init_from {cfg.train.init_from}")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"init_sha256": digest})})
+
+
+def check_pin(digest: str, expected: Optional[str], where: str) -> None:
+    if expected is not None and digest != expected:
+        raise CheckFailed(
+            f"{where}: the base model's SHA-256 is {digest}, but the run pins {expected}. A site fine-tunes only "
+            "the base it was told about; get the published base checkpoint, or correct train.init_sha256."
+        )
+
+
+def load_base(cfg: RunConfig, device=None) -> tuple[GenerativeModel, BaseCard]:
+    """The model in `train.init_from`, after checking its hash against `train.init_sha256`.
+
+    The architecture comes from the base (its run.yaml); the run's model section must name the
+    same family. Training settings (steps, learning rates in `train`, DP) are the run's own.
+    """
+    from cxrsynth.checkpoint import load_checkpoint
+
+    base_dir = cfg.train.init_from
+    if base_dir is None:
+        raise InputError("load_base needs train.init_from (a base checkpoint directory).")
+    card = read_card(base_dir)
+    model, base_cfg, _ = load_checkpoint(base_dir, device)
+    if base_cfg.model.family != cfg.model.family:
+        raise InputError(
+            f"train.init_from {base_dir}: the base is a {base_cfg.model.family} model, but the run's model.family is "
+            f"{cfg.model.family}; fine-tune a base of the same family."
+        )
+    digest = model_sha256(model)
+    if digest != card.sha256:
+        raise CheckFailed(f"{base_dir}: its weights hash to {digest}, not to the {card.sha256} its {CARD} records; the files were changed after pretraining.")
+    check_pin(digest, cfg.train.init_sha256, where=f"train.init_from {base_dir}")
+    return model, card
+
+
+def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int, int]:
+    """Freeze every parameter whose name (`<net>.<parameter>`) matches none of `patterns`.
+
+    Returns (trainable, total) parameter counts. Refuses patterns that leave nothing to train.
+    """
+    trainable = total = 0
+    for net_name, net in model.nets.items():
+        for pname, p in unwrap(net).named_parameters():
+            # Only ever freezes: what a family keeps frozen itself (a moving average, a frozen VAE) stays so.
+            keep = p.requires_grad and any(fnmatch.fnmatchcase(f"{net_name}.{pname}", pat) for pat in patterns)
+            p.requires_grad_(keep)
+            total += p.numel()
+            trainable += p.numel() if keep else 0
+    if trainable == 0:
+        raise InputError(
+            f"train.finetune {list(patterns)}: no parameter of the {model.family} model matches; parameter names are "
+            f"'<network>.<parameter>' with networks {', '.join(model.nets)} (e.g. '{next(iter(model.nets))}.*')."
+        )
+    return trainable, total
+
+
+def describe_phantom(n: int, sites: int, seed: int, site_offset: int) -> str:
+    return f"phantom cohort: {n} studies, acquisition styles of sites {site_offset}..{site_offset + sites - 1}, seed {seed} (no hospital's data)"
+
+
+def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrained_on: str, progress=None) -> BaseCard:
+    """Train a base model on public `records` (no DP, no federation) and write it with its card."""
+    from cxrsynth.checkpoint import save_checkpoint
+    from cxrsynth.models import build_model
+    from cxrsynth.models.base import pick_device
+    from cxrsynth.progress import Progress
+    from cxrsynth.train import seed_everything, train_steps
+
+    if cfg.dp.enabled:
+        raise InputError("pretraining runs without DP on public data; set dp.enabled: false (DP belongs to the sites' fine-tuning).")
+    if not records:
+        raise InputError("pretraining needs records; the public dataset is empty.")
+    progress = progress or Progress()
+    out = Path(out)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model)
+    model.setup(list(records))
+    model.to_device(pick_device(cfg.train.device))
+    model.opts = model.make_optimizers()
+    t0 = time.perf_counter()
+    result = train_steps(model, list(records), steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed, log_every=cfg.train.log_every, progress=progress, label=f"pretrain {cfg.model.family}")
+    model.to_device(pick_device("cpu"))
+    card = BaseCard(
+        sha256=model_sha256(model),
+        family=cfg.model.family,
+        pretrained_on=pretrained_on,
+        records=len(records),
+        patients=len({r.patient_id for r in records}),
+        steps=result.step,
+        seconds=round(time.perf_counter() - t0, 1),
+    )
+    save_checkpoint(out, model, cfg, {"step": result.step, "history": result.history[-2000:], "base": card.model_dump()}, save_optimizers=False)
+    (out / CARD).write_text(card.model_dump_json(indent=2), encoding="utf-8")
+    progress.say(f"base model: {out} (sha256 {card.sha256}); pin it with train.init_sha256")
+    return card
