@@ -183,9 +183,13 @@ def train_round(
     seed_everything(seed)
     if server_round == 1 and cfg.train.init_sha256 is not None:
         # The first global model of a run that starts from a base must be that base, bit for bit.
-        from cxrsynth.pretrained import check_pin, state_sha256
+        # The reason names only hashes of what the server sent, so it may go back to the server.
+        from cxrsynth.pretrained import state_sha256
+        from privacy.dp import SiteRefused
 
-        check_pin(state_sha256(arrays, extra_state), cfg.train.init_sha256, where=f"site {site.site}, round 1 weights")
+        got = state_sha256(arrays, extra_state)
+        if got != cfg.train.init_sha256:
+            raise SiteRefused(f"the round-1 weights hash to {got}, not to the base {cfg.train.init_sha256} the run pins; the site fine-tunes only that base.")
     model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))
     apply_finetune(model, cfg.train.finetune)
     model.opts = model.make_optimizers()

@@ -107,27 +107,43 @@ def check_pin(digest: str, expected: Optional[str], where: str) -> None:
 
 
 def load_base(cfg: RunConfig, device=None) -> tuple[GenerativeModel, BaseCard]:
-    """The model in `train.init_from`, after checking its hash against `train.init_sha256`.
+    """The run's model with the weights and state of `train.init_from`, after checking its hash
+    against the base's card and against `train.init_sha256`.
 
-    The architecture comes from the base (its run.yaml); the run's model section must name the
-    same family. Training settings (steps, learning rates in `train`, DP) are the run's own.
+    The networks are built from the run's model section, so fine-tuning may change what does not
+    shape them (learning rates, sampling settings); a section that changes a shape is refused,
+    naming the weight that does not fit.
     """
     from cxrsynth.checkpoint import load_checkpoint
+    from cxrsynth.models import build_model
 
     base_dir = cfg.train.init_from
     if base_dir is None:
         raise InputError("load_base needs train.init_from (a base checkpoint directory).")
     card = read_card(base_dir)
-    model, base_cfg, _ = load_checkpoint(base_dir, device)
+    base, base_cfg, _ = load_checkpoint(base_dir)
     if base_cfg.model.family != cfg.model.family:
         raise InputError(
             f"train.init_from {base_dir}: the base is a {base_cfg.model.family} model, but the run's model.family is "
             f"{cfg.model.family}; fine-tune a base of the same family."
         )
-    digest = model_sha256(model)
+    digest = model_sha256(base)
     if digest != card.sha256:
         raise CheckFailed(f"{base_dir}: its weights hash to {digest}, not to the {card.sha256} its {CARD} records; the files were changed after pretraining.")
     check_pin(digest, cfg.train.init_sha256, where=f"train.init_from {base_dir}")
+    model = build_model(cfg.model)
+    model.load_extra_state(base.extra_state())
+    try:
+        model.load_state(base.state())
+    except (KeyError, RuntimeError, ValueError) as e:
+        changed = sorted(k for k, v in cfg.model.model_dump().items() if base_cfg.model.model_dump().get(k) != v)
+        raise InputError(
+            f"train.init_from {base_dir}: the base's weights do not fit the networks of the run's model section "
+            f"({str(e).strip().splitlines()[0][:200]}); it differs from the base in: {', '.join(changed) or 'nothing'}. "
+            "Keep the base's network sizes (start the run from the base's preset)."
+        ) from None
+    if device is not None:
+        model.to_device(device)
     return model, card
 
 
