@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--synthetic", required=True)
     ev.add_argument("--real", required=True)
     ev.add_argument("--out", required=True)
+    ev.add_argument("--baseline", default=None, metavar="DIR", help="synthetic data of the base model before fine-tuning, scored beside --synthetic (what the sites added)")
     ev.add_argument("--checkpoint", default=None, help="a checkpoint for model-specific metrics (MoPoE linear probe)")
     ev.add_argument("--extractor", default="classifier", help="feature extractor: classifier or a local weights file")
     ev.add_argument("--classifier-steps", type=int, default=300, help="training steps of each utility classifier")

@@ -350,3 +350,27 @@ def test_dp_training_through_privacy_dp_wiring(tmp_path):
     # Step 1 trains the VAE alone (noise sigma), steps 2-3 the U-Net and text encoder (sigma*sqrt(2)
     # each): every sampled batch is one release at the configured sigma.
     assert ledger["history"] == [[1.0, ledger["sample_rate"], 3]]
+
+
+def test_label_prompts_read_no_report_text_and_match_generation_prompts(records):
+    from cxrsynth.models.ldm.prompts import training_prompt
+
+    m = tiny_model(records, prompt_section="labels")
+    labeled = next(r for r in records if r.has_labels())
+    assert training_prompt(labeled, "labels") == prompt_from_labels(labeled.labels)
+    assert training_prompt(labeled.with_(labels={}), "labels") == ""
+    # The vocabulary is the templates': the words of the reports (and any PHI in them) are not in it.
+    vocab = set(m.tokenizer.get_vocab())
+    assert {"cardiomegaly", "effusion", "pneumothorax"} <= vocab
+    report_only = {w.lower().strip(".,") for r in records for w in r.report.split()} - {w.lower().strip(".,") for w in " ".join(prompt_from_labels(r.labels) for r in records).split()}
+    assert report_only and not (report_only & (vocab - {"the", "is", "no", "a", "of", "in"}))
+    assert Model.vocabulary_text(m.config, labeled) == ""
+    # Federated setup without site words gives the same tokenizer.
+    fed = Model(tiny_config(prompt_section="labels"))
+    fed.setup_from_counts({}, 0)
+    assert fed.tokenizer.get_vocab() == m.tokenizer.get_vocab()
+    losses = m.train_step(records[:4])  # VAE stage
+    losses = m.train_step(records[:4])
+    assert np.isfinite(losses["loss"])
+    out = m.generate(2, [labeled.labels, {"Cardiomegaly": 1}], seed=0)
+    assert out[1].labels["Cardiomegaly"] == 1 and "Cardiomegaly." in out[1].report

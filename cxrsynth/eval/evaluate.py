@@ -108,15 +108,20 @@ def run_evaluation(
     extractor: str = "classifier",
     checkpoint: Optional[str | Path] = None,
     progress: Optional[Progress] = None,
+    baseline_dir: Optional[str | Path] = None,
 ) -> dict:
+    """`baseline_dir`: synthetic data of the base model before fine-tuning, scored beside the
+    release (utility arm and FID), so the page shows what the sites' fine-tuning added."""
     progress = progress or Progress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, holdout = load_real(real_dir, cfg)
     synthetic = load_synthetic(synthetic_dir)
+    baseline = load_synthetic(baseline_dir) if baseline_dir is not None else None
     families = sorted({_provenance(s, "family") or "unknown" for s in synthetic})
     metrics: dict = {
         "synthetic": {"dir": str(synthetic_dir), "records": len(synthetic), "families": families},
+        **({"baseline": {"dir": str(baseline_dir), "records": len(baseline)}} if baseline is not None else {}),
         "real": {"dir": str(real_dir), "train_records": len(train), "holdout_records": len(holdout)},
         "settings": cfg.model_dump(),
         "status": {},
@@ -128,7 +133,7 @@ def run_evaluation(
         if result.ok:
             metrics[name] = result.value
 
-    util = run_stage("utility", lambda: utility(train, synthetic, holdout, cfg, progress), say)
+    util = run_stage("utility", lambda: utility(train, synthetic, holdout, cfg, progress, baseline=baseline), say)
     real_classifier = util.value[1] if util.ok else None
     if util.ok:
         util.value = util.value[0]
@@ -151,6 +156,7 @@ def run_evaluation(
             # Real against real for scale; not against the training images, whose features the
             # extractor has fitted and which therefore sit apart from unseen ones.
             "fid_holdout_halves": frechet_distance(f_hold[:half], f_hold[half:]) if half >= 2 else None,
+            **({"fid_baseline_vs_holdout": frechet_distance(f_hold, ext([r.image for r in baseline]))} if baseline is not None else {}),
             "n_synthetic": len(synthetic),
             "n_holdout": len(holdout),
         }
@@ -176,7 +182,7 @@ def run_evaluation(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
     from cxrsynth.eval.page import write_page
 
-    write_page(out / "index.html", metrics, train, holdout, synthetic, cfg)
+    write_page(out / "index.html", metrics, train, holdout, synthetic, cfg, baseline)
     return metrics
 
 
@@ -202,6 +208,8 @@ def summary_lines(metrics: dict) -> list[str]:
     if util:
         arms = "  ".join(f"{a}: {v['macro_auroc']:.3f}" if v["macro_auroc"] is not None else f"{a}: n/a" for a, v in util["arms"].items())
         lines.append(f"macro AUROC on real holdout ({util['holdout_records']} records)  {arms}")
+        if util.get("synthetic_to_real") is not None:
+            lines.append(f"synthetic-only / real-only macro AUROC: {util['synthetic_to_real']:.3f}" + (f"; fine-tuning gain over the base model: {util['fine_tuning_gain']:+.3f}" if util.get("fine_tuning_gain") is not None else ""))
     rep = metrics.get("reports")
     if rep and rep.get("n"):
         lines.append(f"reports ({rep['references']}, n={rep['n']}): " + " ".join(f"{k}={rep[k]:.3f}" for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -70,22 +70,31 @@ def sample_pairs_html(real: Sequence[Record], synthetic: Sequence[Record], n: in
     return "".join(parts)
 
 
-def write_page(path: Path, metrics: dict, train: Sequence[Record], holdout: Sequence[Record], synthetic: Sequence[Record], cfg: EvalConfig) -> Path:
+def write_page(
+    path: Path, metrics: dict, train: Sequence[Record], holdout: Sequence[Record], synthetic: Sequence[Record], cfg: EvalConfig, baseline: Optional[Sequence[Record]] = None
+) -> Path:
     parts = [f"<p>Synthetic: {esc(metrics['synthetic']['dir'])} ({metrics['synthetic']['records']} records, family {esc(', '.join(metrics['synthetic']['families']))}); real: {esc(metrics['real']['dir'])} ({metrics['real']['train_records']} train, {metrics['real']['holdout_records']} holdout).</p>", _status_table(metrics)]
     parts.append("<h2>Images</h2><h3>Real (holdout)</h3>" + grid_img([r.image for r in holdout[: cfg.grid]], alt="real") + "<h3>Synthetic</h3>" + grid_img([r.image for r in synthetic[: cfg.grid]], alt="synthetic"))
+    if baseline:
+        parts.append("<h3>Base model only (before the sites fine-tuned it)</h3>" + grid_img([r.image for r in baseline[: cfg.grid]], alt="base-only synthetic"))
     lat = [r.lateral for r in synthetic[: cfg.grid] if r.lateral is not None]
     if lat:
         parts.append("<h3>Synthetic laterals</h3>" + grid_img(lat, alt="synthetic lateral"))
     fid = metrics.get("fidelity")
     if fid:
-        parts.append("<h2>Fidelity</h2>" + table(["measure", "value"], [("FID synthetic vs real holdout", fid["fid_synthetic_vs_holdout"]), ("FID real holdout half vs half (for scale)", fid["fid_holdout_halves"]), ("extractor", fid["extractor"])]))
+        rows = [("FID synthetic vs real holdout", fid["fid_synthetic_vs_holdout"]), ("FID real holdout half vs half (for scale)", fid["fid_holdout_halves"]), ("extractor", fid["extractor"])]
+        if "fid_baseline_vs_holdout" in fid:
+            rows.insert(1, ("FID base-only synthetic vs real holdout", fid["fid_baseline_vs_holdout"]))
+        parts.append("<h2>Fidelity</h2>" + table(["measure", "value"], rows))
     div = metrics.get("diversity")
     if div:
         parts.append("<h2>Diversity</h2>" + _msssim_plot(div))
     util = metrics.get("utility")
     if util:
         rows = [(k, *[util["arms"][a]["auroc"].get(k) for a in util["arms"]]) for k in LABELS] + [("macro", *[util["arms"][a]["macro_auroc"] for a in util["arms"]])]
-        parts.append(f"<h2>Utility</h2><p>Classifiers trained {util['steps']} steps ({util['seeds']} seed(s)), AUROC on {util['holdout_records']} real holdout records; augmentation gain (real+synthetic minus real): {esc(fmt(util['augmentation_gain']))}.</p>" + _auroc_plot(util) + table(["label", *util["arms"]], rows))
+        parts.append(f"<h2>Utility</h2><p>Classifiers trained {util['steps']} steps ({util['seeds']} seed(s)), AUROC on {util['holdout_records']} real holdout records; augmentation gain (real+synthetic minus real): {esc(fmt(util['augmentation_gain']))}; synthetic-only / real-only: {esc(fmt(util.get('synthetic_to_real')))}"
+            + (f"; fine-tuning gain (synthetic minus base-only synthetic): {esc(fmt(util['fine_tuning_gain']))}" if util.get("fine_tuning_gain") is not None else "")
+            + ".</p>" + _auroc_plot(util) + table(["label", *util["arms"]], rows))
     rep = metrics.get("reports")
     if rep:
         keys = [k for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "n") if k in rep]

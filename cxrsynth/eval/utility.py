@@ -19,6 +19,7 @@ from cxrsynth.eval.config import EvalConfig
 from cxrsynth.progress import Progress
 
 ARMS = ("real", "synthetic", "real+synthetic")
+BASELINE = "base-only synthetic"
 
 
 def auroc_per_label(model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float) -> dict[str, Optional[float]]:
@@ -42,10 +43,17 @@ def utility(
     holdout: Sequence[Record],
     cfg: EvalConfig,
     progress: Optional[Progress] = None,
+    baseline: Optional[Sequence[Record]] = None,
 ) -> tuple[dict, CXRClassifier]:
     """AUROC per label and macro for each arm, averaged over `cfg.seeds`; also returns the first
-    real-only classifier, which serves as the FID extractor."""
+    real-only classifier, which serves as the FID extractor.
+
+    `baseline`: a second synthetic set (the base model's, before the sites fine-tuned it), scored
+    as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
+    """
     sources = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": list(real_train) + list(synthetic)}
+    if baseline is not None:
+        sources[BASELINE] = list(baseline)
     arms: dict[str, dict] = {}
     first_real: Optional[CXRClassifier] = None
     for arm, train_set in sources.items():
@@ -76,15 +84,27 @@ def utility(
             "macro_auroc": macro(per_label),
             "macro_auroc_per_seed": [macro(r) for r in runs],
         }
-    base = arms["real"]["macro_auroc"]
-    mixed = arms["real+synthetic"]["macro_auroc"]
     result = {
+        "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
         "holdout_records": len(holdout),
         "steps": cfg.classifier_steps,
         "seeds": cfg.seeds,
         "uncertain_as": cfg.uncertain_as,
         "arms": arms,
-        "augmentation_gain": (mixed - base) if base is not None and mixed is not None else None,
+        "augmentation_gain": _gain(arms, "real+synthetic", "real"),
+        # The release's headline: how much of the real data's utility the synthetic data alone carries.
+        "synthetic_to_real": _ratio(arms, "synthetic", "real"),
     }
     assert first_real is not None
     return result, first_real
+
+
+def _gain(arms: dict, arm: str, reference: str) -> Optional[float]:
+    """Macro AUROC of `arm` minus that of `reference` (None when either is missing)."""
+    a, b = (arms.get(k, {}).get("macro_auroc") for k in (arm, reference))
+    return a - b if a is not None and b is not None else None
+
+
+def _ratio(arms: dict, arm: str, reference: str) -> Optional[float]:
+    a, b = (arms.get(k, {}).get("macro_auroc") for k in (arm, reference))
+    return a / b if a is not None and b else None

@@ -55,7 +55,11 @@ class LDMConfig(BaseModel):
     tokenizer_min_count: int = Field(5, ge=1, description="a token seen fewer times in the training reports never enters the vocabulary")
     tokenizer_vocab_size: int = Field(8000, ge=64)
     max_tokens: int = Field(77, ge=8, le=512, description="CLIP's context length is 77")
-    prompt_section: Literal["impression", "findings", "report"] = Field("impression", description="which report text conditions training (the paper: impression)")
+    prompt_section: Literal["impression", "findings", "report", "labels"] = Field(
+        "impression",
+        description="which text conditions training (the paper: impression); labels: the label template of the record's labels, "
+        "the same sentences generation prompts are made of, and no report text is read",
+    )
     long_prompts: Literal["truncate", "filter"] = Field("truncate", description="filter: drop training records whose prompt exceeds max_tokens, as the paper does")
 
     # ---- training -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrsynth.data.records import Record
+from cxrsynth.data.text import pseudo_reports
 from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap
@@ -103,10 +104,22 @@ class Model(GenerativeModel):
     # ---- data-dependent setup -------------------------------------------------------------
     def setup(self, records: Sequence[Record]) -> None:
         cfg = self.config
-        if self.tokenizer is None:
+        if self.tokenizer is None and cfg.prompt_section == "labels":
+            self._set_tokenizer(T.train_tokenizer(P.template_sentences(), cfg.tokenizer, 1, cfg.tokenizer_vocab_size))
+        elif self.tokenizer is None:
             texts = [P.training_prompt(r, cfg.prompt_section) for r in records]
             self._set_tokenizer(T.train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_min_count, cfg.tokenizer_vocab_size))
         self.counts = P.label_counts(records)
+
+    def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
+        # Label prompts are made of the templates alone: no site's words are needed.
+        self.setup(pseudo_reports(counts, n_reports) if self.config.prompt_section != "labels" else [])
+
+    @classmethod
+    def vocabulary_text(cls, config: LDMConfig, record: Record) -> str:
+        """The tokenizer is fitted to the training prompts, so sites count the tokens of those
+        (none with label prompts, whose words are the templates')."""
+        return "" if config.prompt_section == "labels" else P.training_prompt(record, config.prompt_section)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         self.counts = P.label_counts_from_site_counts(counts)
@@ -367,7 +380,7 @@ class Model(GenerativeModel):
             else:
                 raise InputError(f"condition {i}: expected a prompt string or a label dict, got {type(c).__name__}.")
         images = self.sample(prompts, seed)
-        section = "findings" if self.config.prompt_section == "report" else self.config.prompt_section
+        section = "findings" if self.config.prompt_section in ("report", "labels") else self.config.prompt_section
         return [
             Record(record_id=f"ldm-{i}", patient_id="", study_id="", view="PA", labels=P.labels_of(p), image=img, **{section: p})
             for i, (p, img) in enumerate(zip(prompts, images))

@@ -33,8 +33,20 @@ TEMPLATES: dict[str, tuple[str, str, str]] = {
 NORMAL = "No acute cardiopulmonary process."
 
 
+def template_sentences() -> list[str]:
+    """Every sentence a label prompt is made of (the vocabulary of `prompt_section: labels`)."""
+    return [t for sentences in TEMPLATES.values() for t in sentences] + [NORMAL]
+
+
 def training_prompt(record: Record, section: str) -> str:
-    """The text a training record conditions on (the paper: the impression)."""
+    """The text a training record conditions on (the paper: the impression).
+
+    `labels`: the label template of the record's labels (`prompt_from_labels`), so training and
+    generation prompts are written alike and no report text is read at all; a record without
+    labels trains on the empty prompt (the unconditional branch of classifier-free guidance).
+    """
+    if section == "labels":
+        return prompt_from_labels(record.labels) if record.has_labels() else ""
     if section == "impression":
         return record.impression or record.findings
     if section == "findings":
