@@ -20,8 +20,9 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
-from client.policy import enforce, load_policy
+from client.policy import enforce, load_policy, refuse_plain_updates
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
+from client.secagg import is_secure, secagg_mod
 from client.task import label_counts, load_site, token_counts, train_round
 from cxrsynth.models import model_class
 from cxrsynth.train import site_ledger_path
@@ -54,6 +55,7 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
     cfg, extra = read_round_config(msg.content["config"])
     policy = load_policy(context.node_config)
     cfg = enforce(cfg, policy)
+    refuse_plain_updates(policy, secure=is_secure(msg))
     site = load_site(cfg, context.node_config)
     result = train_round(
         cfg,
@@ -117,7 +119,8 @@ def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> 
 
     `ledger_dir`: where simulated sites keep their privacy ledgers across runs.
     """
-    app = ClientApp(mods=[*(mods or []), egress_guard])
+    # The egress guard is outermost: it checks what leaves after SecAgg+ has masked the update.
+    app = ClientApp(mods=[*(mods or []), egress_guard, secagg_mod])
     ledger_dir = Path(ledger_dir) if ledger_dir else None
     app.train()(lambda msg, context: train(msg, context, ledger_dir))
     app.evaluate()(evaluate)
