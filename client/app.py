@@ -23,9 +23,11 @@ from client.egress import egress_guard
 from client.policy import enforce, load_policy, refuse_plain_updates
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 from client.secagg import is_secure, secagg_mod
-from client.task import label_counts, load_site, token_counts, train_round
-from cxrsynth.models import model_class
-from cxrsynth.train import site_ledger_path
+from cxrsynth.errors import SiteRefused
+
+# client.task (torch, the model families) is imported by the handlers that need it, not here: on a
+# SuperNode every message starts a ClientApp process, and three of a SecAgg+ round's four stages
+# (keys and shares, client/secagg.py) need no model.
 
 DP_STATE = "dp-ledger"
 log = logging.getLogger("cxrsynth.client")
@@ -38,6 +40,8 @@ def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]
     if "ledger-path" in nc:
         return Path(str(nc["ledger-path"]))
     if "data-path" in nc:
+        from cxrsynth.train import site_ledger_path
+
         return site_ledger_path(Path(str(nc["data-path"])))
     return None
 
@@ -52,6 +56,8 @@ def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
 
 
 def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
+    from client.task import load_site, train_round
+
     cfg, extra = read_round_config(msg.content["config"])
     policy = load_policy(context.node_config)
     cfg = enforce(cfg, policy)
@@ -83,12 +89,10 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Mean membership score of the global model on this site's training records (a scalar)."""
-    from client.task import rebuild_model
+    from client.task import load_site, rebuild_model
 
     cfg, extra = read_round_config(msg.content["config"])
     if not load_policy(context.node_config).send_loss_metrics:
-        from privacy.dp import SiteRefused
-
         # A mean loss over training records is a membership signal outside any DP accounting.
         raise SiteRefused("site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered.")
     site = load_site(cfg, context.node_config)
@@ -102,6 +106,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 def vocab(msg: Message, context: Context) -> Message:
     """Counts of frequent report tokens and of labels, for the shared vocabulary and label mix
     (server/vocab.py, `GenerativeModel.fit_label_counts`)."""
+    from client.task import label_counts, load_site, token_counts
+    from cxrsynth.models import model_class
+
     cfg, _ = read_round_config(msg.content["config"])
     cfg = enforce(cfg, load_policy(context.node_config), training=False)
     site = load_site(cfg, context.node_config)

@@ -16,7 +16,7 @@ import numbers
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
-from cxrsynth.errors import CheckFailed, CxrError
+from cxrsynth.errors import CheckFailed, CxrError, SiteRefused
 
 LEDGER_STRINGS = {"accountant", "privacy-unit"}
 # What a site sends in the four SecAgg+ stages (flwr.common.secure_aggregation.secaggplus_constants.Key).
@@ -74,8 +74,6 @@ ERROR_KINDS = {"refused": 1, "bad-input": 2, "check-failed": 3, "internal": 4, "
 
 
 def error_reply(e: BaseException, msg: Message) -> Message:
-    from privacy.dp import SiteRefused
-
     if isinstance(e, SiteRefused):
         kind, reason = "refused", f"refused: {e}"
     elif isinstance(e, CheckFailed):

@@ -21,8 +21,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxrsynth.config import RunConfig, read_yaml
-from cxrsynth.errors import ConfigError
-from privacy.dp import SiteRefused
+from cxrsynth.errors import ConfigError, SiteRefused
 
 POLICY_FILE = "site-policy.yaml"
 

@@ -149,6 +149,22 @@ def _counters_problem(reply: Message, global_arrays: dict[str, np.ndarray]) -> s
     return ""
 
 
+def sum_problem(norm: float, history: list[dict], factor: float) -> str:
+    """Why a round's secure sum is not taken ("" when it is): its mean update's norm against
+    `factor` times the (lower) median of earlier rounds' sums, the one yardstick left once the
+    sites' own updates are hidden. The first round has none: only the quantizer's bound holds."""
+    earlier = sorted(h["secure"]["update_norm"] for h in history if "secure" in h)
+    if not earlier:
+        return ""
+    median = earlier[(len(earlier) - 1) // 2]
+    if median > 0 and norm > factor * median:
+        return (
+            f"the secure sum's update norm {norm:.3g} is more than {factor:g} x the median {median:.3g} of earlier rounds; "
+            "under secure aggregation the server cannot tell which site's update made it"
+        )
+    return ""
+
+
 def max_weight(cfg: RunConfig, bounds: dict[int, int]) -> float:
     """The scale of num-examples in the masked sum: a site with n records weighs n / W. The largest
     count a site reported keeps every honest weight within 1 and the quantizer's resolution."""
@@ -200,13 +216,8 @@ def secure_round(
     mean = dict(zip(names, total.mean[: len(names)]))
     norm = float(np.sqrt(sum(float(np.sum(np.square(d))) for d in mean.values())))
     out.secure = {"sites": len(round_grid.summed), "update_norm": norm, "clipped_share": float(total.mean[-1].ravel()[0]) / sa.clipping_range}
-    earlier = sorted(h["secure"]["update_norm"] for h in history if "secure" in h)
-    if earlier and earlier[(len(earlier) - 1) // 2] > 0 and norm > fed.reject_norm_factor * earlier[(len(earlier) - 1) // 2]:
-        median = earlier[(len(earlier) - 1) // 2]
-        reason = (
-            f"the secure sum's update norm {norm:.3g} is more than {fed.reject_norm_factor:g} x the median {median:.3g} of earlier rounds; "
-            "under secure aggregation the server cannot tell which site's update made it"
-        )
+    reason = sum_problem(norm, history, fed.reject_norm_factor)
+    if reason:
         out.rejected += [{"node": node, "reason": reason} for node in round_grid.summed]
         return out
     weights = {k: (global_arrays[k].astype(np.float64) + mean[k]).astype(global_arrays[k].dtype) for k in names}

@@ -252,7 +252,10 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
         procs.stop()
 
 
-def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
+# The same deployment with SecAgg+: the four stages of each round pass the real SuperLink and
+# SuperNodes, whose node state carries each site's protocol keys from one stage to the next.
+@pytest.mark.parametrize("secure", ["off", pytest.param("secagg+", marks=pytest.mark.slow)])
+def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
     t_start = time.monotonic()
     certs = tmp_path / "certs"
     subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "hospital-a", "hospital-b", "intruder", "--app-signer", "coordinator"], check=True)
@@ -277,7 +280,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
                 "train": {"batch_size": 4, "num_threads": 1},
                 # Within the hospitals' default floor (client/policy.py): a run asking less is refused.
                 "dp": {"enabled": True, "noise_multiplier": 1.0, "delta": 1.0e-5, "epsilon_budget": 10.0},
-                "federation": {"sites": 2, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "round_timeout": 240},
+                "federation": {"sites": 2, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "round_timeout": 240, "secure_aggregation": secure},
             }
         )
     )
@@ -301,6 +304,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
         _wait_for(lambda: (out / "rounds" / "round-002" / "fl_state.json").is_file(), 120, "the round-2 checkpoint")
         state = json.loads((out / "fl_state.json").read_text())
         assert [h["accepted"] for h in state["history"]] == [2, 2]
+        assert all(("secure" in h) == (secure != "off") and bool(h["update_norms"]) == (secure == "off") for h in state["history"])
         # Each site's epsilon, checked by the coordinator against its own accountant history.
         book = state["privacy_ledger"]["sites"]
         assert len(book) == 2 and all(0 < s["epsilon"] < 10 and s["steps"] == 4 for s in book.values())

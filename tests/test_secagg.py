@@ -196,3 +196,13 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path)
     ctx = Context(run_id=11, node_id=1, node_config={"data-path": str(root), "site": "hospital-a"}, state=RecordDict(), run_config={})
     reply = make_app()(msg, ctx)
     assert reply.has_error() and reply.error.code == ERROR_KINDS["refused"] and "require_secure_aggregation" in reply.error.reason
+
+
+def test_a_secure_sum_far_above_earlier_rounds_is_refused_as_a_whole():
+    from server.secagg import sum_problem
+
+    history = [{"round": 1, "secure": {"update_norm": 0.3}}, {"round": 2, "secure": {"update_norm": 0.2}}, {"round": 3, "update_norms": {"1": 9.0}}]
+    assert sum_problem(50.0, [], 10.0) == ""  # round 1: nothing to compare with
+    assert sum_problem(1.9, history, 10.0) == ""
+    reason = sum_problem(2.5, history, 10.0)
+    assert "2.5" in reason and "0.2" in reason and "cannot tell which site" in reason
