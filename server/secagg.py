@@ -106,19 +106,18 @@ class _RoundGrid:
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         answered = {r.metadata.src_node_id for r in replies}
         for m in messages:
-            if m.metadata.dst_node_id not in answered:
-                self.rejected.setdefault(m.metadata.dst_node_id, f"no reply in the SecAgg+ {stage} stage")
+            self._reject(m.metadata.dst_node_id, f"no reply in the SecAgg+ {stage} stage", answered)
         kept = []
         for r in replies:
             node = r.metadata.src_node_id
             if r.has_error():
-                self.rejected.setdefault(node, f"the site failed: {r.error.reason}")
+                self._reject(node, f"the site failed: {r.error.reason}")
                 kept.append(r)
                 continue
             problem = self._problem(r, stage)
             if problem:
                 # Left out as if it had gone offline: its update never enters the sum.
-                self.rejected.setdefault(node, problem)
+                self._reject(node, problem)
                 continue
             if stage == Stage.COLLECT_MASKED_VECTORS:
                 self.summed[node] = r
@@ -128,6 +127,12 @@ class _RoundGrid:
                     r.content[name] = record
             kept.append(r)
         return kept
+
+    def _reject(self, node: int, reason: str, answered: frozenset = frozenset()) -> None:
+        # A site already in the sum stays in it: missing in the unmask stage only means its
+        # neighbours' shares did the unmasking.
+        if node not in answered and node not in self.summed:
+            self.rejected.setdefault(node, reason)
 
     def _problem(self, reply: Message, stage: str) -> str:
         rec = reply.content.config_records.get(RECORD_KEY_CONFIGS)
@@ -211,6 +216,9 @@ def secure_round(
     out = Screened(missing=sum(1 for r in round_grid.rejected.values() if r.startswith("no reply")))
     out.rejected = [{"node": node, "reason": reason} for node, reason in round_grid.rejected.items()]
     if total.mean is None:
+        # The workflow halted: too few sites (or shares) left for the threshold; say so for the sites it had summed.
+        halted = f"the SecAgg+ round could not be completed: fewer than reconstruction_threshold ({sa.reconstruction_threshold:g}) of the neighbours answered"
+        out.rejected += [{"node": node, "reason": halted} for node in round_grid.summed if node not in round_grid.rejected]
         return out
     names = summed_names(global_arrays)
     mean = dict(zip(names, total.mean[: len(names)]))
