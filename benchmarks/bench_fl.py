@@ -4,8 +4,13 @@
    against the same K*R*L local steps run in one process on all the sites' records. Reported as
    the whole run and as the rounds alone (without engine start-up and the vocabulary step).
 2. DP overhead: mean step time with DP-SGD (Opacus, Poisson sampling) over plain steps.
+3. Secure aggregation (`federation.secure_aggregation: secagg+`): mean seconds of a round (server
+   side: send, the sites' training, the protocol's four stages, aggregation, checkpoint) against
+   the plain round, the two kinds of run interleaved in one process (plain, SecAgg+, plain, ...),
+   same data, model, sites and steps; and the share of the round the sites spent training.
 
     .venv/bin/python benchmarks/bench_fl.py --families mopoe,ldm,emixer --rounds 3 --local-steps 10
+    .venv/bin/python benchmarks/bench_fl.py --families mopoe,emixer --only secagg --secagg-repeats 2
 writes rows {"name", "value", "unit", "note"} to --out (benchmarks/run_all.py collects them).
 """
 
@@ -77,6 +82,36 @@ def federated_overhead(cfg) -> dict:
     }
 
 
+def secagg_cost(cfg, repeats: int) -> dict:
+    """Round seconds with and without SecAgg+, interleaved; the vocabulary step and engine start-up are left out."""
+    from safetensors.numpy import load_file
+
+    from server.simulate import simulate
+
+    rounds: dict[str, list[float]] = {"off": [], "secagg+": []}
+    local: dict[str, list[float]] = {"off": [], "secagg+": []}
+    for _ in range(repeats):
+        for mode in rounds:
+            run = cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"secure_aggregation": mode})})
+            with tempfile.TemporaryDirectory() as tmp:
+                simulate(run, Path(tmp) / "run", progress=Progress(quiet=True))
+                history = json.loads((Path(tmp) / "run" / "fl_state.json").read_text())["history"]
+                weights = sum(int(v.size) for v in load_file(str(Path(tmp) / "run" / "model.safetensors")).values() if v.dtype.kind == "f")
+            rounds[mode] += [h["seconds"] for h in history]
+            local[mode] += [h["metrics"].get("local-seconds", 0.0) for h in history]
+    mean = {m: sum(v) / len(v) for m, v in rounds.items()}
+    return {
+        "round_s_plain": mean["off"],
+        "round_s_secagg": mean["secagg+"],
+        "secagg_ratio": mean["secagg+"] / mean["off"],
+        "secagg_extra_s": mean["secagg+"] - mean["off"],
+        "local_s_plain": sum(local["off"]) / len(local["off"]),
+        "local_s_secagg": sum(local["secagg+"]) / len(local["secagg+"]),
+        "rounds_timed": len(rounds["off"]),
+        "weights": weights,
+    }
+
+
 def dp_overhead(cfg, steps: int) -> dict:
     from privacy.dp import privatize
 
@@ -109,6 +144,8 @@ def main(argv=None) -> int:
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dp-steps", type=int, default=20)
+    p.add_argument("--secagg-repeats", type=int, default=1, help="plain/SecAgg+ run pairs for the secure-aggregation cost")
+    p.add_argument("--only", default="", help="comma-separated parts: overhead, secagg (default: both)")
     p.add_argument("--quick", action="store_true", help="2 rounds of 4 local steps, 8 DP steps")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_fl.json"))
     args = p.parse_args(argv)
@@ -116,10 +153,21 @@ def main(argv=None) -> int:
         args.rounds, args.local_steps, args.dp_steps = 2, 4, 8
     torch.set_num_threads(1)
     rows = []
+    parts = set(args.only.split(",")) if args.only else {"overhead", "secagg"}
     for family in args.families.split(","):
         cfg = _config(family, args.sites, args.rounds, args.local_steps, args.batch)
+        shape = f"{args.sites} sites x {args.rounds} rounds x {args.local_steps} local steps"
+        if "secagg" in parts:
+            r = secagg_cost(cfg, args.secagg_repeats)
+            rows += [
+                {"name": f"{family} SecAgg+ round cost", "value": round(r["secagg_ratio"], 3), "unit": "x",
+                 "note": f"{shape}, {r['weights']:,} weights: {r['round_s_secagg']:.2f}s vs {r['round_s_plain']:.2f}s per round "
+                         f"(+{r['secagg_extra_s']:.2f}s; sites' training {r['local_s_secagg']:.2f}s vs {r['local_s_plain']:.2f}s), "
+                         f"{r['rounds_timed']} rounds of each, interleaved"},
+            ]
+        if "overhead" not in parts:
+            continue
         r = {**dp_overhead(cfg, args.dp_steps), **federated_overhead(cfg)}
-        shape = f"{r['sites']} sites x {r['rounds']} rounds x {r['local_steps_per_round']} local steps"
         rows += [
             {"name": f"{family} federated overhead (wall, with engine start-up)", "value": round(r["overhead_ratio_wall"], 3), "unit": "x",
              "note": f"{shape}: {r['federated_wall_s']:.1f}s vs {r['one_process_wall_s']:.1f}s in one process"},

@@ -20,11 +20,14 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
-from client.policy import enforce, load_policy
+from client.policy import enforce, load_policy, refuse_plain_updates
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
-from client.task import label_counts, load_site, token_counts, train_round
-from cxrsynth.models import model_class
-from cxrsynth.train import site_ledger_path
+from client.secagg import is_secure, secagg_mod
+from cxrsynth.errors import SiteRefused
+
+# client.task (torch, the model families) is imported by the handlers that need it, not here: on a
+# SuperNode every message starts a ClientApp process, and three of a SecAgg+ round's four stages
+# (keys and shares, client/secagg.py) need no model.
 
 DP_STATE = "dp-ledger"
 log = logging.getLogger("cxrsynth.client")
@@ -37,6 +40,8 @@ def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]
     if "ledger-path" in nc:
         return Path(str(nc["ledger-path"]))
     if "data-path" in nc:
+        from cxrsynth.train import site_ledger_path
+
         return site_ledger_path(Path(str(nc["data-path"])))
     return None
 
@@ -51,9 +56,12 @@ def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
 
 
 def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
+    from client.task import load_site, train_round
+
     cfg, extra = read_round_config(msg.content["config"])
     policy = load_policy(context.node_config)
     cfg = enforce(cfg, policy)
+    refuse_plain_updates(policy, secure=is_secure(msg))
     site = load_site(cfg, context.node_config)
     result = train_round(
         cfg,
@@ -81,12 +89,10 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Mean membership score of the global model on this site's training records (a scalar)."""
-    from client.task import rebuild_model
+    from client.task import load_site, rebuild_model
 
     cfg, extra = read_round_config(msg.content["config"])
     if not load_policy(context.node_config).send_loss_metrics:
-        from privacy.dp import SiteRefused
-
         # A mean loss over training records is a membership signal outside any DP accounting.
         raise SiteRefused("site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered.")
     site = load_site(cfg, context.node_config)
@@ -100,6 +106,9 @@ def evaluate(msg: Message, context: Context) -> Message:
 def vocab(msg: Message, context: Context) -> Message:
     """Counts of frequent report tokens and of labels, for the shared vocabulary and label mix
     (server/vocab.py, `GenerativeModel.fit_label_counts`)."""
+    from client.task import label_counts, load_site, token_counts
+    from cxrsynth.models import model_class
+
     cfg, _ = read_round_config(msg.content["config"])
     cfg = enforce(cfg, load_policy(context.node_config), training=False)
     site = load_site(cfg, context.node_config)
@@ -117,7 +126,8 @@ def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> 
 
     `ledger_dir`: where simulated sites keep their privacy ledgers across runs.
     """
-    app = ClientApp(mods=[*(mods or []), egress_guard])
+    # The egress guard is outermost: it checks what leaves after SecAgg+ has masked the update.
+    app = ClientApp(mods=[*(mods or []), egress_guard, secagg_mod])
     ledger_dir = Path(ledger_dir) if ledger_dir else None
     app.train()(lambda msg, context: train(msg, context, ledger_dir))
     app.evaluate()(evaluate)

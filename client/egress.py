@@ -1,8 +1,10 @@
 """The site's egress rule, enforced on every reply the ClientApp sends (a Flower mod).
 
 Only model arrays (train replies), counts and scalar metrics (MetricRecords) and privacy-ledger
-entries (the `ledger` ConfigRecord, numbers and one enumerated string) may leave a hospital.
-Anything else (text, images, record ids, file paths) stops the reply at the site. An error reply
+entries (the `ledger` ConfigRecord, numbers and one enumerated string) may leave a hospital;
+under secure aggregation a train reply also carries Flower's SecAgg+ record (public keys, key
+shares encrypted for other sites, shares of mask seeds, the masked update: bytes and node ids,
+client/secagg.py). Anything else (text, images, record ids, file paths) stops the reply at the site. An error reply
 carries an error kind and a fixed text (`error_reply`); only a `SiteRefused` reason, made of
 settings and ledger figures, leaves as written.
 """
@@ -14,9 +16,12 @@ import numbers
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
-from cxrsynth.errors import CheckFailed, CxrError
+from cxrsynth.errors import CheckFailed, CxrError, SiteRefused
 
 LEDGER_STRINGS = {"accountant", "privacy-unit"}
+# What a site sends in the four SecAgg+ stages (flwr.common.secure_aggregation.secaggplus_constants.Key).
+SECAGG_RECORD = "secaggplus_configs"
+SECAGG_KEYS = {"pk1", "pk2", "dsts", "ctxts", "masked_params", "nids", "shares"}
 log = logging.getLogger("cxrsynth.client")
 
 
@@ -28,6 +33,11 @@ def _numeric(v) -> bool:
     if isinstance(v, (list, tuple)):
         return all(isinstance(x, numbers.Number) for x in v)
     return isinstance(v, numbers.Number)
+
+
+def _protocol_value(v) -> bool:
+    items = v if isinstance(v, list) else [v]
+    return all(isinstance(x, bytes) or (isinstance(x, int) and not isinstance(x, bool)) for x in items)
 
 
 def check_reply(msg: Message) -> None:
@@ -43,6 +53,10 @@ def check_reply(msg: Message) -> None:
             bad = [k for k, v in rec.items() if not _numeric(v)]
             if bad:
                 raise EgressRefused(f"record {name!r}: metric(s) {bad[:3]} are not numbers.")
+        elif isinstance(rec, ConfigRecord) and name == SECAGG_RECORD and kind == "train":
+            bad = [k for k, v in rec.items() if k not in SECAGG_KEYS or not _protocol_value(v)]
+            if bad:
+                raise EgressRefused(f"secure aggregation key(s) {bad[:3]} are not the protocol's keys, bytes and node ids.")
         elif isinstance(rec, ConfigRecord):
             if name != "ledger":
                 raise EgressRefused(f"record {name!r}: only the privacy ledger may travel as a ConfigRecord.")
@@ -60,8 +74,6 @@ ERROR_KINDS = {"refused": 1, "bad-input": 2, "check-failed": 3, "internal": 4, "
 
 
 def error_reply(e: BaseException, msg: Message) -> Message:
-    from privacy.dp import SiteRefused
-
     if isinstance(e, SiteRefused):
         kind, reason = "refused", f"refused: {e}"
     elif isinstance(e, CheckFailed):

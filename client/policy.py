@@ -21,8 +21,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cxrsynth.config import RunConfig, read_yaml
-from cxrsynth.errors import ConfigError
-from privacy.dp import SiteRefused
+from cxrsynth.errors import ConfigError, SiteRefused
 
 POLICY_FILE = "site-policy.yaml"
 
@@ -39,6 +38,7 @@ class SitePolicy(BaseModel):
     answer_audit_queries: bool = True
     audit_query_budget: int = Field(5, ge=0, description="audit queries this site answers over its lifetime (each is a look at its data)")
     require_signed_audit_sets: bool = Field(True, description="answer only a synthetic set the coordinator pinned with a key in `trusted-entities`")
+    require_secure_aggregation: bool = Field(False, description="send a training update only masked in a SecAgg+ round, never in the clear")
 
 
 # What a simulated site follows when it has no policy of its own: the run config as sent.
@@ -80,3 +80,9 @@ def enforce(cfg: RunConfig, policy: SitePolicy, *, training: bool = True) -> Run
     if k == cfg.federation.vocab_min_count:
         return cfg
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"vocab_min_count": k})})
+
+
+def refuse_plain_updates(policy: SitePolicy, *, secure: bool) -> None:
+    """SiteRefused when the site sends updates only into a secure sum and this round is plain."""
+    if policy.require_secure_aggregation and not secure:
+        raise SiteRefused("site policy sends its update only masked (require_secure_aggregation) and the run has federation.secure_aggregation off.")

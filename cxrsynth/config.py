@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cxrsynth.errors import ConfigError
 from cxrsynth.models.emixer.config import EmixerConfig
@@ -79,6 +79,29 @@ class DPConfig(Strict):
     )
 
 
+class SecAggConfig(Strict):
+    """Flower's SecAgg+ (Bell et al., CCS 2020): the coordinator learns only the weighted sum of the
+    sites' updates. Each site adds pairwise masks that cancel in the sum and a private mask whose
+    seed the other sites hold in Shamir shares; a site that drops out is recovered from them."""
+
+    num_shares: float = Field(1.0, gt=0.0, le=1.0, description="share of the round's sites each site hands its mask secrets to (its neighbours); 1.0: all of them")
+    reconstruction_threshold: float = Field(
+        0.67, gt=0.0, le=1.0, description="share of those neighbours needed to rebuild a secret; above one half, so no split of the neighbours yields both of a site's secrets"
+    )
+    clipping_range: float = Field(8.0, gt=0.0, description="each coordinate of a site's weighted update (local minus global weights) is clipped to +-this before quantization")
+    quantization_range: int = Field(2**22, ge=2**8, description="levels of the quantizer over [-clipping_range, clipping_range]")
+    modulus_range: int = Field(2**32, ge=2**9, le=2**32, description="the masks' ring; a power of 2 larger than quantization_range times the number of sites")
+    max_weight: Optional[float] = Field(None, gt=0.0, description="weight scale of num-examples; none: the largest record count a site reported (1000 before any)")
+
+    @model_validator(mode="after")
+    def _ring_holds_the_sum(self):
+        if self.modulus_range & (self.modulus_range - 1):
+            raise ValueError(f"modulus_range {self.modulus_range} is not a power of 2")
+        if self.modulus_range <= self.quantization_range:
+            raise ValueError(f"modulus_range {self.modulus_range} must exceed quantization_range {self.quantization_range}")
+        return self
+
+
 class FederationConfig(Strict):
     sites: int = Field(3, ge=1, le=64)
     rounds: int = Field(3, ge=1)
@@ -95,7 +118,27 @@ class FederationConfig(Strict):
     client_dp_clip: float = Field(10.0, gt=0.0)
     vocab_min_count: int = Field(10, ge=1, description="a site shares a report token's count only when that many of its patients have it (rare words never leave)")
     round_timeout: float = Field(3600.0, gt=0.0, description="seconds the server waits for a round's replies")
+    secure_aggregation: Literal["off", "secagg+"] = Field("off", description="secagg+: the coordinator sees only the sum of the sites' updates (server/secagg.py)")
+    secagg: SecAggConfig = SecAggConfig()
     out: Path = Path("runs/fl")
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self):
+        if self.secure_aggregation == "off":
+            return self
+        if self.client_dp != "off":
+            raise ValueError(
+                f"client_dp {self.client_dp!r} clips and noises each site's update at the server, which secure aggregation hides from it; "
+                "use dp (DP-SGD at each site) with secure_aggregation, or set client_dp: off"
+            )
+        if self.min_sites < 2:
+            raise ValueError("secure aggregation needs at least 2 sites in a round (min_sites >= 2): the sum of one update is that update")
+        if self.sites * self.secagg.quantization_range >= self.secagg.modulus_range:
+            raise ValueError(
+                f"secagg.modulus_range {self.secagg.modulus_range} cannot hold the sum of {self.sites} sites' quantized updates "
+                f"(quantization_range {self.secagg.quantization_range}); raise it or lower quantization_range"
+            )
+        return self
 
 
 AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger")

@@ -25,6 +25,11 @@ class CheckFailed(CxrError):
     exit_code = 1
 
 
+class SiteRefused(CheckFailed):
+    """A site's refusal whose message holds only settings and ledger figures, never data, so it may
+    leave the site as the reason of an error reply (client/egress.py)."""
+
+
 class NotBuilt(CxrError):
     """A stage that is not built yet; said at run time instead of faking output."""
 

@@ -24,15 +24,10 @@ from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
 
 from cxrsynth.config import DPConfig, RunConfig
-from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.errors import InputError, SiteRefused
 from cxrsynth.models.base import GenerativeModel, unwrap
 
 History = list[tuple[float, float, int]]
-
-
-class SiteRefused(CheckFailed):
-    """A site's refusal whose message holds only settings and ledger figures, never data, so it may
-    leave the site as the reason of an error reply (client/egress.py)."""
 
 
 def epsilon_of(history: Sequence[Sequence[float]], dp: DPConfig) -> float:

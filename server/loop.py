@@ -24,6 +24,7 @@ from cxrsynth.progress import Progress
 from cxrsynth.train import seed_everything
 from server.report import write_report
 from server.screen import screen
+from server.secagg import secure_round
 from server.state import last_round, load_round, save_round
 from server.strategy import load_strategy_state, make_strategy, strategy_state
 from server.vocab import merge_counts
@@ -127,18 +128,15 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         t0 = time.perf_counter()
         _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
         msgs = list(strategy.configure_train(rnd, to_arrays(arrays), round_config(cfg, extra), grid))
-        replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
         bounds = fl_state.setdefault("site_bounds", dict(fl_state.get("vocabulary", {}).get("site_reports", {})))
-        screened = screen(
-            replies,
-            arrays,
-            fed.reject_norm_factor,
-            dp=cfg.dp,
-            batch_size=cfg.train.batch_size,
-            bounds={int(k): int(v) for k, v in bounds.items()},
-            ledgers=fl_state.get("privacy_ledger", {}).get("sites", {}),
-        )
-        missing = len(msgs) - len(replies)
+        claims = dict(bounds={int(k): int(v) for k, v in bounds.items()}, ledgers=fl_state.get("privacy_ledger", {}).get("sites", {}))
+        if fed.secure_aggregation == "secagg+":
+            screened = secure_round(grid, msgs, arrays, rnd, cfg, history=fl_state["history"], **claims)
+        else:
+            replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
+            screened = screen(replies, arrays, fed.reject_norm_factor, dp=cfg.dp, batch_size=cfg.train.batch_size, **claims)
+            screened.missing = len(msgs) - len(replies)
+        missing = screened.missing
         for rej in screened.rejected:
             progress.say(f"round {rnd}: update of site {rej['node']} rejected: {rej['reason']}")
             fl_state["rejections"].append({"round": rnd, **rej})
@@ -168,6 +166,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
                 "rejected": len(screened.rejected),
                 "no_reply": missing,
                 "update_norms": {str(k): v for k, v in screened.norms.items()},
+                **({"secure": screened.secure} if screened.secure else {}),
                 "metrics": dict(metrics) if metrics is not None else {},
                 "seconds": time.perf_counter() - t0,
             }

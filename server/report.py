@@ -50,6 +50,12 @@ def write_report(out: Path, fl_state: dict, title: str = "Federated run") -> Pat
             norms.setdefault(f"site {site}", []).append((h["round"], v))
     if norms:
         parts.append("<h2>Update norms</h2>" + _plot_rounds(norms, "|update|", "norm of each site's update"))
+    secure = [[h["round"], h["secure"]["sites"], fmt(h["secure"]["update_norm"]), fmt(h["secure"]["clipped_share"])] for h in hist if "secure" in h]
+    if secure:
+        parts.append(
+            "<h2>Secure aggregation (SecAgg+)</h2><p>The server saw only the sum of the sites' updates: no site's own update or norm.</p>"
+            + table(["round", "sites in the sum", "norm of the mean update", "share of coordinates clipped"], secure)
+        )
     book = fl_state.get("privacy_ledger")
     if book and book.get("sites"):
         eps = {f"site {s}": [(r["round"], r["epsilon"]) for r in e.get("rounds", [])] for s, e in book["sites"].items()}

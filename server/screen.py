@@ -25,6 +25,8 @@ class Screened:
     accepted: list[Message] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)  # {"node", "reason"}
     norms: dict[int, float] = field(default_factory=dict)
+    missing: int = 0  # sites asked that never replied
+    secure: dict = field(default_factory=dict)  # under secure aggregation: what the server knows of the sum
 
 
 def _update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:
@@ -52,8 +54,6 @@ def _shape_problem(reply: Message, global_arrays: dict[str, np.ndarray]) -> str:
             return f"array {k} has dtype {arr.dtype}, the global model has {ref.dtype}"
         if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
             return f"array {k} holds NaN or Inf"
-    if "metrics" not in reply.content.metric_records or "num-examples" not in reply.content["metrics"]:
-        return "no sample count (metrics.num-examples) in the reply"
     return ""
 
 
@@ -109,6 +109,28 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
     return ""
 
 
+def claims_problem(reply: Message, *, dp: Optional[DPConfig], batch_size: int, bounds: Optional[dict[int, int]], ledgers: Optional[dict[str, dict]]) -> str:
+    """Why what a site says about itself (its sample count, its DP ledger) is not believed ("" when
+    it is). These travel in the clear under secure aggregation too, so they are checked either way."""
+    from client.records import ledger_from_record
+
+    node = reply.metadata.src_node_id
+    if "metrics" not in reply.content.metric_records or "num-examples" not in reply.content["metrics"]:
+        return "no sample count (metrics.num-examples) in the reply"
+    metrics = reply.content["metrics"]
+    problem = count_problem(metrics["num-examples"], (bounds or {}).get(node))
+    if problem or dp is None or not dp.enabled:
+        return problem
+    entry = None
+    if "ledger" in reply.content.config_records:
+        try:
+            entry = ledger_from_record(reply.content["ledger"])
+        except (KeyError, TypeError, ValueError):
+            entry = {}
+    units = metrics["privacy-units"] if "privacy-units" in metrics else None
+    return ledger_problem(entry, dp, int(metrics["num-examples"]), batch_size, (ledgers or {}).get(str(node)), units)
+
+
 def screen(
     replies: list[Message],
     global_arrays: dict[str, np.ndarray],
@@ -125,8 +147,6 @@ def screen(
     checks out); `bounds`: node -> most records the site may count; `ledgers`: node (str) -> the
     site's ledger entry of an earlier round.
     """
-    from client.records import ledger_from_record
-
     out = Screened()
     candidates: list[Message] = []
     for r in replies:
@@ -134,17 +154,7 @@ def screen(
         if r.has_error():
             out.rejected.append({"node": node, "reason": f"the site failed: {r.error.reason}"})
             continue
-        problem = _shape_problem(r, global_arrays) or count_problem(r.content["metrics"]["num-examples"], (bounds or {}).get(node))
-        if not problem and dp is not None and dp.enabled:
-            entry = None
-            if "ledger" in r.content.config_records:
-                try:
-                    entry = ledger_from_record(r.content["ledger"])
-                except (KeyError, TypeError, ValueError):
-                    entry = {}
-            metrics = r.content["metrics"]
-            units = metrics["privacy-units"] if "privacy-units" in metrics else None
-            problem = ledger_problem(entry, dp, int(metrics["num-examples"]), batch_size, (ledgers or {}).get(str(node)), units)
+        problem = _shape_problem(r, global_arrays) or claims_problem(r, dp=dp, batch_size=batch_size, bounds=bounds, ledgers=ledgers)
         if problem:
             out.rejected.append({"node": node, "reason": problem})
             continue

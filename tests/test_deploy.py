@@ -4,9 +4,11 @@ Processes are started here on free 127.0.0.1 ports and stopped at the end: the S
 (`python -m server.superlink`, in-memory state, see deploy/README.md), two registered SuperNodes
 (`python -m client.supernode`, trusting only the coordinator's app-signing key) each with its
 own site dataset, `flwr run` of the signed tiny preset for 2 rounds, and a third SuperNode whose
-key was never registered, which the SuperLink must refuse. The trust-model tests (issue 15)
-play the outsider: the Control API refused from a host other than the coordinator's, and a
-foreign app, unsigned or signed by a key the hospital does not trust, refused by a SuperNode.
+key was never registered, which the SuperLink must refuse (the same run under SecAgg+ is a slow
+variant). The trust-model tests (issue 15) play the outsider: the Control API refused from a
+host other than the coordinator's (listing nodes, registering its own key, starting its app),
+a SuperNode holding the key it tried to register refused, and a foreign app, unsigned or signed
+by a key the hospital does not trust, refused by a SuperNode.
 """
 
 import json
@@ -119,7 +121,7 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
     import httpx
 
     certs = tmp_path / "certs"
-    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "intruder"], check=True)
+    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "intruder", "--app-signer", "coordinator"], check=True)
     port, env, procs = _coordinator(tmp_path, certs)
     logs = procs.logs
     try:
@@ -127,7 +129,8 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
         # The outsider's host: 127.0.0.2 is another address of this machine, outside the allow-list.
         outsider = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2", verify=ssl.create_default_context(cafile=str(certs / "ca.crt"))), timeout=20)
         base = f"https://127.0.0.1:{port}"
-        for path in ("/v1/control/list-runs", "/v1/control/register-node", "/v1/runtime/pull-messages"):
+        # What the issue's outsider did: list the nodes, register a key, start an app; and the ServerApp's link.
+        for path in ("/v1/control/list-nodes", "/v1/control/register-node", "/v1/control/start-run", "/v1/control/list-runs", "/v1/runtime/pull-messages"):
             r = outsider.post(base + path, content=b"", headers={"content-type": "application/protobuf"})
             assert r.status_code == 403 and "coordinator's host" in r.text, (path, r.status_code, r.text[:200])
         # The Fleet API still answers the outsider (Flower's own checks, not the guard, decide there).
@@ -142,16 +145,37 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
     finally:
         procs.stop()
     # With the coordinator's host elsewhere, Flower's own CLI on this host is the outsider: it cannot
-    # register a SuperNode key or list runs.
+    # list the nodes, register a SuperNode key, list runs or start its app; and a SuperNode holding
+    # the key it tried to register is refused by the Fleet API.
     procs = Procs(logs)
+    app = _probe_app(tmp_path)
     try:
-        _start_superlink(procs, certs, port, {**env, "CXRSYNTH_CONTROL_ALLOW": "192.0.2.250/32"}, "superlink-2")
-        reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / "intruder.pub"), "cxrsynth"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert reg.returncode != 0, reg.stdout + reg.stderr
-        ls = subprocess.run([str(BIN / "flwr"), "ls", "cxrsynth"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
-        assert ls.returncode != 0, ls.stdout + ls.stderr
+        link = _start_superlink(procs, certs, port, {**env, "CXRSYNTH_CONTROL_ALLOW": "192.0.2.250/32"}, "superlink-2")
+        for cmd in (["supernode", "list", "cxrsynth"], ["supernode", "register", str(certs / "nodes" / "intruder.pub"), "cxrsynth"], ["ls", "cxrsynth"], ["run", str(app), "cxrsynth"]):
+            r = subprocess.run([str(BIN / "flwr"), *cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "CXRSYNTH_CONTROL_ALLOW" in r.stdout + r.stderr, (cmd, r.stdout + r.stderr)
+        data = tmp_path / "data" / "intruder"
+        write_dataset(data, make_phantom(n=4, sites=1, seed=3, image_size=16))
+        node = procs.start("intruder", _supernode_cmd(certs, port, "intruder", data, certs / "trusted-entities.yaml"), env)
+        _wait_for(lambda: "No SuperNode found with the given public key" in link.log_path.read_text(), 90, "the SuperLink to refuse the intruder's key")
+        assert "[RUN" not in node.log_path.read_text()
     finally:
         procs.stop()
+
+
+def test_supernode_launcher_refuses_to_start_without_trusted_entities():
+    """A hospital SuperNode that would run any app the SuperLink sends (the issue's hole) does not start."""
+    r = subprocess.run([sys.executable, "-m", "client.supernode", "--superlink", "127.0.0.1:9", "--insecure"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--trusted-entities is required" in r.stderr, r.stderr[-500:]
+
+
+def _probe_app(tmp_path: Path) -> Path:
+    """The outsider's Flower app: its ClientApp sends back the node config (the dataset path, the site)."""
+    app = tmp_path / "probe"
+    app.mkdir(exist_ok=True)
+    (app / "pyproject.toml").write_text(FOREIGN_PYPROJECT)
+    (app / "probe_app.py").write_text(FOREIGN_APP)
+    return app
 
 
 FOREIGN_PYPROJECT = """[build-system]
@@ -219,10 +243,7 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
     subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(other), "--app-signer", "coordinator"], check=True)
     data = tmp_path / "data" / "hospital-a"
     write_dataset(data, [r.with_(site="hospital-a") for r in make_phantom(n=4, sites=1, seed=3, image_size=16)])
-    app = tmp_path / "probe"
-    app.mkdir()
-    (app / "pyproject.toml").write_text(FOREIGN_PYPROJECT)
-    (app / "probe_app.py").write_text(FOREIGN_APP)
+    app = _probe_app(tmp_path)
     port, env, procs = _coordinator(tmp_path, certs)
     logs = procs.logs
     try:
@@ -252,7 +273,10 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
         procs.stop()
 
 
-def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
+# The same deployment with SecAgg+: the four stages of each round pass the real SuperLink and
+# SuperNodes, whose node state carries each site's protocol keys from one stage to the next.
+@pytest.mark.parametrize("secure", ["off", pytest.param("secagg+", marks=pytest.mark.slow)])
+def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
     t_start = time.monotonic()
     certs = tmp_path / "certs"
     subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "hospital-a", "hospital-b", "intruder", "--app-signer", "coordinator"], check=True)
@@ -277,7 +301,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
                 "train": {"batch_size": 4, "num_threads": 1},
                 # Within the hospitals' default floor (client/policy.py): a run asking less is refused.
                 "dp": {"enabled": True, "noise_multiplier": 1.0, "delta": 1.0e-5, "epsilon_budget": 10.0},
-                "federation": {"sites": 2, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "round_timeout": 240},
+                "federation": {"sites": 2, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "round_timeout": 240, "secure_aggregation": secure},
             }
         )
     )
@@ -301,6 +325,8 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
         _wait_for(lambda: (out / "rounds" / "round-002" / "fl_state.json").is_file(), 120, "the round-2 checkpoint")
         state = json.loads((out / "fl_state.json").read_text())
         assert [h["accepted"] for h in state["history"]] == [2, 2]
+        assert all(("secure" in h) == (secure != "off") and bool(h["update_norms"]) == (secure == "off") for h in state["history"])
+        rounds = ", ".join(f"{h['seconds']:.1f}" for h in state["history"])
         # Each site's epsilon, checked by the coordinator against its own accountant history.
         book = state["privacy_ledger"]["sites"]
         assert len(book) == 2 and all(0 < s["epsilon"] < 10 and s["steps"] == 4 for s in book.values())
@@ -315,7 +341,7 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path):
         assert link.poll() is None
     finally:
         procs.stop()
-    print(f"loopback deployment test took {time.monotonic() - t_start:.1f}s")
+    print(f"loopback deployment test (secure_aggregation {secure}) took {time.monotonic() - t_start:.1f}s; rounds {rounds} s")
 
 
 def test_compose_and_dockerfiles_follow_the_trust_model():
@@ -329,13 +355,20 @@ def test_compose_and_dockerfiles_follow_the_trust_model():
     assert allow and all(ipaddress.ip_network(n).is_loopback for n in allow)
     # The coordinator holds hospital public keys only, never a private one.
     assert all(v.split(":")[0].endswith(".pub") for v in link["volumes"] if "/nodes/" in v)
-    hospitals = [s for name, s in compose.items() if name.startswith("hospital-")]
+    hospitals = {name: s for name, s in compose.items() if name.startswith("hospital-")}
     assert len(hospitals) == 2
-    for h in hospitals:
+    for name, h in hospitals.items():
         assert "ports" not in h  # a hospital listens on nothing; it calls out to the Fleet API
         assert any(v.endswith(":/certs/trusted-entities.yaml:ro") for v in h["volumes"])
+        # Its own node key and no other's.
+        assert [v.split(":")[0] for v in h["volumes"] if "/nodes/" in v] == [f"./certs/nodes/{name}"]
+    # Keys that sign stay off every container: the CA key, and the app-signing key (the release manager's).
+    mounted = [v.split(":")[0] for svc in compose.values() for v in svc.get("volumes", [])]
+    assert not any(m.endswith("ca.key") or ("/signing/" in m and not m.endswith(".pub")) for m in mounted), mounted
     server = (REPO / "deploy" / "Dockerfile.server").read_text()
     client = (REPO / "deploy" / "Dockerfile.client").read_text()
     assert '"server.superlink"' in server and "flower-superlink" not in server.split("ENTRYPOINT")[-1]
     entry = client.split("ENTRYPOINT")[-1]
     assert "client.supernode" in entry and "--trusted-entities /certs/trusted-entities.yaml" in entry and "flower-supernode" not in entry
+    # The SuperNode's Runtime API (node state: DP ledger, SecAgg+ keys) stays on the container's loopback.
+    assert "--host" not in entry and "--isolation process" not in entry

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import ray.cloudpickle
 import yaml
@@ -91,9 +92,18 @@ def crash_site_2_in_round_2(msg, context, call_next):
     return call_next(msg, context)
 
 
+def site_1_counts_nan_in_round_3(msg, context, call_next):
+    """The issue's poisoned sample count: NaN made the saved checkpoint all NaN."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 1 and msg.content["config"]["server-round"] == 3:
+        reply.content["metrics"]["num-examples"] = float("nan")
+    return reply
+
+
 def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_path):
     # FedAdam under Flower's server-side clipping (client-level DP). The first run is killed
-    # after round 1; the resumed run finishes rounds 2 and 3 while site 2 crashes in round 2.
+    # after round 1; the resumed run finishes rounds 2 and 3 while site 2 crashes in round 2
+    # and site 1 reports a NaN sample count in round 3.
     out = tmp_path / "run"
     cfg_path = tmp_path / "fl.yaml"
     fed = {"sites": 3, "rounds": 3, "local_steps": 10, "min_sites": 2, "strategy": "fedadam", "vocab_min_count": 2,
@@ -115,9 +125,13 @@ def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_
     assert killed_at == 1 and not (out / "rounds" / "round-003").exists()
     with pytest.raises(Exception, match="--resume"):
         simulate(load_config(cfg_path), out)  # a second run into the same directory is refused
-    simulate(load_config(cfg_path), out, resume=True, client_mods=[crash_site_2_in_round_2])
+    simulate(load_config(cfg_path), out, resume=True, client_mods=[crash_site_2_in_round_2, site_1_counts_nan_in_round_3])
     state = _state(out)
     assert [h["round"] for h in state["history"]] == [1, 2, 3]  # as many rounds as an uninterrupted run, none twice
-    assert [h["accepted"] for h in state["history"]] == [3, 2, 3]
+    assert [h["accepted"] for h in state["history"]] == [3, 2, 2]
     assert any(r["round"] == 2 and "the site failed" in r["reason"] for r in state["rejections"])
+    assert any(r["round"] == 3 and "num-examples nan" in r["reason"] for r in state["rejections"])
+    from safetensors.numpy import load_file
+
+    assert all(np.all(np.isfinite(v)) for v in load_file(str(out / "model.safetensors")).values())  # the checkpoint is not poisoned
     assert (out / "rounds" / "round-003" / "strategy.safetensors").is_file()  # FedAdam moments kept for a later resume

@@ -249,6 +249,24 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
     assert again.has_error() and "budget" in again.error.reason
 
 
+def test_an_unpinned_audit_query_is_a_membership_oracle_and_a_hospital_refuses_it(tmp_path):
+    """The issue's probe: the site's own training images among holdout ones, sent as a "synthetic"
+    set. A site that answers any set flags exactly its training images; the default floor refuses."""
+    recs = [r.with_(site="hospital-a", split="holdout" if i % 3 == 0 else "train") for i, r in enumerate(make_phantom(n=66, sites=1, seed=5, image_size=16))]
+    root = tmp_path / "hospital-a"
+    write_dataset(root, recs)
+    train, holdout = [r for r in recs if r.split == "train"][:3], [r for r in recs if r.split == "holdout"][:3]
+    probe = [r.with_(record_id=f"probe{i}", site="synthetic", split="") for i, r in enumerate([train[0], holdout[0], train[1], holdout[1], train[2], holdout[2]])]
+    query = _pinned_query(probe, None, {"x": np.zeros(2, np.float32)})
+    (root / "site-policy.yaml").write_text(yaml.safe_dump({"require_signed_audit_sets": False}))
+    answered = make_app()(query, _ctx(root, **{"ledger-path": str(tmp_path / "open.json")}))
+    assert not answered.has_error(), answered.error.reason
+    assert sorted(answered.content["audit"]["images.copies"]) == [0, 2, 4]  # the oracle: training images, and only they
+    (root / "site-policy.yaml").unlink()
+    refused = make_app()(_pinned_query(probe, None, {"x": np.zeros(2, np.float32)}), _ctx(root, **{"ledger-path": str(tmp_path / "floor.json")}))
+    assert refused.has_error() and refused.error.code == ERROR_KINDS["refused"] and "no coordinator pin" in refused.error.reason
+
+
 def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
     import subprocess
     import sys
