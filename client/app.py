@@ -113,7 +113,11 @@ def vocab(msg: Message, context: Context) -> Message:
     cfg = enforce(cfg, load_policy(context.node_config), training=False)
     site = load_site(cfg, context.node_config)
     k = cfg.federation.vocab_min_count
-    counts, n_reports = token_counts(site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model))
+    if cfg.train.init_sha256 is not None:
+        # A run from a pretrained base takes its vocabulary from the base: no token counts needed, none sent.
+        counts, n_reports = {}, len(site.train)
+    else:
+        counts, n_reports = token_counts(site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model))
     labels = label_counts(site.train, k)
     return Message(
         RecordDict({"counts": MetricRecord(counts), "label-counts": MetricRecord(labels), "metrics": MetricRecord({"num-reports": n_reports})}),

@@ -184,10 +184,11 @@ def train_round(
     if server_round == 1 and cfg.train.init_sha256 is not None:
         # The first global model of a run that starts from a base must be that base, bit for bit.
         # The reason names only hashes of what the server sent, so it may go back to the server.
+        from cxrsynth.models import model_class
         from cxrsynth.pretrained import state_sha256
         from privacy.dp import SiteRefused
 
-        got = state_sha256(arrays, extra_state)
+        got = state_sha256(arrays, extra_state, model_class(cfg.model).label_mix_keys)
         if got != cfg.train.init_sha256:
             raise SiteRefused(f"the round-1 weights hash to {got}, not to the base {cfg.train.init_sha256} the run pins; the site fine-tunes only that base.")
     model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))

@@ -53,8 +53,11 @@ class BaseCard(BaseModel):
     privacy_cost: str = NO_PRIVACY_COST
 
 
-def state_sha256(state: dict[str, np.ndarray], extra: dict) -> str:
-    """SHA-256 of a model's arrays (name, dtype, shape, bytes, in name order) and its extra state."""
+def state_sha256(state: dict[str, np.ndarray], extra: dict, skip: Sequence[str] = ()) -> str:
+    """SHA-256 of a model's arrays (name, dtype, shape, bytes, in name order) and its extra state
+    without the keys in `skip` (the family's `label_mix_keys`: the federation refits the label mix
+    from the sites' counts, so it is not part of the base)."""
+    extra = {k: v for k, v in extra.items() if k not in skip}
     h = hashlib.sha256()
     for name in sorted(state):
         arr = np.ascontiguousarray(state[name])
@@ -65,7 +68,7 @@ def state_sha256(state: dict[str, np.ndarray], extra: dict) -> str:
 
 
 def model_sha256(model: GenerativeModel) -> str:
-    return state_sha256(model.state(), model.extra_state())
+    return state_sha256(model.state(), model.extra_state(), type(model).label_mix_keys)
 
 
 def read_card(ckpt: str | Path) -> BaseCard:

@@ -48,18 +48,23 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float, progress: Progress) -> l
 
 
 def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[GenerativeModel, dict]:
-    """Build the global model and fit its vocabulary on the sites' merged frequent-token counts,
-    or, with `train.init_from`, start from the pretrained base (its vocabulary comes from public
-    data, so the sites are not asked for token counts at all)."""
+    """The global model before round 1, fitted to the sites' merged counts (server/vocab.py).
+
+    From scratch: a vocabulary from the sites' frequent-token counts and the label mix from their
+    label counts. With `train.init_from`: the pretrained base (its vocabulary comes from public
+    data, so the sites send no token counts), refitted to the sites' label mix only.
+    """
     fed = cfg.federation
     seed_everything(cfg.train.seed)
+    start: dict = {}
     if cfg.train.init_from is not None:
         from cxrsynth.pretrained import load_base
 
         model, card = load_base(cfg)
         progress.say(f"starting from the base {cfg.train.init_from} (sha256 {card.sha256[:16]}...): {card.pretrained_on}")
-        return model, {"base": {**card.model_dump(), "path": str(cfg.train.init_from)}}
-    model = build_model(cfg.model)
+        start["base"] = {**card.model_dump(), "path": str(cfg.train.init_from)}
+    else:
+        model = build_model(cfg.model)
     nodes = _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
     msgs = [Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab") for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
@@ -72,7 +77,8 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     counts = merge_counts([dict(r.content["counts"]) for r in ok])
     labels = merge_counts([dict(r.content["label-counts"]) for r in ok if "label-counts" in r.content.metric_records])
     n_reports = sum(int(r.content["metrics"]["num-reports"]) for r in ok)
-    model.setup_from_counts(dict(counts), n_reports)
+    if "base" not in start:
+        model.setup_from_counts(dict(counts), n_reports)
     try:
         model.fit_label_counts(dict(labels))
     except ValueError as e:
@@ -80,8 +86,8 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count, "labeled_records": int(labels.get("labeled", 0))}
     # What each site said it holds bounds the sample count it may weigh its updates with later.
     summary["site_reports"] = {str(r.metadata.src_node_id): int(r.content["metrics"]["num-reports"]) for r in ok}
-    progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)")
-    return model, {"vocabulary": summary}
+    progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)" if "base" not in start else f"label mix from {len(ok)} sites ({n_reports} studies); vocabulary from the base")
+    return model, {**start, "vocabulary": summary}
 
 
 def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunConfig) -> None:

@@ -52,6 +52,9 @@ def pick_device(setting: str = "auto") -> torch.device:
 
 class GenerativeModel(nn.Module):
     family: ClassVar[str] = ""
+    # Keys of `extra_state()` that hold the label mix, which a federation refits from the sites'
+    # label counts (`fit_label_counts`); they are not part of a pretrained base's identity.
+    label_mix_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         super().__init__()

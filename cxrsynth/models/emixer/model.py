@@ -71,6 +71,7 @@ def frozen(*nets: torch.nn.Module):
 
 class Model(GenerativeModel):
     family = "emixer"
+    label_mix_keys = ("label_prior",)
 
     def __init__(self, config: EmixerConfig):
         super().__init__(config)

@@ -42,6 +42,7 @@ DIFFUSERS_DIR = "diffusers"
 
 class Model(GenerativeModel):
     family = "ldm"
+    label_mix_keys = ("label_counts",)
 
     def __init__(self, config: LDMConfig):
         super().__init__(config)
