@@ -32,6 +32,7 @@ HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
     ("audit",): ("privacy.audit.commands:audit", "issue 8"),
     ("release",): ("privacy.release:command", "issue 8"),
     ("release", "verify"): ("privacy.release:verify_command", "issue 8"),
+    ("release", "key"): ("privacy.keys:key_command", "issue 19"),
 }
 
 
@@ -142,21 +143,35 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--holdout", required=True)
     a.add_argument("--policy", default=None, help="policy YAML (default thresholds otherwise)")
     a.add_argument("--checkpoint", default=None, help="for membership inference and the DP ledger")
-    a.add_argument("--out", required=True)
+    a.add_argument("--out", required=True, help="a new folder, or an earlier audit's (replaced)")
+    a.add_argument("--key", default=None, help="the steward's Ed25519 key: seals the audit, which a release requires")
+    _passphrase_args(a)
     a.set_defaults(path=("audit",))
 
-    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`")
+    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`, `release key --out FILE`")
     r.add_argument("--synthetic")
     r.add_argument("--audit")
-    r.add_argument("--key", help="Ed25519 private key (PEM); made if missing")
+    r.add_argument("--key", help="the steward's Ed25519 private key (PEM), the one that sealed the audit; never made here")
+    _passphrase_args(r)
     r.add_argument("--out")
     r.set_defaults(path=("release",))
-    rs = r.add_subparsers(dest="release_cmd", metavar="verify")
+    rs = r.add_subparsers(dest="release_cmd", metavar="verify|key")
     rv = rs.add_parser("verify", help="check a release bundle's signature and every file hash")
     rv.add_argument("dir")
-    rv.add_argument("--public-key", required=True)
+    rv.add_argument("--fingerprint", default=None, help="the signer's key fingerprint, from the steward (pin it); the bundle's SIGNER.pub must match")
+    rv.add_argument("--public-key", default=None, help="the signer's public key file (PEM)")
     rv.set_defaults(path=("release", "verify"))
+    rk = rs.add_parser("key", help="make the steward's Ed25519 signing key (FILE, FILE.pub) and print its fingerprint")
+    rk.add_argument("--out", required=True, help="the private key file to create (never overwritten)")
+    _passphrase_args(rk, "encrypt the key with the passphrase ")
+    rk.set_defaults(path=("release", "key"))
     return p
+
+
+def _passphrase_args(p: argparse.ArgumentParser, what: str = "the key's passphrase ") -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", default=None, help=what + "in this file (its first line)")
+    g.add_argument("--passphrase-env", default=None, metavar="VARIABLE", help=what + "in this environment variable")
 
 
 def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:

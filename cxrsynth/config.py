@@ -98,7 +98,7 @@ class FederationConfig(Strict):
     out: Path = Path("runs/fl")
 
 
-AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger")
+AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger", "label_fidelity", "report_labels")
 
 
 class AuditPolicy(Strict):
@@ -122,6 +122,17 @@ class AuditPolicy(Strict):
     text_encoder: Optional[Path] = Field(None, description="a local sentence-embedding model directory (transformers); none: that check is not run")
     require_dp: bool = False
     epsilon_budget: Optional[float] = Field(None, gt=0.0)
+    # Label fidelity (privacy/audit/fidelity.py): do the synthetic records carry their labels?
+    min_label_fidelity_auroc: float = Field(
+        0.6, ge=0.5, le=1.0, description="per-label and macro AUROC of a classifier trained on a site's real images, scoring the synthetic images against their labels"
+    )
+    min_report_label_agreement: float = Field(
+        0.6, ge=0.0, le=1.0, description="per-label and macro positive F1 between the report labeler's reading of each synthetic report and its labels"
+    )
+    weak_labels: Literal["drop", "refuse"] = Field("drop", description="labels below a floor: emptied in the released manifest (drop), or the release is refused")
+    min_fidelity_positives: int = Field(5, ge=2, description="a label is judged when the synthetic set has at least this many positives and as many negatives")
+    min_fidelity_real_positives: int = Field(10, ge=2, description="... and a site has this many real training positives to train its classifier on")
+    fidelity_steps: int = Field(300, ge=1, le=100_000, description="training steps of each site's fidelity classifier")
     bootstrap: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     encoder: Literal["pixels", "selfsup", "file"] = "pixels"

@@ -1,8 +1,9 @@
 """The federated audit's messages, as Flower records (one codec for the steward and the sites).
 
 Query (steward -> site): `config` ConfigRecord {audit-policy (JSON), reports (list of str),
-record-ids, and optionally run-config and extra-state}, `synthetic` ArrayRecord {images: N x H x W
-uint8}, and optionally `arrays` (the model, for membership inference).
+record-ids, synthetic-labels (N x 14 codes: 1, 0, -1, or 2 for not mentioned), and optionally
+run-config and extra-state}, `synthetic` ArrayRecord {images: N x H x W uint8}, and optionally
+`arrays` (the model, for membership inference).
 Answer (site -> steward): one MetricRecord of numbers: the site's answer flattened to dotted keys,
 with flagged synthetic records as indices into the query's list. A site sends no strings.
 """
@@ -17,11 +18,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from cxrsynth.config import AuditPolicy, RunConfig
-from cxrsynth.data.records import Record
+from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
-ID_LISTS = ("images.copies", "rare_ngrams.leaking_reports", "near_duplicates.duplicated_reports", "text_embedding.close_reports")
+NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
+ID_LISTS = ("images.copies", "images.lateral_copies", "rare_ngrams.leaking_reports", "near_duplicates.duplicated_reports", "text_embedding.close_reports")
 DROP = ("site", "images.encoder", "images.copy_match", "membership.reason")
 
 
@@ -51,7 +53,13 @@ def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optiona
     shapes = {r.image.shape for r in synthetic}
     if len(shapes) != 1:
         raise InputError(f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array.")
-    config = {"audit-policy": policy.model_dump_json(), "reports-findings": [r.findings for r in synthetic], "reports-impression": [r.impression for r in synthetic], "record-ids": [r.record_id for r in synthetic]}
+    config = {
+        "audit-policy": policy.model_dump_json(),
+        "reports-findings": [r.findings for r in synthetic],
+        "reports-impression": [r.impression for r in synthetic],
+        "record-ids": [r.record_id for r in synthetic],
+        "synthetic-labels": [NOT_MENTIONED if r.labels.get(n) is None else int(r.labels[n]) for r in synthetic for n in LABELS],
+    }
     if run_config is not None:
         config.update(dict(round_config(run_config, extra_state or {})))
     content = RecordDict({"config": ConfigRecord(config), "synthetic": ArrayRecord({"images": Array(np.stack([r.image for r in synthetic]).astype(np.uint8))})})
@@ -67,7 +75,9 @@ def read_query(content: RecordDict) -> Query:
     policy = AuditPolicy.model_validate_json(str(cfg["audit-policy"]))
     images = content["synthetic"]["images"].numpy()
     ids, fnd, imp = list(cfg["record-ids"]), list(cfg["reports-findings"]), list(cfg["reports-impression"])
-    synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, image=img) for i, f, m, img in zip(ids, fnd, imp, images)]
+    codes = list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else []
+    labels = [{n: None if c == NOT_MENTIONED else int(c) for n, c in zip(LABELS, codes[k * len(LABELS) : (k + 1) * len(LABELS)])} if codes else empty_labels() for k in range(len(ids))]
+    synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, labels=lab, image=img) for i, f, m, lab, img in zip(ids, fnd, imp, labels, images)]
     run_config, extra = read_round_config(cfg) if "run-config" in cfg else (None, {})
     arrays = from_arrays(content["arrays"]) if "arrays" in content.array_records else None
     return Query(policy, synthetic, run_config, extra, arrays)
@@ -165,7 +175,8 @@ def query_digests(content: RecordDict) -> tuple[str, str]:
     cfg = content["config"]
     images = content["synthetic"]["images"].numpy()
     texts = [str(x).encode() for key in ("record-ids", "reports-findings", "reports-impression") for x in cfg[key]]
-    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts)
+    labels = np.asarray(list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else [], dtype=np.int8).tobytes()
+    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts, labels)
     if "arrays" not in content.array_records:
         return synthetic, "none"
     rec = content["arrays"]

@@ -14,8 +14,10 @@ from cxrsynth.config import AuditPolicy
 from cxrsynth.data.dataset import read_dataset
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
+from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
 from privacy.audit.combine import combine
+from privacy.audit.fidelity import label_counts, report_label_agreement
 from privacy.audit.ledger import dp_ledger_check
 from privacy.audit.phi import phi_scan
 from privacy.audit.report import write_report
@@ -65,10 +67,11 @@ def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> 
 
 def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
     """The sites' answers plus the steward's own checks (PHI scan of the synthetic reports, DP
-    ledger of the checkpoint), combined into the audit dict."""
+    ledger of the checkpoint, the labeler's reading of the reports), combined into the audit dict."""
     phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
     dp = dp_ledger_check(train_state, policy) if train_state is not None else None
-    return combine(answers, policy, phi, dp, inputs)
+    reports = None if "report_labels" in policy.skip else report_label_agreement(synthetic, policy)
+    return combine(answers, policy, phi, dp, inputs, labels={"counts": label_counts(synthetic), "reports": reports})
 
 
 def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Record]:
@@ -87,10 +90,13 @@ def run_audit(
     out: Path,
     checkpoint: Optional[Path] = None,
     progress: Optional[Progress] = None,
+    key=None,
 ) -> dict:
+    """`key`: the steward's Ed25519 key; the audit is sealed with it (privacy.audit.seal)."""
     from privacy.release import tree_hashes
 
     progress = progress or Progress()
+    check_audit_out(out)
     synthetic = read_audit_set(synthetic_dir, "synthetic")
     train_all = read_audit_set(train_dir, "training")
     same = Path(train_dir).resolve() == Path(holdout_dir).resolve()
@@ -110,12 +116,26 @@ def run_audit(
         scorer, ckhash = model.member_scores, checkpoint_hash(checkpoint)
     inputs = {"synthetic": str(synthetic_dir), "train": str(train_dir), "holdout": str(holdout_dir), "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_hash": ckhash, "synthetic_files": tree_hashes(synthetic_dir)}
     audit, pairs = audit_records(synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress)
-    write_audit(audit, out, pairs)
+    write_audit(audit, out, pairs, key)
     return audit
 
 
-def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
-    write_report(audit, out, pairs)
+def _earlier_audit(out: Path) -> bool:
+    return (out / "audit.json").is_file()
+
+
+def check_audit_out(out: Path) -> None:
+    """Refuse an --out that is a file or a folder holding anything but an earlier audit, before any work."""
+    check_out(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced")
+
+
+def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -> None:
+    """audit.json, report.html and, with the steward's key, the seal; written whole into `out`
+    (new, empty or an earlier audit's folder, which is replaced)."""
+    from privacy.audit.seal import seal_audit
+
+    with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
+        (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
+        write_report(audit, tmp, pairs)
+        if key is not None:
+            seal_audit(tmp, key)
