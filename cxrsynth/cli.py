@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--size", type=int, default=64, help="image side in pixels")
     ph.add_argument("--no-lateral", action="store_true")
     ph.add_argument("--holdout", type=float, default=0.0, help="share of patients marked holdout (0: split left empty)")
+    ph.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     ph.set_defaults(path=("data", "phantom"))
     ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
     ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--holdout", type=float, default=0.2, help="share of patients held out")
     ing.add_argument("--seed", type=int, default=0)
     ing.add_argument("--strict", action="store_true", help="fail on the first bad file or row")
+    ing.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (default: add to an earlier ingest's dataset; refuse any other folder)")
     ing.set_defaults(path=("data", "ingest"))
 
     de = sub.add_parser("deid", help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)
@@ -125,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompts", default=None, help="LDM: a file of prompts, one a line")
     g.add_argument("--labels-from", default=None, help="condition on the label mix of this dataset directory")
+    g.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     g.set_defaults(path=("generate",))
 
     ev = sub.add_parser("evaluate", help="fidelity, diversity, utility and report metrics")

@@ -234,7 +234,9 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
     if overrides:
         data = _deep_merge(data, overrides)
     if "model" not in data:
-        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`).")
+        unknown = sorted(str(k) for k in data if k not in RunConfig.model_fields)
+        also = f"; unknown top-level key(s) {unknown} (check the spelling; the sections are {list(RunConfig.model_fields)})" if unknown else ""
+        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`){also}.")
     return validate(RunConfig, data, where)
 
 

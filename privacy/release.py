@@ -236,13 +236,17 @@ def empty_label_columns(manifest: Path, labels: list[str]) -> None:
         w.writerows(rows)
 
 
-def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path) -> Path:
-    from privacy.audit.seal import SEAL, check_seal
-
+def check_bundle_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; the bundle is written to a new folder.")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"--out {out}: exists and is not empty; give a new --out for the bundle.")
+
+
+def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path) -> Path:
+    from privacy.audit.seal import SEAL, check_seal
+
+    check_bundle_out(out)
     if not (synthetic / "manifest.csv").is_file():
         raise InputError(f"--synthetic {synthetic}: no manifest.csv here; give the synthetic dataset folder that was audited.")
     audit = read_audit(audit_dir)
@@ -326,6 +330,7 @@ def command(args: argparse.Namespace) -> int:
 
     if not getattr(args, "key", None):
         raise InputError("release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`).")
+    check_bundle_out(Path(args.out))
     key = key_from_args(args)
     out = make_bundle(Path(args.synthetic), Path(args.audit), key, Path(args.out))
     fp = fingerprint(key)

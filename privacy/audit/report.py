@@ -71,9 +71,9 @@ def _pairs_figure(pairs: Sequence[tuple]) -> Optional[str]:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(4, 2 * len(pairs)), squeeze=False)
     for (pair, syn, real), row in zip(pairs, axes):
         row[0].imshow(syn, cmap="gray", vmin=0, vmax=255)
-        row[0].set_title(f"synthetic {pair.synthetic_id}", fontsize=7)
+        row[0].set_title(f"synthetic {pair.synthetic_id} ({pair.synthetic_view})", fontsize=7)
         row[1].imshow(real, cmap="gray", vmin=0, vmax=255)
-        row[1].set_title(f"train {pair.train_record_id} (patient {pair.patient_id}), d={pair.distance:.3f}", fontsize=7)
+        row[1].set_title(f"train {pair.train_record_id} ({pair.train_view}, patient {pair.patient_id}), d={pair.distance:.3f}", fontsize=7)
         for ax in row:
             ax.axis("off")
     return _png(fig)

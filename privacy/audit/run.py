@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cxrsynth.config import AuditPolicy
-from cxrsynth.data.dataset import read_dataset
+from cxrsynth.data.dataset import read_dataset, require_patient_split, stray_files
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
 from cxrsynth.output import check_out, fresh_dir
@@ -62,7 +62,11 @@ def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> 
     """(pair, synthetic image, training image) for each flagged copy pair, for the report."""
     by_id = {r.record_id: r for r in train}
     syn_by_id = {r.record_id: r for r in synthetic}
-    return [(p, syn_by_id[p.synthetic_id].image, by_id[p.train_record_id].image) for p in pairs]
+
+    def view(r: Record, which: str):
+        return r.lateral if which == "lateral" else r.image
+
+    return [(p, view(syn_by_id[p.synthetic_id], p.synthetic_view), view(by_id[p.train_record_id], p.train_view)) for p in pairs]
 
 
 def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
@@ -79,6 +83,15 @@ def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Reco
     records, _ = read_dataset(path, strict=True, load_images=load_images)
     if not records:
         raise InputError(f"{path}: the {what} dataset has no records.")
+    if what == "synthetic":
+        # Every file of the folder ships with a release, so every file must be one the audit reads.
+        stray = stray_files(path)
+        if stray:
+            more = f" and {len(stray) - 10} more" if len(stray) > 10 else ""
+            raise InputError(
+                f"{path}: {len(stray)} file(s) that manifest.csv does not list, which the audit would not read but a release would ship: "
+                f"{', '.join(stray[:10])}{more}. Remove them, or write the synthetic set to a new folder (cxrsynth generate --out)."
+            )
     return records
 
 
@@ -104,9 +117,7 @@ def run_audit(
     holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in read_audit_set(holdout_dir, "holdout") if r.split != "train"]
     if not holdout:
         raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
-    overlap = {r.patient_id for r in train} & {r.patient_id for r in holdout}
-    if overlap:
-        raise InputError(f"{len(overlap)} patient(s) are in both training and holdout (e.g. {sorted(overlap)[:3]}); the split must be by patient.")
+    require_patient_split([r.with_(split="train") for r in train] + [r.with_(split="holdout") for r in holdout], f"{train_dir} and {holdout_dir}")
     scorer, train_state, ckhash = None, None, None
     if checkpoint is not None:
         from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
