@@ -129,7 +129,9 @@ def load_png(path: Path) -> np.ndarray:
             arr = np.asarray(im)
     except FileNotFoundError:
         raise ValueError("image file is missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError:
+        raise ValueError("image file claims more pixels than any radiograph has (a decompression bomb, or a corrupt header)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ValueError(f"image file is corrupt or not an image ({e.__class__.__name__})") from None
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255).astype(np.uint8)

@@ -115,7 +115,8 @@ def ingest(
     progress.say(f"reading {source} at {path}")
     records, report = read_source(source, path, key, site, strict, progress)
     if not report.read:
-        raise InputError(f"{path}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written.")
+        where = path / MANIFEST if source == "manifest" and path.is_dir() else path
+        raise InputError(f"{where}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written.")
     for r in records:
         r.site = r.site or site
     if size:
