@@ -206,6 +206,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CxrError as e:
         print(f"cxrsynth: {e}", file=sys.stderr)
         return e.exit_code
+    except (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # A path that names the wrong kind of thing (a folder for a file, a file for a folder) or
+        # one we may not touch is bad input wherever a command meets it, not a crash.
+        print(f"cxrsynth: {e.filename}: {e.strerror}; check the paths given to the command.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cxrsynth: interrupted", file=sys.stderr)
         return 130
