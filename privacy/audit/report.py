@@ -157,7 +157,8 @@ def write_report(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
         parts.append(f"<tr><td>{name}</td><td>{res}</td><td>{c.get('status', '')}</td><td>{figs}</td><td>{html.escape(said)}</td></tr>")
     parts.append("</table>")
     if audit.get("dropped_labels"):
-        parts.append(f"<p class='fail'>Labels dropped from the release (their column emptied): {html.escape(', '.join(audit['dropped_labels']))}</p>")
+        what = "Labels dropped from the release (their column emptied)" if audit["passed"] else "Labels not carried (below a fidelity floor; a release would drop them)"
+        parts.append(f"<p class='fail'>{what}: {html.escape(', '.join(audit['dropped_labels']))}</p>")
     parts.append(_fidelity_section(audit))
     cols = ["site", "n_train", "n_holdout", "copies", "lateral_copies", "copy_threshold", "holdout_copy_rate", "closeness", "closeness_ci", "rare_ngram_reports", "near_dup_rate", "near_dup_holdout_rate", "mia_auc", "mia_auc_ci", "tpr_at_1pct_fpr", "fidelity_macro_auroc", "fidelity_labels"]
     parts.append("<h2>Per site</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
