@@ -11,7 +11,9 @@ private or not. Two figures, each per label:
   tell at all, for reading the figure).
 - reports, at the steward (where the synthetic reports are): the project's report labeler
   (`cxrsynth.data.labeler`, via `cxrsynth.eval.labels`) reads each report; the F1 of "positive"
-  between what the report says and the record's labels.
+  between what the report says and the record's labels. Positive F1, not exact agreement over
+  the 14 values: most labels of most records are absent in both, so a report that says nothing
+  agrees "exactly" on most values; F1 counts only what a label or a report claims.
 
 A label is judged only when the synthetic set has at least `min_fidelity_positives` positives
 and as many negatives (uncertain values are left out of that label) and, for images, a site has
