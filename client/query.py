@@ -66,6 +66,10 @@ def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
 
     # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
     site, records = site_records(cfg, node_config, strict=True)
+    from cxrsynth.data.dataset import require_patient_split
+
+    # A patient on both sides would make the holdout calibration see training patients.
+    require_patient_split([r.with_(split="train" if r.split != "holdout" else "holdout") for r in records], f"site {site}")
     train = [r for r in records if r.split != "holdout"]
     holdout = [r for r in records if r.split == "holdout"]
     if not holdout:

@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import yaml
 from safetensors.numpy import load_file, save_file
 
 from cxrsynth.config import RunConfig, config_from_dict, dump_config
@@ -55,29 +54,59 @@ def save_checkpoint(
 
 
 def load_run_config(ckpt: str | Path) -> RunConfig:
+    from cxrsynth.config import read_yaml
+
     path = Path(ckpt) / "run.yaml"
     if not path.is_file():
         raise InputError(f"{ckpt}: not a checkpoint directory (no run.yaml); give the directory `cxrsynth train` wrote.")
-    return config_from_dict(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
+    return config_from_dict(read_yaml(path), str(path))
+
+
+def read_json_object(path: Path, missing: Optional[dict] = None) -> dict:
+    """A JSON object from a checkpoint file; `missing` when the file is absent (None: required).
+    InputError naming the file when it is not UTF-8 JSON holding an object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing is not None:
+            return missing
+        raise InputError(f"{path}: missing from the checkpoint directory.") from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as e:
+        raise InputError(f"{path}: cannot be read as UTF-8 text ({e.__class__.__name__}); the checkpoint is damaged.") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON ({e}); the checkpoint is damaged or was edited.") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}; the checkpoint is damaged or was edited.")
+    return data
 
 
 def load_checkpoint(ckpt: str | Path, device: Optional[torch.device] = None) -> tuple[GenerativeModel, RunConfig, dict]:
     """Rebuild the model from run.yaml and load its state. Returns (model, config, train_state)."""
     ckpt = Path(ckpt)
     cfg = load_run_config(ckpt)
-    fmt_path = ckpt / "format.json"
-    fmt = json.loads(fmt_path.read_text(encoding="utf-8")).get("checkpoint_format", 0) if fmt_path.is_file() else 0
+    fmt = read_json_object(ckpt / "format.json", missing={}).get("checkpoint_format", 0)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 0:
+        raise InputError(f"{ckpt / 'format.json'}: key 'checkpoint_format' is {fmt!r}; expected a whole number (this cxrsynth writes {FORMAT}).")
     if fmt > FORMAT:
         raise InputError(f"{ckpt}: checkpoint format {fmt} was written by a newer cxrsynth (this one reads format {FORMAT} and older); upgrade cxrsynth.")
     model = build_model(cfg.model)
     extra_path = ckpt / "extra.json"
     if extra_path.is_file():
-        model.load_extra_state(json.loads(extra_path.read_text(encoding="utf-8")))
+        try:
+            model.load_extra_state(read_json_object(extra_path))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            raise InputError(f"{extra_path}: does not hold the {cfg.model.family} state cxrsynth writes ({e.__class__.__name__}: {str(e)[:200]}); the checkpoint is damaged or was edited.") from None
     weights = ckpt / WEIGHTS
     if not weights.is_file():
         raise InputError(f"{ckpt}: no {WEIGHTS} in the checkpoint directory.")
     try:
-        model.load_state(load_file(str(weights)))
+        arrays = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for truncated or foreign files
+        raise InputError(f"{weights}: not a readable safetensors file ({str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__}); the file is truncated or damaged.") from None
+    try:
+        model.load_state(arrays)
     except (KeyError, RuntimeError, ValueError) as e:
         detail = str(e).strip().splitlines()[0][:300]
         raise InputError(
@@ -87,8 +116,7 @@ def load_checkpoint(ckpt: str | Path, device: Optional[torch.device] = None) -> 
         ) from None
     if device is not None:
         model.to_device(device)
-    ts_path = ckpt / "train_state.json"
-    train_state = json.loads(ts_path.read_text(encoding="utf-8")) if ts_path.is_file() else {}
+    train_state = read_json_object(ckpt / "train_state.json", missing={})
     return model, cfg, train_state
 
 

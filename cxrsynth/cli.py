@@ -32,6 +32,7 @@ HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
     ("audit",): ("privacy.audit.commands:audit", "issue 8"),
     ("release",): ("privacy.release:command", "issue 8"),
     ("release", "verify"): ("privacy.release:verify_command", "issue 8"),
+    ("release", "key"): ("privacy.keys:key_command", "issue 19"),
 }
 
 
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--size", type=int, default=64, help="image side in pixels")
     ph.add_argument("--no-lateral", action="store_true")
     ph.add_argument("--holdout", type=float, default=0.0, help="share of patients marked holdout (0: split left empty)")
+    ph.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     ph.set_defaults(path=("data", "phantom"))
     ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
     ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--holdout", type=float, default=0.2, help="share of patients held out")
     ing.add_argument("--seed", type=int, default=0)
     ing.add_argument("--strict", action="store_true", help="fail on the first bad file or row")
+    ing.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (default: add to an earlier ingest's dataset; refuse any other folder)")
     ing.set_defaults(path=("data", "ingest"))
 
     de = sub.add_parser("deid", help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prompts", default=None, help="LDM: a file of prompts, one a line")
     g.add_argument("--labels-from", default=None, help="condition on the label mix of this dataset directory")
+    g.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     g.set_defaults(path=("generate",))
 
     ev = sub.add_parser("evaluate", help="fidelity, diversity, utility and report metrics")
@@ -143,21 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--holdout", required=True)
     a.add_argument("--policy", default=None, help="policy YAML (default thresholds otherwise)")
     a.add_argument("--checkpoint", default=None, help="for membership inference and the DP ledger")
-    a.add_argument("--out", required=True)
+    a.add_argument("--out", required=True, help="a new folder, or an earlier audit's (replaced)")
+    a.add_argument("--key", default=None, help="the steward's Ed25519 key: seals the audit, which a release requires")
+    _passphrase_args(a)
     a.set_defaults(path=("audit",))
 
-    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`")
+    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`, `release key --out FILE`")
     r.add_argument("--synthetic")
     r.add_argument("--audit")
-    r.add_argument("--key", help="Ed25519 private key (PEM); made if missing")
+    r.add_argument("--key", help="the steward's Ed25519 private key (PEM), the one that sealed the audit; never made here")
+    _passphrase_args(r)
     r.add_argument("--out")
     r.set_defaults(path=("release",))
-    rs = r.add_subparsers(dest="release_cmd", metavar="verify")
+    rs = r.add_subparsers(dest="release_cmd", metavar="verify|key")
     rv = rs.add_parser("verify", help="check a release bundle's signature and every file hash")
     rv.add_argument("dir")
-    rv.add_argument("--public-key", required=True)
+    rv.add_argument("--fingerprint", default=None, help="the signer's key fingerprint, from the steward (pin it); the bundle's SIGNER.pub must match")
+    rv.add_argument("--public-key", default=None, help="the signer's public key file (PEM)")
     rv.set_defaults(path=("release", "verify"))
+    rk = rs.add_parser("key", help="make the steward's Ed25519 signing key (FILE, FILE.pub) and print its fingerprint")
+    rk.add_argument("--out", required=True, help="the private key file to create (never overwritten)")
+    _passphrase_args(rk, "encrypt the key with the passphrase ")
+    rk.set_defaults(path=("release", "key"))
     return p
+
+
+def _passphrase_args(p: argparse.ArgumentParser, what: str = "the key's passphrase ") -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--passphrase-file", default=None, help=what + "in this file (its first line)")
+    g.add_argument("--passphrase-env", default=None, metavar="VARIABLE", help=what + "in this environment variable")
 
 
 def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
@@ -189,6 +207,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CxrError as e:
         print(f"cxrsynth: {e}", file=sys.stderr)
         return e.exit_code
+    except (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        # A path that names the wrong kind of thing (a folder for a file, a file for a folder) or
+        # one we may not touch is bad input wherever a command meets it, not a crash.
+        print(f"cxrsynth: {e.filename}: {e.strerror}; check the paths given to the command.", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("cxrsynth: interrupted", file=sys.stderr)
         return 130

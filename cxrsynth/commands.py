@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from cxrsynth.config import load_config
+from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
 
 
@@ -14,16 +15,19 @@ def train(args: argparse.Namespace) -> int:
     overrides: dict = {}
     if args.data:
         overrides.setdefault("data", {})["path"] = args.data
-    if args.steps:
+    if args.steps is not None:
         overrides.setdefault("train", {})["steps"] = args.steps
     cfg = load_config(args.config, overrides)
+    out = Path(args.out) if args.out else cfg.train.out
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; a checkpoint is a folder.")
     privatize = None
     if cfg.dp.enabled:
         # privacy.dp sits above cxrsynth in the dependency order; found by name, not imported.
         privatize = importlib.import_module("privacy.dp").privatize
     from cxrsynth.train import train as run_train
 
-    run_train(cfg, Path(args.out) if args.out else None, resume=args.resume, privatize=privatize, progress=Progress(args.quiet))
+    run_train(cfg, out if args.out else None, resume=args.resume, privatize=privatize, progress=Progress(args.quiet))
     return 0
 
 
@@ -42,16 +46,16 @@ def public_phantom(cfg, n: int, seed: int):
 
 
 def pretrain(args: argparse.Namespace) -> int:
-    from cxrsynth.errors import InputError
     from cxrsynth.pretrained import pretrain as run_pretrain
 
+    from cxrsynth.output import check_out
+
     overrides: dict = {"dp": {"enabled": False}}
-    if args.steps:
+    if args.steps is not None:
         overrides["train"] = {"steps": args.steps}
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"--out {out}: exists and is not empty; a base checkpoint is written to a new directory.")
+    check_out(out, hint="empty it first: a base checkpoint is written to a folder of its own")
     if args.data:
         from cxrsynth.data.dataset import read_dataset
 
@@ -68,11 +72,13 @@ def pretrain(args: argparse.Namespace) -> int:
 
 def generate(args: argparse.Namespace) -> int:
     from cxrsynth.generate import generate as run_generate
+    from cxrsynth.output import check_out
 
+    if args.n < 1:
+        raise InputError(f"--n {args.n}: expected the number of synthetic records to write, at least 1.")
+    check_out(Path(args.out), args.replace)
     conditions = None
     if args.prompts:
-        from cxrsynth.errors import InputError
-
         try:
             prompts = [ln.strip() for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
@@ -85,5 +91,5 @@ def generate(args: argparse.Namespace) -> int:
 
         recs, _ = read_dataset(args.labels_from, load_images=False)
         conditions = [recs[i % len(recs)].labels for i in range(args.n)] if recs else None
-    run_generate(args.checkpoint, args.n, args.out, seed=args.seed, conditions=conditions, progress=Progress(args.quiet))
+    run_generate(args.checkpoint, args.n, args.out, seed=args.seed, conditions=conditions, progress=Progress(args.quiet), replace=args.replace)
     return 0

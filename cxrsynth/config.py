@@ -141,7 +141,7 @@ class FederationConfig(Strict):
         return self
 
 
-AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger")
+AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger", "label_fidelity", "report_labels")
 
 
 class AuditPolicy(Strict):
@@ -165,6 +165,17 @@ class AuditPolicy(Strict):
     text_encoder: Optional[Path] = Field(None, description="a local sentence-embedding model directory (transformers); none: that check is not run")
     require_dp: bool = False
     epsilon_budget: Optional[float] = Field(None, gt=0.0)
+    # Label fidelity (privacy/audit/fidelity.py): do the synthetic records carry their labels?
+    min_label_fidelity_auroc: float = Field(
+        0.6, ge=0.5, le=1.0, description="per-label and macro AUROC of a classifier trained on a site's real images, scoring the synthetic images against their labels"
+    )
+    min_report_label_agreement: float = Field(
+        0.6, ge=0.0, le=1.0, description="per-label and macro positive F1 between the report labeler's reading of each synthetic report and its labels"
+    )
+    weak_labels: Literal["drop", "refuse"] = Field("drop", description="labels below a floor: emptied in the released manifest (drop), or the release is refused")
+    min_fidelity_positives: int = Field(5, ge=2, description="a label is judged when the synthetic set has at least this many positives and as many negatives")
+    min_fidelity_real_positives: int = Field(10, ge=2, description="... and a site has this many real training positives to train its classifier on")
+    fidelity_steps: int = Field(300, ge=1, le=100_000, description="training steps of each site's fidelity classifier")
     bootstrap: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     encoder: Literal["pixels", "selfsup", "file"] = "pixels"
@@ -266,7 +277,9 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
     if overrides:
         data = _deep_merge(data, overrides)
     if "model" not in data:
-        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`).")
+        unknown = sorted(str(k) for k in data if k not in RunConfig.model_fields)
+        also = f"; unknown top-level key(s) {unknown} (check the spelling; the sections are {list(RunConfig.model_fields)})" if unknown else ""
+        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`){also}.")
     return validate(RunConfig, data, where)
 
 

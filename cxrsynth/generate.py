@@ -7,7 +7,9 @@ from typing import Optional
 
 from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 from cxrsynth.data.dataset import write_dataset
+from cxrsynth.errors import InputError
 from cxrsynth.models.base import pick_device
+from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
 
 
@@ -20,12 +22,18 @@ def generate(
     batch_size: int = 64,
     device: str = "auto",
     progress: Optional[Progress] = None,
+    replace: bool = False,
 ) -> Path:
     """Write `n` synthetic records from `checkpoint` to `out`.
 
     `conditions` is family-specific (label dicts for EMIXER, prompts for the LDM, None for
-    unconditional MoPoE samples); when given, its length must be n.
+    unconditional MoPoE samples); when given, its length must be n. `out` is new or empty, or
+    with `replace` any folder; the dataset is written beside it and swapped in at the end, so a
+    failed run leaves `out` as it was and a replaced folder keeps no file of the old one.
     """
+    if n < 1:
+        raise InputError(f"--n {n}: expected the number of synthetic records to write, at least 1.")
+    check_out(Path(out), replace)
     progress = progress or Progress()
     model, cfg, _ = load_checkpoint(checkpoint, pick_device(device))
     model.eval()
@@ -49,6 +57,7 @@ def generate(
                 )
             )
         task.advance(k)
-    write_dataset(out, records)
+    with fresh_dir(Path(out), replace) as tmp:
+        write_dataset(tmp, records)
     progress.say(f"wrote {len(records)} synthetic records to {out}")
     return Path(out)

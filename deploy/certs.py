@@ -37,9 +37,14 @@ VALID_DAYS = 365
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if private:
-        os.chmod(path, 0o600)
+    if not private:
+        path.write_bytes(data)
+        return
+    # A private key is never readable by others, not even between its creation and a chmod.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _pem_key(key) -> bytes:

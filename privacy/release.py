@@ -1,14 +1,24 @@
 """The release gate: a signed bundle of a synthetic dataset that passed its audit, or a refusal.
 
     bundle/
-      data/              the synthetic dataset, byte for byte the one audited
-      audit/             audit.json and report.html
-      DATASET_CARD.md    how it was made, models, sites, epsilon, audit summary, intended use
-      MANIFEST.json      SHA-256 of every other file in the bundle
+      data/              the synthetic dataset, byte for byte the one audited (labels the policy
+                         drops for weak fidelity emptied in manifest.csv)
+      audit/             audit.json, report.html and the audit's seal (audit.sig)
+      DATASET_CARD.md    how it was made, models, sites, epsilon, audit summary, label fidelity,
+                         intended use, the signing key's fingerprint
+      SIGNER.pub         the signing key's public half
+      MANIFEST.json      SHA-256 of every other file in the bundle and the signer's fingerprint
       MANIFEST.sig       Ed25519 signature of MANIFEST.json's bytes
 
-`cxrsynth release verify` recomputes every hash and checks the signature: a changed, added or
-missing byte anywhere in the bundle fails it (exit 1).
+The gate trusts nothing it can recompute: the audit must carry the steward's seal (the release
+key's signature over audit.json and report.html, privacy.audit.seal), its verdict is recomputed
+from its figures and its policy (privacy.audit.verdict), and the synthetic folder must hold
+exactly the files the audit read. No key is made here: `cxrsynth release key` makes one.
+
+`cxrsynth release verify` recomputes every hash and checks the signature, with the public key
+given or the bundle's own SIGNER.pub once its fingerprint matches the one the user pins: a
+changed, added or missing byte anywhere in the bundle (an empty folder or a FIFO included)
+fails it (exit 1).
 """
 
 from __future__ import annotations
@@ -16,18 +26,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cxrsynth.errors import CheckFailed, InputError
+from privacy.keys import fingerprint, load_public_key, normal_fingerprint, public_pem
 
-MANIFEST, SIGNATURE, CARD = "MANIFEST.json", "MANIFEST.sig", "DATASET_CARD.md"
+MANIFEST, SIGNATURE, CARD, SIGNER = "MANIFEST.json", "MANIFEST.sig", "DATASET_CARD.md", "SIGNER.pub"
 MANIFEST_FORMAT = "cxrsynth-release/1"
 
 
@@ -40,89 +50,91 @@ def sha256_file(path: Path) -> str:
 
 
 def tree_hashes(root: str | Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    """relative POSIX path -> SHA-256 of every regular file under root (symlinks are refused)."""
+    """relative POSIX path -> SHA-256 of every regular file under root; anything else (a symbolic
+    link, a FIFO, a socket, a device, an empty folder) is refused, naming it."""
+    hashes, odd = tree_entries(root, exclude)
+    if odd:
+        more = f" ({len(odd) - 1} more such entries)" if len(odd) > 1 else ""
+        raise InputError(f"{Path(root) / odd[0][0]}: {odd[0][1]}; a dataset or bundle holds regular files only{more}.")
+    return hashes
+
+
+def tree_entries(root: str | Path, exclude: tuple[str, ...] = ()) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """(relative path -> SHA-256 of every regular file, [(relative path, what it is)] of every
+    other entry). Non-regular files are never opened (a FIFO would block the read)."""
+    import stat
+
     root = Path(root)
-    out = {}
+    out, odd = {}, []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if rel in exclude:
             continue
-        if p.is_symlink():
-            raise InputError(f"{p}: symbolic links are not allowed in a dataset or bundle (they could point anywhere).")
-        if p.is_file():
+        mode = p.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            odd.append((rel, "a symbolic link (it could point anywhere)"))
+        elif stat.S_ISREG(mode):
             out[rel] = sha256_file(p)
-    return out
-
-
-# ---- keys ----------------------------------------------------------------------------------------
-def load_or_make_key(path: Path) -> Ed25519PrivateKey:
-    """The Ed25519 private key at `path` (PEM); made there, with its public key at path.pub, if missing."""
-    if path.exists():
-        try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"{path}: not an unencrypted PEM private key ({e}).") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise InputError(f"{path}: a {type(key).__name__}; the release is signed with Ed25519 keys only.")
-        return key
-    key = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    public_path(path).write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return key
-
-
-def public_path(key_path: Path) -> Path:
-    return key_path.with_name(key_path.name + ".pub")
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{path}: public key file not found.") from None
-    except ValueError as e:
-        raise InputError(f"{path}: not a PEM public key ({e}).") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise InputError(f"{path}: a {type(key).__name__}; release bundles are signed with Ed25519.")
-    return key
+        elif stat.S_ISDIR(mode):
+            if not any(p.iterdir()):
+                odd.append((rel + "/", "an empty folder"))
+        else:
+            odd.append((rel, "not a regular file (a FIFO, socket or device)"))
+    return out, odd
 
 
 # ---- the gate ------------------------------------------------------------------------------------
 def read_audit(audit_dir: Path) -> dict:
+    from privacy.audit.seal import require_audit_dir
+
+    require_audit_dir(audit_dir)
     path = audit_dir / "audit.json"
     try:
         audit = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no audit here; run `cxrsynth audit ... --out {audit_dir}` first.") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a readable audit ({e}).") from None
-    for key in ("passed", "checks", "inputs"):
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise InputError(f"{path}: not a readable audit ({e.__class__.__name__}).") from None
+    if not isinstance(audit, dict):
+        raise InputError(f"{path}: not an audit (a JSON object); was this written by `cxrsynth audit`?")
+    for key in ("passed", "checks", "inputs", "policy"):
         if key not in audit:
             raise InputError(f"{path}: key {key!r} is missing; was this written by `cxrsynth audit`?")
+    if not isinstance(audit["checks"], dict) or not isinstance(audit["inputs"], dict):
+        raise InputError(f"{path}: keys 'checks' and 'inputs' must be objects; was this written by `cxrsynth audit`?")
     return audit
 
 
+def audit_policy(audit: dict):
+    """The policy the audit ran under, as recorded in it."""
+    from cxrsynth.config import AuditPolicy, validate
+
+    return validate(AuditPolicy, audit["policy"], "audit.json, key 'policy'")
+
+
 def gate(synthetic: Path, audit: dict) -> None:
-    """Raise CheckFailed unless the audit passed and covered exactly the files of `synthetic`."""
-    if not audit["passed"]:
-        failed = [f"{n}: {'; '.join(c.get('reasons', []))}" for n, c in audit["checks"].items() if not c["passed"]]
-        raise CheckFailed("release refused: the audit did not pass.\n  " + "\n  ".join(failed))
+    """Raise CheckFailed unless the audit's verdict, recomputed from its figures and its policy,
+    passes and the audit covered exactly the files of `synthetic`."""
+    from privacy.audit.verdict import verdict
+
+    failed = verdict(audit["checks"], audit_policy(audit))
+    if failed:
+        lines = [f"{n}: {'; '.join(r)}" for n, r in failed.items()]
+        said = " (audit.json says passed, but its verdict does not follow from its own figures)" if audit.get("passed") is True else ""
+        raise CheckFailed(f"release refused: the audit did not pass{said}.\n  " + "\n  ".join(lines))
     audited = audit["inputs"].get("synthetic_files")
-    if not audited:
+    if not audited or not isinstance(audited, dict):
         raise CheckFailed("release refused: the audit does not record the hashes of the files it audited.")
-    now = tree_hashes(synthetic)
+    now, odd = tree_entries(synthetic)
     changed = sorted(k for k in now.keys() & audited.keys() if now[k] != audited[k])
-    added = sorted(now.keys() - audited.keys())
+    added = sorted(now.keys() - audited.keys()) + [f"{rel} ({what})" for rel, what in odd]
     missing = sorted(audited.keys() - now.keys())
     if changed or added or missing:
         lines = [f"{what}: {', '.join(files[:10])}{' ...' if len(files) > 10 else ''}" for what, files in (("changed since the audit", changed), ("not audited", added), ("audited but missing", missing)) if files]
         raise CheckFailed(f"release refused: {synthetic} is not the dataset that was audited.\n  " + "\n  ".join(lines) + "\n  Audit these files again.")
 
 
-def dataset_card(synthetic: Path, audit: dict) -> str:
+def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
     import csv
 
     with open(synthetic / "manifest.csv", encoding="utf-8", newline="") as f:
@@ -158,34 +170,103 @@ def dataset_card(synthetic: Path, audit: dict) -> str:
         "",
         f"Checks left out by policy: {', '.join(audit.get('policy', {}).get('skip', [])) or 'none'}. Full figures: audit/audit.json, audit/report.html.",
         "",
+        *_fidelity_lines(audit),
         "## Intended use",
         "Method development, teaching, software testing and data augmentation research. Not for clinical decisions, "
         "not for estimating disease prevalence, and not a substitute for real data in validating a clinical model. "
         "Do not attempt to link records to real patients.",
         "",
         "## Verifying this bundle",
-        "`cxrsynth release verify <bundle> --public-key <signer's public key>` checks the signature of MANIFEST.json and every file's SHA-256.",
+        f"Signed with the Ed25519 key of fingerprint `{signer}` (SHA-256 of the raw public key; SIGNER.pub holds the key). "
+        "Get the fingerprint from the steward through a channel other than this bundle, then run "
+        f"`cxrsynth release verify <bundle> --fingerprint {signer or '<fingerprint>'}`: it checks the signature of MANIFEST.json and every file's SHA-256.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def make_bundle(synthetic: Path, audit_dir: Path, key_path: Path, out: Path) -> Path:
-    audit = read_audit(audit_dir)
-    gate(synthetic, audit)
+def _fidelity_lines(audit: dict) -> list[str]:
+    from privacy.audit.fidelity import label_rows
+
+    policy = audit_policy(audit)
+    rows = label_rows(audit["checks"], policy)
+    dropped = audit_dropped_labels(audit)
+    lines = [
+        "## Label fidelity",
+        "Does each label show in the synthetic data? Images: AUROC of a classifier trained on real training images at the sites, scoring the synthetic "
+        "images against the labels they were generated with (0.5 is chance), next to the same classifier on real holdout images. Reports: positive F1 "
+        f"of the report labeler's reading against the labels. Floors: AUROC {policy.min_label_fidelity_auroc}, F1 {policy.min_report_label_agreement}; "
+        f"weak labels: {policy.weak_labels}.",
+        "",
+    ]
+    if not rows:
+        return lines + ["No synthetic record states a positive label; nothing was judged.", ""]
+    lines += ["| label | synthetic positives | image AUROC (95% CI) | classifier on real holdout | report positive F1 | in this release |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        auroc = f"{r['auroc']:.3f} ({r['ci'][0]:.2f}-{r['ci'][1]:.2f})" if r["auroc"] is not None else "not judged"
+        real = f"{r['real_auroc']:.3f}" if r["real_auroc"] is not None else "n/a"
+        f1 = f"{r['f1']:.3f}" if r["f1"] is not None else "not judged"
+        kept = {"dropped": "dropped (column emptied)", "carried": "kept", "not checked": "kept, not checked (too few positives)"}.get(r["status"], "kept, below the floor")
+        lines.append(f"| {r['label']} | {r['positives'] if r['positives'] is not None else ''} | {auroc} | {real} | {f1} | {kept} |")
+    lines.append("")
+    if dropped:
+        lines += [f"Dropped labels (empty in data/manifest.csv, read them as not stated): {', '.join(dropped)}.", ""]
+    lines += ["Use a kept label only where its figures are good enough for your purpose; a label marked not checked had too few examples to judge.", ""]
+    return lines
+
+
+def audit_dropped_labels(audit: dict) -> list[str]:
+    from privacy.audit.verdict import dropped_labels
+
+    return dropped_labels(audit["checks"], audit_policy(audit))
+
+
+def empty_label_columns(manifest: Path, labels: list[str]) -> None:
+    """Blank the given label columns of a dataset manifest (the release's dropped labels)."""
+    import csv
+
+    with open(manifest, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    for row in rows:
+        for name in labels:
+            row[name] = ""
+    with open(manifest, "w", encoding="utf-8", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def check_bundle_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; the bundle is written to a new folder.")
     if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not empty; give a new --out for the bundle.")
-    key = load_or_make_key(key_path)
+        raise InputError(f"--out {out}: exists and is not empty; give a new --out for the bundle.")
+
+
+def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path) -> Path:
+    from privacy.audit.seal import SEAL, check_seal
+
+    check_bundle_out(out)
+    if not (synthetic / "manifest.csv").is_file():
+        raise InputError(f"--synthetic {synthetic}: no manifest.csv here; give the synthetic dataset folder that was audited.")
+    audit = read_audit(audit_dir)
+    signer = check_seal(audit_dir, key.public_key())
+    gate(synthetic, audit)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(synthetic, tmp / "data")
     (tmp / "audit").mkdir()
-    for name in ("audit.json", "report.html"):
+    for name in ("audit.json", "report.html", SEAL):
         if (audit_dir / name).is_file():
             shutil.copy2(audit_dir / name, tmp / "audit" / name)
-    (tmp / CARD).write_text(dataset_card(synthetic, audit), encoding="utf-8")
     gate(tmp / "data", audit)  # the copy is what gets signed: check it too
-    manifest = {"format": MANIFEST_FORMAT, "files": tree_hashes(tmp)}
+    dropped = audit_dropped_labels(audit)
+    if dropped:
+        empty_label_columns(tmp / "data" / "manifest.csv", dropped)
+    (tmp / CARD).write_text(dataset_card(synthetic, audit, signer), encoding="utf-8")
+    (tmp / SIGNER).write_bytes(public_pem(key))
+    manifest = {"format": MANIFEST_FORMAT, "signer": {"algorithm": "Ed25519", "fingerprint": signer}, "dropped_labels": dropped, "files": tree_hashes(tmp)}
     body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     (tmp / MANIFEST).write_bytes(body)
     (tmp / SIGNATURE).write_bytes(key.sign(body).hex().encode("ascii") + b"\n")
@@ -195,38 +276,69 @@ def make_bundle(synthetic: Path, audit_dir: Path, key_path: Path, out: Path) -> 
     return out
 
 
-def verify_bundle(bundle: Path, public_key: Path) -> int:
-    """Number of files verified; raise CheckFailed naming every discrepancy."""
-    key = load_public_key(public_key)
+def verify_bundle(bundle: Path, public_key: Optional[Path] = None, expected: Optional[str] = None) -> tuple[int, str]:
+    """(number of files verified, signer fingerprint); CheckFailed naming every discrepancy.
+
+    The key is `public_key`, or the bundle's own SIGNER.pub when only the `expected` fingerprint
+    is given; with both, the key's fingerprint must be the expected one."""
+    if not bundle.is_dir():
+        raise InputError(f"{bundle}: {'is a file' if bundle.exists() else 'does not exist'}; `release verify` takes the bundle folder `cxrsynth release --out` wrote.")
+    if public_key is None and expected is None:
+        raise InputError("release verify: give --fingerprint (the signer's key fingerprint, from the steward) or --public-key FILE.")
+    want = normal_fingerprint(expected) if expected is not None else None
+    if public_key is not None:
+        key = load_public_key(public_key)
+    elif (bundle / SIGNER).is_file():
+        key = load_public_key(bundle / SIGNER, what="bundle key")
+    else:
+        raise CheckFailed(f"verification failed: {bundle / SIGNER} is missing; give --public-key FILE.")
+    fp = fingerprint(key)
+    if want is not None and fp != want:
+        raise CheckFailed(f"verification failed: the {'given public key' if public_key else 'bundle'}'s key has fingerprint {fp}, not the pinned {want}.")
     try:
         body = (bundle / MANIFEST).read_bytes()
         sig = bytes.fromhex((bundle / SIGNATURE).read_text(encoding="ascii").strip())
     except FileNotFoundError as e:
         raise CheckFailed(f"verification failed: {e.filename} is missing.") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, IsADirectoryError):
         raise CheckFailed(f"verification failed: {bundle / SIGNATURE} is not a hex signature.") from None
     try:
         key.verify(sig, body)
     except InvalidSignature:
-        raise CheckFailed(f"verification failed: the signature of {bundle / MANIFEST} does not match this public key (manifest altered, or another signer).") from None
-    listed = json.loads(body)["files"]
-    now = tree_hashes(bundle, exclude=(MANIFEST, SIGNATURE))
+        raise CheckFailed(f"verification failed: the signature of {bundle / MANIFEST} does not match key {fp} (manifest altered, or another signer).") from None
+    try:
+        manifest = json.loads(body)
+        listed = dict(manifest["files"])
+    except (ValueError, KeyError, TypeError):
+        raise CheckFailed(f"verification failed: {bundle / MANIFEST} is signed but not a cxrsynth manifest.") from None
+    signer = (manifest.get("signer") or {}).get("fingerprint")
+    if signer is not None and signer != fp:
+        raise CheckFailed(f"verification failed: {bundle / MANIFEST} names signer {signer}, but key {fp} signed it.")
+    now, odd = tree_entries(bundle, exclude=(MANIFEST, SIGNATURE))
     problems = [f"changed: {k}" for k in sorted(now.keys() & listed.keys()) if now[k] != listed[k]]
     problems += [f"added: {k}" for k in sorted(now.keys() - listed.keys())]
+    problems += [f"added: {rel} ({what})" for rel, what in odd]
     problems += [f"missing: {k}" for k in sorted(listed.keys() - now.keys())]
     if problems:
         raise CheckFailed(f"verification failed for {bundle}:\n  " + "\n  ".join(problems[:50]))
-    return len(listed)
+    return len(listed), fp
 
 
 # ---- commands ------------------------------------------------------------------------------------
 def command(args: argparse.Namespace) -> int:
-    out = make_bundle(Path(args.synthetic), Path(args.audit), Path(args.key or Path(args.out).with_name("release-key.pem")), Path(args.out))
-    print(f"release bundle written to {out}; verify with: cxrsynth release verify {out} --public-key {public_path(Path(args.key or Path(args.out).with_name('release-key.pem')))}")
+    from privacy.keys import key_from_args
+
+    if not getattr(args, "key", None):
+        raise InputError("release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`).")
+    check_bundle_out(Path(args.out))
+    key = key_from_args(args)
+    out = make_bundle(Path(args.synthetic), Path(args.audit), key, Path(args.out))
+    fp = fingerprint(key)
+    print(f"release bundle written to {out}, signed by key {fp}; verify with: cxrsynth release verify {out} --fingerprint {fp}")
     return 0
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    n = verify_bundle(Path(args.dir), Path(args.public_key))
-    print(f"{args.dir}: signature valid, {n} files match the manifest.")
+    n, fp = verify_bundle(Path(args.dir), Path(args.public_key) if args.public_key else None, getattr(args, "fingerprint", None))
+    print(f"{args.dir}: signature by key {fp} valid, {n} files match the manifest.")
     return 0

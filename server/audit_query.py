@@ -88,19 +88,27 @@ def _pin(content, synthetic: list[Record], checkpoint: Optional[Path], arrays: O
 
 def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] = None) -> dict:
     """Run-config keys (kebab-case): audit-synthetic, audit-out, audit-policy, audit-checkpoint,
-    audit-signing-key (the coordinator's key that pins the query for the hospitals)."""
+    audit-signing-key (the coordinator's key that pins the query for the hospitals),
+    audit-steward-key (the steward's release key, which seals the audit so a release accepts it;
+    its passphrase from audit-steward-passphrase-file or the variable audit-steward-passphrase-env)."""
     from privacy.audit.commands import load_policy
-    from privacy.audit.run import read_audit_set, write_audit
+    from privacy.audit.run import check_audit_out, read_audit_set, write_audit
+    from privacy.keys import load_private_key, read_passphrase
     from privacy.release import tree_hashes
 
     syn_dir = Path(str(run_config["audit-synthetic"]))
     out = Path(str(run_config["audit-out"]))
+    check_audit_out(out)
     policy = load_policy(run_config.get("audit-policy") or None)
+    steward = None
+    if run_config.get("audit-steward-key"):
+        phrase = read_passphrase(run_config.get("audit-steward-passphrase-file") or None, run_config.get("audit-steward-passphrase-env") or None)
+        steward = load_private_key(Path(str(run_config["audit-steward-key"])), phrase)
     ckpt = Path(str(run_config["audit-checkpoint"])) if run_config.get("audit-checkpoint") else None
     synthetic = read_audit_set(syn_dir, "synthetic")
     inputs = {"synthetic": str(syn_dir), "checkpoint": str(ckpt) if ckpt else None, "federated": True, "synthetic_files": tree_hashes(syn_dir)}
     key = Path(str(run_config["audit-signing-key"])) if run_config.get("audit-signing-key") else None
     audit = federated_audit(grid, synthetic, policy, ckpt, inputs, progress=progress, signing_key=key)
-    write_audit(audit, out)
+    write_audit(audit, out, key=steward)
     (out / "sites.json").write_text(json.dumps([a["site"] for a in audit["sites"]]), encoding="utf-8")
     return audit

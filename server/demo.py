@@ -170,17 +170,28 @@ class Demo:
         from privacy.audit.commands import audit
 
         out = self.out / "audit"
-        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), train=str(self.out / "data" / "train"), holdout=str(self.out / "data" / "holdout"), policy=None, checkpoint=str(self.checkpoint), out=str(out), quiet=self.progress.quiet)
+        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), train=str(self.out / "data" / "train"), holdout=str(self.out / "data" / "holdout"), policy=None, checkpoint=str(self.checkpoint), out=str(out), key=str(self.steward_key()), quiet=self.progress.quiet)
         code = _call(audit, args)
         report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
         self.audit_passed = bool(report.get("passed")) and code == 0
         return {"exit_code": code, "passed": self.audit_passed, "checks": report.get("checks", {}), "flagged": report.get("flagged", {})}
 
+    def steward_key(self) -> Path:
+        """The demo steward's key, made here on purpose (never implicitly by the gate); it seals the
+        audit and signs the release, and is kept across reruns of the same demo folder."""
+        from privacy.keys import make_key
+
+        path = self.out / "keys" / "steward.pem"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            make_key(path)
+        return path
+
     def release(self) -> dict:
         from privacy.release import command
 
         out = self.out / "release"
-        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), audit=str(self.out / "audit"), key=str(self.out / "keys" / "steward.pem"), out=str(out), quiet=self.progress.quiet)
+        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), audit=str(self.out / "audit"), key=str(self.steward_key()), out=str(out), quiet=self.progress.quiet)
         code = _call(command, args)
         files = sorted(str(p.relative_to(self.out)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
         return {"exit_code": code, "released": code == 0, "files": files[:20]}

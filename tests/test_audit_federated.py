@@ -50,6 +50,41 @@ def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path)
                 assert fed["checks"][name][key] == pytest.approx(value, rel=1e-6), (name, key)
 
 
+def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like_the_local_audit(tmp_path):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from cxrsynth.data.dataset import write_dataset
+    from cxrsynth.data.phantom import make_phantom
+    from cxrsynth.data.split import split_by_patient
+    from cxrsynth.models.ldm.prompts import prompt_from_labels
+    from privacy.audit.run import finish_audit
+
+    real = split_by_patient(make_phantom(240, sites=1, seed=0, image_size=32, lateral=False), 0.25, 0)
+    write_dataset(tmp_path / "site", [r.with_(phi_meta={}) for r in real])
+    synthetic = [r.with_(record_id=f"g{i}", patient_id=f"g{i}", site="synthetic", split="", findings=prompt_from_labels(r.labels), impression="") for i, r in enumerate(make_phantom(100, sites=1, seed=7, image_size=32, lateral=False))]
+    policy = AuditPolicy(bootstrap=30, skip=("phi", "membership", "image_copies", "image_closeness"), fidelity_steps=150)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
+    query = Message(make_query(synthetic, policy), dst_node_id=7, message_type="query")
+    ctx = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "site")}, state=RecordDict(), run_config={})
+    reply = handle(query, ctx)
+    reply.metadata.message_type = "query"
+    check_reply(reply)
+    metrics = dict(reply.content["audit"])
+    aurocs = {k: v for k, v in metrics.items() if k.startswith("fidelity.auroc.")}
+    assert len(aurocs) >= 8 and all(isinstance(v, float) for v in aurocs.values())
+    assert "fidelity.real_auroc.Cardiomegaly" in metrics and "fidelity.se.Cardiomegaly" in metrics
+
+    fed = finish_audit([metrics_to_answer(metrics, synthetic, "site0")], synthetic, policy)
+    train = [r for r in real if r.split == "train"]
+    holdout = [r for r in real if r.split == "holdout"]
+    local, _ = audit_records(synthetic, train, holdout, policy)
+    for name in ("label_fidelity", "report_labels"):
+        assert fed["checks"][name]["passed"] == local["checks"][name]["passed"] is True
+    for label, f in local["checks"]["label_fidelity"]["labels"].items():
+        assert fed["checks"]["label_fidelity"]["labels"][label]["auroc"] == pytest.approx(f["auroc"], rel=1e-6), label
+    assert fed["sites"][0]["fidelity_macro_auroc"] == pytest.approx(local["sites"][0]["fidelity_macro_auroc"], rel=1e-6)
+
+
 @pytest.mark.slow
 def test_federated_audit_over_flower_simulation(tmp_path):
     """Two sites on Flower's simulation engine answer the steward's query through the Grid."""

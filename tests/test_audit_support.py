@@ -172,3 +172,12 @@ class TinyGenerator:
                 findings, impression = " ".join(sents[:2]), sents[2]
             out.append(Record(f"syn{i:05d}", f"syn{i:05d}", f"syn{i:05d}", site="synthetic", findings=findings, impression=impression, image=imgs[i]))
         return out
+
+
+def make_key(root, name: str = "steward.pem"):
+    """A steward key made as a user makes one (`cxrsynth release key`), with its .pub beside it."""
+    from cxrsynth.cli import main
+
+    path = root / name
+    assert main(["--quiet", "release", "key", "--out", str(path)]) == 0
+    return path

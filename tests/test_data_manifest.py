@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cxrsynth.cli import main
-from cxrsynth.data.dataset import read_dataset, write_dataset
+from cxrsynth.data.dataset import image_relpath, read_dataset, write_dataset
 from cxrsynth.data.manifest import read_manifest
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.errors import InputError
@@ -28,10 +28,11 @@ def test_dataset_format_round_trip(tmp_path):
 
 
 def test_bad_rows_in_a_dataset_manifest_are_named_and_skipped(tmp_path):
-    write_dataset(tmp_path, make_phantom(5, seed=2, image_size=24))
+    recs = make_phantom(5, seed=2, image_size=24)
+    write_dataset(tmp_path, recs)
     lines = (tmp_path / "manifest.csv").read_bytes().split(b"\n")
-    lines[1] = lines[1].replace(b"images/r000000.png", b"images/gone.png")  # missing image
-    (tmp_path / "images/r000001.png").write_bytes(b"\x89PNG broken")  # corrupt image
+    lines[1] = lines[1].replace(image_relpath(recs[0]).encode(), b"images/gone.png")  # missing image
+    (tmp_path / image_relpath(recs[1])).write_bytes(b"\x89PNG broken")  # corrupt image
     lines[3] = lines[3].replace(b"Exam", b"\xe9xam") if b"Exam" in lines[3] else lines[3].replace(b",site", b",s\xe9te", 1)
     lines[4] = lines[4] + b",extra,cells"  # malformed row
     (tmp_path / "manifest.csv").write_bytes(b"\n".join(lines))

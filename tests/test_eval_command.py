@@ -75,7 +75,12 @@ def test_bad_inputs_exit_2_with_the_file_named(datasets, tmp_path, capsys):
     assert code == 2 and "manifest.csv" in capsys.readouterr().err
     code = main(["--quiet", "evaluate", "--synthetic", str(datasets / "good"), "--real", str(datasets / "real"), "--out", str(tmp_path / "o"), "--seeds", "0"])
     assert code == 2 and "seeds" in capsys.readouterr().err
-    code = main(["--quiet", "evaluate", "--synthetic", str(datasets / "good"), "--real", str(datasets / "real"), "--out", str(tmp_path / "o"), "--extractor", str(tmp_path / "w.pt"), "--classifier-steps", "1"])
+    args = ["--quiet", "evaluate", "--synthetic", str(datasets / "good"), "--real", str(datasets / "real"), "--out", str(tmp_path / "o"), "--extractor", str(tmp_path / "w.pt"), "--classifier-steps", "1"]
+    # A missing extractor is bad input, said before any work (issue 19) ...
+    assert main(args) == 2 and "w.pt" in capsys.readouterr().err
+    # ... an extractor file that does not load fails its stage, named, and the rest still runs.
+    (tmp_path / "w.pt").write_bytes(b"not a model")
+    code = main(args)
     assert code == 0
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert m["status"]["fidelity"]["status"] == "failed" and "w.pt" in m["status"]["fidelity"]["detail"]

@@ -221,7 +221,10 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     for d in ("keys", "other"):
         subprocess.run([sys.executable, str(repo / "deploy" / "certs.py"), "--out", str(tmp_path / d), "--app-signer", "coordinator"], check=True, capture_output=True)
-    recs = [r.with_(site="hospital-a", split="holdout" if i % 3 == 0 else "train") for i, r in enumerate(make_phantom(n=66, sites=1, seed=5, image_size=16))]
+    from cxrsynth.data.split import split_by_patient
+
+    # Split by patient: a site refuses to answer while a patient is on both sides of its split.
+    recs = split_by_patient([r.with_(site="hospital-a") for r in make_phantom(n=66, sites=1, seed=5, image_size=16)], 0.35, 1)
     root = tmp_path / "hospital-a"
     write_dataset(root, recs)
     (root / "site-policy.yaml").write_text(yaml.safe_dump({"audit_query_budget": 1}))

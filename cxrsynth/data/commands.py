@@ -14,20 +14,26 @@ def phantom(args: argparse.Namespace) -> int:
     from cxrsynth.data.phantom import make_phantom
     from cxrsynth.data.split import split_by_patient
 
-    if args.n < 1 or args.sites < 1 or args.size < 16:
-        raise InputError(f"data phantom: --n and --sites must be >= 1 and --size >= 16 (got {args.n}, {args.sites}, {args.size}).")
+    from cxrsynth.config import PhantomConfig, validate
+    from cxrsynth.output import check_out, fresh_dir
+
+    validate(PhantomConfig, {"n": args.n, "sites": args.sites, "seed": args.seed, "image_size": args.size}, "data phantom (--n, --sites, --seed, --size)")
+    if not 0.0 <= args.holdout < 1.0:
+        raise InputError(f"data phantom: --holdout {args.holdout}: expected a share of patients in [0, 1).")
+    out = Path(args.out)
+    check_out(out, args.replace)
     progress = Progress(args.quiet)
     progress.say(f"drawing {args.n} phantom studies over {args.sites} site(s), seed {args.seed}")
     records = make_phantom(args.n, sites=args.sites, seed=args.seed, image_size=args.size, lateral=not args.no_lateral)
     if args.holdout > 0:
         records = split_by_patient(records, args.holdout, args.seed)
-    out = Path(args.out)
-    write_dataset(out, records, progress=progress)
-    phi = write_phi_headers(out, records)
     from cxrsynth.data.overview import write_overview
 
-    write_overview(out, records, title=f"Phantom data: {args.n} studies, {args.sites} sites, seed {args.seed}")
-    progress.say(f"wrote {len(records)} records to {out}; PHI header fields in {phi} (site-only: never ship it)")
+    with fresh_dir(out, args.replace) as tmp:
+        write_dataset(tmp, records, progress=progress)
+        write_phi_headers(tmp, records)
+        write_overview(tmp, records, title=f"Phantom data: {args.n} studies, {args.sites} sites, seed {args.seed}")
+    progress.say(f"wrote {len(records)} records to {out}; PHI header fields in {out / 'phi_headers.jsonl'} (site-only: never ship it)")
     return 0
 
 
@@ -36,7 +42,7 @@ def ingest(args: argparse.Namespace) -> int:
 
     report = run_ingest(
         args.source, args.source_path, args.out, site=args.site, size=args.size, holdout=args.holdout,
-        seed=args.seed, strict=args.strict, progress=Progress(args.quiet),
+        seed=args.seed, strict=args.strict, replace=args.replace, progress=Progress(args.quiet),
     )
     if report.read and not report.kept:
         raise InputError(f"{args.source_path}: none of the {report.read} item(s) read could be ingested; the reasons are in {Path(args.out) / 'ingest_report.json'}.")

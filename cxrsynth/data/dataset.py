@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -128,7 +129,9 @@ def load_png(path: Path) -> np.ndarray:
             arr = np.asarray(im)
     except FileNotFoundError:
         raise ValueError("image file is missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError:
+        raise ValueError("image file claims more pixels than any radiograph has (a decompression bomb, or a corrupt header)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ValueError(f"image file is corrupt or not an image ({e.__class__.__name__})") from None
     if arr.dtype != np.uint8:
         arr = (arr.astype(np.float64) / max(float(arr.max()), 1.0) * 255).astype(np.uint8)
@@ -207,14 +210,42 @@ def collect_rows(
     return records
 
 
-def csv_rows(path: Path) -> csv.DictReader:
-    """A DictReader over a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row
-    holding them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
+class CsvRows:
+    """The rows of a CSV text as dicts (csv.DictReader, strict quoting). A text that is not CSV
+    (an unterminated quote, which would swallow every following row into one cell; a cell over
+    the csv module's 128 KiB limit) is an InputError naming the file and the row where it starts:
+    such a file cannot be read row by row, so no row of it is trusted."""
+
+    def __init__(self, path: Path, text: str):
+        self.path = Path(path)
+        self._reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        try:
+            self.fieldnames = self._reader.fieldnames
+        except csv.Error as e:
+            raise InputError(f"{path}, header: not valid CSV ({e}).") from None
+
+    def __iter__(self):
+        row, line = 0, self._reader.line_num
+        while True:
+            try:
+                item = next(self._reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
+                raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
+            row, line = row + 1, self._reader.line_num
+            yield item
+
+
+def csv_rows(path: Path) -> CsvRows:
+    """The rows of a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row holding
+    them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
     try:
         text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
     except OSError as e:
         raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = CsvRows(path, text)
     bad = [c for c in reader.fieldnames or [] if _has_surrogates(c)]
     if bad:
         raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
@@ -283,8 +314,13 @@ def _load_rel(root: Path, rel: str, column: str) -> np.ndarray:
 
 
 def image_relpath(record: Record, lateral: bool = False) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in record.record_id)
-    return f"images/{safe}{'_lat' if lateral else ''}.png"
+    """images/<record id, made file-safe>-<hash of the id>.png. The hash keeps ids that differ only
+    in characters the safe form maps to "_" ("a/b", "a b", "a_b") or in letter case apart."""
+    import hashlib
+
+    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in record.record_id)[:80].lstrip(".") or "_"
+    tag = hashlib.sha256(record.record_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"images/{safe}-{tag}{'_lat' if lateral else ''}.png"
 
 
 def write_dataset(root: str | Path, records: Iterable[Record], progress=None) -> Path:
@@ -296,6 +332,9 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     records = list(records)
+    dup = _first_duplicate(r.record_id for r in records)
+    if dup is not None:
+        raise InputError(f"record_id {dup!r} appears twice; record ids must be unique in a dataset.")
     task = progress.task("writing images", len(records)) if progress is not None else None
     rows = []
     for rec in records:
@@ -336,6 +375,61 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
     return manifest
 
 
+def _first_duplicate(items) -> Optional[str]:
+    seen: set = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
+
+
+def split_overlap(records: Iterable[Record]) -> int:
+    """How many patients have records on both sides of the train/holdout split."""
+    sides: dict[str, set] = {}
+    for r in records:
+        if r.split:
+            sides.setdefault(r.patient_id, set()).add(r.split)
+    return sum(1 for s in sides.values() if len(s) > 1)
+
+
+def require_patient_split(records: Iterable[Record], where: str) -> None:
+    """InputError when a patient is on both sides of the split (counted, never named: the ids
+    are the site's)."""
+    n = split_overlap(records)
+    if n:
+        raise InputError(f"{where}: {n} patient(s) have records in both train and holdout; the split must be by patient (no patient on both sides). Fix the split, or leave it empty to have it made by patient.")
+
+
+def stray_files(root: str | Path) -> list[str]:
+    """Entries of a dataset folder that its manifest does not name (besides manifest.csv): files
+    that would otherwise ride along unaudited, and anything that is not a regular file."""
+    import posixpath
+    import stat
+
+    root = Path(root)
+    listed = {MANIFEST}
+    for row in csv_rows(root / MANIFEST):
+        for col in ("image_path", "lateral_path"):
+            rel = (row.get(col) or "").strip()
+            if rel:
+                listed.add(posixpath.normpath(rel.replace("\\", "/")))
+    stray = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        if not dirnames and not filenames and base != root:
+            stray.append(base.relative_to(root).as_posix() + "/ (an empty folder)")
+        for name in sorted(filenames) + sorted(d for d in dirnames if (base / d).is_symlink()):
+            p = base / name
+            rel = p.relative_to(root).as_posix()
+            mode = p.lstat().st_mode
+            if not stat.S_ISREG(mode):
+                stray.append(f"{rel} (not a regular file)")
+            elif rel not in listed:
+                stray.append(rel)
+    return sorted(stray)
+
+
 PHI_HEADERS = "phi_headers.jsonl"
 
 
@@ -358,7 +452,10 @@ def write_phi_headers(root: str | Path, records: Iterable[Record], keep_existing
             path.unlink()
         return None
     tmp = path.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    if tmp.exists():
+        tmp.unlink()
+    # Site-only PHI: readable by the site's own account only, from the moment it exists.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
         for rid in sorted(headers):
             f.write(json.dumps({"id": rid, "meta": headers[rid]}, ensure_ascii=False, sort_keys=True) + "\n")
     tmp.replace(path)
@@ -373,7 +470,11 @@ def read_phi_headers(root: str | Path) -> dict[str, dict[str, str]]:
     if not path.is_file():
         return {}
     out = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{path}, line {i}: not UTF-8 text; the file holds one JSON object a line, UTF-8.") from None
         if not line.strip():
             continue
         try:

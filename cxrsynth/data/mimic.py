@@ -11,14 +11,13 @@ The official test split becomes `holdout`; train and validate become `train`.
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import re
+import zlib
 from pathlib import Path
 from typing import Iterator, Optional
 
-from cxrsynth.data.dataset import DatasetReport, load_png, parse_label
+from cxrsynth.data.dataset import CsvRows, DatasetReport, load_png, parse_label
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.data.report_text import read_report_file, sections
@@ -45,13 +44,24 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based data row, row) of a CSV or CSV.GZ; InputError naming the file when it is not UTF-8."""
     raw = path.read_bytes()
     if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise InputError(f"{path}: not a readable gzip file ({e.__class__.__name__}: {e}); it should be the file as distributed, or its unpacked .csv.") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise InputError(f"{path}: not UTF-8 text (line {line}); it should be the CSV as distributed.") from None
-    yield from enumerate(csv.DictReader(io.StringIO(text, newline="")), start=1)
+    yield from enumerate(CsvRows(path, text), start=1)
+
+
+def _short(row: dict) -> Optional[str]:
+    """Why a CSV row is malformed (fewer or more cells than the header), or None."""
+    if None in row:
+        return f"malformed row: {len(row[None])} more cell(s) than header columns"
+    missing = [k for k, v in row.items() if v is None]
+    return f"malformed row: {len(missing)} cell(s) fewer than header columns" if missing else None
 
 
 def _require(path: Path, header_row: dict, columns: tuple[str, ...]) -> None:
@@ -68,6 +78,9 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
     for i, row in _rows(meta_path):
         if i == 1:
             _require(meta_path, row, ("dicom_id", "ViewPosition"))
+        if not row.get("dicom_id"):
+            _table_problem(meta_path, i, "malformed row: no dicom_id", report, strict)
+            continue
         views[row["dicom_id"]] = (row.get("ViewPosition") or "").strip().upper()
     labels: dict[str, dict] = {}
     chex_path = _find(root, CHEXPERT)
@@ -75,6 +88,12 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
         for i, row in _rows(chex_path):
             if i == 1:
                 _require(chex_path, row, ("study_id",) + tuple(n for n in LABELS))
+            short = _short(row)
+            if short or not (row.get("study_id") or "").strip():
+                _table_problem(chex_path, i, short or "malformed row: no study_id", report, strict)
+                if (row.get("study_id") or "").strip():
+                    labels[row["study_id"].strip()] = None  # the study is skipped, not labelled wrongly
+                continue
             try:
                 labels[row["study_id"].strip()] = {n: parse_label(row.get(n) or "") for n in LABELS}
             except ValueError as e:
@@ -90,6 +109,12 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
         for i, row in _rows(split_path):
             splits[row.get("dicom_id", "")] = SPLIT_MAP.get((row.get("split") or "").strip(), "")
     return views, labels, splits, chex_path is not None
+
+
+def _table_problem(path: Path, row: int, reason: str, report: DatasetReport, strict: bool) -> None:
+    if strict:
+        raise InputError(f"{path}, row {row}: {reason}")
+    report.add(str(path), row, reason)
 
 
 def _bad_label(value: str) -> bool:

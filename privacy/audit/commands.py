@@ -29,11 +29,18 @@ def audit(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     policy = load_policy(args.policy)
+    key = None
+    if getattr(args, "key", None):
+        from privacy.keys import key_from_args
+
+        key = key_from_args(args)
     progress = Progress(args.quiet)
-    result = run_audit(Path(args.synthetic), Path(args.train), Path(args.holdout), policy, Path(args.out), Path(args.checkpoint) if args.checkpoint else None, progress)
+    result = run_audit(Path(args.synthetic), Path(args.train), Path(args.holdout), policy, Path(args.out), Path(args.checkpoint) if args.checkpoint else None, progress, key=key)
     lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {name} ({c.get('status', '')}){': ' + '; '.join(c['reasons']) if c.get('reasons') and not c['passed'] else ''}" for name, c in result["checks"].items()]
     progress.say("\n".join(lines))
-    progress.say(f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}")
+    if result.get("dropped_labels"):
+        progress.say(f"labels a release would drop (weak_labels: drop; their column emptied): {', '.join(result['dropped_labels'])}")
+    progress.say(f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}" + ("" if key else "; not sealed (no --key): a release will refuse it"))
     if not result["passed"]:
         raise CheckFailed(f"audit failed: {', '.join(n for n, c in result['checks'].items() if not c['passed'])}. See {Path(args.out) / 'report.html'}.")
     print("audit passed")

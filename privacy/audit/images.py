@@ -32,6 +32,8 @@ class CopyPair:
     train_record_id: str
     patient_id: str
     distance: float
+    synthetic_view: str = "frontal"  # which image of the synthetic record copies ...
+    train_view: str = "frontal"  # ... which image of the training record
 
 
 def _nearest_either_way(q: np.ndarray, q_mirrored: np.ndarray, base: np.ndarray, chunk: int, progress: Optional[Progress] = None, label: str = "") -> tuple[np.ndarray, np.ndarray]:
@@ -91,6 +93,8 @@ def image_memorization(
     def hist(d: np.ndarray, top: float) -> list[int]:
         return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()
 
+    lateral, lateral_pairs = lateral_copies(encoder, synthetic, train, holdout, policy, site, progress)
+    pairs += lateral_pairs
     top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
     ctop = float(np.quantile(np.r_[c_st, c_ht], 0.995)) or 1.0
 
@@ -110,4 +114,46 @@ def image_memorization(
         "dcr_median": {"synthetic_to_train": float(np.median(d_st)), "synthetic_to_holdout": float(np.median(d_sh)), "holdout_to_train": float(np.median(d_ht))},
         "dcr_hist": {"top": top, "synthetic_to_train": hist(d_st, top), "synthetic_to_holdout": hist(d_sh, top), "holdout_to_train": hist(d_ht, top)},
         "copy_hist": {"top": ctop, "synthetic_to_train": hist(c_st, ctop), "holdout_to_train": hist(c_ht, ctop)},
+        **lateral,
+    }, pairs
+
+
+def lateral_copies(
+    encoder: Encoder,
+    synthetic: Sequence[Record],
+    train: Sequence[Record],
+    holdout: Sequence[Record],
+    policy: AuditPolicy,
+    site: str = "",
+    progress: Optional[Progress] = None,
+) -> tuple[dict, list[CopyPair]]:
+    """Synthetic laterals that copy a training image (a lateral, or a frontal put in the lateral's
+    place), by the frontal search's method, with a threshold calibrated the same way on the
+    holdout's laterals. A lateral ships with the release, so it is checked like a frontal."""
+    syn = [(j, r.lateral) for j, r in enumerate(synthetic) if r.lateral is not None]
+    if not syn:
+        return {"lateral_copies": []}, []
+    base = [(r, "lateral", r.lateral) for r in train if r.lateral is not None] + [(r, "frontal", r.image) for r in train]
+    hold = [r.lateral for r in holdout if r.lateral is not None]
+    if len(hold) < MIN_HOLDOUT:
+        raise InputError(
+            f"site {site or '?'}: {len(syn)} synthetic lateral image(s) to check for copies, but {len(hold)} holdout lateral(s); "
+            f"the lateral copy threshold is calibrated on holdout laterals and needs at least {MIN_HOLDOUT}."
+        )
+    q, b = [img for _, img in syn], [img for _, _, img in base]
+    if policy.copy_match == "aligned":
+        c_sb, i_sb = aligned_nearest(q, b, progress=progress, label=f"{site} aligned lateral copy search")
+        c_hb, _ = aligned_nearest(hold, b, progress=progress, label=f"{site} aligned lateral calibration")
+    else:
+        e_b = encoder.embed(b)
+        c_sb, i_sb = _nearest_either_way(encoder.embed(q), encoder.embed(q, mirrored=True), e_b, policy.chunk)
+        c_hb, _ = _nearest_either_way(encoder.embed(hold), encoder.embed(hold, mirrored=True), e_b, policy.chunk)
+    threshold = float(policy.copy_margin * np.quantile(c_hb, policy.copy_quantile))
+    hits = np.flatnonzero(c_sb < threshold)
+    pairs = [CopyPair(synthetic[syn[k][0]].record_id, base[i_sb[k]][0].record_id, base[i_sb[k]][0].patient_id, float(c_sb[k]), "lateral", base[i_sb[k]][1]) for k in hits]
+    return {
+        "lateral_copies": [p.synthetic_id for p in pairs],
+        "lateral_copy_threshold": threshold,
+        "lateral_holdout_copy_rate": float(np.mean(c_hb < threshold)),
+        "n_synthetic_laterals": len(syn),
     }, pairs

@@ -48,20 +48,11 @@ def read_ledger(train_state: Optional[dict]) -> tuple[list[dict], list[str]]:
 
 
 def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
+    from privacy.audit.verdict import dp_ledger
+
     entries, problems = read_ledger(train_state)
     worst = max((e["epsilon"] for e in entries), default=None)
-    reasons = list(problems)
-    if policy.require_dp:
-        if not entries:
-            reasons.append("policy require_dp is true and no site has a DP ledger entry")
-        if policy.epsilon_budget is None:
-            reasons.append("policy require_dp is true but epsilon_budget is not set")
-        elif worst is not None and worst > policy.epsilon_budget:
-            reasons.append(f"epsilon {worst:.3g} exceeds the policy budget {policy.epsilon_budget:g}")
-        passed = not reasons
-    else:
-        # Without require_dp the ledger is reported, and only a stated budget can fail it.
-        passed = not (policy.epsilon_budget is not None and worst is not None and worst > policy.epsilon_budget)
-        if not passed:
-            reasons.append(f"epsilon {worst:.3g} exceeds the policy budget {policy.epsilon_budget:g}")
-    return {"passed": passed, "status": "ran", "sites": entries, "epsilon_max": worst, "require_dp": policy.require_dp, "epsilon_budget": policy.epsilon_budget, "reasons": reasons}
+    # Without require_dp the ledger is reported, and only a stated budget can fail it.
+    check = {"status": "ran", "sites": entries, "epsilon_max": worst, "require_dp": policy.require_dp, "epsilon_budget": policy.epsilon_budget, "problems": problems}
+    reasons = dp_ledger(check, policy)
+    return {"passed": not reasons, **check, "reasons": reasons}

@@ -1,8 +1,10 @@
 """The federated audit's messages, as Flower records (one codec for the steward and the sites).
 
 Query (steward -> site): `config` ConfigRecord {audit-policy (JSON), reports (list of str),
-record-ids, and optionally run-config and extra-state}, `synthetic` ArrayRecord {images: N x H x W
-uint8}, and optionally `arrays` (the model, for membership inference).
+record-ids, synthetic-labels (N x 14 codes: 1, 0, -1, or 2 for not mentioned), and optionally
+run-config and extra-state}, `synthetic` ArrayRecord {images: N x H x W uint8, and laterals:
+M x H' x W' uint8 for the records whose `has-lateral` flag is 1}, and optionally `arrays` (the
+model, for membership inference).
 Answer (site -> steward): one MetricRecord of numbers: the site's answer flattened to dotted keys,
 with flagged synthetic records as indices into the query's list. A site sends no strings.
 """
@@ -17,11 +19,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from cxrsynth.config import AuditPolicy, RunConfig
-from cxrsynth.data.records import Record
+from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
-ID_LISTS = ("images.copies", "rare_ngrams.leaking_reports", "near_duplicates.duplicated_reports", "text_embedding.close_reports")
+NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
+ID_LISTS = ("images.copies", "images.lateral_copies", "rare_ngrams.leaking_reports", "near_duplicates.duplicated_reports", "text_embedding.close_reports")
 DROP = ("site", "images.encoder", "images.copy_match", "membership.reason")
 
 
@@ -51,10 +54,23 @@ def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optiona
     shapes = {r.image.shape for r in synthetic}
     if len(shapes) != 1:
         raise InputError(f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array.")
-    config = {"audit-policy": policy.model_dump_json(), "reports-findings": [r.findings for r in synthetic], "reports-impression": [r.impression for r in synthetic], "record-ids": [r.record_id for r in synthetic]}
+    laterals = [r.lateral for r in synthetic if r.lateral is not None]
+    if len({x.shape for x in laterals}) > 1:
+        raise InputError(f"synthetic lateral images differ in size ({sorted({x.shape for x in laterals})[:3]}); the audit query carries one M x H x W array.")
+    config = {
+        "audit-policy": policy.model_dump_json(),
+        "reports-findings": [r.findings for r in synthetic],
+        "reports-impression": [r.impression for r in synthetic],
+        "record-ids": [r.record_id for r in synthetic],
+        "synthetic-labels": [NOT_MENTIONED if r.labels.get(n) is None else int(r.labels[n]) for r in synthetic for n in LABELS],
+        "has-lateral": [int(r.lateral is not None) for r in synthetic],
+    }
     if run_config is not None:
         config.update(dict(round_config(run_config, extra_state or {})))
-    content = RecordDict({"config": ConfigRecord(config), "synthetic": ArrayRecord({"images": Array(np.stack([r.image for r in synthetic]).astype(np.uint8))})})
+    arrays_out = {"images": Array(np.stack([r.image for r in synthetic]).astype(np.uint8))}
+    if laterals:
+        arrays_out["laterals"] = Array(np.stack(laterals).astype(np.uint8))
+    content = RecordDict({"config": ConfigRecord(config), "synthetic": ArrayRecord(arrays_out)})
     if arrays is not None:
         content["arrays"] = to_arrays(arrays)
     return content
@@ -67,7 +83,12 @@ def read_query(content: RecordDict) -> Query:
     policy = AuditPolicy.model_validate_json(str(cfg["audit-policy"]))
     images = content["synthetic"]["images"].numpy()
     ids, fnd, imp = list(cfg["record-ids"]), list(cfg["reports-findings"]), list(cfg["reports-impression"])
-    synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, image=img) for i, f, m, img in zip(ids, fnd, imp, images)]
+    codes = list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else []
+    labels = [{n: None if c == NOT_MENTIONED else int(c) for n, c in zip(LABELS, codes[k * len(LABELS) : (k + 1) * len(LABELS)])} if codes else empty_labels() for k in range(len(ids))]
+    flags = list(cfg["has-lateral"]) if "has-lateral" in cfg else [0] * len(ids)
+    lat_arr = iter(content["synthetic"]["laterals"].numpy()) if "laterals" in content["synthetic"] else iter(())
+    lats = [next(lat_arr) if f else None for f in flags]
+    synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, labels=lab, image=img, lateral=lat) for i, f, m, lab, img, lat in zip(ids, fnd, imp, labels, images, lats)]
     run_config, extra = read_round_config(cfg) if "run-config" in cfg else (None, {})
     arrays = from_arrays(content["arrays"]) if "arrays" in content.array_records else None
     return Query(policy, synthetic, run_config, extra, arrays)
@@ -165,7 +186,10 @@ def query_digests(content: RecordDict) -> tuple[str, str]:
     cfg = content["config"]
     images = content["synthetic"]["images"].numpy()
     texts = [str(x).encode() for key in ("record-ids", "reports-findings", "reports-impression") for x in cfg[key]]
-    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts)
+    labels = np.asarray(list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else [], dtype=np.int8).tobytes()
+    flags = np.asarray(list(cfg["has-lateral"]) if "has-lateral" in cfg else [], dtype=np.int8).tobytes()
+    lat = content["synthetic"]["laterals"].numpy() if "laterals" in content["synthetic"] else np.zeros((0,), np.uint8)
+    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts, labels, flags, str(lat.shape).encode(), np.ascontiguousarray(lat).tobytes())
     if "arrays" not in content.array_records:
         return synthetic, "none"
     rec = content["arrays"]

@@ -71,12 +71,69 @@ def _pairs_figure(pairs: Sequence[tuple]) -> Optional[str]:
     fig, axes = plt.subplots(len(pairs), 2, figsize=(4, 2 * len(pairs)), squeeze=False)
     for (pair, syn, real), row in zip(pairs, axes):
         row[0].imshow(syn, cmap="gray", vmin=0, vmax=255)
-        row[0].set_title(f"synthetic {pair.synthetic_id}", fontsize=7)
+        row[0].set_title(f"synthetic {pair.synthetic_id} ({pair.synthetic_view})", fontsize=7)
         row[1].imshow(real, cmap="gray", vmin=0, vmax=255)
-        row[1].set_title(f"train {pair.train_record_id} (patient {pair.patient_id}), d={pair.distance:.3f}", fontsize=7)
+        row[1].set_title(f"train {pair.train_record_id} ({pair.train_view}, patient {pair.patient_id}), d={pair.distance:.3f}", fontsize=7)
         for ax in row:
             ax.axis("off")
     return _png(fig)
+
+
+def _fidelity_figure(rows: list[dict], floor_auroc: float, floor_f1: float) -> Optional[str]:
+    rows = [r for r in rows if r["auroc"] is not None or r["f1"] is not None]
+    if not rows:
+        return None
+    colour = {"carried": "#2a7", "dropped": "#c33", "weak": "#c33", "not checked": "#999"}
+    y = np.arange(len(rows))[::-1]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 0.38 * len(rows) + 1.4), sharey=True)
+    for yi, r in zip(y, rows):
+        if r["auroc"] is not None:
+            lo, hi = r["ci"]
+            ax.barh(yi, r["auroc"] - 0.5, left=0.5, color=colour[r["status"]], height=0.6)
+            ax.plot([lo, hi], [yi, yi], color="black", lw=1)
+        if r["real_auroc"] is not None:
+            ax.plot(r["real_auroc"], yi, "D", color="black", ms=4)
+        if r["f1"] is not None:
+            bx.barh(yi, r["f1"], color=colour[r["status"]], height=0.6)
+    ax.axvline(floor_auroc, color="red", ls="--", lw=1)
+    bx.axvline(floor_f1, color="red", ls="--", lw=1)
+    ax.set_xlim(0.3, 1.0)
+    bx.set_xlim(0, 1.0)
+    ax.set_yticks(y, [f"{r['label']} ({r['status']})" for r in rows], fontsize=8)
+    ax.set_xlabel("synthetic images: AUROC against their labels (bar, 95% CI)\n\u25c6 the same classifier on real holdout images")
+    bx.set_xlabel("synthetic reports: positive F1 of the labeler\nagainst their labels")
+    ax.set_title("images", fontsize=9)
+    bx.set_title("reports", fontsize=9)
+    return _png(fig)
+
+
+def _fidelity_section(audit: dict) -> str:
+    from cxrsynth.config import AuditPolicy
+    from privacy.audit.fidelity import label_rows
+
+    policy = AuditPolicy.model_validate(audit.get("policy", {}))
+    rows = label_rows(audit["checks"], policy)
+    if not rows:
+        return ""
+    parts = ["<h2>Label fidelity: do the synthetic records carry their labels?</h2>"]
+    parts.append(
+        f"<p>Images: a classifier trained on each site's real training images scores the synthetic images against the labels they were generated with "
+        f"(floor {policy.min_label_fidelity_auroc}, and above chance at {policy.confidence:.0%} confidence). Reports: the report labeler's reading against the "
+        f"labels (floor {policy.min_report_label_agreement}). Weak labels: {policy.weak_labels}. Dropped labels are emptied in the released manifest.</p>"
+    )
+    fig = _fidelity_figure(rows, policy.min_label_fidelity_auroc, policy.min_report_label_agreement)
+    if fig:
+        parts.append(fig)
+    parts.append("<table><tr><th>label</th><th>synthetic positives</th><th>image AUROC</th><th>95% CI</th><th>classifier on real holdout</th><th>report positive F1</th><th>release</th></tr>")
+    for r in rows:
+        cls = {"carried": "pass", "not checked": ""}.get(r["status"], "fail")
+        parts.append(
+            f"<tr><td>{html.escape(r['label'])}</td><td>{_fmt(r['positives'] if r['positives'] is not None else '')}</td><td>{_fmt(r['auroc']) if r['auroc'] is not None else 'not judged'}</td>"
+            f"<td>{_fmt(r['ci']) if r['ci'] else ''}</td><td>{_fmt(r['real_auroc']) if r['real_auroc'] is not None else 'n/a'}</td>"
+            f"<td>{_fmt(r['f1']) if r['f1'] is not None else 'not judged'}</td><td class='{cls}'>{r['status']}</td></tr>"
+        )
+    parts.append("</table>")
+    return "\n".join(parts)
 
 
 def _fmt(v) -> str:
@@ -94,11 +151,16 @@ def write_report(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
     parts.append(f"<h1>Privacy audit: <span class='{'pass' if audit['passed'] else 'fail'}'>{verdict}</span></h1>")
     parts.append("<h2>Checks</h2><table><tr><th>check</th><th>result</th><th>status</th><th>figures</th><th>reasons</th></tr>")
     for name, c in audit["checks"].items():
-        figs = ", ".join(f"{k}={_fmt(v)}" for k, v in c.items() if k not in ("passed", "status", "reasons", "sites", "reports", "by_type") and not isinstance(v, dict))
+        figs = ", ".join(f"{k}={_fmt(v)}" for k, v in c.items() if k not in ("passed", "status", "reasons", "note", "sites", "reports", "by_type", "problems") and not isinstance(v, dict))
         res = "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>FAIL</span>"
-        parts.append(f"<tr><td>{name}</td><td>{res}</td><td>{c.get('status', '')}</td><td>{figs}</td><td>{html.escape('; '.join(c.get('reasons', [])))}</td></tr>")
+        said = "; ".join(c.get("reasons", [])) or c.get("note", "")
+        parts.append(f"<tr><td>{name}</td><td>{res}</td><td>{c.get('status', '')}</td><td>{figs}</td><td>{html.escape(said)}</td></tr>")
     parts.append("</table>")
-    cols = ["site", "n_train", "n_holdout", "copies", "copy_threshold", "holdout_copy_rate", "closeness", "closeness_ci", "rare_ngram_reports", "near_dup_rate", "near_dup_holdout_rate", "mia_auc", "mia_auc_ci", "tpr_at_1pct_fpr"]
+    if audit.get("dropped_labels"):
+        what = "Labels dropped from the release (their column emptied)" if audit["passed"] else "Labels not carried (below a fidelity floor; a release would drop them)"
+        parts.append(f"<p class='fail'>{what}: {html.escape(', '.join(audit['dropped_labels']))}</p>")
+    parts.append(_fidelity_section(audit))
+    cols = ["site", "n_train", "n_holdout", "copies", "lateral_copies", "copy_threshold", "holdout_copy_rate", "closeness", "closeness_ci", "rare_ngram_reports", "near_dup_rate", "near_dup_holdout_rate", "mia_auc", "mia_auc_ci", "tpr_at_1pct_fpr", "fidelity_macro_auroc", "fidelity_labels"]
     parts.append("<h2>Per site</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
     for r in audit["sites"]:
         parts.append("<tr>" + "".join(f"<td>{_fmt(r.get(c, ''))}</td>" for c in cols) + "</tr>")

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cxrsynth.config import AuditPolicy
-from cxrsynth.data.dataset import read_dataset
+from cxrsynth.data.dataset import read_dataset, require_patient_split, stray_files
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
+from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
 from privacy.audit.combine import combine
+from privacy.audit.fidelity import label_counts, report_label_agreement
 from privacy.audit.ledger import dp_ledger_check
 from privacy.audit.phi import phi_scan
 from privacy.audit.report import write_report
@@ -60,15 +62,20 @@ def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> 
     """(pair, synthetic image, training image) for each flagged copy pair, for the report."""
     by_id = {r.record_id: r for r in train}
     syn_by_id = {r.record_id: r for r in synthetic}
-    return [(p, syn_by_id[p.synthetic_id].image, by_id[p.train_record_id].image) for p in pairs]
+
+    def view(r: Record, which: str):
+        return r.lateral if which == "lateral" else r.image
+
+    return [(p, view(syn_by_id[p.synthetic_id], p.synthetic_view), view(by_id[p.train_record_id], p.train_view)) for p in pairs]
 
 
 def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
     """The sites' answers plus the steward's own checks (PHI scan of the synthetic reports, DP
-    ledger of the checkpoint), combined into the audit dict."""
+    ledger of the checkpoint, the labeler's reading of the reports), combined into the audit dict."""
     phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
     dp = dp_ledger_check(train_state, policy) if train_state is not None else None
-    return combine(answers, policy, phi, dp, inputs)
+    reports = None if "report_labels" in policy.skip else report_label_agreement(synthetic, policy)
+    return combine(answers, policy, phi, dp, inputs, labels={"counts": label_counts(synthetic), "reports": reports})
 
 
 def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Record]:
@@ -76,6 +83,15 @@ def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Reco
     records, _ = read_dataset(path, strict=True, load_images=load_images)
     if not records:
         raise InputError(f"{path}: the {what} dataset has no records.")
+    if what == "synthetic":
+        # Every file of the folder ships with a release, so every file must be one the audit reads.
+        stray = stray_files(path)
+        if stray:
+            more = f" and {len(stray) - 10} more" if len(stray) > 10 else ""
+            raise InputError(
+                f"{path}: {len(stray)} file(s) that manifest.csv does not list, which the audit would not read but a release would ship: "
+                f"{', '.join(stray[:10])}{more}. Remove them, or write the synthetic set to a new folder (cxrsynth generate --out)."
+            )
     return records
 
 
@@ -87,10 +103,13 @@ def run_audit(
     out: Path,
     checkpoint: Optional[Path] = None,
     progress: Optional[Progress] = None,
+    key=None,
 ) -> dict:
+    """`key`: the steward's Ed25519 key; the audit is sealed with it (privacy.audit.seal)."""
     from privacy.release import tree_hashes
 
     progress = progress or Progress()
+    check_audit_out(out)
     synthetic = read_audit_set(synthetic_dir, "synthetic")
     train_all = read_audit_set(train_dir, "training")
     same = Path(train_dir).resolve() == Path(holdout_dir).resolve()
@@ -98,9 +117,7 @@ def run_audit(
     holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in read_audit_set(holdout_dir, "holdout") if r.split != "train"]
     if not holdout:
         raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
-    overlap = {r.patient_id for r in train} & {r.patient_id for r in holdout}
-    if overlap:
-        raise InputError(f"{len(overlap)} patient(s) are in both training and holdout (e.g. {sorted(overlap)[:3]}); the split must be by patient.")
+    require_patient_split([r.with_(split="train") for r in train] + [r.with_(split="holdout") for r in holdout], f"{train_dir} and {holdout_dir}")
     scorer, train_state, ckhash = None, None, None
     if checkpoint is not None:
         from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
@@ -110,12 +127,26 @@ def run_audit(
         scorer, ckhash = model.member_scores, checkpoint_hash(checkpoint)
     inputs = {"synthetic": str(synthetic_dir), "train": str(train_dir), "holdout": str(holdout_dir), "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_hash": ckhash, "synthetic_files": tree_hashes(synthetic_dir)}
     audit, pairs = audit_records(synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress)
-    write_audit(audit, out, pairs)
+    write_audit(audit, out, pairs, key)
     return audit
 
 
-def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
-    write_report(audit, out, pairs)
+def _earlier_audit(out: Path) -> bool:
+    return (out / "audit.json").is_file()
+
+
+def check_audit_out(out: Path) -> None:
+    """Refuse an --out that is a file or a folder holding anything but an earlier audit, before any work."""
+    check_out(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced")
+
+
+def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -> None:
+    """audit.json, report.html and, with the steward's key, the seal; written whole into `out`
+    (new, empty or an earlier audit's folder, which is replaced)."""
+    from privacy.audit.seal import seal_audit
+
+    with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
+        (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
+        write_report(audit, tmp, pairs)
+        if key is not None:
+            seal_audit(tmp, key)

@@ -15,6 +15,7 @@ from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.progress import Progress
 from privacy.audit.encoders import make_encoder
+from privacy.audit.fidelity import image_label_fidelity
 from privacy.audit.images import CopyPair, image_memorization
 from privacy.audit.stats import membership_figures, percentile_ci
 from privacy.audit.text import embedding_neighbours, near_duplicates, rare_ngram_leaks
@@ -77,4 +78,6 @@ def site_audit(
     if "membership" not in skip:
         progress.say(f"[{site}] membership inference")
         answer["membership"] = membership(scorer, train, holdout, policy)
+    if "label_fidelity" not in skip:
+        answer["fidelity"] = image_label_fidelity(synthetic, train, holdout, policy, site, progress)
     return answer, pairs
