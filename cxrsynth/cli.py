@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job end to end on phantom data (3 hospitals)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    d.add_argument("--family", choices=["emixer", "ldm", "mopoe"], default="emixer")
+    d.add_argument("--family", choices=["emixer", "ldm", "mopoe"], default="ldm")
     d.add_argument("--quick", action="store_true", help="a shortened run (fewer records and rounds)")
+    d.add_argument("--base", default=None, metavar="DIR", help="fine-tune this base (`cxrsynth pretrain`) instead of pretraining one in the demo")
+    d.add_argument("--seed", type=int, default=0, help="phantom data, pretraining, federation and generation seed")
     d.set_defaults(path=("demo",))
 
     data = sub.add_parser("data", help="make phantom data or ingest a site's data").add_subparsers(dest="data_cmd", metavar="ACTION", required=True)

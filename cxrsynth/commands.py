@@ -31,20 +31,6 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-# The hospitals' phantom sites are site0..site2; a public cohort takes acquisition styles past them.
-PUBLIC_SITE_OFFSET = 8
-
-
-def public_phantom(cfg, n: int, seed: int):
-    """A phantom cohort that is no hospital's: other acquisition styles and label mix (PUBLIC_SITE_OFFSET)."""
-    from cxrsynth.data.phantom import make_phantom
-    from cxrsynth.pretrained import describe_phantom
-
-    p = cfg.data.phantom
-    records = make_phantom(n=n, sites=2, seed=seed, image_size=p.image_size, lateral=p.lateral, site_offset=PUBLIC_SITE_OFFSET)
-    return records, describe_phantom(n, 2, seed, PUBLIC_SITE_OFFSET)
-
-
 def pretrain(args: argparse.Namespace) -> int:
     from cxrsynth.pretrained import pretrain as run_pretrain
 
@@ -64,6 +50,8 @@ def pretrain(args: argparse.Namespace) -> int:
             print(f"{args.data}: {report.skipped} row(s) skipped, {report.kept} kept")
         source = f"public dataset {Path(args.data).resolve()}: {len(records)} studies"
     else:
+        from cxrsynth.pretrained import public_phantom
+
         records, source = public_phantom(cfg, args.phantom or 3000, args.seed)
     card = run_pretrain(cfg, records, out, source, progress=Progress(args.quiet))
     print(card.sha256)

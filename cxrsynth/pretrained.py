@@ -171,8 +171,21 @@ def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int
     return trainable, total
 
 
-def describe_phantom(n: int, sites: int, seed: int, site_offset: int) -> str:
-    return f"phantom cohort: {n} studies, acquisition styles of sites {site_offset}..{site_offset + sites - 1}, seed {seed} (no hospital's data)"
+# The hospitals of the demo and of phantom runs are site0..site2; a public cohort draws the
+# acquisition styles and label mixes of sites past them, as public data differs from a hospital's.
+PUBLIC_SITE_OFFSET = 8
+
+
+def public_phantom(cfg: RunConfig, n: int, seed: int, sites: int = 2) -> tuple[list[Record], str]:
+    """A phantom cohort that is no hospital's, and the sentence that says so on the base's card."""
+    from cxrsynth.data.phantom import make_phantom
+
+    p = cfg.data.phantom
+    records = make_phantom(n=n, sites=sites, seed=seed, image_size=p.image_size, lateral=p.lateral, site_offset=PUBLIC_SITE_OFFSET)
+    # Its own id space: a public patient is never mistaken for a hospital's patient of the same number.
+    records = [r.with_(record_id=f"pub-{r.record_id}", patient_id=f"pub-{r.patient_id}", study_id=f"pub-{r.study_id}") for r in records]
+    last = PUBLIC_SITE_OFFSET + sites - 1
+    return records, f"phantom cohort: {n} studies, acquisition styles of sites {PUBLIC_SITE_OFFSET}..{last}, seed {seed} (no hospital's data)"
 
 
 def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrained_on: str, progress=None) -> BaseCard:

@@ -162,6 +162,15 @@ def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
         "## Differential privacy",
         (f"Largest per-site epsilon {eps:.3g} at delta {max(e['delta'] for e in dp['sites']):.1e}." if eps is not None else "No DP ledger: trained without differential privacy (or its ledger was not audited).")
         + (f" Policy budget: {dp['epsilon_budget']}." if dp.get("epsilon_budget") else ""),
+        *(
+            [
+                "",
+                f"Pretrained on: {dp['base']['pretrained_on']} ({dp['base']['steps']} steps, base SHA-256 {dp['base']['sha256']}). "
+                f"Privacy cost of the pretraining: {dp['base']['privacy_cost']}. The sites fine-tuned this base with the DP-SGD above.",
+            ]
+            if isinstance(dp.get("base"), dict)
+            else []
+        ),
         "",
         "## Privacy audit summary",
         "| check | result | status |",

@@ -44,6 +44,11 @@ def save_round(out: Path, rnd: int, model: GenerativeModel, cfg: RunConfig, fl_s
         "privacy_ledger": fl_state.get("privacy_ledger"),
         "federated": True,
     }
+    if "base" in fl_state:
+        # What the run started from, and that it cost no site's privacy (cxrsynth.pretrained).
+        train_state["base"] = fl_state["base"]
+        if train_state["privacy_ledger"]:
+            train_state["privacy_ledger"] = {**train_state["privacy_ledger"], "base": fl_state["base"]}
     save_checkpoint(tmp, model, cfg, train_state, save_optimizers=False)
     (tmp / FL_STATE).write_text(json.dumps(fl_state, indent=2, sort_keys=True), encoding="utf-8")
     if strategy_arrays:

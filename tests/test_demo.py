@@ -12,7 +12,7 @@ from cxrsynth.data.records import LABELS
 from cxrsynth.eval.stages import NOT_BUILT, OK, SKIPPED
 from server.demo import run_demo
 
-STAGES = ["phantom data", "de-identification", "federated training (DP-SGD)", "generation", "evaluation", "privacy audit", "release"]
+STAGES = ["pretraining on public data", "phantom data", "de-identification", "federated fine-tuning (DP-SGD)", "generation", "evaluation", "privacy audit", "release"]
 
 
 def _rows(path):
@@ -24,7 +24,7 @@ def _rows(path):
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     # Shorter still than --quick where it does not change what runs: fewer evaluation steps and conditions.
-    return run_demo(out, "emixer", quick=True, eval_classifier_steps=20, conditions=6)
+    return run_demo(out, "ldm", quick=True, eval_classifier_steps=20, conditions=6)
 
 
 def test_quick_demo_reports_every_stage_honestly(quick_demo):
@@ -38,7 +38,7 @@ def test_quick_demo_reports_every_stage_honestly(quick_demo):
         for name, check in audit["checks"].items():
             assert (name in by_name["release"].detail) == (not check["passed"])
     # A stage that did not produce output blocks what depends on it, with the reason named.
-    for before, after in zip(STAGES, STAGES[1:]):
+    for before, after in zip(STAGES[1:], STAGES[2:]):
         if by_name[before].status != OK and after not in ("privacy audit",):
             assert by_name[after].status == SKIPPED and before in by_name[after].detail
     for s in demo.stages:
@@ -50,20 +50,25 @@ def test_quick_demo_reports_every_stage_honestly(quick_demo):
 
 def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
     demo = quick_demo
-    phantom = demo.stages[0].value
+    phantom = demo.stages[1].value
     for site, counts in phantom["per_site"].items():
         rows = _rows(demo.out / "sites" / site / "raw" / "manifest.csv")
         assert counts["studies"] == len(rows)
         assert counts["holdout"] == sum(r["split"] == "holdout" for r in rows)
     assert sum(c["studies"] for c in phantom["per_site"].values()) == demo.cfg.studies
     by_name = {s.name: s for s in demo.stages}
-    if by_name["federated training (DP-SGD)"].status == OK:
-        # The sites' label-combination counts reach the checkpoint: it can draw labels itself.
+    if by_name["federated fine-tuning (DP-SGD)"].status == OK:
+        # The sites' label counts reach the checkpoint: it draws labels in the sites' mix, not the
+        # public cohort's the base was pretrained on, and the run started from the pinned base.
         from cxrsynth.checkpoint import load_checkpoint
         from cxrsynth.generate import generate
+        from cxrsynth.pretrained import read_card
 
-        model, _, _ = load_checkpoint(demo.checkpoint)
-        assert sum(c for _, c in model.prior.patterns) + model.prior.rest > 0
+        model, cfg, state = load_checkpoint(demo.checkpoint)
+        base, _, _ = load_checkpoint(demo.out / "base")
+        assert model.extra_state()["label_counts"] != base.extra_state()["label_counts"]
+        assert cfg.train.init_sha256 == read_card(demo.out / "base").sha256 == state["base"]["sha256"]
+        assert state["privacy_ledger"]["base"]["privacy_cost"].startswith("none")
         drawn = generate(demo.checkpoint, 4, demo.out / "unconditional", seed=3)
         assert any(r[name] for r in _rows(Path(drawn) / "manifest.csv") for name in LABELS)
     if by_name["generation"].status == OK:
@@ -71,6 +76,12 @@ def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
     if by_name["evaluation"].status == OK:
         metrics = json.loads((demo.out / "eval" / "metrics.json").read_text())
         assert metrics == json.loads(json.dumps(by_name["evaluation"].value["metrics"], default=str))
+        # The base model's own samples are scored beside the release, for the same label sets.
+        arms = metrics["utility"]["arms"]
+        assert set(arms) == {"real", "synthetic", "real+synthetic", "base-only synthetic"}
+        assert metrics["utility"]["fine_tuning_gain"] == pytest.approx(arms["synthetic"]["macro_auroc"] - arms["base-only synthetic"]["macro_auroc"])
+        base_rows, rows = _rows(demo.out / "base-synthetic" / "manifest.csv"), _rows(demo.out / "synthetic" / "manifest.csv")
+        assert [{k: r[k] for k in LABELS} for r in base_rows] == [{k: r[k] for k in LABELS} for r in rows]
     if by_name["de-identification"].status == OK:
         # No raw PHI header value may reach the de-identified dataset.
         text = (demo.out / "data" / "all" / "manifest.csv").read_text(encoding="utf-8")
@@ -88,7 +99,7 @@ def test_missing_stage_is_not_built_and_blocks_dependents(tmp_path, monkeypatch,
     assert code == 2
     err = capsys.readouterr().err
     assert "de-identification: NOT BUILT YET" in err
-    assert "federated training (DP-SGD): SKIPPED - needs 'de-identification'" in err
+    assert "federated fine-tuning (DP-SGD): SKIPPED - needs 'de-identification'" in err
     page = (tmp_path / "d" / "index.html").read_text(encoding="utf-8")
     assert NOT_BUILT in page and not (tmp_path / "d" / "fl").exists() and not (tmp_path / "d" / "data").exists()
 
@@ -101,7 +112,7 @@ def test_demo_refuses_a_foreign_out_dir(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["ldm", "mopoe"])
+@pytest.mark.parametrize("family", ["emixer", "mopoe"])
 def test_quick_demo_other_families_reach_the_release_gate(family, tmp_path):
     demo = run_demo(tmp_path / family, family, quick=True)
     by_name = {s.name: s for s in demo.stages}

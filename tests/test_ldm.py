@@ -374,3 +374,37 @@ def test_label_prompts_read_no_report_text_and_match_generation_prompts(records)
     assert np.isfinite(losses["loss"])
     out = m.generate(2, [labeled.labels, {"Cardiomegaly": 1}], seed=0)
     assert out[1].labels["Cardiomegaly"] == 1 and "Cardiomegaly." in out[1].report
+
+
+def test_label_vector_conditioning_reaches_the_unet_and_survives_dp_and_a_checkpoint(records, tmp_path):
+    from opacus import GradSampleModule
+
+    from cxrsynth.data.records import condition_vector
+
+    m = tiny_model(records, label_conditioning="vector", prompt_section="labels", vae_steps=0, prompt_dropout=0.0)
+    unet = m.part("unet")
+    assert unet.class_embedding is not None
+    labeled = next(r for r in records if r.has_labels())
+    classes = m._classes([labeled.labels, {}])
+    assert torch.equal(classes[0], torch.as_tensor(condition_vector(labeled.labels))) and not classes[1].any()
+    # The label vector changes the U-Net's prediction (it enters through the time embedding).
+    x = torch.randn(2, unet.config.in_channels, m.latent_size(), m.latent_size())
+    t = torch.tensor([10, 10])
+    hidden = m.part("text_encoder")(*m._tokens(["", ""])[:2])[0]
+    with torch.no_grad():
+        a = unet(x, t, encoder_hidden_states=hidden, class_labels=m._classes([{"Cardiomegaly": 1}] * 2)).sample
+        b = unet(x, t, encoder_hidden_states=hidden, class_labels=m._classes([{"Cardiomegaly": 0}] * 2)).sample
+    assert not torch.allclose(a, b)
+    # Per-sample gradients of the label embedding under Opacus, and a checkpoint round trip.
+    before = unet.class_embedding.linear_1.weight.detach().clone()
+    m.nets["unet"] = GradSampleModule(m.nets["unet"])
+    m.train_step(records[:4])
+    assert not torch.equal(before, m.part("unet").class_embedding.linear_1.weight)
+    from cxrsynth.config import config_from_dict
+
+    cfg = config_from_dict({"model": m.config.model_dump(mode="json")})
+    save_checkpoint(tmp_path / "ck", m, cfg, {"step": 1}, save_optimizers=False)
+    back, _, _ = load_checkpoint(tmp_path / "ck")
+    assert torch.equal(back.part("unet").class_embedding.linear_1.weight, m.part("unet").class_embedding.linear_1.weight)
+    out = back.generate(2, [{"Cardiomegaly": 1}, {"Pleural Effusion": 1}], seed=1)
+    assert out[0].labels["Cardiomegaly"] == 1 and out[1].labels["Pleural Effusion"] == 1

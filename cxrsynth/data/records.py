@@ -39,6 +39,25 @@ def empty_labels() -> dict[str, Optional[int]]:
     return {name: None for name in LABELS}
 
 
+# A conditioning vector: one channel per label for "positive", one for "uncertain", and a last
+# channel saying the record carries labels at all (an unlabeled record is the zero vector).
+COND_DIM = 2 * len(LABELS) + 1
+
+
+def condition_vector(labels: dict) -> np.ndarray:
+    vec = np.zeros(COND_DIM, dtype=np.float32)
+    if not any(v is not None for v in labels.values()):
+        return vec
+    for i, name in enumerate(LABELS):
+        v = labels.get(name)
+        if v == 1:
+            vec[i] = 1.0
+        elif v == -1:
+            vec[len(LABELS) + i] = 1.0
+    vec[-1] = 1.0
+    return vec
+
+
 @dataclass
 class Record:
     record_id: str

@@ -29,6 +29,20 @@ def _deid(v: dict) -> str:
     return table(["site", "records in", "de-identified", "quarantined", "audit log (stays on site)"], rows) + f"<div class='pair'><div><b>before</b><pre>{esc(v['before'])}</pre></div><div><b>after</b><pre>{esc(v['after'])}</pre></div></div>"
 
 
+def _pretrain(v: dict) -> str:
+    card = v["card"]
+    rows = [
+        ("pretrained on", card["pretrained_on"]),
+        ("studies / patients", f"{card['records']} / {card['patients']}"),
+        ("steps (no DP, no federation)", card["steps"]),
+        ("seconds", card["seconds"]),
+        ("privacy cost", card["privacy_cost"]),
+        ("SHA-256 (pinned in the run, checked by every site)", card["sha256"]),
+    ]
+    reused = "<p>Reused from an earlier <code>cxrsynth pretrain</code>.</p>" if v.get("reused") else ""
+    return reused + table(["base model", ""], rows)
+
+
 def _federate(v: dict) -> str:
     parts = [f"<p>Checkpoint after round {esc(v['rounds'])}: {esc(v['checkpoint'])}</p>"]
     hist = v.get("history") or []
@@ -88,9 +102,10 @@ def _short_json(obj, limit: int = 1500) -> str:
 
 
 SECTIONS = {
+    "pretraining on public data": _pretrain,
     "phantom data": _phantom,
     "de-identification": _deid,
-    "federated training (DP-SGD)": _federate,
+    "federated fine-tuning (DP-SGD)": _federate,
     "evaluation": _evaluate,
     "privacy audit": _audit,
     "release": _release,
@@ -102,20 +117,17 @@ def _side_by_side(demo) -> str:
     from cxrsynth.eval.html import grid_img
     from cxrsynth.eval.page import sample_pairs_html
 
-    syn_dir, real_dir = demo.out / "synthetic", demo.out / "data" / "holdout"
+    syn_dir, real_dir, base_dir = demo.out / "synthetic", demo.out / "data" / "holdout", demo.out / "base-synthetic"
     if not (syn_dir / "manifest.csv").is_file() or not (real_dir / "manifest.csv").is_file():
         return ""
     syn, _ = read_dataset(syn_dir)
     real, _ = read_dataset(real_dir)
     step = max(1, demo.cfg.samples_per_condition)
-    return (
-        "<h2>Real and synthetic, side by side</h2><div class='pair'><div><b>real (de-identified holdout)</b><br>"
-        + grid_img([r.image for r in real[:16]], cols=8, cell=64)
-        + "</div><div><b>synthetic</b><br>"
-        + grid_img([r.image for r in syn[:16]], cols=8, cell=64)
-        + "</div></div>"
-        + sample_pairs_html(real, syn[::step], 4)
-    )
+    columns = [("real (de-identified holdout)", real), ("synthetic: fine-tuned at the sites with DP (the release)", syn)]
+    if (base_dir / "manifest.csv").is_file():
+        columns.append(("base model only, same label sets (not released)", read_dataset(base_dir)[0]))
+    cells = "".join(f"<div><b>{esc(title)}</b><br>{grid_img([r.image for r in recs[:16]], cols=8, cell=48)}</div>" for title, recs in columns)
+    return "<h2>Real and synthetic, side by side</h2><div class='pair'>" + cells + "</div>" + sample_pairs_html(real, syn[::step], 4)
 
 
 def write_overview(path: Path, demo) -> Path:
@@ -123,8 +135,9 @@ def write_overview(path: Path, demo) -> Path:
     rows = [(s.name, s.status, f"{s.seconds:.1f}", s.detail) for s in demo.stages]
     classes = [STATUS_CLASS.get(s.status, "bad") for s in demo.stages]
     parts = [
-        f"<p>{c.sites} phantom hospitals, {c.studies} studies, family <b>{esc(c.family)}</b>, {c.rounds} federated round(s) of {c.local_steps} local steps with DP-SGD "
-        f"(noise multiplier {c.noise_multiplier}, clipping norm {c.max_grad_norm}); total {demo.facts.get('seconds', 0):.0f}s.</p>",
+        f"<p>A base model (family <b>{esc(c.family)}</b>) pretrained on a public phantom cohort, then fine-tuned at {c.sites} phantom hospitals ({c.studies} studies) "
+        f"in {c.rounds} federated round(s) of {c.local_steps} local steps with DP-SGD (noise multiplier {c.noise_multiplier}, clipping norm {c.max_grad_norm}, "
+        f"budget epsilon {c.epsilon_budget:g} per site); total {demo.facts.get('seconds', 0):.0f}s.</p>",
         table(["stage", "status", "seconds", "detail"], rows, classes),
     ]
     for s in demo.stages:

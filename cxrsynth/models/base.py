@@ -140,6 +140,12 @@ class GenerativeModel(nn.Module):
             unwrap(net).load_state_dict(per_net[name], strict=True)
 
     # ---- generation and audit -------------------------------------------------------------
+    def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
+        """`n` label sets drawn from the label mix the model keeps (fitted to the training or the
+        sites' label counts), to condition `generate` on; None for a family that does not
+        condition on labels."""
+        return None
+
     def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
         raise NotImplementedError
 

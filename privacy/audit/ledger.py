@@ -54,5 +54,9 @@ def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
     worst = max((e["epsilon"] for e in entries), default=None)
     # Without require_dp the ledger is reported, and only a stated budget can fail it.
     check = {"status": "ran", "sites": entries, "epsilon_max": worst, "require_dp": policy.require_dp, "epsilon_budget": policy.epsilon_budget, "problems": problems}
+    base = (train_state or {}).get("base")
+    if isinstance(base, dict):
+        # The pretrained base the sites fine-tuned (cxrsynth.pretrained): what it saw, and its cost.
+        check["base"] = {k: base.get(k) for k in ("pretrained_on", "sha256", "records", "steps", "privacy_cost")}
     reasons = dp_ledger(check, policy)
     return {"passed": not reasons, **check, "reasons": reasons}

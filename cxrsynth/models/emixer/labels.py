@@ -1,9 +1,8 @@
 """Diagnosis labels as conditioning vectors, and the label mix generation samples from.
 
-A condition vector has one channel per label for "positive", one for "uncertain", and a last
-channel that says the record carries labels at all. An unlabeled record (the few-label setting,
-EMIXER sec. 4: 30% labeled) is the zero vector, so the projection term of D_image vanishes for
-it and only the unconditional parts learn from it.
+Condition vectors are `cxrsynth.data.records.condition_vector`. An unlabeled record (the
+few-label setting, EMIXER sec. 4: 30% labeled) is the zero vector, so the projection term of
+D_image vanishes for it and only the unconditional parts learn from it.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cxrsynth.data.records import LABELS, PATTERN, Record, empty_labels, finding_key, labels_from_findings_key
+from cxrsynth.data.records import COND_DIM, LABELS, PATTERN, Record, condition_vector, empty_labels, finding_key, labels_from_findings_key
 from cxrsynth.errors import InputError
 
-COND_DIM = 2 * len(LABELS) + 1
 _VALUES = (1, 0, -1, None)
 
 
@@ -37,20 +35,6 @@ def normalize_labels(labels: dict, where: str = "condition") -> dict[str, Option
             raise InputError(f"{where}: label {name!r} has value {value!r}; expected 1, 0, -1 or empty.")
         out[name] = v
     return out
-
-
-def condition_vector(labels: dict) -> np.ndarray:
-    vec = np.zeros(COND_DIM, dtype=np.float32)
-    if not any(v is not None for v in labels.values()):
-        return vec
-    for i, name in enumerate(LABELS):
-        v = labels.get(name)
-        if v == 1:
-            vec[i] = 1.0
-        elif v == -1:
-            vec[len(LABELS) + i] = 1.0
-    vec[-1] = 1.0
-    return vec
 
 
 def condition_tensor(label_dicts: Sequence[dict], device: torch.device | str = "cpu") -> torch.Tensor:

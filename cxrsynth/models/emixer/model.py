@@ -276,6 +276,9 @@ class Model(GenerativeModel):
             for name, net in self.nets.items():
                 net.train(modes[name])
 
+    def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
+        return self.prior.sample(n, np.random.default_rng(seed))
+
     def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
         vocab = self._need_vocab()
         if conditions is not None and len(conditions) != n:

@@ -12,6 +12,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, PNDMScheduler
 from torch import nn
 from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
+from cxrsynth.data.records import COND_DIM
 from cxrsynth.errors import InputError
 from cxrsynth.models.ldm.config import LDMConfig
 
@@ -50,6 +51,7 @@ def build_unet(cfg: LDMConfig) -> UNet2DConditionModel:
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
         cross_attention_dim=cfg.text_hidden,
+        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": COND_DIM} if cfg.label_conditioning == "vector" else {}),
     )
 
 

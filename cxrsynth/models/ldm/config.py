@@ -62,6 +62,12 @@ class LDMConfig(BaseModel):
     )
     long_prompts: Literal["truncate", "filter"] = Field("truncate", description="filter: drop training records whose prompt exceeds max_tokens, as the paper does")
 
+    label_conditioning: Literal["off", "vector"] = Field(
+        "off",
+        description="vector: the record's labels (cxrsynth.data.records.condition_vector) also condition the U-Net through its "
+        "time embedding (diffusers class_embed_type 'projection'), a global path that learns label signs faster than cross-attention alone",
+    )
+
     # ---- training -------------------------------------------------------------------------
     prediction: Literal["epsilon", "v_prediction"] = "epsilon"
     train_timesteps: int = Field(1000, ge=10)

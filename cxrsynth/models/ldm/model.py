@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrsynth.data.records import Record
+from cxrsynth.data.records import COND_DIM, Record, condition_vector
 from cxrsynth.data.text import pseudo_reports
 from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 from cxrsynth.errors import InputError
@@ -231,6 +231,12 @@ class Model(GenerativeModel):
         with torch.no_grad():
             return self.frozen["text_encoder"](input_ids=ids, attention_mask=mask)[0]
 
+    def _classes(self, labels: Sequence[dict]) -> Optional[torch.Tensor]:
+        """The label vectors the U-Net's time embedding takes (`label_conditioning: vector`), else None."""
+        if self.config.label_conditioning != "vector":
+            return None
+        return torch.as_tensor(np.stack([condition_vector(d) for d in labels]), device=self.device) if labels else torch.zeros(0, COND_DIM, device=self.device)
+
     def _latents(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
         with torch.no_grad():
             dist = self.part("vae").encode(x).latent_dist
@@ -265,12 +271,17 @@ class Model(GenerativeModel):
             if not keep.any():
                 return {**losses, **self._noise_only_step(stage)}
             x, ids, mask = x[keep], ids[keep], mask[keep]
+        classes = self._classes([r.labels for r in records])
+        if cfg.long_prompts == "filter" and any(too_long) and classes is not None:
+            classes = classes[keep]
         if cfg.prompt_dropout > 0:
             drop = torch.rand(len(ids), device=self.device) < cfg.prompt_dropout
             if drop.any():
                 empty_ids, empty_mask, _ = self._tokens([""])
                 ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
                 mask = torch.where(drop[:, None], empty_mask.expand_as(mask), mask)
+                if classes is not None:
+                    classes = torch.where(drop[:, None], torch.zeros_like(classes), classes)
         latents = self._latents(x)
         noise = torch.randn_like(latents)
         t = torch.randint(0, cfg.train_timesteps, (len(latents),), device=self.device)
@@ -280,7 +291,7 @@ class Model(GenerativeModel):
             self.opts[name].zero_grad(set_to_none=True)
         with self._autocast():
             hidden = self._text_states(ids, mask)
-            pred = self.nets["unet"](noisy, t, encoder_hidden_states=hidden).sample
+            pred = self.nets["unet"](noisy, t, encoder_hidden_states=hidden, class_labels=classes).sample
         loss = F.mse_loss(pred.float(), target.float())
         loss.backward()
         for name in stage:
@@ -346,6 +357,9 @@ class Model(GenerativeModel):
         cond = text(input_ids=ids, attention_mask=mask)[0]
         empty_ids, empty_mask, _ = self._tokens([""] * len(prompts))
         uncond = text(input_ids=empty_ids, attention_mask=empty_mask)[0]
+        classes = self._classes([P.labels_of(p) for p in prompts])
+        if classes is not None:
+            classes = torch.cat([torch.zeros_like(classes), classes]) if guidance > 1.0 else classes
         gen = torch.Generator().manual_seed(seed)
         shape = (len(prompts), unet.config.in_channels, self.latent_size(), self.latent_size())
         sched = sampling_scheduler(cfg, sampler)
@@ -357,7 +371,7 @@ class Model(GenerativeModel):
             inp = torch.cat([latents, latents]) if guided else latents
             inp = sched.scale_model_input(inp, t)
             with self._autocast():
-                out = unet(inp, t, encoder_hidden_states=hidden).sample.float()
+                out = unet(inp, t, encoder_hidden_states=hidden, class_labels=classes).sample.float()
             if guided:
                 out_uncond, out_cond = out.chunk(2)
                 out = out_uncond + guidance * (out_cond - out_uncond)
@@ -365,11 +379,14 @@ class Model(GenerativeModel):
         images = vae.decode(latents / cfg.latent_scale).sample.float()
         return tensor_to_images(images.mean(dim=1, keepdim=True))
 
+    def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
+        if not self.counts:
+            raise InputError("this LDM stores no label prevalence to draw label sets from; give prompts (--prompts FILE) or labels (--labels-from DIR).")
+        return P.sample_labels(self.counts, n, np.random.default_rng(seed))
+
     def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
         if conditions is None:
-            if not self.counts:
-                raise InputError("this LDM stores no label prevalence to draw prompts from; give prompts (--prompts FILE) or labels (--labels-from DIR).")
-            conditions = P.sample_labels(self.counts, n, np.random.default_rng(seed))
+            conditions = self.draw_labels(n, seed)
         if len(conditions) != n:
             raise InputError(f"{len(conditions)} condition(s) given for {n} record(s); give one prompt or label dict per record.")
         prompts = []
@@ -403,12 +420,13 @@ class Model(GenerativeModel):
             latents = self._latents(self._images(chunk), sample=False)
             ids, mask, _ = self._tokens([P.training_prompt(r, cfg.prompt_section) for r in chunk])
             hidden = text(input_ids=ids, attention_mask=mask)[0]
+            classes = self._classes([r.labels for r in chunk])
             total = torch.zeros(len(chunk), device=self.device)
             for noise, step in zip(noises, cfg.member_timesteps):
                 noise = noise.expand_as(latents)
                 t = torch.full((len(chunk),), step, device=self.device, dtype=torch.long)
                 target = noise if cfg.prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
-                pred = unet(self.noise.add_noise(latents, noise, t), t, encoder_hidden_states=hidden).sample.float()
+                pred = unet(self.noise.add_noise(latents, noise, t), t, encoder_hidden_states=hidden, class_labels=classes).sample.float()
                 total += ((pred - target) ** 2).flatten(1).mean(1)
             scores.append(-(total / len(cfg.member_timesteps)).cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0)
