@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cxrsynth.data.records import Record
@@ -64,6 +65,7 @@ class Model(GenerativeModel):
             else:
                 self.frozen[name] = parts[name].requires_grad_(False).eval()
         self.ema_unet = copy.deepcopy(parts["unet"]).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
+        self.ema = self._ema(cfg.ema_decay) if self.ema_unet is not None else None
         # Steps done in total and in the diffusion stage: they decide the stage and the EMA warm-up.
         self.register_buffer("steps_done", torch.zeros(2, dtype=torch.long))
         self.noise = noise_scheduler(cfg)
@@ -309,15 +311,22 @@ class Model(GenerativeModel):
             self._update_ema()
         return {}
 
+    def _ema(self, decay: float) -> EMAModel:
+        # The averages live in `ema_unet` itself (one copy of the weights, saved as `ema_unet.*`,
+        # loaded in place), not in copies EMAModel would make of them.
+        ema = EMAModel([], decay=decay)
+        ema.shadow_params = list(self.ema_unet.parameters())
+        return ema
+
     @torch.no_grad()
     def _update_ema(self) -> None:
-        if self.ema_unet is None:
+        if self.ema is None:
             return
-        n = int(self.steps_done[1])
-        # Warm-up as in diffusers' EMAModel: early averages do not drag in the random init.
-        decay = min(self.config.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema_unet.parameters(), self.part("unet").parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        # EMAModel's warm-up decay is min(decay, (1 + n) / (10 + n)) for its step count n minus
+        # one: early averages do not drag in the random init. Its count follows the diffusion
+        # steps done (this one included), so a resumed or federated run goes on where it was.
+        self.ema.optimization_step = int(self.steps_done[1])
+        self.ema.step(self.part("unet").parameters())
         for e, b in zip(self.ema_unet.buffers(), self.part("unet").buffers()):
             e.copy_(b)
 
