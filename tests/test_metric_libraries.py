@@ -1,8 +1,8 @@
 """Metrics now computed by well-kept libraries, checked against the hand-written code they replaced.
 
 The OLD_* reference values below were computed by running the replaced hand-written code (commit
-4df075a: `eval/text_metrics.py`, `eval/diversity.py`, the LDM's `_update_ema`, the mean pooling
-in `privacy/audit/text.py`) on exactly these fixed inputs; they are not hand-made.
+4df075a: `eval/text_metrics.py`, `eval/diversity.py`, the LDM's and EMIXER's `_update_ema`, the
+mean pooling in `privacy/audit/text.py`) on exactly these fixed inputs; they are not hand-made.
 """
 
 from __future__ import annotations
@@ -99,6 +99,8 @@ OLD_MS_SSIM_LADDER = [0.9766783043507484, 0.8569929297700768, 0.5845541216581075
 # The EMA after steps 1..12 of constant-valued weights (EMA starts at 0, the UNet holds k at step k).
 OLD_EMA = [0.8181818127632141, 1.704545497894287, 2.6013987064361572, 3.5004994869232178, 4.400199890136719, 5.3000874519348145,
            6.2000412940979, 7.100020408630371, 8.050010681152344, 9.025005340576172, 10.012502670288086, 11.006251335144043]  # fmt: skip
+# EMIXER's average of G (g_ema=0.75, g_ema_start=3, d_steps=2) after G updates 1..8, G holding k at update k.
+OLD_G_EMA = [1.0, 2.0, 3.0, 3.25, 3.6875, 4.265625, 4.94921875, 5.7119140625]
 OLD_EMBED_FIRST4 = [
     [-0.08443968743085861, -0.20031441748142242, 0.21495062112808228, -0.22399036586284637],
     [-0.010965177789330482, -0.15842173993587494, 0.23568463325500488, -0.21381400525569916],
@@ -183,6 +185,27 @@ def test_ldm_ema_warm_up_from_diffusers_matches_the_replaced_code_and_resumes():
     resumed = Model(tiny_config(ema_decay=0.5))
     resumed.load_state(state)
     assert _constant_ema_run(resumed, range(7, 13)) == pytest.approx(OLD_EMA[6:], abs=1e-6)
+
+
+def test_emixer_generator_average_from_diffusers_matches_the_replaced_code():
+    from test_emixer import get_dummy_components
+
+    model, _ = get_dummy_components(g_ema=0.75, g_ema_start=3, d_steps=2)
+    avg = model.nets["generator_ema"]
+    with torch.no_grad():
+        for p in avg.parameters():
+            p.fill_(0.0)
+    seen = []
+    for g_update in range(1, 9):
+        model.step_count = 2 * g_update
+        with torch.no_grad():
+            for p in model.nets["generator"].parameters():
+                p.fill_(float(g_update))
+        model._update_ema()
+        values = torch.cat([p.detach().flatten() for p in avg.parameters()])
+        assert torch.equal(values, values[0].expand_as(values))
+        seen.append(float(values[0]))
+    assert seen == pytest.approx(OLD_G_EMA, abs=1e-6)
 
 
 # ---- sentence embeddings: sentence-transformers -------------------------------------------------

@@ -38,7 +38,7 @@ from cxrsynth.data.records import Record
 from cxrsynth.data.text import Vocabulary
 from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 from cxrsynth.errors import InputError
-from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DReport, rotate
 from cxrsynth.models.emixer.generator import Generator
@@ -78,6 +78,8 @@ class Model(GenerativeModel):
         if config.g_ema > 0:
             self.nets["generator_ema"] = Generator(config)
             self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
+            # A copy of G until `g_ema_start` G updates are done, then a constant decay (BigGAN: no warm-up).
+            self.ema = weight_average(self.nets["generator_ema"], config.g_ema, min_decay=config.g_ema, update_after_step=config.g_ema_start)
         self.nets["report_decoder"] = ReportDecoder(config)
         self.nets["d_image"] = DImage(config)
         self.nets["d_report"] = DReport(config)
@@ -254,10 +256,7 @@ class Model(GenerativeModel):
         """Move the average toward G after a G update (a copy of G for the first `g_ema_start`)."""
         if "generator_ema" not in self.nets:
             return
-        g_updates = self.step_count // self.config.d_steps
-        decay = self.config.g_ema if g_updates > self.config.g_ema_start else 0.0
-        for avg, live in zip(self.nets["generator_ema"].parameters(), self.nets["generator"].parameters()):
-            avg.lerp_(live, 1.0 - decay)
+        update_average(self.ema, self.step_count // self.config.d_steps, self.nets["generator"])
 
     def generator(self) -> torch.nn.Module:
         """The generator that writes synthetic records: the moving average when there is one."""

@@ -18,14 +18,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import pseudo_reports
 from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 from cxrsynth.errors import InputError
-from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.ldm import prompts as P
 from cxrsynth.models.ldm import tokenizer as T
 from cxrsynth.models.ldm.components import (
@@ -65,7 +64,9 @@ class Model(GenerativeModel):
             else:
                 self.frozen[name] = parts[name].requires_grad_(False).eval()
         self.ema_unet = copy.deepcopy(parts["unet"]).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
-        self.ema = self._ema(cfg.ema_decay) if self.ema_unet is not None else None
+        # Warm-up as EMAModel's default: decay min(ema_decay, (1 + n) / (10 + n)) at diffusion step n + 1,
+        # so early averages do not drag in the random init.
+        self.ema = weight_average(self.ema_unet, cfg.ema_decay) if self.ema_unet is not None else None
         # Steps done in total and in the diffusion stage: they decide the stage and the EMA warm-up.
         self.register_buffer("steps_done", torch.zeros(2, dtype=torch.long))
         self.noise = noise_scheduler(cfg)
@@ -311,22 +312,11 @@ class Model(GenerativeModel):
             self._update_ema()
         return {}
 
-    def _ema(self, decay: float) -> EMAModel:
-        # The averages live in `ema_unet` itself (one copy of the weights, saved as `ema_unet.*`,
-        # loaded in place), not in copies EMAModel would make of them.
-        ema = EMAModel([], decay=decay)
-        ema.shadow_params = list(self.ema_unet.parameters())
-        return ema
-
     @torch.no_grad()
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        # EMAModel's warm-up decay is min(decay, (1 + n) / (10 + n)) for its step count n minus
-        # one: early averages do not drag in the random init. Its count follows the diffusion
-        # steps done (this one included), so a resumed or federated run goes on where it was.
-        self.ema.optimization_step = int(self.steps_done[1])
-        self.ema.step(self.part("unet").parameters())
+        update_average(self.ema, int(self.steps_done[1]), self.part("unet"))
         for e, b in zip(self.ema_unet.buffers(), self.part("unet").buffers()):
             e.copy_(b)
 
