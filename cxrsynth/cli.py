@@ -14,24 +14,24 @@ import os
 import sys
 from typing import Callable, Optional
 
-from cxrsynth.errors import CxrError, NotBuilt
+from cxrsynth.errors import CxrError
 
-# command path -> (handler, issue that builds it)
-HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("demo",): ("server.demo:command", "issue 9"),
-    ("data", "phantom"): ("cxrsynth.data.commands:phantom", "issue 2"),
-    ("data", "ingest"): ("cxrsynth.data.commands:ingest", "issue 2"),
-    ("deid", "run"): ("privacy.deid.commands:run", "issue 3"),
-    ("deid", "eval"): ("privacy.deid.commands:evaluate", "issue 3"),
-    ("deid", "dicom"): ("privacy.deid.commands:dicom", "issue 18"),
-    ("pretrain",): ("cxrsynth.commands:pretrain", "issue 14"),
-    ("train",): ("cxrsynth.commands:train", "issue 2"),
-    ("fl", "simulate"): ("server.simulate:command", "issue 7"),
-    ("generate",): ("cxrsynth.commands:generate", "issue 2"),
-    ("evaluate",): ("cxrsynth.eval.commands:evaluate", "issue 9"),
-    ("audit",): ("privacy.audit.commands:audit", "issue 8"),
-    ("release",): ("privacy.release:command", "issue 8"),
-    ("release", "verify"): ("privacy.release:verify_command", "issue 8"),
+# command path -> handler
+HANDLERS: dict[tuple[str, ...], str] = {
+    ("demo",): "server.demo:command",
+    ("data", "phantom"): "cxrsynth.data.commands:phantom",
+    ("data", "ingest"): "cxrsynth.data.commands:ingest",
+    ("deid", "run"): "privacy.deid.commands:run",
+    ("deid", "eval"): "privacy.deid.commands:evaluate",
+    ("deid", "dicom"): "privacy.deid.commands:dicom",
+    ("pretrain",): "cxrsynth.commands:pretrain",
+    ("train",): "cxrsynth.commands:train",
+    ("fl", "simulate"): "server.simulate:command",
+    ("generate",): "cxrsynth.commands:generate",
+    ("evaluate",): "cxrsynth.eval.commands:evaluate",
+    ("audit",): "privacy.audit.commands:audit",
+    ("release",): "privacy.release:command",
+    ("release", "verify"): "privacy.release:verify_command",
 }
 
 
@@ -161,18 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
-    target, issue = HANDLERS[path]
-    module_name, func_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue) from None
-        raise
-    func = getattr(module, func_name, None)
-    if func is None:
-        raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue)
-    return func
+    module_name, func_name = HANDLERS[path].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -11,11 +11,11 @@ import numpy as np
 from cxrsynth.data.dataset import read_dataset
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.split import split_by_patient
-from cxrsynth.errors import InputError, NotBuilt
+from cxrsynth.errors import InputError
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
-from cxrsynth.eval.labels import label_agreement, load_labeler
+from cxrsynth.eval.labels import label_agreement
 from cxrsynth.eval.stages import run_stage
 from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
@@ -89,11 +89,8 @@ def mopoe_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequen
     family = load_run_config(checkpoint).model.family
     if family != "mopoe":
         return {"skipped": f"the checkpoint is {family}; the linear-probe table is MoPoE's"}
-    try:
-        from cxrsynth.models.mopoe.probe import linear_probe_table
-    except ImportError:
-        raise NotBuilt("the MoPoE linear probe (cxrsynth.models.mopoe.probe.linear_probe_table)", "issue 6") from None
     from cxrsynth.checkpoint import load_checkpoint
+    from cxrsynth.models.mopoe.probe import linear_probe_table
 
     model, _, _ = load_checkpoint(checkpoint)
     model.eval()
@@ -175,7 +172,7 @@ def run_evaluation(
         return {"references": mode, **report_metrics(cands, refs)} if cands else {"references": mode, "n": 0}
 
     record("reports", run_stage("report metrics", reports, say))
-    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic, load_labeler()), "real_holdout": label_agreement(holdout, load_labeler())}, say))
+    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic), "real_holdout": label_agreement(holdout)}, say))
     if checkpoint:
         record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import Vocabulary
-from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
+from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.emixer.config import EmixerConfig
@@ -140,12 +140,6 @@ class Model(GenerativeModel):
             if name != "generator_ema"
         }
 
-    def _images(self, records: Sequence[Record]) -> torch.Tensor:
-        for r in records:
-            if r.image is None:
-                raise InputError(f"record {r.record_id}: no frontal image loaded; EMIXER trains on image + report pairs.")
-        return images_to_tensor([r.image for r in records], self.config.image_size, self.device)
-
     def _z(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, generator=generator).to(self.device)
 
@@ -156,7 +150,7 @@ class Model(GenerativeModel):
         cfg, vocab, nets, opts = self.config, self._need_vocab(), self.nets, self.opts
         self.step_count += 1
         b = len(records)
-        real = self._images(records)
+        real = frontal_images(records, self.config.image_size, self.device, "EMIXER")
         y = condition_tensor([r.labels for r in records], self.device)
         ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
         ids, counts = ids.to(self.device), counts.to(self.device)
@@ -298,7 +292,7 @@ class Model(GenerativeModel):
             return np.zeros(0)
         cfg, vocab = self.config, self._need_vocab()
         with self._evaluating():
-            x = self._images(records)
+            x = frontal_images(records, self.config.image_size, self.device, "EMIXER")
             y = condition_tensor([r.labels for r in records], self.device)
             ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
             onehot = F.one_hot(ids.to(self.device), cfg.vocab_size).float()

@@ -22,7 +22,7 @@ from torch import nn
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import pseudo_reports
-from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
+from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.ldm import prompts as P
@@ -215,10 +215,7 @@ class Model(GenerativeModel):
         return contextlib.nullcontext()
 
     def _images(self, records: Sequence[Record]) -> torch.Tensor:
-        missing = [r.record_id for r in records if r.image is None]
-        if missing:
-            raise InputError(f"record(s) {missing[:5]} have no frontal image; the LDM trains on images.")
-        x = images_to_tensor([r.image for r in records], self.config.image_size, self.device)
+        x = frontal_images(records, self.config.image_size, self.device, "the LDM")
         channels = self.part("vae").config.in_channels
         return x.repeat(1, channels, 1, 1) if channels != 1 else x
 
