@@ -11,6 +11,7 @@ ingest never loses what was ingested before.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -23,6 +24,8 @@ from cxrsynth.data.records import Record
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("manifest", "mimic", "dicom")
 REPORT = "ingest_report.json"
@@ -101,8 +104,8 @@ def ingest(source: str, path: str | Path, out: str | Path, *, site: str = "site0
 
     write_overview(out, kept_before + records, report, title=f"Ingest of {path} ({source}) for {site}")
     for p in report.problems[:20]:
-        progress.say(f"skipped {p}")
+        log.warning("skipped %s", p)
     if report.skipped > 20:
-        progress.say(f"... and {report.skipped - 20} more; all are listed in {out / REPORT}")
+        log.warning("... and %d more; all are listed in %s", report.skipped - 20, out / REPORT)
     progress.say(f"ingest: read {report.read}, kept {report.kept}, skipped {report.skipped} -> {out}")
     return report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -21,12 +22,14 @@ from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
 from cxrsynth.progress import Progress
 
+log = logging.getLogger(__name__)
+
 
 def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list[Record]]:
     """(train, holdout) of a real dataset; split by patient when the manifest has no split."""
     records, report = read_dataset(real_dir)
     if report.skipped:
-        print(f"{real_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+        log.warning("%s: %d row(s) skipped, e.g. %s", real_dir, report.skipped, report.problems[0])
     if not records:
         raise InputError(f"{real_dir}: the real dataset has no readable records.")
     if not any(r.split for r in records):
@@ -41,7 +44,7 @@ def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list
 def load_synthetic(synthetic_dir: str | Path) -> list[Record]:
     records, report = read_dataset(synthetic_dir)
     if report.skipped:
-        print(f"{synthetic_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+        log.warning("%s: %d row(s) skipped, e.g. %s", synthetic_dir, report.skipped, report.problems[0])
     if len(records) < 2:
         raise InputError(f"{synthetic_dir}: needs at least 2 synthetic records, found {len(records)}.")
     return records
