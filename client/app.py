@@ -11,7 +11,6 @@ runs; default: beside the dataset), `site-policy` (the site's privacy floor; def
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,7 @@ from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
 from client.policy import enforce, load_policy, refuse_plain_updates
+from client.query import admit, handle
 from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 from client.secagg import is_secure, secagg_mod
 from cxrsynth.errors import SiteRefused
@@ -136,17 +136,15 @@ def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> 
     app.train()(lambda msg, context: train(msg, context, ledger_dir))
     app.evaluate()(evaluate)
     app.query("vocab")(vocab)
-    if importlib.util.find_spec("client.query") is not None:
-        # The federated audit query (privacy/audit, issue 8) answers with counts and scalars only,
-        # and only a pinned set within the site's query budget (issue 15).
-        from client.query import admit, handle
 
-        def query(msg: Message, context: Context) -> Message:
-            path = _ledger_path(context, ledger_dir)
-            admit(msg, context, path.with_name(path.name + ".audit-queries.jsonl") if path else None)
-            return handle(msg, context)
+    # The federated audit query answers with counts and scalars only, and only a pinned set
+    # within the site's query budget.
+    def query(msg: Message, context: Context) -> Message:
+        path = _ledger_path(context, ledger_dir)
+        admit(msg, context, path.with_name(path.name + ".audit-queries.jsonl") if path else None)
+        return handle(msg, context)
 
-        app.query()(query)
+    app.query()(query)
     return app
 
 

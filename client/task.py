@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cxrsynth.config import RunConfig
+from cxrsynth.data.partition import partition
 from cxrsynth.data.records import PATTERN, Record, findings_key
 from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
@@ -34,18 +35,8 @@ _SITE_CACHE: dict[tuple, SiteData] = {}
 
 
 def partition_of(records: list[Record], k: int, i: int, cfg: RunConfig) -> list[Record]:
-    try:
-        from cxrsynth.data.partition import partition  # the data engineer's partitioner, when present
-    except ImportError:
-        partition = None
-    if partition is not None:
-        parts = partition(records, k, mode=cfg.federation.partition, alpha=cfg.federation.dirichlet_alpha, seed=cfg.data.split_seed)
-        return list(parts[i])
-    sites = sorted({r.site for r in records})
-    if len(sites) == k:
-        return [r for r in records if r.site == sites[i]]
-    # Patients, not images, are dealt to sites, so a patient never sits at two hospitals.
-    return [r for r in records if int(hashlib.sha256(r.patient_id.encode()).hexdigest()[:8], 16) % k == i]
+    parts = partition(records, k, mode=cfg.federation.partition, alpha=cfg.federation.dirichlet_alpha, seed=cfg.data.split_seed)
+    return list(parts[i])
 
 
 def load_site(cfg: RunConfig, node_config: dict) -> SiteData:

@@ -14,25 +14,26 @@ import os
 import sys
 from typing import Callable, Optional
 
-from cxrsynth.errors import CxrError, NotBuilt
+from cxrsynth.errors import CxrError
+from cxrsynth.progress import setup_logging
 
-# command path -> (handler, issue that builds it)
-HANDLERS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("demo",): ("server.demo:command", "issue 9"),
-    ("data", "phantom"): ("cxrsynth.data.commands:phantom", "issue 2"),
-    ("data", "ingest"): ("cxrsynth.data.commands:ingest", "issue 2"),
-    ("deid", "run"): ("privacy.deid.commands:run", "issue 3"),
-    ("deid", "eval"): ("privacy.deid.commands:evaluate", "issue 3"),
-    ("deid", "dicom"): ("privacy.deid.commands:dicom", "issue 18"),
-    ("pretrain",): ("cxrsynth.commands:pretrain", "issue 14"),
-    ("train",): ("cxrsynth.commands:train", "issue 2"),
-    ("fl", "simulate"): ("server.simulate:command", "issue 7"),
-    ("generate",): ("cxrsynth.commands:generate", "issue 2"),
-    ("evaluate",): ("cxrsynth.eval.commands:evaluate", "issue 9"),
-    ("audit",): ("privacy.audit.commands:audit", "issue 8"),
-    ("release",): ("privacy.release:command", "issue 8"),
-    ("release", "verify"): ("privacy.release:verify_command", "issue 8"),
-    ("release", "key"): ("privacy.keys:key_command", "issue 19"),
+# command path -> handler
+HANDLERS: dict[tuple[str, ...], str] = {
+    ("demo",): "server.demo:command",
+    ("data", "phantom"): "cxrsynth.data.commands:phantom",
+    ("data", "ingest"): "cxrsynth.data.commands:ingest",
+    ("deid", "run"): "privacy.deid.commands:run",
+    ("deid", "eval"): "privacy.deid.commands:evaluate",
+    ("deid", "dicom"): "privacy.deid.commands:dicom",
+    ("pretrain",): "cxrsynth.commands:pretrain",
+    ("train",): "cxrsynth.commands:train",
+    ("fl", "simulate"): "server.simulate:command",
+    ("generate",): "cxrsynth.commands:generate",
+    ("evaluate",): "cxrsynth.eval.commands:evaluate",
+    ("audit",): "privacy.audit.commands:audit",
+    ("release",): "privacy.release:command",
+    ("release", "verify"): "privacy.release:verify_command",
+    ("release", "key"): "privacy.keys:key_command",
 }
 
 
@@ -41,10 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cxrsynth",
         description="Federated, privacy-aware synthetic chest X-ray data: train across hospitals, audit, release.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--verbose", action="store_true", help="info and debug lines, third-party notices included")
+    # The same options after the subcommand; SUPPRESS keeps one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="info and debug lines, third-party notices included")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    d = sub.add_parser("demo", help="the main job end to end on phantom data (3 hospitals)")
+    d = sub.add_parser("demo", parents=[common], help="the main job end to end on phantom data (3 hospitals)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     d.add_argument("--family", choices=["emixer", "ldm", "mopoe"], default="ldm")
     d.add_argument("--quick", action="store_true", help="a shortened run (fewer records and rounds)")
@@ -52,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="phantom data, pretraining, federation and generation seed")
     d.set_defaults(path=("demo",))
 
-    data = sub.add_parser("data", help="make phantom data or ingest a site's data").add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
-    ph = data.add_parser("phantom", help="write a phantom dataset (with PHI in its reports)")
+    data = sub.add_parser("data", parents=[common], help="make phantom data or ingest a site's data").add_subparsers(dest="data_cmd", metavar="ACTION", required=True)
+    ph = data.add_parser("phantom", parents=[common], help="write a phantom dataset (with PHI in its reports)")
     ph.add_argument("--out", required=True)
     ph.add_argument("--n", type=int, default=500)
     ph.add_argument("--sites", type=int, default=3)
@@ -63,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--holdout", type=float, default=0.0, help="share of patients marked holdout (0: split left empty)")
     ph.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     ph.set_defaults(path=("data", "phantom"))
-    ing = data.add_parser("ingest", help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
+    ing = data.add_parser("ingest", parents=[common], help="read a manifest, MIMIC-CXR-JPG tree or DICOM folder into the dataset format")
     ing.add_argument("--source", choices=["manifest", "mimic", "dicom"], required=True)
     ing.add_argument("--path", dest="source_path", required=True, help="the manifest (dir or CSV), MIMIC tree or DICOM folder")
     ing.add_argument("--out", required=True)
@@ -75,27 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (default: add to an earlier ingest's dataset; refuse any other folder)")
     ing.set_defaults(path=("data", "ingest"))
 
-    de = sub.add_parser("deid", help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)
-    dr = de.add_parser("run", help="JSON lines in -> de-identified JSON lines out")
+    de = sub.add_parser("deid", parents=[common], help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)
+    dr = de.add_parser("run", parents=[common], help="JSON lines in -> de-identified JSON lines out")
     dr.add_argument("--in", dest="input", required=True)
     dr.add_argument("--out", required=True)
     dr.add_argument("--config", default=None, help="de-identification settings (YAML)")
     dr.add_argument("--workers", type=int, default=1)
     dr.add_argument("--audit-log", default=None, help="where the on-site audit log goes (default: beside --out)")
     dr.set_defaults(path=("deid", "run"))
-    dv = de.add_parser("eval", help="recall/precision per entity type against a gold file")
+    dv = de.add_parser("eval", parents=[common], help="recall/precision per entity type against a gold file")
     dv.add_argument("--gold", required=True)
     dv.add_argument("--out", default=None, help="write the metrics as JSON here")
     dv.add_argument("--config", default=None)
     dv.set_defaults(path=("deid", "eval"))
-    dd = de.add_parser("dicom", help="a folder of DICOM files -> de-identified copies (PS3.15 E.1-1), same relative paths")
+    dd = de.add_parser("dicom", parents=[common], help="a folder of DICOM files -> de-identified copies (PS3.15 E.1-1), same relative paths")
     dd.add_argument("--in", dest="input", required=True, help="folder of DICOM files (read recursively)")
     dd.add_argument("--out", required=True, help="output folder (outside --in)")
     dd.add_argument("--config", default=None, help="de-identification settings (YAML): dicom_dates, dicom_device, secret_file")
     dd.add_argument("--audit-log", default=None, help="where the on-site audit log goes (default: beside --out)")
     dd.set_defaults(path=("deid", "dicom"))
 
-    pt = sub.add_parser("pretrain", help="train a base model on public data (no DP, no federation) for the sites to fine-tune")
+    pt = sub.add_parser("pretrain", parents=[common], help="train a base model on public data (no DP, no federation) for the sites to fine-tune")
     pt.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
     src = pt.add_mutually_exclusive_group()
     src.add_argument("--data", default=None, help="a public dataset directory (`cxrsynth data ingest`); never a site's data")
@@ -105,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--seed", type=int, default=1, help="phantom cohort seed")
     pt.set_defaults(path=("pretrain",))
 
-    t = sub.add_parser("train", help="train one model at one site (no federation)")
+    t = sub.add_parser("train", parents=[common], help="train one model at one site (no federation)")
     t.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
     t.add_argument("--data", default=None, help="dataset directory (default: phantom data)")
     t.add_argument("--out", default=None, help="checkpoint directory (default: train.out of the config)")
@@ -113,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     t.set_defaults(path=("train",))
 
-    fl = sub.add_parser("fl", help="federated training").add_subparsers(dest="fl_cmd", metavar="ACTION", required=True)
-    fs = fl.add_parser("simulate", help="K simulated sites with Flower's simulation engine")
+    fl = sub.add_parser("fl", parents=[common], help="federated training").add_subparsers(dest="fl_cmd", metavar="ACTION", required=True)
+    fs = fl.add_parser("simulate", parents=[common], help="K simulated sites with Flower's simulation engine")
     fs.add_argument("--config", required=True)
     fs.add_argument("--data", default=None, help="dataset directory to partition (default: phantom data)")
     fs.add_argument("--out", default=None)
@@ -122,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--resume", action="store_true")
     fs.set_defaults(path=("fl", "simulate"))
 
-    g = sub.add_parser("generate", help="checkpoint -> synthetic dataset")
+    g = sub.add_parser("generate", parents=[common], help="checkpoint -> synthetic dataset")
     g.add_argument("--checkpoint", required=True)
     g.add_argument("--n", type=int, required=True)
     g.add_argument("--out", required=True)
@@ -132,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (written beside it, swapped in at the end)")
     g.set_defaults(path=("generate",))
 
-    ev = sub.add_parser("evaluate", help="fidelity, diversity, utility and report metrics")
+    ev = sub.add_parser("evaluate", parents=[common], help="fidelity, diversity, utility and report metrics")
     ev.add_argument("--synthetic", required=True)
     ev.add_argument("--real", required=True)
     ev.add_argument("--out", required=True)
@@ -143,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seeds", type=int, default=1, help="utility classifiers per arm, averaged")
     ev.set_defaults(path=("evaluate",))
 
-    a = sub.add_parser("audit", help="privacy audit of a synthetic dataset; exit 1 when a check fails")
+    a = sub.add_parser("audit", parents=[common], help="privacy audit of a synthetic dataset; exit 1 when a check fails")
     a.add_argument("--synthetic", required=True)
     a.add_argument("--train", required=True)
     a.add_argument("--holdout", required=True)
@@ -154,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _passphrase_args(a)
     a.set_defaults(path=("audit",))
 
-    r = sub.add_parser("release", help="signed release bundle after a passing audit; `release verify DIR`, `release key --out FILE`")
+    r = sub.add_parser("release", parents=[common], help="signed release bundle after a passing audit; `release verify DIR`, `release key --out FILE`")
     r.add_argument("--synthetic")
     r.add_argument("--audit")
     r.add_argument("--key", help="the steward's Ed25519 private key (PEM), the one that sealed the audit; never made here")
@@ -162,12 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out")
     r.set_defaults(path=("release",))
     rs = r.add_subparsers(dest="release_cmd", metavar="verify|key")
-    rv = rs.add_parser("verify", help="check a release bundle's signature and every file hash")
+    rv = rs.add_parser("verify", parents=[common], help="check a release bundle's signature and every file hash")
     rv.add_argument("dir")
     rv.add_argument("--fingerprint", default=None, help="the signer's key fingerprint, from the steward (pin it); the bundle's SIGNER.pub must match")
     rv.add_argument("--public-key", default=None, help="the signer's public key file (PEM)")
     rv.set_defaults(path=("release", "verify"))
-    rk = rs.add_parser("key", help="make the steward's Ed25519 signing key (FILE, FILE.pub) and print its fingerprint")
+    rk = rs.add_parser("key", parents=[common], help="make the steward's Ed25519 signing key (FILE, FILE.pub) and print its fingerprint")
     rk.add_argument("--out", required=True, help="the private key file to create (never overwritten)")
     _passphrase_args(rk, "encrypt the key with the passphrase ")
     rk.set_defaults(path=("release", "key"))
@@ -180,19 +187,18 @@ def _passphrase_args(p: argparse.ArgumentParser, what: str = "the key's passphra
     g.add_argument("--passphrase-env", default=None, metavar="VARIABLE", help=what + "in this environment variable")
 
 
-def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
-    target, issue = HANDLERS[path]
-    module_name, func_name = target.split(":")
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue) from None
-        raise
-    func = getattr(module, func_name, None)
-    if func is None:
-        raise NotBuilt(f"`cxrsynth {' '.join(path)}`", issue)
-    return func
+        return version("cxrsynth")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
+    module_name, func_name = HANDLERS[path].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -200,6 +206,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
     if args.path == ("release",) and not (args.synthetic and args.audit and args.out):
         print("cxrsynth release: needs --synthetic, --audit and --out (or `release verify DIR --public-key FILE`).", file=sys.stderr)
         return 2

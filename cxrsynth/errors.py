@@ -28,14 +28,3 @@ class CheckFailed(CxrError):
 class SiteRefused(CheckFailed):
     """A site's refusal whose message holds only settings and ledger figures, never data, so it may
     leave the site as the reason of an error reply (client/egress.py)."""
-
-
-class NotBuilt(CxrError):
-    """A stage that is not built yet; said at run time instead of faking output."""
-
-    exit_code = 2
-
-    def __init__(self, stage: str, issue: str = ""):
-        detail = f" (tracked in {issue})" if issue else ""
-        super().__init__(f"{stage} is not built yet{detail}.")
-        self.stage = stage

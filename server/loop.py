@@ -6,6 +6,7 @@ starts at the round after the last complete checkpoint, with the strategy's own 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,8 @@ from server.secagg import secure_round
 from server.state import last_round, load_round, save_round
 from server.strategy import load_strategy_state, make_strategy, strategy_state
 from server.vocab import merge_counts
+
+log = logging.getLogger(__name__)
 
 
 class RoundFailed(CheckFailed):
@@ -71,7 +74,7 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     ok = [r for r in replies if not r.has_error()]
     for r in replies:
         if r.has_error():
-            progress.say(f"site {r.metadata.src_node_id} gave no vocabulary counts: {r.error.reason}")
+            log.warning("site %s gave no vocabulary counts: %s", r.metadata.src_node_id, r.error.reason)
     if len(ok) < fed.min_sites:
         raise RoundFailed(f"vocabulary step: {len(ok)} of {len(nodes)} sites answered, fewer than federation.min_sites={fed.min_sites}.")
     counts = merge_counts([dict(r.content["counts"]) for r in ok])
@@ -144,7 +147,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
             screened.missing = len(msgs) - len(replies)
         missing = screened.missing
         for rej in screened.rejected:
-            progress.say(f"round {rnd}: update of site {rej['node']} rejected: {rej['reason']}")
+            log.warning("round %d: update of site %s rejected: %s", rnd, rej["node"], rej["reason"])
             fl_state["rejections"].append({"round": rnd, **rej})
         if len(screened.accepted) < fed.min_sites:
             reasons = "; ".join(f"site {r['node']}: {r['reason']}" for r in screened.rejected) or "no rejections"

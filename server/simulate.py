@@ -52,6 +52,8 @@ def simulate(cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optio
         client_app=make_client_app(mods=client_mods, ledger_dir=out / "site-ledgers"),
         num_supernodes=cfg.federation.sites,
         backend_config=backend,
+        # Flower's debug lines with `cxrsynth --verbose` (cxrsynth.progress.setup_logging).
+        verbose_logging=logging.getLogger().isEnabledFor(logging.DEBUG),
     )
     return out
 

@@ -1,5 +1,6 @@
 """The `cxrsynth` command: help lists the architecture's commands, phantom data is reproducible."""
 
+import csv
 import subprocess
 import sys
 
@@ -51,3 +52,40 @@ def test_bad_arguments_exit_2_with_a_message(argv, code, words, capsys, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["--quiet"] + argv) == code
     assert words in capsys.readouterr().err
+
+
+def test_version_and_python_dash_m():
+    from importlib.metadata import version
+
+    out = subprocess.run([sys.executable, "-m", "cxrsynth", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == f"cxrsynth {version('cxrsynth')}"
+    bad = subprocess.run([sys.executable, "-m", "cxrsynth", "no-such-command"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no-such-command" in bad.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_is_taken_before_or_after_the_subcommand(where, tmp_path, capsys):
+    args = ["data", "phantom", "--n", "6", "--sites", "2", "--size", "16", "--out", str(tmp_path / "a")]
+    assert main(["--quiet", *args] if where == "before" else [*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*args[:-1], str(tmp_path / "b")]) == 0
+    assert "phantom studies" in capsys.readouterr().err
+
+
+def test_skipped_rows_are_logged_warnings_on_stderr_not_results(tmp_path, capsys):
+    from cxrsynth.eval.evaluate import load_synthetic
+    from cxrsynth.progress import setup_logging
+
+    assert main(["--quiet", "data", "phantom", "--n", "6", "--sites", "2", "--size", "16", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows.append({**rows[-1], "record_id": "extra-row", "image_path": "images/gone.png"})
+    with open(tmp_path / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    setup_logging()
+    capsys.readouterr()
+    assert len(load_synthetic(tmp_path)) == 6
+    out, err = capsys.readouterr()
+    assert out == "" and "WARNING" in err and "1 row(s) skipped" in err and str(tmp_path) in err

@@ -17,6 +17,7 @@ from cxrsynth.cli import main
 from cxrsynth.config import load_config
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import LABELS
+from cxrsynth.data.transforms import frontal_images
 from cxrsynth.errors import ConfigError, InputError
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import rotate
@@ -31,6 +32,10 @@ TINY = dict(
     feature_dim=16, word_dim=8, sentence_hidden=16, word_hidden=16, report_hidden=16, vocab_size=96,
     vocab_min_count=2, max_sentences=3, max_words=5, d_steps=2,
 )
+
+
+def real_images(model, records) -> torch.Tensor:
+    return frontal_images(records, model.config.image_size, model.device, "EMIXER")
 
 
 def get_dummy_components(n: int = 24, seed: int = 0, **overrides):
@@ -137,7 +142,7 @@ def test_extra_decoder_steps_train_f_and_are_skipped_under_dp_sgd():
         torch.manual_seed(1)
         for _ in range(3):
             model.train_step(records)
-        x, (ids, counts) = model._images(records), encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words)
+        x, (ids, counts) = real_images(model, records), encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words)
         with torch.no_grad():
             losses[f_steps] = model.nets["report_decoder"].loss(x, ids, counts, model.vocab.pad_id).item()
     assert losses[4] < losses[1] - 0.05, losses
@@ -156,7 +161,7 @@ def test_report_decoder_feature_keeps_its_scale_when_the_encoder_weights_grow():
     and F would write one report for every image."""
     model, records = get_dummy_components()
     enc = model.nets["report_decoder"].encoder
-    x = model._images(records[:6])
+    x = real_images(model, records[:6])
     with torch.no_grad():
         before = enc(x)
         enc.proj.weight.mul_(1000.0)
@@ -199,7 +204,7 @@ def _batch(model, records, b, seed=0):
     torch.manual_seed(seed)
     cfg, vocab = model.config, model.vocab
     recs = records[:b]
-    real = model._images(recs)
+    real = real_images(model, recs)
     y = condition_tensor([r.labels for r in recs], "cpu")
     y[1] = 0  # one unlabeled record (the few-label setting)
     ids, counts = encode_reports(recs, vocab, cfg.max_sentences, cfg.max_words)

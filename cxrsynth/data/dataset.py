@@ -1,6 +1,6 @@
 """The dataset directory format: `manifest.csv` plus the PNG files it names.
 
-Real, de-identified and synthetic datasets all use it (see ARCHITECTURE.md, "The dataset format").
+Real, de-identified and synthetic datasets all use it (README.md, "Bring your data into the dataset format").
 Reading validates every row; a bad row is reported with the file and row number and, unless
 `strict`, skipped and counted in the returned `DatasetReport` so nothing is silently dropped.
 """

@@ -14,6 +14,7 @@ patients keep their pseudonyms).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,8 @@ from cxrsynth.data.split import split_by_patient
 from cxrsynth.errors import InputError
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("manifest", "mimic", "dicom")
 REPORT = "ingest_report.json"
@@ -136,9 +139,9 @@ def ingest(
         with fresh_dir(out, replace, _is_dataset, hint) as tmp:
             _write(tmp, kept_before, records, report, key, source, path, site, progress)
     for p in report.problems[:20]:
-        progress.say(f"skipped {p}")
+        log.warning("skipped %s", p)
     if report.skipped > 20:
-        progress.say(f"... and {report.skipped - 20} more; all are listed in {out / REPORT}")
+        log.warning("... and %d more; all are listed in %s", report.skipped - 20, out / REPORT)
     progress.say(f"ingest: read {report.read}, kept {report.kept}, skipped {report.skipped} -> {out}")
     return report
 

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrsynth.data.records import Record
+from cxrsynth.errors import InputError
+
 
 def images_to_tensor(images: Sequence[np.ndarray], size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Stack uint8 HxW images into a (B, 1, size, size) tensor in [-1, 1] (area-resized when needed)."""
@@ -21,6 +24,15 @@ def images_to_tensor(images: Sequence[np.ndarray], size: int, device: torch.devi
             t = F.interpolate(t, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
         out.append(t)
     return torch.cat(out).to(device)
+
+
+def frontal_images(records: Sequence[Record], size: int, device: torch.device | str, model: str) -> torch.Tensor:
+    """The records' frontal images as one tensor (`images_to_tensor`), for a model that trains on
+    them; records without one are refused by id."""
+    missing = [r.record_id for r in records if r.image is None]
+    if missing:
+        raise InputError(f"record(s) {missing[:5]} have no frontal image loaded; {model} trains on frontal images.")
+    return images_to_tensor([r.image for r in records], size, device)
 
 
 def tensor_to_images(t: torch.Tensor) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
 """Diversity: MS-SSIM among samples that share a conditioning; lower means more diverse.
 
-MS-SSIM follows Wang, Simoncelli and Bovik (2003): an 11-tap Gaussian window (sigma 1.5),
-contrast-structure terms at every scale and luminance at the coarsest, combined with the
-paper's scale weights. Small images cannot hold all five scales: only the scales whose side is
+MS-SSIM (Wang, Simoncelli and Bovik, 2003) is torchmetrics': an 11-tap Gaussian window
+(sigma 1.5), contrast-structure terms at every scale and SSIM at the coarsest, combined with the
+paper's scale weights; negative terms are clipped at zero (`normalize="relu"`) so the weighted
+product stays defined. Small images cannot hold all five scales: only the scales whose side is
 at least the window are used, and their weights renormalised.
 """
 
@@ -14,7 +15,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from cxrsynth.data.records import Record
 
@@ -24,26 +25,13 @@ WINDOW, SIGMA = 11, 1.5
 K1, K2 = 0.01, 0.03  # Wang et al. 2004 (SSIM), sec. III-B
 
 
-def _window(size: int) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * SIGMA**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
-
-
-def _ssim_terms(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
-    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    mu_x, mu_y = F.conv2d(x, win), F.conv2d(y, win)
-    sxx = F.conv2d(x * x, win) - mu_x**2
-    syy = F.conv2d(y * y, win) - mu_y**2
-    sxy = F.conv2d(x * y, win) - mu_x * mu_y
-    luminance = (2 * mu_x * mu_y + c1) / (mu_x**2 + mu_y**2 + c1)
-    cs = (2 * sxy + c2) / (sxx + syy + c2)
-    return luminance.mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
-
-
 def n_scales(side: int) -> int:
-    return max(1, min(len(SCALE_WEIGHTS), int(np.floor(np.log2(side / WINDOW))) + 1))
+    """Scales whose side is at least the window, and that torchmetrics accepts for this side
+    (it asks for side // (scales - 1)^2 > window - 1, stricter only at four scales, sides 88-98)."""
+    scales = max(1, min(len(SCALE_WEIGHTS), int(np.floor(np.log2(side / WINDOW))) + 1))
+    while scales > 1 and side // max(1, scales - 1) ** 2 <= WINDOW - 1:
+        scales -= 1
+    return scales
 
 
 def ms_ssim(a: Sequence[np.ndarray], b: Sequence[np.ndarray], data_range: float = 255.0) -> np.ndarray:
@@ -55,19 +43,12 @@ def ms_ssim(a: Sequence[np.ndarray], b: Sequence[np.ndarray], data_range: float 
     side = min(x.shape[-2:])
     if side < WINDOW:
         raise ValueError(f"MS-SSIM needs images of at least {WINDOW}x{WINDOW} pixels, got {tuple(x.shape[2:])}")
-    scales = n_scales(side)
-    weights = torch.tensor(SCALE_WEIGHTS[:scales], dtype=torch.float64)
-    weights = weights / weights.sum()
-    win = _window(WINDOW)
-    values = []
-    for s in range(scales):
-        lum, cs = _ssim_terms(x, y, win, data_range)
-        # Negative contrast-structure at a scale would make the weighted product undefined.
-        values.append(torch.relu(cs) if s < scales - 1 else torch.relu(lum * cs))
-        if s < scales - 1:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-    stacked = torch.stack(values, dim=1)
-    return torch.prod(stacked ** weights[None, :], dim=1).numpy()
+    weights = SCALE_WEIGHTS[: n_scales(side)]
+    values = multiscale_structural_similarity_index_measure(
+        x, y, sigma=SIGMA, kernel_size=WINDOW, data_range=data_range, k1=K1, k2=K2,
+        betas=tuple(w / sum(weights) for w in weights), normalize="relu", reduction="none",
+    )  # fmt: skip
+    return values.numpy()
 
 
 def group_by_condition(records: Sequence[Record]) -> dict[Hashable, list[Record]]:

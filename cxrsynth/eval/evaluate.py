@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -11,22 +12,24 @@ import numpy as np
 from cxrsynth.data.dataset import read_dataset
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.split import split_by_patient
-from cxrsynth.errors import InputError, NotBuilt
+from cxrsynth.errors import InputError
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
-from cxrsynth.eval.labels import label_agreement, load_labeler
+from cxrsynth.eval.labels import label_agreement
 from cxrsynth.eval.stages import run_stage
 from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
 from cxrsynth.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list[Record]]:
     """(train, holdout) of a real dataset; split by patient when the manifest has no split."""
     records, report = read_dataset(real_dir)
     if report.skipped:
-        print(f"{real_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+        log.warning("%s: %d row(s) skipped, e.g. %s", real_dir, report.skipped, report.problems[0])
     if not records:
         raise InputError(f"{real_dir}: the real dataset has no readable records.")
     if not any(r.split for r in records):
@@ -41,7 +44,7 @@ def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list
 def load_synthetic(synthetic_dir: str | Path) -> list[Record]:
     records, report = read_dataset(synthetic_dir)
     if report.skipped:
-        print(f"{synthetic_dir}: {report.skipped} row(s) skipped, e.g. {report.problems[0]}")
+        log.warning("%s: %d row(s) skipped, e.g. %s", synthetic_dir, report.skipped, report.problems[0])
     if len(records) < 2:
         raise InputError(f"{synthetic_dir}: needs at least 2 synthetic records, found {len(records)}.")
     return records
@@ -89,11 +92,8 @@ def mopoe_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequen
     family = load_run_config(checkpoint).model.family
     if family != "mopoe":
         return {"skipped": f"the checkpoint is {family}; the linear-probe table is MoPoE's"}
-    try:
-        from cxrsynth.models.mopoe.probe import linear_probe_table
-    except ImportError:
-        raise NotBuilt("the MoPoE linear probe (cxrsynth.models.mopoe.probe.linear_probe_table)", "issue 6") from None
     from cxrsynth.checkpoint import load_checkpoint
+    from cxrsynth.models.mopoe.probe import linear_probe_table
 
     model, _, _ = load_checkpoint(checkpoint)
     model.eval()
@@ -175,7 +175,7 @@ def run_evaluation(
         return {"references": mode, **report_metrics(cands, refs)} if cands else {"references": mode, "n": 0}
 
     record("reports", run_stage("report metrics", reports, say))
-    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic, load_labeler()), "real_holdout": label_agreement(holdout, load_labeler())}, say))
+    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic), "real_holdout": label_agreement(holdout)}, say))
     if checkpoint:
         record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
 

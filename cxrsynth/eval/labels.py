@@ -12,18 +12,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record
-
-
-def load_labeler() -> Callable[[str], dict]:
-    """The project's report labeler; raises NotBuilt while it does not exist yet."""
-    from cxrsynth.errors import NotBuilt
-
-    try:
-        from cxrsynth.data.labeler import label_report
-    except ImportError:
-        raise NotBuilt("the report labeler (cxrsynth.data.labeler.label_report)", "issue 2") from None
-    return label_report
 
 
 def _f1(pred: np.ndarray, truth: np.ndarray) -> Optional[float]:
@@ -32,7 +22,7 @@ def _f1(pred: np.ndarray, truth: np.ndarray) -> Optional[float]:
     return 2 * tp / denom if denom else None
 
 
-def label_agreement(records: Sequence[Record], label_report: Callable[[str], dict]) -> dict:
+def label_agreement(records: Sequence[Record], label_report: Callable[[str], dict] = label_report) -> dict:
     rows = [r for r in records if r.report.strip() and r.has_labels()]
     if not rows:
         return {"n": 0}

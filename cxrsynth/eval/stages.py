@@ -7,7 +7,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from cxrsynth.errors import CheckFailed, NotBuilt
+from cxrsynth.errors import CheckFailed
 
 OK, NOT_BUILT, FAILED, SKIPPED, REFUSED = "ok", "not built yet", "failed", "skipped", "refused"
 
@@ -31,8 +31,6 @@ class StageResult:
 
 def not_built_reason(exc: BaseException) -> Optional[str]:
     """Why `exc` means the code is not there yet, or None when it is a real error."""
-    if isinstance(exc, NotBuilt):
-        return str(exc)
     if isinstance(exc, ImportError):
         # A missing project module, or a name the module does not define yet.
         return f"{exc.__class__.__name__}: {exc}"
@@ -40,7 +38,7 @@ def not_built_reason(exc: BaseException) -> Optional[str]:
 
 
 def run_stage(name: str, fn: Callable[[], Any], say: Callable[[str], None] = print) -> StageResult:
-    """Run `fn`; NotBuilt/ImportError -> 'not built yet', CheckFailed -> 'refused', other errors -> 'failed'."""
+    """Run `fn`; ImportError -> 'not built yet', CheckFailed -> 'refused', other errors -> 'failed'."""
     say(f"== {name}")
     t0 = time.perf_counter()
     try:

@@ -25,12 +25,11 @@ two dicts inside `train_step`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 import torch
+from diffusers.training_utils import EMAModel
 from torch import nn
 
 from cxrsynth.data.records import Record
@@ -42,6 +41,22 @@ def unwrap(module: nn.Module) -> nn.Module:
     while hasattr(module, "_module"):
         module = module._module
     return module
+
+
+def weight_average(average: nn.Module, decay: float, **options: Any) -> EMAModel:
+    """diffusers' EMAModel whose averages are `average`'s own parameters: one copy of the weights,
+    sampled from, saved and loaded with that module rather than kept apart by EMAModel."""
+    ema = EMAModel([], decay=decay, **options)
+    ema.shadow_params = list(average.parameters())
+    return ema
+
+
+def update_average(ema: EMAModel, updates_done: int, live: nn.Module) -> None:
+    """One EMAModel step toward `live`'s weights. Its decay schedule reads its step count, set
+    here from the model's own count of updates (this one included), so a resumed or federated
+    run goes on where it was."""
+    ema.optimization_step = updates_done
+    ema.step(live.parameters())
 
 
 def pick_device(setting: str = "auto") -> torch.device:
@@ -151,7 +166,3 @@ class GenerativeModel(nn.Module):
 
     def member_scores(self, records: Sequence[Record]) -> np.ndarray:
         raise NotImplementedError
-
-
-def save_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")

@@ -92,23 +92,18 @@ def near_duplicates(synthetic: Sequence[Record], train: Sequence[Record], holdou
 
 
 def embed_texts(model_dir: Path, texts: Sequence[str], batch: int = 32) -> np.ndarray:
-    """Mean-pooled, unit-norm sentence embeddings from a local transformers model directory."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    """Unit-norm sentence embeddings from a local model folder, pooled as the folder says:
+    a sentence-transformers folder's own modules and pooling config, mean pooling over the
+    tokens for a plain transformers folder. Inputs are cut at 256 tokens."""
+    from sentence_transformers import SentenceTransformer
 
     if not Path(model_dir).is_dir():
         raise InputError(f"{model_dir}: policy key 'text_encoder' must be a local model directory (config.json, weights, tokenizer).")
-    tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-    model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(texts), batch):
-            enc = tok(list(texts[s : s + batch]), padding=True, truncation=True, max_length=256, return_tensors="pt")
-            h = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            v = (h * mask).sum(1) / mask.sum(1).clamp_min(1)
-            out.append(torch.nn.functional.normalize(v, dim=1))
-    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+    if not texts:
+        return np.zeros((0, 1), np.float32)
+    model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    model.max_seq_length = min(model.max_seq_length or 256, 256)
+    return model.encode(list(texts), batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
 
 
 def embedding_neighbours(synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:

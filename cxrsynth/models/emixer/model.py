@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import Vocabulary
-from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
+from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
-from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DReport, rotate
 from cxrsynth.models.emixer.generator import Generator
@@ -79,6 +79,8 @@ class Model(GenerativeModel):
         if config.g_ema > 0:
             self.nets["generator_ema"] = Generator(config)
             self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
+            # A copy of G until `g_ema_start` G updates are done, then a constant decay (BigGAN: no warm-up).
+            self.ema = weight_average(self.nets["generator_ema"], config.g_ema, min_decay=config.g_ema, update_after_step=config.g_ema_start)
         self.nets["report_decoder"] = ReportDecoder(config)
         self.nets["d_image"] = DImage(config)
         self.nets["d_report"] = DReport(config)
@@ -139,12 +141,6 @@ class Model(GenerativeModel):
             if name != "generator_ema"
         }
 
-    def _images(self, records: Sequence[Record]) -> torch.Tensor:
-        for r in records:
-            if r.image is None:
-                raise InputError(f"record {r.record_id}: no frontal image loaded; EMIXER trains on image + report pairs.")
-        return images_to_tensor([r.image for r in records], self.config.image_size, self.device)
-
     def _z(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         return torch.randn(n, self.config.z_dim, generator=generator).to(self.device)
 
@@ -155,7 +151,7 @@ class Model(GenerativeModel):
         cfg, vocab, nets, opts = self.config, self._need_vocab(), self.nets, self.opts
         self.step_count += 1
         b = len(records)
-        real = self._images(records)
+        real = frontal_images(records, self.config.image_size, self.device, "EMIXER")
         y = condition_tensor([r.labels for r in records], self.device)
         ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
         ids, counts = ids.to(self.device), counts.to(self.device)
@@ -255,10 +251,7 @@ class Model(GenerativeModel):
         """Move the average toward G after a G update (a copy of G for the first `g_ema_start`)."""
         if "generator_ema" not in self.nets:
             return
-        g_updates = self.step_count // self.config.d_steps
-        decay = self.config.g_ema if g_updates > self.config.g_ema_start else 0.0
-        for avg, live in zip(self.nets["generator_ema"].parameters(), self.nets["generator"].parameters()):
-            avg.lerp_(live, 1.0 - decay)
+        update_average(self.ema, self.step_count // self.config.d_steps, self.nets["generator"])
 
     def generator(self) -> torch.nn.Module:
         """The generator that writes synthetic records: the moving average when there is one."""
@@ -303,7 +296,7 @@ class Model(GenerativeModel):
             return np.zeros(0)
         cfg, vocab = self.config, self._need_vocab()
         with self._evaluating():
-            x = self._images(records)
+            x = frontal_images(records, self.config.image_size, self.device, "EMIXER")
             y = condition_tensor([r.labels for r in records], self.device)
             ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
             onehot = F.one_hot(ids.to(self.device), cfg.vocab_size).float()

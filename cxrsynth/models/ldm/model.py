@@ -22,9 +22,9 @@ from torch import nn
 
 from cxrsynth.data.records import COND_DIM, Record, condition_vector
 from cxrsynth.data.text import pseudo_reports
-from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
+from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
-from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
 from cxrsynth.models.ldm import prompts as P
 from cxrsynth.models.ldm import tokenizer as T
 from cxrsynth.models.ldm.components import (
@@ -65,6 +65,9 @@ class Model(GenerativeModel):
             else:
                 self.frozen[name] = parts[name].requires_grad_(False).eval()
         self.ema_unet = copy.deepcopy(parts["unet"]).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
+        # Warm-up as EMAModel's default: decay min(ema_decay, (1 + n) / (10 + n)) at diffusion step n + 1,
+        # so early averages do not drag in the random init.
+        self.ema = weight_average(self.ema_unet, cfg.ema_decay) if self.ema_unet is not None else None
         # Steps done in total and in the diffusion stage: they decide the stage and the EMA warm-up.
         self.register_buffer("steps_done", torch.zeros(2, dtype=torch.long))
         self.noise = noise_scheduler(cfg)
@@ -213,10 +216,7 @@ class Model(GenerativeModel):
         return contextlib.nullcontext()
 
     def _images(self, records: Sequence[Record]) -> torch.Tensor:
-        missing = [r.record_id for r in records if r.image is None]
-        if missing:
-            raise InputError(f"record(s) {missing[:5]} have no frontal image; the LDM trains on images.")
-        x = images_to_tensor([r.image for r in records], self.config.image_size, self.device)
+        x = frontal_images(records, self.config.image_size, self.device, "the LDM")
         channels = self.part("vae").config.in_channels
         return x.repeat(1, channels, 1, 1) if channels != 1 else x
 
@@ -323,13 +323,9 @@ class Model(GenerativeModel):
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        if self.ema_unet is None:
+        if self.ema is None:
             return
-        n = int(self.steps_done[1])
-        # Warm-up as in diffusers' EMAModel: early averages do not drag in the random init.
-        decay = min(self.config.ema_decay, (1 + n) / (10 + n))
-        for e, p in zip(self.ema_unet.parameters(), self.part("unet").parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        update_average(self.ema, int(self.steps_done[1]), self.part("unet"))
         for e, b in zip(self.ema_unet.buffers(), self.part("unet").buffers()):
             e.copy_(b)
 
