@@ -46,8 +46,11 @@ PRESIDIO_TYPES = {
     "US_SSN": "ID",
     "CREDIT_CARD": "ID",
 }
-# Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B").
+# Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B") and when
+# they hold only report words.
 SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital", "ctx_role"}
+# Rules reading one lower-case word as a name from the word before it ("d/w smith", "dr. smith").
+LOWER_CASE_RULES = {"name_label_lower", "name_title_lower"}
 # Name findings made from word shape alone (capitals, position); they must also look like a name
 # to the census and dictionary lists ("Lung Cancer", "Xray Chest", "CLAVICLE, BETTER" do not).
 SHAPE_SOURCES = {"SpacyRecognizer", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff"}
@@ -90,10 +93,16 @@ def plausible_name(span: str, mixed: bool, credential: bool = False) -> bool:
 
 def _report_word(text: str, f: "Finding") -> bool:
     """A spaCy place that is a report word: one word at the start of a sentence or line
-    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), or a dictionary word."""
+    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), an abbreviation in
+    capitals ("IV"), or a dictionary word."""
     span = text[f.start : f.end]
     words = re.findall(r"[A-Za-z]+", span)
     if re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip()) or not words or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words):
+        return True
+    if _mixed_case(text) and (
+        (len(words) == 1 and re.fullmatch(r"[A-Z]{1,3}", span.strip()))  # "IV", not "IN" of an address
+        or any(w[0].islower() and w not in STOP_WORDS for w in re.findall(r"[A-Za-z][A-Za-z']*", span))  # "breath workup": places have capitals
+    ):
         return True
     return len(words) == 1 and bool(re.search(r"(?:^|[.:;!?]\s*|\n\s*)$", text[max(0, f.start - 3) : f.start]))
 
@@ -104,9 +113,28 @@ def _lone_unknown(span: str) -> bool:
     return len(words) == 1 and kind(words[0]) == "unknown"
 
 
-def _not_a_name(text: str) -> bool:
+def _not_a_name(text: str, census_names_pass: bool = False) -> bool:
+    """Only report words and function words; with `census_names_pass`, a census name among them
+    ("Small" after "per NP", read by the context recognizer) counts as a name."""
     words = re.findall(r"[A-Za-z]+", text.lower())
+    if census_names_pass and any(kind(w) in ("name_only", "name_and_word") for w in words):
+        return False
     return not words or all(w in NOT_A_NAME or MEDICAL_SUFFIX.search(w) for w in words)
+
+
+def _plain_word_after(text: str, f: "Finding") -> bool:
+    """A lower-case word read as a name from the word before it that is a dictionary word; after
+    "per" also one that is a census name too ("per day", "per bones"): "per" is mostly a rate or
+    a source, and names after it in any case are read by the context recognizer."""
+    k = kind(text[f.start : f.end])
+    return k == "word_only" or (k == "name_and_word" and bool(re.search(r"(?i)\bper\s+$", text[max(0, f.start - 5) : f.start])))
+
+
+def _acronyms(span: str, mixed: bool) -> bool:
+    """Only abbreviations in capitals that are no census name ("AGFA PACS", "POD", "PPD") in a
+    mixed-case report, where a name is written with its capital and small letters."""
+    words = re.findall(r"[A-Za-z]+", span)
+    return mixed and bool(words) and all(w.isupper() and len(w) <= 4 and kind(w) in ("unknown", "word_only") for w in words)
 
 
 @dataclass(frozen=True)
@@ -189,7 +217,7 @@ def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
             for t in toks:
                 if kind(t) in ("name_and_word", "word_only"):
                     cap = t[:1].upper() + t[1:].lower()
-                    alts.append(rf"(?-i:{re.escape(cap)}|{re.escape(t.upper())})")
+                    alts.append(rf"(?<!-)(?-i:{re.escape(cap)}|{re.escape(t.upper())})(?!-)")  # not "X-RAY"
                 else:
                     alts.append(re.escape(t))
         elif typ == "ID":
@@ -230,13 +258,16 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     """A name holds no digits and does not start or end with a label word: a NAME finding that
     swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
     to its name words, so the number keeps its own type and the label stays readable."""
+    if f.source == "SpacyRecognizer" and f.type == "LOCATION":  # a place never crosses a line or a field ("Oak Blvd\nPhone")
+        field = re.split(r"\n|[ \t]{2,}|[|;]", text[f.start : f.end])[0].rstrip()
+        return [Finding(f.type, f.start, f.start + len(field), f.score, f.source)] if field.strip() else []
     if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
         return [f]
     runs, run = [], []
     for m in re.finditer(r"\S+|\n", text[f.start : f.end]):
         if m.group(0) == "\n":  # a name never crosses a line: what follows is the next line's text
             break
-        if any(c.isdigit() for c in m.group(0)):
+        if any(c.isdigit() for c in m.group(0)) or re.match(r"[+=<>#%*&]", m.group(0)):  # "+PPD": no name starts so
             run = []
             continue
         if not run:
@@ -255,10 +286,13 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
 
     out = []
     for r in runs:
+        whole = len(r)
         while r and trimmed(r[0][2]):
             r = r[1:]
         while r and trimmed(r[-1][2]):
             r = r[:-1]
+        if f.source == "name_caps_pair" and len(r) < whole:
+            continue  # "CHILLS, NONPROD": half a capitals pair is a word, so the pair is no name
         if r:
             out.append(Finding(f.type, r[0][0], r[-1][1], f.score, f.source))
     return out
@@ -371,8 +405,12 @@ class Deidentifier:
             for f in found
             if not (
                 f.source in SOFT_SOURCES
-                and (any(f.start < b and a < f.end for a, b in keep) or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end])))
+                and (
+                    any(f.start < b and a < f.end for a, b in keep)
+                    or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end], census_names_pass=f.source == "ctx_role"))
+                )
             )
+            and not (f.source in LOWER_CASE_RULES and _plain_word_after(text, f))
         ]
         mixed = _mixed_case(text)
         found = [
@@ -385,6 +423,7 @@ class Deidentifier:
             )
             and not (f.source == "UrlRecognizer" and not re.search(r"://|www\.", text[f.start : f.end], re.IGNORECASE))
             and not (f.source in CAPITAL_RULES and not mixed)
+            and not (f.type == "NAME" and f.source in SHAPE_SOURCES | CAPITAL_RULES and _acronyms(text[f.start : f.end], mixed))
             and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
             and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
         ]

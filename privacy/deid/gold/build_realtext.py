@@ -200,7 +200,12 @@ class Phi:
 # PHI of the original record, so gold spans, not report words.
 SOURCE_DATE = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)[a-z]*\.?\s\d{1,2}\b(?!:)|(?<![\d:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])")
 # The source's redaction ate the end of "comparison" and wrote a date as two XXXX around a slash.
-SOURCE_REPAIRS = ((re.compile(r"(?i)\b(comparis)XXXX"), r"\1on XXXX"), (re.compile(r"XXXX/XXXX(?![A-Za-z])"), "XXXX"))
+# Elsewhere it glued XXXX to the word before ("RADXXXX", "XRXXXX").
+SOURCE_REPAIRS = (
+    (re.compile(r"(?i)\b(comparis)XXXX"), r"\1on XXXX"),
+    (re.compile(r"XXXX/XXXX(?![A-Za-z])"), "XXXX"),
+    (re.compile(r"(?<=[A-Za-z])XXXX"), " XXXX"),
+)
 
 
 def add_source(doc: Doc, text: str) -> None:
@@ -236,7 +241,13 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
         elif re.search(r"\b\d\s$", before) and runs == 1 and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "2 XXXX": views
             doc.add(phi.c(["views", "images", "views"]))
         elif column in ("comparison", "exam_caption") or prev in ("dated", "comparison", "since", "from", "on") or before.endswith("comparison "):
-            if before.endswith("x-") or prev == "x":
+            day = re.search(r"(?<![\d/.:-])([12]\d|3[01]|0?[1-9]) $", text[pos : m.start()])
+            if day and runs <= 2 and doc.parts[-1].endswith(day.group(0)) and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "comparison 13 XXXX": the day of a date
+                doc.parts[-1] = doc.parts[-1][: len(doc.parts[-1]) - len(day.group(0))]
+                doc.n -= len(day.group(0))
+                month = MONTHS[phi.r.randint(0, 11)]
+                doc.add(f"{day.group(1)} {phi.c([month, month[:3]])}{'' if runs == 1 and phi.r.random() < 0.4 else f' {y}'}", "DATE")
+            elif before.endswith("x-") or prev == "x":
                 doc.add("ray")
                 if runs > 1:
                     doc.add(m.group(0)[4:].replace("XXXX", "").rstrip() + " ")
