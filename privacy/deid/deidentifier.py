@@ -23,7 +23,7 @@ from privacy.deid.config import DeidConfig
 from privacy.deid.engine import build_analyzer, versions
 from privacy.deid.keys import load_secret
 from privacy.deid.lexicon import kind
-from privacy.deid.names import _mixed_case
+from privacy.deid.names import FUNCTION_STOP, _mixed_case
 from privacy.deid.medical_terms import keep_spans
 from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
 from privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
@@ -131,10 +131,10 @@ def _plain_word_after(text: str, f: "Finding") -> bool:
 
 
 def _acronyms(span: str, mixed: bool) -> bool:
-    """Only abbreviations in capitals that are no census name ("AGFA PACS", "POD", "PPD") in a
-    mixed-case report, where a name is written with its capital and small letters."""
+    """Only abbreviations or jargon in capitals that are no census name ("AGFA PACS", "POD",
+    "UNILAT") in a mixed-case report, where a name is written with its capital and small letters."""
     words = re.findall(r"[A-Za-z]+", span)
-    return mixed and bool(words) and all(w.isupper() and len(w) <= 4 and kind(w) in ("unknown", "word_only") for w in words)
+    return mixed and bool(words) and all(w.isupper() and (len(w) <= 4 or len(words) == 1) and kind(w) in ("unknown", "word_only") for w in words)
 
 
 @dataclass(frozen=True)
@@ -276,8 +276,8 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
         if re.fullmatch(r"[A-Za-z]\.", word) and text[f.start + m.end() : f.start + m.end() + 1].isalpha():
             break  # "M." of "M.D.": the credential starts here
         label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
-        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper():
-            label = ""  # a capitalised census name ("Will", "May") stays in the name
+        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper() and not word.isupper() and label not in FUNCTION_STOP:
+            label = ""  # a capitalised census name ("Will", "May") stays in the name; in capitals, capitals say nothing
         run.append((f.start + m.start(), f.start + m.end(), label))
     shape = f.source in SHAPE_SOURCES
 

@@ -81,7 +81,7 @@ PHRASE_END = {
     "source": re.compile(r"(?i)[ \t]*(?:,?[ \t]*who\b|(?:by[ \t]+(?:tele)?phone|at|on)\b[ \t]+(?:\d|the[ \t]+time))"),
 }
 # The end of a header field: a name written "last, first" ends here ("Name: brown, sky   DOB: ...").
-FIELD_END = re.compile(r"(?im)(?:[ \t]*(?:$|[|;(\[\]])|[ \t]{2,}|,?[ \t]*(?:m\.?d\.?|d\.?o\.?|np|rn|pa-c)(?![A-Za-z]))")
+FIELD_END = re.compile(r"(?im)(?:[ \t]*(?:$|[|;(\[\]])|[ \t]{2,}|,?[ \t]*(?:m\.?d\.?|d\.?o\.?|np|rn|pa-c)(?![A-Za-z])|,?[ \t]*(?:ext|pager|pgr|x)\.?[ \t]*\d)")
 # An initial between two words marks a name even when its first word is a plain word ("Sky W. Dean").
 BEFORE_INITIAL = re.compile(r"[ \t]+[A-Za-z]\.?[ \t]+[A-Za-z]{2}")
 # "PA" is a role and a view ("PA upright", "PA chest"): after it, report vocabulary is a view, unless

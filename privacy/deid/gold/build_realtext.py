@@ -196,15 +196,20 @@ class Phi:
         return self.c([f"({a}) {b}-{c:04d}", f"{a}-{b}-{c:04d}", f"{a}.{b}.{c:04d}"])
 
 
-# Dates and times the source left in clear ("CHEST 2V FRONTAL/LATERAL Sept 21, XXXX", "at 00:46 hours"):
+# Dates and times the source left in clear ("CHEST 2V FRONTAL/LATERAL Sept 21, XXXX", "at 00:46 hours",
+# "since Thanksgiving"):
 # PHI of the original record, so gold spans, not report words.
-SOURCE_DATE = re.compile(r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)[a-z]*\.?\s\d{1,2}\b(?!:)|(?<![\d:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])")
+SOURCE_DATE = re.compile(
+    r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)[a-z]*\.?\s\d{1,2}\b(?!:)|(?<![\d:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])"
+    r"|(?i:\b(?:christmas|thanksgiving|easter|new year's)\b)"
+)
 # The source's redaction ate the end of "comparison" and wrote a date as two XXXX around a slash.
 # Elsewhere it glued XXXX to the word before ("RADXXXX", "XRXXXX").
 SOURCE_REPAIRS = (
     (re.compile(r"(?i)\b(comparis)XXXX"), r"\1on XXXX"),
     (re.compile(r"XXXX/XXXX(?![A-Za-z])"), "XXXX"),
     (re.compile(r"(?<=[A-Za-z])XXXX"), " XXXX"),
+    (re.compile(r"XXXX(?:th|:\d\d)\b"), "XXXX"),  # "XXXXth", "at XXXX:52": the whole date or time was PHI
 )
 
 
