@@ -195,13 +195,14 @@ class DenyTerm:
     regex: re.Pattern
 
 
-def header_deny_terms(meta: Optional[dict]) -> list[DenyTerm]:
-    """Per-report deny-list from header fields: name words, identifiers, the birth date in many forms."""
-    return _deny_terms(tuple(sorted((k, str(v)) for k, v in (meta or {}).items() if k in HEADER_FIELDS)))
+def header_deny_terms(meta: Optional[dict], mixed: bool = True) -> list[DenyTerm]:
+    """Per-report deny-list from header fields: name words, identifiers, the birth date in many
+    forms. `mixed`: the report is in mixed case, so a capital can mark a name."""
+    return _deny_terms(tuple(sorted((k, str(v)) for k, v in (meta or {}).items() if k in HEADER_FIELDS)), mixed)
 
 
 @lru_cache(maxsize=1024)
-def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
+def _deny_terms(fields: tuple[tuple[str, str], ...], mixed: bool) -> list[DenyTerm]:
     terms: list[DenyTerm] = []
     values = dict(fields)
     for fld, typ in HEADER_FIELDS.items():
@@ -211,13 +212,17 @@ def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
         if typ == "NAME":
             toks = [fold(t.strip(".")) for t in _name_tokens(value)]
             # A name word that is also a common word ("SMALL^CAROL", "MAY") is matched beside another
-            # word of the name in any case, alone only with its capital ("Small", "SMALL"): "small
-            # effusion" stays. The post-replacement check uses the same pattern, so it agrees.
+            # word of the name in any case, alone only with a capital that marks a name: inside a
+            # sentence of a mixed-case report ("seen by Small"), not at a sentence or line start
+            # ("Small left effusion", "Short of breath"), not in an all-capitals or all-lower-case
+            # report, not inside a hyphenated word ("X-RAY"). The post-replacement check uses the
+            # same pattern, so it agrees.
             alts = [rf"{re.escape(a)}[\s,^]+{re.escape(b)}" for a in toks for b in toks if a != b]
             for t in toks:
                 if kind(t) in ("name_and_word", "word_only"):
-                    cap = t[:1].upper() + t[1:].lower()
-                    alts.append(rf"(?<!-)(?-i:{re.escape(cap)}|{re.escape(t.upper())})(?!-)")  # not "X-RAY"
+                    if mixed:
+                        cap = t[:1].upper() + t[1:].lower()
+                        alts.append(rf"(?<=[A-Za-z0-9,)][ \t])(?-i:{re.escape(cap)}|{re.escape(t.upper())})(?!-)")
                 else:
                     alts.append(re.escape(t))
         elif typ == "ID":
@@ -389,7 +394,7 @@ class Deidentifier:
     def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None, nlp_artifacts=None) -> list[Finding]:
         """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
         if deny is None:
-            deny = header_deny_terms(meta) + self.roster
+            deny = header_deny_terms(meta, _mixed_case(text)) + self.roster
         found: list[Finding] = []
         for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold, nlp_artifacts=nlp_artifacts):
             typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
@@ -535,7 +540,7 @@ class Deidentifier:
         deadline = _Deadline(self.config.timeout_s)
         try:
             with deadline:
-                deny = header_deny_terms(meta) + self.roster
+                deny = header_deny_terms(meta, _mixed_case(text)) + self.roster
                 findings = self.find(text, meta, deny, nlp_artifacts)
                 out, collided = self._replace(text, findings, key, deny) if findings else (text, [])
         except ReportTimeout:
