@@ -264,7 +264,7 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
     to its name words, so the number keeps its own type and the label stays readable."""
     if f.source == "SpacyRecognizer" and f.type == "LOCATION":  # a place never crosses a line or a field ("Oak Blvd\nPhone")
-        field = re.split(r"\n|[ \t]{2,}|[|;]", text[f.start : f.end])[0].rstrip()
+        field = re.split(r"\n|[ \t]{2,}|[|;]|[ \t][-\u2013][ \t]", text[f.start : f.end])[0].rstrip()
         return [Finding(f.type, f.start, f.start + len(field), f.score, f.source)] if field.strip() else []
     if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
         return [f]
@@ -274,6 +274,9 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
             break
         if any(c.isdigit() for c in m.group(0)) or re.match(r"[+=<>#%*&]", m.group(0)):  # "+PPD": no name starts so
             run = []
+            continue
+        if len(m.group(0).strip(".,;:()")) > 1 and m.group(0).strip(".,;:()").lower() in FUNCTION_STOP:
+            run = []  # "A. Lopez on Jul": a function word parts two findings
             continue
         if not run:
             runs.append(run)
@@ -432,6 +435,9 @@ class Deidentifier:
             and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
             and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
         ]
+        dates = [f for f in found if f.type == "DATE"]
+        # libphonenumber reads dates as phone numbers ("06-02-2009 10"); the phone rules read phones
+        found = [f for f in found if not (f.source == "PhoneRecognizer" and any(d.start < f.end and f.start < d.end for d in dates))]
         for f in list(found):
             if f.type == "DATE":
                 m = TIME_AFTER_DATE.match(text, f.end)

@@ -64,7 +64,7 @@ ANCHORS = (
     (re.compile(rf"(?i)\b(?:dictated|signed|read|interpreted|reviewed|verified|approved|transcribed|reported|finali[sz]ed"
                 rf"|prelim(?:inary)?(?:\s+(?:read|interpretation))?|wet\s+read|interpretation|addendum)\s+by\s+(?:{TITLES}\.?\s+)?"), "label"),
     (re.compile(rf"(?i)\bfinal(?:i[sz]ed)?(?:\s+report)?\b[^\n]{{0,40}}?\s(?:by|-)\s+(?:{TITLES}\.?\s+)?"), "label"),
-    (re.compile(rf"(?i)\b{TITLES}\.?\s+"), "label"),
+    (re.compile(rf"(?i)\b{TITLES}\.?[ \t]+"), "label"),  # same line: "Delaware Dr\nPh: ..." is a street
     (re.compile(r"(?im)^[ \t]*/s/[ \t]*"), "label"),  # an electronic signature mark
     # a role or a verb of communication, then the name on the same line
     (re.compile(r"(?i)\b(?:pa-c|pa|rn|np|lpn|crna|nurse|charge[ \t]+nurse|physician[ \t]+assistant|nurse[ \t]+practitioner|resident|fellow"
@@ -102,8 +102,9 @@ def _mixed_case(text: str) -> bool:
 
 
 def _given_word(text: str, end: int, strength: str) -> bool:
-    """Whether a plain word opening a name is a given name by what follows it: an initial and a
-    word ("Sky W. Dean"), or after a name label a word that is no plain word ("sky parsons")."""
+    """Whether a plain or unknown word opening a name is a given name by what follows it: an
+    initial and a word ("Sky W. Dean", "PRIYA R. BEST"), after a name label a word that is no
+    plain word ("sky parsons"), after a role a census surname ending the phrase ("priya hill.")."""
     if BEFORE_INITIAL.match(text, end):
         return True
     nxt = re.match(r"[ \t]+([A-Za-z][A-Za-z'\-]+)", text[end : end + 40])
@@ -138,7 +139,7 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
             k = kind(tok)
             capital = tok[0].isupper() and mixed
             clear = any(w[2] in ("name_only", "unknown_ok") for w in words)
-            if k == "word_only" and (field_end_given or not words and _given_word(text, m.end(), strength)):
+            if k == "word_only" and field_end_given or k in ("word_only", "unknown") and not words and _given_word(text, m.end(), strength):
                 k = "given_word"  # a given name no census list holds ("sky parsons"), read from what follows
             if strength == "label":
                 ok = k != "word_only" or capital

@@ -119,8 +119,8 @@ RULES: tuple[Rule, ...] = (
     Rule("id_year_serial", "ID", r"(?<![\d/.-])(?:19|20)\d{2}-\d{5,}(?![\d-])", 0.7),
     Rule("id_nhs", "ID", r"\b\d{3}\s\d{3}\s\d{4}\b", 0.6),
     # --- dates -------------------------------------------------------------------------------
-    Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d/-]|\.\d)", 0.9),
-    Rule("date_iso", "DATE", r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d/-]|\.\d)", 0.9),
+    Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d-]|/\d|\.\d)", 0.9),
+    Rule("date_iso", "DATE", r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d-]|/\d|\.\d)", 0.9),
     Rule("date_compact", "DATE", r"(?<!\d)(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)", 0.7),
     Rule("date_day_month", "DATE", rf"(?i)\b\d{{1,2}}{ORD}?(?:\s+of)?[\s\-/.]?{MONTH}\.?(?:[\s\-/.,]*'?(?:19|20)?\d{{2}})?\b(?!:)", 0.9),
     Rule("date_month_day", "DATE", rf"(?i)\b{MONTH}\.?\s+\d{{1,2}}{ORD}?\b(?:,?\s+(?:19|20)\d{{2}}\b)?(?![:.]\d)", 0.9),
@@ -208,7 +208,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "street_any_case",
         "LOCATION",
-        r"(?i)(?<!\d,[ \t])\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|hrs|am|pm|of|and|the|to|in|on|at|by|with|from|for|per|over|after|since)\b)"
+        r"(?i)(?<![\d:.,/-])(?<!\d,[ \t])\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|hrs|am|pm|of|and|the|to|in|on|at|by|with|from|for|per|over|after|since)\b)"
         r"(?:[a-z][a-z'.-]*[ \t]+){1,3}?(?:street|avenue|road|boulevard|lane|drive|court|place|terrace|parkway|highway|square|circle"
         r"|(?-i:St|ST|Ave|AVE|Rd|RD|Blvd|BLVD|Ln|LN|Dr|DR|Ct|CT|Pkwy|PKWY|Hwy|HWY|st|ave|rd|blvd|pkwy)|(?-i:dr|ln|ct)(?=,|[ \t]*(?:\n|$)))\b\.?"
         r"(?:,?[ \t]+(?:apt|apartment|suite|ste|unit|\#)\.?[ \t]?\w+)?(?:,[ \t]*[a-z]+(?:[ \t][a-z]+)?)?(?:,?[ \t]+[a-z]{2}[ \t]+\d{5}(?:-\d{4})?)?",
