@@ -90,14 +90,15 @@ def test_report_words_near_phi_are_left_alone(deid):
         "Findings: CT scan with IV contrast may help. Shortness of breath workup. The images are unavailable due to "
         "an upgrade of the AGFA PACS. Lungs per day appear clear. The 9th posterior lateral right rib is expanded.\n"
         "Wet read by A. Lopez on Jul 20 2015 at 11:52.\n4708 W Market Dr\nPh: 615-513-7352\n"
+        "NAME: mcintyre, robert   [ID: 68443643]   DOB: 27-Dec-1976\n"
     )
     found = deid.find(text)
     for word in ("RADIOLOGY", "Phone", "Name", "POD 6", "Followup", "PPD", "6/8 views", "comparison CT", "CHILLS, NONPROD",
-                 "UNILAT", "IV contrast", "breath workup", "AGFA PACS", "per day", "9th posterior", "Lopez on", "Ph:"):
+                 "UNILAT", "IV contrast", "breath workup", "AGFA PACS", "per day", "9th posterior", "Lopez on", "Ph:", "[ID:"):
         start, end = text.index(word), text.index(word) + len(word)
         start = start + 6 if word == "Lopez on" else start  # only "on"
         assert not any(f.start < end and start < f.end for f in found), (word, [(text[f.start : f.end], f.source) for f in found])
-    for phi in ("Saint Vincent Hospital", "1945 North Oak Blvd", "WHITE^AHMED^A", "5/28/2005", "13:04", "A. Lopez", "Jul 20 2015"):
+    for phi in ("Saint Vincent Hospital", "1945 North Oak Blvd", "WHITE^AHMED^A", "5/28/2005", "13:04", "A. Lopez", "Jul 20 2015", "mcintyre, robert", "68443643"):
         assert covered(found, text, phi), phi
 
 

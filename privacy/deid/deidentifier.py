@@ -269,13 +269,13 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
         return [f]
     runs, run = [], []
-    for m in re.finditer(r"\S+|\n", text[f.start : f.end]):
-        if m.group(0) == "\n":  # a name never crosses a line: what follows is the next line's text
+    for m in re.finditer(r"\S+|\n|[ \t]{2,}", text[f.start : f.end]):
+        if not m.group(0).strip():  # a name never crosses a line or a field gap: what follows is the next field
             break
         if any(c.isdigit() for c in m.group(0)) or re.match(r"[+=<>#%*&]", m.group(0)):  # "+PPD": no name starts so
             run = []
             continue
-        if len(m.group(0).strip(".,;:()")) > 1 and m.group(0).strip(".,;:()").lower() in FUNCTION_STOP:
+        if len(m.group(0).strip(".,;:()[]")) > 1 and m.group(0).strip(".,;:()[]").lower() in FUNCTION_STOP:
             run = []  # "A. Lopez on Jul": a function word parts two findings
             continue
         if not run:
@@ -283,7 +283,7 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
         word = m.group(0)
         if re.fullmatch(r"[A-Za-z]\.", word) and text[f.start + m.end() : f.start + m.end() + 1].isalpha():
             break  # "M." of "M.D.": the credential starts here
-        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
+        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()[]").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
         if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper() and not word.isupper() and label not in FUNCTION_STOP:
             label = ""  # a capitalised census name ("Will", "May") stays in the name; in capitals, capitals say nothing
         run.append((f.start + m.start(), f.start + m.end(), label))
