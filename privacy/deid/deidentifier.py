@@ -93,8 +93,8 @@ def plausible_name(span: str, mixed: bool, credential: bool = False) -> bool:
 
 def _report_word(text: str, f: "Finding") -> bool:
     """A spaCy place that is a report word: one word at the start of a sentence or line
-    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), an abbreviation in
-    capitals ("IV"), or a dictionary word."""
+    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), a dictionary word, or in a
+    mixed-case report an abbreviation in capitals ("IV") or a phrase in small letters ("breath workup")."""
     span = text[f.start : f.end]
     words = re.findall(r"[A-Za-z]+", span)
     if re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip()) or not words or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words):
