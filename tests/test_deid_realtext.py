@@ -38,6 +38,24 @@ LEAK_CLASSES = [
     ("Comparison: PA and lateral chest radiographs 3/22.", ["3/22"]),
     ("ESKENAZI HEALTH - DEPARTMENT OF RADIOLOGY\n455 E Michigan St, Indianapolis, IN 46202\nName: x", ["ESKENAZI HEALTH", "455 E Michigan St, Indianapolis, IN 46202"]),
     ("accession number: rad-2013-25133\nexam: chest", ["rad-2013-25133"]),
+    # lone names that are also words, read from the phrase around them, in any case
+    ("RESULTS WERE CALLED TO NURSE YOUNG BY TELEPHONE AT 0428.", ["YOUNG"]),
+    ("no acute disease. case reviewed with bell, who agrees.", ["bell"]),
+    ("Per NP Small, the patient fell at home.", ["Small"]),
+    ("CASE REVIEWED WITH PRIYA HILL.\nIMPRESSION: CLEAR.", ["PRIYA HILL"]),
+    ("FINDINGS DISCUSSED WITH TECHNOLOGIST PRIYA R. BEST ON JUL 8TH.", ["PRIYA R. BEST"]),
+    # sign-offs without a credential, given names no census list holds, "last, first" at a field end
+    ("NO ACUTE DISEASE.\n\n/S/ HEATHER LEWIS\nRADIOLOGIST\n", ["HEATHER LEWIS"]),
+    ("No acute disease.\n\n- carol g. lamb\n", ["carol g. lamb"]),
+    ("FINALIZED: 12/23/2005 2316 BY ANDERSON, PRIYA\n", ["ANDERSON, PRIYA"]),
+    ("Referring physician: sky parsons\nLOC: ICU", ["sky parsons"]),
+    ("Name: brown, sky   Date of Birth: 11-Jun-1958", ["brown, sky"]),
+    ("Read by: parsons, sky (pager 11810)\n", ["parsons, sky"]),
+    # partial dates on comparison and exam lines, and before a time
+    ("PRIOR STUDIES: Comparison is 8/15 to chest radiograph.", ["8/15"]),
+    ("Exam: PA lateral chest x-ray , 9/8 0424 hours", ["9/8"]),
+    ("PRIOR STUDIES: CT urogram 4/19\nFINDINGS: clear.", ["4/19"]),
+    ("greenfield hospital - radiology\n5039 park dr, muncie, in 47682\npt: kidd", ["5039 park dr, muncie, in 47682"]),
 ]
 
 
@@ -61,6 +79,35 @@ def test_report_words_that_look_like_names_are_left_alone(deid):
                   "Foley catheter", "Ghon focus", "Small left effusion", "May represent", "LEFT CLAVICLE, BETTER SEEN"):
         assert words in res.text, words
     assert "4412093" not in res.text
+
+
+def test_report_words_near_phi_are_left_alone(deid):
+    text = (
+        "Saint Vincent Hospital - RADIOLOGY\n1945 North Oak Blvd\nPhone: 869.664.3202\nName: WHITE^AHMED^A\n"
+        "REASON FOR EXAM: Pt POD 6 s/p repair. Followup +PPD.\nCOMPARISON: Chest x-ray 6/8 views.\n"
+        "Study: PA and lateral chest 5/28/2005 at 13:04 comparison CT from May 21 2005\n"
+        "Indication: pneumonia, cough AND CHILLS, NONPROD. Left HIP UNILAT COMPLETE.\n"
+        "Findings: CT scan with IV contrast may help. Shortness of breath workup. The images are unavailable due to "
+        "an upgrade of the AGFA PACS. Lungs per day appear clear. The 9th posterior lateral right rib is expanded.\n"
+        "Wet read by A. Lopez on Jul 20 2015 at 11:52.\n4708 W Market Dr\nPh: 615-513-7352\n"
+        "NAME: mcintyre, robert   [ID: 68443643]   DOB: 27-Dec-1976\n"
+    )
+    found = deid.find(text)
+    for word in ("RADIOLOGY", "Phone", "Name", "POD 6", "Followup", "PPD", "6/8 views", "comparison CT", "CHILLS, NONPROD",
+                 "UNILAT", "IV contrast", "breath workup", "AGFA PACS", "per day", "9th posterior", "Lopez on", "Ph:", "[ID:"):
+        start, end = text.index(word), text.index(word) + len(word)
+        start = start + 6 if word == "Lopez on" else start  # only "on"
+        assert not any(f.start < end and start < f.end for f in found), (word, [(text[f.start : f.end], f.source) for f in found])
+    for phi in ("Saint Vincent Hospital", "1945 North Oak Blvd", "WHITE^AHMED^A", "5/28/2005", "13:04", "A. Lopez", "Jul 20 2015", "mcintyre, robert", "68443643"):
+        assert covered(found, text, phi), phi
+
+
+def test_a_header_name_word_at_a_sentence_start_or_in_capitals_is_the_word(deid):
+    meta = {"PatientName": "SHORT^JOY"}
+    res = deid.deidentify_text("Indication: Short of breath.\nFindings: Clear lungs, seen by Short today.", meta)
+    assert res.status == "ok" and "Short of breath" in res.text and "by Short" not in res.text
+    res = deid.deidentify_text("INDICATION: SHORT OF BREATH. POST OP DAY 2. PATIENT: SHORT, JOY", meta)
+    assert res.status == "ok" and "SHORT OF BREATH" in res.text and "SHORT, JOY" not in res.text
 
 
 def test_header_name_that_is_also_a_word_goes_beside_its_other_half(deid):

@@ -23,7 +23,7 @@ from privacy.deid.config import DeidConfig
 from privacy.deid.engine import build_analyzer, versions
 from privacy.deid.keys import load_secret
 from privacy.deid.lexicon import kind
-from privacy.deid.names import _mixed_case
+from privacy.deid.names import FUNCTION_STOP, _mixed_case
 from privacy.deid.medical_terms import keep_spans
 from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
 from privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
@@ -46,8 +46,11 @@ PRESIDIO_TYPES = {
     "US_SSN": "ID",
     "CREDIT_CARD": "ID",
 }
-# Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B").
+# Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B") and when
+# they hold only report words.
 SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital", "ctx_role"}
+# Rules reading one lower-case word as a name from the word before it ("d/w smith", "dr. smith").
+LOWER_CASE_RULES = {"name_label_lower", "name_title_lower"}
 # Name findings made from word shape alone (capitals, position); they must also look like a name
 # to the census and dictionary lists ("Lung Cancer", "Xray Chest", "CLAVICLE, BETTER" do not).
 SHAPE_SOURCES = {"SpacyRecognizer", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff"}
@@ -90,10 +93,16 @@ def plausible_name(span: str, mixed: bool, credential: bool = False) -> bool:
 
 def _report_word(text: str, f: "Finding") -> bool:
     """A spaCy place that is a report word: one word at the start of a sentence or line
-    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), or a dictionary word."""
+    ("Followup", "Preop", "Lumbar"), a dotted abbreviation ("D.O.B."), a dictionary word, or in a
+    mixed-case report an abbreviation in capitals ("IV") or a phrase in small letters ("breath workup")."""
     span = text[f.start : f.end]
     words = re.findall(r"[A-Za-z]+", span)
     if re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip()) or not words or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words):
+        return True
+    if _mixed_case(text) and (
+        (len(words) == 1 and re.fullmatch(r"[A-Z]{1,3}", span.strip()))  # "IV", not "IN" of an address
+        or any(w[0].islower() and w not in STOP_WORDS for w in re.findall(r"[A-Za-z][A-Za-z']*", span))  # "breath workup": places have capitals
+    ):
         return True
     return len(words) == 1 and bool(re.search(r"(?:^|[.:;!?]\s*|\n\s*)$", text[max(0, f.start - 3) : f.start]))
 
@@ -104,9 +113,28 @@ def _lone_unknown(span: str) -> bool:
     return len(words) == 1 and kind(words[0]) == "unknown"
 
 
-def _not_a_name(text: str) -> bool:
+def _not_a_name(text: str, census_names_pass: bool = False) -> bool:
+    """Only report words and function words; with `census_names_pass`, a census name among them
+    ("Small" after "per NP", read by the context recognizer) counts as a name."""
     words = re.findall(r"[A-Za-z]+", text.lower())
+    if census_names_pass and any(kind(w) in ("name_only", "name_and_word") for w in words):
+        return False
     return not words or all(w in NOT_A_NAME or MEDICAL_SUFFIX.search(w) for w in words)
+
+
+def _plain_word_after(text: str, f: "Finding") -> bool:
+    """A lower-case word read as a name from the word before it that is a dictionary word; after
+    "per" also one that is a census name too ("per day", "per bones"): "per" is mostly a rate or
+    a source, and names after it in any case are read by the context recognizer."""
+    k = kind(text[f.start : f.end])
+    return k == "word_only" or (k == "name_and_word" and bool(re.search(r"(?i)\bper\s+$", text[max(0, f.start - 5) : f.start])))
+
+
+def _acronyms(span: str, mixed: bool) -> bool:
+    """Only abbreviations or jargon in capitals that are no census name ("AGFA PACS", "POD",
+    "UNILAT") in a mixed-case report, where a name is written with its capital and small letters."""
+    words = re.findall(r"[A-Za-z]+", span)
+    return mixed and bool(words) and all(w.isupper() and (len(w) <= 4 or len(words) == 1) and kind(w) in ("unknown", "word_only") for w in words)
 
 
 @dataclass(frozen=True)
@@ -167,13 +195,14 @@ class DenyTerm:
     regex: re.Pattern
 
 
-def header_deny_terms(meta: Optional[dict]) -> list[DenyTerm]:
-    """Per-report deny-list from header fields: name words, identifiers, the birth date in many forms."""
-    return _deny_terms(tuple(sorted((k, str(v)) for k, v in (meta or {}).items() if k in HEADER_FIELDS)))
+def header_deny_terms(meta: Optional[dict], mixed: bool = True) -> list[DenyTerm]:
+    """Per-report deny-list from header fields: name words, identifiers, the birth date in many
+    forms. `mixed`: the report is in mixed case, so a capital can mark a name."""
+    return _deny_terms(tuple(sorted((k, str(v)) for k, v in (meta or {}).items() if k in HEADER_FIELDS)), mixed)
 
 
 @lru_cache(maxsize=1024)
-def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
+def _deny_terms(fields: tuple[tuple[str, str], ...], mixed: bool) -> list[DenyTerm]:
     terms: list[DenyTerm] = []
     values = dict(fields)
     for fld, typ in HEADER_FIELDS.items():
@@ -183,13 +212,17 @@ def _deny_terms(fields: tuple[tuple[str, str], ...]) -> list[DenyTerm]:
         if typ == "NAME":
             toks = [fold(t.strip(".")) for t in _name_tokens(value)]
             # A name word that is also a common word ("SMALL^CAROL", "MAY") is matched beside another
-            # word of the name in any case, alone only with its capital ("Small", "SMALL"): "small
-            # effusion" stays. The post-replacement check uses the same pattern, so it agrees.
+            # word of the name in any case, alone only with a capital that marks a name: inside a
+            # sentence of a mixed-case report ("seen by Small"), not at a sentence or line start
+            # ("Small left effusion", "Short of breath"), not in an all-capitals or all-lower-case
+            # report, not inside a hyphenated word ("X-RAY"). The post-replacement check uses the
+            # same pattern, so it agrees.
             alts = [rf"{re.escape(a)}[\s,^]+{re.escape(b)}" for a in toks for b in toks if a != b]
             for t in toks:
                 if kind(t) in ("name_and_word", "word_only"):
-                    cap = t[:1].upper() + t[1:].lower()
-                    alts.append(rf"(?-i:{re.escape(cap)}|{re.escape(t.upper())})")
+                    if mixed:
+                        cap = t[:1].upper() + t[1:].lower()
+                        alts.append(rf"(?<=[A-Za-z0-9,)][ \t])(?-i:{re.escape(cap)}|{re.escape(t.upper())})(?!-)")
                 else:
                     alts.append(re.escape(t))
         elif typ == "ID":
@@ -230,23 +263,29 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     """A name holds no digits and does not start or end with a label word: a NAME finding that
     swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
     to its name words, so the number keeps its own type and the label stays readable."""
+    if f.source == "SpacyRecognizer" and f.type == "LOCATION":  # a place never crosses a line or a field ("Oak Blvd\nPhone")
+        field = re.split(r"\n|[ \t]{2,}|[|;]|[ \t][-\u2013][ \t]", text[f.start : f.end])[0].rstrip()
+        return [Finding(f.type, f.start, f.start + len(field), f.score, f.source)] if field.strip() else []
     if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
         return [f]
     runs, run = [], []
-    for m in re.finditer(r"\S+|\n", text[f.start : f.end]):
-        if m.group(0) == "\n":  # a name never crosses a line: what follows is the next line's text
+    for m in re.finditer(r"\S+|\n|[ \t]{2,}", text[f.start : f.end]):
+        if not m.group(0).strip():  # a name never crosses a line or a field gap: what follows is the next field
             break
-        if any(c.isdigit() for c in m.group(0)):
+        if any(c.isdigit() for c in m.group(0)) or re.match(r"[+=<>#%*&]", m.group(0)):  # "+PPD": no name starts so
             run = []
+            continue
+        if len(m.group(0).strip(".,;:()[]")) > 1 and m.group(0).strip(".,;:()[]").lower() in FUNCTION_STOP:
+            run = []  # "A. Lopez on Jul": a function word parts two findings
             continue
         if not run:
             runs.append(run)
         word = m.group(0)
         if re.fullmatch(r"[A-Za-z]\.", word) and text[f.start + m.end() : f.start + m.end() + 1].isalpha():
             break  # "M." of "M.D.": the credential starts here
-        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
-        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper():
-            label = ""  # a capitalised census name ("Will", "May") stays in the name
+        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()[]").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
+        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper() and not word.isupper() and label not in FUNCTION_STOP:
+            label = ""  # a capitalised census name ("Will", "May") stays in the name; in capitals, capitals say nothing
         run.append((f.start + m.start(), f.start + m.end(), label))
     shape = f.source in SHAPE_SOURCES
 
@@ -255,10 +294,13 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
 
     out = []
     for r in runs:
+        whole = len(r)
         while r and trimmed(r[0][2]):
             r = r[1:]
         while r and trimmed(r[-1][2]):
             r = r[:-1]
+        if f.source == "name_caps_pair" and len(r) < whole:
+            continue  # "CHILLS, NONPROD": half a capitals pair is a word, so the pair is no name
         if r:
             out.append(Finding(f.type, r[0][0], r[-1][1], f.score, f.source))
     return out
@@ -355,7 +397,7 @@ class Deidentifier:
     def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None, nlp_artifacts=None) -> list[Finding]:
         """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
         if deny is None:
-            deny = header_deny_terms(meta) + self.roster
+            deny = header_deny_terms(meta, _mixed_case(text)) + self.roster
         found: list[Finding] = []
         for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold, nlp_artifacts=nlp_artifacts):
             typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
@@ -371,8 +413,12 @@ class Deidentifier:
             for f in found
             if not (
                 f.source in SOFT_SOURCES
-                and (any(f.start < b and a < f.end for a, b in keep) or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end])))
+                and (
+                    any(f.start < b and a < f.end for a, b in keep)
+                    or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end], census_names_pass=f.source == "ctx_role"))
+                )
             )
+            and not (f.source in LOWER_CASE_RULES and _plain_word_after(text, f))
         ]
         mixed = _mixed_case(text)
         found = [
@@ -385,9 +431,13 @@ class Deidentifier:
             )
             and not (f.source == "UrlRecognizer" and not re.search(r"://|www\.", text[f.start : f.end], re.IGNORECASE))
             and not (f.source in CAPITAL_RULES and not mixed)
+            and not (f.type == "NAME" and f.source in SHAPE_SOURCES | CAPITAL_RULES and _acronyms(text[f.start : f.end], mixed))
             and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
             and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
         ]
+        dates = [f for f in found if f.type == "DATE"]
+        # libphonenumber reads dates as phone numbers ("06-02-2009 10"); the phone rules read phones
+        found = [f for f in found if not (f.source == "PhoneRecognizer" and any(d.start < f.end and f.start < d.end for d in dates))]
         for f in list(found):
             if f.type == "DATE":
                 m = TIME_AFTER_DATE.match(text, f.end)
@@ -496,7 +546,7 @@ class Deidentifier:
         deadline = _Deadline(self.config.timeout_s)
         try:
             with deadline:
-                deny = header_deny_terms(meta) + self.roster
+                deny = header_deny_terms(meta, _mixed_case(text)) + self.roster
                 findings = self.find(text, meta, deny, nlp_artifacts)
                 out, collided = self._replace(text, findings, key, deny) if findings else (text, [])
         except ReportTimeout:

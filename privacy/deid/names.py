@@ -64,12 +64,31 @@ ANCHORS = (
     (re.compile(rf"(?i)\b(?:dictated|signed|read|interpreted|reviewed|verified|approved|transcribed|reported|finali[sz]ed"
                 rf"|prelim(?:inary)?(?:\s+(?:read|interpretation))?|wet\s+read|interpretation|addendum)\s+by\s+(?:{TITLES}\.?\s+)?"), "label"),
     (re.compile(rf"(?i)\bfinal(?:i[sz]ed)?(?:\s+report)?\b[^\n]{{0,40}}?\s(?:by|-)\s+(?:{TITLES}\.?\s+)?"), "label"),
-    (re.compile(rf"(?i)\b{TITLES}\.?\s+"), "label"),
-    (re.compile(r"(?i)\b(?:pa-c|pa|rn|np|lpn|crna|nurse|charge\s+nurse|physician\s+assistant|nurse\s+practitioner|resident|fellow"
-                r"|technologist|tech|attending|radiologist|provider|physician|clinician|(?:case\s+)?(?:discussed|reviewed)\s+with"
-                r"|discussed\s+(?:this|the)\s+(?:case|findings)\s+with|spoke\s+(?:with|to)|d/w|per|as\s+per|according\s+to"
-                r"|communicated\s+to|called\s+to|relayed\s+to|conveyed\s+to|reported\s+to|given\s+to|notified|paged|informed)\s+"), "role"),
+    (re.compile(rf"(?i)\b{TITLES}\.?[ \t]+"), "label"),  # same line: "Delaware Dr\nPh: ..." is a street
+    (re.compile(r"(?im)^[ \t]*/s/[ \t]*"), "label"),  # an electronic signature mark
+    # a role or a verb of communication, then the name on the same line
+    (re.compile(r"(?i)\b(?:pa-c|pa|rn|np|lpn|crna|nurse|charge[ \t]+nurse|physician[ \t]+assistant|nurse[ \t]+practitioner|resident|fellow"
+                r"|technologist|tech|attending|radiologist|provider|physician|clinician|(?:case[ \t]+)?(?:discussed|reviewed)[ \t]+with"
+                r"|discussed[ \t]+(?:this|the)[ \t]+(?:case|findings)[ \t]+with|spoke[ \t]+(?:with|to)|d/w"
+                r"|communicated[ \t]+to|called[ \t]+to|relayed[ \t]+to|conveyed[ \t]+to|reported[ \t]+to|given[ \t]+to|notified|paged|informed)[ \t]+"), "role"),
+    # a source: "per" is also a rate ("per day") and "according to" takes documents
+    (re.compile(r"(?i)\b(?:per|as[ \t]+per|according[ \t]+to)[ \t]+"), "source"),
 )
+# What may follow a lone name that is also a word ("nurse young", "with bell") for it to be read as a
+# person: after a role or a verb, the end of the phrase; after "per", words only a person takes.
+PHRASE_END = {
+    "role": re.compile(r"(?im)[ \t]*(?:[,.;)]|$|(?:by|at|on|who|via)\b)"),
+    "source": re.compile(r"(?i)[ \t]*(?:,?[ \t]*who\b|(?:by[ \t]+(?:tele)?phone|at|on)\b[ \t]+(?:\d|the[ \t]+time))"),
+}
+# The end of a header field: a name written "last, first" ends here ("Name: brown, sky   DOB: ...").
+FIELD_END = re.compile(r"(?im)(?:[ \t]*(?:$|[|;(\[\]])|[ \t]{2,}|,?[ \t]*(?:m\.?d\.?|d\.?o\.?|np|rn|pa-c)(?![A-Za-z])|,?[ \t]*(?:ext|pager|pgr|x)\.?[ \t]*\d)")
+# An initial between two words marks a name even when its first word is a plain word ("Sky W. Dean").
+BEFORE_INITIAL = re.compile(r"[ \t]+[A-Za-z]\.?[ \t]+[A-Za-z]{2}")
+# "PA" is a role and a view ("PA upright", "PA chest"): after it, report vocabulary is a view, unless
+# a word that takes a person comes first ("per PA ...", "with PA ...").
+VIEW_ROLE = re.compile(r"(?i)(?<!\bper )(?<!\bwith )(?<!\bto )(?<!\bby )\b(?:pa|ap)\s+$")
+# A name line with no credential, over a line saying the role ("Heather Lewis\nRadiologist").
+ROLE_LINE = re.compile(r"(?i)[ \t]*\n[ \t]*(?:staff\s+|attending\s+|diagnostic\s+)?(?:radiologist|radiology|attending|resident|fellow|physician)\b")
 SIGNOFF_LINE = re.compile(r"(?m)^[ \t]*(?:/s/|--|-|\u2014)?[ \t]*")
 CARET = re.compile(r"(?<![A-Za-z0-9^])[A-Za-z][A-Za-z'\-]*(?:\^[A-Za-z][A-Za-z'\-]*\.?)+")
 DOTTED_CREDENTIAL = re.compile(r"(?i)(?:m\.d|d\.o|ph\.d|r\.n|n\.p|p\.a)\.?(?![A-Za-z])")
@@ -82,11 +101,27 @@ def _mixed_case(text: str) -> bool:
     return 0.02 < upper / max(len(letters), 1) < 0.85
 
 
+def _given_word(text: str, end: int, strength: str) -> bool:
+    """Whether a plain or unknown word opening a name is a given name by what follows it: an
+    initial and a word ("Sky W. Dean", "PRIYA R. BEST"), after a name label a word that is no
+    plain word ("sky parsons"), after a role a census surname ending the phrase ("priya hill.")."""
+    if BEFORE_INITIAL.match(text, end):
+        return True
+    nxt = re.match(r"[ \t]+([A-Za-z][A-Za-z'\-]+)", text[end : end + 40])
+    if not nxt or _stops(nxt.group(1)):
+        return False
+    k = kind(nxt.group(1))
+    if strength == "label":
+        return k != "word_only"
+    # after a role, a census surname must follow, then the end of the phrase ("tech sky free, the ...")
+    return strength == "role" and (k == "name_only" or (k == "name_and_word" and bool(PHRASE_END["role"].match(text, end + nxt.end()))))
+
+
 def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, int] | None:
     """The span of a name starting at `pos`, or None; see the module notes for the evidence asked."""
     i, n = pos, len(text)
     words: list[tuple[int, int, str]] = []  # (start, end, kind or "initial")
-    comma_used = False
+    comma_used = field_end_given = False
     while i < n and len(words) < 5:
         if DOTTED_CREDENTIAL.match(text, i):
             break
@@ -104,9 +139,11 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
             k = kind(tok)
             capital = tok[0].isupper() and mixed
             clear = any(w[2] in ("name_only", "unknown_ok") for w in words)
+            if k == "word_only" and field_end_given or k in ("word_only", "unknown") and not words and _given_word(text, m.end(), strength):
+                k = "given_word"  # a given name no census list holds ("sky parsons"), read from what follows
             if strength == "label":
                 ok = k != "word_only" or capital
-            elif k == "name_only":
+            elif k in ("name_only", "given_word"):
                 ok = True
             elif k == "name_and_word":
                 ok = True  # provisional: the whole name is judged below
@@ -127,22 +164,39 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
             if comma_used or len(words) != 1 or not nxt:
                 break
             tok2 = nxt.group(0)
-            if not (is_given_name(tok2) or len(tok2.rstrip(".")) == 1 or (tok2[0].isupper() and mixed)):
+            # after a name label, any word but a stop word that ends the field ("BY ANDERSON, PRIYA", "Name: brown, sky  ")
+            label_ok = strength == "label" and not _stops(tok2) and (kind(tok2) != "word_only" or FIELD_END.match(text, nxt.end()))
+            if not (is_given_name(tok2) or len(tok2.rstrip(".")) == 1 or (tok2[0].isupper() and mixed) or label_ok):
                 break
             comma_used = True
+            field_end_given = label_ok and kind(tok2) == "word_only"
         i += len(sep.group(0))
     while words and words[-1][2] == "initial" and len(words) > 1 and text[words[-1][0] : words[-1][1]].lower() in ("a", "i"):
         words.pop()
     if not any(w[2] != "initial" for w in words):
         return None
     named = [w for w in words if w[2] != "initial"]
-    if strength == "role" and all(w[2] == "name_and_word" for w in named) and not (mixed and text[named[0][0]].isupper()):
-        # words that are also common words ("per day", "rose cross") make a name only as a given
-        # name followed by a census surname, or with an initial between them
+    if strength in ("role", "source") and all(w[2] == "name_and_word" for w in named):
         first = text[named[0][0] : named[0][1]]
-        if len(named) < 2 and len(words) < 2 or not is_given_name(first) and len(words) == len(named):
+        capital = mixed and first[0].isupper()
+        if VIEW_ROLE.search(text[max(0, pos - 12) : pos]) and first.lower() in NON_NAME_WORDS:
+            return None  # "PA Upright": a view
+        lone = len(words) == 1 and (capital or not mixed) and PHRASE_END[strength].match(text, words[-1][1])
+        # otherwise words that are also common words ("per day", "rose cross") make a name only
+        # capitalised in mixed-case text, as a given name followed by a census surname, or with
+        # an initial between them
+        if not (capital or lone) and (len(named) < 2 and len(words) < 2 or not is_given_name(first) and len(words) == len(named)):
             return None
     return words[0][0], words[-1][1]
+
+
+def _whole_line_name(text: str, span: tuple[int, int]) -> bool:
+    """A sign-off mark and nothing but a name on the line ("- carol g. lamb"): a list item is
+    rarely a given name and a surname, or two words around an initial."""
+    if not re.match(r"[ \t]*(?:\n|$)", text[span[1] :]):
+        return False
+    words = re.findall(r"[A-Za-z][A-Za-z'\-]*\.?", text[span[0] : span[1]])
+    return len(words) >= 2 and (is_given_name(words[0]) or any(len(w.rstrip(".")) == 1 for w in words[1:-1]))
 
 
 class ContextNameRecognizer(LocalRecognizer):
@@ -163,10 +217,12 @@ class ContextNameRecognizer(LocalRecognizer):
             for m in rx.finditer(text):
                 got = parse_name(text, m.end(), strength, mixed)
                 if got:
-                    spans.append((*got, f"ctx_{strength}", 0.96 if strength == "label" else 0.95))  # above the regex rules: Presidio drops a finding inside a stronger one
+                    rule = "ctx_label" if strength == "label" else "ctx_role"
+                    spans.append((*got, rule, 0.96 if strength == "label" else 0.95))  # above the regex rules: Presidio drops a finding inside a stronger one
         for m in SIGNOFF_LINE.finditer(text):
             got = parse_name(text, m.end(), "label", mixed)
-            if got and CREDENTIAL.match(text, got[1]) and len(re.findall(r"[A-Za-z]{2,}", text[got[0] : got[1]])) >= 1:
+            signed = got and (CREDENTIAL.match(text, got[1]) or (m.group(0).strip() and (ROLE_LINE.match(text, got[1]) or _whole_line_name(text, got))))
+            if signed and re.search(r"[A-Za-z]{2,}", text[got[0] : got[1]]):
                 spans.append((*got, "ctx_signoff", 0.96))
         return [
             RecognizerResult("NAME", a, b, score, recognition_metadata={"recognizer_name": self.name, "rule": rule})

@@ -92,7 +92,7 @@ ID_LABEL = (
 )
 # Ordinals that are anatomy, not dates ("the 5th rib", "the 4th ventricle").
 ANATOMY_AFTER_ORDINAL = (
-    r"(?:\s+(?:and\s+\d{1,2}(?:st|nd|rd|th)\s+)?(?:left\s+|right\s+|anterior\s+|posterior\s+|lateral\s+)?"
+    r"(?:\s+(?:and\s+\d{1,2}(?:st|nd|rd|th)\s+)?(?:(?:left|right|anterior|posterior|lateral)\s+){0,3}"
     r"(?:ribs?|ventricle|intercostal|interspace|vertebra|vertebral|cervical|thoracic|lumbar|sacral|metacarpal"
     r"|metatarsal|digit|finger|toe|percentile|decade|cranial|costal|space|segment|generation|lobe|branch|order|degree))"
 )
@@ -119,8 +119,8 @@ RULES: tuple[Rule, ...] = (
     Rule("id_year_serial", "ID", r"(?<![\d/.-])(?:19|20)\d{2}-\d{5,}(?![\d-])", 0.7),
     Rule("id_nhs", "ID", r"\b\d{3}\s\d{3}\s\d{4}\b", 0.6),
     # --- dates -------------------------------------------------------------------------------
-    Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d/-]|\.\d)", 0.9),
-    Rule("date_iso", "DATE", r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d/-]|\.\d)", 0.9),
+    Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d-]|/\d|\.\d)", 0.9),
+    Rule("date_iso", "DATE", r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d-]|/\d|\.\d)", 0.9),
     Rule("date_compact", "DATE", r"(?<!\d)(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)", 0.7),
     Rule("date_day_month", "DATE", rf"(?i)\b\d{{1,2}}{ORD}?(?:\s+of)?[\s\-/.]?{MONTH}\.?(?:[\s\-/.,]*'?(?:19|20)?\d{{2}})?\b(?!:)", 0.9),
     Rule("date_month_day", "DATE", rf"(?i)\b{MONTH}\.?\s+\d{{1,2}}{ORD}?\b(?:,?\s+(?:19|20)\d{{2}}\b)?(?![:.]\d)", 0.9),
@@ -130,13 +130,17 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "date_short",
         "DATE",
-        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|compared\s+(?:to|with)|study|studies|exam|films?|radiographs?|cxrs?|until|by|and|to|at|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?|ap|pa|portable|chest|xr|x-?ray|view|views|lateral|images?|pacs)[,:]?\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/])",
+        r"(?i)\b(?:on|dated?|from|since|of|prior|comparison:?|comparison\s+(?:is|was)|compared\s+(?:to|with)|study|studies|exam|films?|radiographs?|cxrs?|until|by|and|to|at|admitted|discharged|seen|performed|obtained|done|scanned|imaged|placed|inserted|removed|started|surgery|born|dob:?|ap|pa|portable|chest|xr|x-?ray|view|views|lateral|images?|pacs)[ \t]?[,:]?\s+(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/]|[ \t]*(?:views?|images?)\b)",
         0.7,
     ),
+    # A month/day with a time after it ("9/8 0424 hours", "4/19 at 10:15") or on a comparison or
+    # exam line ("PRIOR STUDIES: CT urogram 4/19", "Exam: Chest. Two views. 7/8."): a date, not a fraction.
+    Rule("date_short_time", "DATE", r"(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?=[ \t]+(?:at[ \t]+)?(?:[01]?\d|2[0-3]):?[0-5]\d(?!\d))", 0.7),
+    Rule("date_short_line", "DATE", r"(?im)^[ \t]*(?:comparison|prior(?:[ \t]+(?:stud(?:y|ies)|exams?|films?))?|priors|exam|study|procedure)[ \t]*:[^\n]*?(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/]|[ \t]*(?:views?|images?)\b)", 0.7),
     Rule("date_weekday", "DATE", r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)(?:\s+(?:morning|afternoon|evening|night))?\b", 0.5),
     Rule("date_holiday", "DATE", r"(?i)\b(?:Christmas(?:\s+(?:Day|Eve))?|New\s+Year'?s(?:\s+(?:Day|Eve))?|Thanksgiving|Easter(?:\s+Sunday)?|Independence\s+Day)\b", 0.6),
     # --- times -------------------------------------------------------------------------------
-    Rule("time_colon", "TIME", r"(?<![\d:])(?:[01]?\d|2[0-3])[:h][0-5]\d(?::[0-5]\d)?(?:\s?(?i:a\.?m\.?|p\.?m\.?|hrs?|h))?(?![\d:])", 0.85),
+    Rule("time_colon", "TIME", r"(?<![\d:])(?:[01]?\d|2[0-3])[:h][0-5]\d(?::[0-5]\d)?(?:[ \t]?(?i:a\.?m\.?|p\.?m\.?|hrs?\b|h\b))?(?![\d:])", 0.85),
     Rule("time_military", "TIME", r"(?i)(?:\bat|@|\bby|\btime:?|\bfrom|\bto|\buntil|\bbefore|\bafter|\baround|\b~)\s*(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?:\s?(?:hrs?|hours|h)\b)?(?!\d)", 0.8),
     Rule("time_hrs", "TIME", r"(?i)(?<![\d:])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d\s?(?:hrs?|hours|h))\b", 0.85),
     Rule("time_after_date", "TIME", r"(?<![\d/.-])\d{1,4}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?!\d)", 0.7),
@@ -181,9 +185,9 @@ RULES: tuple[Rule, ...] = (
         0.85,
     ),
     # Hospital names in the word order of other languages: "Clinique Saint-Luc", "Klinikum Rechts der Isar"
-    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]tel-Dieu|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)\s(?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[\s-])*[A-Z][\w'-]+(?:[\s-](?:de|du|del|der|di)?\s?[A-Z][\w'-]+){0,2}", 0.8),
+    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]tel-Dieu|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)[ \t](?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[ \t-])*[A-Z][\w'-]+(?:[ \t-](?:de|du|del|der|di)?[ \t]?[A-Z][\w'-]+){0,2}", 0.8),
     Rule("hospital_of", "LOCATION", r"\b(?:Hospital|Royal\sInfirmary|University|Clinique|Klinikum|Hôpital|Hospital\sUniversitario)\s(?:of|de|du|für|at)\s(?:the\s)?[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}\b", 0.8),
-    Rule("ward", "LOCATION", r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|pod|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b", 0.7),
+    Rule("ward", "LOCATION", r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b", 0.7),
     Rule("ward_compass", "LOCATION", r"\b\d{1,2}\s?(?:North|South|East|West|N|S|E|W)\b(?=\s*(?:ICU|CCU|unit|ward|floor|tower|step-?down|med|surg|telemetry|tele|[,.;)]|$))", 0.7),
     Rule(
         "street",
@@ -204,9 +208,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "street_any_case",
         "LOCATION",
-        r"(?i)\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|of|and|the|to|in|on)\b)"
+        r"(?i)(?<![\d:.,/-])(?<!\d,[ \t])\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|hrs|am|pm|of|and|the|to|in|on|at|by|with|from|for|per|over|after|since)\b)"
         r"(?:[a-z][a-z'.-]*[ \t]+){1,3}?(?:street|avenue|road|boulevard|lane|drive|court|place|terrace|parkway|highway|square|circle"
-        r"|(?-i:St|ST|Ave|AVE|Rd|RD|Blvd|BLVD|Ln|LN|Dr|DR|Ct|CT|Pkwy|PKWY|Hwy|HWY|st|ave|rd|blvd|pkwy))\b\.?"
+        r"|(?-i:St|ST|Ave|AVE|Rd|RD|Blvd|BLVD|Ln|LN|Dr|DR|Ct|CT|Pkwy|PKWY|Hwy|HWY|st|ave|rd|blvd|pkwy)|(?-i:dr|ln|ct)(?=,|[ \t]*(?:\n|$)))\b\.?"
         r"(?:,?[ \t]+(?:apt|apartment|suite|ste|unit|\#)\.?[ \t]?\w+)?(?:,[ \t]*[a-z]+(?:[ \t][a-z]+)?)?(?:,?[ \t]+[a-z]{2}[ \t]+\d{5}(?:-\d{4})?)?",
         0.8,
     ),

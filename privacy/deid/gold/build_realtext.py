@@ -196,12 +196,40 @@ class Phi:
         return self.c([f"({a}) {b}-{c:04d}", f"{a}-{b}-{c:04d}", f"{a}.{b}.{c:04d}"])
 
 
+# Dates and times the source left in clear ("CHEST 2V FRONTAL/LATERAL Sept 21, XXXX", "at 00:46 hours",
+# "since Thanksgiving"):
+# PHI of the original record, so gold spans, not report words.
+SOURCE_DATE = re.compile(
+    r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)[a-z]*\.?\s\d{1,2}\b(?!:)|(?<![\d:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])"
+    r"|(?i:\b(?:christmas|thanksgiving|easter|new year's)\b)"
+)
+# The source's redaction ate the end of "comparison" and wrote a date as two XXXX around a slash.
+# Elsewhere it glued XXXX to the word before ("RADXXXX", "XRXXXX").
+SOURCE_REPAIRS = (
+    (re.compile(r"(?i)\b(comparis)XXXX"), r"\1on XXXX"),
+    (re.compile(r"XXXX/XXXX(?![A-Za-z])"), "XXXX"),
+    (re.compile(r"(?<=[A-Za-z])XXXX"), " XXXX"),
+    (re.compile(r"XXXX(?:th|:\d\d)\b"), "XXXX"),  # "XXXXth", "at XXXX:52": the whole date or time was PHI
+)
+
+
+def add_source(doc: Doc, text: str) -> None:
+    """Source text as it is, its clear dates and times marked as PHI."""
+    pos = 0
+    for m in SOURCE_DATE.finditer(text):
+        doc.add(text[pos : m.start()]).add(m.group(0), "TIME" if ":" in m.group(0) else "DATE")
+        pos = m.end()
+    doc.add(text[pos:])
+
+
 def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
     """Append `text` to `doc` with each XXXX (or run of them) filled by its context."""
     pos = 0
+    for rx, repl in SOURCE_REPAIRS:
+        text = rx.sub(repl, text)
     pattern = re.compile(r"XXXX(?:(?P<sep>,?\s)XXXX)*")
     for m in pattern.finditer(text):
-        doc.add(text[pos : m.start()])
+        add_source(doc, text[pos : m.start()])
         before = text[max(0, m.start() - 30) : m.start()].lower()
         after = text[m.end() : m.end() + 20].lower()
         runs = m.group(0).count("XXXX")
@@ -218,11 +246,26 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
         elif re.search(r"\b\d\s$", before) and runs == 1 and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "2 XXXX": views
             doc.add(phi.c(["views", "images", "views"]))
         elif column in ("comparison", "exam_caption") or prev in ("dated", "comparison", "since", "from", "on") or before.endswith("comparison "):
-            if before.endswith("x-") or prev == "x":
+            day = re.search(r"(?<![\d/.:-])([12]\d|3[01]|0?[1-9]) $", text[pos : m.start()])
+            if day and runs <= 2 and doc.parts[-1].endswith(day.group(0)) and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "comparison 13 XXXX": the day of a date
+                doc.parts[-1] = doc.parts[-1][: len(doc.parts[-1]) - len(day.group(0))]
+                doc.n -= len(day.group(0))
+                month = MONTHS[phi.r.randint(0, 11)]
+                doc.add(f"{day.group(1)} {phi.c([month, month[:3]])}{'' if runs == 1 and phi.r.random() < 0.4 else f' {y}'}", "DATE")
+            elif before.endswith("x-") or prev == "x":
                 doc.add("ray")
                 if runs > 1:
                     doc.add(m.group(0)[4:].replace("XXXX", "").rstrip() + " ")
-                    doc.add(phi.date(y), "DATE")
+                    if runs > 2 or not re.match(r"\s*(?:hours|hrs)", after):
+                        doc.add(phi.date(y), "DATE")
+                    if re.match(r"\s*(?:hours|hrs)", after):  # "x-XXXX, XXXX XXXX hours": date and time
+                        doc.add(" " if runs > 2 else "")
+                        doc.add(phi.clock().replace(":", ""), "TIME")
+            elif re.search(r"[A-Z][a-z]{2,4}\.? \d{1,2}, $", text[max(0, m.start() - 12) : m.start()]):  # "Sept 21, XXXX XXXX PM": year, time
+                doc.add(str(y), "DATE")
+                if runs > 1:
+                    h, mi = phi.r.randint(1, 12), phi.r.randint(0, 59)
+                    doc.add(" ").add(f"{h}:{mi:02d}" if re.match(r"\s*[AP]M", text[m.end() : m.end() + 4]) else f"{h}:{mi:02d} {phi.c(['AM', 'PM'])}", "TIME")
             elif re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after) or prev == "at":
                 h, mi = phi.r.randint(0, 23), phi.r.randint(0, 59)
                 if re.match(r"\s*[ap]\.m", after):
@@ -251,7 +294,7 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
             sep = m.group("sep") or " "
             doc.add(sep.join(words))
         pos = m.end()
-    doc.add(text[pos:])
+    add_source(doc, text[pos:])
 
 
 def header(phi: Phi, doc: Doc, meta: dict) -> None:
