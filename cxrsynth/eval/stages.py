@@ -29,10 +29,14 @@ class StageResult:
         return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 2), "outputs": self.outputs}
 
 
+PROJECT_PACKAGES = ("cxrsynth", "privacy", "client", "server")
+
+
 def not_built_reason(exc: BaseException) -> Optional[str]:
-    """Why `exc` means the code is not there yet, or None when it is a real error."""
-    if isinstance(exc, ImportError):
-        # A missing project module, or a name the module does not define yet.
+    """Why `exc` means a part of the project is not there (a project module that cannot be found),
+    or None when it is a real error: a name missing from a module that is there is a bug, and is
+    reported as a failure, never as "not built"."""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in PROJECT_PACKAGES:
         return f"{exc.__class__.__name__}: {exc}"
     return None
 
