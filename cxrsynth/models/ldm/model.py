@@ -93,9 +93,11 @@ class Model(GenerativeModel):
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
         lrs = {"unet": cfg.lr, "text_encoder": cfg.lr, "vae": cfg.vae_lr}
+        # A network frozen whole (`train.finetune`) gets no optimizer and takes no step.
         return {
-            name: torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lrs[name], weight_decay=cfg.weight_decay)
+            name: torch.optim.AdamW(params, lr=lrs[name], weight_decay=cfg.weight_decay)
             for name, net in self.nets.items()
+            if (params := [p for p in net.parameters() if p.requires_grad])
         }
 
     def train(self, mode: bool = True) -> "Model":
@@ -246,8 +248,11 @@ class Model(GenerativeModel):
     def _stage(self) -> tuple[str, ...]:
         """The networks the next step trains: the VAE during its warm-up steps, then the U-Net and text encoder."""
         if "vae" in self.nets and int(self.steps_done[0]) < self.config.vae_steps:
-            return ("vae",)
-        return tuple(n for n in ("unet", "text_encoder") if n in self.nets)
+            return ("vae",) if self._trains("vae") else ()
+        return tuple(n for n in ("unet", "text_encoder") if self._trains(n))
+
+    def _trains(self, name: str) -> bool:
+        return name in self.nets and any(p.requires_grad for p in self.nets[name].parameters())
 
     def nets_stepping(self) -> list[str]:
         return list(self._stage())
@@ -257,6 +262,8 @@ class Model(GenerativeModel):
         stage = self._stage()
         in_vae_stage = stage == ("vae",)
         self.steps_done[0] += 1
+        if not stage:
+            return {}  # everything this stage would train is frozen (train.finetune)
         if not records:
             return self._noise_only_step(stage)
         x = self._images(records)
