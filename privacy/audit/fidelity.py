@@ -117,12 +117,12 @@ def image_label_fidelity(
 def report_label_agreement(synthetic: Sequence[Record], policy: AuditPolicy) -> dict:
     """The steward's figures: per judged label, the positive F1 between the labeler's reading of
     each synthetic report and the record's labels; exact agreement over all 14 for reference."""
-    from cxrsynth.eval.labels import label_agreement, load_labeler
+    from cxrsynth.eval.labels import label_agreement
 
     with_text = [r for r in synthetic if r.report.strip() and r.has_labels()]
     if not with_text:
         return {"status": "no_reports", "n": 0}
-    agreement = label_agreement(with_text, load_labeler())
+    agreement = label_agreement(with_text)
     counts = label_counts(with_text)
     labels = {}
     for name in judged_labels(with_text, policy):
