@@ -21,6 +21,7 @@ modality, a record's labels are read from its generated report.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -31,7 +32,7 @@ from torch import nn
 
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
-from cxrsynth.data.text import Vocabulary
+from cxrsynth.data.text import Vocabulary, pseudo_reports
 from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel
@@ -40,6 +41,7 @@ from cxrsynth.models.mopoe.codec import LABEL_STATES, Batch, decode_labels, deco
 from cxrsynth.models.mopoe.config import MoPoEConfig
 from cxrsynth.models.mopoe.nets import CausalTextDecoder, ImageDecoder, ImageEncoder, LabelDecoder, LabelEncoder, ParallelTextDecoder, TextEncoder
 
+log = logging.getLogger(__name__)
 IMAGE_MODALITIES = ("frontal", "lateral")
 NO_REPORTS = "For data without reports set model.modalities: [frontal, labels] (add lateral when the studies have lateral views): images and labels in one latent space."
 
@@ -89,18 +91,22 @@ class Model(GenerativeModel):
         if self.has_reports and not reports:
             raise self._refuse("report", f"none of the {n} training records has findings or impression text", NO_REPORTS)
         if "lateral" in self.modalities and not any(r.lateral is not None for r in records):
-            raise self._refuse("lateral", f"none of the {n} training records has a lateral image", "Leave lateral out of model.modalities; its decoder would write untrained laterals.")
+            log.warning("MoPoE with model.modalities %s: none of the %d training records has a lateral image, so the lateral decoder stays untrained and "
+                        "writes noise laterals; leave lateral out of model.modalities for frontal-only data.", list(self.modalities), n)
         if "labels" in self.modalities and not any(r.has_labels() for r in records):
             raise self._refuse("labels", f"none of the {n} training records has labels", "Leave labels out of model.modalities, or ingest the label columns.")
         if self.has_reports:
             self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
 
     def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
+        """The vocabulary from the sites' token counts (the records, and so their laterals and
+        labels, stay at the sites)."""
         if not self.has_reports:
             return
         if not counts:
             raise self._refuse("report", "no site shared a report word (their data hold no reports, or each word is used by too few patients)", NO_REPORTS)
-        super().setup_from_counts(counts, n_reports)
+        reports = [r.report for r in pseudo_reports(counts, n_reports)]
+        self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
 
     @classmethod
     def vocabulary_text(cls, config: MoPoEConfig, record: Record) -> str:
