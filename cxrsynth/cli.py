@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--seed", type=int, default=0)
     ing.add_argument("--strict", action="store_true", help="fail on the first bad file or row")
     ing.add_argument("--replace", action="store_true", help="replace a non-empty --out whole (default: add to an earlier ingest's dataset; refuse any other folder)")
+    ing.add_argument("--labels", default="chexpert", choices=["chexpert", "nih"], help="vocabulary of a site manifest's label columns; nih: NIH ChestX-ray14's 15 names, mapped onto the 14 (cxrsynth/data/label_maps.py)")
+    ing.add_argument("--ignore-columns", default="", metavar="A,B", help="site manifest columns to leave unread (demographics, notes); any other unknown column is refused")
     ing.set_defaults(path=("data", "ingest"))
 
     de = sub.add_parser("deid", parents=[common], help="de-identify reports (Presidio, offline) or measure it").add_subparsers(dest="deid_cmd", metavar="ACTION", required=True)

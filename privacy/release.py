@@ -143,14 +143,20 @@ def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
     checks = audit["checks"]
     dp = checks.get("dp_ledger", {})
     eps = dp.get("epsilon_max")
+    texts = any((r.get("findings") or r.get("impression") or "").strip() for r in rows)
+    site_reports = checks.get("text_rare_ngrams", {}).get("status") != "no_reports"
+    # Text from a model that never read a report can only be written from the labels (the LDM's label prompts).
+    text = "free-text reports" if site_reports else "sentences written from the labels (not reports: the sites' data held none)"
     lines = [
         "# Synthetic chest X-ray dataset (cxrsynth)",
         "",
-        f"Released {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. {len(rows)} synthetic studies: frontal images, free-text reports, 14 CheXpert/MIMIC-CXR labels.",
+        f"Released {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. {len(rows)} synthetic studies: frontal images, "
+        + (f"{text}, 14 CheXpert/MIMIC-CXR labels." if texts else "14 CheXpert/MIMIC-CXR labels; no reports."),
         "",
         "## How it was made",
         "Generative models were trained across hospitals with federated learning (Flower); no patient record left its hospital. "
-        "Reports were de-identified at each site before training. The records were then sampled from the trained model.",
+        + ("Reports were de-identified at each site before training. " if site_reports else "The sites' data held images and labels, no reports: the text checks of the audit had no report to compare. ")
+        + "The records were then sampled from the trained model.",
         "",
         "Models (family, checkpoint hash): " + (", ".join(provenance) or "not recorded in the manifest"),
         "",

@@ -244,7 +244,7 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
     m.eval()
     save_checkpoint(tmp_path / "ck", m, cfg)
     folder = tmp_path / "ck" / "diffusers"
-    assert UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).config.in_channels == 4
+    assert UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).config.in_channels == cfg.model.latent_channels
     assert AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).config.in_channels == 1
     assert isinstance(CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True), CLIPTextModel)
     from diffusers import StableDiffusionPipeline

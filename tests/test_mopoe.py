@@ -178,7 +178,7 @@ def test_conditional_generation_and_helpers(records):
 
 def test_bad_conditions_teach(records):
     model = tiny_model(records)
-    with pytest.raises(InputError, match="does not condition on labels"):
+    with pytest.raises(InputError, match="Label conditions need labels among model.modalities"):
         model.generate(1, [{"Cardiomegaly": 1}])
     with pytest.raises(InputError, match="expected 2 condition dicts"):
         model.generate(2, [{"report": "x"}])

@@ -64,7 +64,7 @@ def test_label_conditions_are_refused_with_exit_2(checkpoint, tmp_path, capsys):
     real = tmp_path / "real"
     write_dataset(real, make_phantom(4, image_size=32))
     code = main(["--quiet", "generate", "--checkpoint", str(checkpoint), "--n", "2", "--out", str(tmp_path / "x"), "--labels-from", str(real)])
-    assert code == 2 and "does not condition on labels" in capsys.readouterr().err
+    assert code == 2 and "Label conditions need labels among model.modalities" in capsys.readouterr().err
 
 
 def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):

@@ -255,7 +255,9 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
 def test_an_unpinned_audit_query_is_a_membership_oracle_and_a_hospital_refuses_it(tmp_path):
     """The issue's probe: the site's own training images among holdout ones, sent as a "synthetic"
     set. A site that answers any set flags exactly its training images; the default floor refuses."""
-    recs = [r.with_(site="hospital-a", split="holdout" if i % 3 == 0 else "train") for i, r in enumerate(make_phantom(n=66, sites=1, seed=5, image_size=16))]
+    recs = make_phantom(n=66, sites=1, seed=5, image_size=16)
+    patients = list(dict.fromkeys(r.patient_id for r in recs))  # split by patient, as the site requires
+    recs = [r.with_(site="hospital-a", split="holdout" if patients.index(r.patient_id) % 3 == 0 else "train") for r in recs]
     root = tmp_path / "hospital-a"
     write_dataset(root, recs)
     train, holdout = [r for r in recs if r.split == "train"][:3], [r for r in recs if r.split == "holdout"][:3]

@@ -42,7 +42,8 @@ def ingest(args: argparse.Namespace) -> int:
 
     report = run_ingest(
         args.source, args.source_path, args.out, site=args.site, size=args.size, holdout=args.holdout,
-        seed=args.seed, strict=args.strict, replace=args.replace, progress=Progress(args.quiet),
+        seed=args.seed, strict=args.strict, replace=args.replace, labels=args.labels,
+        ignore=[c.strip() for c in args.ignore_columns.split(",") if c.strip()], progress=Progress(args.quiet),
     )
     if report.read and not report.kept:
         raise InputError(f"{args.source_path}: none of the {report.read} item(s) read could be ingested; the reasons are in {Path(args.out) / 'ingest_report.json'}.")

@@ -56,6 +56,7 @@ class DatasetReport:
     kept: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # kept, but worth a look (e.g. no report text)
+    notes: dict = field(default_factory=dict)  # what the reader did beyond rows (e.g. the label mapping), for the ingest report
 
     @property
     def skipped(self) -> int:
@@ -79,6 +80,7 @@ class DatasetReport:
             "skipped_by_reason": reasons,
             "problems": [{"file": p.file, "row": p.row, "reason": p.reason} for p in self.problems],
             "warnings": [{"file": p.file, "row": p.row, "reason": p.reason} for p in self.warnings],
+            **self.notes,
         }
 
 

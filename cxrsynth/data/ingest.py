@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -67,7 +67,11 @@ def square_resize(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(sq).resize((size, size), Image.BILINEAR), dtype=np.uint8)
 
 
-def read_source(source: str, path: Path, key: bytes, site: str, strict: bool, progress: Progress) -> tuple[list[Record], DatasetReport]:
+def read_source(
+    source: str, path: Path, key: bytes, site: str, strict: bool, progress: Progress, labels: str = "chexpert", ignore: Sequence[str] = ()
+) -> tuple[list[Record], DatasetReport]:
+    if source != "manifest" and (labels != "chexpert" or ignore):
+        raise InputError(f"--labels and --ignore-columns read a site manifest's columns; --source {source} has none (its labels come from its own tables or the reports).")
     if source == "mimic":
         from cxrsynth.data.mimic import read_mimic
 
@@ -80,7 +84,7 @@ def read_source(source: str, path: Path, key: bytes, site: str, strict: bool, pr
         from cxrsynth.data.manifest import read_manifest
 
         # A dataset directory carries its pseudonyms already; only a site manifest CSV needs the key.
-        return read_manifest(path, key=key if path.is_file() else b"", site=site, strict=strict)
+        return read_manifest(path, key=key if path.is_file() else b"", site=site, strict=strict, labels=labels, ignore=ignore)
     raise InputError(f"--source {source!r} is not one of {list(SOURCES)}.")
 
 
@@ -99,8 +103,12 @@ def ingest(
     seed: int = 0,
     strict: bool = False,
     replace: bool = False,
+    labels: str = "chexpert",
+    ignore: Sequence[str] = (),
     progress: Optional[Progress] = None,
 ) -> DatasetReport:
+    """`labels`: the vocabulary of a site manifest's label columns (`cxrsynth.data.label_maps`);
+    `ignore`: its columns to leave unread."""
     progress = progress or Progress(quiet=True)
     path, out = Path(path), Path(out)
     if not path.exists():
@@ -116,7 +124,7 @@ def ingest(
     merge = _is_dataset(out) and not replace
     key = site_key(out) if out.is_dir() else os.urandom(32)
     progress.say(f"reading {source} at {path}")
-    records, report = read_source(source, path, key, site, strict, progress)
+    records, report = read_source(source, path, key, site, strict, progress, labels, ignore)
     if not report.read:
         where = path / MANIFEST if source == "manifest" and path.is_dir() else path
         raise InputError(f"{where}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written.")
@@ -143,6 +151,8 @@ def ingest(
     if report.skipped > 20:
         log.warning("... and %d more; all are listed in %s", report.skipped - 20, out / REPORT)
     progress.say(f"ingest: read {report.read}, kept {report.kept}, skipped {report.skipped} -> {out}")
+    if records and not report.notes["with_report_text"]:
+        progress.say("no record has report text: train with a report-free setting (README, \"Bring a labelled image folder without reports\")")
     return report
 
 
@@ -152,6 +162,7 @@ def _write(folder: Path, kept_before: list, records: list, report: DatasetReport
     save_site_key(folder, key)
     write_dataset(folder, kept_before + records, progress=progress)
     write_phi_headers(folder, records, keep_existing=True)
+    report.notes.update(with_report_text=sum(bool(r.report.strip()) for r in records), with_labels=sum(r.has_labels() for r in records))
     summary = report.as_dict()
     summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
     (folder / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -13,20 +13,24 @@ Column names are matched loosely (case, spaces, underscores and hyphens ignored)
 | view, split | view, view_position; split |
 | labels (1, 0, -1 or empty) | the 14 label names, e.g. "Pleural Effusion" or pleural_effusion |
 
-Without label columns, labels come from the report labeler. Unknown columns are refused (a
-misspelt label column would otherwise be dropped without a word).
+Without label columns, labels come from the report labeler. Labels in another vocabulary (NIH
+ChestX-ray14's 15 names, as columns or as one "Finding Labels" column of "|"-joined findings)
+are read with `labels="nih"` and mapped onto the 14 (`cxrsynth.data.label_maps`). Report columns
+are optional: a manifest of images and label columns alone makes a report-free dataset. A
+manifest with neither labels nor reports is refused. Unknown columns are refused (a misspelt
+label column would otherwise be dropped without a word), unless named in `ignore`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cxrsynth.data.dataset import MANIFEST, DatasetReport, collect_rows, csv_rows, load_png, parse_label, read_dataset
 from cxrsynth.data.dicom import pseudonym, to_uint8, view_of
+from cxrsynth.data.label_maps import LabelVocabulary, norm, vocabulary
 from cxrsynth.data.labeler import label_report
-from cxrsynth.data.records import LABELS, SPLITS, VIEWS, Record, empty_labels
+from cxrsynth.data.records import SPLITS, VIEWS, Record, empty_labels
 from cxrsynth.data.report_text import read_report_file, sections
 from cxrsynth.errors import InputError
 
@@ -44,15 +48,24 @@ ALIASES = {
 }
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[\s_\-]+", "", name or "").lower()
+_norm = norm
+REPORT_MEANINGS = ("report", "report_path", "findings", "impression")
+LIST = "label list"  # the key of a "|"-joined findings column among the label columns
 
 
-LABEL_KEYS = {_norm(n): n for n in LABELS}
-
-
-def read_manifest(path: str | Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None) -> tuple[list[Record], DatasetReport]:
-    """A dataset directory (manifest.csv in the dataset format) or a site manifest CSV."""
+def read_manifest(
+    path: str | Path,
+    *,
+    key: bytes,
+    site: str = "",
+    strict: bool = False,
+    report: Optional[DatasetReport] = None,
+    labels: str = "chexpert",
+    ignore: Sequence[str] = (),
+) -> tuple[list[Record], DatasetReport]:
+    """A dataset directory (manifest.csv in the dataset format) or a site manifest CSV.
+    `labels` (the vocabulary of the label columns) and `ignore` (columns to leave unread) apply
+    to a site manifest only: a dataset directory is in the dataset format already."""
     path = Path(path)
     if path.is_dir():
         if (path / MANIFEST).is_file():
@@ -60,27 +73,49 @@ def read_manifest(path: str | Path, *, key: bytes, site: str = "", strict: bool 
         raise InputError(f"{path}: no {MANIFEST} here; give a dataset directory or a site manifest CSV file.")
     if not path.is_file():
         raise InputError(f"{path}: no such file; --source manifest takes a dataset directory or a CSV file.")
-    return read_site_manifest(path, key=key, site=site, strict=strict, report=report)
+    return read_site_manifest(path, key=key, site=site, strict=strict, report=report, labels=labels, ignore=ignore)
 
 
-def _columns(path: Path, header: list[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(meaning -> column, label -> column) for a site manifest header; InputError on unknown columns."""
+def _columns(path: Path, header: list[str], vocab: LabelVocabulary, ignore: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+    """(meaning -> column, source label -> column) for a site manifest header; InputError on
+    unknown columns, on an `ignore` name the header lacks, and on a header that gives neither
+    labels nor reports."""
     by_norm = {}
     for col in header:
         by_norm.setdefault(_norm(col), col)
+    absent = [c for c in ignore if _norm(c) not in by_norm]
+    if absent:
+        raise InputError(f"{path}: --ignore-columns names {absent}, which the header {header} does not have; check the spelling.")
+    skip = {_norm(c) for c in ignore}
+    lists = {_norm(c) for c in vocab.list_columns}
     cols, labels, unknown = {}, {}, []
     for n, col in by_norm.items():
         meaning = next((m for m, names in ALIASES.items() if n in names), None)
+        if n in skip:
+            continue
         if meaning:
             cols.setdefault(meaning, col)
-        elif n in LABEL_KEYS:
-            labels[LABEL_KEYS[n]] = col
+        elif vocab.find(col) is not None:
+            labels[vocab.find(col)] = col
+        elif n in lists:
+            labels[LIST] = col
         else:
             unknown.append(col)
+    names = f"the {len(vocab.names)} label names {vocab.names}" if vocab.name == "chexpert" else f"the {vocab.name} label names {vocab.names}"
+    if vocab.list_columns:
+        names += f" (or one column {vocab.list_columns[0]!r} of findings joined by '|')"
     if unknown:
-        raise InputError(f"{path}: unknown column(s) {unknown}; a site manifest takes {sorted(ALIASES)} (any case/spacing) and the 14 label names {list(LABELS)}.")
+        hint = " Columns the ingest should not read (demographics, notes) go in --ignore-columns; labels in another vocabulary need --labels (e.g. nih)."
+        raise InputError(f"{path}: unknown column(s) {unknown}; a site manifest takes {sorted(ALIASES)} (any case/spacing) and {names}.{hint}")
     if "image" not in cols:
         raise InputError(f"{path}: no image column; name the column holding each study's frontal image path 'image_path'.")
+    if LIST in labels and len(labels) > 1:
+        raise InputError(f"{path}: labels given twice, as the findings list {labels[LIST]!r} and as label columns {sorted(c for k, c in labels.items() if k != LIST)}; keep one (or name the other in --ignore-columns).")
+    if not labels and not any(m in cols for m in REPORT_MEANINGS):
+        raise InputError(
+            f"{path}: no label columns and no report column, so nothing says what the images show. A site manifest needs label columns "
+            f"({names}) or report text (a report, findings/impression or report_path column), or both."
+        )
     return cols, labels
 
 
@@ -104,16 +139,42 @@ def _image(base: Path, rel: str, column: str) -> tuple[object, Optional[str]]:
         raise ValueError(f"{column} {rel}: {e}") from None
 
 
-def read_site_manifest(path: Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None) -> tuple[list[Record], DatasetReport]:
+def read_site_manifest(
+    path: Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None, labels: str = "chexpert", ignore: Sequence[str] = ()
+) -> tuple[list[Record], DatasetReport]:
     report = report or DatasetReport()
+    vocab = vocabulary(labels)
     reader = csv_rows(path)
-    cols, label_cols = _columns(path, list(reader.fieldnames or []))
+    cols, label_cols = _columns(path, list(reader.fieldnames or []), vocab, ignore)
     base = path.parent
-    records = collect_rows(reader, lambda row: _site_row(row, cols, label_cols, base, key, site), path, report, strict, duplicate="study")
+    dropped: dict[str, list[str]] = {}  # record id -> its positive findings with no counterpart
+    records = collect_rows(reader, lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped), path, report, strict, duplicate="study")
+    counts = {s: sum(s in dropped.get(r.record_id, ()) for r in records) for s in vocab.dropped if s in label_cols or LIST in label_cols}
+    report.notes["labels"] = {
+        "vocabulary": vocab.name,
+        "columns": sorted(label_cols.values()),
+        **({"dropped_positives": counts, "not_stated": vocab.not_stated} if vocab.name != "chexpert" else {}),
+    }
     return records, report
 
 
-def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, site: str) -> Record:
+def _source_labels(row: dict, label_cols: dict, vocab: LabelVocabulary) -> dict[str, Optional[int]]:
+    """The row's labels in the site's vocabulary; ValueError names the column."""
+    if LIST in label_cols:
+        try:
+            return vocab.from_list(row.get(label_cols[LIST]) or "")
+        except ValueError as e:
+            raise ValueError(f"column {label_cols[LIST]!r}: unknown label value: {e}") from None
+    values = {}
+    for name, col in label_cols.items():
+        try:
+            values[name] = parse_label(row.get(col) or "")
+        except ValueError as e:
+            raise ValueError(f"column {col!r}: unknown {e}") from None
+    return values
+
+
+def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, site: str, vocab: LabelVocabulary, dropped: dict) -> Record:
     if None in row:
         raise ValueError(f"malformed row: {len(row[None])} more cell(s) than header columns")
     get = lambda m: (row.get(cols[m]) or "").strip() if m in cols else ""  # noqa: E731
@@ -133,12 +194,10 @@ def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, s
         findings, impression = get("findings"), get("impression")
         text = "\n".join(s for s in (f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else "") if s)
     labels = empty_labels()
+    source = {}
     if label_cols:
-        for name, col in label_cols.items():
-            try:
-                labels[name] = parse_label(row.get(col) or "")
-            except ValueError as e:
-                raise ValueError(f"column {col!r}: unknown {e}") from None
+        source = _source_labels(row, label_cols, vocab)
+        labels = vocab.convert(source)
     elif text:
         labels = label_report(text)
     image, header_view = _image(base, get("image"), cols["image"])
@@ -158,8 +217,10 @@ def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, s
         phi["PatientID"] = get("patient")
     if get("study") and cols.get("study", "").lower().startswith("acc"):
         phi["AccessionNumber"] = get("study")
+    record_id = pseudonym(study_raw, key, "r")
+    dropped[record_id] = [s for s in vocab.dropped if source.get(s) == 1]
     return Record(
-        record_id=pseudonym(study_raw, key, "r"),
+        record_id=record_id,
         patient_id=pseudonym(patient_raw, key, "p"),
         study_id=pseudonym(study_raw, key, "s"),
         site=site,

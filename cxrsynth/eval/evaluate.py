@@ -23,6 +23,7 @@ from cxrsynth.eval.utility import utility
 from cxrsynth.progress import Progress
 
 log = logging.getLogger(__name__)
+NO_REPORTS = "no reports"
 
 
 def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list[Record]]:
@@ -174,8 +175,15 @@ def run_evaluation(
         mode, cands, refs = reference_pairs(synthetic, holdout + train, cfg.max_references)
         return {"references": mode, **report_metrics(cands, refs)} if cands else {"references": mode, "n": 0}
 
-    record("reports", run_stage("report metrics", reports, say))
-    record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic), "real_holdout": label_agreement(holdout)}, say))
+    if any(r.report.strip() for r in train + holdout):
+        record("reports", run_stage("report metrics", reports, say))
+        record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic), "real_holdout": label_agreement(holdout)}, say))
+    else:
+        # Not a pass and not a failure: there is no real report to score text against.
+        why = "the real data hold no report text, so report metrics and the labeler's agreement have nothing to compare"
+        for name in ("reports", "label_agreement"):
+            say(f"== {name}\n   {name}: NO REPORTS - {why}")
+            metrics["status"][name] = {"status": NO_REPORTS, "detail": why, "seconds": 0.0}
     if checkpoint:
         record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
 

@@ -31,6 +31,15 @@ def _skipped() -> dict:
     return {"status": "skipped", "note": "left out by the policy's skip list"}
 
 
+def _no_training_reports(answers: list[dict]) -> bool:
+    """Every site said its training data hold no report text (an answer without the count, from
+    an older site, is taken to hold reports, so its missing text checks fail)."""
+    return all(a.get("n_train_reports", 1) == 0 for a in answers)
+
+
+NO_TRAINING_REPORTS = {"status": "no_reports", "note": "no site's training data hold report text: there is no training report to leak, so the check has nothing to compare"}
+
+
 def _image_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[dict, dict, list[str]]:
     imgs = [a["images"] for a in answers if "images" in a]
     if not imgs:
@@ -72,14 +81,18 @@ def _membership(answers: list[dict], policy: AuditPolicy) -> dict:
 
 def _text_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[dict, dict, dict, list[str]]:
     rare = [a["rare_ngrams"] for a in answers if "rare_ngrams" in a]
-    if rare:
+    if not rare and "text_rare_ngrams" not in policy.skip and _no_training_reports(answers):
+        rare_check, leaking = dict(NO_TRAINING_REPORTS), []
+    elif rare:
         leaking = sorted({r for x in rare for r in x["leaking_reports"]})
         count = sum(x["leaked_ngrams"] for x in rare)
         rare_check = {"status": "ran", "leaked_ngrams": count, "leaking_reports": len(leaking), "holdout_leak_rate": float(np.mean([x["holdout_leak_rate"] for x in rare]))}
     else:
         rare_check, leaking = _skipped(), []
     dups = [a["near_duplicates"] for a in answers if "near_duplicates" in a]
-    if dups:
+    if not dups and "text_near_duplicates" not in policy.skip and _no_training_reports(answers):
+        dup_check = dict(NO_TRAINING_REPORTS)
+    elif dups:
         dup_ids = {r for x in dups for r in x["duplicated_reports"]}
         base = float(np.average([x["holdout_rate"] for x in dups], weights=[a["n_holdout"] for a in answers if "near_duplicates" in a]))
         dup_check = {"status": "ran", "rate": len(dup_ids) / max(n_syn, 1), "holdout_rate": base, "jaccard": policy.near_duplicate_jaccard}
@@ -91,6 +104,8 @@ def _text_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[
         emb_check = {"status": "ran", "rate": len(close) / max(n_syn, 1), "holdout_rate": float(np.mean([x["holdout_rate"] for x in emb]))}
     elif "text_embedding" in policy.skip:
         emb_check = _skipped()
+    elif _no_training_reports(answers):
+        emb_check = dict(NO_TRAINING_REPORTS)
     else:
         emb_check = {"status": "unavailable", "note": "no local sentence-embedding model (policy key text_encoder); rare n-grams and MinHash still ran"}
     return rare_check, dup_check, emb_check, leaking

@@ -121,7 +121,7 @@ def report_label_agreement(synthetic: Sequence[Record], policy: AuditPolicy) -> 
 
     with_text = [r for r in synthetic if r.report.strip() and r.has_labels()]
     if not with_text:
-        return {"status": "no_reports", "n": 0}
+        return {"status": "no_reports", "n": 0, "note": "no synthetic record holds report text (with labels) for the labeler to read"}
     agreement = label_agreement(with_text)
     counts = label_counts(with_text)
     labels = {}

@@ -21,6 +21,12 @@ def _not_ran(c: dict, default: str) -> list[str]:
     return [c.get("note") or default]
 
 
+def _no_reports(c: dict) -> bool:
+    """The text checks pass with status "no_reports": no training report to leak (text leakage),
+    or no synthetic report to scan or read (PHI, report labels)."""
+    return c.get("status") == "no_reports"
+
+
 def image_copies(c: dict, p: AuditPolicy) -> list[str]:
     rate, hold = c["copy_rate"], c["holdout_copy_rate"]
     reasons = []
@@ -38,18 +44,24 @@ def image_closeness(c: dict, p: AuditPolicy) -> list[str]:
 
 
 def text_rare_ngrams(c: dict, p: AuditPolicy) -> list[str]:
+    if _no_reports(c):
+        return []
     if c["leaked_ngrams"] <= p.max_rare_ngram_leaks:
         return []
     return [f"{c['leaked_ngrams']} rare training n-gram(s) (n={p.rare_ngram_n}, in fewer than {p.rare_ngram_k} training reports) in {c['leaking_reports']} synthetic report(s)"]
 
 
 def text_near_duplicates(c: dict, p: AuditPolicy) -> list[str]:
+    if _no_reports(c):
+        return []
     if c["rate"] <= c["holdout_rate"] + p.max_near_duplicate_excess:
         return []
     return [f"near-duplicate report rate {c['rate']:.3f} exceeds holdout's {c['holdout_rate']:.3f} by more than {p.max_near_duplicate_excess}"]
 
 
 def text_embedding(c: dict, p: AuditPolicy) -> list[str]:
+    if _no_reports(c):
+        return []
     if c["status"] == "unavailable":
         return [] if p.text_encoder is None else [f"policy text_encoder {p.text_encoder} is set but no site ran the embedding check"]
     if c["rate"] <= c["holdout_rate"] + p.max_near_duplicate_excess:
@@ -58,6 +70,8 @@ def text_embedding(c: dict, p: AuditPolicy) -> list[str]:
 
 
 def phi(c: dict, p: AuditPolicy) -> list[str]:
+    if _no_reports(c):
+        return []
     if c["status"] != "ran":
         return _not_ran(c, "the PHI scan did not run")
     if c["findings"] <= p.max_phi_findings:

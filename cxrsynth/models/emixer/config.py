@@ -23,6 +23,12 @@ class EmixerConfig(BaseModel):
     g_width: int = Field(16, ge=4)
     attn_resolution: int = Field(32, ge=4, description="G's self-attention sits after the up-block of this output size")
 
+    reports: Literal["generate", "none"] = Field(
+        "generate",
+        description="generate: the report decoder F writes each image's report and D_report, D_joint judge reports (the paper); "
+        "none: for data without reports, an image GAN conditioned on the labels alone (G, D_image): no report is read, learnt or written",
+    )
+
     # Discriminators and the report decoder's image encoder.
     d_width: int = Field(16, ge=4)
 

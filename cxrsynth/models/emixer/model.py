@@ -22,6 +22,10 @@ Moving average of G (`g_ema`, BigGAN): a second generator holds the average of G
 keeps its own batch-norm statistics by running on every step's labels. It generates, and it draws
 the synthetic pairs, so F learns to read the slowly moving generator that writes the release
 rather than the one the discriminators chase from step to step.
+
+Report-free data (`reports: none`, not in the paper): G and D_image alone, a label-conditioned
+image GAN with the rotation head; F, D_report and D_joint are not built, and the synthetic
+records carry images and labels without report text.
 """
 
 from __future__ import annotations
@@ -81,10 +85,15 @@ class Model(GenerativeModel):
             self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
             # A copy of G until `g_ema_start` G updates are done, then a constant decay (BigGAN: no warm-up).
             self.ema = weight_average(self.nets["generator_ema"], config.g_ema, min_decay=config.g_ema, update_after_step=config.g_ema_start)
-        self.nets["report_decoder"] = ReportDecoder(config)
+        # F before D_image: the order decides which initial weights a seed gives.
+        writes = config.reports == "generate"
+        if writes:
+            self.nets["report_decoder"] = ReportDecoder(config)
         self.nets["d_image"] = DImage(config)
-        self.nets["d_report"] = DReport(config)
-        self.nets["d_joint"] = DJoint(config)
+        if writes:
+            self.nets["d_report"] = DReport(config)
+            self.nets["d_joint"] = DJoint(config)
+        self.real_nets = tuple(n for n in REAL_DATA_NETS if n in self.nets)
         self.vocab: Optional[Vocabulary] = None
         self.prior = LabelPrior([], {}, 0)
         self.step_count = 0
@@ -92,22 +101,42 @@ class Model(GenerativeModel):
         self._warned_f_steps = False
 
     # ---- data-dependent setup ---------------------------------------------------------------
+    @property
+    def writes_reports(self) -> bool:
+        return self.config.reports == "generate"
+
     @classmethod
     def vocabulary_text(cls, config: EmixerConfig, record: Record) -> str:
         """Only the sentences F learns from count toward a shared vocabulary (sign-offs and
-        comparison lines would otherwise bring their words into it)."""
+        comparison lines would otherwise bring their words into it); nothing without F."""
+        if config.reports == "none":
+            return ""
         sents = report_sentences(record, config.report_sentences)
         return " ".join(t for sent in sents for t in sent if t != IMP)
 
     def setup(self, records: Sequence[Record]) -> None:
         cfg = self.config
-        self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
+        if self.writes_reports:
+            if not any(r.report.strip() for r in records):
+                raise InputError(self._no_reports(f"none of the {len(records)} training records has findings or impression text"))
+            self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
         self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
+
+    @staticmethod
+    def _no_reports(why: str) -> str:
+        return (
+            f"EMIXER with model.reports: generate learns to write reports from the training reports, and {why}. "
+            "For data without reports set model.reports: none (an image GAN conditioned on the labels alone)."
+        )
 
     def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
         """The sites counted tokens of `vocabulary_text`, already filtered to F's sentences; the
         vocabulary is taken from the counts as they are (filtering pseudo-reports again would
         drop words). The label mix comes later, from `fit_label_counts`."""
+        if not self.writes_reports:
+            return
+        if not counts:
+            raise InputError(self._no_reports("no site shared a report word (their data hold no reports, or each word is used by too few patients)"))
         self.vocab = vocabulary_from_counts(counts, self.config.vocab_min_count, self.config.vocab_size)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
@@ -146,15 +175,18 @@ class Model(GenerativeModel):
 
     def train_step(self, records: list[Record]) -> dict[str, float]:
         if not records:
-            self.noise_only_step(REAL_DATA_NETS)
+            self.noise_only_step(self.real_nets)
             return {}
-        cfg, vocab, nets, opts = self.config, self._need_vocab(), self.nets, self.opts
+        cfg, nets, opts = self.config, self.nets, self.opts
+        vocab = self._need_vocab() if self.writes_reports else None
         self.step_count += 1
         b = len(records)
         real = frontal_images(records, self.config.image_size, self.device, "EMIXER")
         y = condition_tensor([r.labels for r in records], self.device)
-        ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
-        ids, counts = ids.to(self.device), counts.to(self.device)
+        ids = counts = fake_onehot = None
+        if self.writes_reports:
+            ids, counts = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
+            ids, counts = ids.to(self.device), counts.to(self.device)
 
         # Fake i is conditioned on real i's labels, or on sampled labels where real i has none;
         # D then sees it with real i's condition vector, so labeled and unlabeled look alike.
@@ -163,20 +195,21 @@ class Model(GenerativeModel):
         with torch.no_grad():
             z = self._z(b)
             fake = nets["generator"](z, y_gen)
-            _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab)
+            if self.writes_reports:
+                _, _, fake_onehot = unwrap(nets["report_decoder"]).decode(fake, vocab)
             synthetic = nets["generator_ema"](z, y_gen) if "generator_ema" in nets else fake
 
         rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
-        for name in REAL_DATA_NETS:
+        for name in self.real_nets:
             opts[name].zero_grad(set_to_none=True)
         losses = self.real_data_losses(real, y, ids, counts, fake, fake_onehot, rot_k, synthetic)
         self._weighted_sum(losses).backward()
-        for name in REAL_DATA_NETS:
+        for name in self.real_nets:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
-        if cfg.f_steps > 1 and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
+        if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
             losses["f_report"] = self._extra_decoder_steps(real, ids, counts, synthetic, y[:, -1])
-        elif cfg.f_steps > 1 and not self._warned_f_steps:
+        elif cfg.f_steps > 1 and self.writes_reports and not self._warned_f_steps:
             warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.")
             self._warned_f_steps = True
         if self.step_count % cfg.d_steps == 0:
@@ -214,14 +247,21 @@ class Model(GenerativeModel):
         Each network runs on batches of the same records in the same order (real, then the
         paired fakes, then the rotated reals), so Opacus sums record i's passes into one
         per-sample gradient. Unweighted: the caller weighs the rotation loss. `synthetic`: the
-        images of F's synthetic pairs (default: `fake`).
+        images of F's synthetic pairs (default: `fake`). Without reports (`reports: none`) only
+        D_image's losses; `ids`, `counts` and `fake_onehot` are then None.
         """
         cfg, nets = self.config, self.nets
-        d_img, d_rep, d_jnt = nets["d_image"], nets["d_report"], nets["d_joint"]
-        real_onehot = F.one_hot(ids, cfg.vocab_size).float()
-        return {
+        d_img = nets["d_image"]
+        image = {
             "d_image": d_loss(d_img(real, y), d_img(fake, y), cfg.adversarial_loss),
             "d_rotation": F.cross_entropy(unwrap(d_img).rotation(rotate(real, rot_k)), rot_k),
+        }
+        if not self.writes_reports:
+            return image
+        d_rep, d_jnt = nets["d_report"], nets["d_joint"]
+        real_onehot = F.one_hot(ids, cfg.vocab_size).float()
+        return {
+            **image,
             "d_report": d_loss(d_rep(real_onehot), d_rep(fake_onehot), cfg.adversarial_loss),
             "d_joint": d_loss(d_jnt(real, real_onehot), d_jnt(fake, fake_onehot), cfg.adversarial_loss),
             **self._decoder_losses(real, fake if synthetic is None else synthetic, ids, counts, y[:, -1]),
@@ -231,20 +271,24 @@ class Model(GenerativeModel):
         cfg, vocab, nets = self.config, self.vocab, self.nets
         opt = self.opts["generator"]
         opt.zero_grad(set_to_none=True)
-        with frozen(*(nets[n] for n in REAL_DATA_NETS)):
+        with frozen(*(nets[n] for n in self.real_nets)):
             y = condition_tensor(self.prior.sample(b, self._rng), self.device)
             fake = nets["generator"](self._z(b), y)
-            _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab, soft=True)
             rot_k = torch.randint(0, ROTATIONS, (b,), device=self.device)
             adv_img = g_loss(nets["d_image"](fake, y), cfg.adversarial_loss)
             rot = F.cross_entropy(unwrap(nets["d_image"]).rotation(rotate(fake, rot_k)), rot_k)
-            adv_rep = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(nets["d_joint"](fake, onehot), cfg.adversarial_loss)
-            (adv_img + cfg.rot_weight_g * rot + cfg.report_adv_weight * adv_rep).backward()
+            losses = {"g_image": adv_img, "g_rotation": rot}
+            total = adv_img + cfg.rot_weight_g * rot
+            if self.writes_reports:
+                _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab, soft=True)
+                losses["g_report"] = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(nets["d_joint"](fake, onehot), cfg.adversarial_loss)
+                total = total + cfg.report_adv_weight * losses["g_report"]
+            total.backward()
         opt.step()
         self._update_ema()
-        for name in REAL_DATA_NETS:
+        for name in self.real_nets:
             self.opts[name].zero_grad(set_to_none=True)
-        return {"g_image": adv_img.item(), "g_rotation": rot.item(), "g_report": adv_rep.item()}
+        return {k: v.item() for k, v in losses.items()}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -273,7 +317,7 @@ class Model(GenerativeModel):
         return self.prior.sample(n, np.random.default_rng(seed))
 
     def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
-        vocab = self._need_vocab()
+        vocab = self._need_vocab() if self.writes_reports else None
         if conditions is not None and len(conditions) != n:
             raise InputError(f"generate: {len(conditions)} label conditions for {n} records; give one per record.")
         if conditions is None:
@@ -283,22 +327,24 @@ class Model(GenerativeModel):
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
             images = self.generator()(self._z(n, gen), condition_tensor(labels, self.device))
-            ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab, generator=gen)
-        texts = grid_to_text(ids.cpu(), counts.cpu(), vocab)
+            if self.writes_reports:
+                ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab, generator=gen)
+        texts = grid_to_text(ids.cpu(), counts.cpu(), vocab) if self.writes_reports else [("", "")] * n
         return [
             Record(record_id=f"gen-{i}", patient_id=f"gen-{i}", study_id=f"gen-{i}", findings=f, impression=imp, labels=lab, image=img)
             for i, (img, (f, imp), lab) in enumerate(zip(tensor_to_images(images), texts, labels))
         ]
 
     def member_scores(self, records: Sequence[Record]) -> np.ndarray:
-        """D_image(I, y) + D_joint(I, S) per record; members tend to score higher."""
+        """D_image(I, y) + D_joint(I, S) per record (D_image alone without reports); members tend to score higher."""
         if not records:
             return np.zeros(0)
-        cfg, vocab = self.config, self._need_vocab()
+        cfg = self.config
         with self._evaluating():
             x = frontal_images(records, self.config.image_size, self.device, "EMIXER")
             y = condition_tensor([r.labels for r in records], self.device)
-            ids, _ = encode_reports(records, vocab, cfg.max_sentences, cfg.max_words, cfg.report_sentences)
-            onehot = F.one_hot(ids.to(self.device), cfg.vocab_size).float()
-            score = self.nets["d_image"](x, y) + self.nets["d_joint"](x, onehot)
+            score = self.nets["d_image"](x, y)
+            if self.writes_reports:
+                ids, _ = encode_reports(records, self._need_vocab(), cfg.max_sentences, cfg.max_words, cfg.report_sentences)
+                score = score + self.nets["d_joint"](x, F.one_hot(ids.to(self.device), cfg.vocab_size).float())
         return score.cpu().numpy().astype(np.float64)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Every modality a MoPoE model may have, in the order its experts are built and listed.
+MODALITY_ORDER = ("frontal", "lateral", "report", "labels")
 
 
 class MoPoEConfig(BaseModel):
@@ -13,6 +16,13 @@ class MoPoEConfig(BaseModel):
     family: Literal["mopoe"] = "mopoe"
     preset: Literal["tiny", "paper", "custom"] = "custom"
     image_size: int = Field(32, ge=16, le=512, description="side of the square images the model sees (a power of two)")
+    modalities: tuple[Literal["frontal", "lateral", "report", "labels"], ...] = Field(
+        ("frontal", "lateral", "report"),
+        min_length=1,
+        description="the experts of the model: frontal (always), lateral, report, labels (the 14 labels as a modality of their own); "
+        "data without reports: [frontal, labels], with lateral when the studies have lateral views",
+    )
+    label_hidden: int = Field(64, ge=4, description="width of the labels modality's encoder and decoder")
     latent_dim: int = Field(64, ge=2)
     beta: float = Field(1.0, ge=0, description="weight of the KL term of the MoPoE ELBO (Sutter et al. 2021, eq. 5)")
     lr: float = Field(5e-4, gt=0)
@@ -35,6 +45,15 @@ class MoPoEConfig(BaseModel):
         description="by-size: each modality's log-likelihood is scaled by (largest modality size / its size), as in the MoPoE MIMIC-CXR code, so a 64-word report weighs as much as a 128x128 image",
     )
     member_samples: int = Field(4, ge=1, description="latent samples averaged per record by member_scores")
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "frontal" not in value:
+            raise ValueError(f"modalities {list(value)} lack 'frontal': every record has a frontal image, and the synthetic records are made around it")
+        if len(set(value)) != len(value):
+            raise ValueError(f"modalities {list(value)} name a modality twice")
+        return tuple(m for m in MODALITY_ORDER if m in value)
 
     @model_validator(mode="after")
     def _shapes(self) -> "MoPoEConfig":

@@ -4,6 +4,10 @@ Each subset S of the modalities a record has gets the product of its unimodal Ga
 and the prior expert N(0, I) (Sec. 3, eq. 4); the joint posterior is the uniform mixture of the
 subset posteriors (eq. 5). The KL term of the ELBO is the mixture weights times the subsets' KLs,
 the upper bound the paper optimises.
+
+A model's modalities are the paper's three (frontal, lateral, report) by default, or any set
+with the frontal image (`MoPoEConfig.modalities`); the functions here take the model's own,
+in the order its experts are listed.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ from typing import Sequence
 
 import torch
 
-MODALITIES = ("frontal", "lateral", "report")
-LETTERS = {"frontal": "F", "lateral": "L", "report": "T"}
+MODALITIES = ("frontal", "lateral", "report")  # the paper's three
+ALL_MODALITIES = MODALITIES + ("labels",)
+LETTERS = {"frontal": "F", "lateral": "L", "report": "T", "labels": "Y"}
 # The order and names of the subsets in Table 1 of Klug, Sutter and Vogt.
 TABLE_ORDER = ("F", "L", "T", "LF", "FT", "LT", "LFT")
-_CANONICAL = "LFT"
+_CANONICAL = "LFTY"
 
 
 def subset_name(subset: Sequence[str]) -> str:
@@ -33,7 +38,7 @@ def subsets_of(modalities: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 SUBSETS: list[tuple[str, ...]] = subsets_of(MODALITIES)
-BY_NAME: dict[str, tuple[str, ...]] = {subset_name(s): s for s in SUBSETS}
+BY_NAME: dict[str, tuple[str, ...]] = {subset_name(s): s for s in subsets_of(ALL_MODALITIES)}
 
 
 def product_of_experts(mus: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor, prior: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,16 +61,18 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 def subset_posteriors(mus: dict[str, torch.Tensor], logvars: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
     """PoE posterior of every subset for every record.
 
-    `present[m]` is a (B,) float mask of records that have modality m. Returns (mu, logvar) of
-    shape (B, K, D) over the K subsets of SUBSETS, and `valid` (B, K): 1 where the record has
+    `mus`, `logvars`: one (B, D) entry per modality of the model, in its order. `present[m]` is a
+    (B,) float mask of records that have modality m. Returns (mu, logvar) of shape (B, K, D) over
+    the K subsets of those modalities (`subsets_of`), and `valid` (B, K): 1 where the record has
     every modality of the subset.
     """
-    stack_mu = torch.stack([mus[m] for m in MODALITIES])
-    stack_lv = torch.stack([logvars[m] for m in MODALITIES])
+    mods = tuple(mus)
+    stack_mu = torch.stack([mus[m] for m in mods])
+    stack_lv = torch.stack([logvars[m] for m in mods])
     out_mu, out_lv, valid = [], [], []
-    for subset in SUBSETS:
-        sel = torch.tensor([m in subset for m in MODALITIES], dtype=stack_mu.dtype, device=stack_mu.device)
-        mask = sel[:, None] * torch.stack([present[m] for m in MODALITIES])
+    for subset in subsets_of(mods):
+        sel = torch.tensor([m in subset for m in mods], dtype=stack_mu.dtype, device=stack_mu.device)
+        mask = sel[:, None] * torch.stack([present[m] for m in mods])
         mu, lv = product_of_experts(stack_mu, stack_lv, mask)
         out_mu.append(mu)
         out_lv.append(lv)

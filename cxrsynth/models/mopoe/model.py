@@ -1,4 +1,4 @@
-"""The MoPoE-VAE over frontal image (F), lateral image (L) and report (T).
+"""The MoPoE-VAE over frontal image (F), lateral image (L), report (T) and, optionally, labels (Y).
 
 Training maximises the MoPoE ELBO (Sutter et al. 2021, eq. 5): a latent drawn from the uniform
 mixture of the PoE posteriors of every subset of the modalities a record has, the likelihood of
@@ -7,14 +7,21 @@ batch (zeros where a modality is missing, masked out of the fusion and the likel
 per-sample DP-SGD gradients line up across nets and an empty Poisson batch still steps.
 
 Conditions for `generate` (one per record, or one dict for all n):
-    {"frontal": HxW uint8, "lateral": HxW uint8, "report": "FINDINGS: ... IMPRESSION: ..."}
-Any non-empty subset of the three keys. The latent is drawn from the PoE posterior of the given
-modalities; every modality of the returned record is decoded from it, so no input pixel or word
-is copied into the synthetic output.
+    {"frontal": HxW uint8, "lateral": HxW uint8, "report": "FINDINGS: ... IMPRESSION: ...", "labels": {label: 1|0|-1|None}}
+Any non-empty subset of the model's modalities; a plain label dict stands for {"labels": it}. The
+latent is drawn from the PoE posterior of the given modalities; every modality of the returned
+record is decoded from it, so no input pixel or word is copied into the synthetic output.
+
+The modalities are `MoPoEConfig.modalities`: the paper's three by default. Data without reports
+trains on [frontal, labels] (and lateral where studies have one): the labels are then a modality
+of their own, so an unconditional sample decodes its labels from the same latent as its images
+and `--labels-from` conditions the images on label sets. With a report modality and no labels
+modality, a record's labels are read from its generated report.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional, Sequence
 
@@ -24,18 +31,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrsynth.data.labeler import label_report
-from cxrsynth.data.records import Record
-from cxrsynth.data.text import Vocabulary
+from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.data.text import Vocabulary, pseudo_reports
 from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel
 from cxrsynth.models.mopoe import fusion
-from cxrsynth.models.mopoe.codec import Batch, decode_report, make_batch, to_batch
+from cxrsynth.models.mopoe.codec import LABEL_STATES, Batch, decode_labels, decode_report, make_batch, to_batch
 from cxrsynth.models.mopoe.config import MoPoEConfig
-from cxrsynth.models.mopoe.fusion import MODALITIES
-from cxrsynth.models.mopoe.nets import CausalTextDecoder, ImageDecoder, ImageEncoder, ParallelTextDecoder, TextEncoder
+from cxrsynth.models.mopoe.nets import CausalTextDecoder, ImageDecoder, ImageEncoder, LabelDecoder, LabelEncoder, ParallelTextDecoder, TextEncoder
 
+log = logging.getLogger(__name__)
 IMAGE_MODALITIES = ("frontal", "lateral")
+NO_REPORTS = "For data without reports set model.modalities: [frontal, labels] (add lateral when the studies have lateral views): images and labels in one latent space."
 
 
 class Model(GenerativeModel):
@@ -43,14 +51,27 @@ class Model(GenerativeModel):
 
     def __init__(self, config: MoPoEConfig):
         super().__init__(config)
+        self.modalities: tuple[str, ...] = config.modalities
         self.vocab: Optional[Vocabulary] = None
         # The text nets need the vocabulary size; a checkpoint brings it in extra_state.
         self._build_image_nets()
+        if "labels" in self.modalities:
+            n, states = len(LABELS), len(LABEL_STATES)
+            self.nets["enc_labels"] = LabelEncoder(n, states, config.label_hidden, config.latent_dim)
+            self.nets["dec_labels"] = LabelDecoder(n, states, config.label_hidden, config.latent_dim)
 
     # ---- construction --------------------------------------------------------------------
+    @property
+    def image_modalities(self) -> tuple[str, ...]:
+        return tuple(m for m in IMAGE_MODALITIES if m in self.modalities)
+
+    @property
+    def has_reports(self) -> bool:
+        return "report" in self.modalities
+
     def _build_image_nets(self) -> None:
         c = self.config
-        for m in IMAGE_MODALITIES:
+        for m in self.image_modalities:
             self.nets[f"enc_{m}"] = ImageEncoder(c.image_size, c.channels, c.latent_dim)
             self.nets[f"dec_{m}"] = ImageDecoder(c.image_size, c.channels, c.latent_dim)
 
@@ -61,22 +82,48 @@ class Model(GenerativeModel):
         self.nets["enc_report"] = TextEncoder(len(vocab), c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
         self.nets["dec_report"] = decoder(len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
 
+    def _refuse(self, modality: str, why: str, instead: str) -> InputError:
+        return InputError(f"MoPoE with model.modalities {list(self.modalities)} trains a {modality} expert, and {why}. {instead}")
+
     def setup(self, records: Sequence[Record]) -> None:
+        n = len(records)
         reports = [r.report for r in records if r.report.strip()]
-        if not reports:
-            raise InputError("MoPoE needs reports to build its word vocabulary, and none of the training records has findings or impression text.")
+        if self.has_reports and not reports:
+            raise self._refuse("report", f"none of the {n} training records has findings or impression text", NO_REPORTS)
+        if "lateral" in self.modalities and not any(r.lateral is not None for r in records):
+            log.warning("MoPoE with model.modalities %s: none of the %d training records has a lateral image, so the lateral decoder stays untrained and "
+                        "writes noise laterals; leave lateral out of model.modalities for frontal-only data.", list(self.modalities), n)
+        if "labels" in self.modalities and not any(r.has_labels() for r in records):
+            raise self._refuse("labels", f"none of the {n} training records has labels", "Leave labels out of model.modalities, or ingest the label columns.")
+        if self.has_reports:
+            self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
+
+    def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
+        """The vocabulary from the sites' token counts (the records, and so their laterals and
+        labels, stay at the sites)."""
+        if not self.has_reports:
+            return
+        if not counts:
+            raise self._refuse("report", "no site shared a report word (their data hold no reports, or each word is used by too few patients)", NO_REPORTS)
+        reports = [r.report for r in pseudo_reports(counts, n_reports)]
         self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
+
+    @classmethod
+    def vocabulary_text(cls, config: MoPoEConfig, record: Record) -> str:
+        return record.report if "report" in config.modalities else ""
 
     def extra_state(self) -> dict:
         return {"vocab": self.vocab.to_dict()} if self.vocab else {}
 
     def load_extra_state(self, extra: dict) -> None:
+        if not self.has_reports:
+            return
         if "vocab" not in extra:
             raise InputError("this MoPoE checkpoint has no vocabulary in extra.json; it was not written by `cxrsynth train`.")
         self._build_text_nets(Vocabulary.from_dict(extra["vocab"]))
 
     def _require_setup(self) -> None:
-        if self.vocab is None:
+        if self.has_reports and self.vocab is None:
             raise InputError("the MoPoE model has no vocabulary yet: call setup(train_records) or load a checkpoint first.")
 
     def reads_real_data(self, name: str) -> bool:
@@ -94,7 +141,8 @@ class Model(GenerativeModel):
 
     def _rec_weights(self) -> dict[str, float]:
         c = self.config
-        sizes = {"frontal": c.image_size**2, "lateral": c.image_size**2, "report": c.text_length}
+        sizes = {"frontal": c.image_size**2, "lateral": c.image_size**2, "report": c.text_length, "labels": len(LABELS)}
+        sizes = {m: sizes[m] for m in self.modalities}
         if c.rec_weighting == "equal":
             return {m: 1.0 for m in sizes}
         ref = max(sizes.values())
@@ -115,7 +163,7 @@ class Model(GenerativeModel):
 
     def _encode(self, batch: Batch) -> tuple[dict, dict]:
         mus, logvars = {}, {}
-        for m in MODALITIES:
+        for m in self.modalities:
             mu, lv = self.nets[f"enc_{m}"](getattr(batch, m))
             mus[m], logvars[m] = mu, lv.clamp(-12.0, 12.0)
         return mus, logvars
@@ -127,16 +175,19 @@ class Model(GenerativeModel):
         z = fusion.mixture_sample(mu, lv, valid, generator)
         weights = self._rec_weights()
         terms = {}
-        for m in IMAGE_MODALITIES:
+        for m in self.image_modalities:
             terms[f"nll_{m}"] = self._image_nll(self.nets[f"dec_{m}"](z), getattr(batch, m)) * batch.present[m]
-        inputs = self._shifted(batch.report)
-        if self.training and self.config.word_dropout > 0:
-            drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.config.word_dropout
-            inputs = inputs.masked_fill(drop & (inputs != self.vocab.pad_id), self.vocab.unk_id)
-        logits = self.nets["dec_report"](z, inputs)
-        terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
+        if self.has_reports:
+            inputs = self._shifted(batch.report)
+            if self.training and self.config.word_dropout > 0:
+                drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.config.word_dropout
+                inputs = inputs.masked_fill(drop & (inputs != self.vocab.pad_id), self.vocab.unk_id)
+            logits = self.nets["dec_report"](z, inputs)
+            terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
+        if "labels" in self.modalities:
+            terms["nll_labels"] = F.cross_entropy(self.nets["dec_labels"](z), batch.labels, reduction="none").sum(1) * batch.present["labels"]
         terms["kl"] = fusion.mixture_kl(mu, lv, valid)
-        terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in MODALITIES) + self.config.beta * terms["kl"]
+        terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in self.modalities) + self.config.beta * terms["kl"]
         return terms
 
     def train_step(self, records: list[Record]) -> dict[str, float]:
@@ -160,6 +211,8 @@ class Model(GenerativeModel):
         Every record must have every modality of the subset.
         """
         mods = fusion.BY_NAME[subset] if isinstance(subset, str) else tuple(subset)
+        if not set(mods) <= set(self.modalities):
+            raise InputError(f"subset {subset}: this MoPoE model has the modalities {list(self.modalities)} only.")
         out = []
         for start in range(0, len(records), 256):
             batch = self._eval_batch(records[start : start + 256], require=mods)
@@ -198,11 +251,22 @@ class Model(GenerativeModel):
             self.train(was_training)
 
     # ---- generation ----------------------------------------------------------------------
+    def probe_subsets(self) -> list[str]:
+        """The subsets of the linear-probe table: those of the image and report modalities (a
+        subset with the labels would be handed the answer)."""
+        return [fusion.subset_name(s) for s in fusion.subsets_of([m for m in self.modalities if m != "labels"])]
+
     @torch.no_grad()
     def _decode(self, z: torch.Tensor, generator: torch.Generator) -> dict:
-        out = {m: tensor_to_images(self.nets[f"dec_{m}"](z)) for m in IMAGE_MODALITIES}
-        ids = self._write_reports(z, generator)
-        out["report"] = [decode_report(row, self.vocab) for row in ids.cpu().tolist()]
+        out = {m: tensor_to_images(self.nets[f"dec_{m}"](z)) for m in self.image_modalities}
+        if self.has_reports:
+            ids = self._write_reports(z, generator)
+            out["report"] = [decode_report(row, self.vocab) for row in ids.cpu().tolist()]
+        if "labels" in self.modalities:
+            # A state per label drawn from its categorical, so the labels vary as the data's do.
+            probs = torch.softmax(self.nets["dec_labels"](z), dim=1).transpose(1, 2)
+            states = torch.multinomial(probs.reshape(-1, len(LABEL_STATES)), 1, generator=generator).view(len(z), len(LABELS))
+            out["labels"] = [decode_labels(row) for row in states.cpu().tolist()]
         return out
 
     @torch.no_grad()
@@ -229,22 +293,21 @@ class Model(GenerativeModel):
     def _conditional_latent(self, given: Sequence[dict], generator: torch.Generator) -> torch.Tensor:
         """One latent per condition dict, from the PoE posterior of the modalities it gives."""
         keys = set().union(*(g.keys() for g in given)) if given else set()
-        unknown = keys - set(MODALITIES)
+        unknown = keys - set(self.modalities)
         if unknown:
-            raise InputError(
-                f"MoPoE conditions take the modalities {', '.join(MODALITIES)}; got {', '.join(sorted(map(str, unknown)))}. "
-                "MoPoE does not condition on labels (use EMIXER for label-conditioned generation)."
-            )
+            hint = " Label conditions need labels among model.modalities (a model trained with the labels as a modality)." if "labels" in unknown else ""
+            raise InputError(f"this MoPoE model's conditions take its modalities {', '.join(self.modalities)}; got {', '.join(sorted(map(str, unknown)))}.{hint}")
         if any(not g for g in given):
-            raise InputError("an empty MoPoE condition: give at least one of frontal, lateral, report (or no conditions for unconditional samples).")
+            raise InputError(f"an empty MoPoE condition: give at least one of {', '.join(self.modalities)} (or no conditions for unconditional samples).")
         c = self.config
         batch = make_batch(
-            [g.get("frontal") for g in given], [g.get("lateral") for g in given], [g.get("report") or "" for g in given], self.vocab, c.image_size, c.text_length, self.device
+            [g.get("frontal") for g in given], [g.get("lateral") for g in given], [g.get("report") or "" for g in given], self.vocab, c.image_size, c.text_length, self.device,
+            [g.get("labels") for g in given],
         )
         mus, logvars = self._encode(batch)
-        stack_mu = torch.stack([mus[m] for m in MODALITIES])
-        stack_lv = torch.stack([logvars[m] for m in MODALITIES])
-        mask = torch.stack([batch.present[m] for m in MODALITIES])
+        stack_mu = torch.stack([mus[m] for m in self.modalities])
+        stack_lv = torch.stack([logvars[m] for m in self.modalities])
+        mask = torch.stack([batch.present[m] for m in self.modalities])
         mu, lv = fusion.product_of_experts(stack_mu, stack_lv, mask)
         eps = torch.randn(mu.shape, generator=generator, device=self.device)
         return mu + torch.exp(0.5 * lv) * eps
@@ -262,13 +325,17 @@ class Model(GenerativeModel):
                 given = [conditions] * n if isinstance(conditions, dict) else list(conditions)
                 if len(given) != n:
                     raise InputError(f"MoPoE conditions: expected {n} condition dicts (one per record) or one dict, got {len(given)}.")
+                given = [{"labels": g} if g and set(g) <= set(LABELS) else g for g in given]
                 z = self._conditional_latent(given, generator)
             out = self._decode(z, generator)
+            if conditions is not None and "labels" in out:
+                # A record made from a label set carries that set (as EMIXER's and the LDM's do).
+                out["labels"] = [{**empty_labels(), **g["labels"]} if g.get("labels") else decoded for g, decoded in zip(given, out["labels"])]
         finally:
             self.train(was_training)
         records = []
         for i in range(n):
-            findings, impression = out["report"][i]
+            findings, impression = out["report"][i] if self.has_reports else ("", "")
             rec = Record(
                 record_id=f"mopoe-{seed}-{i}",
                 patient_id="",
@@ -277,9 +344,10 @@ class Model(GenerativeModel):
                 findings=findings,
                 impression=impression,
                 image=out["frontal"][i],
-                lateral=out["lateral"][i],
+                lateral=out["lateral"][i] if "lateral" in out else None,
             )
-            records.append(rec.with_(labels=label_report(rec.report)))
+            labels = out["labels"][i] if "labels" in out else label_report(rec.report) if self.has_reports else empty_labels()
+            records.append(rec.with_(labels=labels))
         return records
 
     def report_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[str]:

@@ -6,6 +6,7 @@ Reports: a convolutional sequence model over word ids with a categorical likelih
 the decoder is either causal (each word given the latent and the words before it) or parallel
 (every position at once from the latent alone, as the convolutional text decoders of the MoPoE
 code do).
+Labels: an MLP over the one-hot state of each of the 14 labels, a categorical per label back.
 Every layer has an Opacus per-sample gradient rule (Conv, Linear, Embedding, GroupNorm), and
 no layer is a ConvTranspose, which Opacus cannot wrap.
 """
@@ -152,3 +153,28 @@ class CausalTextDecoder(nn.Module):
         for conv, d, zl in zip(self.layers, self.DILATIONS, latent[1:]):
             h = h + conv(F.pad(F.silu(h + zl), (d, 0)))
         return self.out(F.silu(h))
+
+
+class LabelEncoder(nn.Module):
+    """(B, labels) state indices -> (mu, logvar): the one-hot states through a small MLP."""
+
+    def __init__(self, n_labels: int, n_states: int, hidden: int, latent_dim: int):
+        super().__init__()
+        self.n_states = n_states
+        self.net = nn.Sequential(nn.Linear(n_labels * n_states, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
+
+    def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.net(F.one_hot(states, self.n_states).float().flatten(1)).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class LabelDecoder(nn.Module):
+    """(B, latent) -> logits of each label's state, (B, states, labels): a categorical per label."""
+
+    def __init__(self, n_labels: int, n_states: int, hidden: int, latent_dim: int):
+        super().__init__()
+        self.shape = (n_states, n_labels)
+        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_labels * n_states))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, *self.shape)

@@ -56,7 +56,7 @@ def linear_probe_table(model, train_records: Sequence[Record], test_records: Seq
     count for F, T and FT only).
     """
     table: dict[str, float] = {}
-    for subset in TABLE_ORDER:
+    for subset in model.probe_subsets():
         train, test = _having(train_records, subset), _having(test_records, subset)
         y_train, y_test = probe_targets(train, label), probe_targets(test, label)
         if len(set(y_train.tolist())) < 2:
