@@ -47,6 +47,7 @@ class DemoConfig(BaseModel):
     rounds: int = Field(2, ge=1)
     local_steps: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=2)
+    dp_enabled: bool = Field(True, description="false: fine-tune without DP (benchmarks only; the audit then does not require DP)")
     noise_multiplier: float = Field(1.5, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     epsilon_budget: float = Field(8.0, gt=0.0, description="each site's DP budget (delta 1e-5); the audit requires DP within it")
@@ -63,6 +64,8 @@ QUICK = dict(studies=210, holdout_fraction=0.5, public_studies=60, pretrain_step
 
 
 class Demo:
+    eval_image_size: Optional[int] = None  # the utility classifier's input side; None: EvalConfig's
+
     def __init__(self, out: Path, cfg: DemoConfig, progress: Progress):
         self.out, self.cfg, self.progress = out, cfg, progress
         self.stages: list[StageResult] = []
@@ -172,7 +175,7 @@ class Demo:
             name=f"demo-{c.family}",
             data={"path": str(self.out / "data" / "all")},
             train={"batch_size": c.batch_size, "init_from": str(self.base)},
-            dp={"enabled": True, "noise_multiplier": c.noise_multiplier, "max_grad_norm": c.max_grad_norm, "epsilon_budget": c.epsilon_budget},
+            dp={"enabled": c.dp_enabled, "noise_multiplier": c.noise_multiplier, "max_grad_norm": c.max_grad_norm, "epsilon_budget": c.epsilon_budget},
             federation={"sites": c.sites, "rounds": c.rounds, "local_steps": c.local_steps, "min_sites": c.sites, "partition": "by-site"},
         )
         fl_out = self.out / "fl"
@@ -205,7 +208,8 @@ class Demo:
         from cxrsynth.eval.config import EvalConfig
         from cxrsynth.eval.evaluate import run_evaluation, summary_lines
 
-        cfg = EvalConfig(classifier_steps=self.cfg.eval_classifier_steps, samples_per_condition=self.cfg.samples_per_condition, seed=self.cfg.seed)
+        size = {"image_size": self.eval_image_size} if self.eval_image_size else {}
+        cfg = EvalConfig(classifier_steps=self.cfg.eval_classifier_steps, samples_per_condition=self.cfg.samples_per_condition, seed=self.cfg.seed, **size)
         metrics = run_evaluation(
             self.out / "synthetic", self.out / "data" / "all", self.out / "eval", cfg, checkpoint=self.checkpoint, progress=self.progress, baseline_dir=self.out / "base-synthetic"
         )
@@ -221,7 +225,8 @@ class Demo:
         out = self.out / "audit"
         # The default policy, and DP required within the sites' budget.
         policy = self.out / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump({"require_dp": True, "epsilon_budget": self.cfg.epsilon_budget}), encoding="utf-8")
+        rules = {"require_dp": True, "epsilon_budget": self.cfg.epsilon_budget} if self.cfg.dp_enabled else {}
+        policy.write_text(yaml.safe_dump(rules), encoding="utf-8")
         args = argparse.Namespace(
             synthetic=str(self.out / "synthetic"), train=str(self.out / "data" / "train"), holdout=str(self.out / "data" / "holdout"), policy=str(policy),
             checkpoint=str(self.checkpoint), out=str(out), key=str(self.steward_key()), quiet=self.progress.quiet,
