@@ -66,6 +66,30 @@ def split_public(records: list, public_fraction: float, sites: int, seed: int) -
     return public, site_records
 
 
+def merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_settings(items: list[str]) -> dict:
+    """`--set model.guidance=3 --set train.steps=100` as a nested override of the family's preset."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not _ or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. model.guidance=3")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def make_cell_class():
     from server.demo import Demo
 
@@ -74,6 +98,10 @@ def make_cell_class():
 
         site_records: Optional[list] = None
         target_epsilon: Optional[float] = None
+        settings: dict = {}
+
+        def run_config(self, **overrides):
+            return super().run_config(**merge(self.settings, overrides))
 
         def phantom(self) -> dict:
             if self.site_records is None:
@@ -179,9 +207,13 @@ def _fmt(values: list) -> str:
     vals = [v for v in values if isinstance(v, (int, float)) and v is not None]
     if not vals:
         return "n/a"
+
+    def one(v: float) -> str:
+        return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
     if len(vals) == 1:
-        return f"{vals[0]:.3g}"
-    return f"{statistics.median(vals):.3g} ({min(vals):.3g}-{max(vals):.3g})"
+        return one(vals[0])
+    return f"{one(statistics.median(vals))} ({one(min(vals))}-{one(max(vals))})"
 
 
 def write_results(out: Path, rows: list[dict], meta: dict) -> None:
@@ -263,6 +295,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--conditions", type=int, default=160)
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--eval-image-size", type=int, help="side the utility classifier sees (default: the model's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key for base and cells, e.g. model.modalities=[frontal,labels]")
     p.add_argument("--quick", action="store_true", help="seconds-long settings that check the bench runs")
     p.add_argument("--out", default="runs/bench-utility")
     a = p.parse_args(argv)
@@ -282,6 +315,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     families = [f.strip() for f in a.families.split(",") if f.strip()]
     epsilons = [parse_epsilon(e) for e in a.epsilons.split(",") if e.strip()]
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    settings = parse_settings(a.set)
     progress = Progress(quiet=True)
     demo_over = dict(studies=a.studies, public_studies=a.public_studies, rounds=a.rounds, local_steps=a.local_steps, batch_size=a.batch_size, conditions=a.conditions, eval_classifier_steps=a.classifier_steps)
     if a.quick:
@@ -302,6 +336,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread",
         "command": "python benchmarks/bench_utility.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seeds": seeds,
+        "settings": settings,
         "bases": {},
     }
     Cell = make_cell_class()
@@ -309,9 +344,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for family in families:
         base = Path(a.bases) / family if a.bases else out / "bases" / family
         if not (base / "base.json").is_file():
-            cfg = load_config(f"{family}-tiny", {"train": {"num_threads": 1, **({"steps": a.pretrain_steps} if a.pretrain_steps else {})}, "dp": {"enabled": False}})
-            if a.quick:
-                cfg = load_config(f"{family}-tiny", {"train": {"num_threads": 1, "steps": QUICK["pretrain_steps"]}, "dp": {"enabled": False}})
+            steps = QUICK["pretrain_steps"] if a.quick else a.pretrain_steps
+            cfg = load_config(f"{family}-tiny", merge(settings, {"train": {"num_threads": 1, **({"steps": steps} if steps else {})}, "dp": {"enabled": False}}))
             if public is not None:
                 recs, name = public, f"{data_name} (public part, patients disjoint from the sites')"
             else:
@@ -341,6 +375,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cell = Cell(cell_dir, cfg, progress)
                 cell.site_records = site_records
                 cell.target_epsilon = eps
+                cell.settings = settings
                 if a.eval_image_size or a.real:
                     cell.eval_image_size = a.eval_image_size or load_config(f"{family}-tiny").model.image_size
                 cell.run()
