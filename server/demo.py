@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxrsynth.eval.stages import FAILED, NOT_BUILT, OK, REFUSED, StageResult, run_stage, skipped
 from cxrsynth.progress import Progress
@@ -55,6 +55,16 @@ class DemoConfig(BaseModel):
     conditions: int = Field(160, ge=1, description="label sets drawn from the sites' label mix; synthetic = conditions x samples_per_condition")
     eval_classifier_steps: int = 600
     seed: int = 0
+
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from cxrsynth.models import registry
+
+        try:
+            return registry.get(name).name
+        except registry.FamilyError as e:
+            raise ValueError(str(e)) from None
 
 
 # The audit calibrates its copy threshold on at least 20 holdout records per site

@@ -87,18 +87,17 @@ def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_ref
     return "label-matched", cands, refs
 
 
-def mopoe_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequence[Record]) -> dict:
-    from cxrsynth.checkpoint import load_run_config
+def family_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequence[Record]) -> dict:
+    """The latent-space measurement the checkpoint's family declares (`registry.Probe`), if any."""
+    from cxrsynth.checkpoint import load_checkpoint, load_run_config
+    from cxrsynth.models import registry
 
-    family = load_run_config(checkpoint).model.family
-    if family != "mopoe":
-        return {"skipped": f"the checkpoint is {family}; the linear-probe table is MoPoE's"}
-    from cxrsynth.checkpoint import load_checkpoint
-    from cxrsynth.models.mopoe.probe import linear_probe_table
-
+    family = registry.for_config(load_run_config(checkpoint).model)
+    if family.probe is None:
+        return {"family": family.name, "skipped": f"the {family.name} family declares no probe of its latent space"}
     model, _, _ = load_checkpoint(checkpoint)
     model.eval()
-    return {"table": linear_probe_table(model, list(train), list(holdout))}
+    return {"family": family.name, "title": family.probe.title, "note": family.probe.note, "table": family.probe.run(model, train, holdout)}
 
 
 def run_evaluation(
@@ -185,7 +184,7 @@ def run_evaluation(
             say(f"== {name}\n   {name}: NO REPORTS - {why}")
             metrics["status"][name] = {"status": NO_REPORTS, "detail": why, "seconds": 0.0}
     if checkpoint:
-        record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
+        record("probe", run_stage("family probe", lambda: family_probe(checkpoint, train, holdout), say))
 
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
     from cxrsynth.eval.page import write_page

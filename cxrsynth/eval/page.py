@@ -103,11 +103,11 @@ def write_page(
     if lab:
         rows = [(k, lab["synthetic"].get("positive_f1", {}).get(k), lab["real_holdout"].get("positive_f1", {}).get(k)) for k in LABELS]
         parts.append(f"<h2>Label agreement</h2><p>Exact agreement of the labeler's reading of a report with the record's labels: synthetic {esc(fmt(lab['synthetic'].get('exact_agreement')))}, real holdout {esc(fmt(lab['real_holdout'].get('exact_agreement')))}.</p>" + table(["label", "positive F1 synthetic", "positive F1 real"], rows))
-    probe = metrics.get("mopoe_probe")
+    probe = metrics.get("probe")
     if probe and isinstance(probe.get("table"), dict):
-        parts.append("<h2>MoPoE linear probe</h2><p>Average precision of a linear classifier on each modality subset's latent means (F frontal, L lateral, T text).</p>" + table(list(probe["table"]), [list(probe["table"].values())]))
+        parts.append(f"<h2>{esc(probe['title'])}</h2><p>{esc(probe['note'])}</p>" + table(list(probe["table"]), [list(probe["table"].values())]))
     elif probe:
-        parts.append(f"<h2>MoPoE linear probe</h2><p>{esc(probe.get('skipped', probe))}</p>")
+        parts.append(f"<h2>Probe of the {esc(probe.get('family', 'model'))} latent space</h2><p>{esc(probe.get('skipped', probe))}</p>")
     parts.append("<h2>Sample studies</h2>" + sample_pairs_html(holdout, synthetic, cfg.sample_reports))
     path.write_text(page("cxrsynth evaluation", parts), encoding="utf-8")
     return path

@@ -1,9 +1,13 @@
-"""Model families behind one interface (`base.GenerativeModel`). A family never imports another."""
+"""Model families behind one interface (`base.GenerativeModel`). A family never imports another.
+
+Each family is one folder that declares itself (`registry.Family`); nothing here names one.
+"""
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from cxrsynth.models import registry
 
 if TYPE_CHECKING:  # torch is imported only when a model is built
     from cxrsynth.models.base import GenerativeModel
@@ -11,7 +15,7 @@ if TYPE_CHECKING:  # torch is imported only when a model is built
 
 def model_class(model_config) -> "type[GenerativeModel]":
     """The class of the family named by `model_config.family` (nothing is built)."""
-    return importlib.import_module(f"cxrsynth.models.{model_config.family}").Model
+    return registry.for_config(model_config).model_class()
 
 
 def build_model(model_config) -> "GenerativeModel":
