@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from cxrsynth.models import registry
+from common import child, model_config, peak_rss_mb, phantom_records, write
 
-from common import child, model_config, peak_rss_mb, phantom_records, timed, write
+from cxrsynth.models import registry
 
 SIZES = ("tiny", "mid")
 

@@ -1,15 +1,14 @@
 """The `cxrsynth` command.
 
 Arguments are declared here, in one place, so `cxrsynth --help` is fast and complete. Each command
-runs a handler named by "module:function"; handlers in `privacy`, `client` and `server` are found
-by name at run time, so the import graph still points one way (cxrsynth imports neither).
+runs a handler that `resolve` imports when it runs. This module and `cxrsynth.commands` are the
+pipeline layer, the top of the import order (core <- privacy <- Flower apps <- pipeline/CLI).
 Exit codes: 0 ok, 1 a check failed, 2 bad input or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Callable, Optional
@@ -18,25 +17,6 @@ from cxrsynth.config import preset_names
 from cxrsynth.errors import CxrError
 from cxrsynth.models import registry
 from cxrsynth.progress import setup_logging
-
-# command path -> handler
-HANDLERS: dict[tuple[str, ...], str] = {
-    ("demo",): "server.demo:command",
-    ("data", "phantom"): "cxrsynth.data.commands:phantom",
-    ("data", "ingest"): "cxrsynth.data.commands:ingest",
-    ("deid", "run"): "privacy.deid.commands:run",
-    ("deid", "eval"): "privacy.deid.commands:evaluate",
-    ("deid", "dicom"): "privacy.deid.commands:dicom",
-    ("pretrain",): "cxrsynth.commands:pretrain",
-    ("train",): "cxrsynth.commands:train",
-    ("fl", "simulate"): "server.simulate:command",
-    ("generate",): "cxrsynth.commands:generate",
-    ("evaluate",): "cxrsynth.eval.commands:evaluate",
-    ("audit",): "privacy.audit.commands:audit",
-    ("release",): "privacy.release:command",
-    ("release", "verify"): "privacy.release:verify_command",
-    ("release", "key"): "privacy.keys:key_command",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,8 +182,41 @@ def _version() -> str:
 
 
 def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
-    module_name, func_name = HANDLERS[path].split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+    """The handler of a command path, imported when the command runs so `cxrsynth --help` stays
+    fast. This module is the top layer: it may import every other one."""
+    if path == ("demo",):
+        from server.demo import command as handler
+    elif path == ("data", "phantom"):
+        from cxrsynth.data.commands import phantom as handler
+    elif path == ("data", "ingest"):
+        from cxrsynth.data.commands import ingest as handler
+    elif path == ("deid", "run"):
+        from privacy.deid.commands import run as handler
+    elif path == ("deid", "eval"):
+        from privacy.deid.commands import evaluate as handler
+    elif path == ("deid", "dicom"):
+        from privacy.deid.commands import dicom as handler
+    elif path == ("pretrain",):
+        from cxrsynth.commands import pretrain as handler
+    elif path == ("train",):
+        from cxrsynth.commands import train as handler
+    elif path == ("fl", "simulate"):
+        from server.simulate import command as handler
+    elif path == ("generate",):
+        from cxrsynth.commands import generate as handler
+    elif path == ("evaluate",):
+        from cxrsynth.eval.commands import evaluate as handler
+    elif path == ("audit",):
+        from privacy.audit.commands import audit as handler
+    elif path == ("release",):
+        from privacy.release import command as handler
+    elif path == ("release", "verify"):
+        from privacy.release import verify_command as handler
+    elif path == ("release", "key"):
+        from privacy.keys import key_command as handler
+    else:
+        raise KeyError(f"no handler for the command {' '.join(path)}")
+    return handler
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -136,9 +136,9 @@ class Demo:
         return {"per_site": per_site, "studies": len(records), "example_raw_report": _with_header(records[0])}
 
     def deid(self) -> dict:
+        from cxrsynth.data.dataset import write_dataset
         from privacy.deid import deidentify_records
         from privacy.deid.config import DeidConfig
-        from cxrsynth.data.dataset import write_dataset
 
         # Typed tags, not surrogates: text that trains a generator should hold no name-shaped
         # strings at all, or the model learns to write them and the audit's PHI scan (which
@@ -224,9 +224,9 @@ class Demo:
         return {"metrics": metrics, "page": "eval/index.html"}
 
     def audit(self) -> dict:
-        from privacy.audit.commands import audit
-
         import yaml
+
+        from privacy.audit.commands import audit
 
         out = self.out / "audit"
         # The default policy, and DP required within the sites' budget.

@@ -14,7 +14,6 @@ from typing import Optional
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from client.records import from_arrays, ledger_from_record, round_config, to_arrays
 from cxrsynth.checkpoint import load_checkpoint
 from cxrsynth.config import RunConfig
 from cxrsynth.errors import CheckFailed, InputError
@@ -23,6 +22,7 @@ from cxrsynth.models.base import GenerativeModel
 from cxrsynth.pretrained import pinned
 from cxrsynth.progress import Progress
 from cxrsynth.train import seed_everything
+from privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
 from server.report import write_report
 from server.screen import screen
 from server.secagg import secure_round

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrsynth.eval.html import esc, figure_img, fmt, page, table
+from cxrsynth.pages.html import esc, figure_img, fmt, page, table
 
 
 def _plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, limit: float | None = None) -> str:

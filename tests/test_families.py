@@ -10,9 +10,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from family_contract import check_family
 
 from cxrsynth.models import registry
-from family_contract import check_family
 
 ROOT = Path(__file__).resolve().parent.parent
 

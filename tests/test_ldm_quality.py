@@ -48,7 +48,7 @@ def positive_rates(model, clf, name: str, seed: int) -> tuple[float, float, dict
 
 def write_report(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
     """An HTML page: the measured rates and, per prompt, the first generated images."""
-    from cxrsynth.eval.html import esc, grid_img, page, table
+    from cxrsynth.pages.html import esc, grid_img, page, table
 
     header = ["finding", "classifier accuracy (real)", "positive, prompt names it", "positive, prompt negates it"]
     parts = [table(header, [(n, a, p, q) for n, a, p, q, _ in rows])]

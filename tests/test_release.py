@@ -7,9 +7,9 @@ import shutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_audit_support import make_key, write_audit_inputs
 
 from cxrsynth.cli import main
-from test_audit_support import make_key, write_audit_inputs
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,10 @@ from cxrsynth.progress import Progress
 
 
 def phantom(args: argparse.Namespace) -> int:
+    from cxrsynth.config import PhantomConfig, validate
     from cxrsynth.data.dataset import write_dataset, write_phi_headers
     from cxrsynth.data.phantom import make_phantom
     from cxrsynth.data.split import split_by_patient
-
-    from cxrsynth.config import PhantomConfig, validate
     from cxrsynth.output import check_out, fresh_dir
 
     validate(PhantomConfig, {"n": args.n, "sites": args.sites, "seed": args.seed, "image_size": args.size}, "data phantom (--n, --sites, --seed, --size)")

@@ -22,7 +22,14 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from cxrsynth.data.dataset import MANIFEST, DatasetReport, read_dataset, require_patient_split, write_dataset, write_phi_headers
+from cxrsynth.data.dataset import (
+    MANIFEST,
+    DatasetReport,
+    read_dataset,
+    require_patient_split,
+    write_dataset,
+    write_phi_headers,
+)
 from cxrsynth.data.records import Record
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.errors import InputError

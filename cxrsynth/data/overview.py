@@ -24,7 +24,7 @@ def _prevalence_plot(records: Sequence[Record]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cxrsynth.eval.html import figure_img
+    from cxrsynth.pages.html import figure_img
 
     sites = sorted({r.site for r in records})
     fig, ax = plt.subplots(figsize=(10, 3.4))
@@ -41,7 +41,7 @@ def _prevalence_plot(records: Sequence[Record]) -> str:
 
 
 def write_overview(out: str | Path, records: Sequence[Record], report: Optional[DatasetReport] = None, title: str = "Dataset overview", examples: int = 6) -> Path:
-    from cxrsynth.eval.html import esc, grid_img, page, table
+    from cxrsynth.pages.html import esc, grid_img, page, table
 
     out = Path(out)
     parts = ["<p>Site-only: this page shows the site's images. Report text is left out because raw reports hold PHI.</p>"]

@@ -9,8 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxrsynth.eval.html import esc, figure_img, fmt, page, table  # noqa: E402
 from cxrsynth.eval.stages import OK  # noqa: E402
+from cxrsynth.pages.html import esc, figure_img, fmt, page, table  # noqa: E402
 
 STATUS_CLASS = {"ok": "ok", "refused": "warn", "skipped": "warn"}
 
@@ -114,8 +114,8 @@ SECTIONS = {
 
 def _side_by_side(demo) -> str:
     from cxrsynth.data.dataset import read_dataset
-    from cxrsynth.eval.html import grid_img
     from cxrsynth.eval.page import sample_pairs_html
+    from cxrsynth.pages.html import grid_img
 
     syn_dir, real_dir, base_dir = demo.out / "synthetic", demo.out / "data" / "holdout", demo.out / "base-synthetic"
     if not (syn_dir / "manifest.csv").is_file() or not (real_dir / "manifest.csv").is_file():

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from cxrsynth.data.records import LABELS, Record  # noqa: E402
 from cxrsynth.eval.config import EvalConfig  # noqa: E402
-from cxrsynth.eval.html import esc, figure_img, fmt, grid_img, page, table  # noqa: E402
+from cxrsynth.pages.html import esc, figure_img, fmt, grid_img, page, table  # noqa: E402
 
 
 def _positive(rec: Record) -> str:

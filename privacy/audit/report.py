@@ -147,7 +147,7 @@ def _fmt(v) -> str:
 def write_report(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
     """`pairs`: (CopyPair, synthetic image, training image); given only where the training image lives."""
     verdict = "PASSED" if audit["passed"] else "FAILED"
-    parts = [f"<!doctype html><meta charset='utf-8'><title>cxrsynth privacy audit</title><style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}} table{{border-collapse:collapse}} .fail{{color:#b00}} .pass{{color:#070}}</style>"]
+    parts = ["<!doctype html><meta charset='utf-8'><title>cxrsynth privacy audit</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto} td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px} table{border-collapse:collapse} .fail{color:#b00} .pass{color:#070}</style>"]
     parts.append(f"<h1>Privacy audit: <span class='{'pass' if audit['passed'] else 'fail'}'>{verdict}</span></h1>")
     parts.append("<h2>Checks</h2><table><tr><th>check</th><th>result</th><th>status</th><th>figures</th><th>reasons</th></tr>")
     for name, c in audit["checks"].items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxrsynth.eval.html import esc, figure_img, page, table
+from cxrsynth.pages.html import esc, figure_img, page, table
 
 
 def _chart(result: dict) -> str:

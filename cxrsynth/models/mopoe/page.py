@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cxrsynth.data.records import Record
-from cxrsynth.eval.html import esc, figure_img, grid_img, page, table
 from cxrsynth.models.mopoe.fusion import TABLE_ORDER
 from cxrsynth.models.mopoe.probe import PAPER_FINDING, format_probe_table
+from cxrsynth.pages.html import esc, figure_img, grid_img, page, table
 
 
 def _probe_figure(table_: dict[str, float], label: str, random: Optional[float]) -> str:
