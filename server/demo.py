@@ -276,9 +276,9 @@ class Demo:
             failed = [name for name, check in audit["checks"].items() if not check.get("passed")]
             rel.status, rel.detail = REFUSED, f"the release gate refused: audit check(s) failed: {', '.join(failed) or 'none listed'}"
         self.facts["seconds"] = time.perf_counter() - t0
-        from cxrsynth.eval.overview import write_overview
+        from cxrsynth.eval.demo_page import write_page
 
-        write_overview(self.out / "index.html", self)
+        write_page(self.out / "index.html", self)
         self.summary()
         return self.stages
 

@@ -19,8 +19,8 @@ from cxrsynth.progress import Progress
 from privacy.audit.combine import combine
 from privacy.audit.fidelity import label_counts, report_label_agreement
 from privacy.audit.ledger import dp_ledger_check
+from privacy.audit.page import write_page
 from privacy.audit.phi import phi_scan
-from privacy.audit.report import write_report
 from privacy.audit.site import Scorer, site_audit
 
 
@@ -147,6 +147,6 @@ def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -
 
     with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
         (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
-        write_report(audit, tmp, pairs)
+        write_page(audit, tmp, pairs)
         if key is not None:
             seal_audit(tmp, key)
