@@ -17,6 +17,7 @@ from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
 from cxrsynth.eval.labels import label_agreement
+from cxrsynth.eval.results import as_metrics
 from cxrsynth.eval.stages import run_stage
 from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
@@ -186,9 +187,12 @@ def run_evaluation(
     if checkpoint:
         record("probe", run_stage("family probe", lambda: family_probe(checkpoint, train, holdout), say))
 
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
+    # Through the typed result: plain JSON types first (numpy scalars, paths), then the schema.
+    result = as_metrics(json.loads(json.dumps(metrics, default=_json_default)), "the evaluation's metrics")
+    (out / "metrics.json").write_text(result.to_json(), encoding="utf-8")
     from cxrsynth.eval.page import write_page
 
+    metrics = result.as_dict()
     write_page(out / "index.html", metrics, train, holdout, synthetic, cfg, baseline)
     return metrics
 
