@@ -1,5 +1,5 @@
 """The evaluation's result as typed data: what `cxrsynth evaluate` writes to metrics.json and hands
-to the page, the demo and the terminal summary.
+to the page, the demo and the terminal summary (as the dict of the keys a run set).
 
 The sections every run has are typed; a measurement section keeps its figures as they are
 (extra fields). JSON is written from these models with only the keys a run set, so metrics.json
@@ -9,7 +9,6 @@ reads as it always has.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -78,13 +77,3 @@ def as_metrics(data: "Metrics | dict", where: str = "metrics") -> Metrics:
     except ValidationError as e:
         raise InputError(format_validation_error(e, where)) from None
 
-
-def read_metrics(path: str | Path) -> Metrics:
-    """metrics.json (of `cxrsynth evaluate`) as Metrics; an InputError naming the file otherwise."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no metrics here; run `cxrsynth evaluate` first.") from None
-    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"{path}: not readable metrics ({e.__class__.__name__}).") from None
-    return as_metrics(data, str(path))
