@@ -21,7 +21,6 @@ import argparse
 import json
 import sys
 import time
-
 from pathlib import Path
 
 from common import ROOT, child, peak_rss_mb, write

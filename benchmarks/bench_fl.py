@@ -138,7 +138,7 @@ def dp_overhead(cfg, steps: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--families", default="mopoe", help="comma-separated: emixer,ldm,mopoe")
+    p.add_argument("--families", default="mopoe", help="comma-separated family names (cxrsynth.models.registry)")
     p.add_argument("--sites", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--local-steps", type=int, default=10)

@@ -12,9 +12,10 @@ import argparse
 import json
 import sys
 
-from common import child, model_config, peak_rss_mb, phantom_records, timed, write
+from common import child, model_config, peak_rss_mb, phantom_records, write
 
-FAMILIES = ("emixer", "ldm", "mopoe")
+from cxrsynth.models import registry
+
 SIZES = ("tiny", "mid")
 
 
@@ -129,7 +130,7 @@ def main() -> int:
         return 0
     steps = 3 if args.quick else 10
     rows = []
-    for family in FAMILIES:
+    for family in registry.names():
         for size in SIZES:
             r = child(__file__, "family", family, size, str(steps))
             if "error" in r:

@@ -15,15 +15,15 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.egress import egress_guard
 from client.policy import enforce, load_policy, refuse_plain_updates
 from client.query import admit, handle
-from client.records import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 from client.secagg import is_secure, secagg_mod
 from cxrsynth.errors import SiteRefused
+from privacy.wire import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 
 # client.task (torch, the model families) is imported by the handlers that need it, not here: on a
 # SuperNode every message starts a ClientApp process, and three of a SecAgg+ round's four stages
@@ -89,14 +89,17 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
 
 def evaluate(msg: Message, context: Context) -> Message:
     """Mean membership score of the global model on this site's training records (a scalar)."""
-    from client.task import load_site, rebuild_model
+    import torch
+
+    from client.task import load_site
+    from cxrsynth.models import rebuild_model
 
     cfg, extra = read_round_config(msg.content["config"])
     if not load_policy(context.node_config).send_loss_metrics:
         # A mean loss over training records is a membership signal outside any DP accounting.
         raise SiteRefused("site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered.")
     site = load_site(cfg, context.node_config)
-    model = rebuild_model(cfg, extra, from_arrays(msg.content["arrays"]), __import__("torch").device("cpu"))
+    model = rebuild_model(cfg, extra, from_arrays(msg.content["arrays"]), torch.device("cpu"))
     model.eval()
     sample = site.train[: min(len(site.train), 32)]
     scores = model.member_scores(sample)

@@ -82,7 +82,7 @@ def handle(msg: Message, context: Context) -> Message:
     import torch
 
     from privacy.audit.combine import combine
-    from privacy.audit.report import write_report
+    from privacy.audit.page import write_page
     from privacy.audit.run import pair_images
     from privacy.audit.site import site_audit
 
@@ -94,5 +94,5 @@ def handle(msg: Message, context: Context) -> Message:
     if out:
         # The site's own view: which of its patients each flagged synthetic image copies.
         Path(str(out)).mkdir(parents=True, exist_ok=True)
-        write_report(combine([answer], query.policy), Path(str(out)), pair_images(pairs, query.synthetic, train))
+        write_page(combine([answer], query.policy), Path(str(out)), pair_images(pairs, query.synthetic, train))
     return Message(RecordDict({"audit": MetricRecord(answer_to_metrics(answer, query.synthetic))}), reply_to=msg)

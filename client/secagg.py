@@ -24,42 +24,30 @@ RandomState with that (`secaggplus_utils.pseudo_rand_gen`): a mask is then one o
 coordinator that has learnt a site's private seed in the unmask stage, as the protocol lets it,
 can search the remaining pairwise seed of a two-site round exhaustively. `mask_stream` keeps the
 seed's strength instead (ChaCha20 keyed with SHA-256 of the seed) and replaces Flower's generator
-in both the mod here and the workflow (server/secagg.py), so both sides draw the same masks.
+in both the mod here and the workflow (server/secagg.py), so both sides draw the same masks; it
+lives in privacy/secagg.py, below both apps.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common import recorddict_compat as compat
 
-from client.records import from_arrays
 from cxrsynth.errors import CheckFailed
+from privacy.secagg import COUNTERS, mask_stream, summed_names
+from privacy.wire import from_arrays
 
-COUNTERS = "counters"
 LEGACY_PREFIX = "fitres."
 log = logging.getLogger("cxrsynth.client")
 # The module, not the function of the same name its package exports.
 flower_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-
-
-def mask_stream(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Masks in [0, num_range) for arrays of these shapes, from the whole seed: the ChaCha20
-    keystream under SHA-256(seed), read as little-endian 32-bit words. `num_range` is a power of
-    2 no larger than 2^32 (config.SecAggConfig), so keeping the low bits leaves them uniform."""
-    sizes = [int(np.prod(d, dtype=np.int64)) for d in dimensions_list]
-    keystream = Cipher(algorithms.ChaCha20(hashlib.sha256(seed).digest(), bytes(16)), mode=None).encryptor()
-    words = np.frombuffer(keystream.update(bytes(4 * sum(sizes))), dtype="<u4").astype(np.int64) & (num_range - 1)
-    offsets = np.cumsum([0, *sizes])
-    return [words[a:b].reshape(d) for a, b, d in zip(offsets[:-1], offsets[1:], dimensions_list)]
 
 
 flower_mod.pseudo_rand_gen = mask_stream
@@ -68,11 +56,6 @@ flower_mod.pseudo_rand_gen = mask_stream
 def is_secure(msg: Message) -> bool:
     """Whether a train message is a stage of a SecAgg+ round."""
     return msg.metadata.message_type == MessageType.TRAIN and msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
-
-
-def summed_names(arrays: dict[str, np.ndarray]) -> list[str]:
-    """The arrays that travel masked, in the order both sides use."""
-    return sorted(k for k, v in arrays.items() if v.dtype.kind == "f")
 
 
 def update_vector(local: dict[str, np.ndarray], global_: dict[str, np.ndarray], clip: float, weight_ratio: float) -> list[np.ndarray]:

@@ -19,7 +19,7 @@ from cxrsynth.data.partition import partition
 from cxrsynth.data.records import PATTERN, Record, findings_key
 from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
-from cxrsynth.models import build_model
+from cxrsynth.models import rebuild_model
 from cxrsynth.models.base import GenerativeModel, pick_device, unwrap
 from cxrsynth.pretrained import apply_finetune
 from cxrsynth.train import apply_labeled_fraction, dp_sampling, load_run_data, seed_everything, train_steps
@@ -120,14 +120,6 @@ def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
 
     labeled = [r for r in records if r.has_labels()]
     return {**counts_shared_by(((r.patient_id, keys(r.labels)) for r in labeled), min_patients), "labeled": len(labeled)}
-
-
-def rebuild_model(cfg: RunConfig, extra_state: dict, arrays: dict[str, np.ndarray], device: torch.device) -> GenerativeModel:
-    """The global model as the server sent it: vocabulary and other extra state first, then weights."""
-    model = build_model(cfg.model)
-    model.load_extra_state(extra_state)
-    model.load_state(arrays)
-    return model.to_device(device)
 
 
 def _proximal_pull(model: GenerativeModel, anchor: dict[str, torch.Tensor], mu: float):

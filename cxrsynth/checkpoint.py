@@ -47,9 +47,7 @@ def save_checkpoint(
     (out / "train_state.json").write_text(json.dumps(train_state or {}, indent=2, sort_keys=True), encoding="utf-8")
     if save_optimizers and model.opts:
         torch.save({k: o.state_dict() for k, o in model.opts.items()}, out / "optimizers.pt")
-    save_extra = getattr(model, "save_extra_files", None)
-    if save_extra is not None:
-        save_extra(out)
+    model.save_extra_files(out)
     return out
 
 

@@ -1,40 +1,22 @@
 """The `cxrsynth` command.
 
 Arguments are declared here, in one place, so `cxrsynth --help` is fast and complete. Each command
-runs a handler named by "module:function"; handlers in `privacy`, `client` and `server` are found
-by name at run time, so the import graph still points one way (cxrsynth imports neither).
+runs a handler that `resolve` imports when it runs. This module and `cxrsynth.commands` are the
+pipeline layer, the top of the import order (core <- privacy <- Flower apps <- pipeline/CLI).
 Exit codes: 0 ok, 1 a check failed, 2 bad input or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from typing import Callable, Optional
 
+from cxrsynth.config import preset_names
 from cxrsynth.errors import CxrError
+from cxrsynth.models import registry
 from cxrsynth.progress import setup_logging
-
-# command path -> handler
-HANDLERS: dict[tuple[str, ...], str] = {
-    ("demo",): "server.demo:command",
-    ("data", "phantom"): "cxrsynth.data.commands:phantom",
-    ("data", "ingest"): "cxrsynth.data.commands:ingest",
-    ("deid", "run"): "privacy.deid.commands:run",
-    ("deid", "eval"): "privacy.deid.commands:evaluate",
-    ("deid", "dicom"): "privacy.deid.commands:dicom",
-    ("pretrain",): "cxrsynth.commands:pretrain",
-    ("train",): "cxrsynth.commands:train",
-    ("fl", "simulate"): "server.simulate:command",
-    ("generate",): "cxrsynth.commands:generate",
-    ("evaluate",): "cxrsynth.eval.commands:evaluate",
-    ("audit",): "privacy.audit.commands:audit",
-    ("release",): "privacy.release:command",
-    ("release", "verify"): "privacy.release:verify_command",
-    ("release", "key"): "privacy.keys:key_command",
-}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="info and debug lines, third-party notices included")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    presets_help = f"YAML path or preset ({', '.join(preset_names())})"
 
     d = sub.add_parser("demo", parents=[common], help="the main job end to end on phantom data (3 hospitals)")
     d.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    d.add_argument("--family", choices=["emixer", "ldm", "mopoe"], default="ldm")
+    d.add_argument("--family", choices=registry.names(), default="ldm", help="the model family (default: ldm)")
     d.add_argument("--quick", action="store_true", help="a shortened run (fewer records and rounds)")
     d.add_argument("--base", default=None, metavar="DIR", help="fine-tune this base (`cxrsynth pretrain`) instead of pretraining one in the demo")
     d.add_argument("--seed", type=int, default=0, help="phantom data, pretraining, federation and generation seed")
@@ -105,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     dd.set_defaults(path=("deid", "dicom"))
 
     pt = sub.add_parser("pretrain", parents=[common], help="train a base model on public data (no DP, no federation) for the sites to fine-tune")
-    pt.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
+    pt.add_argument("--config", required=True, help=presets_help)
     src = pt.add_mutually_exclusive_group()
     src.add_argument("--data", default=None, help="a public dataset directory (`cxrsynth data ingest`); never a site's data")
     src.add_argument("--phantom", type=int, default=None, metavar="N", help="a public phantom cohort of N studies (default: 3000), drawn in other acquisition styles than the hospitals'")
@@ -115,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(path=("pretrain",))
 
     t = sub.add_parser("train", parents=[common], help="train one model at one site (no federation)")
-    t.add_argument("--config", required=True, help="YAML path or preset (emixer-tiny, ldm-tiny, mopoe-tiny, *-paper)")
+    t.add_argument("--config", required=True, help=presets_help)
     t.add_argument("--data", default=None, help="dataset directory (default: phantom data)")
     t.add_argument("--out", default=None, help="checkpoint directory (default: train.out of the config)")
     t.add_argument("--steps", type=int, default=None, help="override train.steps")
@@ -146,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--real", required=True)
     ev.add_argument("--out", required=True)
     ev.add_argument("--baseline", default=None, metavar="DIR", help="synthetic data of the base model before fine-tuning, scored beside --synthetic (what the sites added)")
-    ev.add_argument("--checkpoint", default=None, help="a checkpoint for model-specific metrics (MoPoE linear probe)")
+    ev.add_argument("--checkpoint", default=None, help="a checkpoint for its family's own metrics (e.g. a latent linear probe)")
     ev.add_argument("--extractor", default="classifier", help="feature extractor: classifier or a local weights file")
     ev.add_argument("--classifier-steps", type=int, default=300, help="training steps of each utility classifier")
     ev.add_argument("--seeds", type=int, default=1, help="utility classifiers per arm, averaged")
@@ -199,15 +182,53 @@ def _version() -> str:
 
 
 def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
-    module_name, func_name = HANDLERS[path].split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+    """The handler of a command path, imported when the command runs so `cxrsynth --help` stays
+    fast. This module is the top layer: it may import every other one."""
+    if path == ("demo",):
+        from server.demo import command as handler
+    elif path == ("data", "phantom"):
+        from cxrsynth.data.commands import phantom as handler
+    elif path == ("data", "ingest"):
+        from cxrsynth.data.commands import ingest as handler
+    elif path == ("deid", "run"):
+        from privacy.deid.commands import run as handler
+    elif path == ("deid", "eval"):
+        from privacy.deid.commands import evaluate as handler
+    elif path == ("deid", "dicom"):
+        from privacy.deid.commands import dicom as handler
+    elif path == ("pretrain",):
+        from cxrsynth.commands import pretrain as handler
+    elif path == ("train",):
+        from cxrsynth.commands import train as handler
+    elif path == ("fl", "simulate"):
+        from server.simulate import command as handler
+    elif path == ("generate",):
+        from cxrsynth.commands import generate as handler
+    elif path == ("evaluate",):
+        from cxrsynth.eval.commands import evaluate as handler
+    elif path == ("audit",):
+        from privacy.audit.commands import audit as handler
+    elif path == ("release",):
+        from privacy.release import command as handler
+    elif path == ("release", "verify"):
+        from privacy.release import verify_command as handler
+    elif path == ("release", "key"):
+        from privacy.keys import key_command as handler
+    else:
+        raise KeyError(f"no handler for the command {' '.join(path)}")
+    return handler
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except CxrError as e:  # a model family named in CXRSYNTH_FAMILIES that cannot be loaded
+        print(f"cxrsynth: {e}", file=sys.stderr)
+        return e.exit_code
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if args.path == ("release",) and not (args.synthetic and args.audit and args.out):
         print("cxrsynth release: needs --synthetic, --audit and --out (or `release verify DIR --public-key FILE`).", file=sys.stderr)

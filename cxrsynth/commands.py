@@ -1,9 +1,8 @@
-"""Handlers of `cxrsynth train` and `cxrsynth generate`."""
+"""Handlers of `cxrsynth train`, `pretrain` and `generate`: the pipeline layer, above privacy."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 from cxrsynth.config import load_config
@@ -23,8 +22,7 @@ def train(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: is a file; a checkpoint is a folder.")
     privatize = None
     if cfg.dp.enabled:
-        # privacy.dp sits above cxrsynth in the dependency order; found by name, not imported.
-        privatize = importlib.import_module("privacy.dp").privatize
+        from privacy.dp import privatize
     from cxrsynth.train import train as run_train
 
     run_train(cfg, out if args.out else None, resume=args.resume, privatize=privatize, progress=Progress(args.quiet))
@@ -32,9 +30,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def pretrain(args: argparse.Namespace) -> int:
-    from cxrsynth.pretrained import pretrain as run_pretrain
-
     from cxrsynth.output import check_out
+    from cxrsynth.pretrained import pretrain as run_pretrain
 
     overrides: dict = {"dp": {"enabled": False}}
     if args.steps is not None:

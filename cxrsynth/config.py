@@ -10,19 +10,15 @@ expected (exit code 2).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from cxrsynth.errors import ConfigError
-from cxrsynth.models.emixer.config import EmixerConfig
-from cxrsynth.models.ldm.config import LDMConfig
-from cxrsynth.models.mopoe.config import MoPoEConfig
+from cxrsynth.models import registry
 
-PRESET_DIR = Path(__file__).parent / "presets"
 M = TypeVar("M", bound=BaseModel)
-FAMILIES = ("emixer", "ldm", "mopoe")
 
 
 class Strict(BaseModel):
@@ -187,21 +183,38 @@ class AuditPolicy(Strict):
     seed: int = 0
 
 
-ModelConfig = Annotated[Union[EmixerConfig, LDMConfig, MoPoEConfig], Field(discriminator="family")]
-
-
 class RunConfig(Strict):
     name: str = "run"
-    model: ModelConfig
+    # The config class of the family `model.family` names (cxrsynth.models.registry).
+    model: SerializeAsAny[BaseModel]
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     dp: DPConfig = DPConfig()
     federation: FederationConfig = FederationConfig()
     audit: AuditPolicy = AuditPolicy()
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _family_config(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "family" not in value:
+            raise ValueError(f"the key 'family' is missing; expected one of {'|'.join(registry.names())}")
+        if not isinstance(value, (dict, BaseModel)):
+            raise ValueError(f"expected a mapping of model settings with a key 'family' ({'|'.join(registry.names())})")
+        name = value["family"] if isinstance(value, dict) else getattr(value, "family", type(value).__name__)
+        try:
+            family = registry.get(str(name))
+        except registry.FamilyError as e:
+            raise ValueError(str(e)) from None
+        return value if isinstance(value, family.config) else family.config.model_validate(value)
+
+
+def preset_files() -> dict[str, Path]:
+    """Preset name (`<family>-<preset>`) -> YAML path, over every registered family."""
+    return {name: path for family in registry.families().values() for name, path in family.preset_files().items()}
+
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(preset_files())
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -239,8 +252,9 @@ def read_yaml(path: Path, missing: Optional[str] = None) -> dict:
 
 def _resolve(source: str | Path, seen: tuple = ()) -> tuple[dict, str]:
     src = str(source)
-    if src in preset_names() and not Path(src).suffix:
-        path = PRESET_DIR / f"{src}.yaml"
+    presets = preset_files()
+    if src in presets and not Path(src).suffix:
+        path = presets[src]
     else:
         path = Path(src)
         if not path.exists() and not path.suffix:
@@ -260,7 +274,7 @@ def _resolve(source: str | Path, seen: tuple = ()) -> tuple[dict, str]:
 def format_validation_error(err: ValidationError, where: str) -> str:
     lines = [f"{where}: {err.error_count()} setting(s) not valid:"]
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in FAMILIES and len(e["loc"]) > 1 and e["loc"][0] == "model" and p == e["loc"][1]))
+        key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check its spelling and the section it is in)"
         else:
@@ -279,7 +293,7 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
     if "model" not in data:
         unknown = sorted(str(k) for k in data if k not in RunConfig.model_fields)
         also = f"; unknown top-level key(s) {unknown} (check the spelling; the sections are {list(RunConfig.model_fields)})" if unknown else ""
-        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: emixer|ldm|mopoe` (or start from `preset: emixer-tiny`){also}.")
+        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: {'|'.join(registry.names())}` (or start from a preset: {', '.join(preset_names())}){also}.")
     return validate(RunConfig, data, where)
 
 

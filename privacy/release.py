@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cxrsynth.errors import CheckFailed, InputError
+from privacy.audit.results import Audit, as_audit, read_audit_file
 from privacy.keys import fingerprint, load_public_key, normal_fingerprint, public_pem
 
 MANIFEST, SIGNATURE, CARD, SIGNER = "MANIFEST.json", "MANIFEST.sig", "DATASET_CARD.md", "SIGNER.pub"
@@ -84,46 +85,26 @@ def tree_entries(root: str | Path, exclude: tuple[str, ...] = ()) -> tuple[dict[
 
 
 # ---- the gate ------------------------------------------------------------------------------------
-def read_audit(audit_dir: Path) -> dict:
+def read_audit(audit_dir: Path) -> Audit:
     from privacy.audit.seal import require_audit_dir
 
     require_audit_dir(audit_dir)
-    path = audit_dir / "audit.json"
-    try:
-        audit = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no audit here; run `cxrsynth audit ... --out {audit_dir}` first.") from None
-    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
-        raise InputError(f"{path}: not a readable audit ({e.__class__.__name__}).") from None
-    if not isinstance(audit, dict):
-        raise InputError(f"{path}: not an audit (a JSON object); was this written by `cxrsynth audit`?")
-    for key in ("passed", "checks", "inputs", "policy"):
-        if key not in audit:
-            raise InputError(f"{path}: key {key!r} is missing; was this written by `cxrsynth audit`?")
-    if not isinstance(audit["checks"], dict) or not isinstance(audit["inputs"], dict):
-        raise InputError(f"{path}: keys 'checks' and 'inputs' must be objects; was this written by `cxrsynth audit`?")
-    return audit
+    return read_audit_file(audit_dir / "audit.json", f"run `cxrsynth audit ... --out {audit_dir}` first")
 
 
-def audit_policy(audit: dict):
-    """The policy the audit ran under, as recorded in it."""
-    from cxrsynth.config import AuditPolicy, validate
-
-    return validate(AuditPolicy, audit["policy"], "audit.json, key 'policy'")
-
-
-def gate(synthetic: Path, audit: dict) -> None:
+def gate(synthetic: Path, audit: Audit | dict) -> None:
     """Raise CheckFailed unless the audit's verdict, recomputed from its figures and its policy,
     passes and the audit covered exactly the files of `synthetic`."""
     from privacy.audit.verdict import verdict
 
-    failed = verdict(audit["checks"], audit_policy(audit))
+    audit = as_audit(audit)
+    failed = verdict(audit.check_figures(), audit.policy)
     if failed:
         lines = [f"{n}: {'; '.join(r)}" for n, r in failed.items()]
-        said = " (audit.json says passed, but its verdict does not follow from its own figures)" if audit.get("passed") is True else ""
+        said = " (audit.json says passed, but its verdict does not follow from its own figures)" if audit.passed else ""
         raise CheckFailed(f"release refused: the audit did not pass{said}.\n  " + "\n  ".join(lines))
-    audited = audit["inputs"].get("synthetic_files")
-    if not audited or not isinstance(audited, dict):
+    audited = audit.inputs.synthetic_files
+    if not audited:
         raise CheckFailed("release refused: the audit does not record the hashes of the files it audited.")
     now, odd = tree_entries(synthetic)
     changed = sorted(k for k in now.keys() & audited.keys() if now[k] != audited[k])
@@ -134,17 +115,17 @@ def gate(synthetic: Path, audit: dict) -> None:
         raise CheckFailed(f"release refused: {synthetic} is not the dataset that was audited.\n  " + "\n  ".join(lines) + "\n  Audit these files again.")
 
 
-def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
+def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
     import csv
 
     with open(synthetic / "manifest.csv", encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     provenance = sorted({r.get("provenance", "").split(";seed=")[0] for r in rows if r.get("provenance")})
-    checks = audit["checks"]
-    dp = checks.get("dp_ledger", {})
+    checks = audit.checks
+    dp = checks["dp_ledger"].figures() if "dp_ledger" in checks else {}
     eps = dp.get("epsilon_max")
     texts = any((r.get("findings") or r.get("impression") or "").strip() for r in rows)
-    site_reports = checks.get("text_rare_ngrams", {}).get("status") != "no_reports"
+    site_reports = "text_rare_ngrams" not in checks or checks["text_rare_ngrams"].status != "no_reports"
     # Text from a model that never read a report can only be written from the labels (the LDM's label prompts).
     text = "free-text reports" if site_reports else "sentences written from the labels (not reports: the sites' data held none)"
     lines = [
@@ -163,7 +144,7 @@ def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
         "## Sites",
         "| site | training records | holdout records |",
         "|---|---|---|",
-        *[f"| {s['site']} | {s['n_train']} | {s['n_holdout']} |" for s in audit.get("sites", [])],
+        *[f"| {s.site} | {s.n_train} | {s.n_holdout} |" for s in audit.sites],
         "",
         "## Differential privacy",
         (f"Largest per-site epsilon {eps:.3g} at delta {max(e['delta'] for e in dp['sites']):.1e}." if eps is not None else "No DP ledger: trained without differential privacy (or its ledger was not audited).")
@@ -181,9 +162,9 @@ def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
         "## Privacy audit summary",
         "| check | result | status |",
         "|---|---|---|",
-        *[f"| {n} | {'pass' if c['passed'] else 'FAIL'} | {c.get('status', '')} |" for n, c in checks.items()],
+        *[f"| {n} | {'pass' if c.passed else 'FAIL'} | {c.status} |" for n, c in checks.items()],
         "",
-        f"Checks left out by policy: {', '.join(audit.get('policy', {}).get('skip', [])) or 'none'}. Full figures: audit/audit.json, audit/report.html.",
+        f"Checks left out by policy: {', '.join(audit.policy.skip) or 'none'}. Full figures: audit/audit.json, audit/report.html.",
         "",
         *_fidelity_lines(audit),
         "## Intended use",
@@ -199,11 +180,11 @@ def dataset_card(synthetic: Path, audit: dict, signer: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fidelity_lines(audit: dict) -> list[str]:
+def _fidelity_lines(audit: Audit) -> list[str]:
     from privacy.audit.fidelity import label_rows
 
-    policy = audit_policy(audit)
-    rows = label_rows(audit["checks"], policy)
+    policy = audit.policy
+    rows = label_rows(audit.check_figures(), policy)
     dropped = audit_dropped_labels(audit)
     lines = [
         "## Label fidelity",
@@ -229,10 +210,10 @@ def _fidelity_lines(audit: dict) -> list[str]:
     return lines
 
 
-def audit_dropped_labels(audit: dict) -> list[str]:
+def audit_dropped_labels(audit: Audit) -> list[str]:
     from privacy.audit.verdict import dropped_labels
 
-    return dropped_labels(audit["checks"], audit_policy(audit))
+    return dropped_labels(audit.check_figures(), audit.policy)
 
 
 def empty_label_columns(manifest: Path, labels: list[str]) -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cxrsynth.eval.stages import FAILED, NOT_BUILT, OK, REFUSED, StageResult, run_stage, skipped
 from cxrsynth.progress import Progress
@@ -56,6 +56,16 @@ class DemoConfig(BaseModel):
     conditions: int = Field(160, ge=1, description="label sets drawn from the sites' label mix; synthetic = conditions x samples_per_condition")
     eval_classifier_steps: int = 600
     seed: int = 0
+
+    @field_validator("family")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from cxrsynth.models import registry
+
+        try:
+            return registry.get(name).name
+        except registry.FamilyError as e:
+            raise ValueError(str(e)) from None
 
 
 # The audit calibrates its copy threshold on at least 20 holdout records per site
@@ -129,9 +139,9 @@ class Demo:
         return {"per_site": per_site, "studies": len(records), "example_raw_report": _with_header(records[0])}
 
     def deid(self) -> dict:
+        from cxrsynth.data.dataset import write_dataset
         from privacy.deid import deidentify_records
         from privacy.deid.config import DeidConfig
-        from cxrsynth.data.dataset import write_dataset
 
         # Typed tags, not surrogates: text that trains a generator should hold no name-shaped
         # strings at all, or the model learns to write them and the audit's PHI scan (which
@@ -218,9 +228,9 @@ class Demo:
         return {"metrics": metrics, "page": "eval/index.html"}
 
     def audit(self) -> dict:
-        from privacy.audit.commands import audit
-
         import yaml
+
+        from privacy.audit.commands import audit
 
         out = self.out / "audit"
         # The default policy, and DP required within the sites' budget.
@@ -271,9 +281,9 @@ class Demo:
             failed = [name for name, check in audit["checks"].items() if not check.get("passed")]
             rel.status, rel.detail = REFUSED, f"the release gate refused: audit check(s) failed: {', '.join(failed) or 'none listed'}"
         self.facts["seconds"] = time.perf_counter() - t0
-        from cxrsynth.eval.overview import write_overview
+        from cxrsynth.eval.demo_page import write_page
 
-        write_overview(self.out / "index.html", self)
+        write_page(self.out / "index.html", self)
         self.summary()
         return self.stages
 

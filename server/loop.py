@@ -14,7 +14,6 @@ from typing import Optional
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from client.records import from_arrays, ledger_from_record, round_config, to_arrays
 from cxrsynth.checkpoint import load_checkpoint
 from cxrsynth.config import RunConfig
 from cxrsynth.errors import CheckFailed, InputError
@@ -23,7 +22,8 @@ from cxrsynth.models.base import GenerativeModel
 from cxrsynth.pretrained import pinned
 from cxrsynth.progress import Progress
 from cxrsynth.train import seed_everything
-from server.report import write_report
+from privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
+from server.page import write_page
 from server.screen import screen
 from server.secagg import secure_round
 from server.state import last_round, load_round, save_round
@@ -156,7 +156,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
                 f"({missing} gave no reply), fewer than federation.min_sites={fed.min_sites}; {reasons}. "
                 f"The run stops; the checkpoint of round {rnd - 1} in {out} is intact (continue with --resume)."
             )
-            write_report(out, {**fl_state, "failure": failure})
+            write_page(out, {**fl_state, "failure": failure})
             raise RoundFailed(failure)
         agg, metrics = strategy.aggregate_train(rnd, screened.accepted)
         if agg is None:
@@ -183,7 +183,7 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         s_arrays, s_scalars = strategy_state(strategy)
         fl_state["strategy_scalars"] = s_scalars
         save_round(out, rnd, model, cfg, fl_state, s_arrays)
-        write_report(out, fl_state, f"Federated {cfg.model.family}: {cfg.name}")
+        write_page(out, fl_state, f"Federated {cfg.model.family}: {cfg.name}")
         bar.advance(1, f"round {rnd}: {len(screened.accepted)} updates")
     progress.say(f"federated run complete: {fed.rounds} rounds; checkpoint {out}")
     return out

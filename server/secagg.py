@@ -35,9 +35,9 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.serverapp import Grid
 
-from client.records import to_arrays
-from client.secagg import COUNTERS, mask_stream, summed_names
 from cxrsynth.config import RunConfig
+from privacy.secagg import COUNTERS, mask_stream, summed_names
+from privacy.wire import to_arrays
 from server.screen import Screened, claims_problem
 
 # The masks from the seed's full strength, as the sites draw them (client/secagg.py).
@@ -229,7 +229,7 @@ def secure_round(
         out.rejected += [{"node": node, "reason": reason} for node in round_grid.summed]
         return out
     weights = {k: (global_arrays[k].astype(np.float64) + mean[k]).astype(global_arrays[k].dtype) for k in names}
-    for node, reply in round_grid.summed.items():
+    for _node, reply in round_grid.summed.items():
         counters = dict(reply.content[COUNTERS]) if COUNTERS in reply.content.metric_records else {}
         ints = {k: np.asarray(counters[k], dtype=v.dtype).reshape(v.shape) for k, v in global_arrays.items() if v.dtype.kind != "f"}
         content = RecordDict({"arrays": to_arrays({**weights, **ints}), "metrics": reply.content["metrics"]})

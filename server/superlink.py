@@ -70,9 +70,8 @@ class CoordinatorOnly:
 
 def install() -> None:
     """Add CoordinatorOnly, outermost, to the middleware of Flower's SuperLink app (idempotent)."""
-    from starlette.middleware import Middleware
-
     import flwr.superlink.extensions as ext
+    from starlette.middleware import Middleware
 
     if getattr(ext.get_middleware, "_cxrsynth", False):
         return

@@ -4,6 +4,7 @@ of those answers equals the local audit of the same data."""
 import numpy as np
 import pytest
 from flwr.app import Context, Message, RecordDict
+from test_audit_support import write_audit_inputs
 
 from client.egress import check_reply
 from client.query import handle
@@ -12,7 +13,6 @@ from cxrsynth.data.dataset import read_dataset
 from privacy.audit.combine import combine
 from privacy.audit.protocol import make_query, metrics_to_answer
 from privacy.audit.run import audit_records
-from test_audit_support import write_audit_inputs
 
 
 def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path):
@@ -91,10 +91,10 @@ def test_federated_audit_over_flower_simulation(tmp_path):
     from flwr.clientapp import ClientApp
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
+    from test_audit_support import varied_records
 
     from cxrsynth.data.dataset import write_dataset
     from server.audit_query import federated_audit
-    from test_audit_support import varied_records
 
     for i in range(2):
         write_dataset(tmp_path / f"site{i}", varied_records(60, 10 + i, prefix=f"s{i}t", site=f"site{i}") + varied_records(30, 20 + i, split="holdout", prefix=f"s{i}h", site=f"site{i}"))

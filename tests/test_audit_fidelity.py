@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_audit_support import make_key
 
 from cxrsynth.cli import main
 from cxrsynth.config import AuditPolicy
@@ -18,7 +19,6 @@ from cxrsynth.data.records import LABELS
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.models.ldm.prompts import prompt_from_labels
 from privacy.audit.run import audit_records
-from test_audit_support import make_key
 
 SIZE = 32
 # 150 synthetic records give the closeness share a wide interval; these tests are about labels

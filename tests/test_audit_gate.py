@@ -3,14 +3,13 @@ and the `cxrsynth audit` command's outputs and exit codes."""
 
 import json
 
-import numpy as np
 import pytest
+from test_audit_support import TinyGenerator, varied_records, write_audit_inputs
 
 from cxrsynth.cli import main
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.dataset import write_dataset
 from privacy.audit.run import audit_records
-from test_audit_support import TinyGenerator, varied_records, write_audit_inputs
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +87,7 @@ def test_default_policy_file_is_the_policy_defaults():
     # The README cites the file as the reference: it must say what AuditPolicy() does.
     from pathlib import Path
 
-    from privacy.audit.commands import load_policy
     from cxrsynth.config import AuditPolicy
+    from privacy.audit.commands import load_policy
 
     assert load_policy(Path(__file__).parents[1] / "privacy" / "audit" / "default-policy.yaml") == AuditPolicy()

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from test_audit_support import varied_records
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.errors import InputError
@@ -10,7 +11,6 @@ from privacy.audit.canary import DISGUISES, disguise_image
 from privacy.audit.encoders import ConvEncoder, PixelEncoder, load_file_encoder, make_encoder, save_selfsup
 from privacy.audit.images import image_memorization
 from privacy.audit.neighbors import nearest
-from test_audit_support import varied_records
 
 
 def test_chunked_search_equals_brute_force():

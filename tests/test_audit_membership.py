@@ -1,12 +1,11 @@
 """Membership inference from a model's own member scores, and the DP ledger."""
 
 import numpy as np
-import pytest
+from test_audit_support import TinyGenerator, varied_records
 
 from cxrsynth.config import AuditPolicy
 from privacy.audit.ledger import dp_ledger_check, read_ledger
 from privacy.audit.site import membership
-from test_audit_support import TinyGenerator, varied_records
 
 
 def test_over_trained_model_is_detected_normal_one_is_not():

@@ -1,12 +1,12 @@
 """Text leakage and PHI: planted rare training sentences and planted PHI are caught."""
 
-import pytest
+
+from test_audit_support import varied_records
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from privacy.audit.phi import phi_scan
 from privacy.audit.text import near_duplicates, rare_ngram_leaks
-from test_audit_support import varied_records
 
 
 def _syn(i, findings, impression="No acute cardiopulmonary process."):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from cxrsynth.cli import main
 from privacy.deid import DeidConfig
-from privacy.deid.deidentifier import cached_deidentifier
+from privacy.deid.deidentifier import Finding, cached_deidentifier
 from privacy.deid.evaluate import evaluate_gold, read_gold, score
-from privacy.deid.deidentifier import Finding
 
 GOLD = Path(__file__).parent.parent / "privacy" / "deid" / "gold"
 

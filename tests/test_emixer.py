@@ -25,7 +25,15 @@ from cxrsynth.models.emixer.generator import split_z
 from cxrsynth.models.emixer.labels import COND_DIM, condition_tensor
 from cxrsynth.models.emixer.losses import d_loss, g_loss
 from cxrsynth.models.emixer.model import REAL_DATA_NETS, Model
-from cxrsynth.models.emixer.report import IMP, build_vocabulary, encode_reports, grid_to_text, keep_mask, report_sentences, sentence_count
+from cxrsynth.models.emixer.report import (
+    IMP,
+    build_vocabulary,
+    encode_reports,
+    grid_to_text,
+    keep_mask,
+    report_sentences,
+    sentence_count,
+)
 
 TINY = dict(
     image_size=16, up_blocks=2, z_chunk=4, z_dim=16, class_embed_dim=8, g_width=8, attn_resolution=16, d_width=8,
@@ -294,7 +302,10 @@ def test_moving_average_of_g_follows_g_and_writes_the_release():
     g, avg = model.nets["generator"], model.nets["generator_ema"]
     assert "generator_ema" not in model.opts  # averaged, never optimized
     assert all(torch.equal(a, b) for a, b in zip(avg.parameters(), g.parameters()))
-    params = lambda net: [p.detach().clone() for p in net.parameters()]
+
+    def params(net):
+        return [p.detach().clone() for p in net.parameters()]
+
     model.train_step(records[:4])
     model.train_step(records[4:8])  # G's first update: the average copies G
     assert all(torch.equal(a, b) for a, b in zip(avg.parameters(), g.parameters()))

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_eval_metrics import toy_records
 
 from cxrsynth.cli import main
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.evaluate import run_evaluation
-from test_eval_metrics import toy_records
 
 
 @pytest.fixture(scope="module")

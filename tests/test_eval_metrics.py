@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from cxrsynth.data.records import Record, empty_labels
+from cxrsynth.errors import InputError
 from cxrsynth.eval.classifier import load_classifier, save_classifier, train_classifier
 from cxrsynth.eval.diversity import group_by_condition, ms_ssim, n_scales, within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
 from cxrsynth.eval.labels import label_agreement
 from cxrsynth.eval.text_metrics import report_metrics
-from cxrsynth.errors import InputError
 
 
 def toy_records(n: int, seed: int = 0, size: int = 32, prefix: str = "r") -> list[Record]:

@@ -4,17 +4,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_app
 from client.egress import EgressRefused, check_reply
-from client.records import from_arrays, ledger_from_record, round_config, to_arrays
 from client.task import label_counts, token_counts
 from cxrsynth.config import load_config
 from cxrsynth.data.records import Record, empty_labels, findings_key
-from cxrsynth.models.emixer.labels import LabelPrior
 from cxrsynth.data.text import pseudo_reports, tokenize
+from cxrsynth.models.emixer.labels import LabelPrior
+from privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
 from server.screen import screen
 from server.strategy import load_strategy_state, make_strategy, strategy_state
 from server.vocab import merge_counts

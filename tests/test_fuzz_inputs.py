@@ -26,7 +26,6 @@ from PIL import Image
 
 from cxrsynth.cli import main
 from cxrsynth.config import AuditPolicy, RunConfig
-from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.phantom import make_phantom
 
 FAST, SLOW = 6, 150

@@ -11,6 +11,7 @@ import stat
 import numpy as np
 import pytest
 from PIL import Image
+from test_audit_support import make_key, write_audit_inputs
 
 from cxrsynth.cli import main
 from cxrsynth.config import AuditPolicy
@@ -19,7 +20,6 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import Record
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.errors import InputError
-from test_audit_support import make_key, write_audit_inputs
 
 RELAXED = "skip: [membership, phi]\nmax_closeness_upper: 0.95\nbootstrap: 30\n"
 

@@ -333,10 +333,9 @@ def test_dp_training_through_privacy_dp_wiring(tmp_path):
     """The project's DP wiring (privacy.dp) wraps the LDM's real-data nets; Poisson batches train."""
     import json
 
-    from privacy.dp import privatize
-
     from cxrsynth.config import config_from_dict
     from cxrsynth.train import train
+    from privacy.dp import privatize
 
     base = load_config("ldm-tiny").model_dump(mode="json")
     base["model"].update({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})

@@ -46,16 +46,13 @@ def positive_rates(model, clf, name: str, seed: int) -> tuple[float, float, dict
     return rates[0], rates[1], shown
 
 
-def write_report(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
-    """An HTML page: the measured rates and, per prompt, the first generated images."""
-    from cxrsynth.eval.html import esc, grid_img, page, table
+def write_page(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
+    """A page: the measured rates and, per prompt, the first generated images."""
+    from cxrsynth import pages
 
     header = ["finding", "classifier accuracy (real)", "positive, prompt names it", "positive, prompt negates it"]
-    parts = [table(header, [(n, a, p, q) for n, a, p, q, _ in rows])]
-    for *_, shown in rows:
-        for prompt, images in shown.items():
-            parts.append(f"<h3>{esc(prompt)}</h3>" + grid_img(list(images), alt=prompt))
-    path.write_text(page("LDM prompt following", parts), encoding="utf-8")
+    grids = [(prompt, pages.grid_uri(list(images))) for *_, shown in rows for prompt, images in shown.items()]
+    pages.write(path, "gallery.html", title="LDM prompt following", header=header, rows=[(n, a, p, q) for n, a, p, q, _ in rows], grids=grids)
 
 
 @pytest.mark.slow
@@ -70,8 +67,8 @@ def test_images_follow_prompts_after_short_cpu_training(tmp_path):
         named, negated, shown = positive_rates(model, clf, name, seed=7)
         print(f"{name}: classifier held-out accuracy {acc:.3f}; classified positive: named {named:.3f}, negated {negated:.3f}")
         rows.append((name, acc, named, negated, shown))
-    write_report(tmp_path / "prompt_following.html", rows)
-    print(f"report: {tmp_path / 'prompt_following.html'}")
+    write_page(tmp_path / "prompt_following.html", rows)
+    print(f"page: {tmp_path / 'prompt_following.html'}")
     for name, acc, named, negated, _ in rows:
         assert acc > 0.85
         assert named > negated + 0.15, name

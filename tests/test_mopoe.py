@@ -140,7 +140,7 @@ def test_opacus_step_on_encoders_and_decoders(records):
     batch = records[:8]  # records 0, 3 and 6 have no lateral
     losses = model.train_step(batch)
     assert np.isfinite(losses["loss"])
-    for name, net in model.nets.items():
+    for net in model.nets.values():
         for p in net.parameters():
             assert p.grad_sample is None or p.grad_sample.shape[0] == len(batch)
     changed = {k.split(".")[0] for k, v in model.state().items() if not np.array_equal(v, before[k])}

@@ -2,16 +2,22 @@
 hash, the pin every site checks, what fine-tuning freezes, and the record of the base in the
 checkpoint and the privacy ledger."""
 
-import json
 
 import numpy as np
 import pytest
-import torch
 
-from cxrsynth.cli import main
 from cxrsynth.checkpoint import load_checkpoint
+from cxrsynth.cli import main
 from cxrsynth.config import load_config
-from cxrsynth.pretrained import CARD, NO_PRIVACY_COST, apply_finetune, base_sha256, load_base, model_sha256, pinned, read_card
+from cxrsynth.pretrained import (
+    NO_PRIVACY_COST,
+    apply_finetune,
+    base_sha256,
+    load_base,
+    model_sha256,
+    pinned,
+    read_card,
+)
 
 TINY = (
     "preset: mopoe-tiny\n"
@@ -133,9 +139,9 @@ def test_a_site_refuses_round_one_weights_that_are_not_the_pinned_base(base, tmp
     from flwr.supercore.task_identity import TaskIdentity
 
     from client.app import make_app
-    from client.records import round_config, to_arrays
     from cxrsynth.data.dataset import write_dataset
     from cxrsynth.data.phantom import make_phantom
+    from privacy.wire import round_config, to_arrays
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
     root = tmp_path / "site"

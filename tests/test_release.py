@@ -7,9 +7,9 @@ import shutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_audit_support import make_key, write_audit_inputs
 
 from cxrsynth.cli import main
-from test_audit_support import make_key, write_audit_inputs
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_release_refuses_an_edited_audit_and_recomputes_the_verdict(audited, tmp
     err = capsys.readouterr().err
     assert "audit.json" in err and "changed after the audit sealed it" in err
     assert not (tmp_path / "bundle").exists()
-    assert read_audit(audit)["checks"]["image_copies"]["copies"] == 4
+    assert read_audit(audit).checks["image_copies"].figure("copies") == 4
 
 
 def test_release_refuses_files_the_audit_did_not_cover(audited, tmp_path, capsys):

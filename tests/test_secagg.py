@@ -22,14 +22,14 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_app
 from client.egress import ERROR_KINDS, EgressRefused, check_reply
-from client.records import from_arrays, round_config, to_arrays
-from client.secagg import mask_stream, summed_names
 from cxrsynth.checkpoint import load_checkpoint
 from cxrsynth.config import load_config
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.errors import ConfigError
 from cxrsynth.models import build_model
+from privacy.secagg import mask_stream, summed_names
+from privacy.wire import from_arrays, round_config, to_arrays
 from server.simulate import simulate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mods below run in Ray workers

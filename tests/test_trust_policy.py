@@ -8,17 +8,17 @@ import math
 import numpy as np
 import pytest
 import yaml
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import make_app
 from client.egress import ERROR_KINDS, check_reply
 from client.policy import PERMISSIVE, SitePolicy, enforce, load_policy
-from client.records import ledger_to_record, round_config, to_arrays
 from cxrsynth.config import load_config
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.phantom import make_phantom
 from privacy.dp import SiteRefused, epsilon_of
+from privacy.wire import ledger_to_record, round_config, to_arrays
 from server.screen import screen
 
 SMALL = {

@@ -10,11 +10,10 @@ from cxrsynth.progress import Progress
 
 
 def phantom(args: argparse.Namespace) -> int:
+    from cxrsynth.config import PhantomConfig, validate
     from cxrsynth.data.dataset import write_dataset, write_phi_headers
     from cxrsynth.data.phantom import make_phantom
     from cxrsynth.data.split import split_by_patient
-
-    from cxrsynth.config import PhantomConfig, validate
     from cxrsynth.output import check_out, fresh_dir
 
     validate(PhantomConfig, {"n": args.n, "sites": args.sites, "seed": args.seed, "image_size": args.size}, "data phantom (--n, --sites, --seed, --size)")
@@ -27,12 +26,12 @@ def phantom(args: argparse.Namespace) -> int:
     records = make_phantom(args.n, sites=args.sites, seed=args.seed, image_size=args.size, lateral=not args.no_lateral)
     if args.holdout > 0:
         records = split_by_patient(records, args.holdout, args.seed)
-    from cxrsynth.data.overview import write_overview
+    from cxrsynth.data.page import write_page
 
     with fresh_dir(out, args.replace) as tmp:
         write_dataset(tmp, records, progress=progress)
         write_phi_headers(tmp, records)
-        write_overview(tmp, records, title=f"Phantom data: {args.n} studies, {args.sites} sites, seed {args.seed}")
+        write_page(tmp, records, title=f"Phantom data: {args.n} studies, {args.sites} sites, seed {args.seed}")
     progress.say(f"wrote {len(records)} records to {out}; PHI header fields in {out / 'phi_headers.jsonl'} (site-only: never ship it)")
     return 0
 

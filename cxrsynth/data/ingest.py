@@ -22,7 +22,14 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from cxrsynth.data.dataset import MANIFEST, DatasetReport, read_dataset, require_patient_split, write_dataset, write_phi_headers
+from cxrsynth.data.dataset import (
+    MANIFEST,
+    DatasetReport,
+    read_dataset,
+    require_patient_split,
+    write_dataset,
+    write_phi_headers,
+)
 from cxrsynth.data.records import Record
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.errors import InputError
@@ -157,7 +164,7 @@ def ingest(
 
 
 def _write(folder: Path, kept_before: list, records: list, report: DatasetReport, key: bytes, source: str, path: Path, site: str, progress: Progress) -> None:
-    from cxrsynth.data.overview import write_overview
+    from cxrsynth.data.page import write_page
 
     save_site_key(folder, key)
     write_dataset(folder, kept_before + records, progress=progress)
@@ -166,4 +173,4 @@ def _write(folder: Path, kept_before: list, records: list, report: DatasetReport
     summary = report.as_dict()
     summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
     (folder / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_overview(folder, kept_before + records, report, title=f"Ingest of {path} ({source}) for {site}")
+    write_page(folder, kept_before + records, report, title=f"Ingest of {path} ({source}) for {site}")

@@ -180,7 +180,7 @@ def label_report(text: str) -> dict[str, Optional[int]]:
         if not sentence.strip():
             continue
         for name, regex in _RE_NORMAL.items():
-            for m in regex.finditer(sentence):
+            for _ in regex.finditer(sentence):
                 found[name].append(0)
         normal_spans = [m.span() for r in _RE_NORMAL.values() for m in r.finditer(sentence)]
         for name, regex in _RE_MENTION.items():

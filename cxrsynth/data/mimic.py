@@ -106,7 +106,7 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
     splits: dict[str, str] = {}
     split_path = _find(root, SPLIT)
     if split_path is not None:
-        for i, row in _rows(split_path):
+        for _, row in _rows(split_path):
             splits[row.get("dicom_id", "")] = SPLIT_MAP.get((row.get("split") or "").strip(), "")
     return views, labels, splits, chex_path is not None
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from cxrsynth.config import validate
-from cxrsynth.eval.config import EvalConfig
 from cxrsynth.errors import InputError
+from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.evaluate import run_evaluation, summary_lines
 from cxrsynth.progress import Progress
 

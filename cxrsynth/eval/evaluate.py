@@ -17,6 +17,7 @@ from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
 from cxrsynth.eval.labels import label_agreement
+from cxrsynth.eval.results import as_metrics
 from cxrsynth.eval.stages import run_stage
 from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
@@ -87,18 +88,17 @@ def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_ref
     return "label-matched", cands, refs
 
 
-def mopoe_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequence[Record]) -> dict:
-    from cxrsynth.checkpoint import load_run_config
+def family_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Sequence[Record]) -> dict:
+    """The latent-space measurement the checkpoint's family declares (`registry.Probe`), if any."""
+    from cxrsynth.checkpoint import load_checkpoint, load_run_config
+    from cxrsynth.models import registry
 
-    family = load_run_config(checkpoint).model.family
-    if family != "mopoe":
-        return {"skipped": f"the checkpoint is {family}; the linear-probe table is MoPoE's"}
-    from cxrsynth.checkpoint import load_checkpoint
-    from cxrsynth.models.mopoe.probe import linear_probe_table
-
+    family = registry.for_config(load_run_config(checkpoint).model)
+    if family.probe is None:
+        return {"family": family.name, "skipped": f"the {family.name} family declares no probe of its latent space"}
     model, _, _ = load_checkpoint(checkpoint)
     model.eval()
-    return {"table": linear_probe_table(model, list(train), list(holdout))}
+    return {"family": family.name, "title": family.probe.title, "note": family.probe.note, "table": family.probe.run(model, train, holdout)}
 
 
 def run_evaluation(
@@ -185,11 +185,14 @@ def run_evaluation(
             say(f"== {name}\n   {name}: NO REPORTS - {why}")
             metrics["status"][name] = {"status": NO_REPORTS, "detail": why, "seconds": 0.0}
     if checkpoint:
-        record("mopoe_probe", run_stage("MoPoE linear probe", lambda: mopoe_probe(checkpoint, train, holdout), say))
+        record("probe", run_stage("family probe", lambda: family_probe(checkpoint, train, holdout), say))
 
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default), encoding="utf-8")
+    # Through the typed result: plain JSON types first (numpy scalars, paths), then the schema.
+    result = as_metrics(json.loads(json.dumps(metrics, default=_json_default)), "the evaluation's metrics")
+    (out / "metrics.json").write_text(result.to_json(), encoding="utf-8")
     from cxrsynth.eval.page import write_page
 
+    metrics = result.as_dict()
     write_page(out / "index.html", metrics, train, holdout, synthetic, cfg, baseline)
     return metrics
 

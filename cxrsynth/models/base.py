@@ -15,7 +15,11 @@ Training, federation, DP, generation and the audit are written once against it:
   batch's noise budget among them);
 - `train_step(records)`: one step on a batch of records, returning scalar losses;
 - `state()` / `load_state()`: flat name -> numpy array mapping (what Flower ships, safetensors on disk);
-- `generate(n, conditions, seed)`: synthetic records (image(s), report, labels);
+- `draw_labels(n, seed)`: label sets from the label mix the model keeps (None if it keeps none);
+- `generate(n, conditions, seed)`: synthetic records (image(s), report, labels); `conditions`
+  None (the model draws what it conditions on itself, e.g. from `draw_labels`) or one per record
+  in the form the family documents (a label dict, a prompt, a modality dict);
+- `save_extra_files(out)`: files of the family's own beside a checkpoint's weights;
 - `member_scores(records)`: per-record score for membership inference, higher = more member-like.
 
 `privacy.dp` wraps entries of `nets` in Opacus `GradSampleModule`s and entries of `opts` in
@@ -25,6 +29,7 @@ two dicts inside `train_step`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
@@ -103,6 +108,10 @@ class GenerativeModel(nn.Module):
 
     def load_extra_state(self, extra: dict) -> None:
         """Restore what `extra_state` returned."""
+
+    def save_extra_files(self, out: Path) -> None:
+        """Files a checkpoint folder holds beside the weights in a format of the family's own
+        (the LDM writes a diffusers-format folder). Default: none."""
 
     # ---- training -------------------------------------------------------------------------
     def reads_real_data(self, name: str) -> bool:

@@ -13,10 +13,9 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from privacy.audit.fidelity import pool_sites
+from privacy.audit.results import FORMAT
 from privacy.audit.stats import percentile_ci
 from privacy.audit.verdict import check_reasons, dropped_labels
-
-FORMAT = "cxrsynth-audit/1"
 
 
 def _pooled(values: list[float], replicates: list[list[float]], weights: list[float], confidence: float) -> tuple[float, list[float]]:

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-
 from cxrsynth.config import AuditPolicy, read_yaml, validate
 from cxrsynth.errors import CheckFailed
 from cxrsynth.progress import Progress

@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from cxrsynth.config import AuditPolicy, RunConfig
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
+from privacy.wire import from_arrays, read_round_config, round_config, to_arrays
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
 NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
@@ -41,7 +42,7 @@ class Query:
             return None
         import torch
 
-        from client.task import rebuild_model
+        from cxrsynth.models import rebuild_model
 
         model = rebuild_model(self.run_config, self.extra_state, self.arrays, torch.device("cpu"))
         model.eval()
@@ -49,8 +50,6 @@ class Query:
 
 
 def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optional[RunConfig] = None, extra_state: Optional[dict] = None, arrays: Optional[dict] = None) -> RecordDict:
-    from client.records import round_config, to_arrays
-
     shapes = {r.image.shape for r in synthetic}
     if len(shapes) != 1:
         raise InputError(f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array.")
@@ -77,8 +76,6 @@ def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optiona
 
 
 def read_query(content: RecordDict) -> Query:
-    from client.records import from_arrays, read_round_config
-
     cfg = content["config"]
     policy = AuditPolicy.model_validate_json(str(cfg["audit-policy"]))
     images = content["synthetic"]["images"].numpy()

@@ -6,7 +6,6 @@ the transport differs, so a local audit and a federated one give the same figure
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,8 +18,9 @@ from cxrsynth.progress import Progress
 from privacy.audit.combine import combine
 from privacy.audit.fidelity import label_counts, report_label_agreement
 from privacy.audit.ledger import dp_ledger_check
+from privacy.audit.page import write_page
 from privacy.audit.phi import phi_scan
-from privacy.audit.report import write_report
+from privacy.audit.results import as_audit
 from privacy.audit.site import Scorer, site_audit
 
 
@@ -146,7 +146,8 @@ def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -
     from privacy.audit.seal import seal_audit
 
     with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
-        (tmp / "audit.json").write_text(json.dumps(audit, indent=2, sort_keys=False), encoding="utf-8")
-        write_report(audit, tmp, pairs)
+        # Written through the typed result: what the gate and the card will read back is checked here.
+        (tmp / "audit.json").write_text(as_audit(audit, "the audit being written").to_json(), encoding="utf-8")
+        write_page(audit, tmp, pairs)
         if key is not None:
             seal_audit(tmp, key)

@@ -29,7 +29,7 @@ Commands: `cxrsynth deid run --in FILE --out FILE`, `cxrsynth deid eval --gold F
 
 from privacy.deid.batch import DeidItem, deidentify_batch, deidentify_records
 from privacy.deid.config import DeidConfig, load_deid_config
-from privacy.deid.deidentifier import DeidResult, Deidentifier, Finding, scan_phi
+from privacy.deid.deidentifier import Deidentifier, DeidResult, Finding, scan_phi
 from privacy.deid.dicom import deidentify_dataset
 from privacy.deid.dicom_files import deidentify_folder
 

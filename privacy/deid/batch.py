@@ -20,7 +20,7 @@ from typing import Optional
 from cxrsynth.data.records import Record
 from cxrsynth.progress import Progress
 from privacy.deid.config import DeidConfig, config_hash
-from privacy.deid.deidentifier import DeidResult, Deidentifier, cached_deidentifier
+from privacy.deid.deidentifier import Deidentifier, DeidResult, cached_deidentifier
 from privacy.deid.keys import keyed_hex
 
 # Findings and impression are de-identified as one text (shared context for the NER model) and

@@ -14,7 +14,7 @@ from privacy.deid.config import load_deid_config
 from privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
 from privacy.deid.evaluate import evaluate_gold, format_table
 from privacy.deid.jsonl import read_jsonl
-from privacy.deid.report import write_html
+from privacy.deid.page import write_page
 
 
 def read_items(path: str | Path) -> list[DeidItem]:
@@ -69,7 +69,7 @@ def evaluate(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         settings = json.loads(config.model_dump_json())
         out.write_text(json.dumps({**result, "versions": deid.versions(), "config": settings}, indent=2), encoding="utf-8")
-        write_html(result, out.with_suffix(".html"), deid.versions(), settings)
+        write_page(result, out.with_suffix(".html"), deid.versions(), settings)
     return 0
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 import signal
-import unicodedata
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -23,8 +23,8 @@ from privacy.deid.config import DeidConfig
 from privacy.deid.engine import build_analyzer, versions
 from privacy.deid.keys import load_secret
 from privacy.deid.lexicon import kind
-from privacy.deid.names import FUNCTION_STOP, _mixed_case
 from privacy.deid.medical_terms import keep_spans
+from privacy.deid.names import FUNCTION_STOP, _mixed_case
 from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
 from privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
 

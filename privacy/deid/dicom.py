@@ -40,7 +40,6 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Literal
 
-import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence

@@ -13,7 +13,16 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from cxrsynth.data.records import COND_DIM, LABELS, PATTERN, Record, condition_vector, empty_labels, finding_key, labels_from_findings_key
+from cxrsynth.data.records import (
+    COND_DIM,
+    LABELS,
+    PATTERN,
+    Record,
+    condition_vector,
+    empty_labels,
+    finding_key,
+    labels_from_findings_key,
+)
 from cxrsynth.errors import InputError
 
 _VALUES = (1, 0, -1, None)

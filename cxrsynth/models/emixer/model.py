@@ -48,7 +48,15 @@ from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DRe
 from cxrsynth.models.emixer.generator import Generator
 from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor, normalize_labels
 from cxrsynth.models.emixer.losses import d_loss, g_loss
-from cxrsynth.models.emixer.report import IMP, ReportDecoder, build_vocabulary, encode_reports, grid_to_text, report_sentences, vocabulary_from_counts
+from cxrsynth.models.emixer.report import (
+    IMP,
+    ReportDecoder,
+    build_vocabulary,
+    encode_reports,
+    grid_to_text,
+    report_sentences,
+    vocabulary_from_counts,
+)
 
 REAL_DATA_NETS = ("report_decoder", "d_image", "d_report", "d_joint")
 
@@ -210,7 +218,7 @@ class Model(GenerativeModel):
         if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
             losses["f_report"] = self._extra_decoder_steps(real, ids, counts, synthetic, y[:, -1])
         elif cfg.f_steps > 1 and self.writes_reports and not self._warned_f_steps:
-            warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.")
+            warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.", stacklevel=2)
             self._warned_f_steps = True
         if self.step_count % cfg.d_steps == 0:
             losses.update(self._generator_step(b))

@@ -28,7 +28,6 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
@@ -39,7 +38,15 @@ from cxrsynth.models.base import GenerativeModel
 from cxrsynth.models.mopoe import fusion
 from cxrsynth.models.mopoe.codec import LABEL_STATES, Batch, decode_labels, decode_report, make_batch, to_batch
 from cxrsynth.models.mopoe.config import MoPoEConfig
-from cxrsynth.models.mopoe.nets import CausalTextDecoder, ImageDecoder, ImageEncoder, LabelDecoder, LabelEncoder, ParallelTextDecoder, TextEncoder
+from cxrsynth.models.mopoe.nets import (
+    CausalTextDecoder,
+    ImageDecoder,
+    ImageEncoder,
+    LabelDecoder,
+    LabelEncoder,
+    ParallelTextDecoder,
+    TextEncoder,
+)
 
 log = logging.getLogger(__name__)
 IMAGE_MODALITIES = ("frontal", "lateral")

@@ -1,4 +1,6 @@
-"""What travels between the coordinator and a site, as Flower records (one codec, both sides)."""
+"""What travels between the coordinator and a site, as Flower records: one codec, below both
+Flower apps (client/, server/) and the federated audit (privacy/audit/protocol.py), which take it
+from here."""
 
 from __future__ import annotations
 

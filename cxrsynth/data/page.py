@@ -1,4 +1,5 @@
-"""`overview.html` in a dataset directory: what the data looks like, per site and per label.
+"""The page of a dataset directory (`overview.html`): what the data looks like, per site and per
+label. The data and figures are built here; templates/dataset.html draws them.
 
 Written by `data phantom` and `data ingest`. It shows images and counts, never report text (raw
 reports hold PHI); it is still site data (images), for the site's own operators.
@@ -19,15 +20,13 @@ PAGE = "overview.html"
 
 
 def _prevalence_plot(records: Sequence[Record]) -> str:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cxrsynth.eval.html import figure_img
+    from cxrsynth.pages import figure_uri
 
     sites = sorted({r.site for r in records})
-    fig, ax = plt.subplots(figsize=(10, 3.4))
+    fig = Figure(figsize=(10, 3.4))
+    ax = fig.subplots()
     x = np.arange(len(LABELS))
     w = 0.8 / max(len(sites), 1)
     for i, site in enumerate(sites):
@@ -37,17 +36,16 @@ def _prevalence_plot(records: Sequence[Record]) -> str:
     ax.set_xticks(x, LABELS, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("share positive")
     ax.legend(fontsize=8)
-    return figure_img(fig, "label prevalence per site")
+    return figure_uri(fig)
 
 
-def write_overview(out: str | Path, records: Sequence[Record], report: Optional[DatasetReport] = None, title: str = "Dataset overview", examples: int = 6) -> Path:
-    from cxrsynth.eval.html import esc, grid_img, page, table
+def write_page(out: str | Path, records: Sequence[Record], report: Optional[DatasetReport] = None, title: str = "Dataset overview", examples: int = 6) -> Path:
+    from cxrsynth import pages
+    from cxrsynth.pages import grid_uri
 
-    out = Path(out)
-    parts = ["<p>Site-only: this page shows the site's images. Report text is left out because raw reports hold PHI.</p>"]
     views = Counter(r.view for r in records)
     splits = Counter(r.split or "(none)" for r in records)
-    rows = [
+    counts = [
         ("studies", len(records)),
         ("patients", len({r.patient_id for r in records})),
         ("sites", ", ".join(f"{k or '(none)'}: {v}" for k, v in sorted(Counter(r.site for r in records).items()))),
@@ -55,25 +53,30 @@ def write_overview(out: str | Path, records: Sequence[Record], report: Optional[
         ("with a lateral", sum(r.lateral is not None for r in records)),
         ("splits", ", ".join(f"{k}: {v}" for k, v in sorted(splits.items()))),
     ]
-    parts.append(table(["", "count"], rows))
+    ingest = None
     if report is not None:
         d = report.as_dict()
-        parts.append("<h2>Ingest</h2>" + table(["read", "kept", "skipped"], [(d["read"], d["kept"], d["skipped"])]))
-        if d["skipped_by_reason"]:
-            parts.append(table(["reason", "count"], sorted(d["skipped_by_reason"].items())))
-        if report.problems:
-            shown = report.problems[:200]
-            parts.append("<h3>Problems</h3>" + table(["file", "row", "reason"], [(p.file, "" if p.row is None else p.row, p.reason) for p in shown], ["bad"] * len(shown)))
+        shown = report.problems[:200]
+        ingest = {
+            "counts": [(d["read"], d["kept"], d["skipped"])],
+            "by_reason": sorted(d["skipped_by_reason"].items()),
+            "problems": [(p.file, "" if p.row is None else p.row, p.reason) for p in shown],
+        }
+    by_label, by_site = [], []
     if records:
-        parts.append("<h2>Labels per site</h2>" + _prevalence_plot(records))
-        parts.append("<h2>Examples per label</h2><p>Frontal and lateral of studies positive for the label (and for as few others as possible).</p>")
         for name in LABELS:
             pos = sorted((r for r in records if r.labels.get(name) == 1), key=lambda r: sum(v == 1 for v in r.labels.values()))[:examples]
             imgs = [im for r in pos for im in (r.image, r.lateral if r.lateral is not None else np.zeros_like(r.image))]
-            parts.append(f"<h3>{esc(name)} ({sum(r.labels.get(name) == 1 for r in records)} positive)</h3>" + grid_img(imgs, cols=2 * examples, cell=96, alt=name))
-        parts.append("<h2>Examples per site</h2>")
+            by_label.append({"name": name, "positive": sum(r.labels.get(name) == 1 for r in records), "grid": grid_uri(imgs, cols=2 * examples, cell=96)})
         for site in sorted({r.site for r in records}):
-            parts.append(f"<h3>{esc(site or '(no site)')}</h3>" + grid_img([r.image for r in records if r.site == site][: 2 * examples], cols=2 * examples, alt=site))
-    path = out / PAGE
-    path.write_text(page(title, parts), encoding="utf-8")
-    return path
+            by_site.append({"name": site or "(no site)", "grid": grid_uri([r.image for r in records if r.site == site][: 2 * examples], cols=2 * examples)})
+    return pages.write(
+        Path(out) / PAGE,
+        "dataset.html",
+        title=title,
+        counts=counts,
+        ingest=ingest,
+        prevalence=_prevalence_plot(records) if records else "",
+        by_label=by_label,
+        by_site=by_site,
+    )
