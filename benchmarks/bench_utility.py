@@ -143,6 +143,9 @@ def make_cell_class():
             self.stage("privacy audit", self.audit, needs=("generation",))
             self.facts["seconds"] = time.perf_counter() - t0
             self.summary()
+            for s in self.stages:
+                if s.status != OK:
+                    print(f"   {s.name}: {s.status}: {s.detail[:400]}", file=sys.stderr)
             return [s for s in self.stages if s.status != OK]
 
     return Cell
