@@ -175,6 +175,8 @@ def train_round(
         if got != cfg.train.init_sha256:
             raise SiteRefused(f"the round-1 weights hash to {got}, not to the base {cfg.train.init_sha256} the run pins; the site fine-tunes only that base.")
     model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))
+    if server_round == 1 and cfg.train.init_sha256 is not None:
+        model.start_fine_tuning()
     apply_finetune(model, cfg.train.finetune)
     model.opts = model.make_optimizers()
     steps = cfg.federation.local_steps

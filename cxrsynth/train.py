@@ -212,6 +212,7 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         from cxrsynth.pretrained import load_base
 
         model, card = load_base(cfg, device)
+        model.start_fine_tuning()
         base = {**card.model_dump(), "path": str(cfg.train.init_from)}
         progress.say(f"fine-tuning the base {cfg.train.init_from} (sha256 {card.sha256[:16]}..., {card.pretrained_on})")
     else:

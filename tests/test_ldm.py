@@ -112,6 +112,25 @@ def test_ema_follows_unet_slowly(records):
     assert m.sampling_unet() is m.ema_unet
 
 
+def test_fine_tuning_from_a_base_starts_at_its_average_and_the_average_follows_it(records):
+    # A base at the end of its pretraining: many steps, the average at its full decay.
+    m = tiny_model(records, vae_steps=0, ema_decay=0.995)
+    for _ in range(3):
+        m.train_step(records[:4])
+    m.steps_done[1] = 6000
+    base_average = flat(m.ema_unet).clone()
+    assert not torch.equal(flat(m.part("unet")), base_average)
+    m.start_fine_tuning()
+    assert torch.equal(flat(m.part("unet")), base_average) and int(m.steps_done[1]) == 0
+    m.opts = m.make_optimizers()
+    for _ in range(2):
+        m.train_step(records[4:8])
+    ema, live = flat(m.ema_unet), flat(m.part("unet"))
+    # Warm-up counted from the fine-tuning's first step: the sampled weights are mostly the
+    # fine-tuned ones, not the base's (at decay 0.995 they would have moved 1% of the way).
+    assert (ema - live).norm() < 0.5 * (ema - base_average).norm()
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("sampler", ["ddim", "pndm"])
 def test_scheduler_round_trip_with_exact_model_output(prediction, sampler):

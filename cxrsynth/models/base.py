@@ -92,6 +92,10 @@ class GenerativeModel(nn.Module):
         Default: `setup` on pseudo-reports that hold each token exactly its count."""
         self.setup(pseudo_reports(counts, n_reports))
 
+    def start_fine_tuning(self) -> None:
+        """Called once where a run starts from a pretrained base, after its hash was checked and
+        before the first step (at each site in round 1, and in `cxrsynth train`). Default: nothing."""
+
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         """Fit the label mix unconditional generation draws from, from label counts merged over
         sites (client.task.label_counts) instead of records. Default: the family keeps none."""
