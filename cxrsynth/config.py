@@ -56,6 +56,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     out: Path = Path("runs/train")
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; none: torch's default")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader processes decoding images ahead of the step; 0: in the training process")
     init_from: Optional[Path] = Field(None, description="a base checkpoint (`cxrsynth pretrain`) to fine-tune instead of training from scratch")
     init_sha256: Optional[str] = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="the base's SHA-256 (cxrsynth.pretrained.base_sha256); sites refuse a base that hashes otherwise"
