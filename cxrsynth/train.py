@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -95,13 +96,18 @@ def train_steps(
     patients = dataset.patient_ids() if sampling == "poisson-patient" else None
     sampler = IndexBatchSampler(len(dataset), batch_size, seed + start_step, sampling, patients, steps=steps, rank=rank, world_size=world_size)
     loader = record_loader(dataset, sampler, workers, getattr(model, "device", None))
+    step_on = model.train_step
+    if world_size > 1:
+        from cxrsynth.distributed import data_parallel
+
+        step_on = data_parallel(model)
     model.train()
     sums: dict[str, float] = {}
     history: list[dict] = []
     t0 = time.perf_counter()
     bar = progress.task(label, total=steps) if progress else None
     for i, batch in enumerate(loader):
-        losses = model.train_step(batch)
+        losses = step_on(batch)
         for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"loss {k} became {v} at step {start_step + i + 1}; lower the learning rate.")
@@ -210,6 +216,10 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     progress = progress or Progress()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    from cxrsynth.distributed import world_from_env
+
+    # Under torchrun every rank trains alike on its share of each batch; rank 0 writes.
+    rank, world = world_from_env()
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     train_records = training_set(cfg, load_run_dataset(cfg))
@@ -254,11 +264,14 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         # The site's ledger beside its dataset (where the ClientApp keeps it too): one budget per dataset.
         ledger = privatize(model, cfg, rate, spent, ledger_file=site_ledger_path(cfg.data.path))
     log_path = out / "losses.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     every = cfg.train.checkpoint_every
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path if rank == 0 else os.devnull, "a", encoding="utf-8") as log:
 
         def on_step(step: int, entry: dict) -> None:
+            if rank != 0:
+                return
             log.write(json.dumps(entry) + "\n")
             history.append(entry)
             if every and step % every == 0 and step < cfg.train.steps:
@@ -278,9 +291,12 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
             progress=progress,
             label=f"train {cfg.model.family}",
             workers=cfg.train.workers,
+            rank=rank,
+            world_size=world,
         )
-    save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
-    progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s; checkpoint: {out}")
+    if rank == 0:
+        save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
+        progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s" + (f" on {world} processes" if world > 1 else "") + f"; checkpoint: {out}")
     return out
 
 
