@@ -1,0 +1,162 @@
+"""Memory and speed at hospital scale: peak resident memory of ingest, training (100 steps),
+generation and the audit at 1k, 10k (and, asked for, 100k) phantom studies of 64x64 pixels,
+and the growth from one size to the next.
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 1000,10000[,100000]] [--workdir DIR]
+
+Each stage runs in a fresh child process, so its peak RSS (ru_maxrss) is its own. `train` is
+`cxrsynth train` on the site's directory (streamed: images decoded on access). The speed of
+100 steps is measured three ways at each size, in the same run: streamed, streamed with 2
+DataLoader workers, and the loop as it was before the streaming loader (every image decoded
+into memory first, then `train_steps` on the list). The model is mopoe-tiny at 64x64 pixels (batch 32). The synthetic set has as many
+records as the site, and the audit compares it with the site's training and holdout patients
+(a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
+and nearest-neighbour search rather than its training loops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import child, peak_rss_mb, write
+
+STEPS = 100
+POLICY = {"bootstrap": 50, "fidelity_steps": 30, "selfsup_steps": 10, "skip": ["text_embedding"]}
+
+
+def _config(work: Path, site: Path, out: Path, workers: int) -> Path:
+    import yaml
+
+    path = work / f"train-w{workers}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "mopoe-tiny",
+                "model": {"image_size": 64},
+                "data": {"path": str(site)},
+                "train": {"steps": STEPS, "batch_size": 32, "num_threads": 1, "workers": workers, "out": str(out), "log_every": 1000},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def stage(name: str, work: Path, n: int) -> dict:
+    """One stage in this (child) process; returns its figures."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cxrsynth.cli import main as cli
+
+    src, site, syn = work / "source", work / "site", work / "synthetic"
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if name == "phantom":
+        code = cli(["data", "phantom", "--out", str(src), "--n", str(n), "--sites", "1", "--size", "64", "--quiet"])
+    elif name == "ingest":
+        code = cli(["data", "ingest", "--source", "manifest", "--path", str(src), "--out", str(site), "--quiet"])
+    elif name == "train":
+        code = cli(["train", "--config", str(_config(work, site, work / "run", 0)), "--quiet"])
+    elif name.startswith("steps-"):
+        extra["train_seconds"] = _steps(name, work, site)
+        code = 0
+    elif name == "generate":
+        code = cli(["generate", "--checkpoint", str(work / "run"), "--n", str(n), "--out", str(syn), "--quiet"])
+    elif name == "audit":
+        import yaml
+
+        policy = work / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY), encoding="utf-8")
+        code = cli(["audit", "--synthetic", str(syn), "--train", str(site), "--holdout", str(site), "--policy", str(policy), "--out", str(work / "audit"), "--quiet"])
+        code = 0 if code in (0, 1) else code  # 1: a check failed, which is the audit working
+    else:
+        raise SystemExit(f"unknown stage {name}")
+    if code != 0:
+        raise SystemExit(f"stage {name} exited {code}")
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), **extra}
+
+
+def _steps(name: str, work: Path, site: Path) -> float:
+    """Seconds of 100 training steps: streamed (0 or 2 workers) or from records decoded first."""
+    from cxrsynth.config import load_config
+    from cxrsynth.data.dataset import read_dataset
+    from cxrsynth.data.stream import RecordView
+    from cxrsynth.models import build_model
+    from cxrsynth.train import apply_labeled_fraction, load_run_dataset, seed_everything, train_steps, training_set
+
+    workers = 2 if name.endswith("w2") else 0
+    cfg = load_config(str(_config(work, site, work / "unused", workers)))
+    seed_everything(0)
+    if name == "steps-memory":  # the loop before the streaming loader: every image decoded first
+        records, _ = read_dataset(site)
+        data = apply_labeled_fraction([r for r in records if r.split != "holdout"], cfg.data.labeled_fraction, cfg.train.seed)
+        setup = data
+    else:
+        data = training_set(cfg, load_run_dataset(cfg))
+        setup = RecordView(data)
+    model = build_model(cfg.model)
+    model.setup(setup)
+    model.opts = model.make_optimizers()
+    t0 = time.perf_counter()
+    train_steps(model, data, steps=STEPS, batch_size=cfg.train.batch_size, seed=cfg.train.seed, workers=workers)
+    return time.perf_counter() - t0
+
+
+STAGES = ("phantom", "ingest", "train", "steps-stream", "steps-stream-w2", "steps-memory", "generate", "audit")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results/bench_scale.json")
+    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--workdir", default=None, help="where the datasets go (default: a temporary folder, removed after)")
+    p.add_argument("--quick", action="store_true", help="1000 studies only")
+    p.add_argument("--child", nargs="*")
+    args = p.parse_args()
+    if args.child is not None:
+        name, work, n = args.child
+        print(json.dumps(stage(name, Path(work), int(n))))
+        return 0
+    sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    stages = args.stages.split(",")
+    base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rows, peaks = [], {}
+    try:
+        for n in sizes:
+            work = base / f"n{n}"
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            for name in stages:
+                r = child(__file__, name, str(work), str(n), timeout=3600)
+                if "error" in r:
+                    rows.append({"name": f"{name} {n}", "value": None, "unit": "MB", "note": r["error"]})
+                    continue
+                peaks[(name, n)] = r["peak_rss_mb"]
+                note = f"{r['seconds']:.1f} s wall"
+                if "train_seconds" in r:
+                    note += f"; {STEPS} steps in {r['train_seconds']:.1f} s ({STEPS * 32 / r['train_seconds']:.1f} images/s)"
+                rows.append({"name": f"{name} peak RSS, {n} studies", "value": round(r["peak_rss_mb"]), "unit": "MB", "seconds": round(r["seconds"], 1), "note": note})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+            shutil.rmtree(work / "source", ignore_errors=True)
+        for a, b in zip(sizes, sizes[1:]):
+            for name in stages:
+                if (name, a) in peaks and (name, b) in peaks:
+                    rows.append({"name": f"{name} peak RSS growth {a} -> {b}", "value": round(peaks[(name, b)] / peaks[(name, a)], 2), "unit": "x", "note": "same run"})
+    finally:
+        if not args.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+    write(args.out, "scale", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
