@@ -75,6 +75,9 @@ class DPConfig(Strict):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    grad_sample: Literal["hooks", "functorch"] = Field(
+        "hooks", description="how Opacus computes per-sample gradients: its per-layer formulas (hooks) or torch.func's vmap over every layer (functorch); same gradients, different speed"
+    )
     privacy_unit: Literal["patient", "study"] = Field(
         "patient", description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study"
     )
