@@ -220,6 +220,8 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
 
     # Under torchrun every rank trains alike on its share of each batch; rank 0 writes.
     rank, world = world_from_env()
+    if rank != 0:
+        progress = Progress(quiet=True)
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     train_records = training_set(cfg, load_run_dataset(cfg))
