@@ -16,6 +16,7 @@ process would have drawn.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
@@ -90,14 +91,18 @@ class ManifestDataset(Dataset):
     """
 
     _TEXT = ("record_id", "patient_id", "study_id", "site", "split", "view", "findings", "impression", "provenance")
+    _FEW = ("site", "split", "view")
 
-    def __init__(self, root: str | Path, columns: dict, rows: np.ndarray, labels: np.ndarray, image_paths: list[str], lateral_paths: list[str]):
+    def __init__(self, root: str | Path, columns: dict, rows: np.ndarray, labels: np.ndarray, image_paths: list[str], lateral_paths: list[str], index: Optional[np.ndarray] = None):
         self.root = Path(root)
         self.columns = columns
         self.rows = rows  # manifest data row of each record (1-based), for error messages
         self.labels = labels
         self.image_paths = image_paths
         self.lateral_paths = lateral_paths
+        # Positions in the columns this dataset serves: a subset (the training side of the split)
+        # shares its parent's columns instead of copying them.
+        self.index = np.arange(len(image_paths)) if index is None else index
         self.keep_labels: Optional[np.ndarray] = None
         self.phi: dict[str, dict[str, str]] = {}
 
@@ -129,7 +134,9 @@ class ManifestDataset(Dataset):
                 continue
             seen.add(rec.record_id)
             for c in cls._TEXT:
-                columns[c].append(getattr(rec, c))
+                value = getattr(rec, c)
+                # One string object per distinct site, split and view, not one per row.
+                columns[c].append(sys.intern(value) if c in cls._FEW else value)
             labels.append(np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8))
             rows.append(i)
             images.append(image)
@@ -142,15 +149,17 @@ class ManifestDataset(Dataset):
         return ds, report
 
     def __len__(self) -> int:
-        return len(self.image_paths)
+        return len(self.index)
 
     def metadata(self, i: int) -> Record:
         """Record i without its images (report, labels, ids): no file is read."""
         if not 0 <= i < len(self):
             raise IndexError(i)
+        keep = self.keep_labels is None or self.keep_labels[i]
+        i = int(self.index[i])
         lab = self.labels[i]
         labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, lab.tolist())}
-        if self.keep_labels is not None and not self.keep_labels[i]:
+        if not keep:
             labels = dict.fromkeys(LABELS)
         rec = Record(**{c: self.columns[c][i] for c in self._TEXT}, labels=labels)
         if self.phi and rec.record_id in self.phi:
@@ -159,6 +168,7 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> Record:
         rec = self.metadata(i)
+        i = int(self.index[i])
         try:
             rec.image = _load_rel(self.root, self.image_paths[i], "image_path")
             if self.lateral_paths[i]:
@@ -168,27 +178,25 @@ class ManifestDataset(Dataset):
         return rec
 
     def patient_ids(self) -> list[str]:
-        return self.columns["patient_id"]
+        column = self.columns["patient_id"]
+        return [column[i] for i in self.index.tolist()]
 
     def splits(self) -> list[str]:
-        return self.columns["split"]
+        column = self.columns["split"]
+        return [column[i] for i in self.index.tolist()]
 
     def subset(self, indices: Sequence[int]) -> "ManifestDataset":
-        idx = list(indices)
-        sub = ManifestDataset(
-            self.root,
-            {c: [v[i] for i in idx] for c, v in self.columns.items()},
-            self.rows[idx],
-            self.labels[idx],
-            [self.image_paths[i] for i in idx],
-            [self.lateral_paths[i] for i in idx],
-        )
+        """The records at `indices`, sharing this dataset's columns (no label mask carried over)."""
+        sub = ManifestDataset(self.root, self.columns, self.rows, self.labels, self.image_paths, self.lateral_paths, self.index[np.asarray(indices, dtype=np.int64)])
         sub.phi = self.phi
         return sub
 
     def with_splits(self, splits: Sequence[str]) -> "ManifestDataset":
         """The same dataset with the split column replaced (a split made by patient)."""
-        self.columns["split"] = list(splits)
+        column = list(self.columns["split"])
+        for i, side in zip(self.index.tolist(), splits):
+            column[i] = sys.intern(side)
+        self.columns["split"] = column
         return self
 
 
