@@ -119,3 +119,14 @@ def test_the_record_batch_sampler_keeps_drawing_what_it_drew_before():
     ds = RecordsDataset(recs)
     ds.keep_labels = np.zeros(30, bool)
     assert not ds[0].has_labels() and recs[0].has_labels()
+
+
+def test_iterating_the_loader_leaves_torch_s_random_stream_to_the_model():
+    """The model's draws (z, noise) come from torch's global generator; the loader must not take from it."""
+    recs = make_phantom(n=8, sites=1, seed=0, image_size=16, lateral=False)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in record_loader(RecordsDataset(recs), IndexBatchSampler(8, 4, seed=0, steps=2)):
+        pass
+    assert torch.equal(torch.rand(3), expected)

@@ -315,4 +315,6 @@ def record_loader(dataset: Dataset, sampler: IndexBatchSampler, workers: int = 0
     processes decode images ahead of the step; on CUDA the stacked images are pinned."""
     pin = device is not None and device.type == "cuda"
     extra = {"persistent_workers": False, "prefetch_factor": 2} if workers else {}
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_records, num_workers=workers, pin_memory=pin, **extra)
+    # A generator of its own: a DataLoader draws its workers' base seed from it when iterated, and
+    # from torch's global one without it, which would shift every random draw of the model's steps.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_records, num_workers=workers, pin_memory=pin, generator=torch.Generator(), **extra)
