@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default=None, help="checkpoint directory (default: train.out of the config)")
     t.add_argument("--steps", type=int, default=None, help="override train.steps")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    t.add_argument("--dry-run", action="store_true", help="build the model, take two steps at a tiny batch on phantom data, print parameters, step time and memory at the configured batch; writes nothing")
+    t.add_argument("--dry-run-batch", type=int, default=2, metavar="N", help="the tiny batch of --dry-run (default 2)")
     t.set_defaults(path=("train",))
 
     fl = sub.add_parser("fl", parents=[common], help="federated training").add_subparsers(dest="fl_cmd", metavar="ACTION", required=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from cxrsynth.config import load_config
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
@@ -17,6 +19,16 @@ def train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         overrides.setdefault("train", {})["steps"] = args.steps
     cfg = load_config(args.config, overrides)
+    if getattr(args, "dry_run", False):
+        from cxrsynth.dryrun import dry_run
+
+        if args.dry_run_batch < 1:
+            raise InputError(f"--dry-run-batch {args.dry_run_batch}: expected a batch of at least 1.")
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        for line in dry_run(cfg, batch=args.dry_run_batch).lines():
+            print(line)
+        return 0
     out = Path(args.out) if args.out else cfg.train.out
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: is a file; a checkpoint is a folder.")

@@ -52,6 +52,7 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     out: Path = Path("runs/train")
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; none: torch's default")
+    workers: int = Field(0, ge=0, le=64, description="DataLoader processes decoding images ahead of the step; 0: in the training process")
     init_from: Optional[Path] = Field(None, description="a base checkpoint (`cxrsynth pretrain`) to fine-tune instead of training from scratch")
     init_sha256: Optional[str] = Field(
         None, pattern=r"^[0-9a-f]{64}$", description="the base's SHA-256 (cxrsynth.pretrained.base_sha256); sites refuse a base that hashes otherwise"
@@ -70,6 +71,9 @@ class DPConfig(Strict):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    grad_sample: Literal["hooks", "functorch"] = Field(
+        "hooks", description="how Opacus computes per-sample gradients: its per-layer formulas (hooks) or torch.func's vmap over every layer (functorch); same gradients, different speed"
+    )
     privacy_unit: Literal["patient", "study"] = Field(
         "patient", description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study"
     )

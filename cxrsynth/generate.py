@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
-from cxrsynth.data.dataset import write_dataset
+from cxrsynth.data.dataset import DatasetWriter
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import pick_device
 from cxrsynth.output import check_out, fresh_dir
@@ -38,26 +38,27 @@ def generate(
     model, cfg, _ = load_checkpoint(checkpoint, pick_device(device))
     model.eval()
     ckhash = checkpoint_hash(checkpoint)
-    records = []
     task = progress.task(f"generate {cfg.model.family}", n)
-    for start in range(0, n, batch_size):
-        k = min(batch_size, n - start)
-        cond = conditions[start : start + k] if conditions is not None else None
-        batch = model.generate(k, cond, seed=seed + start)
-        for j, rec in enumerate(batch):
-            i = start + j
-            records.append(
-                rec.with_(
-                    record_id=f"syn-{i:06d}",
-                    patient_id=f"syn-{i:06d}",
-                    study_id=f"syn-{i:06d}",
-                    site="synthetic",
-                    split="",
-                    provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}",
-                )
-            )
-        task.advance(k)
+    # Each batch's images go to disk as they are made (DatasetWriter): memory holds one batch.
     with fresh_dir(Path(out), replace) as tmp:
-        write_dataset(tmp, records)
-    progress.say(f"wrote {len(records)} synthetic records to {out}")
+        writer = DatasetWriter(tmp)
+        for start in range(0, n, batch_size):
+            k = min(batch_size, n - start)
+            cond = conditions[start : start + k] if conditions is not None else None
+            batch = model.generate(k, cond, seed=seed + start)
+            for j, rec in enumerate(batch):
+                i = start + j
+                writer.add(
+                    rec.with_(
+                        record_id=f"syn-{i:06d}",
+                        patient_id=f"syn-{i:06d}",
+                        study_id=f"syn-{i:06d}",
+                        site="synthetic",
+                        split="",
+                        provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}",
+                    )
+                )
+            task.advance(k)
+        writer.close()
+    progress.say(f"wrote {n} synthetic records to {out}")
     return Path(out)

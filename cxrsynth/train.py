@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import torch
 from cxrsynth.checkpoint import load_checkpoint, load_optimizers, save_checkpoint
 from cxrsynth.config import RunConfig
 from cxrsynth.data.records import Record
+from cxrsynth.data.stream import IndexBatchSampler, ManifestDataset, RecordsDataset, RecordView, as_dataset, record_loader
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device
@@ -34,51 +36,27 @@ def seed_everything(seed: int) -> None:
 
 
 class BatchSampler:
-    """Draws batches of records.
-
-    'shuffle': fixed-size batches from reshuffled epochs. 'poisson': each record joins a batch
-    independently with probability batch_size / n, the sampling DP-SGD accounting assumes
-    (batches vary in size and may be empty). 'poisson-patient': each patient joins with
-    probability batch_size / (number of patients) and brings one of their studies, drawn
-    uniformly; a patient is then one row of the batch, so Opacus' per-sample clipping bounds a
-    patient's whole contribution and the accountant's sample rate is the patients' (patient-level
-    DP: epsilon protects all studies of a patient, not one study).
-    """
+    """Batches of records drawn by `IndexBatchSampler` (see there for the sampling modes), for
+    callers that hold records in memory and step by hand (benchmarks, tests)."""
 
     def __init__(self, records: Sequence[Record], batch_size: int, seed: int, mode: str = "shuffle"):
         if not records:
             raise InputError("no training records: the dataset (after the holdout split) is empty.")
         self.records = list(records)
-        self.batch_size = min(batch_size, len(self.records))
+        self.indices = IndexBatchSampler(len(self.records), batch_size, seed, mode, patient_ids=[r.patient_id for r in self.records])
+        self.batch_size = self.indices.batch_size
         self.mode = mode
-        self.rng = np.random.default_rng(seed)
-        self._order: list[int] = []
-        self.patients: list[list[int]] = []
-        if mode == "poisson-patient":
-            groups: dict[str, list[int]] = {}
-            for i, r in enumerate(self.records):
-                groups.setdefault(r.patient_id, []).append(i)
-            self.patients = list(groups.values())
-            self.batch_size = min(batch_size, len(self.patients))
+        self.patients = self.indices.patients
 
     @property
     def sample_rate(self) -> float:
-        return self.batch_size / (len(self.patients) if self.patients else len(self.records))
+        return self.indices.sample_rate
 
     def __iter__(self) -> Iterator[list[Record]]:
         return self
 
     def __next__(self) -> list[Record]:
-        if self.mode == "poisson-patient":
-            mask = self.rng.random(len(self.patients)) < self.sample_rate
-            return [self.records[self.patients[i][self.rng.integers(len(self.patients[i]))]] for i in np.flatnonzero(mask)]
-        if self.mode == "poisson":
-            mask = self.rng.random(len(self.records)) < self.sample_rate
-            return [self.records[i] for i in np.flatnonzero(mask)]
-        if len(self._order) < self.batch_size:
-            self._order += list(self.rng.permutation(len(self.records)))
-        take, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
-        return [self.records[i] for i in take]
+        return [self.records[i] for i in self.indices.next_global()]
 
 
 @dataclass
@@ -103,17 +81,33 @@ def train_steps(
     on_step: Optional[Callable[[int, dict], None]] = None,
     progress: Optional[Progress] = None,
     label: str = "train",
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> TrainResult:
-    """Run `steps` training steps of `model` on `records`. No I/O beyond what `on_step` does."""
-    sampler = BatchSampler(records, batch_size, seed + start_step, sampling)
+    """Run `steps` training steps of `model` on `records` (a sequence of records, or a dataset
+    of `cxrsynth.data.stream` whose images are decoded on access, by `workers` DataLoader
+    processes when > 0). No I/O beyond reading the dataset and what `on_step` does.
+
+    `rank` / `world_size`: data-parallel training (cxrsynth.distributed); this process steps on
+    its share of each global batch, which every rank draws alike.
+    """
+    dataset = as_dataset(records)
+    patients = dataset.patient_ids() if sampling == "poisson-patient" else None
+    sampler = IndexBatchSampler(len(dataset), batch_size, seed + start_step, sampling, patients, steps=steps, rank=rank, world_size=world_size)
+    loader = record_loader(dataset, sampler, workers, getattr(model, "device", None))
+    step_on = model.train_step
+    if world_size > 1:
+        from cxrsynth.distributed import data_parallel
+
+        step_on = data_parallel(model)
     model.train()
     sums: dict[str, float] = {}
     history: list[dict] = []
     t0 = time.perf_counter()
     bar = progress.task(label, total=steps) if progress else None
-    for i in range(steps):
-        batch = next(sampler)
-        losses = model.train_step(batch)
+    for i, batch in enumerate(loader):
+        losses = step_on(batch)
         for k, v in losses.items():
             if not math.isfinite(v):
                 raise FloatingPointError(f"loss {k} became {v} at step {start_step + i + 1}; lower the learning rate.")
@@ -158,6 +152,34 @@ def load_run_data(cfg: RunConfig) -> list[Record]:
     return records
 
 
+def load_run_dataset(cfg: RunConfig):
+    """The run's data as a dataset with its split column set: a dataset directory read lazily
+    (`ManifestDataset`: images decoded on access), or phantom records in memory."""
+    if cfg.data.path is None:
+        return RecordsDataset(load_run_data(cfg))
+    from cxrsynth.data.split import _unit
+
+    dataset, report = ManifestDataset.open(cfg.data.path)
+    if report.skipped:
+        for p in report.problems[:10]:
+            print(f"skipped {p}")
+        print(f"{report.skipped} row(s) of {cfg.data.path} skipped; {report.kept} kept.")
+    if not any(dataset.splits()):
+        frac, seed = cfg.data.holdout_fraction, cfg.data.split_seed
+        dataset.with_splits(["holdout" if _unit(p, seed) < frac else "train" for p in dataset.patient_ids()])
+    return dataset
+
+
+def training_set(cfg: RunConfig, dataset):
+    """The training side of the split, with labels kept on `data.labeled_fraction` of it (the
+    same records `apply_labeled_fraction` keeps them on)."""
+    train_set = dataset.subset([i for i, s in enumerate(dataset.splits()) if s != "holdout"])
+    fraction = cfg.data.labeled_fraction
+    if fraction < 1.0:
+        train_set.keep_labels = np.random.default_rng(cfg.train.seed).random(len(train_set)) < fraction
+    return train_set
+
+
 def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
     """Keep labels on only `fraction` of the records (the few-label setting); the rest lose labels."""
     if fraction >= 1.0:
@@ -169,11 +191,13 @@ def apply_labeled_fraction(records: Sequence[Record], fraction: float, seed: int
     return [r if k else r.with_(labels=empty_labels()) for r, k in zip(records, keep)]
 
 
-def dp_sampling(records: Sequence[Record], batch_size: int, privacy_unit: str) -> tuple[str, float, int]:
-    """(sampling mode, the accountant's sample rate, number of privacy units) of DP-SGD on `records`."""
+def dp_sampling(records, batch_size: int, privacy_unit: str) -> tuple[str, float, int]:
+    """(sampling mode, the accountant's sample rate, number of privacy units) of DP-SGD on
+    `records` (a sequence of records or a dataset)."""
     mode = "poisson-patient" if privacy_unit == "patient" else "poisson"
-    sampler = BatchSampler(records, batch_size, 0, mode)
-    return mode, sampler.sample_rate, len(sampler.patients) if sampler.patients else len(sampler.records)
+    dataset = as_dataset(records)
+    sampler = IndexBatchSampler(len(dataset), batch_size, 0, mode, dataset.patient_ids())
+    return mode, sampler.sample_rate, sampler.units
 
 
 def site_ledger_path(data_path: Optional[Path]) -> Optional[Path]:
@@ -192,11 +216,15 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     progress = progress or Progress()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    from cxrsynth.distributed import world_from_env
+
+    # Under torchrun every rank trains alike on its share of each batch; rank 0 writes.
+    rank, world = world_from_env()
+    if rank != 0:
+        progress = Progress(quiet=True)
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
-    records = load_run_data(cfg)
-    train_records = [r for r in records if r.split != "holdout"]
-    train_records = apply_labeled_fraction(train_records, cfg.data.labeled_fraction, cfg.train.seed)
+    train_records = training_set(cfg, load_run_dataset(cfg))
     start_step = 0
     history: list[dict] = []
     spent: list = []  # the DP accountant's history so far: a resumed run keeps counting epsilon
@@ -217,7 +245,8 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         progress.say(f"fine-tuning the base {cfg.train.init_from} (sha256 {card.sha256[:16]}..., {card.pretrained_on})")
     else:
         model = build_model(cfg.model)
-        model.setup(train_records)
+        # Read once, one record at a time (a dataset directory's images are decoded here, not kept).
+        model.setup(RecordView(train_records))
         model.to_device(device)
     trainable, total = apply_finetune(model, cfg.train.finetune)
     if trainable < total:
@@ -238,11 +267,14 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         # The site's ledger beside its dataset (where the ClientApp keeps it too): one budget per dataset.
         ledger = privatize(model, cfg, rate, spent, ledger_file=site_ledger_path(cfg.data.path))
     log_path = out / "losses.jsonl"
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     every = cfg.train.checkpoint_every
-    with open(log_path, "a", encoding="utf-8") as log:
+    with open(log_path if rank == 0 else os.devnull, "a", encoding="utf-8") as log:
 
         def on_step(step: int, entry: dict) -> None:
+            if rank != 0:
+                return
             log.write(json.dumps(entry) + "\n")
             history.append(entry)
             if every and step % every == 0 and step < cfg.train.steps:
@@ -261,9 +293,13 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
             on_step=on_step,
             progress=progress,
             label=f"train {cfg.model.family}",
+            workers=cfg.train.workers,
+            rank=rank,
+            world_size=world,
         )
-    save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
-    progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s; checkpoint: {out}")
+    if rank == 0:
+        save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
+        progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s" + (f" on {world} processes" if world > 1 else "") + f"; checkpoint: {out}")
     return out
 
 

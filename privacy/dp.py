@@ -148,7 +148,7 @@ def privatize(
         net = unwrap(model.nets[name])
         _validate(name, net)
         if not isinstance(model.nets[name], GradSampleModule):
-            model.nets[name] = GradSampleModule(net)
+            model.nets[name] = GradSampleModule(net, force_functorch=dp.grad_sample == "functorch")
         opt = model.opts[name]
         if not isinstance(opt, DPOptimizer):
             opt = DPOptimizer(opt, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch)

@@ -207,3 +207,20 @@ def test_the_ledger_names_its_privacy_unit():
     assert ledger()["privacy_unit"] == "patient"
     study = _cfg(privacy_unit="study")
     assert privatize(_model(study)[0], study, 0.1)()["privacy_unit"] == "study"
+
+
+def test_functorch_per_sample_gradients_give_the_clipped_gradient_opacus_hooks_give():
+    """dp.grad_sample only changes how per-sample gradients are computed, not what they are."""
+    grads = []
+    for mode in ("hooks", "functorch"):
+        cfg = _cfg(noise_multiplier=0.0, grad_sample=mode)
+        model, records = _model(cfg)
+        privatize(model, cfg, cfg.train.batch_size / len(records))
+        assert model.nets["enc_frontal"].force_functorch == (mode == "functorch")
+        torch.manual_seed(5)
+        train_steps(model, records, steps=1, batch_size=cfg.train.batch_size, sampling="poisson")
+        # Without noise, the gradient the DP optimizer stepped with is the clipped mean.
+        grads.append({f"{n}.{k}": p.grad.clone() for n in model.nets for k, p in model.nets[n].named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6), k

@@ -162,8 +162,18 @@ def read_dataset(
     de-identification can use the header PHI of data read back from disk.
     """
     root = Path(root)
-    manifest = root / MANIFEST
+    manifest, reader = open_manifest(root)
     report = report or DatasetReport()
+    records = collect_rows(reader, lambda row: _row_to_record(row, root, load_images), manifest, report, strict)
+    if with_phi and (root / PHI_HEADERS).is_file():
+        headers = read_phi_headers(root)
+        records = [r.with_(phi_meta=dict(headers[r.record_id])) if r.record_id in headers else r for r in records]
+    return records, report
+
+
+def open_manifest(root: Path) -> tuple[Path, "CsvRows"]:
+    """(path, rows) of a dataset directory's manifest, its header checked against the format."""
+    manifest = Path(root) / MANIFEST
     if not manifest.is_file():
         raise InputError(f"{manifest}: no manifest.csv here; a dataset is a directory with manifest.csv and its PNGs.")
     reader = csv_rows(manifest)
@@ -174,11 +184,7 @@ def read_dataset(
     unknown = [c for c in header if c not in COLUMNS]
     if unknown:
         raise InputError(f"{manifest}: unknown column(s) {unknown}; expected columns {list(COLUMNS)}.")
-    records = collect_rows(reader, lambda row: _row_to_record(row, root, load_images), manifest, report, strict)
-    if with_phi and (root / PHI_HEADERS).is_file():
-        headers = read_phi_headers(root)
-        records = [r.with_(phi_meta=dict(headers[r.record_id])) if r.record_id in headers else r for r in records]
-    return records, report
+    return manifest, reader
 
 
 def collect_rows(
@@ -331,25 +337,41 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
     PHI header fields (`Record.phi_meta`) are never written here; see `write_phi_headers`.
     `progress` (a `cxrsynth.progress.Progress`) reports long writes.
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     records = list(records)
     dup = _first_duplicate(r.record_id for r in records)
     if dup is not None:
         raise InputError(f"record_id {dup!r} appears twice; record ids must be unique in a dataset.")
     task = progress.task("writing images", len(records)) if progress is not None else None
-    rows = []
+    writer = DatasetWriter(root)
     for rec in records:
         if task is not None:
             task.advance()
+        writer.add(rec)
+    return writer.close()
+
+
+class DatasetWriter:
+    """Writes a dataset one record at a time: each record's PNGs when it is added, the manifest
+    (its rows kept as text until then) at `close`. Memory holds no image of a record once added."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict] = []
+        self._ids: set[str] = set()
+
+    def add(self, rec: Record) -> None:
+        if rec.record_id in self._ids:
+            raise InputError(f"record_id {rec.record_id!r} appears twice; record ids must be unique in a dataset.")
         if rec.image is None:
             raise InputError(f"record {rec.record_id}: has no image to write")
+        self._ids.add(rec.record_id)
         img_rel = image_relpath(rec)
-        save_png(rec.image, root / img_rel)
+        save_png(rec.image, self.root / img_rel)
         lat_rel = ""
         if rec.lateral is not None:
             lat_rel = image_relpath(rec, lateral=True)
-            save_png(rec.lateral, root / lat_rel)
+            save_png(rec.lateral, self.root / lat_rel)
         row = {
             "record_id": rec.record_id,
             "patient_id": rec.patient_id,
@@ -366,15 +388,17 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
         for name in LABELS:
             v = rec.labels.get(name)
             row[name] = "" if v is None else str(int(v))
-        rows.append(row)
-    manifest = root / MANIFEST
-    tmp = manifest.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(COLUMNS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(manifest)
-    return manifest
+        self.rows.append(row)
+
+    def close(self) -> Path:
+        manifest = self.root / MANIFEST
+        tmp = manifest.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(COLUMNS), lineterminator="\n")
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(manifest)
+        return manifest
 
 
 def _first_duplicate(items) -> Optional[str]:

@@ -1,0 +1,204 @@
+"""Memory and speed at hospital scale: peak resident memory of ingest, training (100 steps),
+generation and the audit at 1k, 10k (and, asked for, 100k) phantom studies of 64x64 pixels,
+and the growth from one size to the next.
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 1000,10000[,100000]] [--workdir DIR]
+
+Each stage runs in a fresh child process, so its peak RSS (ru_maxrss) is its own. `train` is
+`cxrsynth train` on the site's directory (streamed: images decoded on access); `steps-memory`
+the loop as it was before the streaming loader (every image decoded into memory first, then
+100 `train_steps` on the list). `speed` takes the same 100 steps three ways interleaved step by
+step in one process (streamed, streamed with 2 DataLoader workers, decoded first), so the
+images/s compare under the same machine load. The model is mopoe-tiny at 64x64 pixels (batch 32). The synthetic set has as many
+records as the site, and the audit compares it with the site's training and holdout patients
+(a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
+and nearest-neighbour search rather than its training loops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import child, peak_rss_mb, write
+
+STEPS = 100
+POLICY = {"bootstrap": 50, "fidelity_steps": 30, "selfsup_steps": 10, "skip": ["text_embedding"]}
+
+
+def _config(work: Path, site: Path, out: Path, workers: int) -> Path:
+    import yaml
+
+    path = work / f"train-w{workers}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "preset": "mopoe-tiny",
+                "model": {"image_size": 64},
+                "data": {"path": str(site)},
+                "train": {"steps": STEPS, "batch_size": 32, "num_threads": 1, "workers": workers, "out": str(out), "log_every": 1000},
+            }
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def stage(name: str, work: Path, n: int) -> dict:
+    """One stage in this (child) process; returns its figures."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cxrsynth.cli import main as cli
+
+    src, site, syn = work / "source", work / "site", work / "synthetic"
+    t0 = time.perf_counter()
+    extra: dict = {}
+    if name == "phantom":
+        code = cli(["data", "phantom", "--out", str(src), "--n", str(n), "--sites", "1", "--size", "64", "--quiet"])
+    elif name == "ingest":
+        code = cli(["data", "ingest", "--source", "manifest", "--path", str(src), "--out", str(site), "--quiet"])
+    elif name == "train":
+        code = cli(["train", "--config", str(_config(work, site, work / "run", 0)), "--quiet"])
+    elif name == "steps-memory":
+        _memory_loop(work, site)
+        code = 0
+    elif name == "speed":
+        extra["images_per_s"] = _speeds(work, site)
+        code = 0
+    elif name == "generate":
+        code = cli(["generate", "--checkpoint", str(work / "run"), "--n", str(n), "--out", str(syn), "--quiet"])
+    elif name == "audit":
+        import yaml
+
+        policy = work / "policy.yaml"
+        policy.write_text(yaml.safe_dump(POLICY), encoding="utf-8")
+        code = cli(["audit", "--synthetic", str(syn), "--train", str(site), "--holdout", str(site), "--policy", str(policy), "--out", str(work / "audit"), "--quiet"])
+        code = 0 if code in (0, 1) else code  # 1: a check failed, which is the audit working
+    else:
+        raise SystemExit(f"unknown stage {name}")
+    if code != 0:
+        raise SystemExit(f"stage {name} exited {code}")
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(), **extra}
+
+
+def _decoded_first(cfg, site: Path) -> list:
+    """The training records as the loop read them before the streaming loader: all decoded."""
+    from cxrsynth.data.dataset import read_dataset
+    from cxrsynth.train import apply_labeled_fraction
+
+    records, _ = read_dataset(site)
+    return apply_labeled_fraction([r for r in records if r.split != "holdout"], cfg.data.labeled_fraction, cfg.train.seed)
+
+
+def _memory_loop(work: Path, site: Path) -> None:
+    """100 steps of the loop before the streaming loader (every image decoded first): its peak RSS."""
+    from cxrsynth.config import load_config
+    from cxrsynth.models import build_model
+    from cxrsynth.train import seed_everything, train_steps
+
+    cfg = load_config(str(_config(work, site, work / "unused", 0)))
+    seed_everything(0)
+    data = _decoded_first(cfg, site)
+    model = build_model(cfg.model)
+    model.setup(data)
+    model.opts = model.make_optimizers()
+    train_steps(model, data, steps=STEPS, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+
+
+def _speeds(work: Path, site: Path) -> dict:
+    """Images/s of the same 100 steps three ways, interleaved step by step so all three see the
+    same machine load: streamed (decoded in the training process), streamed with 2 DataLoader
+    workers, and from records decoded first."""
+    from cxrsynth.config import load_config
+    from cxrsynth.data.stream import IndexBatchSampler, RecordView, record_loader
+    from cxrsynth.models import build_model
+    from cxrsynth.train import load_run_dataset, seed_everything, training_set
+
+    cfg = load_config(str(_config(work, site, work / "unused", 0)))
+    streamed = training_set(cfg, load_run_dataset(cfg))
+    memory = _decoded_first(cfg, site)
+    batch = cfg.train.batch_size
+    runs = {}
+    for name, data, workers in (("streamed", streamed, 0), ("streamed, 2 workers", streamed, 2), ("decoded first", memory, 0)):
+        seed_everything(0)
+        model = build_model(cfg.model)
+        model.setup(memory if name == "decoded first" else RecordView(streamed))
+        model.opts = model.make_optimizers()
+        model.train()
+        sampler = IndexBatchSampler(len(streamed), batch, cfg.train.seed, steps=STEPS + 1)
+        if name == "decoded first":
+            from cxrsynth.data.stream import RecordsDataset
+
+            data = RecordsDataset(memory)
+        loader = iter(record_loader(data, sampler, workers))
+        model.train_step(next(loader))  # warm-up (and the workers' start)
+        runs[name] = [model, loader, 0.0]
+    for _ in range(STEPS):
+        for run in runs.values():
+            t0 = time.perf_counter()
+            run[0].train_step(next(run[1]))
+            run[2] += time.perf_counter() - t0
+    return {name: STEPS * batch / run[2] for name, run in runs.items()}
+
+
+STAGES = ("phantom", "ingest", "train", "steps-memory", "speed", "generate", "audit")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--out", default="benchmarks/results/bench_scale.json")
+    p.add_argument("--sizes", default="1000,10000")
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--workdir", default=None, help="where the datasets go (default: a temporary folder, removed after)")
+    p.add_argument("--quick", action="store_true", help="1000 studies only")
+    p.add_argument("--child", nargs="*")
+    args = p.parse_args()
+    if args.child is not None:
+        name, work, n = args.child
+        print(json.dumps(stage(name, Path(work), int(n))))
+        return 0
+    sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    stages = args.stages.split(",")
+    base = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    rows, peaks = [], {}
+    try:
+        for n in sizes:
+            work = base / f"n{n}"
+            if work.exists() and "phantom" in stages:  # a run of later stages alone reuses the folder
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            for name in stages:
+                r = child(__file__, name, str(work), str(n), timeout=3600)
+                if "error" in r:
+                    rows.append({"name": f"{name} {n}", "value": None, "unit": "MB", "note": r["error"]})
+                    continue
+                peaks[(name, n)] = r["peak_rss_mb"]
+                note = f"{r['seconds']:.1f} s wall"
+                if "images_per_s" in r:
+                    first = r["images_per_s"]["decoded first"]
+                    for how, ips in r["images_per_s"].items():
+                        rows.append({"name": f"train images/s, {how}, {n} studies", "value": round(ips, 1), "unit": "images/s", "note": f"{STEPS} steps interleaved; {ips / first:.2f}x decoded first"})
+                        print(json.dumps(rows[-1]), file=sys.stderr)
+                    note += " (speed process: holds both the decoded records and the streamed dataset)"
+                rows.append({"name": f"{name} peak RSS, {n} studies", "value": round(r["peak_rss_mb"]), "unit": "MB", "seconds": round(r["seconds"], 1), "note": note})
+                print(json.dumps(rows[-1]), file=sys.stderr)
+            shutil.rmtree(work / "source", ignore_errors=True)
+        for a, b in zip(sizes, sizes[1:]):
+            for name in stages:
+                if (name, a) in peaks and (name, b) in peaks:
+                    rows.append({"name": f"{name} peak RSS growth {a} -> {b}", "value": round(peaks[(name, b)] / peaks[(name, a)], 2), "unit": "x", "note": "same run"})
+    finally:
+        if not args.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+    write(args.out, "scale", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

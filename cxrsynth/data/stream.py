@@ -1,0 +1,320 @@
+"""Datasets that decode images on access, and the batch sampler the training loop draws from.
+
+A hospital archive (10^5 studies and more) does not fit in memory as decoded images. A
+`ManifestDataset` keeps the manifest's text and labels in compact columns and decodes a
+record's PNGs when the record is asked for, in a DataLoader worker when there are workers, so
+decoding runs beside the training step instead of before it. A `RecordsDataset` serves records
+already in memory (phantom data, a federated site's partition) through the same loader.
+
+`IndexBatchSampler` draws lists of dataset indices: fixed-size batches from reshuffled epochs,
+or Poisson sampling (each unit joins a batch independently with probability q), which is what
+the DP accountant assumes. It draws in the main process only, so the batches, and so the
+accounting, do not depend on the number of workers; with `world_size` > 1 every rank draws the
+same global batch and keeps its share of it, so the union over the ranks is the batch one
+process would have drawn.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cxrsynth.data.dataset import MANIFEST, PHI_HEADERS, DatasetReport, _load_rel, _row_to_record, check_utf8, open_manifest, read_phi_headers
+from cxrsynth.data.records import LABELS, Record
+from cxrsynth.errors import InputError
+
+NO_LABEL = -2  # int8 code of an empty label cell (not mentioned)
+
+
+class RecordBatch(list):
+    """A batch of records (a list, so every model's `train_step` takes it as it is) that also
+    holds its frontal images stacked in one uint8 tensor when they share a size. On CUDA the
+    DataLoader pins that tensor, so `frontal_images` copies it to the GPU without blocking."""
+
+    frontal: Optional[torch.Tensor] = None
+
+    def pin_memory(self) -> "RecordBatch":
+        if self.frontal is not None:
+            self.frontal = self.frontal.pin_memory()
+        return self
+
+
+def collate_records(records: list[Record]) -> RecordBatch:
+    batch = RecordBatch(records)
+    shapes = {None if r.image is None else r.image.shape for r in records}
+    if records and len(shapes) == 1 and None not in shapes:
+        batch.frontal = torch.from_numpy(np.stack([r.image for r in records]))
+    return batch
+
+
+class RecordsDataset(Dataset):
+    """Records already in memory, with the training loop's label mask applied on access."""
+
+    def __init__(self, records: Sequence[Record]):
+        self.records = list(records)
+        self.keep_labels: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> Record:
+        rec = self.records[i]
+        if self.keep_labels is not None and not self.keep_labels[i]:
+            rec = rec.with_(labels=dict.fromkeys(LABELS))
+        return rec
+
+    def patient_ids(self) -> list[str]:
+        return [r.patient_id for r in self.records]
+
+    def splits(self) -> list[str]:
+        return [r.split for r in self.records]
+
+    def metadata(self, i: int) -> Record:
+        return self[i]
+
+    def subset(self, indices: Sequence[int]) -> "RecordsDataset":
+        return RecordsDataset([self.records[i] for i in indices])
+
+
+class ManifestDataset(Dataset):
+    """A dataset directory whose images are decoded on access.
+
+    The manifest is read and validated once (bad rows reported and skipped, as `read_dataset`
+    does, and a row whose image file is missing counted there too); what each row says is kept
+    in columns: strings in lists, the 14 labels in one int8 array. An image that turns out
+    corrupt when decoded is an InputError naming the file and the row.
+    """
+
+    _TEXT = ("record_id", "patient_id", "study_id", "site", "split", "view", "findings", "impression", "provenance")
+    _FEW = ("site", "split", "view")
+
+    def __init__(self, root: str | Path, columns: dict, rows: np.ndarray, labels: np.ndarray, image_paths: list[str], lateral_paths: list[str], index: Optional[np.ndarray] = None):
+        self.root = Path(root)
+        self.columns = columns
+        self.rows = rows  # manifest data row of each record (1-based), for error messages
+        self.labels = labels
+        self.image_paths = image_paths
+        self.lateral_paths = lateral_paths
+        # Positions in the columns this dataset serves: a subset (the training side of the split)
+        # shares its parent's columns instead of copying them.
+        self.index = np.arange(len(image_paths)) if index is None else index
+        self.keep_labels: Optional[np.ndarray] = None
+        self.phi: dict[str, dict[str, str]] = {}
+
+    @classmethod
+    def open(cls, root: str | Path, *, strict: bool = False, report: Optional[DatasetReport] = None, with_phi: bool = False) -> tuple["ManifestDataset", DatasetReport]:
+        root = Path(root)
+        manifest, reader = open_manifest(root)
+        report = report or DatasetReport()
+        columns: dict[str, list[str]] = {c: [] for c in cls._TEXT}
+        labels: list[np.ndarray] = []
+        rows: list[int] = []
+        images: list[str] = []
+        laterals: list[str] = []
+        seen: set[str] = set()
+        # The checks of read_dataset (collect_rows), without keeping a Record per row.
+        for i, row in enumerate(reader, start=1):
+            report.read += 1
+            try:
+                check_utf8(row)
+                rec = _row_to_record(row, root, load_images=False)
+                if rec.record_id in seen:
+                    raise ValueError(f"duplicate record_id {rec.record_id!r}")
+                image = _existing(root, row["image_path"], "image_path")
+                lateral = _existing(root, row.get("lateral_path") or "", "lateral_path")
+            except ValueError as e:
+                if strict:
+                    raise InputError(f"{manifest}, row {i}: {e}") from None
+                report.add(str(manifest), i, str(e))
+                continue
+            seen.add(rec.record_id)
+            for c in cls._TEXT:
+                value = getattr(rec, c)
+                # One string object per distinct site, split and view, not one per row.
+                columns[c].append(sys.intern(value) if c in cls._FEW else value)
+            labels.append(np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8))
+            rows.append(i)
+            images.append(image)
+            laterals.append(lateral)
+            report.kept += 1
+        del seen
+        ds = cls(root, columns, np.array(rows, dtype=np.int64), np.stack(labels) if labels else np.zeros((0, len(LABELS)), np.int8), images, laterals)
+        if with_phi and (root / PHI_HEADERS).is_file():
+            ds.phi = read_phi_headers(root)
+        return ds, report
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def metadata(self, i: int) -> Record:
+        """Record i without its images (report, labels, ids): no file is read."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        keep = self.keep_labels is None or self.keep_labels[i]
+        i = int(self.index[i])
+        lab = self.labels[i]
+        labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, lab.tolist())}
+        if not keep:
+            labels = dict.fromkeys(LABELS)
+        rec = Record(**{c: self.columns[c][i] for c in self._TEXT}, labels=labels)
+        if self.phi and rec.record_id in self.phi:
+            rec.phi_meta = dict(self.phi[rec.record_id])
+        return rec
+
+    def __getitem__(self, i: int) -> Record:
+        rec = self.metadata(i)
+        i = int(self.index[i])
+        try:
+            rec.image = _load_rel(self.root, self.image_paths[i], "image_path")
+            if self.lateral_paths[i]:
+                rec.lateral = _load_rel(self.root, self.lateral_paths[i], "lateral_path")
+        except ValueError as e:
+            raise InputError(f"{self.root / MANIFEST}, row {int(self.rows[i])}: {e}") from None
+        return rec
+
+    def patient_ids(self) -> list[str]:
+        column = self.columns["patient_id"]
+        return [column[i] for i in self.index.tolist()]
+
+    def splits(self) -> list[str]:
+        column = self.columns["split"]
+        return [column[i] for i in self.index.tolist()]
+
+    def subset(self, indices: Sequence[int]) -> "ManifestDataset":
+        """The records at `indices`, sharing this dataset's columns (no label mask carried over)."""
+        sub = ManifestDataset(self.root, self.columns, self.rows, self.labels, self.image_paths, self.lateral_paths, self.index[np.asarray(indices, dtype=np.int64)])
+        sub.phi = self.phi
+        return sub
+
+    def with_splits(self, splits: Sequence[str]) -> "ManifestDataset":
+        """The same dataset with the split column replaced (a split made by patient)."""
+        column = list(self.columns["split"])
+        for i, side in zip(self.index.tolist(), splits):
+            column[i] = sys.intern(side)
+        self.columns["split"] = column
+        return self
+
+
+def _existing(root: Path, rel: str, column: str) -> str:
+    """A manifest path, checked to stay inside the dataset and to name a file (not decoded)."""
+    rel = (rel or "").strip()
+    if not rel:
+        return ""
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise ValueError(f"{column} {rel!r} points outside the dataset directory")
+    if not path.is_file():
+        raise ValueError(f"{column} {rel}: image file is missing")
+    return rel
+
+
+class RecordView(Sequence):
+    """A dataset's records as a sequence, read one at a time: with their images decoded
+    (`images`), or without (what the split and the label counts read; no file is opened)."""
+
+    def __init__(self, dataset, images: bool = True):
+        self.dataset = dataset
+        self._get = dataset.__getitem__ if images else dataset.metadata
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._get(i)
+
+
+def as_dataset(records) -> Dataset:
+    """A map-style dataset over `records`: itself when it already is one, else a RecordsDataset."""
+    if isinstance(records, (RecordsDataset, ManifestDataset)):
+        return records
+    return RecordsDataset(records)
+
+
+class IndexBatchSampler(Sampler[list[int]]):
+    """Batches of indices into a dataset of `n` records, `steps` of them (forever when None).
+
+    'shuffle': fixed-size batches from reshuffled epochs. 'poisson': each record joins a batch
+    independently with probability batch_size / n, the sampling DP-SGD accounting assumes
+    (batches vary in size and may be empty; Opacus' UniformWithReplacementSampler draws the same
+    way). 'poisson-patient': each patient joins with probability batch_size / (number of
+    patients) and brings one of their studies, drawn uniformly; a patient is then one row of the
+    batch, so per-sample clipping bounds a patient's whole contribution and the accountant's
+    sample rate is the patients' (patient-level DP).
+
+    `rank` / `world_size`: data-parallel training. All ranks draw the same global batch (same
+    seed) and rank r keeps positions r, r + world_size, ... of it.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, mode: str = "shuffle", patient_ids: Optional[Sequence[str]] = None, steps: Optional[int] = None, rank: int = 0, world_size: int = 1):
+        if n <= 0:
+            raise InputError("no training records: the dataset (after the holdout split) is empty.")
+        if mode not in ("shuffle", "poisson", "poisson-patient"):
+            raise InputError(f"sampling {mode!r}: expected shuffle, poisson or poisson-patient.")
+        self.n = n
+        self.batch_size = min(batch_size, n)
+        self.mode = mode
+        self.rng = np.random.default_rng(seed)
+        self.steps = steps
+        self.rank, self.world_size = rank, world_size
+        self._order: list[int] = []
+        self.patients: list[list[int]] = []
+        if mode == "poisson-patient":
+            if patient_ids is None:
+                raise InputError("poisson-patient sampling needs the records' patient ids.")
+            groups: dict[str, list[int]] = {}
+            for i, p in enumerate(patient_ids):
+                groups.setdefault(p, []).append(i)
+            self.patients = list(groups.values())
+            self.batch_size = min(batch_size, len(self.patients))
+
+    @property
+    def units(self) -> int:
+        """Privacy units the sample rate is taken over: patients or records."""
+        return len(self.patients) if self.patients else self.n
+
+    @property
+    def sample_rate(self) -> float:
+        return self.batch_size / self.units
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("an endless sampler has no length")
+        return self.steps
+
+    def next_global(self) -> list[int]:
+        """The next batch of all ranks together."""
+        if self.mode == "poisson-patient":
+            mask = self.rng.random(len(self.patients)) < self.sample_rate
+            return [int(self.patients[i][self.rng.integers(len(self.patients[i]))]) for i in np.flatnonzero(mask)]
+        if self.mode == "poisson":
+            mask = self.rng.random(self.n) < self.sample_rate
+            return [int(i) for i in np.flatnonzero(mask)]
+        if len(self._order) < self.batch_size:
+            self._order += [int(i) for i in self.rng.permutation(self.n)]
+        take, self._order = self._order[: self.batch_size], self._order[self.batch_size :]
+        return take
+
+    def __iter__(self) -> Iterator[list[int]]:
+        done = 0
+        while self.steps is None or done < self.steps:
+            yield self.next_global()[self.rank :: self.world_size]
+            done += 1
+
+
+def record_loader(dataset: Dataset, sampler: IndexBatchSampler, workers: int = 0, device: Optional[torch.device] = None) -> DataLoader:
+    """Batches of records (`RecordBatch`) from `dataset` in the sampler's order; `workers`
+    processes decode images ahead of the step; on CUDA the stacked images are pinned."""
+    pin = device is not None and device.type == "cuda"
+    extra = {"persistent_workers": False, "prefetch_factor": 2} if workers else {}
+    # A generator of its own: a DataLoader draws its workers' base seed from it when iterated, and
+    # from torch's global one without it, which would shift every random draw of the model's steps.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_records, num_workers=workers, pin_memory=pin, generator=torch.Generator(), **extra)

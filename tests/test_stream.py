@@ -1,0 +1,132 @@
+"""Streaming datasets: images decoded on access, DataLoader workers, the sampler the accountant assumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxrsynth.config import load_config
+from cxrsynth.data.dataset import read_dataset, write_dataset
+from cxrsynth.data.phantom import make_phantom
+from cxrsynth.data.stream import IndexBatchSampler, ManifestDataset, RecordsDataset, collate_records, record_loader
+from cxrsynth.errors import InputError
+from cxrsynth.train import BatchSampler, load_run_dataset, train_steps, training_set
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("site")
+    write_dataset(root, make_phantom(n=40, sites=1, seed=3, image_size=32, lateral=True))
+    return root
+
+
+def test_manifest_dataset_serves_the_records_read_dataset_reads_decoding_each_on_access(site):
+    eager, _ = read_dataset(site, with_phi=False)
+    lazy, report = ManifestDataset.open(site)
+    assert report.kept == len(lazy) == len(eager) and not report.problems
+    for i in (0, 7, len(eager) - 1):
+        a, b = eager[i], lazy[i]
+        assert (a.record_id, a.patient_id, a.findings, a.impression, a.labels, a.view) == (b.record_id, b.patient_id, b.findings, b.impression, b.labels, b.view)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.lateral, b.lateral)
+    # Metadata alone reads no image.
+    assert lazy.metadata(0).image is None and lazy.metadata(0).report == eager[0].report
+
+
+def test_a_missing_image_is_a_reported_row_and_a_corrupt_one_names_its_row_when_decoded(tmp_path):
+    write_dataset(tmp_path, make_phantom(n=6, sites=1, seed=0, image_size=16, lateral=False))
+    ds, _ = ManifestDataset.open(tmp_path)
+    (tmp_path / ds.image_paths[1]).unlink()
+    (tmp_path / ds.image_paths[2]).write_bytes(b"not a png")
+    ds, report = ManifestDataset.open(tmp_path)
+    assert len(ds) == 5 and report.skipped == 1 and "row 2" in str(report.problems[0]) and "missing" in str(report.problems[0])
+    with pytest.raises(InputError, match=r"row 3: image_path .*corrupt"):
+        ds[1]
+    with pytest.raises(InputError, match="row 2"):
+        ManifestDataset.open(tmp_path, strict=True)
+
+
+def test_workers_decode_the_same_batches_in_the_same_order(site):
+    ds, _ = ManifestDataset.open(site)
+    seen = {}
+    for workers in (0, 2):
+        sampler = IndexBatchSampler(len(ds), 8, seed=5, mode="poisson", steps=4)
+        seen[workers] = [[(r.record_id, r.image.sum()) for r in b] for b in record_loader(ds, sampler, workers)]
+    assert seen[0] == seen[2] and sum(map(len, seen[0])) > 0
+
+
+def test_a_batch_stacks_its_frontal_images_and_the_models_read_them_alike():
+    from cxrsynth.data.transforms import frontal_images, images_to_tensor
+
+    recs = make_phantom(n=5, sites=1, seed=1, image_size=24, lateral=False)
+    batch = collate_records(recs)
+    assert batch.frontal.shape == (5, 24, 24) and batch.frontal.dtype == torch.uint8
+    for size in (24, 16, 32):
+        assert torch.equal(frontal_images(batch, size, "cpu", "test"), images_to_tensor([r.image for r in recs], size))
+    assert collate_records([]).frontal is None
+
+
+def test_data_parallel_ranks_split_each_poisson_batch_into_the_batch_of_one_process():
+    patients = [f"p{i // 3}" for i in range(90)]
+    for mode in ("poisson", "poisson-patient", "shuffle"):
+        one = list(IndexBatchSampler(90, 12, seed=2, mode=mode, patient_ids=patients, steps=20))
+        ranks = [list(IndexBatchSampler(90, 12, seed=2, mode=mode, patient_ids=patients, steps=20, rank=r, world_size=2)) for r in (0, 1)]
+        for step, batch in enumerate(one):
+            assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
+
+
+def test_poisson_sampling_includes_each_record_at_the_sample_rate_independently():
+    sampler = IndexBatchSampler(50, 10, seed=0, mode="poisson", steps=4000)
+    counts = np.zeros(50)
+    sizes = []
+    for batch in sampler:
+        counts[batch] += 1
+        sizes.append(len(batch))
+    assert counts / 4000 == pytest.approx(np.full(50, 0.2), abs=0.03)
+    # Binomial(50, 0.2) batch sizes, not fixed ones: the accountant's assumption.
+    assert np.mean(sizes) == pytest.approx(10, abs=0.3) and np.var(sizes) == pytest.approx(8, rel=0.2)
+
+
+def test_training_on_the_streamed_directory_matches_training_on_its_records_in_memory(site):
+    from cxrsynth.models import build_model
+    from cxrsynth.train import seed_everything
+
+    cfg = load_config("mopoe-tiny", {"data": {"path": str(site), "holdout_fraction": 0.25}, "model": {"image_size": 32}})
+    streamed = training_set(cfg, load_run_dataset(cfg))
+    eager = [r for r in read_dataset(site, with_phi=False)[0]]
+    from cxrsynth.data.split import split_by_patient
+
+    eager = [r for r in split_by_patient(eager, 0.25, 0) if r.split != "holdout"]
+    assert [streamed.metadata(i).record_id for i in range(len(streamed))] == [r.record_id for r in eager]
+    states = []
+    for data, workers in ((eager, 0), (streamed, 0), (streamed, 2)):
+        seed_everything(0)
+        model = build_model(cfg.model)
+        model.setup(eager)
+        model.opts = model.make_optimizers()
+        train_steps(model, data, steps=3, batch_size=8, seed=0, sampling="poisson", workers=workers)
+        states.append(model.state())
+    for other in states[1:]:
+        assert all(np.array_equal(states[0][k], other[k]) for k in states[0])
+
+
+def test_the_record_batch_sampler_keeps_drawing_what_it_drew_before():
+    """BatchSampler now draws through IndexBatchSampler; the draws of a seed stay as they were."""
+    recs = make_phantom(n=30, sites=1, seed=0, image_size=16, lateral=False)
+    rng = np.random.default_rng(4)
+    expected = [recs[i].record_id for i in np.flatnonzero(rng.random(30) < 8 / 30)]
+    assert [r.record_id for r in next(BatchSampler(recs, 8, seed=4, mode="poisson"))] == expected
+    ds = RecordsDataset(recs)
+    ds.keep_labels = np.zeros(30, bool)
+    assert not ds[0].has_labels() and recs[0].has_labels()
+
+
+def test_iterating_the_loader_leaves_torch_s_random_stream_to_the_model():
+    """The model's draws (z, noise) come from torch's global generator; the loader must not take from it."""
+    recs = make_phantom(n=8, sites=1, seed=0, image_size=16, lateral=False)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    for _ in record_loader(RecordsDataset(recs), IndexBatchSampler(8, 4, seed=0, steps=2)):
+        pass
+    assert torch.equal(torch.rand(3), expected)
