@@ -21,7 +21,14 @@ import torch
 from cxrsynth.checkpoint import load_checkpoint, load_optimizers, save_checkpoint
 from cxrsynth.config import RunConfig
 from cxrsynth.data.records import Record
-from cxrsynth.data.stream import IndexBatchSampler, ManifestDataset, RecordsDataset, RecordView, as_dataset, record_loader
+from cxrsynth.data.stream import (
+    IndexBatchSampler,
+    ManifestDataset,
+    RecordsDataset,
+    RecordView,
+    as_dataset,
+    record_loader,
+)
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device

@@ -24,7 +24,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cxrsynth.data.dataset import MANIFEST, PHI_HEADERS, DatasetReport, _load_rel, _row_to_record, check_utf8, open_manifest, read_phi_headers
+from cxrsynth.data.dataset import (
+    MANIFEST,
+    PHI_HEADERS,
+    DatasetReport,
+    _load_rel,
+    _row_to_record,
+    check_utf8,
+    open_manifest,
+    read_phi_headers,
+)
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.errors import InputError
 
