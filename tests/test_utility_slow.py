@@ -16,8 +16,9 @@ from server.demo import run_demo
 
 pytestmark = pytest.mark.slow
 
-# Measured (README table): synthetic-only / real-only 0.82, real 0.875 on the demo's holdout.
-SYNTHETIC_TO_REAL_FLOOR = 0.75
+# Measured (README, "Useful synthetic data"): synthetic-only / real-only 0.945 (0.914-0.951 over
+# 3 seeds), 0.951 for the default demo (seed 0); issue 14's level is 0.9.
+SYNTHETIC_TO_REAL_FLOOR = 0.9
 EPSILON_BUDGET = 8.0
 
 
