@@ -28,4 +28,6 @@ def test_no_python_module_writes_html_of_its_own():
 
 def test_numbers_read_the_same_on_every_page():
     assert pages.fmt(0.12345) == "0.123" and pages.fmt(None) == "n/a" and pages.fmt(3) == "3"
+    # A small non-zero figure (the ledger's delta) keeps its value instead of reading 0.000.
+    assert pages.fmt(1e-5) == "1e-05" and pages.fmt(0.0) == "0.000" and pages.fmt(0.0004) == "0.0004"
     assert pages.sig(0.000123456) == "0.0001235" and pages.sig([0.1, 0.25]) == "[0.100, 0.250]"

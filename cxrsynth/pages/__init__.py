@@ -34,6 +34,9 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool):
         return str(value)
     if isinstance(value, float):
+        # A small non-zero figure (delta 1e-5, a rate of 3e-4) must not read as 0.000.
+        if value != 0 and abs(value) < 0.5 * 10**-digits:
+            return f"{value:.{digits - 2}g}"
         return f"{value:.{digits}f}"
     return str(value)
 
