@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -311,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from cxrsynth.config import load_config
     from cxrsynth.pretrained import pretrain, public_phantom, read_card
     from cxrsynth.progress import Progress
-    from server.demo import QUICK
+    from server.demo import QUICK, demo_config
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -367,11 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 over = dict(demo_over, base=base, seed=seed, dp_enabled=eps is not None, noise_multiplier=0.0 if eps is None else 1.0)
                 if eps is not None:
                     over["epsilon_budget"] = eps
-                from server.demo import demo_config
-
                 cfg = demo_config(family, False, **over)
-                import shutil
-
                 if cell_dir.exists():
                     shutil.rmtree(cell_dir)
                 cell_dir.mkdir(parents=True)
