@@ -25,7 +25,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from privacy.audit.neighbors import nearest
+    from cxrsynth.privacy.audit.neighbors import nearest
 
     torch.set_num_threads(1)
     nq, nb, dim, chunk = (1_000, 10_000, 512, 4096) if args.quick else (10_000, 100_000, 512, 4096)
@@ -47,7 +47,7 @@ def main() -> None:
                 torch.mm(qt[s : s + chunk], bt[e : e + chunk].T)
     t_mm = time.perf_counter() - t0
 
-    from privacy.audit.align import aligned_nearest
+    from cxrsynth.privacy.audit.align import aligned_nearest
 
     n_al, n_base = (50, 500) if args.quick else (200, 2000)
     imgs = (rng.random((n_al + n_base, 64, 64)) * 255).astype(np.uint8)

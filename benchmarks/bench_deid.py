@@ -2,7 +2,7 @@
 engine on the same text, and quality on the gold files.
 
 Reports are the committed gold texts (tune and held-out parts, 300-900 characters), or with
-`--realtext DIR` the real-text corpus that `python -m privacy.deid.gold.build_realtext build`
+`--realtext DIR` the real-text corpus that `python -m cxrsynth.privacy.deid.gold.build_realtext build`
 wrote there (IU reports with planted PHI; never committed), repeated to N. The full pipeline is
 `deidentify_batch` (spaCy once per worker batch, every recognizer, surrogates, the header check);
 Presidio's default is `AnalyzerEngine` with its predefined English recognizers on the same spaCy
@@ -29,7 +29,7 @@ GOLD = ROOT / "privacy" / "deid" / "gold"
 
 
 def texts(n: int, source: str = "") -> list[str]:
-    from privacy.deid.evaluate import read_gold
+    from cxrsynth.privacy.deid.evaluate import read_gold
 
     folder = Path(source) if source else GOLD
     rows = [row for f in ("tune.jsonl", "heldout.jsonl") for row in read_gold(folder / f)]
@@ -40,8 +40,8 @@ def presidio_speed(n: int, source: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from privacy.deid import DeidConfig
-    from privacy.deid.deidentifier import cached_deidentifier
+    from cxrsynth.privacy.deid import DeidConfig
+    from cxrsynth.privacy.deid.deidentifier import cached_deidentifier
 
     plain = presidio_defaults(cached_deidentifier(DeidConfig(ephemeral_secret=True)))
     items = texts(n, source)
@@ -57,8 +57,8 @@ def speed(workers: int, n: int, pipes: str, source: str = "") -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from privacy.deid import DeidConfig, DeidItem, deidentify_batch
-    from privacy.deid.deidentifier import cached_deidentifier
+    from cxrsynth.privacy.deid import DeidConfig, DeidItem, deidentify_batch
+    from cxrsynth.privacy.deid.deidentifier import cached_deidentifier
 
     config = DeidConfig(spacy_pipes=pipes, batch_size=16, ephemeral_secret=True)
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def presidio_defaults(deid):
     Its email recognizer is swapped for the offline one (the stock one tries to fetch a suffix list)."""
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
 
-    from privacy.deid.engine import OfflineEmailRecognizer
+    from cxrsynth.privacy.deid.engine import OfflineEmailRecognizer
 
     registry = RecognizerRegistry(supported_languages=["en"])
     registry.load_predefined_recognizers(languages=["en"], nlp_engine=deid.analyzer.nlp_engine)
@@ -88,9 +88,9 @@ def presidio_defaults(deid):
 
 
 def quality(source: str = "") -> dict:
-    from privacy.deid import DeidConfig
-    from privacy.deid.deidentifier import Finding, cached_deidentifier
-    from privacy.deid.evaluate import evaluate_gold, read_gold, score
+    from cxrsynth.privacy.deid import DeidConfig
+    from cxrsynth.privacy.deid.deidentifier import Finding, cached_deidentifier
+    from cxrsynth.privacy.deid.evaluate import evaluate_gold, read_gold, score
 
     deid = cached_deidentifier(DeidConfig(ephemeral_secret=True))
     plain = presidio_defaults(deid)
@@ -125,7 +125,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/bench_deid.json")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--realtext", default="", help="folder written by privacy.deid.gold.build_realtext build (tune/heldout.jsonl)")
+    p.add_argument("--realtext", default="", help="folder written by cxrsynth.privacy.deid.gold.build_realtext build (tune/heldout.jsonl)")
     p.add_argument("--child", nargs="*")
     args = p.parse_args()
     if args.child is not None:

@@ -32,8 +32,8 @@ def one(family: str, size: str, steps: int) -> dict:
     from opacus.optimizers import DPOptimizer
 
     from cxrsynth.models import build_model
+    from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import BatchSampler, seed_everything
-    from privacy.dp import privatize
 
     spent: dict[str, float] = defaultdict(float)
     active = {"mode": None}

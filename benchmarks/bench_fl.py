@@ -48,7 +48,7 @@ def _train_records(cfg):
 
 
 def federated_overhead(cfg) -> dict:
-    from server.simulate import simulate
+    from cxrsynth.server.simulate import simulate
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def secagg_cost(cfg, repeats: int) -> dict:
     """Round seconds with and without SecAgg+, interleaved; the vocabulary step and engine start-up are left out."""
     from safetensors.numpy import load_file
 
-    from server.simulate import simulate
+    from cxrsynth.server.simulate import simulate
 
     rounds: dict[str, list[float]] = {"off": [], "secagg+": []}
     local: dict[str, list[float]] = {"off": [], "secagg+": []}
@@ -113,7 +113,7 @@ def secagg_cost(cfg, repeats: int) -> dict:
 
 
 def dp_overhead(cfg, steps: int) -> dict:
-    from privacy.dp import privatize
+    from cxrsynth.privacy.dp import privatize
 
     records = _train_records(cfg)
     out = {}

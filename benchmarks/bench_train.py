@@ -27,8 +27,8 @@ def one_family(family: str, size: str, steps: int) -> dict:
 
     torch.set_num_threads(1)
     from cxrsynth.models import build_model
+    from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import BatchSampler
-    from privacy.dp import privatize
 
     cfg = model_config(family, size)
     records = phantom_records(256, cfg.model.image_size)

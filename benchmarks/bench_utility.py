@@ -92,7 +92,7 @@ def parse_settings(items: list[str]) -> dict:
 
 
 def make_cell_class():
-    from server.demo import Demo
+    from cxrsynth.server.demo import Demo
 
     class Cell(Demo):
         """One (family, epsilon, seed) run of the demo's pipeline, from a shared base; no release."""
@@ -312,7 +312,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from cxrsynth.config import load_config
     from cxrsynth.pretrained import pretrain, public_phantom, read_card
     from cxrsynth.progress import Progress
-    from server.demo import QUICK, demo_config
+    from cxrsynth.server.demo import QUICK, demo_config
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The hospital's Flower ClientApp: train, evaluate, vocabulary counts and the audit query.
 
-Thin by design: it reads records, calls client.task / privacy.dp, and writes records back.
-Every reply passes client.egress.egress_guard, and every request is first held to the site's own
+Thin by design: it reads records, calls cxrsynth.client.task / cxrsynth.privacy.dp, and writes records back.
+Every reply passes cxrsynth.client.egress.egress_guard, and every request is first held to the site's own
 policy (client/policy.py). Node config keys: `data-path` (the site's de-identified dataset
 directory), `site` (its name), `ledger-path` (where the site keeps its privacy ledger across
 runs; default: beside the dataset), `site-policy` (the site's privacy floor; default:
@@ -18,14 +18,14 @@ from typing import Optional
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.egress import egress_guard
-from client.policy import enforce, load_policy, refuse_plain_updates
-from client.query import admit, handle
-from client.secagg import is_secure, secagg_mod
+from cxrsynth.client.egress import egress_guard
+from cxrsynth.client.policy import enforce, load_policy, refuse_plain_updates
+from cxrsynth.client.query import admit, handle
+from cxrsynth.client.secagg import is_secure, secagg_mod
 from cxrsynth.errors import SiteRefused
-from privacy.wire import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
+from cxrsynth.privacy.wire import from_arrays, ledger_from_record, ledger_to_record, read_round_config, to_arrays
 
-# client.task (torch, the model families) is imported by the handlers that need it, not here: on a
+# cxrsynth.client.task (torch, the model families) is imported by the handlers that need it, not here: on a
 # SuperNode every message starts a ClientApp process, and three of a SecAgg+ round's four stages
 # (keys and shares, client/secagg.py) need no model.
 
@@ -48,7 +48,7 @@ def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]
 
 def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
     """The site's accountant history: the node's persistent state, or its ledger file if that has more steps."""
-    from privacy.dp import read_ledger_file
+    from cxrsynth.privacy.dp import read_ledger_file
 
     in_state = ledger_from_record(context.state[DP_STATE])["history"] if DP_STATE in context.state else []
     on_disk = read_ledger_file(_ledger_path(context, ledger_dir))
@@ -56,7 +56,7 @@ def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
 
 
 def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
-    from client.task import load_site, train_round
+    from cxrsynth.client.task import load_site, train_round
 
     cfg, extra = read_round_config(msg.content["config"])
     policy = load_policy(context.node_config)
@@ -79,7 +79,7 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
         metrics = {k: v for k, v in metrics.items() if not k.startswith("loss-")}
     content = RecordDict({"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **metrics})})
     if result.ledger is not None:
-        from privacy.dp import write_ledger_file
+        from cxrsynth.privacy.dp import write_ledger_file
 
         content["ledger"] = ledger_to_record(result.ledger)
         context.state[DP_STATE] = content["ledger"]
@@ -91,7 +91,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Mean membership score of the global model on this site's training records (a scalar)."""
     import torch
 
-    from client.task import load_site
+    from cxrsynth.client.task import load_site
     from cxrsynth.models import rebuild_model
 
     cfg, extra = read_round_config(msg.content["config"])
@@ -109,7 +109,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 def vocab(msg: Message, context: Context) -> Message:
     """Counts of frequent report tokens and of labels, for the shared vocabulary and label mix
     (server/vocab.py, `GenerativeModel.fit_label_counts`)."""
-    from client.task import label_counts, load_site, token_counts
+    from cxrsynth.client.task import label_counts, load_site, token_counts
     from cxrsynth.models import model_class
 
     cfg, _ = read_round_config(msg.content["config"])

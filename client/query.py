@@ -1,7 +1,7 @@
 """The site's answer to the federated audit query (privacy/audit, issue 8).
 
 The steward sends the synthetic images and reports, the audit policy and (for membership
-inference) the model; the site runs `privacy.audit.site.site_audit` against its own training and
+inference) the model; the site runs `cxrsynth.privacy.audit.site.site_audit` against its own training and
 holdout records and replies with numbers only: counts, scalar figures, histograms, bootstrap
 replicates, and flagged synthetic records as indices into the set the steward sent. The copy
 pairs, with the training images they copy, stay here: written to the node's `audit-out`
@@ -18,7 +18,7 @@ from typing import Optional
 
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
-from privacy.audit.protocol import answer_to_metrics, read_query, verify_query
+from cxrsynth.privacy.audit.protocol import answer_to_metrics, read_query, verify_query
 
 log = logging.getLogger("cxrsynth.client")
 
@@ -41,8 +41,8 @@ def admit(msg: Message, context: Context, query_log: Optional[Path]) -> None:
     (one JSON line: time, the pinned hashes, the set's size), the site's own record of every look
     the steward took at its data.
     """
-    from client.policy import load_policy
-    from privacy.dp import SiteRefused
+    from cxrsynth.client.policy import load_policy
+    from cxrsynth.privacy.dp import SiteRefused
 
     policy = load_policy(context.node_config)
     if not policy.answer_audit_queries:
@@ -61,7 +61,7 @@ def admit(msg: Message, context: Context, query_log: Optional[Path]) -> None:
 
 def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
     """(site name, training records, holdout records) of this node."""
-    from client.task import site_records
+    from cxrsynth.client.task import site_records
     from cxrsynth.errors import InputError
 
     # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
@@ -81,10 +81,10 @@ def handle(msg: Message, context: Context) -> Message:
     """The site's answer (no admission: the ClientApp calls `admit` first, client/app.py)."""
     import torch
 
-    from privacy.audit.combine import combine
-    from privacy.audit.page import write_page
-    from privacy.audit.run import pair_images
-    from privacy.audit.site import site_audit
+    from cxrsynth.privacy.audit.combine import combine
+    from cxrsynth.privacy.audit.page import write_page
+    from cxrsynth.privacy.audit.run import pair_images
+    from cxrsynth.privacy.audit.site import site_audit
 
     torch.set_num_threads(1)
     query = read_query(msg.content)

@@ -41,8 +41,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 
 from cxrsynth.errors import CheckFailed
-from privacy.secagg import COUNTERS, mask_stream, summed_names
-from privacy.wire import from_arrays
+from cxrsynth.privacy.secagg import COUNTERS, mask_stream, summed_names
+from cxrsynth.privacy.wire import from_arrays
 
 LEGACY_PREFIX = "fitres."
 log = logging.getLogger("cxrsynth.client")

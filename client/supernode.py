@@ -1,6 +1,6 @@
 """The hospital's SuperNode: Flower's `flower-supernode`, refusing every app its operator does not trust.
 
-    python -m client.supernode --trusted-entities trusted-entities.yaml [every flower-supernode flag]
+    python -m cxrsynth.client.supernode --trusted-entities trusted-entities.yaml [every flower-supernode flag]
 
 A SuperNode runs whatever ClientApp the SuperLink hands it, and our egress guard binds only our
 own ClientApp, so the one defence against a foreign app is not to run it. Flower's SuperNode
@@ -87,7 +87,7 @@ def install() -> None:
 def main() -> int:
     if not any(a == "--trusted-entities" or a.startswith("--trusted-entities=") for a in sys.argv[1:]):
         print(
-            "client.supernode: --trusted-entities is required. Without it the SuperNode runs any app the "
+            "cxrsynth.client.supernode: --trusted-entities is required. Without it the SuperNode runs any app the "
             "SuperLink sends, including one an outsider submitted. Pass the YAML that maps the coordinator's "
             "app-signing key id to its public key (deploy/certs.py --app-signer writes it).",
             file=sys.stderr,

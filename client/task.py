@@ -169,7 +169,7 @@ def train_round(
         # The reason names only hashes of what the server sent, so it may go back to the server.
         from cxrsynth.models import model_class
         from cxrsynth.pretrained import state_sha256
-        from privacy.dp import SiteRefused
+        from cxrsynth.privacy.dp import SiteRefused
 
         got = state_sha256(arrays, extra_state, model_class(cfg.model).label_mix_keys)
         if got != cfg.train.init_sha256:
@@ -182,7 +182,7 @@ def train_round(
     steps = cfg.federation.local_steps
     sampling, ledger = "shuffle", None
     if cfg.dp.enabled:
-        from privacy.dp import check_budget, privatize
+        from cxrsynth.privacy.dp import check_budget, privatize
 
         sampling, rate, units = dp_sampling(site.train, cfg.train.batch_size, cfg.dp.privacy_unit)
         # A round is refused up front when its sampled batches (one accounted step each) would

@@ -187,35 +187,35 @@ def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
     """The handler of a command path, imported when the command runs so `cxrsynth --help` stays
     fast. This module is the top layer: it may import every other one."""
     if path == ("demo",):
-        from server.demo import command as handler
+        from cxrsynth.server.demo import command as handler
     elif path == ("data", "phantom"):
         from cxrsynth.data.commands import phantom as handler
     elif path == ("data", "ingest"):
         from cxrsynth.data.commands import ingest as handler
     elif path == ("deid", "run"):
-        from privacy.deid.commands import run as handler
+        from cxrsynth.privacy.deid.commands import run as handler
     elif path == ("deid", "eval"):
-        from privacy.deid.commands import evaluate as handler
+        from cxrsynth.privacy.deid.commands import evaluate as handler
     elif path == ("deid", "dicom"):
-        from privacy.deid.commands import dicom as handler
+        from cxrsynth.privacy.deid.commands import dicom as handler
     elif path == ("pretrain",):
         from cxrsynth.commands import pretrain as handler
     elif path == ("train",):
         from cxrsynth.commands import train as handler
     elif path == ("fl", "simulate"):
-        from server.simulate import command as handler
+        from cxrsynth.server.simulate import command as handler
     elif path == ("generate",):
         from cxrsynth.commands import generate as handler
     elif path == ("evaluate",):
         from cxrsynth.eval.commands import evaluate as handler
     elif path == ("audit",):
-        from privacy.audit.commands import audit as handler
+        from cxrsynth.privacy.audit.commands import audit as handler
     elif path == ("release",):
-        from privacy.release import command as handler
+        from cxrsynth.privacy.release import command as handler
     elif path == ("release", "verify"):
-        from privacy.release import verify_command as handler
+        from cxrsynth.privacy.release import verify_command as handler
     elif path == ("release", "key"):
-        from privacy.keys import key_command as handler
+        from cxrsynth.privacy.keys import key_command as handler
     else:
         raise KeyError(f"no handler for the command {' '.join(path)}")
     return handler

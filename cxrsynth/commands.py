@@ -34,7 +34,7 @@ def train(args: argparse.Namespace) -> int:
         raise InputError(f"--out {out}: is a file; a checkpoint is a folder.")
     privatize = None
     if cfg.dp.enabled:
-        from privacy.dp import privatize
+        from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import train as run_train
 
     run_train(cfg, out if args.out else None, resume=args.resume, privatize=privatize, progress=Progress(args.quiet))

@@ -116,7 +116,7 @@ def _distributed_noise(optimizer) -> Callable[[], None]:
 
 def data_parallel(model: GenerativeModel) -> Callable[[list], dict]:
     """Make `model`'s optimizers exchange gradients over the ranks; return the step function
-    (records of this rank -> losses). Call after `privacy.dp.privatize` when DP is on."""
+    (records of this rank -> losses). Call after `cxrsynth.privacy.dp.privatize` when DP is on."""
     share = _Share()
     for name, opt in list(model.opts.items()):
         if hasattr(opt, "noise_multiplier"):

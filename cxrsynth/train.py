@@ -216,7 +216,7 @@ def site_ledger_path(data_path: Optional[Path]) -> Optional[Path]:
 def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, privatize: Optional[Callable] = None, progress: Optional[Progress] = None) -> Path:
     """Train one site (no federation): data -> model -> steps -> checkpoint in `out`.
 
-    `privatize(model, cfg, sample_rate, history)` is given by the caller when DP is on (privacy.dp); it wraps
+    `privatize(model, cfg, sample_rate, history)` is given by the caller when DP is on (cxrsynth.privacy.dp); it wraps
     the real-data networks in place and returns a ledger callable.
     """
     out = Path(out or cfg.train.out)
@@ -269,7 +269,7 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     sampling = "shuffle"
     if cfg.dp.enabled:
         if privatize is None:
-            raise InputError("dp.enabled is true but no DP wiring was given (privacy.dp).")
+            raise InputError("dp.enabled is true but no DP wiring was given (cxrsynth.privacy.dp).")
         sampling, rate, _ = dp_sampling(train_records, cfg.train.batch_size, cfg.dp.privacy_unit)
         # The site's ledger beside its dataset (where the ClientApp keeps it too): one budget per dataset.
         ledger = privatize(model, cfg, rate, spent, ledger_file=site_ledger_path(cfg.data.path))

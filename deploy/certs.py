@@ -12,7 +12,7 @@ writes
                                    (deploy/sign_app.py); keep the private key with the coordinator's
                                    release manager, off the SuperLink host.
     trusted-entities.yaml          {<signer>: <public key>}: what every hospital passes to
-                                   `python -m client.supernode --trusted-entities`.
+                                   `python -m cxrsynth.client.supernode --trusted-entities`.
 Existing files are kept, so running it again only adds what is missing.
 """
 

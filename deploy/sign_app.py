@@ -7,7 +7,7 @@ Pass the printed pair to `flwr run` as a second `--run-config`. The signature is
 signature (Ed25519 over `sha256(FAB) || signed_at`, as `flwr app review` makes for the Flower
 Hub) over the exact bytes `flwr run` builds from the same directory: Flower's FAB build is
 deterministic (sorted files, fixed timestamps), so change no file between signing and running.
-A SuperNode started with `python -m client.supernode --trusted-entities` runs the app only
+A SuperNode started with `python -m cxrsynth.client.supernode --trusted-entities` runs the app only
 when the key id names a trusted key and the signature verifies (client/supernode.py).
 Exit codes: 0 signed, 2 bad input (key or app directory).
 """

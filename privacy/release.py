@@ -11,8 +11,8 @@
       MANIFEST.sig       Ed25519 signature of MANIFEST.json's bytes
 
 The gate trusts nothing it can recompute: the audit must carry the steward's seal (the release
-key's signature over audit.json and report.html, privacy.audit.seal), its verdict is recomputed
-from its figures and its policy (privacy.audit.verdict), and the synthetic folder must hold
+key's signature over audit.json and report.html, cxrsynth.privacy.audit.seal), its verdict is recomputed
+from its figures and its policy (cxrsynth.privacy.audit.verdict), and the synthetic folder must hold
 exactly the files the audit read. No key is made here: `cxrsynth release key` makes one.
 
 `cxrsynth release verify` recomputes every hash and checks the signature, with the public key
@@ -35,8 +35,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cxrsynth.errors import CheckFailed, InputError
-from privacy.audit.results import Audit, as_audit, read_audit_file
-from privacy.keys import fingerprint, load_public_key, normal_fingerprint, public_pem
+from cxrsynth.privacy.audit.results import Audit, as_audit, read_audit_file
+from cxrsynth.privacy.keys import fingerprint, load_public_key, normal_fingerprint, public_pem
 
 MANIFEST, SIGNATURE, CARD, SIGNER = "MANIFEST.json", "MANIFEST.sig", "DATASET_CARD.md", "SIGNER.pub"
 MANIFEST_FORMAT = "cxrsynth-release/1"
@@ -86,7 +86,7 @@ def tree_entries(root: str | Path, exclude: tuple[str, ...] = ()) -> tuple[dict[
 
 # ---- the gate ------------------------------------------------------------------------------------
 def read_audit(audit_dir: Path) -> Audit:
-    from privacy.audit.seal import require_audit_dir
+    from cxrsynth.privacy.audit.seal import require_audit_dir
 
     require_audit_dir(audit_dir)
     return read_audit_file(audit_dir / "audit.json", f"run `cxrsynth audit ... --out {audit_dir}` first")
@@ -95,7 +95,7 @@ def read_audit(audit_dir: Path) -> Audit:
 def gate(synthetic: Path, audit: Audit | dict) -> None:
     """Raise CheckFailed unless the audit's verdict, recomputed from its figures and its policy,
     passes and the audit covered exactly the files of `synthetic`."""
-    from privacy.audit.verdict import verdict
+    from cxrsynth.privacy.audit.verdict import verdict
 
     audit = as_audit(audit)
     failed = verdict(audit.check_figures(), audit.policy)
@@ -181,7 +181,7 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
 
 
 def _fidelity_lines(audit: Audit) -> list[str]:
-    from privacy.audit.fidelity import label_rows
+    from cxrsynth.privacy.audit.fidelity import label_rows
 
     policy = audit.policy
     rows = label_rows(audit.check_figures(), policy)
@@ -211,7 +211,7 @@ def _fidelity_lines(audit: Audit) -> list[str]:
 
 
 def audit_dropped_labels(audit: Audit) -> list[str]:
-    from privacy.audit.verdict import dropped_labels
+    from cxrsynth.privacy.audit.verdict import dropped_labels
 
     return dropped_labels(audit.check_figures(), audit.policy)
 
@@ -240,7 +240,7 @@ def check_bundle_out(out: Path) -> None:
 
 
 def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path) -> Path:
-    from privacy.audit.seal import SEAL, check_seal
+    from cxrsynth.privacy.audit.seal import SEAL, check_seal
 
     check_bundle_out(out)
     if not (synthetic / "manifest.csv").is_file():
@@ -322,7 +322,7 @@ def verify_bundle(bundle: Path, public_key: Optional[Path] = None, expected: Opt
 
 # ---- commands ------------------------------------------------------------------------------------
 def command(args: argparse.Namespace) -> int:
-    from privacy.keys import key_from_args
+    from cxrsynth.privacy.keys import key_from_args
 
     if not getattr(args, "key", None):
         raise InputError("release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`).")

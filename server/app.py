@@ -1,4 +1,4 @@
-"""The coordinator's Flower ServerApp: reads the run config, runs server.loop.
+"""The coordinator's Flower ServerApp: reads the run config, runs cxrsynth.server.loop.
 
 Run config keys (pyproject.toml [tool.flwr.app.config], or `flwr run . --run-config`):
 `config` (a YAML path or preset), `out` (checkpoint directory; absolute on a real SuperLink),
@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from cxrsynth.config import RunConfig, load_config
 from cxrsynth.progress import Progress
-from server.loop import run_federation
+from cxrsynth.server.loop import run_federation
 
 _FEDERATION_KEYS = {"num-server-rounds": "rounds", "local-steps": "local_steps", "min-sites": "min_sites", "strategy": "strategy"}
 

@@ -18,9 +18,9 @@ from flwr.serverapp import Grid
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.errors import CheckFailed, InputError
+from cxrsynth.privacy.audit.protocol import make_query, metrics_to_answer
+from cxrsynth.privacy.audit.run import finish_audit
 from cxrsynth.progress import Progress
-from privacy.audit.protocol import make_query, metrics_to_answer
-from privacy.audit.run import finish_audit
 
 QUERY_TIMEOUT = 3600.0
 
@@ -72,7 +72,7 @@ def _pin(content, synthetic: list[Record], checkpoint: Optional[Path], arrays: O
     """Sign the query, after checking that the checkpoint generated every synthetic record: the pin
     is the coordinator's word that the set is the model's output, not a probe of someone's images."""
     from cxrsynth.checkpoint import checkpoint_hash
-    from privacy.audit.protocol import sign_query, state_sha256
+    from cxrsynth.privacy.audit.protocol import sign_query, state_sha256
 
     if checkpoint is None or arrays is None:
         raise InputError("a pinned audit query needs the checkpoint that generated the synthetic set (audit-checkpoint).")
@@ -91,10 +91,10 @@ def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] =
     audit-signing-key (the coordinator's key that pins the query for the hospitals),
     audit-steward-key (the steward's release key, which seals the audit so a release accepts it;
     its passphrase from audit-steward-passphrase-file or the variable audit-steward-passphrase-env)."""
-    from privacy.audit.commands import load_policy
-    from privacy.audit.run import check_audit_out, read_audit_set, write_audit
-    from privacy.keys import load_private_key, read_passphrase
-    from privacy.release import tree_hashes
+    from cxrsynth.privacy.audit.commands import load_policy
+    from cxrsynth.privacy.audit.run import check_audit_out, read_audit_set, write_audit
+    from cxrsynth.privacy.keys import load_private_key, read_passphrase
+    from cxrsynth.privacy.release import tree_hashes
 
     syn_dir = Path(str(run_config["audit-synthetic"]))
     out = Path(str(run_config["audit-out"]))

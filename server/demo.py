@@ -69,7 +69,7 @@ class DemoConfig(BaseModel):
 
 
 # The audit calibrates its copy threshold on at least 20 holdout records per site
-# (privacy.audit.images), hence the larger holdout share in the shortened run.
+# (cxrsynth.privacy.audit.images), hence the larger holdout share in the shortened run.
 QUICK = dict(studies=210, holdout_fraction=0.5, public_studies=60, pretrain_steps=6, rounds=1, local_steps=4, conditions=12, eval_classifier_steps=40)
 
 
@@ -140,8 +140,8 @@ class Demo:
 
     def deid(self) -> dict:
         from cxrsynth.data.dataset import write_dataset
-        from privacy.deid import deidentify_records
-        from privacy.deid.config import DeidConfig
+        from cxrsynth.privacy.deid import deidentify_records
+        from cxrsynth.privacy.deid.config import DeidConfig
 
         # Typed tags, not surrogates: text that trains a generator should hold no name-shaped
         # strings at all, or the model learns to write them and the audit's PHI scan (which
@@ -177,8 +177,8 @@ class Demo:
         }
 
     def federate(self) -> dict:
-        from server.simulate import simulate
-        from server.state import last_round
+        from cxrsynth.server.simulate import simulate
+        from cxrsynth.server.state import last_round
 
         c = self.cfg
         run_cfg = self.run_config(
@@ -230,7 +230,7 @@ class Demo:
     def audit(self) -> dict:
         import yaml
 
-        from privacy.audit.commands import audit
+        from cxrsynth.privacy.audit.commands import audit
 
         out = self.out / "audit"
         # The default policy, and DP required within the sites' budget.
@@ -249,7 +249,7 @@ class Demo:
     def steward_key(self) -> Path:
         """The demo steward's key, made here on purpose (never implicitly by the gate); it seals the
         audit and signs the release, and is kept across reruns of the same demo folder."""
-        from privacy.keys import make_key
+        from cxrsynth.privacy.keys import make_key
 
         path = self.out / "keys" / "steward.pem"
         if not path.is_file():
@@ -258,7 +258,7 @@ class Demo:
         return path
 
     def release(self) -> dict:
-        from privacy.release import command
+        from cxrsynth.privacy.release import command
 
         out = self.out / "release"
         args = argparse.Namespace(synthetic=str(self.out / "synthetic"), audit=str(self.out / "audit"), key=str(self.steward_key()), out=str(out), quiet=self.progress.quiet)

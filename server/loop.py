@@ -20,15 +20,15 @@ from cxrsynth.errors import CheckFailed, InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel
 from cxrsynth.pretrained import pinned
+from cxrsynth.privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
 from cxrsynth.progress import Progress
+from cxrsynth.server.page import write_page
+from cxrsynth.server.screen import screen
+from cxrsynth.server.secagg import secure_round
+from cxrsynth.server.state import last_round, load_round, save_round
+from cxrsynth.server.strategy import load_strategy_state, make_strategy, strategy_state
+from cxrsynth.server.vocab import merge_counts
 from cxrsynth.train import seed_everything
-from privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
-from server.page import write_page
-from server.screen import screen
-from server.secagg import secure_round
-from server.state import last_round, load_round, save_round
-from server.strategy import load_strategy_state, make_strategy, strategy_state
-from server.vocab import merge_counts
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunCo
 def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None) -> Path:
     """Run `federation.rounds` rounds (continuing after the last checkpoint with `resume`). Returns `out`."""
     progress = progress or Progress()
-    # Every site checks the round-1 weights against this pin before it trains (client.task).
+    # Every site checks the round-1 weights against this pin before it trains (cxrsynth.client.task).
     cfg = pinned(cfg)
     fed = cfg.federation
     out = Path(out)

@@ -74,7 +74,7 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
     implies (`units`: its number of privacy units, patients under patient-level DP, at most its
     records); and a site's spending never goes down from one round to the next.
     """
-    from privacy.dp import epsilon_of
+    from cxrsynth.privacy.dp import epsilon_of
 
     if entry is None:
         return "no DP ledger in the reply, and the run trains with DP-SGD"
@@ -112,7 +112,7 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
 def claims_problem(reply: Message, *, dp: Optional[DPConfig], batch_size: int, bounds: Optional[dict[int, int]], ledgers: Optional[dict[str, dict]]) -> str:
     """Why what a site says about itself (its sample count, its DP ledger) is not believed ("" when
     it is). These travel in the clear under secure aggregation too, so they are checked either way."""
-    from privacy.wire import ledger_from_record
+    from cxrsynth.privacy.wire import ledger_from_record
 
     node = reply.metadata.src_node_id
     if "metrics" not in reply.content.metric_records or "num-examples" not in reply.content["metrics"]:

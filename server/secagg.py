@@ -36,9 +36,9 @@ from flwr.server.strategy import Strategy as LegacyStrategy
 from flwr.serverapp import Grid
 
 from cxrsynth.config import RunConfig
-from privacy.secagg import COUNTERS, mask_stream, summed_names
-from privacy.wire import to_arrays
-from server.screen import Screened, claims_problem
+from cxrsynth.privacy.secagg import COUNTERS, mask_stream, summed_names
+from cxrsynth.privacy.wire import to_arrays
+from cxrsynth.server.screen import Screened, claims_problem
 
 # The masks from the seed's full strength, as the sites draw them (client/secagg.py).
 flower_workflow.pseudo_rand_gen = mask_stream

@@ -21,8 +21,8 @@ def simulate(cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optio
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 
-    from client.app import make_app as make_client_app
-    from server.app import make_app as make_server_app
+    from cxrsynth.client.app import make_app as make_client_app
+    from cxrsynth.server.app import make_app as make_server_app
 
     fed = cfg.federation
     if cfg.data.path is None and fed.partition == "by-site" and cfg.data.phantom.sites < fed.sites:

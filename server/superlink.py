@@ -1,7 +1,7 @@
 """The coordinator's SuperLink: Flower's `flower-superlink`, with the Control and Runtime APIs
 answering only the coordinator's own host.
 
-    python -m server.superlink [every flower-superlink flag]
+    python -m cxrsynth.server.superlink [every flower-superlink flag]
     CXRSYNTH_CONTROL_ALLOW="127.0.0.1/32 ::1/128"   (the default: loopback only)
 
 Flower 1.42 serves the Fleet API (what SuperNodes use), the Control API (`flwr run`, `flwr ls`,

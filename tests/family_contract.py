@@ -49,8 +49,8 @@ def _same_state(a: dict, b: dict) -> None:
 
 def check_family(name: str, tmp_path: Path) -> None:
     from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
-    from privacy.dp import privatize
-    from privacy.wire import from_arrays, read_round_config, round_config, to_arrays
+    from cxrsynth.privacy.dp import privatize
+    from cxrsynth.privacy.wire import from_arrays, read_round_config, round_config, to_arrays
 
     family = registry.get(name)
     cfg = tiny_config(name)

@@ -6,13 +6,13 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from test_audit_support import write_audit_inputs
 
-from client.egress import check_reply
-from client.query import handle
+from cxrsynth.client.egress import check_reply
+from cxrsynth.client.query import handle
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.dataset import read_dataset
-from privacy.audit.combine import combine
-from privacy.audit.protocol import make_query, metrics_to_answer
-from privacy.audit.run import audit_records
+from cxrsynth.privacy.audit.combine import combine
+from cxrsynth.privacy.audit.protocol import make_query, metrics_to_answer
+from cxrsynth.privacy.audit.run import audit_records
 
 
 def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path):
@@ -57,7 +57,7 @@ def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like
     from cxrsynth.data.phantom import make_phantom
     from cxrsynth.data.split import split_by_patient
     from cxrsynth.models.ldm.prompts import prompt_from_labels
-    from privacy.audit.run import finish_audit
+    from cxrsynth.privacy.audit.run import finish_audit
 
     real = split_by_patient(make_phantom(240, sites=1, seed=0, image_size=32, lateral=False), 0.25, 0)
     write_dataset(tmp_path / "site", [r.with_(phi_meta={}) for r in real])
@@ -94,7 +94,7 @@ def test_federated_audit_over_flower_simulation(tmp_path):
     from test_audit_support import varied_records
 
     from cxrsynth.data.dataset import write_dataset
-    from server.audit_query import federated_audit
+    from cxrsynth.server.audit_query import federated_audit
 
     for i in range(2):
         write_dataset(tmp_path / f"site{i}", varied_records(60, 10 + i, prefix=f"s{i}t", site=f"site{i}") + varied_records(30, 20 + i, split="holdout", prefix=f"s{i}h", site=f"site{i}"))
@@ -124,7 +124,7 @@ def test_federated_audit_over_flower_simulation(tmp_path):
 def test_federated_audit_refuses_an_empty_synthetic_set_before_asking_the_sites(tmp_path):
     from cxrsynth.data.dataset import write_dataset
     from cxrsynth.errors import InputError
-    from server.audit_query import run_from_config
+    from cxrsynth.server.audit_query import run_from_config
 
     write_dataset(tmp_path / "synthetic", [])
     # No grid is needed: the set is read, and refused, before any site is asked.

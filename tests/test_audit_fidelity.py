@@ -18,7 +18,7 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import LABELS
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.models.ldm.prompts import prompt_from_labels
-from privacy.audit.run import audit_records
+from cxrsynth.privacy.audit.run import audit_records
 
 SIZE = 32
 # 150 synthetic records give the closeness share a wide interval; these tests are about labels

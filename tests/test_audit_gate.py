@@ -9,7 +9,7 @@ from test_audit_support import TinyGenerator, varied_records, write_audit_inputs
 from cxrsynth.cli import main
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.dataset import write_dataset
-from privacy.audit.run import audit_records
+from cxrsynth.privacy.audit.run import audit_records
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,6 @@ def test_default_policy_file_is_the_policy_defaults():
     from pathlib import Path
 
     from cxrsynth.config import AuditPolicy
-    from privacy.audit.commands import load_policy
+    from cxrsynth.privacy.audit.commands import load_policy
 
     assert load_policy(Path(__file__).parents[1] / "privacy" / "audit" / "default-policy.yaml") == AuditPolicy()

@@ -7,10 +7,10 @@ from test_audit_support import varied_records
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.errors import InputError
-from privacy.audit.canary import DISGUISES, disguise_image
-from privacy.audit.encoders import ConvEncoder, PixelEncoder, load_file_encoder, make_encoder, save_selfsup
-from privacy.audit.images import image_memorization
-from privacy.audit.neighbors import nearest
+from cxrsynth.privacy.audit.canary import DISGUISES, disguise_image
+from cxrsynth.privacy.audit.encoders import ConvEncoder, PixelEncoder, load_file_encoder, make_encoder, save_selfsup
+from cxrsynth.privacy.audit.images import image_memorization
+from cxrsynth.privacy.audit.neighbors import nearest
 
 
 def test_chunked_search_equals_brute_force():

@@ -4,8 +4,8 @@ import numpy as np
 from test_audit_support import TinyGenerator, varied_records
 
 from cxrsynth.config import AuditPolicy
-from privacy.audit.ledger import dp_ledger_check, read_ledger
-from privacy.audit.site import membership
+from cxrsynth.privacy.audit.ledger import dp_ledger_check, read_ledger
+from cxrsynth.privacy.audit.site import membership
 
 
 def test_over_trained_model_is_detected_normal_one_is_not():

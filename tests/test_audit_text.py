@@ -5,8 +5,8 @@ from test_audit_support import varied_records
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
-from privacy.audit.phi import phi_scan
-from privacy.audit.text import near_duplicates, rare_ngram_leaks
+from cxrsynth.privacy.audit.phi import phi_scan
+from cxrsynth.privacy.audit.text import near_duplicates, rare_ngram_leaks
 
 
 def _syn(i, findings, impression="No acute cardiopulmonary process."):
@@ -49,11 +49,11 @@ def test_planted_phi_is_found_and_clean_reports_pass():
 
 
 def test_phi_scan_fails_closed_when_the_analyzer_breaks(monkeypatch):
-    import privacy.audit.phi as phi
+    import cxrsynth.privacy.audit.phi as phi
 
     def broken():
-        raise ImportError("privacy.deid is not installed")
+        raise ImportError("cxrsynth.privacy.deid is not installed")
 
     monkeypatch.setattr(phi, "_scanner", broken)
     out = phi.phi_scan([_syn(0, "Heart size is normal.")])
-    assert out["passed"] is False and "privacy.deid" in out["reason"]
+    assert out["passed"] is False and "cxrsynth.privacy.deid" in out["reason"]

@@ -11,10 +11,17 @@ import pytest
 
 from cxrsynth.cli import main
 from cxrsynth.errors import ConfigError, InputError
-from privacy.deid import DeidConfig, DeidItem, deidentify_batch, deidentify_records, load_deid_config, scan_phi
-from privacy.deid.deidentifier import Deidentifier, cached_deidentifier
-from privacy.deid.engine import load_spacy
-from privacy.deid.medical_terms import KEEP_TERMS
+from cxrsynth.privacy.deid import (
+    DeidConfig,
+    DeidItem,
+    deidentify_batch,
+    deidentify_records,
+    load_deid_config,
+    scan_phi,
+)
+from cxrsynth.privacy.deid.deidentifier import Deidentifier, cached_deidentifier
+from cxrsynth.privacy.deid.engine import load_spacy
+from cxrsynth.privacy.deid.medical_terms import KEEP_TERMS
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +163,7 @@ def test_header_deny_list_and_roster(tmp_path):
 def test_a_time_surrogate_never_echoes_the_original():
     # One draw in 1440 gives a clock time back unchanged; over 4000 patients that happens ~94% of
     # the time unless the surrogate checks for it.
-    from privacy.deid.surrogates import Surrogates
+    from cxrsynth.privacy.deid.surrogates import Surrogates
 
     for text in ("5:03 AM.", "10am", "23:15"):
         outs = {Surrogates(b"0123456789abcdef", f"p{i}", 30).replace("TIME", text) for i in range(4000)}

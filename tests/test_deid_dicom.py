@@ -7,7 +7,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-from privacy.deid import deidentify_dataset
+from cxrsynth.privacy.deid import deidentify_dataset
 
 KEY = b"site-secret-for-tests-0123456789"
 
@@ -84,8 +84,8 @@ def test_burned_in_annotation_is_flagged_and_dates_can_shift():
 
 
 def test_dicom_and_report_dates_move_together():
-    from privacy.deid import DeidConfig
-    from privacy.deid.deidentifier import cached_deidentifier
+    from cxrsynth.privacy.deid import DeidConfig
+    from cxrsynth.privacy.deid.deidentifier import cached_deidentifier
 
     deid = cached_deidentifier(DeidConfig(dicom_dates="shift"))
     ds, _ = deid.deidentify_dicom(make_ds("1.2.3.4"))

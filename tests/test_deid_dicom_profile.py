@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian
 
 from cxrsynth.cli import main
-from privacy.deid.dicom import RESOLVE, action_table, deidentify_dataset, profile_action
+from cxrsynth.privacy.deid.dicom import RESOLVE, action_table, deidentify_dataset, profile_action
 
 KEY = b"site-secret-for-tests-0123456789"
 STUDY_UID = "1.3.6.1.4.1.9590.100.1.2.77"

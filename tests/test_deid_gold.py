@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cxrsynth.cli import main
-from privacy.deid import DeidConfig
-from privacy.deid.deidentifier import Finding, cached_deidentifier
-from privacy.deid.evaluate import evaluate_gold, read_gold, score
+from cxrsynth.privacy.deid import DeidConfig
+from cxrsynth.privacy.deid.deidentifier import Finding, cached_deidentifier
+from cxrsynth.privacy.deid.evaluate import evaluate_gold, read_gold, score
 
 GOLD = Path(__file__).parent.parent / "privacy" / "deid" / "gold"
 
@@ -68,7 +68,7 @@ def test_cli_eval_prints_and_writes_json(tmp_path, capsys):
 def test_no_surrogate_echoes_its_original():
     # Coverage is necessary but not sufficient: a surrogate could echo the original (a number kept
     # inside a name, a year-less date shifted by whole years, "10am" drawn again).
-    from privacy.deid.surrogates import Surrogates
+    from cxrsynth.privacy.deid.surrogates import Surrogates
 
     deid = cached_deidentifier(DeidConfig())
     echoes = []

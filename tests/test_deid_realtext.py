@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from privacy.deid import DeidConfig
-from privacy.deid.deidentifier import Deidentifier, cached_deidentifier
-from privacy.deid.gold import build_realtext
-from privacy.deid.surrogates import Surrogates
+from cxrsynth.privacy.deid import DeidConfig
+from cxrsynth.privacy.deid.deidentifier import Deidentifier, cached_deidentifier
+from cxrsynth.privacy.deid.gold import build_realtext
+from cxrsynth.privacy.deid.surrogates import Surrogates
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 from cxrsynth.cli import main
 from cxrsynth.data.records import LABELS
 from cxrsynth.eval.stages import NOT_BUILT, OK, SKIPPED
-from server.demo import run_demo
+from cxrsynth.server.demo import run_demo
 
 STAGES = ["pretraining on public data", "phantom data", "de-identification", "federated fine-tuning (DP-SGD)", "generation", "evaluation", "privacy audit", "release"]
 
@@ -94,7 +94,7 @@ def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
 
 def test_missing_stage_is_not_built_and_blocks_dependents(tmp_path, monkeypatch, capsys):
     # Hide de-identification as if it had not landed: the demo must fail closed.
-    monkeypatch.setitem(sys.modules, "privacy.deid", None)
+    monkeypatch.setitem(sys.modules, "cxrsynth.privacy.deid", None)
     code = main(["demo", "--quick", "--out", str(tmp_path / "d")])
     assert code == 2
     err = capsys.readouterr().err

@@ -1,8 +1,8 @@
 """A real deployment on loopback: SuperLink with TLS and SuperNode authentication, two hospitals.
 
 Processes are started here on free 127.0.0.1 ports and stopped at the end: the SuperLink
-(`python -m server.superlink`, in-memory state, see deploy/README.md), two registered SuperNodes
-(`python -m client.supernode`, trusting only the coordinator's app-signing key) each with its
+(`python -m cxrsynth.server.superlink`, in-memory state, see deploy/README.md), two registered SuperNodes
+(`python -m cxrsynth.client.supernode`, trusting only the coordinator's app-signing key) each with its
 own site dataset, `flwr run` of the signed tiny preset for 2 rounds, and a third SuperNode whose
 key was never registered, which the SuperLink must refuse (the same run under SecAgg+ is a slow
 variant). The trust-model tests (issue 15) play the outsider: the Control API refused from a
@@ -76,13 +76,13 @@ def _listening(port: int) -> bool:
 
 
 def _superlink_cmd(certs: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "server.superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
+    return [sys.executable, "-m", "cxrsynth.server.superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
             "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _supernode_cmd(certs: Path, link_port: int, name: str, data: Path, trusted: Path) -> list[str]:
-    return [sys.executable, "-m", "client.supernode", "--superlink", f"127.0.0.1:{link_port}", "--root-certificates", str(certs / "ca.crt"),
+    return [sys.executable, "-m", "cxrsynth.client.supernode", "--superlink", f"127.0.0.1:{link_port}", "--root-certificates", str(certs / "ca.crt"),
             "--auth-supernode-private-key", str(certs / "nodes" / name), "--port", str(_free_port()), "--max-retries", "3",
             "--trusted-entities", str(trusted), "--node-config", f"data-path='{data}' site='{name}'"]
 
@@ -93,7 +93,7 @@ def _flwr_env(tmp_path: Path, certs: Path, link_port: int) -> dict:
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "cxrsynth"\n\n[superlink.cxrsynth]\naddress = "127.0.0.1:{link_port}"\nroot-certificates = "{certs / "ca.crt"}"\n'
     )
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home), "PYTHONPATH": str(REPO),
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home),
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": "1"}
 
 
@@ -165,7 +165,7 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
 
 def test_supernode_launcher_refuses_to_start_without_trusted_entities():
     """A hospital SuperNode that would run any app the SuperLink sends (the issue's hole) does not start."""
-    r = subprocess.run([sys.executable, "-m", "client.supernode", "--superlink", "127.0.0.1:9", "--insecure"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "cxrsynth.client.supernode", "--superlink", "127.0.0.1:9", "--insecure"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--trusted-entities is required" in r.stderr, r.stderr[-500:]
 
 
@@ -367,8 +367,30 @@ def test_compose_and_dockerfiles_follow_the_trust_model():
     assert not any(m.endswith("ca.key") or ("/signing/" in m and not m.endswith(".pub")) for m in mounted), mounted
     server = (REPO / "deploy" / "Dockerfile.server").read_text()
     client = (REPO / "deploy" / "Dockerfile.client").read_text()
-    assert '"server.superlink"' in server and "flower-superlink" not in server.split("ENTRYPOINT")[-1]
+    assert '"cxrsynth.server.superlink"' in server and "flower-superlink" not in server.split("ENTRYPOINT")[-1]
     entry = client.split("ENTRYPOINT")[-1]
-    assert "client.supernode" in entry and "--trusted-entities /certs/trusted-entities.yaml" in entry and "flower-supernode" not in entry
+    assert "cxrsynth.client.supernode" in entry and "--trusted-entities /certs/trusted-entities.yaml" in entry and "flower-supernode" not in entry
     # The SuperNode's Runtime API (node state: DP ledger, SecAgg+ keys) stays on the container's loopback.
     assert "--host" not in entry and "--isolation process" not in entry
+
+
+def test_a_wheel_installs_one_package_with_its_data(tmp_path):
+    """What `pip install .` and the Dockerfiles install: client/, server/ and privacy/ inside
+    cxrsynth, no top-level package of those names, and the data files (presets, page templates,
+    the default audit policy) beside their modules."""
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    for pkg in ("cxrsynth", "client", "server", "privacy"):
+        shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("cxrsynth-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"cxrsynth", wheel.name.split("-py")[0] + ".dist-info"}
+    for expected in ("cxrsynth/client/app.py", "cxrsynth/server/app.py", "cxrsynth/privacy/deid/__init__.py", "cxrsynth/privacy/audit/default-policy.yaml",
+                     "cxrsynth/models/ldm/presets/tiny.yaml", "cxrsynth/pages/templates/base.html"):
+        assert expected in names, expected

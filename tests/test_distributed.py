@@ -66,8 +66,8 @@ def _cfg(dp: bool, family: str = "mopoe"):
 
 def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1) -> dict:
     from cxrsynth.models import build_model
+    from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import dp_sampling, seed_everything, train_steps
-    from privacy.dp import privatize
 
     torch.set_num_threads(1)
     records = _records()

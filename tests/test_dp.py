@@ -9,8 +9,15 @@ from torch import nn
 from cxrsynth.config import load_config
 from cxrsynth.errors import CheckFailed, InputError
 from cxrsynth.models import build_model
+from cxrsynth.privacy.dp import (
+    check_budget,
+    effective_noise,
+    epsilon_of,
+    privatize,
+    read_ledger_file,
+    write_ledger_file,
+)
 from cxrsynth.train import load_run_data, train_steps
-from privacy.dp import check_budget, effective_noise, epsilon_of, privatize, read_ledger_file, write_ledger_file
 
 
 def test_releases_on_one_batch_are_accounted_as_one_joint_release():

@@ -140,7 +140,7 @@ def pixels_family(tmp_path, monkeypatch):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "cxrsynth", "--quiet", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -16,10 +16,10 @@ import pytest
 import ray.cloudpickle
 import yaml
 
-from client.egress import egress_log
+from cxrsynth.client.egress import egress_log
 from cxrsynth.config import load_config
 from cxrsynth.errors import CheckFailed
-from server.simulate import simulate
+from cxrsynth.server.simulate import simulate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injection mod below
 

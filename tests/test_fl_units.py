@@ -7,17 +7,17 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_app
-from client.egress import EgressRefused, check_reply
-from client.task import label_counts, token_counts
+from cxrsynth.client.app import make_app
+from cxrsynth.client.egress import EgressRefused, check_reply
+from cxrsynth.client.task import label_counts, token_counts
 from cxrsynth.config import load_config
 from cxrsynth.data.records import Record, empty_labels, findings_key
 from cxrsynth.data.text import pseudo_reports, tokenize
 from cxrsynth.models.emixer.labels import LabelPrior
-from privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
-from server.screen import screen
-from server.strategy import load_strategy_state, make_strategy, strategy_state
-from server.vocab import merge_counts
+from cxrsynth.privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
+from cxrsynth.server.screen import screen
+from cxrsynth.server.strategy import load_strategy_state, make_strategy, strategy_state
+from cxrsynth.server.vocab import merge_counts
 
 
 @pytest.fixture(autouse=True)
@@ -176,7 +176,7 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
 
 
 def test_fedprox_pull_keeps_a_site_closer_to_the_global_model():
-    from client.task import SiteData, train_round
+    from cxrsynth.client.task import SiteData, train_round
     from cxrsynth.models import build_model
     from cxrsynth.train import load_run_data
 

@@ -278,7 +278,7 @@ def public_key(root: Path, data: bytes) -> None:
     code, err = run(["release", "verify", str(root / "bundle"), "--public-key", str(t / "k.pub")])
     check(code, err, "k.pub")
     if code == 0:  # the edit left the same key (PEM readers skip some surrounding bytes)
-        from privacy.keys import fingerprint, load_public_key
+        from cxrsynth.privacy.keys import fingerprint, load_public_key
 
         assert fingerprint(load_public_key(t / "k.pub")) == fingerprint(load_public_key(root / "steward.pem.pub"))
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cxrsynth.cli import main
-from server.demo import run_demo
+from cxrsynth.server.demo import run_demo
 
 FIDELITY = {"label_fidelity", "report_labels"}
 

@@ -81,8 +81,8 @@ def test_audit_refuses_a_synthetic_folder_with_files_its_manifest_does_not_list(
 
 
 def test_synthetic_laterals_are_checked_for_copies_locally_and_through_the_query(tmp_path):
-    from privacy.audit.protocol import make_query, read_query
-    from privacy.audit.run import audit_records
+    from cxrsynth.privacy.audit.protocol import make_query, read_query
+    from cxrsynth.privacy.audit.run import audit_records
 
     real = split_by_patient(make_phantom(160, sites=1, seed=0, image_size=32, lateral=True), 0.35, 0)
     train = [r for r in real if r.split == "train"]
@@ -177,7 +177,7 @@ def test_keys_are_made_on_purpose_never_overwritten_and_may_be_encrypted(tmp_pat
     enc = tmp_path / "enc.pem"
     assert main(["--quiet", "release", "key", "--out", str(enc), "--passphrase-env", "STEWARD_PASS"]) == 0
     assert b"ENCRYPTED PRIVATE KEY" in enc.read_bytes()
-    from privacy.keys import load_private_key
+    from cxrsynth.privacy.keys import load_private_key
 
     with pytest.raises(InputError, match="encrypted; give its passphrase"):
         load_private_key(enc)
@@ -219,7 +219,7 @@ def test_an_encrypted_key_seals_and_signs_with_its_passphrase_from_a_file(tmp_pa
 def test_bundle_carries_the_fingerprint_and_verify_pins_it(audited, tmp_path, capsys):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from privacy.keys import fingerprint, load_private_key, public_pem
+    from cxrsynth.privacy.keys import fingerprint, load_private_key, public_pem
 
     syn, audit, key = _fresh(audited, tmp_path)
     bundle = tmp_path / "bundle"
@@ -236,7 +236,7 @@ def test_bundle_carries_the_fingerprint_and_verify_pins_it(audited, tmp_path, ca
     (bundle / "data" / "manifest.csv").write_bytes((bundle / "data" / "manifest.csv").read_bytes().replace(b"syn00001", b"syn99999"))
     mallory = Ed25519PrivateKey.generate()
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
-    from privacy.release import sha256_file
+    from cxrsynth.privacy.release import sha256_file
 
     manifest["files"]["data/manifest.csv"] = sha256_file(bundle / "data" / "manifest.csv")
     (bundle / "SIGNER.pub").write_bytes(public_pem(mallory))
@@ -305,8 +305,8 @@ def test_a_site_refuses_the_audit_query_when_a_patient_is_on_both_sides(tmp_path
     from flwr.app import Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.query import handle
-    from privacy.audit.protocol import make_query
+    from cxrsynth.client.query import handle
+    from cxrsynth.privacy.audit.protocol import make_query
 
     real, syn = write_audit_inputs(tmp_path, n_train=30, n_holdout=25, n_synthetic=5)
     recs, _ = read_dataset(real)

@@ -349,12 +349,12 @@ def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
 
 
 def test_dp_training_through_privacy_dp_wiring(tmp_path):
-    """The project's DP wiring (privacy.dp) wraps the LDM's real-data nets; Poisson batches train."""
+    """The project's DP wiring (cxrsynth.privacy.dp) wraps the LDM's real-data nets; Poisson batches train."""
     import json
 
     from cxrsynth.config import config_from_dict
+    from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import train
-    from privacy.dp import privatize
 
     base = load_config("ldm-tiny").model_dump(mode="json")
     base["model"].update({k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()})

@@ -212,7 +212,7 @@ def test_emixer_generator_average_from_diffusers_matches_the_replaced_code():
 
 
 def test_sentence_embeddings_match_the_replaced_mean_pooling(tmp_path):
-    from privacy.audit.text import embed_texts
+    from cxrsynth.privacy.audit.text import embed_texts
 
     e = embed_texts(tiny_sentence_model(tmp_path / "enc"), SENTENCES)
     assert e.shape == (3, 16)
@@ -227,7 +227,7 @@ def test_sentence_embeddings_follow_the_folders_own_pooling_config(tmp_path):
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     from transformers import AutoModel, AutoTokenizer
 
-    from privacy.audit.text import embed_texts
+    from cxrsynth.privacy.audit.text import embed_texts
 
     plain = tiny_sentence_model(tmp_path / "plain")
     word = Transformer(str(plain), model_kwargs={"local_files_only": True}, processor_kwargs={"local_files_only": True})

@@ -114,7 +114,7 @@ def test_the_run_config_is_pinned_to_the_base_and_a_shape_change_is_named(base):
 
 
 def test_finetune_patterns_freeze_the_rest_and_dp_protects_only_what_trains(base):
-    from privacy.dp import privatize
+    from cxrsynth.privacy.dp import privatize
 
     cfg = load_config("mopoe-tiny", {"train": {"init_from": str(base)}, "dp": {"enabled": True}})
     model, _, _ = load_checkpoint(base)
@@ -138,10 +138,10 @@ def test_a_site_refuses_round_one_weights_that_are_not_the_pinned_base(base, tmp
     from flwr.app import Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.app import make_app
+    from cxrsynth.client.app import make_app
     from cxrsynth.data.dataset import write_dataset
     from cxrsynth.data.phantom import make_phantom
-    from privacy.wire import round_config, to_arrays
+    from cxrsynth.privacy.wire import round_config, to_arrays
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
     root = tmp_path / "site"

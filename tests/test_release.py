@@ -42,7 +42,7 @@ def _release(syn, audit, tmp_path, out="bundle"):
 
 def test_release_refuses_an_edited_audit_and_recomputes_the_verdict(audited, tmp_path, capsys):
     from cxrsynth.errors import CheckFailed
-    from privacy.release import gate, read_audit
+    from cxrsynth.privacy.release import gate, read_audit
 
     syn, audit = _copy(audited, tmp_path)
     data = json.loads((audit / "audit.json").read_text())

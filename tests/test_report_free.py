@@ -17,10 +17,10 @@ from cxrsynth.data.dataset import read_dataset, save_png
 from cxrsynth.data.label_maps import NIH_TO_CHEXPERT
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import Record
-from privacy.audit.combine import combine
-from privacy.audit.protocol import answer_to_metrics, metrics_to_answer
-from privacy.audit.run import audit_records, finish_audit
-from privacy.audit.site import site_audit
+from cxrsynth.privacy.audit.combine import combine
+from cxrsynth.privacy.audit.protocol import answer_to_metrics, metrics_to_answer
+from cxrsynth.privacy.audit.run import audit_records, finish_audit
+from cxrsynth.privacy.audit.site import site_audit
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SECTION = "### Bring a labelled image folder without reports"

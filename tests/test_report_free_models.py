@@ -12,8 +12,8 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import LABELS
 from cxrsynth.errors import ConfigError, InputError
 from cxrsynth.models import build_model
+from cxrsynth.privacy.dp import privatize
 from cxrsynth.train import train_steps
-from privacy.dp import privatize
 
 EMIXER_TINY = dict(
     image_size=16, up_blocks=2, z_chunk=4, z_dim=16, class_embed_dim=8, g_width=8, attn_resolution=16, d_width=8, d_steps=2,

@@ -9,7 +9,7 @@ import pytest
 from cxrsynth.config import AuditPolicy
 from cxrsynth.errors import InputError
 from cxrsynth.eval.results import as_metrics
-from privacy.audit.results import as_audit, read_audit_file
+from cxrsynth.privacy.audit.results import as_audit, read_audit_file
 
 AUDIT = {
     "format": "cxrsynth-audit/1",

@@ -20,17 +20,17 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_app
-from client.egress import ERROR_KINDS, EgressRefused, check_reply
 from cxrsynth.checkpoint import load_checkpoint
+from cxrsynth.client.app import make_app
+from cxrsynth.client.egress import ERROR_KINDS, EgressRefused, check_reply
 from cxrsynth.config import load_config
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.errors import ConfigError
 from cxrsynth.models import build_model
-from privacy.secagg import mask_stream, summed_names
-from privacy.wire import from_arrays, round_config, to_arrays
-from server.simulate import simulate
+from cxrsynth.privacy.secagg import mask_stream, summed_names
+from cxrsynth.privacy.wire import from_arrays, round_config, to_arrays
+from cxrsynth.server.simulate import simulate
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mods below run in Ray workers
 
@@ -199,7 +199,7 @@ def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path)
 
 
 def test_a_secure_sum_far_above_earlier_rounds_is_refused_as_a_whole():
-    from server.secagg import sum_problem
+    from cxrsynth.server.secagg import sum_problem
 
     history = [{"round": 1, "secure": {"update_norm": 0.3}}, {"round": 2, "secure": {"update_norm": 0.2}}, {"round": 3, "update_norms": {"1": 9.0}}]
     assert sum_problem(50.0, [], 10.0) == ""  # round 1: nothing to compare with

@@ -11,15 +11,15 @@ import yaml
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import make_app
-from client.egress import ERROR_KINDS, check_reply
-from client.policy import PERMISSIVE, SitePolicy, enforce, load_policy
+from cxrsynth.client.app import make_app
+from cxrsynth.client.egress import ERROR_KINDS, check_reply
+from cxrsynth.client.policy import PERMISSIVE, SitePolicy, enforce, load_policy
 from cxrsynth.config import load_config
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.data.phantom import make_phantom
-from privacy.dp import SiteRefused, epsilon_of
-from privacy.wire import ledger_to_record, round_config, to_arrays
-from server.screen import screen
+from cxrsynth.privacy.dp import SiteRefused, epsilon_of
+from cxrsynth.privacy.wire import ledger_to_record, round_config, to_arrays
+from cxrsynth.server.screen import screen
 
 SMALL = {
     "model": {"image_size": 16, "text_length": 16, "channels": 8},
@@ -106,7 +106,7 @@ def test_vocab_min_count_below_the_site_floor_is_raised_to_it(tmp_path):
     asked_one, floor = counts(1), counts(SitePolicy().min_count)
     assert asked_one == floor and floor[0]
     # With k = 1 honoured, tokens of a single patient (MRNs, names) would have left.
-    from client.task import token_counts
+    from cxrsynth.client.task import token_counts
     from cxrsynth.data.dataset import read_dataset
 
     records, _ = read_dataset(root)
@@ -193,7 +193,7 @@ def test_error_replies_carry_a_kind_and_no_cell_values_or_paths(tmp_path):
     cells[header.index("split")] = "John Smith MRN 4471920"
     manifest.write_text("\n".join([lines[0], ",".join(cells), *lines[2:]]) + "\n")
     from cxrsynth.config import AuditPolicy
-    from privacy.audit.protocol import make_query
+    from cxrsynth.privacy.audit.protocol import make_query
 
     syn = [r.with_(site="synthetic", split="") for r in make_phantom(n=3, sites=1, seed=9, image_size=16)]
     msg = Message(make_query(syn, AuditPolicy(bootstrap=10, skip=("phi", "membership"))), dst_node_id=1, message_type="query")
@@ -205,7 +205,7 @@ def test_error_replies_carry_a_kind_and_no_cell_values_or_paths(tmp_path):
 
 def _pinned_query(syn, key, arrays):
     from cxrsynth.config import AuditPolicy
-    from privacy.audit.protocol import make_query, sign_query, state_sha256
+    from cxrsynth.privacy.audit.protocol import make_query, sign_query, state_sha256
 
     content = make_query(syn, AuditPolicy(bootstrap=10, skip=("phi", "membership")))
     if key is not None:
@@ -281,8 +281,8 @@ def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
     from cxrsynth.config import AuditPolicy
     from cxrsynth.errors import InputError
     from cxrsynth.models import build_model
-    from privacy.audit.protocol import make_query, verify_query
-    from server.audit_query import _pin
+    from cxrsynth.privacy.audit.protocol import make_query, verify_query
+    from cxrsynth.server.audit_query import _pin
 
     repo = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, str(repo / "deploy" / "certs.py"), "--out", str(tmp_path / "keys"), "--app-signer", "coordinator"], check=True, capture_output=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from server.demo import run_demo
+from cxrsynth.server.demo import run_demo
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,7 @@ class StageResult:
         return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 2), "outputs": self.outputs}
 
 
-PROJECT_PACKAGES = ("cxrsynth", "privacy", "client", "server")
+PROJECT_PACKAGES = ("cxrsynth",)
 
 
 def not_built_reason(exc: BaseException) -> Optional[str]:

@@ -22,7 +22,7 @@ Training, federation, DP, generation and the audit are written once against it:
 - `save_extra_files(out)`: files of the family's own beside a checkpoint's weights;
 - `member_scores(records)`: per-record score for membership inference, higher = more member-like.
 
-`privacy.dp` wraps entries of `nets` in Opacus `GradSampleModule`s and entries of `opts` in
+`cxrsynth.privacy.dp` wraps entries of `nets` in Opacus `GradSampleModule`s and entries of `opts` in
 `DPOptimizer`s in place, so a family must reach its networks and optimizers only through these
 two dicts inside `train_step`.
 """
@@ -88,7 +88,7 @@ class GenerativeModel(nn.Module):
         """Fit data-dependent parts (vocabulary, tokenizer). Default: nothing to fit."""
 
     def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
-        """Fit data-dependent parts from token counts merged over sites (client.task.token_counts).
+        """Fit data-dependent parts from token counts merged over sites (cxrsynth.client.task.token_counts).
         Default: `setup` on pseudo-reports that hold each token exactly its count."""
         self.setup(pseudo_reports(counts, n_reports))
 
@@ -98,7 +98,7 @@ class GenerativeModel(nn.Module):
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         """Fit the label mix unconditional generation draws from, from label counts merged over
-        sites (client.task.label_counts) instead of records. Default: the family keeps none."""
+        sites (cxrsynth.client.task.label_counts) instead of records. Default: the family keeps none."""
 
     @classmethod
     def vocabulary_text(cls, config: Any, record: Record) -> str:

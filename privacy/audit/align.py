@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrsynth.privacy.audit.encoders import blur, standardise, to_tensor
 from cxrsynth.progress import Progress
-from privacy.audit.encoders import blur, standardise, to_tensor
 
 SIZE = 64
 WINDOW = 48  # central window compared; the border is where shifts and crops invent content

@@ -12,10 +12,10 @@ from typing import Optional
 import numpy as np
 
 from cxrsynth.config import AuditPolicy
-from privacy.audit.fidelity import pool_sites
-from privacy.audit.results import FORMAT
-from privacy.audit.stats import percentile_ci
-from privacy.audit.verdict import check_reasons, dropped_labels
+from cxrsynth.privacy.audit.fidelity import pool_sites
+from cxrsynth.privacy.audit.results import FORMAT
+from cxrsynth.privacy.audit.stats import percentile_ci
+from cxrsynth.privacy.audit.verdict import check_reasons, dropped_labels
 
 
 def _pooled(values: list[float], replicates: list[list[float]], weights: list[float], confidence: float) -> tuple[float, list[float]]:
@@ -149,7 +149,7 @@ def combine(answers: list[dict], policy: AuditPolicy, phi: Optional[dict] = None
     """audit.json from the sites' answers and the steward's PHI, DP-ledger and report-label checks.
 
     `labels`: {"counts": label -> (synthetic positives, negatives), "reports": the report-label
-    figures} (privacy.audit.fidelity); without it (a site's own report) only the images' figures show.
+    figures} (cxrsynth.privacy.audit.fidelity); without it (a site's own report) only the images' figures show.
     """
     n_syn = max((a["n_synthetic"] for a in answers), default=0)
     copies_check, closeness, copies = _image_checks(answers, policy, n_syn)

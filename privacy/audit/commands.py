@@ -24,13 +24,13 @@ def load_policy(path: Optional[str | Path]) -> AuditPolicy:
 def audit(args: argparse.Namespace) -> int:
     import torch
 
-    from privacy.audit.run import run_audit
+    from cxrsynth.privacy.audit.run import run_audit
 
     torch.set_num_threads(1)
     policy = load_policy(args.policy)
     key = None
     if getattr(args, "key", None):
-        from privacy.keys import key_from_args
+        from cxrsynth.privacy.keys import key_from_args
 
         key = key_from_args(args)
     progress = Progress(args.quiet)

@@ -20,7 +20,7 @@ and as many negatives (uncertain values are left out of that label) and, for ima
 at least `min_fidelity_real_positives` real training positives to learn it from. Judged labels
 below the floors are weak; whether weak labels are dropped from the release or refuse it is the
 policy's `weak_labels`. The rules that turn these figures into a verdict are in
-`privacy.audit.verdict`, shared by the audit and the release gate.
+`cxrsynth.privacy.audit.verdict`, shared by the audit and the release gate.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def label_rows(checks: dict, policy: AuditPolicy) -> list[dict]:
     card: the figures, a confidence interval of the image AUROC, and what the release does with it."""
     from scipy.stats import norm
 
-    from privacy.audit.verdict import dropped_labels, weak_image_labels, weak_report_labels
+    from cxrsynth.privacy.audit.verdict import dropped_labels, weak_image_labels, weak_report_labels
 
     image, text = checks.get("label_fidelity", {}), checks.get("report_labels", {})
     img_labels = image.get("labels", {}) if image.get("status") == "ran" else {}

@@ -14,11 +14,11 @@ import numpy as np
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
+from cxrsynth.privacy.audit.align import aligned_nearest
+from cxrsynth.privacy.audit.encoders import Encoder
+from cxrsynth.privacy.audit.neighbors import nearest
+from cxrsynth.privacy.audit.stats import closeness_replicates, percentile_ci
 from cxrsynth.progress import Progress
-from privacy.audit.align import aligned_nearest
-from privacy.audit.encoders import Encoder
-from privacy.audit.neighbors import nearest
-from privacy.audit.stats import closeness_replicates, percentile_ci
 
 MIN_HOLDOUT = 20  # below this the 1% quantile of holdout distances is the minimum of a handful
 HIST_BINS = 40

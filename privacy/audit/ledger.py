@@ -48,7 +48,7 @@ def read_ledger(train_state: Optional[dict]) -> tuple[list[dict], list[str]]:
 
 
 def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
-    from privacy.audit.verdict import dp_ledger
+    from cxrsynth.privacy.audit.verdict import dp_ledger
 
     entries, problems = read_ledger(train_state)
     worst = max((e["epsilon"] for e in entries), default=None)

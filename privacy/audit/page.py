@@ -108,7 +108,7 @@ def _fidelity_figure(rows: list[dict], floor_auroc: float, floor_f1: float) -> O
 
 def _fidelity(audit: dict) -> Optional[dict]:
     from cxrsynth.config import AuditPolicy
-    from privacy.audit.fidelity import label_rows
+    from cxrsynth.privacy.audit.fidelity import label_rows
 
     policy = AuditPolicy.model_validate(audit.get("policy", {}))
     rows = label_rows(audit["checks"], policy)

@@ -1,4 +1,4 @@
-"""PHI in synthetic reports: the de-identification analyzer (privacy.deid) over every report.
+"""PHI in synthetic reports: the de-identification analyzer (cxrsynth.privacy.deid) over every report.
 
 Fails closed: if the analyzer cannot be loaded or raises, the check fails with that reason; a
 synthetic set is never passed as PHI-free without having been scanned.
@@ -15,10 +15,10 @@ from cxrsynth.data.records import Record
 
 def _scanner() -> Callable:
     try:
-        return importlib.import_module("privacy.deid").scan_phi
+        return importlib.import_module("cxrsynth.privacy.deid").scan_phi
     except (ImportError, AttributeError):
         # The package may not re-export it yet; the function lives in the deidentifier module.
-        return importlib.import_module("privacy.deid.deidentifier").scan_phi
+        return importlib.import_module("cxrsynth.privacy.deid.deidentifier").scan_phi
 
 
 def phi_scan(synthetic: Sequence[Record], max_findings: int = 0) -> dict:
@@ -29,7 +29,7 @@ def phi_scan(synthetic: Sequence[Record], max_findings: int = 0) -> dict:
         scan = _scanner()
         findings = scan([r.report for r in synthetic])
     except Exception as e:  # noqa: BLE001 - any failure of the analyzer fails the check closed
-        return {"passed": False, "status": "error", "reason": f"the PHI analyzer (privacy.deid.scan_phi) failed: {e.__class__.__name__}: {str(e)[:300]}"}
+        return {"passed": False, "status": "error", "reason": f"the PHI analyzer (cxrsynth.privacy.deid.scan_phi) failed: {e.__class__.__name__}: {str(e)[:300]}"}
     if len(findings) != len(synthetic):
         return {"passed": False, "status": "error", "reason": f"the PHI analyzer returned {len(findings)} result(s) for {len(synthetic)} report(s)"}
     by_type: Counter = Counter(f.type for fs in findings for f in fs)

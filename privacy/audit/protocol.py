@@ -21,7 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from cxrsynth.config import AuditPolicy, RunConfig
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
-from privacy.wire import from_arrays, read_round_config, round_config, to_arrays
+from cxrsynth.privacy.wire import from_arrays, read_round_config, round_config, to_arrays
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
 NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
@@ -223,7 +223,7 @@ def verify_query(content: RecordDict, trusted: dict[str, str]) -> dict:
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
     from flwr.supercore.primitives.asymmetric_ed25519 import verify_signature
 
-    from privacy.dp import SiteRefused
+    from cxrsynth.privacy.dp import SiteRefused
 
     if PIN not in content.config_records:
         raise SiteRefused("audit query refused: it carries no coordinator pin (a synthetic set signed with the coordinator's key).")

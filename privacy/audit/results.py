@@ -76,7 +76,7 @@ class Audit(BaseModel):
     inputs: AuditInputs = AuditInputs()
 
     def check_figures(self) -> dict[str, dict]:
-        """name -> the check as audit.json holds it: what privacy.audit.verdict recomputes from."""
+        """name -> the check as audit.json holds it: what cxrsynth.privacy.audit.verdict recomputes from."""
         return {name: c.figures() for name, c in self.checks.items()}
 
     def to_json(self) -> str:

@@ -14,14 +14,14 @@ from cxrsynth.data.dataset import read_dataset, require_patient_split, stray_fil
 from cxrsynth.data.records import Record
 from cxrsynth.errors import InputError
 from cxrsynth.output import check_out, fresh_dir
+from cxrsynth.privacy.audit.combine import combine
+from cxrsynth.privacy.audit.fidelity import label_counts, report_label_agreement
+from cxrsynth.privacy.audit.ledger import dp_ledger_check
+from cxrsynth.privacy.audit.page import write_page
+from cxrsynth.privacy.audit.phi import phi_scan
+from cxrsynth.privacy.audit.results import as_audit
+from cxrsynth.privacy.audit.site import Scorer, site_audit
 from cxrsynth.progress import Progress
-from privacy.audit.combine import combine
-from privacy.audit.fidelity import label_counts, report_label_agreement
-from privacy.audit.ledger import dp_ledger_check
-from privacy.audit.page import write_page
-from privacy.audit.phi import phi_scan
-from privacy.audit.results import as_audit
-from privacy.audit.site import Scorer, site_audit
 
 
 def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str, tuple[list[Record], list[Record]]]:
@@ -105,8 +105,8 @@ def run_audit(
     progress: Optional[Progress] = None,
     key=None,
 ) -> dict:
-    """`key`: the steward's Ed25519 key; the audit is sealed with it (privacy.audit.seal)."""
-    from privacy.release import tree_hashes
+    """`key`: the steward's Ed25519 key; the audit is sealed with it (cxrsynth.privacy.audit.seal)."""
+    from cxrsynth.privacy.release import tree_hashes
 
     progress = progress or Progress()
     check_audit_out(out)
@@ -143,7 +143,7 @@ def check_audit_out(out: Path) -> None:
 def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -> None:
     """audit.json, report.html and, with the steward's key, the seal; written whole into `out`
     (new, empty or an earlier audit's folder, which is replaced)."""
-    from privacy.audit.seal import seal_audit
+    from cxrsynth.privacy.audit.seal import seal_audit
 
     with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
         # Written through the typed result: what the gate and the card will read back is checked here.

@@ -26,13 +26,13 @@ def _body(files: dict[str, str], fp: str) -> bytes:
 
 
 def _hashes(audit_dir: Path) -> dict[str, str]:
-    from privacy.release import sha256_file
+    from cxrsynth.privacy.release import sha256_file
 
     return {name: sha256_file(audit_dir / name) for name in SEALED if (audit_dir / name).is_file()}
 
 
 def seal_audit(audit_dir: Path, key: Ed25519PrivateKey) -> Path:
-    from privacy.keys import fingerprint
+    from cxrsynth.privacy.keys import fingerprint
 
     files = _hashes(audit_dir)
     fp = fingerprint(key)
@@ -45,7 +45,7 @@ def seal_audit(audit_dir: Path, key: Ed25519PrivateKey) -> Path:
 def check_seal(audit_dir: Path, public: Ed25519PublicKey) -> str:
     """The signer's fingerprint once the seal verifies with `public` and the sealed files are
     unchanged; CheckFailed naming what does not hold."""
-    from privacy.keys import fingerprint
+    from cxrsynth.privacy.keys import fingerprint
 
     path = audit_dir / SEAL
     expected = fingerprint(public)

@@ -13,12 +13,12 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
+from cxrsynth.privacy.audit.encoders import make_encoder
+from cxrsynth.privacy.audit.fidelity import image_label_fidelity
+from cxrsynth.privacy.audit.images import CopyPair, image_memorization
+from cxrsynth.privacy.audit.stats import membership_figures, percentile_ci
+from cxrsynth.privacy.audit.text import embedding_neighbours, near_duplicates, rare_ngram_leaks
 from cxrsynth.progress import Progress
-from privacy.audit.encoders import make_encoder
-from privacy.audit.fidelity import image_label_fidelity
-from privacy.audit.images import CopyPair, image_memorization
-from privacy.audit.stats import membership_figures, percentile_ci
-from privacy.audit.text import embedding_neighbours, near_duplicates, rare_ngram_leaks
 
 Scorer = Callable[[Sequence[Record]], np.ndarray]
 
@@ -64,7 +64,7 @@ def site_audit(
     progress = progress or Progress(quiet=True)
     skip = set(policy.skip)
     # A count may leave the site; with no training report there is no report text to leak, and
-    # the steward marks the text checks "no reports" (privacy.audit.combine) instead of running them.
+    # the steward marks the text checks "no reports" (cxrsynth.privacy.audit.combine) instead of running them.
     n_reports = sum(bool(r.report.strip()) for r in train)
     answer: dict = {"site": site, "n_train": len(train), "n_holdout": len(holdout), "n_synthetic": len(synthetic), "n_train_reports": n_reports}
     pairs: list[CopyPair] = []

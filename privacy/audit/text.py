@@ -109,7 +109,7 @@ def embed_texts(model_dir: Path, texts: Sequence[str], batch: int = 32) -> np.nd
 def embedding_neighbours(synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:
     """Synthetic-to-train nearest-neighbour distances of report embeddings, flagged below the
     same calibrated threshold the image check uses (holdout-to-train quantile x margin)."""
-    from privacy.audit.neighbors import nearest
+    from cxrsynth.privacy.audit.neighbors import nearest
 
     e_train = embed_texts(policy.text_encoder, [r.report for r in train])
     d_st, _ = nearest(embed_texts(policy.text_encoder, [r.report for r in synthetic]), e_train, policy.chunk)

@@ -27,11 +27,11 @@ Commands: `cxrsynth deid run --in FILE --out FILE`, `cxrsynth deid eval --gold F
 `cxrsynth deid dicom --in DIR --out DIR`.
 """
 
-from privacy.deid.batch import DeidItem, deidentify_batch, deidentify_records
-from privacy.deid.config import DeidConfig, load_deid_config
-from privacy.deid.deidentifier import Deidentifier, DeidResult, Finding, scan_phi
-from privacy.deid.dicom import deidentify_dataset
-from privacy.deid.dicom_files import deidentify_folder
+from cxrsynth.privacy.deid.batch import DeidItem, deidentify_batch, deidentify_records
+from cxrsynth.privacy.deid.config import DeidConfig, load_deid_config
+from cxrsynth.privacy.deid.deidentifier import Deidentifier, DeidResult, Finding, scan_phi
+from cxrsynth.privacy.deid.dicom import deidentify_dataset
+from cxrsynth.privacy.deid.dicom_files import deidentify_folder
 
 __all__ = [
     "DeidConfig",

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Optional
 
 from cxrsynth.data.records import Record
+from cxrsynth.privacy.deid.config import DeidConfig, config_hash
+from cxrsynth.privacy.deid.deidentifier import Deidentifier, DeidResult, cached_deidentifier
+from cxrsynth.privacy.deid.keys import keyed_hex
 from cxrsynth.progress import Progress
-from privacy.deid.config import DeidConfig, config_hash
-from privacy.deid.deidentifier import Deidentifier, DeidResult, cached_deidentifier
-from privacy.deid.keys import keyed_hex
 
 # Findings and impression are de-identified as one text (shared context for the NER model) and
 # split again at this line; a report whose marker did not survive intact is quarantined.

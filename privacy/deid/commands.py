@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from cxrsynth.errors import InputError
+from cxrsynth.privacy.deid.batch import DeidItem, deidentify_batch
+from cxrsynth.privacy.deid.config import load_deid_config
+from cxrsynth.privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
+from cxrsynth.privacy.deid.evaluate import evaluate_gold, format_table
+from cxrsynth.privacy.deid.jsonl import read_jsonl
+from cxrsynth.privacy.deid.page import write_page
 from cxrsynth.progress import Progress
-from privacy.deid.batch import DeidItem, deidentify_batch
-from privacy.deid.config import load_deid_config
-from privacy.deid.deidentifier import HEADER_FIELDS, cached_deidentifier
-from privacy.deid.evaluate import evaluate_gold, format_table
-from privacy.deid.jsonl import read_jsonl
-from privacy.deid.page import write_page
 
 
 def read_items(path: str | Path) -> list[DeidItem]:
@@ -75,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def dicom(args: argparse.Namespace) -> int:
     """`cxrsynth deid dicom --in DIR --out DIR`: one de-identified file per input, same relative path."""
-    from privacy.deid.dicom_files import deidentify_folder
+    from cxrsynth.privacy.deid.dicom_files import deidentify_folder
 
     config = load_deid_config(args.config)
     progress = Progress(getattr(args, "quiet", False))

@@ -19,14 +19,14 @@ from typing import Optional
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from cxrsynth.errors import InputError
-from privacy.deid.config import DeidConfig
-from privacy.deid.engine import build_analyzer, versions
-from privacy.deid.keys import load_secret
-from privacy.deid.lexicon import kind
-from privacy.deid.medical_terms import keep_spans
-from privacy.deid.names import FUNCTION_STOP, _mixed_case
-from privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
-from privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
+from cxrsynth.privacy.deid.config import DeidConfig
+from cxrsynth.privacy.deid.engine import build_analyzer, versions
+from cxrsynth.privacy.deid.keys import load_secret
+from cxrsynth.privacy.deid.lexicon import kind
+from cxrsynth.privacy.deid.medical_terms import keep_spans
+from cxrsynth.privacy.deid.names import FUNCTION_STOP, _mixed_case
+from cxrsynth.privacy.deid.recognizers import ENTITY_TYPES, NON_NAME_WORDS
+from cxrsynth.privacy.deid.surrogates import DATE_FORMATS, KEEP_WORDS, Surrogates, redaction_tag
 
 HEADER_FIELDS = {
     "PatientName": "NAME",
@@ -387,7 +387,7 @@ class Deidentifier:
     def deidentify_dicom(self, ds):
         """A DICOM header per the basic profile with this site's secret: (ds, flags). Dates, when
         shifted (setting `dicom_dates`), move by the same per-patient offset as the report text."""
-        from privacy.deid.dicom import deidentify_dataset
+        from cxrsynth.privacy.deid.dicom import deidentify_dataset
 
         return deidentify_dataset(ds, self.secret, self.config.dicom_dates, self.config.max_shift_days, self.config.dicom_device)
 

@@ -45,7 +45,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 
-from privacy.deid.keys import keyed, keyed_hex, patient_shift_days
+from cxrsynth.privacy.deid.keys import keyed, keyed_hex, patient_shift_days
 
 TABLE_MODULE = "dicomanonymizer.dicom_anonymization_databases.dicomfields_2026c"
 # The library's list names -> the action codes of Table E.1-1.

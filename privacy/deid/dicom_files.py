@@ -27,10 +27,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from cxrsynth.errors import InputError
+from cxrsynth.privacy.deid.config import DeidConfig, config_hash
+from cxrsynth.privacy.deid.dicom import TABLE_MODULE, deidentify_dataset
+from cxrsynth.privacy.deid.keys import keyed_hex, load_secret
 from cxrsynth.progress import Progress
-from privacy.deid.config import DeidConfig, config_hash
-from privacy.deid.dicom import TABLE_MODULE, deidentify_dataset
-from privacy.deid.keys import keyed_hex, load_secret
 
 # Flags that quarantine a file; the others are written and flagged.
 QUARANTINE_FLAGS = ("burned_in_annotation", "phi_remaining")

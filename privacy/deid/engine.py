@@ -26,9 +26,9 @@ from presidio_analyzer.predefined_recognizers import (
 )
 
 from cxrsynth.errors import InputError
-from privacy.deid.config import DeidConfig
-from privacy.deid.names import ContextNameRecognizer
-from privacy.deid.recognizers import RegexRecognizer
+from cxrsynth.privacy.deid.config import DeidConfig
+from cxrsynth.privacy.deid.names import ContextNameRecognizer
+from cxrsynth.privacy.deid.recognizers import RegexRecognizer
 
 # Offline suffix matching: the snapshot bundled with tldextract, no fetch, no disk cache.
 OFFLINE_TLD = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)

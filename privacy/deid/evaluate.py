@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from cxrsynth.errors import InputError
-from privacy.deid.deidentifier import Deidentifier, Finding
-from privacy.deid.jsonl import read_jsonl
+from cxrsynth.privacy.deid.deidentifier import Deidentifier, Finding
+from cxrsynth.privacy.deid.jsonl import read_jsonl
 
 
 def read_gold(path: str | Path) -> list[dict]:

@@ -20,8 +20,8 @@ import re
 
 from presidio_analyzer import LocalRecognizer, RecognizerResult
 
-from privacy.deid.lexicon import is_given_name, kind
-from privacy.deid.recognizers import NON_NAME_WORDS
+from cxrsynth.privacy.deid.lexicon import is_given_name, kind
+from cxrsynth.privacy.deid.recognizers import NON_NAME_WORDS
 
 # Words that end a name whatever the lists say: function words, credentials, header labels.
 FUNCTION_STOP = frozenset(

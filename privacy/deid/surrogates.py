@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta
 
-from privacy.deid.keys import keyed_int, patient_shift_days
+from cxrsynth.privacy.deid.keys import keyed_int, patient_shift_days
 
 # Names that read as first or last names alike, so one mapping serves both positions.
 SURROGATE_NAMES = (

@@ -79,7 +79,7 @@ class LabelPrior:
 
     @classmethod
     def from_counts(cls, counts: dict[str, int], min_count: int) -> "LabelPrior":
-        """The prior from label counts (client.task.label_counts, merged over sites): whole
+        """The prior from label counts (cxrsynth.client.task.label_counts, merged over sites): whole
         combinations with at least `min_count` records, and per-label marginals for the rest."""
         labeled = int(counts.get("labeled", 0))
         patterns = [

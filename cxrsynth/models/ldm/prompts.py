@@ -82,7 +82,7 @@ def label_counts(records: Sequence[Record]) -> dict[str, dict[str, int]]:
 
 
 def label_counts_from_site_counts(counts: dict[str, int]) -> dict[str, dict[str, int]]:
-    """`label_counts`' shape from label counts merged over sites (client.task.label_counts):
+    """`label_counts`' shape from label counts merged over sites (cxrsynth.client.task.label_counts):
     per label, positives and uncertains as counted; every other labeled record a negative."""
     labeled = int(counts.get("labeled", 0))
     out = {}

@@ -7,7 +7,7 @@ forms and of the name, hospital and city pools is reserved for the held-out part
 scores measure forms the rules were not tuned on. heldout_b.jsonl holds only hand-written reports
 written after the last rule change. Independent of the phantom data generator.
 
-    python -m privacy.deid.gold.build_gold   # rewrites the two files (seeded, deterministic)
+    python -m cxrsynth.privacy.deid.gold.build_gold   # rewrites the two files (seeded, deterministic)
 """
 
 from __future__ import annotations

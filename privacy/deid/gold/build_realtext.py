@@ -14,9 +14,9 @@ upper case. Names are drawn from pools that include names that are also words (M
 The corpus is never committed: the IU reports are CC BY-NC-ND 4.0, so text derived from them
 must not enter the repository. Build it where it is used:
 
-    python -m privacy.deid.gold.build_realtext build --csv ../shared/data/realcxr/iu_reports.csv --out runs/realtext
-    python -m privacy.deid.gold.build_realtext check --gold runs/realtext/tune.jsonl --show 40
-    python -m privacy.deid.gold.build_realtext check --gold runs/realtext/heldout.jsonl   # figures only
+    python -m cxrsynth.privacy.deid.gold.build_realtext build --csv ../shared/data/realcxr/iu_reports.csv --out runs/realtext
+    python -m cxrsynth.privacy.deid.gold.build_realtext check --gold runs/realtext/tune.jsonl --show 40
+    python -m cxrsynth.privacy.deid.gold.build_realtext check --gold runs/realtext/heldout.jsonl   # figures only
 
 `build` writes tune.jsonl and heldout.jsonl in the gold format of `cxrsynth deid eval`, with a
 `keep` span on every word outside PHI, so "keep spans damaged" counts every non-PHI token a
@@ -513,10 +513,10 @@ def build(csv_path: Path, out: Path, n: int, seed: int) -> dict:
 
 def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) -> dict:
     """The whole pipeline on a built file: leaks per type, damaged tokens, quarantines, reproducibility."""
-    from privacy.deid.batch import DeidItem, deidentify_batch
-    from privacy.deid.config import DeidConfig
-    from privacy.deid.deidentifier import Deidentifier
-    from privacy.deid.evaluate import read_gold, score
+    from cxrsynth.privacy.deid.batch import DeidItem, deidentify_batch
+    from cxrsynth.privacy.deid.config import DeidConfig
+    from cxrsynth.privacy.deid.deidentifier import Deidentifier
+    from cxrsynth.privacy.deid.evaluate import read_gold, score
 
     if show and "heldout" in gold_path.name:
         raise InputError(f"{gold_path}: --show prints the texts of misses; it is refused on a held-out file so rules are never tuned on it.")
