@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, RecordDict
 
-from cxrsynth.privacy.audit.protocol import answer_to_metrics, read_query, verify_query
+from cxrsynth.privacy.audit.protocol import answer_to_record, read_query, verify_query
 
 log = logging.getLogger("cxrsynth.client")
 
@@ -95,4 +95,4 @@ def handle(msg: Message, context: Context) -> Message:
         # The site's own view: which of its patients each flagged synthetic image copies.
         Path(str(out)).mkdir(parents=True, exist_ok=True)
         write_page(combine([answer], query.policy), Path(str(out)), pair_images(pairs, query.synthetic, train))
-    return Message(RecordDict({"audit": MetricRecord(answer_to_metrics(answer, query.synthetic))}), reply_to=msg)
+    return Message(RecordDict({"audit": answer_to_record(answer, query.synthetic)}), reply_to=msg)

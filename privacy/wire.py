@@ -5,11 +5,16 @@ from here."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any, Optional, TypeVar, Union
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from pydantic import BaseModel
 
 from cxrsynth.config import RunConfig, config_from_dict, dump_config
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def to_arrays(state: dict[str, np.ndarray]) -> ArrayRecord:
@@ -67,3 +72,87 @@ def ledger_from_record(rec: ConfigRecord) -> dict:
         "privacy_unit": rec.get("privacy-unit", "study"),
         "history": hist,
     }
+
+
+# ---- nested results as flat Flower records ----------------------------------------------------
+# A Flower ConfigRecord or MetricRecord holds one level of keys whose values are scalars or lists
+# of scalars. A result (a pydantic model or a nested dict) travels as one record whose keys are
+# the dotted paths of its leaves, and is rebuilt from them on the other side.
+SEP = "."
+Leaf = Union[int, float, str, bool, bytes, list]
+
+
+def flatten(value: Union[BaseModel, Mapping[str, Any]]) -> dict[str, Leaf]:
+    """{"a": {"b": 1}} (or a model dumped to it) -> {"a.b": 1}. Tuples become lists; an empty
+    mapping leaves no key (a model's default restores it). Keys may not contain the separator."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    flat: dict[str, Leaf] = {}
+
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
+        for key, v in node.items():
+            if not isinstance(key, str) or SEP in key or not key:
+                raise ValueError(f"key {prefix + str(key)!r}: a key that travels in a Flower record is a non-empty string without {SEP!r}.")
+            path = prefix + key
+            if isinstance(v, Mapping):
+                walk(v, path + SEP)
+            elif isinstance(v, (list, tuple)):
+                if any(isinstance(x, (Mapping, list, tuple)) for x in v):
+                    raise TypeError(f"key {path!r}: a list in a Flower record holds scalars only, not mappings or lists.")
+                flat[path] = list(v)
+            elif v is None:
+                raise TypeError(f"key {path!r}: None cannot travel in a Flower record; leave the key out instead.")
+            else:
+                flat[path] = v
+
+    walk(value, "")
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten`: {"a.b": 1} -> {"a": {"b": 1}}."""
+    nested: dict[str, Any] = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split(SEP)
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"key {path!r} nests under {p!r}, which is a value in the same record.")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"key {path!r} is a value and also holds the keys below it in the same record.")
+        node[leaf] = list(v) if isinstance(v, list) else v
+    return nested
+
+
+def metric_values(flat: Mapping[str, Any]) -> dict[str, Union[int, float, list]]:
+    """Flat values as a MetricRecord takes them: booleans as 0 and 1, a list mixing ints and floats
+    as floats. Anything else (a string above all) raises TypeError naming the key."""
+    out: dict[str, Union[int, float, list]] = {}
+    for path, v in flat.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[path] = int(v)
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            out[path] = v.item() if isinstance(v, np.generic) else v
+        elif isinstance(v, list) and all(isinstance(x, (int, float, np.number, np.bool_)) for x in v):
+            floats = any(isinstance(x, (float, np.floating)) for x in v)
+            out[path] = [float(x) if floats else int(x) for x in v]
+        else:
+            raise TypeError(f"key {path!r} is not a number or a list of numbers; a MetricRecord carries numbers only.")
+    return out
+
+
+def to_metric_record(value: Union[BaseModel, Mapping[str, Any]]) -> MetricRecord:
+    """A result whose leaves are numbers (booleans travel as 0 and 1) as one MetricRecord."""
+    return MetricRecord(metric_values(flatten(value)))
+
+
+def to_config_record(value: Union[BaseModel, Mapping[str, Any]]) -> ConfigRecord:
+    return ConfigRecord(flatten(value))
+
+
+def from_record(record: Union[ConfigRecord, MetricRecord, Mapping[str, Any]], model: Optional[type[M]] = None) -> Any:
+    """The nested dict a record was flattened from, or, given `model`, that model validated from it
+    (which also turns 0 and 1 back into booleans where the model says so)."""
+    nested = unflatten(dict(record.items()))
+    return nested if model is None else model.model_validate(nested)

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.errors import CheckFailed, InputError
-from cxrsynth.privacy.audit.protocol import make_query, metrics_to_answer
+from cxrsynth.privacy.audit.protocol import make_query, record_to_answer
 from cxrsynth.privacy.audit.run import finish_audit
 from cxrsynth.progress import Progress
 
@@ -61,7 +61,7 @@ def federated_audit(
         elif r.has_error():
             problems.append(f"site {n}: {r.error.reason}")
         else:
-            answers.append(metrics_to_answer(dict(r.content["audit"]), synthetic, f"node{n}"))
+            answers.append(record_to_answer(r.content["audit"], synthetic, f"node{n}"))
     if problems:
         # A site that did not answer is a site whose patients were not checked: no partial pass.
         raise CheckFailed("federated audit incomplete:\n  " + "\n  ".join(problems))

@@ -11,7 +11,7 @@ from cxrsynth.client.query import handle
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.dataset import read_dataset
 from cxrsynth.privacy.audit.combine import combine
-from cxrsynth.privacy.audit.protocol import make_query, metrics_to_answer
+from cxrsynth.privacy.audit.protocol import make_query, record_to_answer
 from cxrsynth.privacy.audit.run import audit_records
 
 
@@ -40,7 +40,7 @@ def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path)
     # The site keeps its own report with the pairs it found.
     assert "copy-a" in (tmp_path / "site-report" / "report.html").read_text()
 
-    fed = combine([metrics_to_answer(metrics, synthetic, "site0")], policy)
+    fed = combine([record_to_answer(metrics, synthetic, "site0")], policy)
     local, _ = audit_records(synthetic, train, holdout, policy)
     assert fed["passed"] == local["passed"] is False
     assert fed["flagged"] == local["flagged"]
@@ -74,7 +74,7 @@ def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like
     assert len(aurocs) >= 8 and all(isinstance(v, float) for v in aurocs.values())
     assert "fidelity.real_auroc.Cardiomegaly" in metrics and "fidelity.se.Cardiomegaly" in metrics
 
-    fed = finish_audit([metrics_to_answer(metrics, synthetic, "site0")], synthetic, policy)
+    fed = finish_audit([record_to_answer(metrics, synthetic, "site0")], synthetic, policy)
     train = [r for r in real if r.split == "train"]
     holdout = [r for r in real if r.split == "holdout"]
     local, _ = audit_records(synthetic, train, holdout, policy)

@@ -18,7 +18,7 @@ from cxrsynth.data.label_maps import NIH_TO_CHEXPERT
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import Record
 from cxrsynth.privacy.audit.combine import combine
-from cxrsynth.privacy.audit.protocol import answer_to_metrics, metrics_to_answer
+from cxrsynth.privacy.audit.protocol import answer_to_record, record_to_answer
 from cxrsynth.privacy.audit.run import audit_records, finish_audit
 from cxrsynth.privacy.audit.site import site_audit
 
@@ -149,9 +149,9 @@ def test_text_checks_run_when_a_site_has_reports_and_fail_closed_for_a_site_that
 def test_the_no_reports_count_crosses_the_federated_wire_format(sets):
     synthetic, train, holdout = sets
     answer, _ = site_audit(synthetic, train, holdout, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")}), site="a")
-    metrics = answer_to_metrics(answer, synthetic)
+    metrics = answer_to_record(answer, synthetic)
     assert metrics["n_train_reports"] == 0 and all(isinstance(v, (int, float, list)) for v in metrics.values())
-    back = metrics_to_answer(metrics, synthetic, "node1")
+    back = record_to_answer(metrics, synthetic, "node1")
     audit = finish_audit([back], synthetic, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")}))
     assert all(audit["checks"][n]["status"] == "no_reports" for n in TEXT_CHECKS)
 

@@ -5,23 +5,33 @@ record-ids, synthetic-labels (N x 14 codes: 1, 0, -1, or 2 for not mentioned), a
 run-config and extra-state}, `synthetic` ArrayRecord {images: N x H x W uint8, and laterals:
 M x H' x W' uint8 for the records whose `has-lateral` flag is 1}, and optionally `arrays` (the
 model, for membership inference).
-Answer (site -> steward): one MetricRecord of numbers: the site's answer flattened to dotted keys,
-with flagged synthetic records as indices into the query's list. A site sends no strings.
+Answer (site -> steward): one MetricRecord of numbers: the site's answer flattened by the wire codec
+(privacy/wire.py), with flagged synthetic records as indices into the query's list. A site sends no
+strings.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from cxrsynth.config import AuditPolicy, RunConfig
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
-from cxrsynth.privacy.wire import from_arrays, read_round_config, round_config, to_arrays
+from cxrsynth.privacy.wire import (
+    flatten,
+    from_arrays,
+    metric_values,
+    read_round_config,
+    round_config,
+    to_arrays,
+    unflatten,
+)
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
 NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
@@ -91,72 +101,36 @@ def read_query(content: RecordDict) -> Query:
     return Query(policy, synthetic, run_config, extra, arrays)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def answer_to_metrics(answer: dict, synthetic: list[Record]) -> dict:
-    """The site's answer as numbers: ID lists become indices, strings are dropped or coded."""
+def answer_to_record(answer: dict, synthetic: list[Record]) -> MetricRecord:
+    """The site's answer as one MetricRecord of numbers (privacy/wire.py flattens it): flagged
+    record IDs become indices into the query's list, the membership status a code, and the few
+    strings an answer holds (site name, encoder, reasons) stay at the site."""
     index = {r.record_id: i for i, r in enumerate(synthetic)}
-    flat = _flatten(answer)
-    out: dict = {}
-    for k, v in flat.items():
-        if k in DROP:
-            continue
-        if k == "membership.status":
-            out[k] = STATUS[v]
-        elif k in ID_LISTS:
-            out[k + ".count"] = len(v)
-            if v:
-                out[k] = [index[x] for x in v]
-        elif isinstance(v, bool):
-            out[k] = int(v)
-        elif isinstance(v, (int, float)):
-            out[k] = v
-        elif isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v):
-            out[k] = [float(x) for x in v] if any(isinstance(x, float) for x in v) else [int(x) for x in v]
-        elif isinstance(v, list) and not v:
-            out[k + ".count"] = 0
-        else:
-            raise TypeError(f"audit answer key {k!r} is not a number or list of numbers; it may not leave the site.")
-    return out
+    flat = {k: v for k, v in flatten(answer).items() if k not in DROP}
+    for k in ID_LISTS:
+        if k in flat:
+            flat[k] = [index[x] for x in flat[k]]
+    if "membership.status" in flat:
+        flat["membership.status"] = STATUS[flat["membership.status"]]
+    try:
+        return MetricRecord(metric_values(flat))
+    except TypeError as e:
+        raise TypeError(f"audit answer: {e} It may not leave the site.") from None
 
 
-def metrics_to_answer(metrics: dict, synthetic: list[Record], site: str) -> dict:
-    """Inverse of answer_to_metrics, at the steward (`site`: the steward's name for the node)."""
-    nested: dict = {"site": site}
-    for k, v in metrics.items():
-        if k.endswith(".count") and k[: -len(".count")] in ID_LISTS:
-            base = k[: -len(".count")]
-            ids = [synthetic[int(i)].record_id for i in metrics.get(base, [])] if v else []
-            _put(nested, base, ids)
-            continue
-        if k in ID_LISTS:
-            continue
-        if k.endswith(".count") and k[: -len(".count")] not in metrics:
-            _put(nested, k[: -len(".count")], [])
-            continue
-        if k == "membership.status":
-            v = {c: s for s, c in STATUS.items()}[int(v)]
-        _put(nested, k, list(v) if isinstance(v, list) else v)
-    m = nested.get("membership")
+def record_to_answer(record: Mapping, synthetic: list[Record], site: str) -> dict:
+    """Inverse of answer_to_record, at the steward (`site`: the steward's name for the node)."""
+    flat = dict(record.items())
+    for k in ID_LISTS:
+        if k in flat:
+            flat[k] = [synthetic[int(i)].record_id for i in flat[k]]
+    if "membership.status" in flat:
+        flat["membership.status"] = {c: s for s, c in STATUS.items()}[int(flat["membership.status"])]
+    answer = {"site": site, **unflatten(flat)}
+    m = answer.get("membership")
     if m and m.get("status") != "ran":
         m["reason"] = "not run at the site (its reason stays in the site's log)"
-    return nested
-
-
-def _put(d: dict, dotted: str, value) -> None:
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        d = d.setdefault(p, {})
-    d[parts[-1]] = value
+    return answer
 
 
 # ---- the coordinator's pin on a query (issue 15) ------------------------------------------------
