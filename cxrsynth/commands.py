@@ -69,6 +69,7 @@ def pretrain(args: argparse.Namespace) -> int:
 
 def generate(args: argparse.Namespace) -> int:
     from cxrsynth.generate import generate as run_generate
+    from cxrsynth.models.condition import Condition
     from cxrsynth.output import check_out
 
     if args.n < 1:
@@ -82,11 +83,11 @@ def generate(args: argparse.Namespace) -> int:
             raise InputError(f"{args.prompts}: cannot read prompts ({e}).") from None
         if not prompts:
             raise InputError(f"{args.prompts}: no prompts in the file; write one prompt a line.")
-        conditions = [prompts[i % len(prompts)] for i in range(args.n)]
+        conditions = [Condition(prompt=prompts[i % len(prompts)]) for i in range(args.n)]
     elif args.labels_from:
         from cxrsynth.data.dataset import read_dataset
 
         recs, _ = read_dataset(args.labels_from, load_images=False)
-        conditions = [recs[i % len(recs)].labels for i in range(args.n)] if recs else None
+        conditions = [Condition(labels=recs[i % len(recs)].labels) for i in range(args.n)] if recs else None
     run_generate(args.checkpoint, args.n, args.out, seed=args.seed, conditions=conditions, progress=Progress(args.quiet), replace=args.replace)
     return 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 from cxrsynth.data.dataset import DatasetWriter
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import pick_device
+from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
 
@@ -18,7 +19,7 @@ def generate(
     n: int,
     out: str | Path,
     seed: int = 0,
-    conditions: Optional[list] = None,
+    conditions: Optional[Sequence[Condition]] = None,
     batch_size: int = 64,
     device: str = "auto",
     progress: Optional[Progress] = None,
@@ -26,14 +27,16 @@ def generate(
 ) -> Path:
     """Write `n` synthetic records from `checkpoint` to `out`.
 
-    `conditions` is family-specific (label dicts for EMIXER, prompts for the LDM, None for
-    unconditional MoPoE samples); when given, its length must be n. `out` is new or empty, or
+    `conditions`: None (the family draws its own) or one Condition per record (a prompt string or
+    a label dict is taken as one, models/condition.py). A family refuses a condition that gives
+    none of what it is conditioned on. `out` is new or empty, or
     with `replace` any folder; the dataset is written beside it and swapped in at the end, so a
     failed run leaves `out` as it was and a replaced folder keeps no file of the old one.
     """
     if n < 1:
         raise InputError(f"--n {n}: expected the number of synthetic records to write, at least 1.")
     check_out(Path(out), replace)
+    conditions = as_conditions(conditions, n)
     progress = progress or Progress()
     model, cfg, _ = load_checkpoint(checkpoint, pick_device(device))
     model.eval()

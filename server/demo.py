@@ -202,13 +202,14 @@ class Demo:
         the same conditions (never released; the evaluation's baseline)."""
         from cxrsynth.checkpoint import load_checkpoint
         from cxrsynth.generate import generate
+        from cxrsynth.models.condition import Condition
 
         c = self.cfg
         model, _, _ = load_checkpoint(self.checkpoint)
         # Label sets from the sites' label mix (the federation fitted it from their counts).
         sets = model.draw_labels(c.conditions, seed=c.seed)
         n = c.conditions * c.samples_per_condition
-        conditions = None if sets is None else [s for s in sets for _ in range(c.samples_per_condition)]
+        conditions = None if sets is None else [Condition(labels=s) for s in sets for _ in range(c.samples_per_condition)]
         generate(self.checkpoint, n, self.out / "synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
         generate(self.base, n, self.out / "base-synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
         drawn = "none (prior samples)" if sets is None else f"{c.conditions} label sets drawn from the sites' label mix x {c.samples_per_condition}"

@@ -18,6 +18,7 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import Record
 from cxrsynth.models import build_model, registry
 from cxrsynth.models.base import GenerativeModel
+from cxrsynth.models.condition import Condition
 
 
 def tiny_config(name: str, **overrides) -> RunConfig:
@@ -89,7 +90,8 @@ def check_family(name: str, tmp_path: Path) -> None:
     assert all((r.lateral is not None) == family.has_lateral(cfg.model) for r in made)
     labels = loaded.draw_labels(3, seed=0)
     if labels is not None:
-        assert len(loaded.generate(3, labels, seed=0)) == 3
+        made = loaded.generate(3, [Condition(labels=x) for x in labels], seed=0)
+        assert len(made) == 3 and all(isinstance(r, Record) for r in made)
 
     scores = np.asarray(loaded.member_scores(records[:5]))
     assert scores.shape == (5,) and np.isfinite(scores).all()

@@ -10,6 +10,7 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.text import Vocabulary
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
+from cxrsynth.models.condition import Condition
 from cxrsynth.models.mopoe import fusion
 from cxrsynth.models.mopoe.codec import decode_report, encode_text
 from cxrsynth.models.mopoe.config import MoPoEConfig
@@ -172,18 +173,20 @@ def test_conditional_generation_and_helpers(records):
     assert lat[0].shape == (16, 16)
     # The condition changes the latent: two different frontal images give different laterals.
     assert not np.array_equal(lat[0], model.lateral_from_frontal(frontal[1:], seed=1)[0]) or np.array_equal(frontal[0], frontal[1])
-    one = model.generate(2, {"report": records[1].report}, seed=0)
+    one = model.generate(2, [Condition(prompt=records[1].report)] * 2, seed=0)
     assert len(one) == 2
+    both = model.generate(1, [Condition(prompt=records[1].report, frontal=frontal[0])], seed=0)
+    assert len(both) == 1
 
 
 def test_bad_conditions_teach(records):
     model = tiny_model(records)
     with pytest.raises(InputError, match="Label conditions need labels among model.modalities"):
         model.generate(1, [{"Cardiomegaly": 1}])
-    with pytest.raises(InputError, match="expected 2 condition dicts"):
-        model.generate(2, [{"report": "x"}])
+    with pytest.raises(InputError, match="1 condition.* for 2 record"):
+        model.generate(2, [Condition(prompt="x")])
     with pytest.raises(InputError, match="empty MoPoE condition"):
-        model.generate(1, [{}])
+        model.generate(1, [Condition()])
 
 
 def test_checkpoint_round_trip(records, tmp_path):

@@ -17,8 +17,9 @@ Training, federation, DP, generation and the audit are written once against it:
 - `state()` / `load_state()`: flat name -> numpy array mapping (what Flower ships, safetensors on disk);
 - `draw_labels(n, seed)`: label sets from the label mix the model keeps (None if it keeps none);
 - `generate(n, conditions, seed)`: synthetic records (image(s), report, labels); `conditions`
-  None (the model draws what it conditions on itself, e.g. from `draw_labels`) or one per record
-  in the form the family documents (a label dict, a prompt, a modality dict);
+  None (the model draws what it conditions on itself, e.g. from `draw_labels`) or one
+  `Condition` per record (models/condition.py: labels, prompt, images; each family reads the
+  parts it is conditioned on);
 - `save_extra_files(out)`: files of the family's own beside a checkpoint's weights;
 - `member_scores(records)`: per-record score for membership inference, higher = more member-like.
 
@@ -39,6 +40,7 @@ from torch import nn
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import pseudo_reports
+from cxrsynth.models.condition import Condition
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -174,7 +176,7 @@ class GenerativeModel(nn.Module):
         condition on labels."""
         return None
 
-    def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
+    def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
         raise NotImplementedError
 
     def member_scores(self, records: Sequence[Record]) -> np.ndarray:

@@ -8,7 +8,7 @@ D_image vanishes for it and only the unconditional parts learn from it.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,27 +23,8 @@ from cxrsynth.data.records import (
     finding_key,
     labels_from_findings_key,
 )
-from cxrsynth.errors import InputError
 
 _VALUES = (1, 0, -1, None)
-
-
-def normalize_labels(labels: dict, where: str = "condition") -> dict[str, Optional[int]]:
-    """A full label dict (all 14 names) from a partial one; refuses unknown names and values."""
-    out = empty_labels()
-    for name, value in labels.items():
-        if name not in out:
-            raise InputError(f"{where}: unknown label {name!r}; expected one of {', '.join(LABELS)}.")
-        if value in ("", None):
-            continue
-        try:
-            v = int(float(value))
-        except (TypeError, ValueError):
-            v = None
-        if v not in (1, 0, -1):
-            raise InputError(f"{where}: label {name!r} has value {value!r}; expected 1, 0, -1 or empty.")
-        out[name] = v
-    return out
 
 
 def condition_tensor(label_dicts: Sequence[dict], device: torch.device | str = "cpu") -> torch.Tensor:

@@ -43,10 +43,11 @@ from cxrsynth.data.text import Vocabulary
 from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
+from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DReport, rotate
 from cxrsynth.models.emixer.generator import Generator
-from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor, normalize_labels
+from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor
 from cxrsynth.models.emixer.losses import d_loss, g_loss
 from cxrsynth.models.emixer.report import (
     IMP,
@@ -324,14 +325,16 @@ class Model(GenerativeModel):
     def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
         return self.prior.sample(n, np.random.default_rng(seed))
 
-    def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
+    def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
         vocab = self._need_vocab() if self.writes_reports else None
-        if conditions is not None and len(conditions) != n:
-            raise InputError(f"generate: {len(conditions)} label conditions for {n} records; give one per record.")
-        if conditions is None:
+        given = as_conditions(conditions, n)
+        if given is None:
             labels = self.prior.sample(n, np.random.default_rng(seed))
         else:
-            labels = [normalize_labels(c, f"condition {i}") for i, c in enumerate(conditions)]
+            missing = [i for i, c in enumerate(given) if c.labels is None]
+            if missing:
+                raise InputError(f"condition {missing[0]}: EMIXER is conditioned on labels and this condition gives none ({', '.join(given[missing[0]].given()) or 'nothing'}); give labels.")
+            labels = [c.labels for c in given]
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
             images = self.generator()(self._z(n, gen), condition_tensor(labels, self.device))

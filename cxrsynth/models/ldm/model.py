@@ -25,6 +25,7 @@ from cxrsynth.data.text import pseudo_reports
 from cxrsynth.data.transforms import frontal_images, tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel, unwrap, update_average, weight_average
+from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.models.ldm import prompts as P
 from cxrsynth.models.ldm import tokenizer as T
 from cxrsynth.models.ldm.components import (
@@ -403,19 +404,13 @@ class Model(GenerativeModel):
             raise InputError("this LDM stores no label prevalence to draw label sets from; give prompts (--prompts FILE) or labels (--labels-from DIR).")
         return P.sample_labels(self.counts, n, np.random.default_rng(seed))
 
-    def generate(self, n: int, conditions: Optional[list] = None, seed: int = 0) -> list[Record]:
-        if conditions is None:
-            conditions = self.draw_labels(n, seed)
-        if len(conditions) != n:
-            raise InputError(f"{len(conditions)} condition(s) given for {n} record(s); give one prompt or label dict per record.")
+    def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
+        given = as_conditions(self.draw_labels(n, seed) if conditions is None else conditions, n)
         prompts = []
-        for i, c in enumerate(conditions):
-            if isinstance(c, str):
-                prompts.append(c.strip())
-            elif isinstance(c, dict):
-                prompts.append(P.prompt_from_labels(c))
-            else:
-                raise InputError(f"condition {i}: expected a prompt string or a label dict, got {type(c).__name__}.")
+        for i, c in enumerate(given):
+            if c.prompt is None and c.labels is None:
+                raise InputError(f"condition {i}: the LDM is conditioned on a prompt (or labels, written as one) and this condition gives neither ({', '.join(c.given()) or 'nothing'}).")
+            prompts.append(c.prompt if c.prompt is not None else P.prompt_from_labels(c.labels))
         images = self.sample(prompts, seed)
         section = "findings" if self.config.prompt_section in ("report", "labels") else self.config.prompt_section
         return [

@@ -6,11 +6,11 @@ each modality it has, minus beta times the mixture's KL to the prior. Every net 
 batch (zeros where a modality is missing, masked out of the fusion and the likelihood) so that
 per-sample DP-SGD gradients line up across nets and an empty Poisson batch still steps.
 
-Conditions for `generate` (one per record, or one dict for all n):
-    {"frontal": HxW uint8, "lateral": HxW uint8, "report": "FINDINGS: ... IMPRESSION: ...", "labels": {label: 1|0|-1|None}}
-Any non-empty subset of the model's modalities; a plain label dict stands for {"labels": it}. The
-latent is drawn from the PoE posterior of the given modalities; every modality of the returned
-record is decoded from it, so no input pixel or word is copied into the synthetic output.
+Conditions for `generate` (one `Condition` per record, models/condition.py): its `frontal` and
+`lateral` images, its `prompt` as the report ("FINDINGS: ... IMPRESSION: ...") and its `labels`;
+any non-empty subset of the model's modalities. The latent is drawn from the PoE posterior of the
+given modalities; every modality of the returned record is decoded from it, so no input pixel or
+word is copied into the synthetic output.
 
 The modalities are `MoPoEConfig.modalities`: the paper's three by default. Data without reports
 trains on [frontal, labels] (and lateral where studies have one): the labels are then a modality
@@ -35,6 +35,7 @@ from cxrsynth.data.text import Vocabulary, pseudo_reports
 from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel
+from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.models.mopoe import fusion
 from cxrsynth.models.mopoe.codec import LABEL_STATES, Batch, decode_labels, decode_report, make_batch, to_batch
 from cxrsynth.models.mopoe.config import MoPoEConfig
@@ -320,22 +321,21 @@ class Model(GenerativeModel):
         return mu + torch.exp(0.5 * lv) * eps
 
     @torch.no_grad()
-    def generate(self, n: int, conditions: Optional[list | dict] = None, seed: int = 0) -> list[Record]:
+    def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
         self._require_setup()
+        conds = as_conditions(conditions, n)
         was_training = self.training
         self.eval()
         try:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            if conditions is None:
+            if conds is None:
                 z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
             else:
-                given = [conditions] * n if isinstance(conditions, dict) else list(conditions)
-                if len(given) != n:
-                    raise InputError(f"MoPoE conditions: expected {n} condition dicts (one per record) or one dict, got {len(given)}.")
-                given = [{"labels": g} if g and set(g) <= set(LABELS) else g for g in given]
+                # The modalities a condition gives: its prompt is the report modality's text.
+                given = [{m: v for m, v in (("labels", c.labels), ("report", c.prompt), ("frontal", c.frontal), ("lateral", c.lateral)) if v is not None} for c in conds]
                 z = self._conditional_latent(given, generator)
             out = self._decode(z, generator)
-            if conditions is not None and "labels" in out:
+            if conds is not None and "labels" in out:
                 # A record made from a label set carries that set (as EMIXER's and the LDM's do).
                 out["labels"] = [{**empty_labels(), **g["labels"]} if g.get("labels") else decoded for g, decoded in zip(given, out["labels"])]
         finally:
@@ -359,12 +359,12 @@ class Model(GenerativeModel):
 
     def report_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[str]:
         """A report (FINDINGS/IMPRESSION text) for each frontal image."""
-        return [r.report for r in self.generate(len(images), [{"frontal": im} for im in images], seed)]
+        return [r.report for r in self.generate(len(images), [Condition(frontal=im) for im in images], seed)]
 
     def images_from_report(self, reports: Sequence[str], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """A (frontal, lateral) pair of uint8 images for each report text."""
-        return [(r.image, r.lateral) for r in self.generate(len(reports), [{"report": t} for t in reports], seed)]
+        return [(r.image, r.lateral) for r in self.generate(len(reports), [Condition(prompt=t) for t in reports], seed)]
 
     def lateral_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[np.ndarray]:
         """A lateral view for each frontal image."""
-        return [r.lateral for r in self.generate(len(images), [{"frontal": im} for im in images], seed)]
+        return [r.lateral for r in self.generate(len(images), [Condition(frontal=im) for im in images], seed)]

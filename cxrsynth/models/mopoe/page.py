@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from cxrsynth import pages
 from cxrsynth.data.records import Record
+from cxrsynth.models.condition import Condition
 from cxrsynth.models.mopoe.fusion import TABLE_ORDER
 from cxrsynth.models.mopoe.probe import PAPER_FINDING, format_probe_table
 
@@ -35,8 +36,8 @@ def _probe_figure(table_: dict[str, float], label: str, random: Optional[float])
 def write_page(path: str | Path, model, probe: dict[str, float], label: str, random: Optional[float], test: Sequence[Record], n: int = 8, seed: int = 0) -> Path:
     """Probe table and chart; rows of real vs generated images; reports written from frontal images."""
     shown = [r for r in test if r.image is not None and r.lateral is not None and r.report.strip()][:n]
-    from_frontal = model.generate(len(shown), [{"frontal": r.image} for r in shown], seed) if shown else []
-    from_report = model.generate(len(shown), [{"report": r.report} for r in shown], seed) if shown else []
+    from_frontal = model.generate(len(shown), [Condition(frontal=r.image) for r in shown], seed) if shown else []
+    from_report = model.generate(len(shown), [Condition(prompt=r.report) for r in shown], seed) if shown else []
     prior = model.generate(n, None, seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
