@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
-from cxrsynth.errors import ConfigError
+from cxrsynth.errors import ConfigError, InputError
 from cxrsynth.models import registry
 
 M = TypeVar("M", bound=BaseModel)
@@ -301,12 +301,13 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
     return validate(RunConfig, data, where)
 
 
-def validate(model: type[M], data: Any, where: str) -> M:
-    """`model` validated from `data`; a ConfigError naming `where` and each bad key otherwise."""
+def validate(model: type[M], data: Any, where: str, error: type[InputError] = ConfigError, hint: str = "") -> M:
+    """`model` validated from `data`; otherwise `error` (a ConfigError unless told) naming `where`
+    and each bad key, then `hint` on a line of its own."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+        raise error(format_validation_error(e, where) + (f"\n{hint}" if hint else "")) from None
 
 
 def config_from_dict(data: dict, where: str = "<config>") -> RunConfig:

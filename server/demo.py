@@ -267,8 +267,8 @@ class Demo:
         files = sorted(str(p.relative_to(self.out)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
         return {"exit_code": code, "released": code == 0, "files": files[:20]}
 
-    def run(self) -> list[StageResult]:
-        t0 = time.perf_counter()
+    def run_to_audit(self) -> None:
+        """Every stage before the release decision, each after the ones it needs."""
         self.stage("pretraining on public data", self.pretrain)
         self.stage("phantom data", self.phantom)
         self.stage("de-identification", self.deid, needs=("phantom data",))
@@ -276,6 +276,10 @@ class Demo:
         self.stage("generation", self.generate, needs=("federated fine-tuning (DP-SGD)",))
         self.stage("evaluation", self.evaluate, needs=("generation",))
         self.stage("privacy audit", self.audit, needs=("generation",))
+
+    def run(self) -> list[StageResult]:
+        t0 = time.perf_counter()
+        self.run_to_audit()
         rel = self.stage("release", self.release, needs=("privacy audit",))
         if rel.ok and not rel.value["released"]:
             audit = next(s for s in self.stages if s.name == "privacy audit").value

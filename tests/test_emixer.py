@@ -19,6 +19,7 @@ from cxrsynth.data.phantom import make_phantom
 from cxrsynth.data.records import LABELS
 from cxrsynth.data.transforms import frontal_images
 from cxrsynth.errors import ConfigError, InputError
+from cxrsynth.models.condition import Condition
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import rotate
 from cxrsynth.models.emixer.generator import split_z
@@ -345,6 +346,8 @@ def test_generate_follows_conditions_and_prior(tmp_path):
     assert all(r.labels and set(r.labels) == set(LABELS) for r in sampled)
     with pytest.raises(InputError, match="Cardio"):
         model.generate(1, [{"Cardio": 1}])
+    with pytest.raises(InputError, match="conditioned on labels .* gives none \\(prompt\\)"):
+        model.generate(1, [Condition(prompt="The heart is enlarged.")])
     with pytest.raises(InputError, match="one per record"):
         model.generate(3, cond)
     scores = model.member_scores(records[:4])

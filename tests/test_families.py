@@ -32,21 +32,11 @@ def test_the_built_in_families_declare_themselves():
 # A family of its own, in one folder: a linear decoder from the label vector to the image.
 DUMMY = {
     "__init__.py": '''
-        from pathlib import Path
-
         from cxrsynth.models.registry import Family
 
         from .config import PixelsConfig
 
-
-        def _model():
-            from .model import Model
-
-            return Model
-
-
-        FAMILY = Family(name="pixels", config=PixelsConfig, load_model=_model, presets=Path(__file__).parent / "presets",
-                        writes_reports=lambda config: False)
+        FAMILY = Family.in_folder(__name__, name="pixels", config=PixelsConfig, writes_reports=lambda config: False)
     ''',
     "config.py": '''
         from typing import Literal

@@ -12,10 +12,10 @@ from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
 from cxrsynth.config import load_config
 from cxrsynth.data.phantom import make_phantom
 from cxrsynth.errors import ConfigError, InputError
-from cxrsynth.models.ldm import Model
 from cxrsynth.models.ldm import tokenizer as T
 from cxrsynth.models.ldm.components import noise_scheduler, sampling_scheduler
 from cxrsynth.models.ldm.config import LDMConfig
+from cxrsynth.models.ldm.model import Model
 from cxrsynth.models.ldm.prompts import prompt_from_labels
 
 TINY = dict(

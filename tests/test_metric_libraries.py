@@ -171,7 +171,7 @@ def _constant_ema_run(model, steps: range) -> list[float]:
 def test_ldm_ema_warm_up_from_diffusers_matches_the_replaced_code_and_resumes():
     from test_ldm import tiny_config
 
-    from cxrsynth.models.ldm import Model
+    from cxrsynth.models.ldm.model import Model
 
     torch.manual_seed(0)
     m = Model(tiny_config(ema_decay=0.5))

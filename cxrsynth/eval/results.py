@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from cxrsynth.config import format_validation_error
+from cxrsynth.config import validate
 from cxrsynth.errors import InputError
 
 
@@ -72,8 +72,5 @@ class Metrics(Open):
 def as_metrics(data: "Metrics | dict", where: str = "metrics") -> Metrics:
     if isinstance(data, Metrics):
         return data
-    try:
-        return Metrics.model_validate(data)
-    except ValidationError as e:
-        raise InputError(format_validation_error(e, where)) from None
+    return validate(Metrics, data, where, InputError)
 

@@ -2,7 +2,8 @@
 
 A family folder (a Python package) holds, in its `__init__.py`, one `FAMILY = Family(...)`: its
 name, its pydantic config class, how to import its model class, its presets folder and what it
-can do. Config loading, the CLI, the demo, evaluation and the benchmarks ask the registry; none
+can do. `Family.in_folder(__name__, ...)` fills in the model class (`model.py`'s `Model`) and the
+presets folder (`presets/`) of a folder laid out as the built-in ones. Config loading, the CLI, the demo, evaluation and the benchmarks ask the registry; none
 of them names a family.
 
 Families are found in three places, in this order:
@@ -83,6 +84,18 @@ class Family:
     has_lateral: Callable[[Any], bool] = _never
     probe: Optional[Probe] = None
     source: str = field(default="", compare=False)
+
+    @classmethod
+    def in_folder(cls, package: str, **declared: Any) -> "Family":
+        """The family of package `package` (its `__init__.py` passes `__name__`), laid out as the
+        built-in ones: its model class `Model` in `model.py`, imported on first build, and its
+        presets in `presets/`. `declared`: the other fields (name, config, description, ...)."""
+        folder = Path(sys.modules[package].__file__).parent
+
+        def load_model() -> type["GenerativeModel"]:
+            return importlib.import_module(f"{package}.model").Model
+
+        return cls(load_model=load_model, presets=folder / "presets", **declared)
 
     def model_class(self) -> type["GenerativeModel"]:
         return self.load_model()

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from cxrsynth.config import AuditPolicy, format_validation_error
+from cxrsynth.config import AuditPolicy, validate
 from cxrsynth.errors import InputError
 
 FORMAT = "cxrsynth-audit/1"
@@ -87,10 +87,7 @@ def as_audit(audit: "Audit | dict", where: str = "audit") -> Audit:
     """`audit` as an Audit; a dict is validated, with an InputError naming `where` and the key."""
     if isinstance(audit, Audit):
         return audit
-    try:
-        return Audit.model_validate(audit)
-    except ValidationError as e:
-        raise InputError(format_validation_error(e, where) + "\n(was this written by `cxrsynth audit`?)") from None
+    return validate(Audit, audit, where, InputError, hint="(was this written by `cxrsynth audit`?)")
 
 
 def read_audit_file(path: Path, missing_hint: Optional[str] = None) -> Audit:

@@ -4,29 +4,13 @@ The model class is imported on first use, so reading a config does not pull in d
 transformers.
 """
 
-from pathlib import Path
-
 from cxrsynth.models.ldm.config import LDMConfig
 from cxrsynth.models.registry import Family
 
-
-def _model():
-    from cxrsynth.models.ldm.model import Model
-
-    return Model
-
-
 # A generated record's report text is its prompt.
-FAMILY = Family(
+FAMILY = Family.in_folder(
+    __name__,
     name="ldm",
     config=LDMConfig,
-    load_model=_model,
-    presets=Path(__file__).parent / "presets",
     description="text- and label-conditioned latent diffusion (RoentGen)",
 )
-
-
-def __getattr__(name: str):
-    if name == "Model":
-        return _model()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,16 +4,8 @@ The model class is imported on first use, so reading a config (which imports mop
 free of torch.
 """
 
-from pathlib import Path
-
 from cxrsynth.models.mopoe.config import MoPoEConfig
 from cxrsynth.models.registry import Family, Probe
-
-
-def _model():
-    from cxrsynth.models.mopoe.model import Model
-
-    return Model
 
 
 def _probe(model, train, holdout) -> dict[str, float]:
@@ -22,11 +14,10 @@ def _probe(model, train, holdout) -> dict[str, float]:
     return linear_probe_table(model, list(train), list(holdout))
 
 
-FAMILY = Family(
+FAMILY = Family.in_folder(
+    __name__,
     name="mopoe",
     config=MoPoEConfig,
-    load_model=_model,
-    presets=Path(__file__).parent / "presets",
     description="multimodal VAE over frontal, lateral, report and labels (MoPoE)",
     writes_reports=lambda config: "report" in config.modalities,
     has_lateral=lambda config: "lateral" in config.modalities,
@@ -36,9 +27,3 @@ FAMILY = Family(
         run=_probe,
     ),
 )
-
-
-def __getattr__(name: str):
-    if name == "Model":
-        return _model()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
