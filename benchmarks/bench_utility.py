@@ -291,6 +291,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--conditions", type=int, default=160)
+    p.add_argument("--public-styles", type=int, default=None, help="phantom: acquisition styles of the public cohort (default: the library's, 8)")
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--eval-image-size", type=int, help="side the utility classifier sees (default: the model's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key for base and cells, e.g. model.modalities=[frontal,labels]")
@@ -347,7 +348,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             if public is not None:
                 recs, name = public, f"{data_name} (public part, patients disjoint from the sites')"
             else:
-                recs, name = public_phantom(cfg, QUICK["public_studies"] if a.quick else a.public_studies, seed=1)
+                styles = {"sites": a.public_styles} if a.public_styles else {}
+                recs, name = public_phantom(cfg, QUICK["public_studies"] if a.quick else a.public_studies, seed=1, **styles)
             t0 = time.perf_counter()
             print(f"[{family}] pretraining the base on {len(recs)} public studies ({cfg.train.steps} steps)", file=sys.stderr)
             pretrain(cfg, recs, base, name, progress=progress)

@@ -21,7 +21,7 @@ from cxrsynth.data.text import tokenize
 from cxrsynth.errors import InputError
 from cxrsynth.models import rebuild_model
 from cxrsynth.models.base import GenerativeModel, pick_device, unwrap
-from cxrsynth.pretrained import apply_finetune
+from cxrsynth.pretrained import apply_finetune, set_finetune_lr
 from cxrsynth.train import apply_labeled_fraction, dp_sampling, load_run_data, seed_everything, train_steps
 
 
@@ -179,6 +179,8 @@ def train_round(
         model.start_fine_tuning()
     apply_finetune(model, cfg.train.finetune)
     model.opts = model.make_optimizers()
+    if cfg.train.init_sha256 is not None or cfg.train.init_from is not None:
+        set_finetune_lr(model, cfg.train.finetune_lr)
     steps = cfg.federation.local_steps
     sampling, ledger = "shuffle", None
     if cfg.dp.enabled:

@@ -60,6 +60,9 @@ class TrainConfig(Strict):
     finetune: tuple[str, ...] = Field(
         ("*",), min_length=1, description="glob patterns over '<network>.<parameter>' names that fine-tuning updates; the rest stay frozen"
     )
+    finetune_lr: Optional[float] = Field(
+        None, gt=0, description="learning rate of every optimizer in a run that starts from a base (init_from / init_sha256); none: the model's own"
+    )
 
 
 class DPConfig(Strict):

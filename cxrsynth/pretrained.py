@@ -171,6 +171,17 @@ def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int
     return trainable, total
 
 
+def set_finetune_lr(model: GenerativeModel, lr: Optional[float]) -> None:
+    """Every optimizer of `model` at `lr` (none: leave the model's own). A converged base takes
+    small steps: a fresh Adam moves every weight by about the learning rate from its first step,
+    whatever the gradient's size, so a from-scratch rate shakes what pretraining learnt."""
+    if lr is None:
+        return
+    for opt in model.opts.values():
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
 # The hospitals of the demo and of phantom runs are site0..site2; a public cohort draws the
 # acquisition styles and label mixes of sites past them, as public data differs from a hospital's.
 PUBLIC_SITE_OFFSET = 8

@@ -32,7 +32,7 @@ from cxrsynth.data.stream import (
 from cxrsynth.errors import InputError
 from cxrsynth.models import build_model
 from cxrsynth.models.base import GenerativeModel, pick_device
-from cxrsynth.pretrained import apply_finetune
+from cxrsynth.pretrained import apply_finetune, set_finetune_lr
 from cxrsynth.progress import Progress
 
 
@@ -259,6 +259,8 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
     if trainable < total:
         progress.say(f"train.finetune: {trainable:,} of {total:,} parameters are trained; the rest stay as they are")
     model.opts = model.make_optimizers()
+    if base is not None:
+        set_finetune_lr(model, cfg.train.finetune_lr)
     if start_step:
         load_optimizers(out, model)
     remaining = cfg.train.steps - start_step

@@ -160,3 +160,25 @@ def test_label_agreement_counts_mismatches():
     assert res["positive_f1"]["Cardiomegaly"] == 1.0
     flipped = label_agreement(recs, lambda text: {"Cardiomegaly": 0 if "enlarged" in text else 1})
     assert flipped["exact_agreement"] < res["exact_agreement"]
+
+
+def test_paired_augmentation_keeps_the_real_updates_that_pooling_gives_away():
+    """Ten times as many uninformative synthetic records (blank images, random labels): pooled
+    batches give the real data a tenth of the steps, paired batches keep all of them."""
+    from cxrsynth.eval.utility import auroc_per_label, macro
+
+    torch.set_num_threads(1)
+    recs = toy_records(120)
+    real, holdout = recs[:80], recs[80:]
+    rng = np.random.default_rng(0)
+    names = ("Cardiomegaly", "Pleural Effusion")
+    junk = [
+        real[0].with_(record_id=f"j{i}", image=np.full_like(real[0].image, 128), labels={**empty_labels(), **{n: int(rng.integers(0, 2)) for n in names}})
+        for i in range(800)
+    ]
+    kw = dict(image_size=32, width=8, steps=60, seed=0)
+    alone = macro(auroc_per_label(train_classifier(real, **kw), holdout, 1.0))
+    paired = macro(auroc_per_label(train_classifier(real, extra=junk, **kw), holdout, 1.0))
+    pooled = macro(auroc_per_label(train_classifier(real + junk, **kw), holdout, 1.0))
+    assert paired > pooled + 0.05
+    assert paired > alone - 0.1

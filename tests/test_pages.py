@@ -31,3 +31,12 @@ def test_numbers_read_the_same_on_every_page():
     # A small non-zero figure (the ledger's delta) keeps its value instead of reading 0.000.
     assert pages.fmt(1e-5) == "1e-05" and pages.fmt(0.0) == "0.000" and pages.fmt(0.0004) == "0.0004"
     assert pages.sig(0.000123456) == "0.0001235" and pages.sig([0.1, 0.25]) == "[0.100, 0.250]"
+
+
+def test_demo_round_plot_draws_losses_only():
+    from cxrsynth.eval.demo_page import _round_plot
+
+    counts_only = [{"round": r, "metrics": {"local-seconds": 13.0 * r, "privacy-units": 133.3}} for r in (1, 2)]
+    assert _round_plot(counts_only) == ""
+    with_loss = [{"round": r, "metrics": {"local-seconds": 13.0, "loss-loss": 0.2 / r}} for r in (1, 2)]
+    assert _round_plot(with_loss).startswith("data:image/png;base64,")

@@ -161,3 +161,21 @@ def test_a_site_refuses_round_one_weights_that_are_not_the_pinned_base(base, tmp
     other = {k: (v + 1 if v.dtype.kind == "f" else v) for k, v in model.state().items()}
     refused = round_one(other)
     assert refused.has_error() and "not to the base " + cfg.train.init_sha256 in refused.error.reason
+
+
+def test_finetune_lr_sets_the_step_size_of_a_run_from_a_base(base, tmp_path):
+    """A fresh Adam moves each weight by about its learning rate from the first step: at
+    finetune_lr 1e-9 the fine-tuned weights stay within a hair of the base; at the preset's rate
+    they do not."""
+    ref = load_checkpoint(base)[0].state()
+
+    def largest_change(extra: str, name: str) -> float:
+        (tmp_path / name).mkdir()
+        cfg_path = _run(base, tmp_path / name)
+        cfg_path.write_text(cfg_path.read_text().replace("init_from:", f"{extra}init_from:"))
+        assert main(["--quiet", "train", "--config", str(cfg_path), "--out", str(tmp_path / name / "out")]) == 0
+        tuned = load_checkpoint(tmp_path / name / "out")[0].state()
+        return max(float(np.abs(tuned[k] - ref[k]).max()) for k in ref if np.issubdtype(ref[k].dtype, np.floating))
+
+    assert largest_change("finetune_lr: 1.0e-9, ", "tiny-lr") < 1e-6
+    assert largest_change("", "preset-lr") > 1e-4

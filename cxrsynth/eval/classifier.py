@@ -48,6 +48,10 @@ def _targets(records: Sequence[Record], uncertain_as: float) -> torch.Tensor:
     return torch.as_tensor(np.stack([r.label_vector(uncertain_as) for r in records]))
 
 
+def _usable(records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if r.image is not None and r.has_labels()]
+
+
 def train_classifier(
     records: Sequence[Record],
     *,
@@ -60,23 +64,30 @@ def train_classifier(
     uncertain_as: float = 1.0,
     progress: Optional[Progress] = None,
     label: str = "classifier",
+    extra: Sequence[Record] = (),
 ) -> CXRClassifier:
-    """Fit a classifier on the labelled records' frontal images (records without labels are left out)."""
-    usable = [r for r in records if r.image is not None and r.has_labels()]
+    """Fit a classifier on the labelled records' frontal images (records without labels are left out).
+
+    `extra`: records added to every step as a second batch of the same size, so `records` get as
+    many updates as they would alone (augmentation adds data; it does not replace any).
+    """
+    usable = _usable(records)
     if not usable:
         raise InputError(f"{label}: no labelled records with images to train a classifier on.")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = CXRClassifier(width, image_size)
-    images = images_to_tensor([r.image for r in usable], image_size)
-    targets = _targets(usable, uncertain_as)
+    pools = [(images_to_tensor([r.image for r in part], image_size), _targets(part, uncertain_as)) for part in (usable, _usable(extra)) if part]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    bs = min(batch_size, len(usable))
     task = progress.task(label, steps) if progress else None
     model.train()
     for _ in range(steps):
-        idx = torch.as_tensor(rng.choice(len(usable), size=bs, replace=False))
-        loss = F.binary_cross_entropy_with_logits(model(images[idx]), targets[idx])
+        x, y = [], []
+        for images, targets in pools:
+            idx = torch.as_tensor(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
+            x.append(images[idx])
+            y.append(targets[idx])
+        loss = F.binary_cross_entropy_with_logits(model(torch.cat(x)), torch.cat(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

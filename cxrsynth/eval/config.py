@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -13,6 +15,11 @@ class EvalConfig(BaseModel):
     classifier_steps: int = Field(300, ge=1, description="same for every utility arm, so arms compare fairly")
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0)
+    augmentation: Literal["paired", "pooled"] = Field(
+        "paired",
+        description="real + synthetic arm: paired = every step a real batch as in real-only plus a synthetic batch of the same size "
+        "(the real data keeps its updates); pooled = one batch drawn from the union (the real data gets only its share of the steps)",
+    )
     seeds: int = Field(1, ge=1, le=20, description="utility arms are trained with this many seeds and averaged")
     uncertain_as: float = Field(1.0, ge=0.0, le=1.0, description="target for an uncertain (-1) label: 1 is the CheXpert U-Ones policy")
     # RoentGen (Chambon et al., sec. 3.3) measures diversity over 4 samples per prompt.

@@ -43,11 +43,12 @@ def _pretrain(v: dict) -> dict:
 
 
 def _round_plot(hist: list[dict]) -> str:
+    """The sites' training losses by round (metrics `loss-<part>`; counts and timings are not losses)."""
     losses: dict[str, list] = {}
     for h in hist:
         for k, x in (h.get("metrics") or {}).items():
-            if isinstance(x, (int, float)):
-                losses.setdefault(k, []).append((h["round"], x))
+            if k.startswith("loss-") and isinstance(x, (int, float)):
+                losses.setdefault(k[len("loss-") :], []).append((h["round"], x))
     if not losses:
         return ""
     fig = Figure(figsize=(5, 3))
@@ -55,7 +56,9 @@ def _round_plot(hist: list[dict]) -> str:
     for k, pts in list(losses.items())[:6]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
     ax.set_xlabel("round")
-    ax.legend(fontsize=7)
+    ax.set_ylabel("training loss, mean over sites")
+    if len(losses) > 1:
+        ax.legend(fontsize=7)
     return figure_uri(fig)
 
 

@@ -1,7 +1,8 @@
 """Utility: does synthetic data help a downstream classifier? The seeds' headline experiment.
 
 Three arms, each a classifier trained for the same number of steps and scored on the real
-holdout: real only, synthetic only, and real + synthetic (EMIXER, Biswal et al. 2022, Table 3:
+holdout: real only, synthetic only, and real + synthetic (by default each step takes a real batch,
+as the real-only arm does, plus a synthetic batch: `EvalConfig.augmentation`) (EMIXER, Biswal et al. 2022, Table 3:
 +5.94% AUROC from augmentation; RoentGen, Chambon et al. 2022: 0.73 -> 0.77 on a small real set).
 AUROC is computed per label where the holdout has both classes; macro is their mean.
 """
@@ -51,16 +52,19 @@ def utility(
     `baseline`: a second synthetic set (the base model's, before the sites fine-tuned it), scored
     as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
     """
-    sources = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": list(real_train) + list(synthetic)}
+    paired = cfg.augmentation == "paired"
+    sources = {"real": (list(real_train), []), "synthetic": (list(synthetic), [])}
+    sources["real+synthetic"] = (list(real_train), list(synthetic)) if paired else (list(real_train) + list(synthetic), [])
     if baseline is not None:
-        sources[BASELINE] = list(baseline)
+        sources[BASELINE] = (list(baseline), [])
     arms: dict[str, dict] = {}
     first_real: Optional[CXRClassifier] = None
-    for arm, train_set in sources.items():
+    for arm, (train_set, extra) in sources.items():
         runs = []
         for s in range(cfg.seeds):
             model = train_classifier(
                 train_set,
+                extra=extra,
                 width=cfg.classifier_width,
                 image_size=cfg.image_size,
                 steps=cfg.classifier_steps,
@@ -79,7 +83,7 @@ def utility(
             vals = [r[name] for r in runs if r[name] is not None]
             per_label[name] = float(np.mean(vals)) if vals else None
         arms[arm] = {
-            "train_records": sum(1 for r in train_set if r.has_labels()),
+            "train_records": sum(1 for r in train_set + extra if r.has_labels()),
             "auroc": per_label,
             "macro_auroc": macro(per_label),
             "macro_auroc_per_seed": [macro(r) for r in runs],
@@ -92,6 +96,7 @@ def utility(
         "uncertain_as": cfg.uncertain_as,
         "arms": arms,
         "augmentation_gain": _gain(arms, "real+synthetic", "real"),
+        "augmentation": cfg.augmentation,
         # The release's headline: how much of the real data's utility the synthetic data alone carries.
         "synthetic_to_real": _ratio(arms, "synthetic", "real"),
     }
