@@ -197,11 +197,13 @@ def public_phantom(cfg: RunConfig, n: int, seed: int, sites: int = PUBLIC_STYLES
     from cxrsynth.data.phantom import make_phantom
 
     p = cfg.data.phantom
-    records = make_phantom(n=n, sites=sites, seed=seed, image_size=p.image_size, lateral=p.lateral, site_offset=PUBLIC_SITE_OFFSET)
+    # Published de-identified, as public collections are: a base that learnt names and dates from
+    # its reports would write them into every release made from it.
+    records = make_phantom(n=n, sites=sites, seed=seed, image_size=p.image_size, lateral=p.lateral, site_offset=PUBLIC_SITE_OFFSET, deidentified=True)
     # Its own id space: a public patient is never mistaken for a hospital's patient of the same number.
     records = [r.with_(record_id=f"pub-{r.record_id}", patient_id=f"pub-{r.patient_id}", study_id=f"pub-{r.study_id}") for r in records]
     last = PUBLIC_SITE_OFFSET + sites - 1
-    return records, f"phantom cohort: {n} studies, acquisition styles of sites {PUBLIC_SITE_OFFSET}..{last}, seed {seed} (no hospital's data)"
+    return records, f"phantom cohort: {n} studies, acquisition styles of sites {PUBLIC_SITE_OFFSET}..{last}, seed {seed}, reports de-identified (no hospital's data)"
 
 
 def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrained_on: str, progress=None) -> BaseCard:

@@ -179,3 +179,22 @@ def test_finetune_lr_sets_the_step_size_of_a_run_from_a_base(base, tmp_path):
 
     assert largest_change("finetune_lr: 1.0e-9, ", "tiny-lr") < 1e-6
     assert largest_change("", "preset-lr") > 1e-4
+
+
+def test_the_public_phantom_cohort_is_published_de_identified():
+    """Its reports carry typed tags where the hospitals' carry names, dates and numbers, and no
+    header PHI: a base must not learn PHI-shaped text to write into a release."""
+    from cxrsynth.data.phantom import make_phantom
+    from cxrsynth.pretrained import public_phantom
+
+    cfg = load_config("mopoe-tiny", {"data": {"phantom": {"image_size": 16}}})
+    public, source = public_phantom(cfg, 60, seed=3)
+    assert "de-identified" in source
+    raw = make_phantom(60, sites=8, seed=3, image_size=16, lateral=cfg.data.phantom.lateral, site_offset=8)
+    assert [r.labels for r in public] == [r.labels for r in raw]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(public, raw))
+    values = {v for r in raw for k, v in r.phi_meta.items() if len(str(v)) > 3}
+    text = " ".join(r.report for r in public)
+    assert not any(r.phi_meta for r in public)
+    assert not [v for v in values if str(v) in text]
+    assert "[NAME]" in text and "[DATE]" in text and "[ID]" in text

@@ -498,12 +498,16 @@ def labels_of(state_row: np.ndarray) -> dict[str, Optional[int]]:
     return {name: (None if int(state_row[j]) == NONE else int(state_row[j])) for j, name in enumerate(LABELS)}
 
 
-def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, lateral: bool = True, site_offset: int = 0) -> list[Record]:
+def make_phantom(
+    n: int, sites: int = 3, seed: int = 0, image_size: int = 64, lateral: bool = True, site_offset: int = 0, deidentified: bool = False
+) -> list[Record]:
     """`n` phantom studies over `sites` hospitals: images, reports with PHI, labels, PHI headers.
 
     `site_offset`: the sites are site<offset>..site<offset + sites - 1>, with those sites' own
     acquisition styles and label mixes; a public cohort for pretraining takes an offset past the
     hospitals', so it differs from them as public data differs from a hospital's.
+    `deidentified`: a published collection's form: PHI in the reports as typed tags ([NAME],
+    [DATE], ...), the sites' redact mode, and no PHI headers. Images and labels are the same.
     """
     if n < 1 or sites < 1 or image_size < 16:
         raise ValueError(f"make_phantom needs n >= 1, sites >= 1 and image_size >= 16 (got {n}, {sites}, {image_size})")
@@ -516,7 +520,7 @@ def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, la
         sides = {name: int(p["side"][i, j]) for j, name in enumerate(LABELS)}
         sev = {name: int(p["sev"][i, j]) for j, name in enumerate(LABELS)}
         who = p["identities"][i]
-        findings, impression = write_report(rng, labels, sides, sev, DEVICE_KINDS[p["device"][i]], who, p["priors"][i])
+        findings, impression = write_report(rng, labels, sides, sev, DEVICE_KINDS[p["device"][i]], who, p["priors"][i], deidentified)
         out.append(
             Record(
                 record_id=f"r{i:06d}",
@@ -529,7 +533,7 @@ def make_phantom(n: int, sites: int = 3, seed: int = 0, image_size: int = 64, la
                 labels=labels,
                 image=frontal[i],
                 lateral=lat[i] if p["has_lateral"][i] else None,
-                phi_meta=who.header(),
+                phi_meta={} if deidentified else who.header(),
             )
         )
     return out

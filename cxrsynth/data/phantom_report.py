@@ -213,34 +213,44 @@ def _phone(rng, p: str) -> str:
     return _pick(rng, forms)
 
 
-def phi_preamble(rng: np.random.Generator, who: Identity, prior: Optional[date]) -> list[str]:
-    """PHI sentences that open FINDINGS (patient identity, exam time, comparison)."""
+def _keep(kind: str, text: str) -> str:
+    return text
+
+
+def _tag(kind: str, text: str) -> str:
+    """PHI as a published de-identified collection shows it: a typed tag (the sites' redact mode)."""
+    return f"[{kind}]"
+
+
+def phi_preamble(rng: np.random.Generator, who: Identity, prior: Optional[date], phi=_keep) -> list[str]:
+    """PHI sentences that open FINDINGS (patient identity, exam time, comparison); `phi(kind, text)`
+    renders each PHI value (`_tag` for a de-identified cohort)."""
     title = "Mr." if who.sex == "male" else "Ms."
     out = []
     choice = int(rng.integers(4))
     if choice == 0:
-        out.append(f"Patient {_name(rng, who.first, who.last)} (MRN {who.mrn}), {who.age}-year-old {who.sex}.")
+        out.append(f"Patient {phi('NAME', _name(rng, who.first, who.last))} (MRN {phi('ID', who.mrn)}), {who.age}-year-old {who.sex}.")
     elif choice == 1:
-        out.append(f"{_name(rng, who.first, who.last, title)} is a {who.age} year old {who.sex}, MRN: {who.mrn}.")
+        out.append(f"{phi('NAME', _name(rng, who.first, who.last, title))} is a {who.age} year old {who.sex}, MRN: {phi('ID', who.mrn)}.")
     elif choice == 2:
-        out.append(f"Exam {_date(rng, who.study_date)} at {_time(rng, who.study_time)}, accession {who.accession}.")
+        out.append(f"Exam {phi('DATE', _date(rng, who.study_date))} at {phi('TIME', _time(rng, who.study_time))}, accession {phi('ID', who.accession)}.")
     if rng.random() < 0.6:
-        out.append(f"Comparison is made to the prior radiograph of {_date(rng, prior)}." if prior else "No prior studies for comparison.")
+        out.append(f"Comparison is made to the prior radiograph of {phi('DATE', _date(rng, prior))}." if prior else "No prior studies for comparison.")
     if rng.random() < 0.3:
-        out.append(f"DOB {_date(rng, who.birth)}.")
+        out.append(f"DOB {phi('DATE', _date(rng, who.birth))}.")
     return out
 
 
-def phi_signoff(rng: np.random.Generator, who: Identity, urgent: bool) -> list[str]:
+def phi_signoff(rng: np.random.Generator, who: Identity, urgent: bool, phi=_keep) -> list[str]:
     """PHI sentences that close IMPRESSION (communication of results, signature)."""
     out = []
     ref = _name(rng, who.referrer_first, who.referrer_last, "Dr.")
     if urgent or rng.random() < 0.3:
-        out.append(f"Findings were discussed with Dr. {ref.replace('Dr. ', '')} by telephone at {_time(rng, who.study_time)} on {_date(rng, who.study_date)}.")
+        out.append(f"Findings were discussed with Dr. {phi('NAME', ref.replace('Dr. ', ''))} by telephone at {phi('TIME', _time(rng, who.study_time))} on {phi('DATE', _date(rng, who.study_date))}.")
     if rng.random() < 0.4:
-        out.append(f"Ordering physician {ref} can be reached at {_phone(rng, who.phone)}.")
+        out.append(f"Ordering physician {phi('NAME', ref)} can be reached at {phi('CONTACT', _phone(rng, who.phone))}.")
     if rng.random() < 0.5:
-        out.append(f"Electronically signed by {who.radiologist}, MD, {_date(rng, who.study_date)}. Accession {who.accession}.")
+        out.append(f"Electronically signed by {phi('NAME', who.radiologist)}, MD, {phi('DATE', _date(rng, who.study_date))}. Accession {phi('ID', who.accession)}.")
     return out
 
 
@@ -252,9 +262,13 @@ def _fill(rng, template: str, side: str, sev: int, device: str) -> str:
     )
 
 
-def write_report(rng: np.random.Generator, labels: dict, sides: dict, severity: dict, device: str, who: Identity, prior: Optional[date]) -> tuple[str, str]:
-    """FINDINGS and IMPRESSION for one study. `labels`: name -> 1/0/-1/None (No Finding excluded)."""
-    findings = phi_preamble(rng, who, prior)
+def write_report(
+    rng: np.random.Generator, labels: dict, sides: dict, severity: dict, device: str, who: Identity, prior: Optional[date], deidentified: bool = False
+) -> tuple[str, str]:
+    """FINDINGS and IMPRESSION for one study. `labels`: name -> 1/0/-1/None (No Finding excluded).
+    `deidentified`: PHI written as typed tags, as a public collection is published."""
+    phi = _tag if deidentified else _keep
+    findings = phi_preamble(rng, who, prior, phi)
     negated = []
     for name, value in labels.items():
         if value is None or name == "No Finding":
@@ -293,5 +307,5 @@ def write_report(rng: np.random.Generator, labels: dict, sides: dict, severity: 
         impression.append(_pick(rng, NORMAL_IMPRESSIONS))
         if rng.random() < 0.5:
             findings.append("The lungs are clear.")
-    impression += phi_signoff(rng, who, urgent=any(labels.get(n) == 1 for n in ("Pneumothorax", "Pneumonia")))
+    impression += phi_signoff(rng, who, urgent=any(labels.get(n) == 1 for n in ("Pneumothorax", "Pneumonia")), phi=phi)
     return " ".join(findings), " ".join(impression)
