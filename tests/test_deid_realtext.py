@@ -178,6 +178,15 @@ def test_realtext_builder_plants_annotated_phi_and_keeps_every_other_word(tmp_pa
     assert {r["id"] for r in rows if r["part"] == "heldout"} == {f"iu-{i}" for i in range(30) if build_realtext.part_of(str(i))}
 
 
+def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
+    write_csv(tmp_path / "r.csv", 40)
+    build_realtext.build(tmp_path / "r.csv", tmp_path / "seen", 20, 18)
+    seen = build_realtext.read_ids([tmp_path / "seen" / "heldout.jsonl"])
+    counts = build_realtext.build(tmp_path / "r.csv", tmp_path / "fresh", 20, 1801, seen)
+    fresh = build_realtext.read_ids([tmp_path / "fresh" / "heldout.jsonl"])
+    assert seen and fresh and not seen & fresh and counts["tune"]["reports"] + counts["heldout"]["reports"] == 20
+
+
 def test_realtext_builder_refuses_the_repository_and_show_on_held_out(tmp_path, capsys):
     write_csv(tmp_path / "r.csv", 3)
     repo = build_realtext.Path(build_realtext.__file__).resolve().parents[3]
