@@ -12,6 +12,7 @@ import pytest
 from privacy.deid import DeidConfig
 from privacy.deid.deidentifier import Deidentifier, cached_deidentifier
 from privacy.deid.gold import build_realtext
+from privacy.deid.lexicon import kind
 from privacy.deid.surrogates import Surrogates
 
 
@@ -100,6 +101,21 @@ def test_report_words_near_phi_are_left_alone(deid):
         assert not any(f.start < end and start < f.end for f in found), (word, [(text[f.start : f.end], f.source) for f in found])
     for phi in ("Saint Vincent Hospital", "1945 North Oak Blvd", "WHITE^AHMED^A", "5/28/2005", "13:04", "A. Lopez", "Jul 20 2015", "mcintyre, robert", "68443643"):
         assert covered(found, text, phi), phi
+
+
+def test_clinical_compounds_in_capitals_are_no_name(deid):
+    # In an all-capitals report spaCy reads a run of prefixed or hyphenated clinical words as a
+    # person; no dictionary lists such compounds, so they looked like two unknown name words.
+    text = (
+        "FINDINGS: THE CARDIOMEDIASTINAL CONTOURS ARE WITHIN NORMAL LIMITS. THE LUNGS ARE HYPEREXPANDED AS SEEN IN COPD. "
+        "UNCHANGED PERIHILAR BRONCHO-VASCULAR THICKENING. FEW CALCIFIED GRANULOMAS. NO PLEURAL EFFUSION.\n"
+        "IMPRESSION: 1. COPD. 2. STABLE BIAPICAL FIBRO-RETICULAR SCARRING. SCATTERED CALCIFIED GRANULOMAS.\n"
+    )
+    assert deid.find(text) == []
+    for word in ("biapical", "infrahilar", "hyperexpanded", "fibro-reticular", "pleuro-parenchymal", "interstitial-alveolar"):
+        assert kind(word) == "word_only", word
+    # names keep their kind: census names, double-barrelled names, surnames no list holds
+    assert [kind(w) for w in ("Hostetler", "Garcia-Lopez", "Paramore", "Bisping")] == ["name_only", "unknown", "name_only", "unknown"]
 
 
 def test_a_header_name_word_at_a_sentence_start_or_in_capitals_is_the_word(deid):
