@@ -12,6 +12,7 @@ import pytest
 from cxrsynth.privacy.deid import DeidConfig
 from cxrsynth.privacy.deid.deidentifier import Deidentifier, cached_deidentifier
 from cxrsynth.privacy.deid.gold import build_realtext
+from cxrsynth.privacy.deid.lexicon import kind
 from cxrsynth.privacy.deid.surrogates import Surrogates
 
 
@@ -102,6 +103,21 @@ def test_report_words_near_phi_are_left_alone(deid):
         assert covered(found, text, phi), phi
 
 
+def test_clinical_compounds_in_capitals_are_no_name(deid):
+    # In an all-capitals report spaCy reads a run of prefixed or hyphenated clinical words as a
+    # person; no dictionary lists such compounds, so they looked like two unknown name words.
+    text = (
+        "FINDINGS: THE CARDIOMEDIASTINAL CONTOURS ARE WITHIN NORMAL LIMITS. THE LUNGS ARE HYPEREXPANDED AS SEEN IN COPD. "
+        "UNCHANGED PERIHILAR BRONCHO-VASCULAR THICKENING. FEW CALCIFIED GRANULOMAS. NO PLEURAL EFFUSION.\n"
+        "IMPRESSION: 1. COPD. 2. STABLE BIAPICAL FIBRO-RETICULAR SCARRING. SCATTERED CALCIFIED GRANULOMAS.\n"
+    )
+    assert deid.find(text) == []
+    for word in ("biapical", "infrahilar", "hyperexpanded", "fibro-reticular", "pleuro-parenchymal", "interstitial-alveolar"):
+        assert kind(word) == "word_only", word
+    # names keep their kind: census names, double-barrelled names, surnames no list holds
+    assert [kind(w) for w in ("Hostetler", "Garcia-Lopez", "Paramore", "Bisping")] == ["name_only", "unknown", "name_only", "unknown"]
+
+
 def test_a_header_name_word_at_a_sentence_start_or_in_capitals_is_the_word(deid):
     meta = {"PatientName": "SHORT^JOY"}
     res = deid.deidentify_text("Indication: Short of breath.\nFindings: Clear lungs, seen by Short today.", meta)
@@ -176,6 +192,15 @@ def test_realtext_builder_plants_annotated_phi_and_keeps_every_other_word(tmp_pa
             assert not any(k["start"] < g["end"] and g["start"] < k["end"] for k in r["keep"])
         assert {g["type"] for g in r["gold"]} & {"DATE", "NAME"}
     assert {r["id"] for r in rows if r["part"] == "heldout"} == {f"iu-{i}" for i in range(30) if build_realtext.part_of(str(i))}
+
+
+def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
+    write_csv(tmp_path / "r.csv", 40)
+    build_realtext.build(tmp_path / "r.csv", tmp_path / "seen", 20, 18)
+    seen = build_realtext.read_ids([tmp_path / "seen" / "heldout.jsonl"])
+    counts = build_realtext.build(tmp_path / "r.csv", tmp_path / "fresh", 20, 1801, seen)
+    fresh = build_realtext.read_ids([tmp_path / "fresh" / "heldout.jsonl"])
+    assert seen and fresh and not seen & fresh and counts["tune"]["reports"] + counts["heldout"]["reports"] == 20
 
 
 def test_realtext_builder_refuses_the_repository_and_show_on_held_out(tmp_path, capsys):

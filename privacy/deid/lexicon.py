@@ -30,7 +30,7 @@ CLINICAL_WORDS = frozenset(
     pneumothorax cardiomegaly cancer tumor tumour carcinoma lymphoma metastasis metastases fracture fractures streaky
     patchy focal diffuse mild moderate severe small large left right bilateral upper lower middle mid acute chronic
     prior previous comparison impression findings indication history technique exam examination study report
-    clinical procedure reason contour contours silhouette mediastinum mediastinal aorta aortic trachea carina
+    clinical procedure reason contour contours silhouette mediastinum mediastinal aorta aortic trachea carina hilar
     pleural pulmonary cardiac vascular vasculature interstitial airspace alveolar granuloma scarring emphysema
     hyperinflation sternotomy catheter tube line lines pacemaker device wire wires clip clips valve stent port
     tip tips degenerative osseous bony bones soft tissue tissues unremarkable unchanged improved worsening new
@@ -76,6 +76,28 @@ def dictionary_words() -> frozenset[str]:
     return frozenset(w for w in words if w.islower()) | CLINICAL_WORDS
 
 
+# Combining forms that radiology joins to an anatomical or descriptive word ("biapical",
+# "infrahilar", "hyperexpanded", "pleuro-parenchymal"); such compounds are missing from web2.
+COMBINING_FORMS = (
+    "bi", "tri", "hemi", "semi", "mid", "peri", "para", "sub", "supra", "infra", "inter", "intra", "extra", "retro",
+    "trans", "endo", "hyper", "hypo", "post", "pre", "non", "anti", "pan", "multi", "pseudo", "micro", "macro", "poly",
+    "cardio", "pleuro", "broncho", "fibro", "costo", "thoraco", "vaso", "neo",
+)
+# The word after a combining form must be this long, so that a surname no census list holds is not
+# read as a form and a short word ("Para|more", "Bi|son") stays unknown.
+MIN_COMBINED = 5
+
+
+def _compound_word(t: str) -> bool:
+    """A word built from dictionary words: hyphenated parts that are each a word or a combining
+    form ("pleural-parenchymal", "pleuro-parenchymal"), or a combining form and a word of at
+    least MIN_COMBINED letters ("biapical"). Only asked of tokens that no list holds."""
+    if "-" in t:
+        parts = [p for p in t.split("-") if p]
+        return len(parts) > 1 and all(p in COMBINING_FORMS or kind(p) == "word_only" for p in parts)
+    return any(t.startswith(f) and len(t) - len(f) >= MIN_COMBINED and kind(t[len(f) :]) == "word_only" for f in COMBINING_FORMS)
+
+
 def _stems(t: str) -> list[str]:
     """Base forms of an inflected word; web2 lists "symptom", not "symptoms" or "began"."""
     out = []
@@ -95,7 +117,7 @@ def kind(token: str) -> str:
     is_word = t in dictionary_words() or any(stem in dictionary_words() for stem in _stems(t))
     if is_name:
         return "name_and_word" if is_word else "name_only"
-    return "word_only" if is_word else "unknown"
+    return "word_only" if is_word or _compound_word(t) else "unknown"
 
 
 def is_given_name(token: str) -> bool:

@@ -18,6 +18,10 @@ must not enter the repository. Build it where it is used:
     python -m cxrsynth.privacy.deid.gold.build_realtext check --gold runs/realtext/tune.jsonl --show 40
     python -m cxrsynth.privacy.deid.gold.build_realtext check --gold runs/realtext/heldout.jsonl   # figures only
 
+Once a held-out part has been looked at, measure on a fresh one: another seed plants other PHI,
+and `--exclude runs/realtext/heldout.jsonl` leaves out the reports already seen (the split by
+hash would otherwise put some of them in the new held-out part again).
+
 `build` writes tune.jsonl and heldout.jsonl in the gold format of `cxrsynth deid eval`, with a
 `keep` span on every word outside PHI, so "keep spans damaged" counts every non-PHI token a
 finding touches. Reports go to the held-out part by a hash of their IU id, and the held-out part
@@ -485,7 +489,19 @@ def part_of(uid: str) -> int:
     return int(hashlib.sha256(f"realtext-split:{uid}".encode()).hexdigest(), 16) % 10 < 4
 
 
-def build(csv_path: Path, out: Path, n: int, seed: int) -> dict:
+def read_ids(paths: list[Path]) -> set[str]:
+    """The report ids of built corpus files (reports already looked at, to leave out of a fresh draw)."""
+    ids = set()
+    for path in paths:
+        try:
+            ids |= {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"{path}: cannot read the report ids of a built corpus file (--exclude): {e}") from None
+    return ids
+
+
+def build(csv_path: Path, out: Path, n: int, seed: int, exclude: set[str] = frozenset()) -> dict:
+    """Draw `n` reports (shuffled by `seed`), leaving out the report ids in `exclude`."""
     try:
         with csv_path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -497,6 +513,7 @@ def build(csv_path: Path, out: Path, n: int, seed: int) -> dict:
     rng = random.Random(seed)
     rows = [r for r in rows if (r["findings"] or r["impression"]).strip()]
     rng.shuffle(rows)
+    rows = [r for r in rows if f"iu-{r['uid']}" not in exclude]
     out.mkdir(parents=True, exist_ok=True)
     files = {0: (out / "tune.jsonl").open("w", encoding="utf-8"), 1: (out / "heldout.jsonl").open("w", encoding="utf-8")}
     counts = {0: [0, 0], 1: [0, 0]}
@@ -569,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--n", type=int, default=600, help="reports to draw (about 40%% go to the held-out part)")
     b.add_argument("--seed", type=int, default=18)
+    b.add_argument("--exclude", type=Path, nargs="*", default=[], help="built files whose reports are left out (a held-out part already looked at)")
     c = sub.add_parser("check", help="run the pipeline on a built file and print the figures")
     c.add_argument("--gold", required=True, type=Path)
     c.add_argument("--show", type=int, default=0, help="print this many misses and damaged tokens (refused on held-out files)")
@@ -580,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             repo = Path(__file__).resolve().parents[3]
             if args.out.resolve().is_relative_to(repo) and not args.out.resolve().is_relative_to(repo / "runs"):
                 raise InputError(f"{args.out}: the corpus holds CC BY-NC-ND text and must stay out of the repository; write it under runs/ (ignored by git) or outside.")
-            print(json.dumps(build(args.csv, args.out, args.n, args.seed)))
+            print(json.dumps(build(args.csv, args.out, args.n, args.seed, read_ids(args.exclude))))
         else:
             print(json.dumps(check(args.gold, args.show, args.secret_file, args.workers), indent=1))
     except InputError as e:
