@@ -351,14 +351,30 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
 
 
 class DatasetWriter:
-    """Writes a dataset one record at a time: each record's PNGs when it is added, the manifest
-    (its rows kept as text until then) at `close`. Memory holds no image of a record once added."""
+    """Writes a dataset one record at a time: each record's PNGs and manifest row when it is added,
+    the row into `manifest.csv.tmp`, which `close` puts in place of the manifest. Memory holds no
+    image or row of a record once added, only the record ids seen.
 
-    def __init__(self, root: str | Path):
+    `keep`: rows of the folder's existing manifest to carry into the new one, as a function of a
+    row (dict) returning whether to keep it; their PNGs stay where they are. Rows are kept in the
+    order they stand, before the records added here."""
+
+    def __init__(self, root: str | Path, keep: Optional[Callable[[dict], bool]] = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict] = []
         self._ids: set[str] = set()
+        self.manifest = self.root / MANIFEST
+        self._tmp = self.manifest.with_suffix(".csv.tmp")
+        self._file = open(self._tmp, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=list(COLUMNS), lineterminator="\n")
+        self._writer.writeheader()
+        self.kept = 0
+        if keep is not None and self.manifest.is_file():
+            for row in csv_rows(self.manifest):
+                if keep(row):
+                    self._ids.add(row["record_id"].strip())
+                    self._writer.writerow({c: row.get(c) or "" for c in COLUMNS})
+                    self.kept += 1
 
     def add(self, rec: Record) -> None:
         if rec.record_id in self._ids:
@@ -388,17 +404,12 @@ class DatasetWriter:
         for name in LABELS:
             v = rec.labels.get(name)
             row[name] = "" if v is None else str(int(v))
-        self.rows.append(row)
+        self._writer.writerow(row)
 
     def close(self) -> Path:
-        manifest = self.root / MANIFEST
-        tmp = manifest.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), lineterminator="\n")
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(manifest)
-        return manifest
+        self._file.close()
+        self._tmp.replace(self.manifest)
+        return self.manifest
 
 
 def _first_duplicate(items) -> Optional[str]:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.stream import ImageColumn, has_images, metadata_view
 from cxrsynth.data.transforms import images_to_tensor
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
@@ -62,21 +63,25 @@ def train_classifier(
     label: str = "classifier",
 ) -> CXRClassifier:
     """Fit a classifier on the labelled records' frontal images (records without labels are left out)."""
-    usable = [r for r in records if r.image is not None and r.has_labels()]
+    present = has_images(records)
+    meta = metadata_view(records)
+    usable = [i for i, r in enumerate(meta) if present[i] and r.has_labels()]
     if not usable:
         raise InputError(f"{label}: no labelled records with images to train a classifier on.")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = CXRClassifier(width, image_size)
-    images = images_to_tensor([r.image for r in usable], image_size)
-    targets = _targets(usable, uncertain_as)
+    # A batch's images are decoded and converted when it is drawn (the values converting all of
+    # them first would give), so a dataset of any size trains in a batch's memory.
+    images = ImageColumn(records, usable)
+    targets = _targets((meta[i] for i in usable), uncertain_as)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     bs = min(batch_size, len(usable))
     task = progress.task(label, steps) if progress else None
     model.train()
     for _ in range(steps):
         idx = torch.as_tensor(rng.choice(len(usable), size=bs, replace=False))
-        loss = F.binary_cross_entropy_with_logits(model(images[idx]), targets[idx])
+        loss = F.binary_cross_entropy_with_logits(model(images_to_tensor(images[idx], image_size)), targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
