@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.stream import ImageColumn, concat_view, metadata_view
 from cxrsynth.eval.classifier import CXRClassifier, predict, train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.progress import Progress
@@ -23,8 +24,8 @@ BASELINE = "base-only synthetic"
 
 
 def auroc_per_label(model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float) -> dict[str, Optional[float]]:
-    probs = predict(model, [r.image for r in holdout])
-    truth = np.stack([r.label_vector(uncertain_as) for r in holdout]) >= 0.5
+    probs = predict(model, ImageColumn(holdout))
+    truth = np.stack([r.label_vector(uncertain_as) for r in metadata_view(holdout)]) >= 0.5
     out: dict[str, Optional[float]] = {}
     for j, name in enumerate(LABELS):
         y = truth[:, j]
@@ -51,9 +52,10 @@ def utility(
     `baseline`: a second synthetic set (the base model's, before the sites fine-tuned it), scored
     as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
     """
-    sources = {"real": list(real_train), "synthetic": list(synthetic), "real+synthetic": list(real_train) + list(synthetic)}
+    # Views, not copies: with records read lazily, each classifier decodes only its batches.
+    sources = {"real": real_train, "synthetic": synthetic, "real+synthetic": concat_view(real_train, synthetic)}
     if baseline is not None:
-        sources[BASELINE] = list(baseline)
+        sources[BASELINE] = baseline
     arms: dict[str, dict] = {}
     first_real: Optional[CXRClassifier] = None
     for arm, train_set in sources.items():
@@ -79,7 +81,7 @@ def utility(
             vals = [r[name] for r in runs if r[name] is not None]
             per_label[name] = float(np.mean(vals)) if vals else None
         arms[arm] = {
-            "train_records": sum(1 for r in train_set if r.has_labels()),
+            "train_records": sum(1 for r in metadata_view(train_set) if r.has_labels()),
             "auroc": per_label,
             "macro_auroc": macro(per_label),
             "macro_auroc_per_seed": [macro(r) for r in runs],
