@@ -224,9 +224,11 @@ class CsvRows:
     the csv module's 128 KiB limit) is an InputError naming the file and the row where it starts:
     such a file cannot be read row by row, so no row of it is trusted."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, text: str | io.TextIOBase):
         self.path = Path(path)
-        self._reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        # A file is read as the rows are (a manifest of 10^5 studies is tens of MB of text).
+        self._source = io.StringIO(text, newline="") if isinstance(text, str) else text
+        self._reader = csv.DictReader(self._source, strict=True)
         try:
             self.fieldnames = self._reader.fieldnames
         except csv.Error as e:
@@ -234,28 +236,36 @@ class CsvRows:
 
     def __iter__(self):
         row, line = 0, self._reader.line_num
-        while True:
-            try:
-                item = next(self._reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
-                raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
-            row, line = row + 1, self._reader.line_num
-            yield item
+        try:
+            while True:
+                try:
+                    item = next(self._reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
+                    raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
+                row, line = row + 1, self._reader.line_num
+                yield item
+        finally:
+            self._source.close()
 
 
 def csv_rows(path: Path) -> CsvRows:
     """The rows of a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row holding
     them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
     try:
-        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+        source = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as e:
         raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
-    reader = CsvRows(path, text)
+    try:
+        reader = CsvRows(path, source)
+    except BaseException:
+        source.close()
+        raise
     bad = [c for c in reader.fieldnames or [] if _has_surrogates(c)]
     if bad:
+        source.close()
         raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
     return reader
 
