@@ -4,8 +4,6 @@ same records held in memory."""
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import pytest
 
@@ -78,23 +76,12 @@ def test_nearest_over_rows_on_disk_is_the_search_over_arrays(tmp_path):
     assert np.array_equal(nearest(rq, rb[sub], chunk=7)[0], nearest(q, b[sub], chunk=7)[0])
 
 
-def test_the_audit_of_a_directory_never_holds_its_decoded_images(tmp_path, monkeypatch):
+def test_the_audit_of_a_directory_never_holds_its_decoded_images(tmp_path, decoded_images):
     """Sets the in-memory audit would hold whole at once (500 studies) are audited with at most
     a batch of images decoded at any moment."""
     _sets(tmp_path, 300, 200, 16)
-    live: dict[int, weakref.ref] = {}
-    peak, decoded = [0], [0]
-    image = ManifestDataset.image
-
-    def counted(self, i, lateral=False):
-        img = image(self, i, lateral)
-        live[id(img)] = weakref.ref(img, lambda _, key=id(img): live.pop(key, None))
-        peak[0], decoded[0] = max(peak[0], len(live)), decoded[0] + 1
-        return img
-
-    monkeypatch.setattr(ManifestDataset, "image", counted)
     policy = POLICY.model_copy(update={"skip": ("phi", "membership", "text_rare_ngrams", "text_near_duplicates")})
     run_audit(tmp_path / "synthetic", tmp_path / "site", tmp_path / "site", policy, tmp_path / "audit")
     total = sum(len(ManifestDataset.open(tmp_path / d)[0]) for d in ("site", "synthetic"))
-    assert decoded[0] > 2 * total  # every image was read, most of them more than once ...
-    assert peak[0] <= 256 + 32 < total  # ... but never more than a batch (256) and a chunk of queries at a time
+    assert decoded_images["total"] > 2 * total  # every image was read, most of them more than once ...
+    assert decoded_images["peak"] <= 256 + 32 < total  # ... but never more than a batch (256) and a chunk of queries at a time

@@ -29,7 +29,7 @@ ZOOMS = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85)  # crop-and-resize keeping 85-100% o
 POOL = 2  # windows are compared at 24x24 after shifting at full resolution
 COARSE = 3  # shortlist windows: 24x24 pooled again to 8x8
 COARSE_STEP = 2
-BLOCK = 8192  # base images compared with a chunk of queries at a time
+BLOCK = 1024  # base images compared with a chunk of queries at a time: (32, 588, 1024) float32 similarities, 77 MB
 DECODE = 256  # base images decoded, and their windows computed, at a time
 
 
