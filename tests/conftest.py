@@ -15,3 +15,26 @@ def _few_threads():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture
+def decoded_images(monkeypatch):
+    """Counts the images a `ManifestDataset` decodes (`total`) and the most of them alive at once
+    (`peak`): a stage that holds a whole dataset's images shows it in `peak`."""
+    import weakref
+
+    from cxrsynth.data.stream import ManifestDataset
+
+    counts = {"total": 0, "peak": 0}
+    live: dict[int, weakref.ref] = {}
+    image = ManifestDataset.image
+
+    def counted(self, i, lateral=False):
+        img = image(self, i, lateral)
+        live[id(img)] = weakref.ref(img, lambda _, key=id(img): live.pop(key, None))
+        counts["total"] += 1
+        counts["peak"] = max(counts["peak"], len(live))
+        return img
+
+    monkeypatch.setattr(ManifestDataset, "image", counted)
+    return counts

@@ -224,9 +224,11 @@ class CsvRows:
     the csv module's 128 KiB limit) is an InputError naming the file and the row where it starts:
     such a file cannot be read row by row, so no row of it is trusted."""
 
-    def __init__(self, path: Path, text: str):
+    def __init__(self, path: Path, text: str | io.TextIOBase):
         self.path = Path(path)
-        self._reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        # A file is read as the rows are (a manifest of 10^5 studies is tens of MB of text).
+        self._source = io.StringIO(text, newline="") if isinstance(text, str) else text
+        self._reader = csv.DictReader(self._source, strict=True)
         try:
             self.fieldnames = self._reader.fieldnames
         except csv.Error as e:
@@ -234,28 +236,36 @@ class CsvRows:
 
     def __iter__(self):
         row, line = 0, self._reader.line_num
-        while True:
-            try:
-                item = next(self._reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
-                raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
-            row, line = row + 1, self._reader.line_num
-            yield item
+        try:
+            while True:
+                try:
+                    item = next(self._reader)
+                except StopIteration:
+                    return
+                except csv.Error as e:
+                    hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
+                    raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
+                row, line = row + 1, self._reader.line_num
+                yield item
+        finally:
+            self._source.close()
 
 
 def csv_rows(path: Path) -> CsvRows:
     """The rows of a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row holding
     them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
     try:
-        text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+        source = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
     except OSError as e:
         raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
-    reader = CsvRows(path, text)
+    try:
+        reader = CsvRows(path, source)
+    except BaseException:
+        source.close()
+        raise
     bad = [c for c in reader.fieldnames or [] if _has_surrogates(c)]
     if bad:
+        source.close()
         raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
     return reader
 
@@ -351,14 +361,30 @@ def write_dataset(root: str | Path, records: Iterable[Record], progress=None) ->
 
 
 class DatasetWriter:
-    """Writes a dataset one record at a time: each record's PNGs when it is added, the manifest
-    (its rows kept as text until then) at `close`. Memory holds no image of a record once added."""
+    """Writes a dataset one record at a time: each record's PNGs and manifest row when it is added,
+    the row into `manifest.csv.tmp`, which `close` puts in place of the manifest. Memory holds no
+    image or row of a record once added, only the record ids seen.
 
-    def __init__(self, root: str | Path):
+    `keep`: rows of the folder's existing manifest to carry into the new one, as a function of a
+    row (dict) returning whether to keep it; their PNGs stay where they are. Rows are kept in the
+    order they stand, before the records added here."""
+
+    def __init__(self, root: str | Path, keep: Optional[Callable[[dict], bool]] = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.rows: list[dict] = []
         self._ids: set[str] = set()
+        self.manifest = self.root / MANIFEST
+        self._tmp = self.manifest.with_suffix(".csv.tmp")
+        self._file = open(self._tmp, "w", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=list(COLUMNS), lineterminator="\n")
+        self._writer.writeheader()
+        self.kept = 0
+        if keep is not None and self.manifest.is_file():
+            for row in csv_rows(self.manifest):
+                if keep(row):
+                    self._ids.add(row["record_id"].strip())
+                    self._writer.writerow({c: row.get(c) or "" for c in COLUMNS})
+                    self.kept += 1
 
     def add(self, rec: Record) -> None:
         if rec.record_id in self._ids:
@@ -388,17 +414,12 @@ class DatasetWriter:
         for name in LABELS:
             v = rec.labels.get(name)
             row[name] = "" if v is None else str(int(v))
-        self.rows.append(row)
+        self._writer.writerow(row)
 
     def close(self) -> Path:
-        manifest = self.root / MANIFEST
-        tmp = manifest.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), lineterminator="\n")
-            w.writeheader()
-            w.writerows(self.rows)
-        tmp.replace(manifest)
-        return manifest
+        self._file.close()
+        self._tmp.replace(self.manifest)
+        return self.manifest
 
 
 def _first_duplicate(items) -> Optional[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -25,13 +26,13 @@ from PIL import Image
 from cxrsynth.data.dataset import (
     MANIFEST,
     DatasetReport,
-    read_dataset,
+    DatasetWriter,
     require_patient_split,
-    write_dataset,
     write_phi_headers,
 )
 from cxrsynth.data.records import Record
 from cxrsynth.data.split import split_by_patient
+from cxrsynth.data.stream import ImageError, ManifestDataset, RecordView, metadata_view
 from cxrsynth.errors import InputError
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
@@ -131,28 +132,50 @@ def ingest(
     merge = _is_dataset(out) and not replace
     key = site_key(out) if out.is_dir() else os.urandom(32)
     progress.say(f"reading {source} at {path}")
-    records, report = read_source(source, path, key, site, strict, progress, labels, ignore)
+    if source == "manifest" and (path / MANIFEST).is_file():
+        # A dataset directory is read lazily: its rows now, each image when it is written.
+        dataset, report = ManifestDataset.open(path, strict=strict, with_phi=True)
+        records: Sequence[Record] = RecordView(dataset)
+    else:
+        records, report = read_source(source, path, key, site, strict, progress, labels, ignore)
     if not report.read:
         where = path / MANIFEST if source == "manifest" and path.is_dir() else path
         raise InputError(f"{where}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written.")
-    for r in records:
-        r.site = r.site or site
-    if size:
-        records = [r.with_(image=square_resize(r.image, size), lateral=None if r.lateral is None else square_resize(r.lateral, size)) for r in records]
-    if not any(r.split for r in records):
-        records = split_by_patient(records, holdout, seed)
+    meta = metadata_view(records)
+    split_here = not any(r.split for r in meta)
+
+    def prepared(r: Record) -> Record:
+        """A record as it is written: site filled in, split by patient, resized."""
+        r = r.with_(site=r.site or site)
+        if split_here:
+            r = split_by_patient([r], holdout, seed)[0]
+        if size and r.image is not None:
+            r = r.with_(image=square_resize(r.image, size), lateral=None if r.lateral is None else square_resize(r.lateral, size))
+        return r
+
+    new_ids = {r.record_id for r in meta}
     kept_before = []
     if merge:
-        # Strict: a row of the existing dataset that no longer reads would otherwise vanish on rewrite.
-        previous, _ = read_dataset(out, strict=True)
-        new_ids = {r.record_id for r in records}
-        kept_before = [r for r in previous if r.record_id not in new_ids]
-    require_patient_split(kept_before + records, f"{path}" + (f" with the records already in {out}" if kept_before else ""))
+        # The earlier dataset's rows that stay (a record ingested again is replaced); their files
+        # stay as they are, and only their ids, patients and splits are read.
+        previous, _ = ManifestDataset.open(out, strict=True)
+        # Strict, every image decoded (one at a time): a row of the existing dataset that no longer
+        # reads is refused now, as it would be by any later reading of the merged dataset.
+        previous.check_images()
+        kept_before = [i for i, rid in enumerate(previous.columns["record_id"]) if rid not in new_ids]
+        before = (previous.metadata(i) for i in kept_before)
+    else:
+        before = iter(())
+    require_patient_split(chain(before, (prepared(r) for r in meta)), f"{path}" + (f" with the records already in {out}" if kept_before else ""))
+    args = (records, prepared, new_ids, report, key, source, path, site, strict, progress)
     if merge:
-        _write(out, kept_before, records, report, key, source, path, site, progress)
+        # Into the dataset itself: new PNGs are written beside the earlier ones and the manifest is
+        # replaced when all are written, so an ingest cut short leaves the earlier dataset as it
+        # was (and the new files unlisted, written again by the next run).
+        _write(out, *args)
     else:
         with fresh_dir(out, replace, _is_dataset, hint) as tmp:
-            _write(tmp, kept_before, records, report, key, source, path, site, progress)
+            _write(tmp, *args)
     for p in report.problems[:20]:
         log.warning("skipped %s", p)
     if report.skipped > 20:
@@ -163,14 +186,36 @@ def ingest(
     return report
 
 
-def _write(folder: Path, kept_before: list, records: list, report: DatasetReport, key: bytes, source: str, path: Path, site: str, progress: Progress) -> None:
+def _write(folder: Path, records: Sequence[Record], prepared, new_ids: set, report: DatasetReport, key: bytes, source: str, path: Path, site: str, strict: bool, progress: Progress) -> None:
+    """Write the records one at a time (a lazy source decodes each image here), after the rows of
+    the folder's earlier dataset that are not ingested again."""
     from cxrsynth.data.page import write_page
 
     save_site_key(folder, key)
-    write_dataset(folder, kept_before + records, progress=progress)
-    write_phi_headers(folder, records, keep_existing=True)
-    report.notes.update(with_report_text=sum(bool(r.report.strip()) for r in records), with_labels=sum(r.has_labels() for r in records))
+    writer = DatasetWriter(folder, keep=lambda row: row["record_id"].strip() not in new_ids)
+    task = progress.task("writing images", len(records))
+    written: list[int] = []
+    n_text = n_labels = 0
+    for i in range(len(records)):
+        task.advance()
+        try:
+            rec = prepared(records[i])
+        except ImageError as e:  # a corrupt image of a lazily read dataset: a bad row, as on reading
+            if strict:
+                raise
+            report.add(e.file, e.row, e.reason)
+            report.kept -= 1
+            continue
+        writer.add(rec)
+        written.append(i)
+        n_text += bool(rec.report.strip())
+        n_labels += rec.has_labels()
+    writer.close()
+    meta = metadata_view(records)
+    write_phi_headers(folder, (meta[i] for i in written), keep_existing=True)
+    report.notes.update(with_report_text=n_text, with_labels=n_labels)
     summary = report.as_dict()
-    summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=len(kept_before), total_in_output=len(kept_before) + len(records))
+    summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=writer.kept, total_in_output=writer.kept + len(written))
     (folder / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    write_page(folder, kept_before + records, report, title=f"Ingest of {path} ({source}) for {site}")
+    dataset, _ = ManifestDataset.open(folder)
+    write_page(folder, RecordView(dataset), report, title=f"Ingest of {path} ({source}) for {site}")

@@ -90,6 +90,14 @@ class RecordsDataset(Dataset):
         return RecordsDataset([self.records[i] for i in indices])
 
 
+class ImageError(InputError):
+    """A manifest row's image that turned out unreadable when decoded (file, row, reason)."""
+
+    def __init__(self, file: str, row: int, reason: str):
+        super().__init__(f"{file}, row {row}: {reason}")
+        self.file, self.row, self.reason = file, row, reason
+
+
 class ManifestDataset(Dataset):
     """A dataset directory whose images are decoded on access.
 
@@ -177,14 +185,29 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> Record:
         rec = self.metadata(i)
-        i = int(self.index[i])
-        try:
-            rec.image = _load_rel(self.root, self.image_paths[i], "image_path")
-            if self.lateral_paths[i]:
-                rec.lateral = _load_rel(self.root, self.lateral_paths[i], "lateral_path")
-        except ValueError as e:
-            raise InputError(f"{self.root / MANIFEST}, row {int(self.rows[i])}: {e}") from None
+        rec.image = self.image(i)
+        if self.has_lateral(i):
+            rec.lateral = self.image(i, lateral=True)
         return rec
+
+    def image(self, i: int, lateral: bool = False) -> np.ndarray:
+        """Record i's frontal (or lateral) image alone, decoded."""
+        k = int(self.index[i])
+        column = "lateral_path" if lateral else "image_path"
+        try:
+            return _load_rel(self.root, (self.lateral_paths if lateral else self.image_paths)[k], column)
+        except ValueError as e:
+            raise ImageError(str(self.root / MANIFEST), int(self.rows[k]), str(e)) from None
+
+    def has_lateral(self, i: int) -> bool:
+        return bool(self.lateral_paths[int(self.index[i])])
+
+    def check_images(self) -> None:
+        """Decode every image once, one at a time: an `ImageError` for the first that does not read."""
+        for i in range(len(self)):
+            self.image(i)
+            if self.has_lateral(i):
+                self.image(i, lateral=True)
 
     def patient_ids(self) -> list[str]:
         column = self.columns["patient_id"]
@@ -228,6 +251,7 @@ class RecordView(Sequence):
 
     def __init__(self, dataset, images: bool = True):
         self.dataset = dataset
+        self.images = images
         self._get = dataset.__getitem__ if images else dataset.metadata
 
     def __len__(self) -> int:
@@ -239,6 +263,98 @@ class RecordView(Sequence):
         if not 0 <= i < len(self):
             raise IndexError(i)
         return self._get(i)
+
+
+class ConcatView(Sequence):
+    """Two record sequences one after the other, neither copied (`train + holdout` of lazy views)."""
+
+    def __init__(self, first: Sequence[Record], second: Sequence[Record]):
+        self.first, self.second = first, second
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.second)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.first[i] if i < len(self.first) else self.second[i - len(self.first)]
+
+
+def concat_view(first: Sequence[Record], second: Sequence[Record]) -> Sequence[Record]:
+    """`first + second`: a list when both are lists, else a `ConcatView` (nothing decoded)."""
+    if isinstance(first, list) and isinstance(second, list):
+        return first + second
+    return ConcatView(first, second)
+
+
+def metadata_view(records: Sequence[Record]) -> Sequence[Record]:
+    """The records without their images: a `RecordView`'s metadata (no file is read), else the
+    records as they are (already in memory)."""
+    if isinstance(records, RecordView) and records.images:
+        return RecordView(records.dataset, images=False)
+    if isinstance(records, ConcatView):
+        return ConcatView(metadata_view(records.first), metadata_view(records.second))
+    return records
+
+
+def subset_view(records: Sequence[Record], indices: Sequence[int]) -> Sequence[Record]:
+    """The records at `indices`: a `RecordView` of the dataset's subset (nothing decoded), else a list."""
+    if isinstance(records, RecordView) and hasattr(records.dataset, "subset"):
+        return RecordView(records.dataset.subset(list(indices)), images=records.images)
+    return [records[int(i)] for i in indices]
+
+
+def has_images(records: Sequence[Record], lateral: bool = False) -> np.ndarray:
+    """Whether each record has a frontal (or lateral) image, without decoding any."""
+    if isinstance(records, ConcatView):
+        return np.r_[has_images(records.first, lateral), has_images(records.second, lateral)].astype(bool)
+    ds = records.dataset if isinstance(records, RecordView) else None
+    if isinstance(ds, ManifestDataset):
+        # A manifest row always names a frontal image (a required column, checked on opening).
+        return np.array([ds.has_lateral(i) for i in range(len(ds))] if lateral else [True] * len(ds), dtype=bool)
+    return np.array([(r.lateral if lateral else r.image) is not None for r in records], dtype=bool)
+
+
+def image_at(records: Sequence[Record], i: int, lateral: bool = False) -> Optional[np.ndarray]:
+    """Record i's frontal (or lateral) image; from a manifest, only that file is decoded."""
+    if isinstance(records, ConcatView):
+        n = len(records.first)
+        return image_at(records.first, i, lateral) if i < n else image_at(records.second, i - n, lateral)
+    ds = records.dataset if isinstance(records, RecordView) else None
+    if isinstance(ds, ManifestDataset):
+        return ds.image(i, lateral) if not lateral or ds.has_lateral(i) else None
+    rec = records[i]
+    return rec.lateral if lateral else rec.image
+
+
+class ImageColumn(Sequence):
+    """One image of each of some records (`positions`, each frontal or lateral), decoded on
+    access: a search over a dataset's images reads them a block at a time through this, and
+    nothing holds them all."""
+
+    def __init__(self, records: Sequence[Record], positions: Optional[Sequence[int]] = None, lateral: Optional[Sequence[bool]] = None):
+        self.records = records
+        self.positions = np.arange(len(records)) if positions is None else np.asarray(positions, dtype=np.int64)
+        self.lateral = np.zeros(len(self.positions), dtype=bool) if lateral is None else np.asarray(lateral, dtype=bool)
+        if len(self.lateral) != len(self.positions):
+            raise ValueError(f"{len(self.positions)} positions but {len(self.lateral)} lateral flags")
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._get(j) for j in range(*i.indices(len(self)))]
+        if isinstance(i, (list, tuple, np.ndarray, torch.Tensor)):
+            return [self._get(int(j)) for j in i]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._get(int(i) % len(self))
+
+    def _get(self, j: int) -> np.ndarray:
+        return image_at(self.records, int(self.positions[j]), bool(self.lateral[j]))
 
 
 def as_dataset(records) -> Dataset:

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.stream import ImageColumn, has_images, metadata_view
 from cxrsynth.data.transforms import images_to_tensor
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
@@ -48,8 +49,15 @@ def _targets(records: Sequence[Record], uncertain_as: float) -> torch.Tensor:
     return torch.as_tensor(np.stack([r.label_vector(uncertain_as) for r in records]))
 
 
-def _usable(records: Sequence[Record]) -> list[Record]:
-    return [r for r in records if r.image is not None and r.has_labels()]
+def _pool(records: Sequence[Record], uncertain_as: float):
+    """(images, targets) of the labelled records with an image; a batch's images are decoded when
+    it is drawn, so a dataset of any size trains in a batch's memory. None when there are none."""
+    present = has_images(records)
+    meta = metadata_view(records)
+    usable = [i for i, r in enumerate(meta) if present[i] and r.has_labels()]
+    if not usable:
+        return None
+    return ImageColumn(records, usable), _targets([meta[i] for i in usable], uncertain_as)
 
 
 def train_classifier(
@@ -71,21 +79,21 @@ def train_classifier(
     `extra`: records added to every step as a second batch of the same size, so `records` get as
     many updates as they would alone (augmentation adds data; it does not replace any).
     """
-    usable = _usable(records)
-    if not usable:
+    main = _pool(records, uncertain_as)
+    if main is None:
         raise InputError(f"{label}: no labelled records with images to train a classifier on.")
+    pools = [main] + [p for p in (_pool(extra, uncertain_as),) if p is not None]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = CXRClassifier(width, image_size)
-    pools = [(images_to_tensor([r.image for r in part], image_size), _targets(part, uncertain_as)) for part in (usable, _usable(extra)) if part]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     task = progress.task(label, steps) if progress else None
     model.train()
     for _ in range(steps):
         x, y = [], []
         for images, targets in pools:
-            idx = torch.as_tensor(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
-            x.append(images[idx])
+            idx = torch.as_tensor(rng.choice(len(targets), size=min(batch_size, len(targets)), replace=False))
+            x.append(images_to_tensor(images[idx], image_size))
             y.append(targets[idx])
         loss = F.binary_cross_entropy_with_logits(model(torch.cat(x)), torch.cat(y))
         opt.zero_grad(set_to_none=True)

@@ -18,6 +18,7 @@ import torch
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from cxrsynth.data.records import Record
+from cxrsynth.data.stream import has_images, image_at, metadata_view
 
 # Wang et al. 2003, sec. 3.2: weights of scales 1..5.
 SCALE_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -55,12 +56,18 @@ def group_by_condition(records: Sequence[Record]) -> dict[Hashable, list[Record]
     """Records that were generated from (or, for real data, carry) the same positive findings
     share a group; a synthetic row whose provenance names its conditioning (`condition=...`) is
     grouped by that instead."""
-    groups: dict[Hashable, list[Record]] = defaultdict(list)
-    for r in records:
-        if r.image is None:
+    return {cond: [records[i] for i in members] for cond, members in _condition_groups(records).items()}
+
+
+def _condition_groups(records: Sequence[Record]) -> dict[Hashable, list[int]]:
+    """`group_by_condition` as positions, read from the records' metadata (no image decoded)."""
+    groups: dict[Hashable, list[int]] = defaultdict(list)
+    present = has_images(records)
+    for i, r in enumerate(metadata_view(records)):
+        if not present[i]:
             continue
         cond = next((p.split("=", 1)[1] for p in r.provenance.split(";") if p.startswith("condition=")), None)
-        groups[cond if cond is not None else tuple(sorted(k for k, v in r.labels.items() if v == 1))].append(r)
+        groups[cond if cond is not None else tuple(sorted(k for k, v in r.labels.items() if v == 1))].append(i)
     return groups
 
 
@@ -69,13 +76,13 @@ def within_condition_ms_ssim(records: Sequence[Record], per_condition: int, max_
     from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 
     rng = np.random.default_rng(seed)
-    groups = [g for g in group_by_condition(records).values() if len(g) >= 2]
+    groups = [g for g in _condition_groups(records).values() if len(g) >= 2]
     rng.shuffle(groups)
     groups = groups[:max_conditions]
     left, right = [], []
     for g in groups:
         pick = [g[i] for i in rng.choice(len(g), size=min(per_condition, len(g)), replace=False)]
-        imgs = tensor_to_images(images_to_tensor([r.image for r in pick], size))
+        imgs = tensor_to_images(images_to_tensor([image_at(records, i) for i in pick], size))
         for i, j in combinations(range(len(imgs)), 2):
             left.append(imgs[i])
             right.append(imgs[j])

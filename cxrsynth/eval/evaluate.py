@@ -9,9 +9,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cxrsynth.data.dataset import read_dataset
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.split import split_by_patient
+from cxrsynth.data.stream import ImageColumn, ManifestDataset, RecordView, concat_view, metadata_view, subset_view
 from cxrsynth.errors import InputError
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
@@ -27,26 +27,35 @@ log = logging.getLogger(__name__)
 NO_REPORTS = "no reports"
 
 
-def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[list[Record], list[Record]]:
-    """(train, holdout) of a real dataset; split by patient when the manifest has no split."""
-    records, report = read_dataset(real_dir)
+def _open(root: str | Path) -> RecordView:
+    """A dataset directory as lazy records: rows read now, each image when a measurement reads it.
+    A row whose image file is missing is skipped with a warning; a corrupt image stops the
+    measurement that decodes it, naming the row."""
+    dataset, report = ManifestDataset.open(root)
     if report.skipped:
-        log.warning("%s: %d row(s) skipped, e.g. %s", real_dir, report.skipped, report.problems[0])
-    if not records:
+        log.warning("%s: %d row(s) skipped, e.g. %s", root, report.skipped, report.problems[0])
+    return RecordView(dataset)
+
+
+def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[Sequence[Record], Sequence[Record]]:
+    """(train, holdout) of a real dataset; split by patient when the manifest has no split."""
+    records = _open(real_dir)
+    if not len(records):
         raise InputError(f"{real_dir}: the real dataset has no readable records.")
-    if not any(r.split for r in records):
-        records = split_by_patient(records, cfg.holdout_fraction, cfg.seed)
-    train = [r for r in records if r.split != "holdout"]
-    holdout = [r for r in records if r.split == "holdout"]
-    if not holdout or not train:
+    dataset = records.dataset
+    splits = dataset.splits()
+    if not any(splits):
+        splits = [split_by_patient([r], cfg.holdout_fraction, cfg.seed)[0].split for r in metadata_view(records)]
+        dataset.with_splits(splits)
+    train = subset_view(records, [i for i, side in enumerate(splits) if side != "holdout"])
+    holdout = subset_view(records, [i for i, side in enumerate(splits) if side == "holdout"])
+    if not len(holdout) or not len(train):
         raise InputError(f"{real_dir}: needs both training and holdout records (split column); got {len(train)} train and {len(holdout)} holdout.")
     return train, holdout
 
 
-def load_synthetic(synthetic_dir: str | Path) -> list[Record]:
-    records, report = read_dataset(synthetic_dir)
-    if report.skipped:
-        log.warning("%s: %d row(s) skipped, e.g. %s", synthetic_dir, report.skipped, report.problems[0])
+def load_synthetic(synthetic_dir: str | Path) -> Sequence[Record]:
+    records = _open(synthetic_dir)
     if len(records) < 2:
         raise InputError(f"{synthetic_dir}: needs at least 2 synthetic records, found {len(records)}.")
     return records
@@ -67,13 +76,15 @@ def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_ref
     from that real image) is scored against that record's report. Otherwise 'label-matched': up to
     `max_refs` real reports with the same positive findings serve as references.
     """
-    by_id = {r.record_id: r for r in real}
+    synthetic, real = metadata_view(synthetic), metadata_view(real)
+    by_id = {r.record_id: r.report for r in real}
     cands, refs = [], []
     for s in synthetic:
         ref_id = _provenance(s, "reference")
-        if ref_id in by_id and by_id[ref_id].report.strip() and s.report.strip():
+        if ref_id in by_id and by_id[ref_id].strip() and s.report.strip():
             cands.append(s.report)
-            refs.append([by_id[ref_id].report])
+            refs.append([by_id[ref_id]])
+    del by_id
     if cands:
         return "paired", cands, refs
     by_labels: dict[tuple, list[str]] = {}
@@ -119,7 +130,7 @@ def run_evaluation(
     train, holdout = load_real(real_dir, cfg)
     synthetic = load_synthetic(synthetic_dir)
     baseline = load_synthetic(baseline_dir) if baseline_dir is not None else None
-    families = sorted({_provenance(s, "family") or "unknown" for s in synthetic})
+    families = sorted({_provenance(s, "family") or "unknown" for s in metadata_view(synthetic)})
     metrics: dict = {
         "synthetic": {"dir": str(synthetic_dir), "records": len(synthetic), "families": families},
         **({"baseline": {"dir": str(baseline_dir), "records": len(baseline)}} if baseline is not None else {}),
@@ -147,8 +158,8 @@ def run_evaluation(
             ext = classifier_extractor(real_classifier, f"CXR classifier trained on {len(train)} real training images ({real_classifier.feature_dim}-d penultimate features, {cfg.classifier_steps} steps)")
         else:
             ext = file_extractor(extractor, cfg.image_size)
-        f_hold = ext([r.image for r in holdout])
-        f_syn = ext([r.image for r in synthetic])
+        f_hold = ext(ImageColumn(holdout))
+        f_syn = ext(ImageColumn(synthetic))
         half = len(f_hold) // 2
         return {
             "extractor": ext.name,
@@ -157,7 +168,7 @@ def run_evaluation(
             # Real against real for scale; not against the training images, whose features the
             # extractor has fitted and which therefore sit apart from unseen ones.
             "fid_holdout_halves": frechet_distance(f_hold[:half], f_hold[half:]) if half >= 2 else None,
-            **({"fid_baseline_vs_holdout": frechet_distance(f_hold, ext([r.image for r in baseline]))} if baseline is not None else {}),
+            **({"fid_baseline_vs_holdout": frechet_distance(f_hold, ext(ImageColumn(baseline)))} if baseline is not None else {}),
             "n_synthetic": len(synthetic),
             "n_holdout": len(holdout),
         }
@@ -166,18 +177,18 @@ def run_evaluation(
 
     def diversity() -> dict:
         syn = within_condition_ms_ssim(synthetic, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
-        real = within_condition_ms_ssim(train + holdout, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
+        real = within_condition_ms_ssim(concat_view(train, holdout), cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
         return {"synthetic": syn, "real": real, "note": "MS-SSIM among images of one conditioning; lower is more diverse"}
 
     record("diversity", run_stage("diversity", diversity, say))
 
     def reports() -> dict:
-        mode, cands, refs = reference_pairs(synthetic, holdout + train, cfg.max_references)
+        mode, cands, refs = reference_pairs(synthetic, concat_view(holdout, train), cfg.max_references)
         return {"references": mode, **report_metrics(cands, refs)} if cands else {"references": mode, "n": 0}
 
-    if any(r.report.strip() for r in train + holdout):
+    if any(r.report.strip() for r in metadata_view(concat_view(train, holdout))):
         record("reports", run_stage("report metrics", reports, say))
-        record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(synthetic), "real_holdout": label_agreement(holdout)}, say))
+        record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(metadata_view(synthetic)), "real_holdout": label_agreement(metadata_view(holdout))}, say))
     else:
         # Not a pass and not a failure: there is no real report to score text against.
         why = "the real data hold no report text, so report metrics and the labeler's agreement have nothing to compare"

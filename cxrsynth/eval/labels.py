@@ -8,7 +8,7 @@ labels: exact agreement over all 14 labels (1, 0, -1 or not mentioned) and, per 
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -16,26 +16,27 @@ from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record
 
 
-def _f1(pred: np.ndarray, truth: np.ndarray) -> Optional[float]:
-    tp = int((pred & truth).sum())
-    denom = int(pred.sum() + truth.sum())
-    return 2 * tp / denom if denom else None
-
-
 def label_agreement(records: Sequence[Record], label_report: Callable[[str], dict] = label_report) -> dict:
-    rows = [r for r in records if r.report.strip() and r.has_labels()]
-    if not rows:
+    # Counts, one record at a time: `records` may be a lazy view of a dataset of any size.
+    n, exact, all_agree = 0, 0, 0
+    tp, pred, truth = (np.zeros(len(LABELS), np.int64) for _ in range(3))
+    for r in records:
+        if not (r.report.strip() and r.has_labels()):
+            continue
+        said = label_report(r.report)
+        agree = np.array([said.get(k) == r.labels.get(k) for k in LABELS])
+        p = np.array([said.get(k) == 1 for k in LABELS])
+        t = np.array([r.labels.get(k) == 1 for k in LABELS])
+        n, exact, all_agree = n + 1, exact + int(agree.sum()), all_agree + bool(agree.all())
+        tp, pred, truth = tp + (p & t), pred + p, truth + t
+    if not n:
         return {"n": 0}
-    said = [label_report(r.report) for r in rows]
-    exact = np.array([[s.get(k) == r.labels.get(k) for k in LABELS] for s, r in zip(said, rows)])
-    pred = np.array([[s.get(k) == 1 for k in LABELS] for s in said])
-    truth = np.array([[r.labels.get(k) == 1 for k in LABELS] for r in rows])
-    per_label = {k: _f1(pred[:, j], truth[:, j]) for j, k in enumerate(LABELS)}
+    per_label = {k: (2 * int(tp[j]) / int(pred[j] + truth[j]) if pred[j] + truth[j] else None) for j, k in enumerate(LABELS)}
     defined = [v for v in per_label.values() if v is not None]
     return {
-        "n": len(rows),
-        "exact_agreement": float(exact.mean()),
-        "record_all_agree": float(exact.all(axis=1).mean()),
+        "n": n,
+        "exact_agreement": exact / (n * len(LABELS)),
+        "record_all_agree": all_agree / n,
         "positive_f1": per_label,
         "macro_positive_f1": float(np.mean(defined)) if defined else None,
     }

@@ -60,7 +60,7 @@ def sample_pairs(real: Sequence[Record], synthetic: Sequence[Record], n: int) ->
             {"title": title, "record_id": rec.record_id, "grid": grid_uri([rec.image, rec.lateral], cols=2, cell=128), "labels": _positive(rec), "report": rec.report}
             for title, rec in (("real (holdout)", r), ("synthetic", s))
         ]
-        for r, s in list(zip(real, synthetic))[:n]
+        for r, s in zip(real[:n], synthetic[:n])
     ]
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.stream import ImageColumn, concat_view, metadata_view
 from cxrsynth.eval.classifier import CXRClassifier, predict, train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.progress import Progress
@@ -24,8 +25,8 @@ BASELINE = "base-only synthetic"
 
 
 def auroc_per_label(model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float) -> dict[str, Optional[float]]:
-    probs = predict(model, [r.image for r in holdout])
-    truth = np.stack([r.label_vector(uncertain_as) for r in holdout]) >= 0.5
+    probs = predict(model, ImageColumn(holdout))
+    truth = np.stack([r.label_vector(uncertain_as) for r in metadata_view(holdout)]) >= 0.5
     out: dict[str, Optional[float]] = {}
     for j, name in enumerate(LABELS):
         y = truth[:, j]
@@ -52,11 +53,12 @@ def utility(
     `baseline`: a second synthetic set (the base model's, before the sites fine-tuned it), scored
     as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
     """
+    # Views, not copies: with records read lazily, each classifier decodes only its batches.
     paired = cfg.augmentation == "paired"
-    sources = {"real": (list(real_train), []), "synthetic": (list(synthetic), [])}
-    sources["real+synthetic"] = (list(real_train), list(synthetic)) if paired else (list(real_train) + list(synthetic), [])
+    sources = {"real": (real_train, ()), "synthetic": (synthetic, ())}
+    sources["real+synthetic"] = (real_train, synthetic) if paired else (concat_view(real_train, synthetic), ())
     if baseline is not None:
-        sources[BASELINE] = (list(baseline), [])
+        sources[BASELINE] = (baseline, ())
     arms: dict[str, dict] = {}
     first_real: Optional[CXRClassifier] = None
     for arm, (train_set, extra) in sources.items():
@@ -83,7 +85,7 @@ def utility(
             vals = [r[name] for r in runs if r[name] is not None]
             per_label[name] = float(np.mean(vals)) if vals else None
         arms[arm] = {
-            "train_records": sum(1 for r in train_set + extra if r.has_labels()),
+            "train_records": sum(1 for part in (train_set, extra) for r in metadata_view(part) if r.has_labels()),
             "auroc": per_label,
             "macro_auroc": macro(per_label),
             "macro_auroc_per_seed": [macro(r) for r in runs],

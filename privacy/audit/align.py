@@ -10,6 +10,7 @@ Two stages keep the cost near that of a plain nearest-neighbour search:
 
 from __future__ import annotations
 
+import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrsynth.privacy.audit.encoders import blur, standardise, to_tensor
+from cxrsynth.privacy.audit.neighbors import Rows
 from cxrsynth.progress import Progress
 
 SIZE = 64
@@ -27,6 +29,8 @@ ZOOMS = (1.0, 0.97, 0.94, 0.91, 0.88, 0.85)  # crop-and-resize keeping 85-100% o
 POOL = 2  # windows are compared at 24x24 after shifting at full resolution
 COARSE = 3  # shortlist windows: 24x24 pooled again to 8x8
 COARSE_STEP = 2
+BLOCK = 1024  # base images compared with a chunk of queries at a time: (32, 588, 1024) float32 similarities, 77 MB
+DECODE = 256  # base images decoded, and their windows computed, at a time
 
 
 def _prepare(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -88,25 +92,53 @@ def _max_similarity(variants: torch.Tensor, base: torch.Tensor, block: int = 819
     return torch.cat([(torch.einsum("bvd,nd->bvn", variants, base[i : i + block]) * inv).amax(dim=1) for i in range(0, len(base), block)], dim=1)
 
 
-def aligned_nearest(queries: Sequence[np.ndarray], base: Sequence[np.ndarray], k: int = 8, chunk: int = 32, progress: Optional[Progress] = None, label: str = "aligned copy search") -> tuple[np.ndarray, np.ndarray]:
-    """For each query image, the distance of its best-aligned base image and that image's index."""
-    base_t = _prepare(base)
-    base_fine = standardise(_center(base_t, POOL))
-    base_coarse = standardise(_center(base_t, POOL * COARSE))
-    k = min(k, len(base))
-    dist = np.empty(len(queries), dtype=np.float32)
-    arg = np.empty(len(queries), dtype=np.int64)
-    task = progress.task(label, len(queries)) if progress else None
-    with torch.no_grad():
-        for s in range(0, len(queries), chunk):
-            fine, coarse = _windows(_prepare(queries[s : s + chunk]))
-            b = fine.shape[0]
-            cand = _max_similarity(coarse, base_coarse).topk(k, dim=1).indices  # (b, k)
-            best = (torch.einsum("bvd,bkd->bvk", fine, base_fine[cand]) * _inv_norm(fine).unsqueeze(-1)).amax(dim=1)  # (b, k)
-            top, j = best.max(dim=1)
-            # Unit vectors: squared distance is 2 - 2 cos.
-            dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()
-            arg[s : s + b] = cand[torch.arange(b), j].numpy()
-            if task:
-                task.advance(b)
+def aligned_nearest(
+    queries: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    k: int = 8,
+    chunk: int = 32,
+    progress: Optional[Progress] = None,
+    label: str = "aligned copy search",
+    block: Optional[int] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query image, the distance of its best-aligned base image and that image's index.
+
+    `base` (and `queries`) may be lazy sequences (`cxrsynth.data.stream.ImageColumn`): the base's
+    windows are computed `DECODE` images at a time and kept in temporary files, the shortlist
+    keeps a running top k per query over blocks of `block` base images, and only the shortlisted
+    windows are read back, so memory does not grow with the number of base images.
+    """
+    block = block or BLOCK
+    with tempfile.TemporaryDirectory(prefix="cxrsynth-align-") as tmp:
+        base_fine, base_coarse = Rows(tmp), Rows(tmp)
+        for s in range(0, len(base), DECODE):
+            base_t = _prepare(base[s : s + DECODE])
+            base_fine.append(standardise(_center(base_t, POOL)).numpy())
+            base_coarse.append(standardise(_center(base_t, POOL * COARSE)).numpy())
+        n_base = len(base_coarse)
+        k = min(k, n_base)
+        dist = np.empty(len(queries), dtype=np.float32)
+        arg = np.empty(len(queries), dtype=np.int64)
+        task = progress.task(label, len(queries)) if progress else None
+        with torch.no_grad():
+            for s in range(0, len(queries), chunk):
+                fine, coarse = _windows(_prepare(queries[s : s + chunk]))
+                b = fine.shape[0]
+                top_sim, cand = None, None
+                for bs in range(0, n_base, block):
+                    sim = _max_similarity(coarse, torch.from_numpy(base_coarse.block(bs, bs + block)), block)
+                    ids = torch.arange(bs, bs + sim.shape[1]).expand(b, -1)
+                    if top_sim is not None:
+                        sim, ids = torch.cat([top_sim, sim], dim=1), torch.cat([cand, ids], dim=1)
+                    top_sim, at = sim.topk(k, dim=1)
+                    cand = ids.gather(1, at)  # (b, k): the k base images most similar so far
+                wanted, where = np.unique(cand.numpy(), return_inverse=True)
+                cand_fine = torch.from_numpy(base_fine.take(wanted))[torch.from_numpy(where.reshape(cand.shape))]
+                best = (torch.einsum("bvd,bkd->bvk", fine, cand_fine) * _inv_norm(fine).unsqueeze(-1)).amax(dim=1)  # (b, k)
+                top, j = best.max(dim=1)
+                # Unit vectors: squared distance is 2 - 2 cos.
+                dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()
+                arg[s : s + b] = cand[torch.arange(b), j].numpy()
+                if task:
+                    task.advance(b)
     return dist, arg

@@ -24,6 +24,7 @@ from torch import nn
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.errors import InputError
+from cxrsynth.privacy.audit.neighbors import Rows
 from cxrsynth.progress import Progress
 
 INPUT_SIZE = 64
@@ -67,6 +68,18 @@ class Encoder:
                     x = x.flip(-1)
                 parts.append(self.embed_tensor(x).float())
         return torch.cat(parts).numpy() if parts else np.zeros((0, 1), np.float32)
+
+    def embed_rows(self, images: Sequence[np.ndarray], folder: str | Path, batch: int = 256, mirrored: bool = False) -> Rows:
+        """`embed`, written batch by batch to a `Rows` file in `folder`: `images` may be a lazy
+        sequence (`cxrsynth.data.stream.ImageColumn`), so only one batch is ever decoded."""
+        rows = Rows(folder)
+        with torch.no_grad():
+            for s in range(0, len(images), batch):
+                x = to_tensor(images[s : s + batch])
+                if mirrored:
+                    x = x.flip(-1)
+                rows.append(self.embed_tensor(x).float().numpy())
+        return rows
 
 
 class PixelEncoder(Encoder):
@@ -141,14 +154,15 @@ def train_selfsup(images: Sequence[np.ndarray], steps: int = 300, batch: int = 6
         raise InputError("the self-supervised encoder needs at least 2 training images.")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    data = to_tensor(images)
+    # Images are converted when a batch draws them (the same values as converting all first),
+    # so a site of any size trains this encoder in a batch's memory.
     net = ConvEncoder()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     task = progress.task("self-supervised encoder", steps) if progress else None
     net.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(data), (min(batch, len(data)),), generator=gen)
-        x = data[idx]
+        idx = torch.randint(0, len(images), (min(batch, len(images)),), generator=gen)
+        x = to_tensor([images[i] for i in idx.tolist()])
         loss = _nt_xent(net(disguise(x, gen)), net(disguise(x, gen)))
         opt.zero_grad()
         loss.backward()

@@ -32,18 +32,22 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.data.stream import ImageColumn, has_images, metadata_view, subset_view
 from cxrsynth.progress import Progress
 
 
 def label_counts(records: Sequence[Record]) -> dict[str, tuple[int, int]]:
     """label -> (positives, negatives) among records with labels; uncertain (-1) is neither,
     and "not mentioned" counts as negative (the CheXpert reading of an absent finding)."""
-    labelled = [r for r in records if r.has_labels()]
-    out = {}
-    for name in LABELS:
-        values = [r.labels.get(name) for r in labelled]
-        out[name] = (sum(v == 1 for v in values), sum(v in (0, None) for v in values))
-    return out
+    pos, neg = dict.fromkeys(LABELS, 0), dict.fromkeys(LABELS, 0)
+    for r in metadata_view(records):
+        if not r.has_labels():
+            continue
+        for name in LABELS:
+            v = r.labels.get(name)
+            pos[name] += v == 1
+            neg[name] += v in (0, None)
+    return {name: (int(pos[name]), int(neg[name])) for name in LABELS}
 
 
 def judged_labels(records: Sequence[Record], policy: AuditPolicy) -> list[str]:
@@ -62,8 +66,12 @@ def auroc_se(auroc: float, n_pos: int, n_neg: int) -> float:
 
 def _truth(records: Sequence[Record], name: str) -> tuple[np.ndarray, np.ndarray]:
     """(is positive, is judged) per record for one label: uncertain values are not judged."""
-    values = [r.labels.get(name) for r in records]
-    return np.array([v == 1 for v in values]), np.array([r.has_labels() and v != -1 for r, v in zip(records, values)])
+    positive, judged = [], []
+    for r in metadata_view(records):
+        v = r.labels.get(name)
+        positive.append(v == 1)
+        judged.append(r.has_labels() and v != -1)
+    return np.array(positive, dtype=bool), np.array(judged, dtype=bool)
 
 
 def _auroc(scores: np.ndarray, positive: np.ndarray, keep: np.ndarray) -> Optional[float]:
@@ -86,18 +94,20 @@ def image_label_fidelity(
     on the site's real holdout. Labels this site has too few real positives of are left out."""
     from cxrsynth.eval.classifier import predict, train_classifier
 
-    real = [r for r in train if r.image is not None and r.has_labels()]
+    # Indices, not records: the site's images are decoded when the classifier's batches draw them.
+    present = has_images(train)
+    real = subset_view(train, [i for i, r in enumerate(metadata_view(train)) if present[i] and r.has_labels()])
     real_pos = label_counts(real)
     labels = [n for n in judged_labels(synthetic, policy) if real_pos[n][0] >= policy.min_fidelity_real_positives]
-    size = max(max(r.image.shape) for r in synthetic)
+    size = max(max(img.shape) for img in ImageColumn(synthetic))
     out: dict = {"n_train_labelled": len(real), "image_size": size, "steps": policy.fidelity_steps, "auroc": {}, "se": {}, "real_auroc": {}}
     if not labels:
         return out
     if progress is not None:
         progress.say(f"[{site}] label fidelity: classifier on {len(real)} real training images at {size} px")
     model = train_classifier(real, image_size=size, steps=policy.fidelity_steps, seed=policy.seed, progress=progress, label=f"[{site}] fidelity classifier")
-    p_syn = predict(model, [r.image for r in synthetic])
-    p_hold = predict(model, [r.image for r in holdout]) if holdout else np.zeros((0, len(LABELS)))
+    p_syn = predict(model, ImageColumn(synthetic))
+    p_hold = predict(model, ImageColumn(holdout)) if len(holdout) else np.zeros((0, len(LABELS)))
     for name in labels:
         j = LABELS.index(name)
         positive, keep = _truth(synthetic, name)
@@ -106,7 +116,7 @@ def image_label_fidelity(
             continue
         out["auroc"][name] = a
         out["se"][name] = auroc_se(a, int(positive[keep].sum()), int((~positive[keep]).sum()))
-        if holdout:
+        if len(holdout):
             h_pos, h_keep = _truth(holdout, name)
             ref = _auroc(p_hold[:, j], h_pos, h_keep)
             if ref is not None:
@@ -119,8 +129,9 @@ def report_label_agreement(synthetic: Sequence[Record], policy: AuditPolicy) -> 
     each synthetic report and the record's labels; exact agreement over all 14 for reference."""
     from cxrsynth.eval.labels import label_agreement
 
-    with_text = [r for r in synthetic if r.report.strip() and r.has_labels()]
-    if not with_text:
+    meta = metadata_view(synthetic)
+    with_text = subset_view(meta, [i for i, r in enumerate(meta) if r.report.strip() and r.has_labels()])
+    if not len(with_text):
         return {"status": "no_reports", "n": 0, "note": "no synthetic record holds report text (with labels) for the labeler to read"}
     agreement = label_agreement(with_text)
     counts = label_counts(with_text)

@@ -6,6 +6,7 @@ Figures follow the distance-to-closest-record audits of synthetic medical images
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -13,10 +14,11 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
+from cxrsynth.data.stream import ImageColumn, has_images, metadata_view
 from cxrsynth.errors import InputError
 from cxrsynth.privacy.audit.align import aligned_nearest
 from cxrsynth.privacy.audit.encoders import Encoder
-from cxrsynth.privacy.audit.neighbors import nearest
+from cxrsynth.privacy.audit.neighbors import Matrix, nearest
 from cxrsynth.privacy.audit.stats import closeness_replicates, percentile_ci
 from cxrsynth.progress import Progress
 
@@ -36,7 +38,7 @@ class CopyPair:
     train_view: str = "frontal"  # ... which image of the training record
 
 
-def _nearest_either_way(q: np.ndarray, q_mirrored: np.ndarray, base: np.ndarray, chunk: int, progress: Optional[Progress] = None, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+def _nearest_either_way(q: Matrix, q_mirrored: Matrix, base: Matrix, chunk: int, progress: Optional[Progress] = None, label: str = "") -> tuple[np.ndarray, np.ndarray]:
     d, i = nearest(q, base, chunk, progress, label)
     dm, im = nearest(q_mirrored, base, chunk)
     use_m = dm < d
@@ -52,32 +54,45 @@ def image_memorization(
     site: str = "",
     progress: Optional[Progress] = None,
 ) -> tuple[dict, list[CopyPair]]:
-    """Aggregate image figures of one site (shippable) and the copy pairs (kept at the site)."""
+    """Aggregate image figures of one site (shippable) and the copy pairs (kept at the site).
+
+    The records may be lazy (`cxrsynth.data.stream.RecordView`): images are read a batch at a
+    time through `ImageColumn`s, embeddings go to temporary files (`Rows`), and the searches
+    read them back block by block, so memory does not grow with the sizes of the sets.
+    """
     if len(holdout) < MIN_HOLDOUT:
         raise InputError(f"site {site or '?'}: {len(holdout)} holdout record(s); the copy threshold is calibrated on holdout-to-train distances and needs at least {MIN_HOLDOUT}.")
-    if not train or not synthetic:
+    if not len(train) or not len(synthetic):
         raise InputError(f"site {site or '?'}: the image check needs training and synthetic images (got {len(train)} and {len(synthetic)}).")
+    with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-") as tmp:
+        return _image_memorization(encoder, synthetic, train, holdout, policy, site, progress, tmp)
+
+
+def _image_memorization(encoder, synthetic, train, holdout, policy: AuditPolicy, site: str, progress: Optional[Progress], tmp: str) -> tuple[dict, list[CopyPair]]:
     chunk = policy.chunk
-    syn_imgs = [r.image for r in synthetic]
-    hold_imgs = [r.image for r in holdout]
-    e_train = encoder.embed([r.image for r in train])
-    e_hold = encoder.embed(hold_imgs)
-    e_syn, e_syn_m = encoder.embed(syn_imgs), encoder.embed(syn_imgs, mirrored=True)
-    e_hold_m = encoder.embed(hold_imgs, mirrored=True)
+    syn_imgs, hold_imgs, train_imgs = ImageColumn(synthetic), ImageColumn(holdout), ImageColumn(train)
+    syn_meta, train_meta = metadata_view(synthetic), metadata_view(train)
+    e_train = encoder.embed_rows(train_imgs, tmp)
+    e_hold = encoder.embed_rows(hold_imgs, tmp)
+    e_syn, e_syn_m = encoder.embed_rows(syn_imgs, tmp), encoder.embed_rows(syn_imgs, tmp, mirrored=True)
+    e_hold_m = encoder.embed_rows(hold_imgs, tmp, mirrored=True)
 
     d_st, i_st = _nearest_either_way(e_syn, e_syn_m, e_train, chunk, progress, f"{site} synthetic->train")
     d_ht, _ = _nearest_either_way(e_hold, e_hold_m, e_train, chunk, progress, f"{site} holdout->train")
     d_sh, _ = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
 
     if policy.copy_match == "aligned":
-        train_imgs = [r.image for r in train]
         c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
         c_ht, _ = aligned_nearest(hold_imgs, train_imgs, progress=progress, label=f"{site} aligned holdout calibration")
     else:
         c_st, ci_st, c_ht = d_st, i_st, d_ht
     threshold = float(policy.copy_margin * np.quantile(c_ht, policy.copy_quantile))
     copies = np.flatnonzero(c_st < threshold)
-    pairs = [CopyPair(synthetic[j].record_id, train[ci_st[j]].record_id, train[ci_st[j]].patient_id, float(c_st[j])) for j in copies]
+    pairs = []
+    for j in copies:
+        source = train_meta[int(ci_st[j])]
+        pairs.append(CopyPair(syn_meta[int(j)].record_id, source.record_id, source.patient_id, float(c_st[j])))
+    copy_ids = [p.synthetic_id for p in pairs]
 
     # The closeness share compares like with like: equal-sized training and holdout reference
     # sets, else the bigger set is "closer" by sheer numbers (share != 0.5 with no memorization).
@@ -93,7 +108,7 @@ def image_memorization(
     def hist(d: np.ndarray, top: float) -> list[int]:
         return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()
 
-    lateral, lateral_pairs = lateral_copies(encoder, synthetic, train, holdout, policy, site, progress)
+    lateral, lateral_pairs = lateral_copies(encoder, synthetic, train, holdout, policy, site, progress, tmp)
     pairs += lateral_pairs
     top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
     ctop = float(np.quantile(np.r_[c_st, c_ht], 0.995)) or 1.0
@@ -105,7 +120,7 @@ def image_memorization(
         "n_holdout": len(holdout),
         "copy_match": policy.copy_match,
         "copy_threshold": threshold,
-        "copies": [synthetic[j].record_id for j in copies],
+        "copies": copy_ids,
         "copy_rate": len(copies) / len(synthetic),
         "holdout_copy_rate": float(np.mean(c_ht < threshold)),
         "closeness_share": float(closer.mean()),
@@ -126,34 +141,46 @@ def lateral_copies(
     policy: AuditPolicy,
     site: str = "",
     progress: Optional[Progress] = None,
+    tmp: Optional[str] = None,
 ) -> tuple[dict, list[CopyPair]]:
     """Synthetic laterals that copy a training image (a lateral, or a frontal put in the lateral's
     place), by the frontal search's method, with a threshold calibrated the same way on the
     holdout's laterals. A lateral ships with the release, so it is checked like a frontal."""
-    syn = [(j, r.lateral) for j, r in enumerate(synthetic) if r.lateral is not None]
-    if not syn:
+    syn_pos = np.flatnonzero(has_images(synthetic, lateral=True))
+    if not len(syn_pos):
         return {"lateral_copies": []}, []
-    base = [(r, "lateral", r.lateral) for r in train if r.lateral is not None] + [(r, "frontal", r.image) for r in train]
-    hold = [r.lateral for r in holdout if r.lateral is not None]
-    if len(hold) < MIN_HOLDOUT:
+    train_lat = np.flatnonzero(has_images(train, lateral=True))
+    # The base: every training lateral, then every training frontal.
+    base_pos = np.r_[train_lat, np.arange(len(train))]
+    base_lateral = np.r_[np.ones(len(train_lat), bool), np.zeros(len(train), bool)]
+    hold_pos = np.flatnonzero(has_images(holdout, lateral=True))
+    if len(hold_pos) < MIN_HOLDOUT:
         raise InputError(
-            f"site {site or '?'}: {len(syn)} synthetic lateral image(s) to check for copies, but {len(hold)} holdout lateral(s); "
+            f"site {site or '?'}: {len(syn_pos)} synthetic lateral image(s) to check for copies, but {len(hold_pos)} holdout lateral(s); "
             f"the lateral copy threshold is calibrated on holdout laterals and needs at least {MIN_HOLDOUT}."
         )
-    q, b = [img for _, img in syn], [img for _, _, img in base]
+    q = ImageColumn(synthetic, syn_pos, np.ones(len(syn_pos), bool))
+    b = ImageColumn(train, base_pos, base_lateral)
+    hold = ImageColumn(holdout, hold_pos, np.ones(len(hold_pos), bool))
     if policy.copy_match == "aligned":
         c_sb, i_sb = aligned_nearest(q, b, progress=progress, label=f"{site} aligned lateral copy search")
         c_hb, _ = aligned_nearest(hold, b, progress=progress, label=f"{site} aligned lateral calibration")
     else:
-        e_b = encoder.embed(b)
-        c_sb, i_sb = _nearest_either_way(encoder.embed(q), encoder.embed(q, mirrored=True), e_b, policy.chunk)
-        c_hb, _ = _nearest_either_way(encoder.embed(hold), encoder.embed(hold, mirrored=True), e_b, policy.chunk)
+        with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-", dir=tmp) as own:
+            e_b = encoder.embed_rows(b, own)
+            c_sb, i_sb = _nearest_either_way(encoder.embed_rows(q, own), encoder.embed_rows(q, own, mirrored=True), e_b, policy.chunk)
+            c_hb, _ = _nearest_either_way(encoder.embed_rows(hold, own), encoder.embed_rows(hold, own, mirrored=True), e_b, policy.chunk)
     threshold = float(policy.copy_margin * np.quantile(c_hb, policy.copy_quantile))
     hits = np.flatnonzero(c_sb < threshold)
-    pairs = [CopyPair(synthetic[syn[k][0]].record_id, base[i_sb[k]][0].record_id, base[i_sb[k]][0].patient_id, float(c_sb[k]), "lateral", base[i_sb[k]][1]) for k in hits]
+    syn_meta, train_meta = metadata_view(synthetic), metadata_view(train)
+    pairs = []
+    for k in hits:
+        source = train_meta[int(base_pos[i_sb[k]])]
+        view = "lateral" if base_lateral[i_sb[k]] else "frontal"
+        pairs.append(CopyPair(syn_meta[int(syn_pos[k])].record_id, source.record_id, source.patient_id, float(c_sb[k]), "lateral", view))
     return {
         "lateral_copies": [p.synthetic_id for p in pairs],
         "lateral_copy_threshold": threshold,
         "lateral_holdout_copy_rate": float(np.mean(c_hb < threshold)),
-        "n_synthetic_laterals": len(syn),
+        "n_synthetic_laterals": len(syn_pos),
     }, pairs

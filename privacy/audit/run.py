@@ -6,12 +6,14 @@ the transport differs, so a local audit and a federated one give the same figure
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
 
 from cxrsynth.config import AuditPolicy
-from cxrsynth.data.dataset import read_dataset, require_patient_split, stray_files
+from cxrsynth.data.dataset import require_patient_split, stray_files
 from cxrsynth.data.records import Record
+from cxrsynth.data.stream import ManifestDataset, RecordView, image_at, metadata_view, subset_view
 from cxrsynth.errors import InputError
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.privacy.audit.combine import combine
@@ -24,17 +26,18 @@ from cxrsynth.privacy.audit.site import Scorer, site_audit
 from cxrsynth.progress import Progress
 
 
-def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str, tuple[list[Record], list[Record]]]:
-    """site -> (train, holdout); a site with training records but no holdout cannot be calibrated."""
-    sites: dict[str, tuple[list[Record], list[Record]]] = {}
-    for r in train:
-        sites.setdefault(r.site or "local", ([], []))[0].append(r)
-    for r in holdout:
+def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str, tuple[Sequence[Record], Sequence[Record]]]:
+    """site -> (train, holdout); a site with training records but no holdout cannot be calibrated.
+    Lazy records (`RecordView`) stay lazy: each site's share is a view of the same dataset."""
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for i, r in enumerate(metadata_view(train)):
+        groups.setdefault(r.site or "local", ([], []))[0].append(i)
+    for i, r in enumerate(metadata_view(holdout)):
         key = r.site or "local"
-        if key not in sites:
+        if key not in groups:
             raise InputError(f"holdout record {r.record_id} is from site {key!r}, which has no training records; holdout and training must come from the same sites.")
-        sites[key][1].append(r)
-    return sites
+        groups[key][1].append(i)
+    return {site: (subset_view(train, tr), subset_view(holdout, ho)) for site, (tr, ho) in groups.items()}
 
 
 def audit_records(
@@ -59,30 +62,38 @@ def audit_records(
 
 
 def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> list[tuple]:
-    """(pair, synthetic image, training image) for each flagged copy pair, for the report."""
-    by_id = {r.record_id: r for r in train}
-    syn_by_id = {r.record_id: r for r in synthetic}
+    """(pair, synthetic image, training image) for each flagged copy pair, for the report. Only
+    the flagged records' images are read."""
+    if not pairs:
+        return []
 
-    def view(r: Record, which: str):
-        return r.lateral if which == "lateral" else r.image
+    def positions(records: Sequence[Record], ids: set[str]) -> dict[str, int]:
+        return {r.record_id: i for i, r in enumerate(metadata_view(records)) if r.record_id in ids}
 
-    return [(p, view(syn_by_id[p.synthetic_id], p.synthetic_view), view(by_id[p.train_record_id], p.train_view)) for p in pairs]
+    syn_at = positions(synthetic, {p.synthetic_id for p in pairs})
+    train_at = positions(train, {p.train_record_id for p in pairs})
+    return [(p, image_at(synthetic, syn_at[p.synthetic_id], p.synthetic_view == "lateral"), image_at(train, train_at[p.train_record_id], p.train_view == "lateral")) for p in pairs]
 
 
 def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
     """The sites' answers plus the steward's own checks (PHI scan of the synthetic reports, DP
     ledger of the checkpoint, the labeler's reading of the reports), combined into the audit dict."""
+    synthetic = metadata_view(synthetic)  # reports and labels only
     phi = None if "phi" in policy.skip else phi_scan(synthetic, policy.max_phi_findings)
     dp = dp_ledger_check(train_state, policy) if train_state is not None else None
     reports = None if "report_labels" in policy.skip else report_label_agreement(synthetic, policy)
     return combine(answers, policy, phi, dp, inputs, labels={"counts": label_counts(synthetic), "reports": reports})
 
 
-def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Record]:
-    # Strict: an audit that skipped an unreadable image could pass a copy it never saw.
-    records, _ = read_dataset(path, strict=True, load_images=load_images)
-    if not records:
+def open_audit_set(path: Path, what: str) -> RecordView:
+    """A dataset directory as lazy records (images decoded when a check reads them), checked as
+    `read_audit_set` checks it."""
+    # Strict: an audit that skipped an unreadable image could pass a copy it never saw. Every
+    # image is decoded once here, one at a time, so a corrupt one is refused before any check runs.
+    dataset, _ = ManifestDataset.open(path, strict=True)
+    if not len(dataset):
         raise InputError(f"{path}: the {what} dataset has no records.")
+    dataset.check_images()
     if what == "synthetic":
         # Every file of the folder ships with a release, so every file must be one the audit reads.
         stray = stray_files(path)
@@ -92,7 +103,13 @@ def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Reco
                 f"{path}: {len(stray)} file(s) that manifest.csv does not list, which the audit would not read but a release would ship: "
                 f"{', '.join(stray[:10])}{more}. Remove them, or write the synthetic set to a new folder (cxrsynth generate --out)."
             )
-    return records
+    return RecordView(dataset)
+
+
+def read_audit_set(path: Path, what: str, load_images: bool = True) -> list[Record]:
+    """`open_audit_set`, read into memory (every image decoded, so an unreadable one is refused now)."""
+    view = open_audit_set(path, what)
+    return list(view if load_images else metadata_view(view))
 
 
 def run_audit(
@@ -110,14 +127,21 @@ def run_audit(
 
     progress = progress or Progress()
     check_audit_out(out)
-    synthetic = read_audit_set(synthetic_dir, "synthetic")
-    train_all = read_audit_set(train_dir, "training")
+    # Lazy records: every check reads images a batch at a time, so the audit's memory does not
+    # grow with the sizes of the sets.
+    synthetic = open_audit_set(synthetic_dir, "synthetic")
+    train_all = open_audit_set(train_dir, "training")
     same = Path(train_dir).resolve() == Path(holdout_dir).resolve()
-    train = [r for r in train_all if r.split != "holdout"]
-    holdout = [r for r in train_all if r.split == "holdout"] if same else [r for r in read_audit_set(holdout_dir, "holdout") if r.split != "train"]
-    if not holdout:
+    train = subset_view(train_all, [i for i, side in enumerate(train_all.dataset.splits()) if side != "holdout"])
+    if same:
+        holdout = subset_view(train_all, [i for i, side in enumerate(train_all.dataset.splits()) if side == "holdout"])
+    else:
+        holdout_all = open_audit_set(holdout_dir, "holdout")
+        holdout = subset_view(holdout_all, [i for i, side in enumerate(holdout_all.dataset.splits()) if side != "train"])
+    if not len(holdout):
         raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
-    require_patient_split([r.with_(split="train") for r in train] + [r.with_(split="holdout") for r in holdout], f"{train_dir} and {holdout_dir}")
+    sides = chain((r.with_(split="train") for r in metadata_view(train)), (r.with_(split="holdout") for r in metadata_view(holdout)))
+    require_patient_split(sides, f"{train_dir} and {holdout_dir}")
     scorer, train_state, ckhash = None, None, None
     if checkpoint is not None:
         from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint

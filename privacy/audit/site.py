@@ -13,6 +13,7 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
+from cxrsynth.data.stream import ImageColumn, metadata_view
 from cxrsynth.privacy.audit.encoders import make_encoder
 from cxrsynth.privacy.audit.fidelity import image_label_fidelity
 from cxrsynth.privacy.audit.images import CopyPair, image_memorization
@@ -63,21 +64,23 @@ def site_audit(
     """Run every site-side check. Returns (the answer that may leave the site, local copy pairs)."""
     progress = progress or Progress(quiet=True)
     skip = set(policy.skip)
+    # The text checks read reports only: from a manifest, no image is decoded for them.
+    texts = metadata_view(synthetic), metadata_view(train), metadata_view(holdout)
     # A count may leave the site; with no training report there is no report text to leak, and
     # the steward marks the text checks "no reports" (cxrsynth.privacy.audit.combine) instead of running them.
-    n_reports = sum(bool(r.report.strip()) for r in train)
+    n_reports = sum(bool(r.report.strip()) for r in texts[1])
     answer: dict = {"site": site, "n_train": len(train), "n_holdout": len(holdout), "n_synthetic": len(synthetic), "n_train_reports": n_reports}
     pairs: list[CopyPair] = []
     if not {"image_copies", "image_closeness"} <= skip:
         progress.say(f"[{site}] image memorization ({policy.encoder} encoder)")
-        encoder = make_encoder(policy, [r.image for r in train], progress)
+        encoder = make_encoder(policy, ImageColumn(train), progress)
         answer["images"], pairs = image_memorization(encoder, synthetic, train, holdout, policy, site, progress)
     if "text_rare_ngrams" not in skip and n_reports:
-        answer["rare_ngrams"] = rare_ngram_leaks(synthetic, train, holdout, policy)
+        answer["rare_ngrams"] = rare_ngram_leaks(*texts, policy)
     if "text_near_duplicates" not in skip and n_reports:
-        answer["near_duplicates"] = near_duplicates(synthetic, train, holdout, policy)
+        answer["near_duplicates"] = near_duplicates(*texts, policy)
     if "text_embedding" not in skip and policy.text_encoder is not None and n_reports:
-        answer["text_embedding"] = embedding_neighbours(synthetic, train, holdout, policy)
+        answer["text_embedding"] = embedding_neighbours(*texts, policy)
     if "membership" not in skip:
         progress.say(f"[{site}] membership inference")
         answer["membership"] = membership(scorer, train, holdout, policy)

@@ -1,0 +1,69 @@
+"""Ingest of a dataset directory streams: each study is decoded, resized and written in turn, an
+ingest into an earlier one appends to it, and the output is what reading it all first gave."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from cxrsynth.data.dataset import read_dataset, write_dataset
+from cxrsynth.data.ingest import ingest, square_resize
+from cxrsynth.data.phantom import make_phantom
+from cxrsynth.data.split import split_by_patient
+
+
+def _rows(root):
+    with open(root / "manifest.csv", encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_streamed_ingest_writes_what_the_whole_dataset_in_memory_wrote(tmp_path):
+    records = make_phantom(n=40, sites=1, seed=4, image_size=48, lateral=True)
+    write_dataset(tmp_path / "src", records)
+    ingest("manifest", tmp_path / "src", tmp_path / "out", size=32, holdout=0.3, seed=2)
+    # What ingest wrote before it streamed: every record read, resized and split, then written.
+    read, _ = read_dataset(tmp_path / "src")
+    expected = split_by_patient([r.with_(site=r.site or "site0", image=square_resize(r.image, 32), lateral=None if r.lateral is None else square_resize(r.lateral, 32)) for r in read], 0.3, 2)
+    write_dataset(tmp_path / "expected", expected)
+    assert (tmp_path / "out" / "manifest.csv").read_bytes() == (tmp_path / "expected" / "manifest.csv").read_bytes()
+    for row in _rows(tmp_path / "out"):
+        for col in ("image_path", "lateral_path"):
+            if row[col]:
+                assert (tmp_path / "out" / row[col]).read_bytes() == (tmp_path / "expected" / row[col]).read_bytes()
+
+
+def test_ingesting_into_an_earlier_ingest_appends_and_replaces_what_is_ingested_again(tmp_path):
+    records = make_phantom(n=30, sites=1, seed=5, image_size=32, lateral=True)
+    write_dataset(tmp_path / "first", records[:20])
+    write_dataset(tmp_path / "second", records[15:])
+    write_dataset(tmp_path / "all", records)
+    ingest("manifest", tmp_path / "first", tmp_path / "out", seed=1)
+    ingest("manifest", tmp_path / "second", tmp_path / "out", seed=1)
+    ingest("manifest", tmp_path / "all", tmp_path / "direct", seed=1)
+    ids = [r["record_id"] for r in _rows(tmp_path / "out")]
+    # The first ingest's rows not ingested again, in their order, then the second ingest's.
+    assert ids == [r.record_id for r in records[:15]] + [r.record_id for r in records[15:]]
+    by_id = {r["record_id"]: r for r in _rows(tmp_path / "direct")}
+    assert all(row == by_id[row["record_id"]] for row in _rows(tmp_path / "out"))
+
+
+def test_ingest_of_a_directory_never_holds_its_decoded_images(tmp_path, decoded_images):
+    write_dataset(tmp_path / "src", make_phantom(n=300, sites=1, seed=6, image_size=32, lateral=True))
+    ingest("manifest", tmp_path / "src", tmp_path / "out", size=16)
+    assert decoded_images["total"] >= 300 and decoded_images["peak"] <= 2 + 2 * 6 * 2  # a study's two images (and the page's few examples)
+    assert np.asarray(read_dataset(tmp_path / "out")[0][0].image).shape == (16, 16)
+
+
+def test_evaluate_of_directories_never_holds_their_decoded_images(tmp_path, decoded_images):
+    from cxrsynth.eval.config import EvalConfig
+    from cxrsynth.eval.evaluate import run_evaluation
+
+    real = split_by_patient(make_phantom(n=400, sites=1, seed=7, image_size=32, lateral=True), 0.3, 0)
+    write_dataset(tmp_path / "real", real)
+    write_dataset(tmp_path / "synthetic", make_phantom(n=300, sites=1, seed=8, image_size=32, lateral=True))
+    cfg = EvalConfig(image_size=32, classifier_width=4, classifier_steps=3, batch_size=8, max_conditions=4)
+    metrics = run_evaluation(tmp_path / "synthetic", tmp_path / "real", tmp_path / "eval", cfg)
+    assert metrics["fidelity"]["n_synthetic"] == 300 and metrics["utility"]["arms"]["real+synthetic"]["train_records"] > 300
+    # The synthetic set's images were all read (FID), but never more than a batch (256) at a time.
+    assert decoded_images["total"] > 300 and decoded_images["peak"] <= 256 + 16 < 300
