@@ -9,7 +9,12 @@ folder under cxrsynth/models/ needs no change here.
 
 from setuptools import find_namespace_packages, setup
 
-PACKAGE_DIR = {"cxrsynth": "cxrsynth", "cxrsynth.client": "client", "cxrsynth.server": "server", "cxrsynth.privacy": "privacy"}
+PACKAGE_DIR = {
+    "cxrsynth": "cxrsynth",
+    "cxrsynth.client": "client",
+    "cxrsynth.server": "server",
+    "cxrsynth.privacy": "privacy",
+}
 
 
 def packages() -> list[str]:

@@ -62,7 +62,11 @@ def main() -> None:
         {"name": "search / matmul time", "value": round(t_search / t_mm, 3), "unit": "x"},
         {"name": "matmul throughput", "value": round(flops / t_mm / 1e9, 2), "unit": "GFLOP/s"},
         {"name": "peak RSS added by the search", "value": round(rss_search - rss0, 1), "unit": "MB"},
-        {"name": f"aligned copy search, per query ({n_base} training images)", "value": round(1000 * t_al / n_al, 1), "unit": "ms"},
+        {
+            "name": f"aligned copy search, per query ({n_base} training images)",
+            "value": round(1000 * t_al / n_al, 1),
+            "unit": "ms",
+        },
     ]
     write(args.out, "audit", rows)
 

@@ -25,7 +25,12 @@ def one(what: str, n: int) -> dict:
         make_phantom(n, sites=3, seed=0, image_size=64)
         sec = time.perf_counter() - t0
         # CPU seconds too: on a shared machine wall time mostly measures the neighbours.
-        return {"seconds": sec, "cpu_seconds": time.process_time() - c0, "per_s": n / sec, "peak_rss_mb": peak_rss_mb()}
+        return {
+            "seconds": sec,
+            "cpu_seconds": time.process_time() - c0,
+            "per_s": n / sec,
+            "peak_rss_mb": peak_rss_mb(),
+        }
     records = make_phantom(n, sites=3, seed=0, image_size=64)
     if what == "labeler":
         from cxrsynth.data.labeler import label_report

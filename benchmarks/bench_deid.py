@@ -70,7 +70,12 @@ def speed(workers: int, n: int, pipes: str, source: str = "") -> dict:
     results = deidentify_batch(items, config, workers=workers)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert all(r.status == "ok" for r in results)
-    return {"reports_per_s": n / wall, "cpu_ms_per_report": 1000 * cpu / n if workers == 1 else None, "load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+    return {
+        "reports_per_s": n / wall,
+        "cpu_ms_per_report": 1000 * cpu / n if workers == 1 else None,
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def presidio_defaults(deid):
@@ -100,7 +105,9 @@ def quality(source: str = "") -> dict:
         files["realtext heldout"] = Path(source) / "heldout.jsonl"
     for name, path in files.items():
         rows = read_gold(path)
-        base = score(rows, [[Finding("ANY", r.start, r.end, r.score) for r in plain.analyze(row["text"], "en")] for row in rows])
+        base = score(
+            rows, [[Finding("ANY", r.start, r.end, r.score) for r in plain.analyze(row["text"], "en")] for row in rows]
+        )
         out[f"{name} (Presidio default engine)"] = {
             "recall": {},
             "overall_recall": base["overall"]["recall"],
@@ -125,7 +132,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/bench_deid.json")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--realtext", default="", help="folder written by cxrsynth.privacy.deid.gold.build_realtext build (tune/heldout.jsonl)")
+    p.add_argument(
+        "--realtext",
+        default="",
+        help="folder written by cxrsynth.privacy.deid.gold.build_realtext build (tune/heldout.jsonl)",
+    )
     p.add_argument("--child", nargs="*")
     args = p.parse_args()
     if args.child is not None:
@@ -152,17 +163,45 @@ def main() -> int:
             note = f"{n} reports ({text_note}); spaCy load {r['load_s']:.1f} s"
             if r["cpu_ms_per_report"] is not None:
                 note += f"; {r['cpu_ms_per_report']:.1f} ms CPU per report"
-            rows.append({"name": name, "value": round(r["reports_per_s"], 1), "unit": "reports/s", "note": note, "peak_rss_mb": round(r["peak_rss_mb"])})
+            rows.append(
+                {
+                    "name": name,
+                    "value": round(r["reports_per_s"], 1),
+                    "unit": "reports/s",
+                    "note": note,
+                    "peak_rss_mb": round(r["peak_rss_mb"]),
+                }
+            )
     r = child(__file__, "presidio", str(n), src)
-    rows.append({"name": "reports/s, Presidio default engine (analysis only), 1 process", "value": None if "error" in r else round(r["reports_per_s"], 1),
-                 "unit": "reports/s", "note": r.get("error", f"{n} reports ({text_note}), same spaCy model")})
+    rows.append(
+        {
+            "name": "reports/s, Presidio default engine (analysis only), 1 process",
+            "value": None if "error" in r else round(r["reports_per_s"], 1),
+            "unit": "reports/s",
+            "note": r.get("error", f"{n} reports ({text_note}), same spaCy model"),
+        }
+    )
     q = child(__file__, "quality", src)
     for name, res in q.items() if "error" not in q else []:
         for t, rec in sorted(res["recall"].items()):
-            rows.append({"name": f"{name} recall {t}", "value": None if rec is None else round(rec, 4), "unit": "", "note": f"{res['spans']} spans in the file"})
+            rows.append(
+                {
+                    "name": f"{name} recall {t}",
+                    "value": None if rec is None else round(rec, 4),
+                    "unit": "",
+                    "note": f"{res['spans']} spans in the file",
+                }
+            )
         rows.append({"name": f"{name} recall ALL", "value": round(res["overall_recall"], 4), "unit": ""})
         rows.append({"name": f"{name} precision ALL", "value": round(res["overall_precision"], 4), "unit": ""})
-        rows.append({"name": f"{name} keep spans damaged", "value": res["keep_damaged"], "unit": "spans", "note": f"of {res['keep_spans']}"})
+        rows.append(
+            {
+                "name": f"{name} keep spans damaged",
+                "value": res["keep_damaged"],
+                "unit": "spans",
+                "note": f"of {res['keep_spans']}",
+            }
+        )
     if "error" in q:
         rows.append({"name": "quality", "value": None, "unit": "", "note": q["error"]})
     write(args.out, "deid", rows)

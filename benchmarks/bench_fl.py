@@ -38,7 +38,13 @@ def _config(family: str, sites: int, rounds: int, local_steps: int, batch: int):
         {
             "data": {"phantom": {"n": 40 * sites, "sites": sites, "image_size": 32}},
             "train": {"batch_size": batch, "num_threads": 1},
-            "federation": {"sites": sites, "rounds": rounds, "local_steps": local_steps, "min_sites": sites, "vocab_min_count": 2},
+            "federation": {
+                "sites": sites,
+                "rounds": rounds,
+                "local_steps": local_steps,
+                "min_sites": sites,
+                "vocab_min_count": 2,
+            },
         },
     )
 
@@ -96,7 +102,11 @@ def secagg_cost(cfg, repeats: int) -> dict:
             with tempfile.TemporaryDirectory() as tmp:
                 simulate(run, Path(tmp) / "run", progress=Progress(quiet=True))
                 history = json.loads((Path(tmp) / "run" / "fl_state.json").read_text())["history"]
-                weights = sum(int(v.size) for v in load_file(str(Path(tmp) / "run" / "model.safetensors")).values() if v.dtype.kind == "f")
+                weights = sum(
+                    int(v.size)
+                    for v in load_file(str(Path(tmp) / "run" / "model.safetensors")).values()
+                    if v.dtype.kind == "f"
+                )
             rounds[mode] += [h["seconds"] for h in history]
             local[mode] += [h["metrics"].get("local-seconds", 0.0) for h in history]
     mean = {m: sum(v) / len(v) for m, v in rounds.items()}
@@ -144,7 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--local-steps", type=int, default=10)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--dp-steps", type=int, default=20)
-    p.add_argument("--secagg-repeats", type=int, default=1, help="plain/SecAgg+ run pairs for the secure-aggregation cost")
+    p.add_argument(
+        "--secagg-repeats", type=int, default=1, help="plain/SecAgg+ run pairs for the secure-aggregation cost"
+    )
     p.add_argument("--only", default="", help="comma-separated parts: overhead, secagg (default: both)")
     p.add_argument("--quick", action="store_true", help="2 rounds of 4 local steps, 8 DP steps")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_fl.json"))
@@ -160,21 +172,37 @@ def main(argv=None) -> int:
         if "secagg" in parts:
             r = secagg_cost(cfg, args.secagg_repeats)
             rows += [
-                {"name": f"{family} SecAgg+ round cost", "value": round(r["secagg_ratio"], 3), "unit": "x",
-                 "note": f"{shape}, {r['weights']:,} weights: {r['round_s_secagg']:.2f}s vs {r['round_s_plain']:.2f}s per round "
-                         f"(+{r['secagg_extra_s']:.2f}s; sites' training {r['local_s_secagg']:.2f}s vs {r['local_s_plain']:.2f}s), "
-                         f"{r['rounds_timed']} rounds of each, interleaved"},
+                {
+                    "name": f"{family} SecAgg+ round cost",
+                    "value": round(r["secagg_ratio"], 3),
+                    "unit": "x",
+                    "note": f"{shape}, {r['weights']:,} weights: {r['round_s_secagg']:.2f}s vs {r['round_s_plain']:.2f}s per round "
+                    f"(+{r['secagg_extra_s']:.2f}s; sites' training {r['local_s_secagg']:.2f}s vs {r['local_s_plain']:.2f}s), "
+                    f"{r['rounds_timed']} rounds of each, interleaved",
+                },
             ]
         if "overhead" not in parts:
             continue
         r = {**dp_overhead(cfg, args.dp_steps), **federated_overhead(cfg)}
         rows += [
-            {"name": f"{family} federated overhead (wall, with engine start-up)", "value": round(r["overhead_ratio_wall"], 3), "unit": "x",
-             "note": f"{shape}: {r['federated_wall_s']:.1f}s vs {r['one_process_wall_s']:.1f}s in one process"},
-            {"name": f"{family} federated overhead (rounds only)", "value": round(r["overhead_ratio_rounds"], 3), "unit": "x",
-             "note": f"{r['federated_rounds_s']:.1f}s of rounds vs {r['one_process_steps_s']:.1f}s of steps"},
-            {"name": f"{family} DP-SGD step overhead", "value": round(r["dp_overhead_ratio"], 3), "unit": "x",
-             "note": f"{r['step_s_dp_on'] * 1000:.0f} ms vs {r['step_s_dp_off'] * 1000:.0f} ms per step, batch {cfg.train.batch_size}, {r['steps_timed']} steps"},
+            {
+                "name": f"{family} federated overhead (wall, with engine start-up)",
+                "value": round(r["overhead_ratio_wall"], 3),
+                "unit": "x",
+                "note": f"{shape}: {r['federated_wall_s']:.1f}s vs {r['one_process_wall_s']:.1f}s in one process",
+            },
+            {
+                "name": f"{family} federated overhead (rounds only)",
+                "value": round(r["overhead_ratio_rounds"], 3),
+                "unit": "x",
+                "note": f"{r['federated_rounds_s']:.1f}s of rounds vs {r['one_process_steps_s']:.1f}s of steps",
+            },
+            {
+                "name": f"{family} DP-SGD step overhead",
+                "value": round(r["dp_overhead_ratio"], 3),
+                "unit": "x",
+                "note": f"{r['step_s_dp_on'] * 1000:.0f} ms vs {r['step_s_dp_off'] * 1000:.0f} ms per step, batch {cfg.train.batch_size}, {r['steps_timed']} steps",
+            },
         ]
     from common import write
 

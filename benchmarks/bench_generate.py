@@ -48,7 +48,15 @@ def main() -> int:
             if "error" in r:
                 rows.append({"name": name, "value": None, "unit": "samples/s", "note": r["error"]})
             else:
-                rows.append({"name": name, "value": round(r["samples_per_s"], 2), "unit": "samples/s", "peak_rss_mb": round(r["peak_rss_mb"]), "note": f"batches of {n}"})
+                rows.append(
+                    {
+                        "name": name,
+                        "value": round(r["samples_per_s"], 2),
+                        "unit": "samples/s",
+                        "peak_rss_mb": round(r["peak_rss_mb"]),
+                        "note": f"batches of {n}",
+                    }
+                )
     write(args.out, "generate", rows)
     return 0
 

@@ -45,7 +45,14 @@ def _config(work: Path, site: Path, out: Path, workers: int) -> Path:
                 "preset": "mopoe-tiny",
                 "model": {"image_size": 64},
                 "data": {"path": str(site)},
-                "train": {"steps": STEPS, "batch_size": 32, "num_threads": 1, "workers": workers, "out": str(out), "log_every": 1000},
+                "train": {
+                    "steps": STEPS,
+                    "batch_size": 32,
+                    "num_threads": 1,
+                    "workers": workers,
+                    "out": str(out),
+                    "log_every": 1000,
+                },
             }
         ),
         encoding="utf-8",
@@ -81,7 +88,23 @@ def stage(name: str, work: Path, n: int) -> dict:
         # A stand-in synthetic set for the audit alone: phantom studies of another seed, so the
         # audit's memory and time are measured at sizes generate takes hours to reach here.
         shutil.rmtree(syn, ignore_errors=True)
-        code = cli(["data", "phantom", "--out", str(syn), "--n", str(n), "--sites", "1", "--size", "64", "--seed", "1", "--quiet"])
+        code = cli(
+            [
+                "data",
+                "phantom",
+                "--out",
+                str(syn),
+                "--n",
+                str(n),
+                "--sites",
+                "1",
+                "--size",
+                "64",
+                "--seed",
+                "1",
+                "--quiet",
+            ]
+        )
         for extra_file in ("overview.html", "phi_headers.jsonl"):  # not part of a synthetic set
             (syn / extra_file).unlink(missing_ok=True)
     elif name == "audit":
@@ -89,7 +112,22 @@ def stage(name: str, work: Path, n: int) -> dict:
 
         policy = work / "policy.yaml"
         policy.write_text(yaml.safe_dump(POLICY), encoding="utf-8")
-        code = cli(["audit", "--synthetic", str(syn), "--train", str(site), "--holdout", str(site), "--policy", str(policy), "--out", str(work / "audit"), "--quiet"])
+        code = cli(
+            [
+                "audit",
+                "--synthetic",
+                str(syn),
+                "--train",
+                str(site),
+                "--holdout",
+                str(site),
+                "--policy",
+                str(policy),
+                "--out",
+                str(work / "audit"),
+                "--quiet",
+            ]
+        )
         code = 0 if code in (0, 1) else code  # 1: a check failed, which is the audit working
     else:
         raise SystemExit(f"unknown stage {name}")
@@ -104,7 +142,9 @@ def _decoded_first(cfg, site: Path) -> list:
     from cxrsynth.train import apply_labeled_fraction
 
     records, _ = read_dataset(site)
-    return apply_labeled_fraction([r for r in records if r.split != "holdout"], cfg.data.labeled_fraction, cfg.train.seed)
+    return apply_labeled_fraction(
+        [r for r in records if r.split != "holdout"], cfg.data.labeled_fraction, cfg.train.seed
+    )
 
 
 def _memory_loop(work: Path, site: Path) -> None:
@@ -136,7 +176,11 @@ def _speeds(work: Path, site: Path) -> dict:
     memory = _decoded_first(cfg, site)
     batch = cfg.train.batch_size
     runs = {}
-    for name, data, workers in (("streamed", streamed, 0), ("streamed, 2 workers", streamed, 2), ("decoded first", memory, 0)):
+    for name, data, workers in (
+        ("streamed", streamed, 0),
+        ("streamed, 2 workers", streamed, 2),
+        ("decoded first", memory, 0),
+    ):
         seed_everything(0)
         model = build_model(cfg.model)
         model.setup(memory if name == "decoded first" else RecordView(streamed))
@@ -167,7 +211,9 @@ def main() -> int:
     p.add_argument("--out", default="benchmarks/results/bench_scale.json")
     p.add_argument("--sizes", default="1000,10000")
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--workdir", default=None, help="where the datasets go (default: a temporary folder, removed after)")
+    p.add_argument(
+        "--workdir", default=None, help="where the datasets go (default: a temporary folder, removed after)"
+    )
     p.add_argument("--quick", action="store_true", help="1000 studies only")
     p.add_argument("--child", nargs="*")
     args = p.parse_args()
@@ -195,16 +241,38 @@ def main() -> int:
                 if "images_per_s" in r:
                     first = r["images_per_s"]["decoded first"]
                     for how, ips in r["images_per_s"].items():
-                        rows.append({"name": f"train images/s, {how}, {n} studies", "value": round(ips, 1), "unit": "images/s", "note": f"{STEPS} steps interleaved; {ips / first:.2f}x decoded first"})
+                        rows.append(
+                            {
+                                "name": f"train images/s, {how}, {n} studies",
+                                "value": round(ips, 1),
+                                "unit": "images/s",
+                                "note": f"{STEPS} steps interleaved; {ips / first:.2f}x decoded first",
+                            }
+                        )
                         print(json.dumps(rows[-1]), file=sys.stderr)
                     note += " (speed process: holds both the decoded records and the streamed dataset)"
-                rows.append({"name": f"{name} peak RSS, {n} studies", "value": round(r["peak_rss_mb"]), "unit": "MB", "seconds": round(r["seconds"], 1), "note": note})
+                rows.append(
+                    {
+                        "name": f"{name} peak RSS, {n} studies",
+                        "value": round(r["peak_rss_mb"]),
+                        "unit": "MB",
+                        "seconds": round(r["seconds"], 1),
+                        "note": note,
+                    }
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr)
             shutil.rmtree(work / "source", ignore_errors=True)
         for a, b in zip(sizes, sizes[1:]):
             for name in stages:
                 if (name, a) in peaks and (name, b) in peaks:
-                    rows.append({"name": f"{name} peak RSS growth {a} -> {b}", "value": round(peaks[(name, b)] / peaks[(name, a)], 2), "unit": "x", "note": "same run"})
+                    rows.append(
+                        {
+                            "name": f"{name} peak RSS growth {a} -> {b}",
+                            "value": round(peaks[(name, b)] / peaks[(name, a)], 2),
+                            "unit": "x",
+                            "note": "same run",
+                        }
+                    )
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)

@@ -39,7 +39,9 @@ def one_family(family: str, size: str, steps: int) -> dict:
         model.setup(records)
         model.opts = model.make_optimizers()
         if dp == "on":
-            privatize(model, cfg.model_copy(update={"dp": cfg.dp.model_copy(update={"enabled": True})}), batch / len(records))
+            privatize(
+                model, cfg.model_copy(update={"dp": cfg.dp.model_copy(update={"enabled": True})}), batch / len(records)
+            )
         model.train()
         sampler = BatchSampler(records, batch, seed=0)
         model.train_step(next(sampler))  # warm-up
@@ -94,7 +96,16 @@ def one_classifier(steps: int) -> dict:
         if mode != "off":
             loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch)
             kwargs = {"grad_sample_mode": "ghost"} if mode == "ghost" else {}
-            out = PrivacyEngine().make_private(module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0, criterion=criterion, poisson_sampling=False, **kwargs)
+            out = PrivacyEngine().make_private(
+                module=model,
+                optimizer=opt,
+                data_loader=loader,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                criterion=criterion,
+                poisson_sampling=False,
+                **kwargs,
+            )
             model, opt = out[0], out[1]
             if mode == "ghost":
                 criterion = out[2]  # ghost mode returns (module, optimizer, criterion, loader)
@@ -139,17 +150,47 @@ def main() -> int:
             ips = r["images_per_s"]
             for dp in ("off", "on"):
                 held = " (process also holds the DP-off model)" if dp == "on" else ""
-                rows.append({"name": f"train {family} {size} DP {dp}", "value": round(ips[dp], 2), "unit": "images/s", "peak_rss_mb": round(r["peak_rss_mb"][dp]), "note": f"batch {r['batch']}, {steps} steps interleaved with the other mode{held}"})
-            rows.append({"name": f"DP overhead {family} {size}", "value": round(ips["off"] / ips["on"], 2), "unit": "x slower", "note": "non-private / DP-SGD throughput, same process"})
+                rows.append(
+                    {
+                        "name": f"train {family} {size} DP {dp}",
+                        "value": round(ips[dp], 2),
+                        "unit": "images/s",
+                        "peak_rss_mb": round(r["peak_rss_mb"][dp]),
+                        "note": f"batch {r['batch']}, {steps} steps interleaved with the other mode{held}",
+                    }
+                )
+            rows.append(
+                {
+                    "name": f"DP overhead {family} {size}",
+                    "value": round(ips["off"] / ips["on"], 2),
+                    "unit": "x slower",
+                    "note": "non-private / DP-SGD throughput, same process",
+                }
+            )
     r = child(__file__, "classifier", str(steps * 3))
     if "error" in r:
         rows.append({"name": "eval classifier 64px", "value": None, "unit": "images/s", "note": r["error"]})
     else:
         ips = r["images_per_s"]
         for mode in ("off", "hooks", "ghost"):
-            rows.append({"name": f"train eval classifier 64px DP {mode}", "value": round(ips[mode], 2), "unit": "images/s", "note": f"batch 32, {steps * 3} steps interleaved; peak {r['peak_rss_mb']:.0f} MB for all three"})
+            rows.append(
+                {
+                    "name": f"train eval classifier 64px DP {mode}",
+                    "value": round(ips[mode], 2),
+                    "unit": "images/s",
+                    "note": f"batch 32, {steps * 3} steps interleaved; peak {r['peak_rss_mb']:.0f} MB for all three",
+                }
+            )
         for mode in ("hooks", "ghost"):
-            rows.append({"name": f"DP overhead eval classifier ({mode})", "value": round(ips["off"] / ips[mode], 2), "unit": "x slower", "note": "non-private / DP-SGD, Opacus " + ("per-sample gradient hooks" if mode == "hooks" else "ghost clipping")})
+            rows.append(
+                {
+                    "name": f"DP overhead eval classifier ({mode})",
+                    "value": round(ips["off"] / ips[mode], 2),
+                    "unit": "x slower",
+                    "note": "non-private / DP-SGD, Opacus "
+                    + ("per-sample gradient hooks" if mode == "hooks" else "ghost clipping"),
+                }
+            )
     write(args.out, "train", rows)
     return 0
 

@@ -49,7 +49,16 @@ def noise_for(epsilon: float, sample_rate: float, steps: int, accountant: str) -
     from opacus.accountants.utils import get_noise_multiplier
 
     # A hair under the target, so rounding in the site's own accountant never refuses the last round.
-    return float(get_noise_multiplier(target_epsilon=epsilon * 0.995, target_delta=DELTA, sample_rate=sample_rate, steps=steps, accountant=accountant, epsilon_tolerance=0.005))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon * 0.995,
+            target_delta=DELTA,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+            epsilon_tolerance=0.005,
+        )
+    )
 
 
 def split_public(records: list, public_fraction: float, sites: int, seed: int) -> tuple[list, list]:
@@ -125,10 +134,15 @@ def make_cell_class():
             if self.target_epsilon is not None:
                 dp = load_config(f"{c.family}-tiny").dp
                 train = [r for r in self.clean if r.split != "holdout"]
-                rates = [dp_sampling([r for r in train if r.site == s], c.batch_size, dp.privacy_unit)[1] for s in sorted({r.site for r in train})]
+                rates = [
+                    dp_sampling([r for r in train if r.site == s], c.batch_size, dp.privacy_unit)[1]
+                    for s in sorted({r.site for r in train})
+                ]
                 sigma = noise_for(self.target_epsilon, max(rates), c.rounds * c.local_steps, dp.accountant)
                 self.cfg = c.model_copy(update={"noise_multiplier": sigma, "epsilon_budget": self.target_epsilon})
-                self.say(f"   noise multiplier {sigma:.3f} for epsilon {self.target_epsilon:g} (highest site sample rate {max(rates):.3f})")
+                self.say(
+                    f"   noise multiplier {sigma:.3f} for epsilon {self.target_epsilon:g} (highest site sample rate {max(rates):.3f})"
+                )
             return super().federate()
 
         def run(self):
@@ -149,7 +163,10 @@ def make_cell_class():
 def summarize(cell) -> dict:
     """The numbers of one cell, read from its outputs."""
     by = {s.name: s for s in cell.stages}
-    row: dict = {"seconds": round(cell.facts.get("seconds", 0.0), 1), "status": {s.name: s.status for s in cell.stages}}
+    row: dict = {
+        "seconds": round(cell.facts.get("seconds", 0.0), 1),
+        "status": {s.name: s.status for s in cell.stages},
+    }
     fed = by.get("federated fine-tuning (DP-SGD)")
     if fed is not None and fed.ok:
         ledger = fed.value.get("privacy_ledger") or {}
@@ -170,7 +187,9 @@ def summarize(cell) -> dict:
         row["fid"] = fid.get("fid_synthetic_vs_holdout")
         row["fid_holdout_halves"] = fid.get("fid_holdout_halves")
         row["fid_base"] = fid.get("fid_baseline_vs_holdout")
-        row["report_label_agreement"] = ((m.get("label_agreement") or {}).get("synthetic") or {}).get("exact_agreement")
+        row["report_label_agreement"] = ((m.get("label_agreement") or {}).get("synthetic") or {}).get(
+            "exact_agreement"
+        )
     au = by.get("privacy audit")
     if au is not None and au.ok:
         checks = au.value.get("checks", {})
@@ -215,12 +234,16 @@ def _fmt(values: list) -> str:
 
 
 def write_results(out: Path, rows: list[dict], meta: dict) -> None:
-    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str), encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2, default=str), encoding="utf-8"
+    )
     lines = [
         f"# Privacy-utility frontier ({meta['data']})",
         "",
         f"Measured {meta['date']} on {meta['machine']}; command: `{meta['command']}`.",
-        "Macro AUROC on the sites' real holdout; median (min-max) over seeds " + ", ".join(map(str, meta["seeds"])) + ".",
+        "Macro AUROC on the sites' real holdout; median (min-max) over seeds "
+        + ", ".join(map(str, meta["seeds"]))
+        + ".",
         "",
         "| family | target epsilon | " + " | ".join(title for _, title in COLUMNS) + " | audit passed | seconds |",
         "|---" * (len(COLUMNS) + 4) + "|",
@@ -231,7 +254,9 @@ def write_results(out: Path, rows: list[dict], meta: dict) -> None:
     for (family, target), rs in groups.items():
         cells = [_fmt([r.get(k) for r in rs]) for k, _ in COLUMNS]
         passed = f"{sum(bool(r.get('audit_passed')) for r in rs)}/{len(rs)}"
-        lines.append(f"| {family} | {target} | " + " | ".join(cells) + f" | {passed} | {_fmt([r.get('seconds') for r in rs])} |")
+        lines.append(
+            f"| {family} | {target} | " + " | ".join(cells) + f" | {passed} | {_fmt([r.get('seconds') for r in rs])} |"
+        )
     failed = sorted({f for r in rows for f in r.get("audit_failed") or []})
     if failed:
         lines += ["", "Audit checks that failed in some cell: " + ", ".join(failed) + "."]
@@ -253,7 +278,10 @@ def plot(path: Path, rows: list[dict], meta: dict) -> None:
             targets.append(r["target"])
     xs = {t: i for i, t in enumerate(targets)}
     for fam in families:
-        for key, style, what in (("auroc_synthetic", "o-", "synthetic-only"), ("auroc_base-only synthetic", "x:", "base-only")):
+        for key, style, what in (
+            ("auroc_synthetic", "o-", "synthetic-only"),
+            ("auroc_base-only synthetic", "x:", "base-only"),
+        ):
             pts = []
             for t in targets:
                 vals = [r.get(key) for r in rows if r["family"] == fam and r["target"] == t and r.get(key) is not None]
@@ -261,7 +289,14 @@ def plot(path: Path, rows: list[dict], meta: dict) -> None:
                     pts.append((xs[t], statistics.median(vals), min(vals), max(vals)))
             if pts:
                 x, y, lo, hi = zip(*pts)
-                ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]], fmt=style, capsize=3, label=f"{fam} {what}")
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                    fmt=style,
+                    capsize=3,
+                    label=f"{fam} {what}",
+                )
     real = [r.get("auroc_real") for r in rows if r.get("auroc_real") is not None]
     if real:
         ax.axhline(statistics.median(real), color="k", lw=1, label="real-only")
@@ -277,10 +312,14 @@ def plot(path: Path, rows: list[dict], meta: dict) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--real", help="dataset folder from `cxrsynth data ingest` (default: phantom hospitals)")
     p.add_argument("--families", default="ldm", help="comma-separated families (default: ldm)")
-    p.add_argument("--epsilons", default="none,8", help="comma-separated per-site epsilons; 'none' = no DP (default: none,8)")
+    p.add_argument(
+        "--epsilons", default="none,8", help="comma-separated per-site epsilons; 'none' = no DP (default: none,8)"
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--public-fraction", type=float, default=0.3, help="--real: share of patients in the public part")
     p.add_argument("--public-studies", type=int, default=3000, help="phantom: studies of the public cohort")
@@ -291,10 +330,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--conditions", type=int, default=160)
-    p.add_argument("--public-styles", type=int, default=None, help="phantom: acquisition styles of the public cohort (default: the library's, 8)")
+    p.add_argument(
+        "--public-styles",
+        type=int,
+        default=None,
+        help="phantom: acquisition styles of the public cohort (default: the library's, 8)",
+    )
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--eval-image-size", type=int, help="side the utility classifier sees (default: the model's)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset key for base and cells, e.g. model.modalities=[frontal,labels]")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key for base and cells, e.g. model.modalities=[frontal,labels]",
+    )
     p.add_argument("--quick", action="store_true", help="seconds-long settings that check the bench runs")
     p.add_argument("--out", default="runs/bench-utility")
     a = p.parse_args(argv)
@@ -316,7 +366,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
     settings = parse_settings(a.set)
     progress = Progress(quiet=True)
-    demo_over = dict(studies=a.studies, public_studies=a.public_studies, rounds=a.rounds, local_steps=a.local_steps, batch_size=a.batch_size, conditions=a.conditions, eval_classifier_steps=a.classifier_steps)
+    demo_over = dict(
+        studies=a.studies,
+        public_studies=a.public_studies,
+        rounds=a.rounds,
+        local_steps=a.local_steps,
+        batch_size=a.batch_size,
+        conditions=a.conditions,
+        eval_classifier_steps=a.classifier_steps,
+    )
     if a.quick:
         demo_over.update({k: v for k, v in QUICK.items() if k in demo_over or k == "holdout_fraction"})
         demo_over["batch_size"] = 8
@@ -326,7 +384,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         records, _ = read_dataset(a.real)
         public, site_records = split_public(records, a.public_fraction, 3, 0)
-        data_name = f"{Path(a.real).name}: {len(records)} studies, {len(public)} public, {len(site_records)} at 3 sites"
+        data_name = (
+            f"{Path(a.real).name}: {len(records)} studies, {len(public)} public, {len(site_records)} at 3 sites"
+        )
     else:
         data_name = f"phantom: {a.studies} studies at 3 hospitals, public cohort {a.public_studies}"
     meta = {
@@ -344,16 +404,31 @@ def main(argv: Optional[list[str]] = None) -> int:
         base = Path(a.bases) / family if a.bases else out / "bases" / family
         if not (base / "base.json").is_file():
             steps = QUICK["pretrain_steps"] if a.quick else a.pretrain_steps
-            cfg = load_config(f"{family}-tiny", merge(settings, {"train": {"num_threads": 1, **({"steps": steps} if steps else {})}, "dp": {"enabled": False}}))
+            cfg = load_config(
+                f"{family}-tiny",
+                merge(
+                    settings,
+                    {"train": {"num_threads": 1, **({"steps": steps} if steps else {})}, "dp": {"enabled": False}},
+                ),
+            )
             if public is not None:
                 recs, name = public, f"{data_name} (public part, patients disjoint from the sites')"
             else:
                 styles = {"sites": a.public_styles} if a.public_styles else {}
-                recs, name = public_phantom(cfg, QUICK["public_studies"] if a.quick else a.public_studies, seed=1, **styles)
+                recs, name = public_phantom(
+                    cfg, QUICK["public_studies"] if a.quick else a.public_studies, seed=1, **styles
+                )
             t0 = time.perf_counter()
-            print(f"[{family}] pretraining the base on {len(recs)} public studies ({cfg.train.steps} steps)", file=sys.stderr)
+            print(
+                f"[{family}] pretraining the base on {len(recs)} public studies ({cfg.train.steps} steps)",
+                file=sys.stderr,
+            )
             pretrain(cfg, recs, base, name, progress=progress)
-            meta["bases"][family] = {"seconds": round(time.perf_counter() - t0, 1), "steps": cfg.train.steps, "records": len(recs)}
+            meta["bases"][family] = {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "steps": cfg.train.steps,
+                "records": len(recs),
+            }
         else:
             meta["bases"][family] = {"reused": str(base), "sha256": read_card(base).sha256}
         for eps in epsilons:
@@ -361,7 +436,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                 name = f"{family}-eps{epsilon_name(eps).replace(' ', '')}-seed{seed}"
                 cell_dir = out / "cells" / name
                 print(f"[{name}] running", file=sys.stderr)
-                over = dict(demo_over, base=base, seed=seed, dp_enabled=eps is not None, noise_multiplier=0.0 if eps is None else 1.0)
+                over = dict(
+                    demo_over,
+                    base=base,
+                    seed=seed,
+                    dp_enabled=eps is not None,
+                    noise_multiplier=0.0 if eps is None else 1.0,
+                )
                 if eps is not None:
                     over["epsilon_budget"] = eps
                 cfg = demo_config(family, False, **over)
@@ -377,7 +458,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 cell.run()
                 row = {"family": family, "target": epsilon_name(eps), "seed": seed, **summarize(cell)}
                 rows.append(row)
-                print(f"[{name}] " + json.dumps({k: v for k, v in row.items() if k != "status"}, default=str), file=sys.stderr)
+                print(
+                    f"[{name}] " + json.dumps({k: v for k, v in row.items() if k != "status"}, default=str),
+                    file=sys.stderr,
+                )
                 write_results(out, rows, meta)
     print(f"wrote {out / 'results.md'} and {out / 'frontier.png'}", file=sys.stderr)
     return 0

@@ -29,7 +29,9 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-        mem_kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        mem_kb = next(
+            int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+        )
     except (OSError, StopIteration):
         mem_kb = 0
     import torch
@@ -107,7 +109,9 @@ def markdown(results: dict) -> str:
             lines.append(f"| {name} | (did not run) | | | | {res['error']} |")
             continue
         for r in res["rows"]:
-            lines.append(f"| {name} | {r.get('name', '')} | {fmt(r.get('value'))} | {r.get('unit', '')} | {fmt(r.get('peak_rss_mb'))} | {str(r.get('note', '')).replace('|', '/')} |")
+            lines.append(
+                f"| {name} | {r.get('name', '')} | {fmt(r.get('value'))} | {r.get('unit', '')} | {fmt(r.get('peak_rss_mb'))} | {str(r.get('note', '')).replace('|', '/')} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -115,14 +119,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--quick", action="store_true", help="smoke run: fewer steps")
-    p.add_argument("--only", default="", help="comma-separated names (train,generate,deid,fl,audit); the others' earlier results are kept")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated names (train,generate,deid,fl,audit); the others' earlier results are kept",
+    )
     p.add_argument("--timeout", type=float, default=1800)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     scripts = [s for s in sorted(HERE.glob("bench_*.py")) if not only or s.stem.removeprefix("bench_") in only]
-    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "machine": machine(), "benchmarks": {}}
+    results = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "machine": machine(),
+        "benchmarks": {},
+    }
     previous = out / "results.json"
     if only and previous.is_file():
         # A partial run updates the named benchmarks and keeps the others' earlier results.
@@ -133,7 +146,11 @@ def main(argv=None) -> int:
         name = script.stem.removeprefix("bench_")
         print(f"== {name}", file=sys.stderr, flush=True)
         res = run_one(script, out / f"{script.stem}.json", args.quick, args.timeout)
-        print(f"   {name}: {'error: ' + res['error'] if 'error' in res else str(len(res['rows'])) + ' rows'} ({res['seconds']:.0f}s)", file=sys.stderr, flush=True)
+        print(
+            f"   {name}: {'error: ' + res['error'] if 'error' in res else str(len(res['rows'])) + ' rows'} ({res['seconds']:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
         results["benchmarks"][name] = res
     (out / "results.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
     (out / "results.md").write_text(markdown(results), encoding="utf-8")

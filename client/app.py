@@ -77,7 +77,9 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
         # Losses are computed on the real batches outside the DP accounting: they stay in the site's log.
         log.info("round %s losses (kept at the site): %s", msg.content["config"]["server-round"], metrics)
         metrics = {k: v for k, v in metrics.items() if not k.startswith("loss-")}
-    content = RecordDict({"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **metrics})})
+    content = RecordDict(
+        {"arrays": to_arrays(result.arrays), "metrics": MetricRecord({"num-examples": result.num_examples, **metrics})}
+    )
     if result.ledger is not None:
         from cxrsynth.privacy.dp import write_ledger_file
 
@@ -97,13 +99,18 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, extra = read_round_config(msg.content["config"])
     if not load_policy(context.node_config).send_loss_metrics:
         # A mean loss over training records is a membership signal outside any DP accounting.
-        raise SiteRefused("site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered.")
+        raise SiteRefused(
+            "site policy keeps loss-based scores at the site (send_loss_metrics false); central evaluation is not answered."
+        )
     site = load_site(cfg, context.node_config)
     model = rebuild_model(cfg, extra, from_arrays(msg.content["arrays"]), torch.device("cpu"))
     model.eval()
     sample = site.train[: min(len(site.train), 32)]
     scores = model.member_scores(sample)
-    return Message(RecordDict({"metrics": MetricRecord({"num-examples": len(sample), "member-score": float(scores.mean())})}), reply_to=msg)
+    return Message(
+        RecordDict({"metrics": MetricRecord({"num-examples": len(sample), "member-score": float(scores.mean())})}),
+        reply_to=msg,
+    )
 
 
 def vocab(msg: Message, context: Context) -> Message:
@@ -120,10 +127,18 @@ def vocab(msg: Message, context: Context) -> Message:
         # A run from a pretrained base takes its vocabulary from the base: no token counts needed, none sent.
         counts, n_reports = {}, len(site.train)
     else:
-        counts, n_reports = token_counts(site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model))
+        counts, n_reports = token_counts(
+            site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model)
+        )
     labels = label_counts(site.train, k)
     return Message(
-        RecordDict({"counts": MetricRecord(counts), "label-counts": MetricRecord(labels), "metrics": MetricRecord({"num-reports": n_reports})}),
+        RecordDict(
+            {
+                "counts": MetricRecord(counts),
+                "label-counts": MetricRecord(labels),
+                "metrics": MetricRecord({"num-reports": n_reports}),
+            }
+        ),
         reply_to=msg,
     )
 

@@ -56,11 +56,17 @@ def check_reply(msg: Message) -> None:
         elif isinstance(rec, ConfigRecord) and name == SECAGG_RECORD and kind == "train":
             bad = [k for k, v in rec.items() if k not in SECAGG_KEYS or not _protocol_value(v)]
             if bad:
-                raise EgressRefused(f"secure aggregation key(s) {bad[:3]} are not the protocol's keys, bytes and node ids.")
+                raise EgressRefused(
+                    f"secure aggregation key(s) {bad[:3]} are not the protocol's keys, bytes and node ids."
+                )
         elif isinstance(rec, ConfigRecord):
             if name != "ledger":
                 raise EgressRefused(f"record {name!r}: only the privacy ledger may travel as a ConfigRecord.")
-            bad = [k for k, v in rec.items() if not (_numeric(v) or (k in LEDGER_STRINGS and isinstance(v, str) and len(v) < 16))]
+            bad = [
+                k
+                for k, v in rec.items()
+                if not (_numeric(v) or (k in LEDGER_STRINGS and isinstance(v, str) and len(v) < 16))
+            ]
             if bad:
                 raise EgressRefused(f"ledger key(s) {bad[:3]} are neither numbers nor an accountant name.")
         else:
@@ -79,7 +85,10 @@ def error_reply(e: BaseException, msg: Message) -> Message:
     elif isinstance(e, CheckFailed):
         kind, reason = "check-failed", "check-failed: a check at the site failed; the details are in the site's log."
     elif isinstance(e, CxrError):
-        kind, reason = "bad-input", "bad-input: the site could not read its data or settings for this request; the details are in the site's log."
+        kind, reason = (
+            "bad-input",
+            "bad-input: the site could not read its data or settings for this request; the details are in the site's log.",
+        )
     else:
         kind, reason = "internal", "internal: the site's ClientApp failed; the details are in the site's log."
     return Message(Error(code=ERROR_KINDS[kind], reason=reason), reply_to=msg)

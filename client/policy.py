@@ -31,18 +31,42 @@ class SitePolicy(BaseModel):
 
     require_dp: bool = Field(True, description="refuse a training round without DP-SGD")
     min_noise_multiplier: float = Field(0.8, ge=0.0, description="refuse a run whose dp.noise_multiplier is lower")
-    max_epsilon: Optional[float] = Field(10.0, gt=0.0, description="the site's own budget; refuse a run with a larger dp.epsilon_budget or none")
+    max_epsilon: Optional[float] = Field(
+        10.0, gt=0.0, description="the site's own budget; refuse a run with a larger dp.epsilon_budget or none"
+    )
     max_delta: float = Field(1e-5, gt=0.0, lt=1.0, description="refuse a run with a larger dp.delta")
-    min_count: int = Field(10, ge=1, description="token and label counts leave only when at least this many patients share them (raises federation.vocab_min_count)")
-    send_loss_metrics: bool = Field(False, description="training losses are computed on real batches outside the DP accounting; by default they stay here")
+    min_count: int = Field(
+        10,
+        ge=1,
+        description="token and label counts leave only when at least this many patients share them (raises federation.vocab_min_count)",
+    )
+    send_loss_metrics: bool = Field(
+        False,
+        description="training losses are computed on real batches outside the DP accounting; by default they stay here",
+    )
     answer_audit_queries: bool = True
-    audit_query_budget: int = Field(5, ge=0, description="audit queries this site answers over its lifetime (each is a look at its data)")
-    require_signed_audit_sets: bool = Field(True, description="answer only a synthetic set the coordinator pinned with a key in `trusted-entities`")
-    require_secure_aggregation: bool = Field(False, description="send a training update only masked in a SecAgg+ round, never in the clear")
+    audit_query_budget: int = Field(
+        5, ge=0, description="audit queries this site answers over its lifetime (each is a look at its data)"
+    )
+    require_signed_audit_sets: bool = Field(
+        True, description="answer only a synthetic set the coordinator pinned with a key in `trusted-entities`"
+    )
+    require_secure_aggregation: bool = Field(
+        False, description="send a training update only masked in a SecAgg+ round, never in the clear"
+    )
 
 
 # What a simulated site follows when it has no policy of its own: the run config as sent.
-PERMISSIVE = SitePolicy(require_dp=False, min_noise_multiplier=0.0, max_epsilon=None, max_delta=0.999999, min_count=1, send_loss_metrics=True, audit_query_budget=1_000_000, require_signed_audit_sets=False)
+PERMISSIVE = SitePolicy(
+    require_dp=False,
+    min_noise_multiplier=0.0,
+    max_epsilon=None,
+    max_delta=0.999999,
+    min_count=1,
+    send_loss_metrics=True,
+    audit_query_budget=1_000_000,
+    require_signed_audit_sets=False,
+)
 
 
 def load_policy(node_config: dict) -> SitePolicy:
@@ -54,7 +78,11 @@ def load_policy(node_config: dict) -> SitePolicy:
             return SitePolicy()
     else:
         return PERMISSIVE
-    data = read_yaml(path, missing="no such site policy file (node config key 'site-policy'); keys: " + ", ".join(SitePolicy.model_fields))
+    data = read_yaml(
+        path,
+        missing="no such site policy file (node config key 'site-policy'); keys: "
+        + ", ".join(SitePolicy.model_fields),
+    )
     try:
         return SitePolicy.model_validate(data)
     except ValidationError as e:
@@ -70,12 +98,20 @@ def enforce(cfg: RunConfig, policy: SitePolicy, *, training: bool = True) -> Run
             raise SiteRefused("site policy requires DP-SGD (require_dp) and the run has dp.enabled false.")
         if dp.enabled:
             if dp.noise_multiplier < policy.min_noise_multiplier:
-                raise SiteRefused(f"site policy requires dp.noise_multiplier >= {policy.min_noise_multiplier:g}; the run asks for {dp.noise_multiplier:g}.")
+                raise SiteRefused(
+                    f"site policy requires dp.noise_multiplier >= {policy.min_noise_multiplier:g}; the run asks for {dp.noise_multiplier:g}."
+                )
             if dp.delta > policy.max_delta:
-                raise SiteRefused(f"site policy allows dp.delta <= {policy.max_delta:g}; the run asks for {dp.delta:g}.")
-            if policy.max_epsilon is not None and (dp.epsilon_budget is None or dp.epsilon_budget > policy.max_epsilon):
+                raise SiteRefused(
+                    f"site policy allows dp.delta <= {policy.max_delta:g}; the run asks for {dp.delta:g}."
+                )
+            if policy.max_epsilon is not None and (
+                dp.epsilon_budget is None or dp.epsilon_budget > policy.max_epsilon
+            ):
                 asked = "no budget" if dp.epsilon_budget is None else f"{dp.epsilon_budget:g}"
-                raise SiteRefused(f"site policy allows dp.epsilon_budget <= {policy.max_epsilon:g}; the run asks for {asked}.")
+                raise SiteRefused(
+                    f"site policy allows dp.epsilon_budget <= {policy.max_epsilon:g}; the run asks for {asked}."
+                )
     k = max(cfg.federation.vocab_min_count, policy.min_count)
     if k == cfg.federation.vocab_min_count:
         return cfg
@@ -85,4 +121,6 @@ def enforce(cfg: RunConfig, policy: SitePolicy, *, training: bool = True) -> Run
 def refuse_plain_updates(policy: SitePolicy, *, secure: bool) -> None:
     """SiteRefused when the site sends updates only into a secure sum and this round is plain."""
     if policy.require_secure_aggregation and not secure:
-        raise SiteRefused("site policy sends its update only masked (require_secure_aggregation) and the run has federation.secure_aggregation off.")
+        raise SiteRefused(
+            "site policy sends its update only masked (require_secure_aggregation) and the run has federation.secure_aggregation off."
+        )

@@ -49,9 +49,17 @@ def admit(msg: Message, context: Context, query_log: Optional[Path]) -> None:
         raise SiteRefused("site policy answers no audit queries (answer_audit_queries false).")
     past = query_log.read_text(encoding="utf-8").splitlines() if query_log is not None and query_log.is_file() else []
     if len(past) >= policy.audit_query_budget:
-        raise SiteRefused(f"site policy's audit query budget ({policy.audit_query_budget}) is spent; {len(past)} queries answered.")
+        raise SiteRefused(
+            f"site policy's audit query budget ({policy.audit_query_budget}) is spent; {len(past)} queries answered."
+        )
     pin = verify_query(msg.content, _trusted_entities(context.node_config)) if policy.require_signed_audit_sets else {}
-    entry = {"time": time.time(), "synthetic-sha256": pin.get("synthetic-sha256"), "checkpoint-sha256": pin.get("checkpoint-sha256"), "key-id": pin.get("key-id"), "n": len(msg.content["config"]["record-ids"])}
+    entry = {
+        "time": time.time(),
+        "synthetic-sha256": pin.get("synthetic-sha256"),
+        "checkpoint-sha256": pin.get("checkpoint-sha256"),
+        "key-id": pin.get("key-id"),
+        "n": len(msg.content["config"]["record-ids"]),
+    }
     log.info("audit query admitted: %s", entry)
     if query_log is not None:
         query_log.parent.mkdir(parents=True, exist_ok=True)
@@ -69,11 +77,15 @@ def _site_records(node_config: dict, cfg) -> tuple[str, list, list]:
     from cxrsynth.data.dataset import require_patient_split
 
     # A patient on both sides would make the holdout calibration see training patients.
-    require_patient_split([r.with_(split="train" if r.split != "holdout" else "holdout") for r in records], f"site {site}")
+    require_patient_split(
+        [r.with_(split="train" if r.split != "holdout" else "holdout") for r in records], f"site {site}"
+    )
     train = [r for r in records if r.split != "holdout"]
     holdout = [r for r in records if r.split == "holdout"]
     if not holdout:
-        raise InputError(f"site {site}: no holdout records (split column 'holdout'); the audit calibrates on unseen patients.")
+        raise InputError(
+            f"site {site}: no holdout records (split column 'holdout'); the audit calibrates on unseen patients."
+        )
     return site, train, holdout
 
 

@@ -55,10 +55,16 @@ flower_mod.pseudo_rand_gen = mask_stream
 
 def is_secure(msg: Message) -> bool:
     """Whether a train message is a stage of a SecAgg+ round."""
-    return msg.metadata.message_type == MessageType.TRAIN and msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
+    return (
+        msg.metadata.message_type == MessageType.TRAIN
+        and msg.has_content()
+        and RECORD_KEY_CONFIGS in msg.content.config_records
+    )
 
 
-def update_vector(local: dict[str, np.ndarray], global_: dict[str, np.ndarray], clip: float, weight_ratio: float) -> list[np.ndarray]:
+def update_vector(
+    local: dict[str, np.ndarray], global_: dict[str, np.ndarray], clip: float, weight_ratio: float
+) -> list[np.ndarray]:
     """The site's update as Flower's mod masks it: one array per floating-point weight, then the
     share of coordinates that clipping at +-`clip` will cut once the mod scales them by `weight_ratio`."""
     names = summed_names(global_)
@@ -68,7 +74,10 @@ def update_vector(local: dict[str, np.ndarray], global_: dict[str, np.ndarray], 
     size = sum(d.size for d in deltas) or 1
     cut = sum(int(np.count_nonzero(np.abs(d) * weight_ratio > clip)) for d in deltas) / size
     if cut:
-        log.warning("secure aggregation: %.3g%% of this update's coordinates exceed federation.secagg.clipping_range and are clipped", 100 * cut)
+        log.warning(
+            "secure aggregation: %.3g%% of this update's coordinates exceed federation.secagg.clipping_range and are clipped",
+            100 * cut,
+        )
     # The mod scales every entry by the weight ratio, and the sum divides it out again.
     return [*deltas, np.array([cut * clip])]
 
@@ -79,7 +88,9 @@ def _as_fitres(incoming: Message, reply: Message, context: Context) -> Message:
     n = int(reply.content["metrics"]["num-examples"])
     protocol = context.state.config_records[RECORD_KEY_STATE]
     vector = update_vector(local, global_, float(protocol["clipping_range"]), n / float(protocol["max_weight"]))
-    fitres = FitRes(status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(vector), num_examples=n, metrics={})
+    fitres = FitRes(
+        status=Status(code=Code.OK, message=""), parameters=ndarrays_to_parameters(vector), num_examples=n, metrics={}
+    )
     content = compat.fitres_to_recorddict(fitres, keep_input=False)
     for name, record in reply.content.items():
         if name != "arrays":
@@ -95,7 +106,11 @@ def _on_the_wire(reply: Message) -> Message:
     metrics, ledger and counters remain."""
     if not reply.has_error():
         reply.content = RecordDict(
-            {name: r for name, r in reply.content.items() if not name.startswith(LEGACY_PREFIX) and (isinstance(r, (ConfigRecord, MetricRecord)) or len(r))}
+            {
+                name: r
+                for name, r in reply.content.items()
+                if not name.startswith(LEGACY_PREFIX) and (isinstance(r, (ConfigRecord, MetricRecord)) or len(r))
+            }
         )
     return reply
 

@@ -54,7 +54,10 @@ def with_run_signature(fab: Fab, override_config: dict) -> Fab:
         key_id, signed_at, signature = parse_signature(str(override_config.get(SIGNATURE_KEY, "")))
     except ValueError:
         return fab
-    verifications = {key_id: json.dumps({"signature": signature, "signed_at": signed_at}), "valid_license": LOCAL_SIGNATURE}
+    verifications = {
+        key_id: json.dumps({"signature": signature, "signed_at": signed_at}),
+        "valid_license": LOCAL_SIGNATURE,
+    }
     return Fab(fab.hash_str, fab.content, verifications)
 
 

@@ -35,7 +35,9 @@ _SITE_CACHE: dict[tuple, SiteData] = {}
 
 
 def partition_of(records: list[Record], k: int, i: int, cfg: RunConfig) -> list[Record]:
-    parts = partition(records, k, mode=cfg.federation.partition, alpha=cfg.federation.dirichlet_alpha, seed=cfg.data.split_seed)
+    parts = partition(
+        records, k, mode=cfg.federation.partition, alpha=cfg.federation.dirichlet_alpha, seed=cfg.data.split_seed
+    )
     return list(parts[i])
 
 
@@ -85,7 +87,9 @@ def site_records(cfg: Optional[RunConfig], node_config: dict, strict: bool = Fal
     )
 
 
-def token_counts(records: list[Record], min_patients: int, text_of: Callable[[Record], str] = lambda r: r.report) -> tuple[dict[str, int], int]:
+def token_counts(
+    records: list[Record], min_patients: int, text_of: Callable[[Record], str] = lambda r: r.report
+) -> tuple[dict[str, int], int]:
     """Counts of the report tokens found in the reports of at least `min_patients` patients, and the number of reports.
 
     The threshold is on distinct patients, not occurrences, so a token tied to one person (an
@@ -119,7 +123,10 @@ def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
         return [PATTERN + combo, *filter(None, combo.split(";"))]
 
     labeled = [r for r in records if r.has_labels()]
-    return {**counts_shared_by(((r.patient_id, keys(r.labels)) for r in labeled), min_patients), "labeled": len(labeled)}
+    return {
+        **counts_shared_by(((r.patient_id, keys(r.labels)) for r in labeled), min_patients),
+        "labeled": len(labeled),
+    }
 
 
 def _proximal_pull(model: GenerativeModel, anchor: dict[str, torch.Tensor], mu: float):
@@ -173,7 +180,9 @@ def train_round(
 
         got = state_sha256(arrays, extra_state, model_class(cfg.model).label_mix_keys)
         if got != cfg.train.init_sha256:
-            raise SiteRefused(f"the round-1 weights hash to {got}, not to the base {cfg.train.init_sha256} the run pins; the site fine-tunes only that base.")
+            raise SiteRefused(
+                f"the round-1 weights hash to {got}, not to the base {cfg.train.init_sha256} the run pins; the site fine-tunes only that base."
+            )
     model = rebuild_model(cfg, extra_state, arrays, pick_device(cfg.train.device))
     if server_round == 1 and cfg.train.init_sha256 is not None:
         model.start_fine_tuning()
@@ -211,4 +220,6 @@ def train_round(
     if cfg.dp.enabled:
         # The coordinator checks the ledger's sample rate against it (server/screen.py).
         metrics["privacy-units"] = units
-    return RoundResult(arrays=model.state(), num_examples=len(site.train), metrics=metrics, ledger=ledger() if ledger else None)
+    return RoundResult(
+        arrays=model.state(), num_examples=len(site.train), metrics=metrics, ledger=ledger() if ledger else None
+    )

@@ -89,5 +89,13 @@ def generate(args: argparse.Namespace) -> int:
 
         recs, _ = read_dataset(args.labels_from, load_images=False)
         conditions = [Condition(labels=recs[i % len(recs)].labels) for i in range(args.n)] if recs else None
-    run_generate(args.checkpoint, args.n, args.out, seed=args.seed, conditions=conditions, progress=Progress(args.quiet), replace=args.replace)
+    run_generate(
+        args.checkpoint,
+        args.n,
+        args.out,
+        seed=args.seed,
+        conditions=conditions,
+        progress=Progress(args.quiet),
+        replace=args.replace,
+    )
     return 0

@@ -52,16 +52,29 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
     out: Path = Path("runs/train")
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads; none: torch's default")
-    workers: int = Field(0, ge=0, le=64, description="DataLoader processes decoding images ahead of the step; 0: in the training process")
-    init_from: Optional[Path] = Field(None, description="a base checkpoint (`cxrsynth pretrain`) to fine-tune instead of training from scratch")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="DataLoader processes decoding images ahead of the step; 0: in the training process",
+    )
+    init_from: Optional[Path] = Field(
+        None, description="a base checkpoint (`cxrsynth pretrain`) to fine-tune instead of training from scratch"
+    )
     init_sha256: Optional[str] = Field(
-        None, pattern=r"^[0-9a-f]{64}$", description="the base's SHA-256 (cxrsynth.pretrained.base_sha256); sites refuse a base that hashes otherwise"
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="the base's SHA-256 (cxrsynth.pretrained.base_sha256); sites refuse a base that hashes otherwise",
     )
     finetune: tuple[str, ...] = Field(
-        ("*",), min_length=1, description="glob patterns over '<network>.<parameter>' names that fine-tuning updates; the rest stay frozen"
+        ("*",),
+        min_length=1,
+        description="glob patterns over '<network>.<parameter>' names that fine-tuning updates; the rest stay frozen",
     )
     finetune_lr: Optional[float] = Field(
-        None, gt=0, description="learning rate of every optimizer in a run that starts from a base (init_from / init_sha256); none: the model's own"
+        None,
+        gt=0,
+        description="learning rate of every optimizer in a run that starts from a base (init_from / init_sha256); none: the model's own",
     )
 
 
@@ -75,10 +88,12 @@ class DPConfig(Strict):
     epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     grad_sample: Literal["hooks", "functorch"] = Field(
-        "hooks", description="how Opacus computes per-sample gradients: its per-layer formulas (hooks) or torch.func's vmap over every layer (functorch); same gradients, different speed"
+        "hooks",
+        description="how Opacus computes per-sample gradients: its per-layer formulas (hooks) or torch.func's vmap over every layer (functorch); same gradients, different speed",
     )
     privacy_unit: Literal["patient", "study"] = Field(
-        "patient", description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study"
+        "patient",
+        description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study",
     )
 
 
@@ -87,21 +102,46 @@ class SecAggConfig(Strict):
     sites' updates. Each site adds pairwise masks that cancel in the sum and a private mask whose
     seed the other sites hold in Shamir shares; a site that drops out is recovered from them."""
 
-    num_shares: float = Field(1.0, gt=0.0, le=1.0, description="share of the round's sites each site hands its mask secrets to (its neighbours); 1.0: all of them")
-    reconstruction_threshold: float = Field(
-        0.67, gt=0.0, le=1.0, description="share of those neighbours needed to rebuild a secret; above one half, so no split of the neighbours yields both of a site's secrets"
+    num_shares: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="share of the round's sites each site hands its mask secrets to (its neighbours); 1.0: all of them",
     )
-    clipping_range: float = Field(8.0, gt=0.0, description="each coordinate of a site's weighted update (local minus global weights) is clipped to +-this before quantization")
-    quantization_range: int = Field(2**22, ge=2**8, description="levels of the quantizer over [-clipping_range, clipping_range]")
-    modulus_range: int = Field(2**32, ge=2**9, le=2**32, description="the masks' ring; a power of 2 larger than quantization_range times the number of sites")
-    max_weight: Optional[float] = Field(None, gt=0.0, description="weight scale of num-examples; none: the largest record count a site reported (1000 before any)")
+    reconstruction_threshold: float = Field(
+        0.67,
+        gt=0.0,
+        le=1.0,
+        description="share of those neighbours needed to rebuild a secret; above one half, so no split of the neighbours yields both of a site's secrets",
+    )
+    clipping_range: float = Field(
+        8.0,
+        gt=0.0,
+        description="each coordinate of a site's weighted update (local minus global weights) is clipped to +-this before quantization",
+    )
+    quantization_range: int = Field(
+        2**22, ge=2**8, description="levels of the quantizer over [-clipping_range, clipping_range]"
+    )
+    modulus_range: int = Field(
+        2**32,
+        ge=2**9,
+        le=2**32,
+        description="the masks' ring; a power of 2 larger than quantization_range times the number of sites",
+    )
+    max_weight: Optional[float] = Field(
+        None,
+        gt=0.0,
+        description="weight scale of num-examples; none: the largest record count a site reported (1000 before any)",
+    )
 
     @model_validator(mode="after")
     def _ring_holds_the_sum(self):
         if self.modulus_range & (self.modulus_range - 1):
             raise ValueError(f"modulus_range {self.modulus_range} is not a power of 2")
         if self.modulus_range <= self.quantization_range:
-            raise ValueError(f"modulus_range {self.modulus_range} must exceed quantization_range {self.quantization_range}")
+            raise ValueError(
+                f"modulus_range {self.modulus_range} must exceed quantization_range {self.quantization_range}"
+            )
         return self
 
 
@@ -115,13 +155,21 @@ class FederationConfig(Strict):
     min_sites: int = Field(2, ge=1, description="a round with fewer results fails the run")
     partition: Literal["by-site", "iid", "dirichlet"] = "by-site"
     dirichlet_alpha: float = Field(0.5, gt=0.0)
-    reject_norm_factor: float = Field(10.0, gt=1.0, description="reject updates whose norm exceeds this times the round median")
+    reject_norm_factor: float = Field(
+        10.0, gt=1.0, description="reject updates whose norm exceeds this times the round median"
+    )
     client_dp: Literal["off", "fixed", "adaptive"] = "off"
     client_dp_noise: float = Field(0.0, ge=0.0)
     client_dp_clip: float = Field(10.0, gt=0.0)
-    vocab_min_count: int = Field(10, ge=1, description="a site shares a report token's count only when that many of its patients have it (rare words never leave)")
+    vocab_min_count: int = Field(
+        10,
+        ge=1,
+        description="a site shares a report token's count only when that many of its patients have it (rare words never leave)",
+    )
     round_timeout: float = Field(3600.0, gt=0.0, description="seconds the server waits for a round's replies")
-    secure_aggregation: Literal["off", "secagg+"] = Field("off", description="secagg+: the coordinator sees only the sum of the sites' updates (server/secagg.py)")
+    secure_aggregation: Literal["off", "secagg+"] = Field(
+        "off", description="secagg+: the coordinator sees only the sum of the sites' updates (server/secagg.py)"
+    )
     secagg: SecAggConfig = SecAggConfig()
     out: Path = Path("runs/fl")
 
@@ -135,7 +183,9 @@ class FederationConfig(Strict):
                 "use dp (DP-SGD at each site) with secure_aggregation, or set client_dp: off"
             )
         if self.min_sites < 2:
-            raise ValueError("secure aggregation needs at least 2 sites in a round (min_sites >= 2): the sum of one update is that update")
+            raise ValueError(
+                "secure aggregation needs at least 2 sites in a round (min_sites >= 2): the sum of one update is that update"
+            )
         if self.sites * self.secagg.quantization_range >= self.secagg.modulus_range:
             raise ValueError(
                 f"secagg.modulus_range {self.secagg.modulus_range} cannot hold the sum of {self.sites} sites' quantized updates "
@@ -144,7 +194,18 @@ class FederationConfig(Strict):
         return self
 
 
-AUDIT_CHECKS = ("image_copies", "image_closeness", "text_rare_ngrams", "text_near_duplicates", "text_embedding", "phi", "membership", "dp_ledger", "label_fidelity", "report_labels")
+AUDIT_CHECKS = (
+    "image_copies",
+    "image_closeness",
+    "text_rare_ngrams",
+    "text_near_duplicates",
+    "text_embedding",
+    "phi",
+    "membership",
+    "dp_ledger",
+    "label_fidelity",
+    "report_labels",
+)
 
 
 class AuditPolicy(Strict):
@@ -154,39 +215,68 @@ class AuditPolicy(Strict):
     # copy_margin x the copy_quantile of holdout-to-train nearest-neighbour distances: calibrated on
     # the site's own unseen patients, never a hand-set distance.
     max_copy_rate: float = Field(0.001, ge=0.0, le=1.0)
-    copy_quantile: float = Field(0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances ...")
+    copy_quantile: float = Field(
+        0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances ..."
+    )
     copy_margin: float = Field(0.5, gt=0.0, le=1.0, description="... times this factor")
-    copy_match: Literal["aligned", "embedding"] = Field("aligned", description="aligned: best shift/zoom/mirror alignment of pixels (catches cropped and shifted copies); embedding: the encoder's distance")
+    copy_match: Literal["aligned", "embedding"] = Field(
+        "aligned",
+        description="aligned: best shift/zoom/mirror alignment of pixels (catches cropped and shifted copies); embedding: the encoder's distance",
+    )
     max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0)
     max_mia_auc_upper: float = Field(0.6, ge=0.5, le=1.0)
     max_phi_findings: int = Field(0, ge=0)
     max_rare_ngram_leaks: int = Field(0, ge=0)
     rare_ngram_n: int = Field(8, ge=3)
     rare_ngram_k: int = Field(2, ge=1, description="an n-gram found in fewer than k training reports is rare")
-    near_duplicate_jaccard: float = Field(0.9, gt=0.0, le=1.0, description="MinHash Jaccard similarity that makes two reports near-duplicates")
-    max_near_duplicate_excess: float = Field(0.05, ge=0.0, le=1.0, description="synthetic near-duplicate rate may exceed holdout's by this much")
-    text_encoder: Optional[Path] = Field(None, description="a local sentence-embedding model directory (transformers); none: that check is not run")
+    near_duplicate_jaccard: float = Field(
+        0.9, gt=0.0, le=1.0, description="MinHash Jaccard similarity that makes two reports near-duplicates"
+    )
+    max_near_duplicate_excess: float = Field(
+        0.05, ge=0.0, le=1.0, description="synthetic near-duplicate rate may exceed holdout's by this much"
+    )
+    text_encoder: Optional[Path] = Field(
+        None, description="a local sentence-embedding model directory (transformers); none: that check is not run"
+    )
     require_dp: bool = False
     epsilon_budget: Optional[float] = Field(None, gt=0.0)
     # Label fidelity (privacy/audit/fidelity.py): do the synthetic records carry their labels?
     min_label_fidelity_auroc: float = Field(
-        0.6, ge=0.5, le=1.0, description="per-label and macro AUROC of a classifier trained on a site's real images, scoring the synthetic images against their labels"
+        0.6,
+        ge=0.5,
+        le=1.0,
+        description="per-label and macro AUROC of a classifier trained on a site's real images, scoring the synthetic images against their labels",
     )
     min_report_label_agreement: float = Field(
-        0.6, ge=0.0, le=1.0, description="per-label and macro positive F1 between the report labeler's reading of each synthetic report and its labels"
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="per-label and macro positive F1 between the report labeler's reading of each synthetic report and its labels",
     )
-    weak_labels: Literal["drop", "refuse"] = Field("drop", description="labels below a floor: emptied in the released manifest (drop), or the release is refused")
-    min_fidelity_positives: int = Field(5, ge=2, description="a label is judged when the synthetic set has at least this many positives and as many negatives")
-    min_fidelity_real_positives: int = Field(10, ge=2, description="... and a site has this many real training positives to train its classifier on")
+    weak_labels: Literal["drop", "refuse"] = Field(
+        "drop", description="labels below a floor: emptied in the released manifest (drop), or the release is refused"
+    )
+    min_fidelity_positives: int = Field(
+        5,
+        ge=2,
+        description="a label is judged when the synthetic set has at least this many positives and as many negatives",
+    )
+    min_fidelity_real_positives: int = Field(
+        10, ge=2, description="... and a site has this many real training positives to train its classifier on"
+    )
     fidelity_steps: int = Field(300, ge=1, le=100_000, description="training steps of each site's fidelity classifier")
     bootstrap: int = Field(1000, ge=10)
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     encoder: Literal["pixels", "selfsup", "file"] = "pixels"
-    encoder_weights: Optional[Path] = Field(None, description="encoder 'file': TorchScript (.pt) or self-supervised encoder weights (.safetensors)")
+    encoder_weights: Optional[Path] = Field(
+        None, description="encoder 'file': TorchScript (.pt) or self-supervised encoder weights (.safetensors)"
+    )
     pixel_grid: int = Field(16, ge=4, le=128, description="encoder 'pixels': side of the downsampled image")
     selfsup_steps: int = Field(300, ge=1)
     chunk: int = Field(4096, ge=16, description="nearest-neighbour search block size (bounds memory)")
-    skip: tuple[Literal[AUDIT_CHECKS], ...] = Field((), description="checks the steward deliberately leaves out; recorded in the audit and the dataset card")
+    skip: tuple[Literal[AUDIT_CHECKS], ...] = Field(
+        (), description="checks the steward deliberately leaves out; recorded in the audit and the dataset card"
+    )
     seed: int = 0
 
 
@@ -206,7 +296,9 @@ class RunConfig(Strict):
         if isinstance(value, dict) and "family" not in value:
             raise ValueError(f"the key 'family' is missing; expected one of {'|'.join(registry.names())}")
         if not isinstance(value, (dict, BaseModel)):
-            raise ValueError(f"expected a mapping of model settings with a key 'family' ({'|'.join(registry.names())})")
+            raise ValueError(
+                f"expected a mapping of model settings with a key 'family' ({'|'.join(registry.names())})"
+            )
         name = value["family"] if isinstance(value, dict) else getattr(value, "family", type(value).__name__)
         try:
             family = registry.get(str(name))
@@ -272,7 +364,9 @@ def _resolve(source: str | Path, seen: tuple = ()) -> tuple[dict, str]:
         if parent in seen:
             raise ConfigError(f"{path}: key 'preset': preset {parent!r} includes itself.")
         if parent not in preset_names():
-            raise ConfigError(f"{path}: key 'preset': unknown preset {parent!r}; expected one of {', '.join(preset_names())}.")
+            raise ConfigError(
+                f"{path}: key 'preset': unknown preset {parent!r}; expected one of {', '.join(preset_names())}."
+            )
         base, _ = _resolve(parent, seen + (parent,))
         data = _deep_merge(base, data)
     return data, str(path)
@@ -299,8 +393,14 @@ def load_config(source: str | Path, overrides: Optional[dict[str, Any]] = None) 
         data = _deep_merge(data, overrides)
     if "model" not in data:
         unknown = sorted(str(k) for k in data if k not in RunConfig.model_fields)
-        also = f"; unknown top-level key(s) {unknown} (check the spelling; the sections are {list(RunConfig.model_fields)})" if unknown else ""
-        raise ConfigError(f"{where}: key 'model' is missing; it needs at least `family: {'|'.join(registry.names())}` (or start from a preset: {', '.join(preset_names())}){also}.")
+        also = (
+            f"; unknown top-level key(s) {unknown} (check the spelling; the sections are {list(RunConfig.model_fields)})"
+            if unknown
+            else ""
+        )
+        raise ConfigError(
+            f"{where}: key 'model' is missing; it needs at least `family: {'|'.join(registry.names())}` (or start from a preset: {', '.join(preset_names())}){also}."
+        )
     return validate(RunConfig, data, where)
 
 

@@ -59,14 +59,21 @@ class DryRun:
     @property
     def estimate_bytes(self) -> int:
         scale = self.configured_batch / self.batch
-        return int(self.weights_bytes + self.grads_bytes + self.optimizer_bytes + self.activation_bytes * scale + self.dp_bytes)
+        return int(
+            self.weights_bytes
+            + self.grads_bytes
+            + self.optimizer_bytes
+            + self.activation_bytes * scale
+            + self.dp_bytes
+        )
 
     def lines(self) -> list[str]:
         total, trainable = sum(self.parameters.values()), sum(self.trainable.values())
         nets = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in self.parameters.items())
         out = [
             f"{self.preset}: {total:,} parameters ({trainable:,} trained): {nets}",
-            f"two steps at batch {self.batch} on {self.device}: " + ", ".join(f"{s:.2f}s" for s in self.step_seconds)
+            f"two steps at batch {self.batch} on {self.device}: "
+            + ", ".join(f"{s:.2f}s" for s in self.step_seconds)
             + ("" if self.updated else " (forward and backward; optimizer update skipped, its state counted)"),
             f"memory at the configured batch {self.configured_batch}: about {self.estimate_bytes / GB:.2f} GB = weights {self.weights_bytes / GB:.2f}"
             f" + gradients {self.grads_bytes / GB:.2f} + optimizer state {self.optimizer_bytes / GB:.2f}"
@@ -166,30 +173,42 @@ def dry_run(cfg: RunConfig, batch: int = 2, steps: int = 2, allow_update: Option
     device = pick_device(cfg.train.device)
     model = build_model(cfg.model)
     p = cfg.data.phantom
-    records = make_phantom(n=max(4 * batch, 16), sites=1, seed=p.seed, image_size=cfg.model.image_size, lateral=p.lateral)
+    records = make_phantom(
+        n=max(4 * batch, 16), sites=1, seed=p.seed, image_size=cfg.model.image_size, lateral=p.lateral
+    )
     model.setup(records)
     model.to_device(device)
     model.opts = model.make_optimizers()
     params = {name: sum(q.numel() for q in net.parameters()) for name, net in model.nets.items()}
     in_opts = {id(q) for opt in model.opts.values() for g in opt.param_groups for q in g["params"] if q.requires_grad}
-    trainable = {name: sum(q.numel() for q in net.parameters() if id(q) in in_opts) for name, net in model.nets.items()}
+    trainable = {
+        name: sum(q.numel() for q in net.parameters() if id(q) in in_opts) for name, net in model.nets.items()
+    }
     # The model's own parameters hold every network, also those a family keeps outside `nets`
     # (the LDM's frozen VAE, a moving average of the U-Net).
     all_params = list(model.parameters()) + list(model.buffers())
     weights = _tensor_bytes(all_params)
     stepped = [q for opt in model.opts.values() for g in opt.param_groups for q in g["params"] if q.requires_grad]
     grads = _tensor_bytes(stepped)
-    optimizer = sum(_optimizer_state_per_param(opt) * _tensor_bytes(q for g in opt.param_groups for q in g["params"] if q.requires_grad) for opt in model.opts.values())
+    optimizer = sum(
+        _optimizer_state_per_param(opt)
+        * _tensor_bytes(q for g in opt.param_groups for q in g["params"] if q.requires_grad)
+        for opt in model.opts.values()
+    )
     notes = []
     if allow_update is None:
         allow_update = weights + grads + optimizer < available_memory() // 2
     if not allow_update:
         model.opts = {name: _NoUpdate(opt) for name, opt in model.opts.items()}
-        notes.append(f"weights, gradients and optimizer state ({(weights + grads + optimizer) / GB:.1f} GB) exceed half of this machine's free memory: the optimizer update was skipped")
+        notes.append(
+            f"weights, gradients and optimizer state ({(weights + grads + optimizer) / GB:.1f} GB) exceed half of this machine's free memory: the optimizer update was skipped"
+        )
     dp_bytes = 0
     if cfg.dp.enabled:
         real = [n for n in model.nets if model.reads_real_data(n)]
-        dp_bytes = cfg.train.batch_size * sum(_tensor_bytes(q for q in unwrap(model.nets[n]).parameters() if q.requires_grad) for n in real)
+        dp_bytes = cfg.train.batch_size * sum(
+            _tensor_bytes(q for q in unwrap(model.nets[n]).parameters() if q.requires_grad) for n in real
+        )
     counter = _Counted({q.untyped_storage().data_ptr() for q in all_params})
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -18,7 +18,12 @@ from typing import Callable, Iterator, Optional
 from cxrsynth.errors import InputError
 
 
-def check_out(out: Path, replace: bool = False, is_own: Optional[Callable[[Path], bool]] = None, hint: str = "pass --replace to replace it whole") -> None:
+def check_out(
+    out: Path,
+    replace: bool = False,
+    is_own: Optional[Callable[[Path], bool]] = None,
+    hint: str = "pass --replace to replace it whole",
+) -> None:
     """InputError unless `out` is new, an empty folder, or a folder we may replace."""
     out = Path(out)
     if out.is_symlink():
@@ -32,7 +37,12 @@ def check_out(out: Path, replace: bool = False, is_own: Optional[Callable[[Path]
 
 
 @contextmanager
-def fresh_dir(out: Path, replace: bool = False, is_own: Optional[Callable[[Path], bool]] = None, hint: str = "pass --replace to replace it whole") -> Iterator[Path]:
+def fresh_dir(
+    out: Path,
+    replace: bool = False,
+    is_own: Optional[Callable[[Path], bool]] = None,
+    hint: str = "pass --replace to replace it whole",
+) -> Iterator[Path]:
     """Yield a new folder to write into; on success it becomes `out` (replacing what was there)."""
     out = Path(out)
     check_out(out, replace, is_own, hint)

@@ -132,7 +132,9 @@ def load_base(cfg: RunConfig, device=None) -> tuple[GenerativeModel, BaseCard]:
         )
     digest = model_sha256(base)
     if digest != card.sha256:
-        raise CheckFailed(f"{base_dir}: its weights hash to {digest}, not to the {card.sha256} its {CARD} records; the files were changed after pretraining.")
+        raise CheckFailed(
+            f"{base_dir}: its weights hash to {digest}, not to the {card.sha256} its {CARD} records; the files were changed after pretraining."
+        )
     check_pin(digest, cfg.train.init_sha256, where=f"train.init_from {base_dir}")
     model = build_model(cfg.model)
     model.load_extra_state(base.extra_state())
@@ -199,14 +201,30 @@ def public_phantom(cfg: RunConfig, n: int, seed: int, sites: int = PUBLIC_STYLES
     p = cfg.data.phantom
     # Published de-identified, as public collections are: a base that learnt names and dates from
     # its reports would write them into every release made from it.
-    records = make_phantom(n=n, sites=sites, seed=seed, image_size=p.image_size, lateral=p.lateral, site_offset=PUBLIC_SITE_OFFSET, deidentified=True)
+    records = make_phantom(
+        n=n,
+        sites=sites,
+        seed=seed,
+        image_size=p.image_size,
+        lateral=p.lateral,
+        site_offset=PUBLIC_SITE_OFFSET,
+        deidentified=True,
+    )
     # Its own id space: a public patient is never mistaken for a hospital's patient of the same number.
-    records = [r.with_(record_id=f"pub-{r.record_id}", patient_id=f"pub-{r.patient_id}", study_id=f"pub-{r.study_id}") for r in records]
+    records = [
+        r.with_(record_id=f"pub-{r.record_id}", patient_id=f"pub-{r.patient_id}", study_id=f"pub-{r.study_id}")
+        for r in records
+    ]
     last = PUBLIC_SITE_OFFSET + sites - 1
-    return records, f"phantom cohort: {n} studies, acquisition styles of sites {PUBLIC_SITE_OFFSET}..{last}, seed {seed}, reports de-identified (no hospital's data)"
+    return (
+        records,
+        f"phantom cohort: {n} studies, acquisition styles of sites {PUBLIC_SITE_OFFSET}..{last}, seed {seed}, reports de-identified (no hospital's data)",
+    )
 
 
-def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrained_on: str, progress=None) -> BaseCard:
+def pretrain(
+    cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrained_on: str, progress=None
+) -> BaseCard:
     """Train a base model on public `records` (no DP, no federation) and write it with its card."""
     from cxrsynth.checkpoint import save_checkpoint
     from cxrsynth.models import build_model
@@ -215,7 +233,9 @@ def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrai
     from cxrsynth.train import seed_everything, train_steps
 
     if cfg.dp.enabled:
-        raise InputError("pretraining runs without DP on public data; set dp.enabled: false (DP belongs to the sites' fine-tuning).")
+        raise InputError(
+            "pretraining runs without DP on public data; set dp.enabled: false (DP belongs to the sites' fine-tuning)."
+        )
     if not records:
         raise InputError("pretraining needs records; the public dataset is empty.")
     progress = progress or Progress()
@@ -226,7 +246,16 @@ def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrai
     model.to_device(pick_device(cfg.train.device))
     model.opts = model.make_optimizers()
     t0 = time.perf_counter()
-    result = train_steps(model, list(records), steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=cfg.train.seed, log_every=cfg.train.log_every, progress=progress, label=f"pretrain {cfg.model.family}")
+    result = train_steps(
+        model,
+        list(records),
+        steps=cfg.train.steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        log_every=cfg.train.log_every,
+        progress=progress,
+        label=f"pretrain {cfg.model.family}",
+    )
     model.to_device(pick_device("cpu"))
     card = BaseCard(
         sha256=model_sha256(model),
@@ -237,7 +266,13 @@ def pretrain(cfg: RunConfig, records: Sequence[Record], out: str | Path, pretrai
         steps=result.step,
         seconds=round(time.perf_counter() - t0, 1),
     )
-    save_checkpoint(out, model, cfg, {"step": result.step, "history": result.history[-2000:], "base": card.model_dump()}, save_optimizers=False)
+    save_checkpoint(
+        out,
+        model,
+        cfg,
+        {"step": result.step, "history": result.history[-2000:], "base": card.model_dump()},
+        save_optimizers=False,
+    )
     (out / CARD).write_text(card.model_dump_json(indent=2), encoding="utf-8")
     progress.say(f"base model: {out} (sha256 {card.sha256}); pin it with train.init_sha256")
     return card

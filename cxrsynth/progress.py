@@ -48,9 +48,15 @@ class _Task:
             self._last_print = now
             elapsed = now - self.t0
             pct = 100 * self.count / max(self.total, 1)
-            eta = f", eta {elapsed / self.count * (self.total - self.count):.1f}s" if 0 < self.count < self.total else ""
+            eta = (
+                f", eta {elapsed / self.count * (self.total - self.count):.1f}s" if 0 < self.count < self.total else ""
+            )
             extra = f"  {note}" if note else ""
-            print(f"[{self.label}] {self.count}/{self.total} ({pct:.0f}%, {elapsed:.1f}s{eta}){extra}", file=self.owner.stream, flush=True)
+            print(
+                f"[{self.label}] {self.count}/{self.total} ({pct:.0f}%, {elapsed:.1f}s{eta}){extra}",
+                file=self.owner.stream,
+                flush=True,
+            )
 
     def done(self) -> None:
         """The work ended (possibly short of `total`): its bar stops counting."""
@@ -82,9 +88,18 @@ class Progress:
 
     def _bars(self) -> RichProgress:
         if self._rich is None:
-            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            columns = (
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+            )
             # Refreshed on each advance (no refresh thread); stdout stays the results' own.
-            self._rich = RichProgress(*columns, console=Console(file=self.stream), auto_refresh=False, redirect_stdout=False)
+            self._rich = RichProgress(
+                *columns, console=Console(file=self.stream), auto_refresh=False, redirect_stdout=False
+            )
             self._rich.start()
             atexit.register(self._stop)
         return self._rich
@@ -114,7 +129,9 @@ _NOISY_WARNINGS = (
 
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or (record.levelno >= logging.WARNING and "DEPRECATED" not in record.getMessage())
+        return record.levelno >= logging.ERROR or (
+            record.levelno >= logging.WARNING and "DEPRECATED" not in record.getMessage()
+        )
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -50,7 +50,9 @@ class BatchSampler:
         if not records:
             raise InputError("no training records: the dataset (after the holdout split) is empty.")
         self.records = list(records)
-        self.indices = IndexBatchSampler(len(self.records), batch_size, seed, mode, patient_ids=[r.patient_id for r in self.records])
+        self.indices = IndexBatchSampler(
+            len(self.records), batch_size, seed, mode, patient_ids=[r.patient_id for r in self.records]
+        )
         self.batch_size = self.indices.batch_size
         self.mode = mode
         self.patients = self.indices.patients
@@ -101,7 +103,9 @@ def train_steps(
     """
     dataset = as_dataset(records)
     patients = dataset.patient_ids() if sampling == "poisson-patient" else None
-    sampler = IndexBatchSampler(len(dataset), batch_size, seed + start_step, sampling, patients, steps=steps, rank=rank, world_size=world_size)
+    sampler = IndexBatchSampler(
+        len(dataset), batch_size, seed + start_step, sampling, patients, steps=steps, rank=rank, world_size=world_size
+    )
     loader = record_loader(dataset, sampler, workers, getattr(model, "device", None))
     step_on = model.train_step
     if world_size > 1:
@@ -125,7 +129,12 @@ def train_steps(
         if on_step:
             on_step(step, entry)
         if bar is not None:
-            bar.advance(1, " ".join(f"{k}={v:.3g}" for k, v in list(losses.items())[:3]) if step % log_every == 0 or i == steps - 1 else None)
+            bar.advance(
+                1,
+                " ".join(f"{k}={v:.3g}" for k, v in list(losses.items())[:3])
+                if step % log_every == 0 or i == steps - 1
+                else None,
+            )
     if bar is not None:
         bar.done()
     return TrainResult(
@@ -213,7 +222,13 @@ def site_ledger_path(data_path: Optional[Path]) -> Optional[Path]:
     return None if data_path is None else Path(data_path).parent / f"{Path(data_path).name}.dp-ledger.json"
 
 
-def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, privatize: Optional[Callable] = None, progress: Optional[Progress] = None) -> Path:
+def train(
+    cfg: RunConfig,
+    out: Optional[Path] = None,
+    resume: bool = False,
+    privatize: Optional[Callable] = None,
+    progress: Optional[Progress] = None,
+) -> Path:
     """Train one site (no federation): data -> model -> steps -> checkpoint in `out`.
 
     `privatize(model, cfg, sample_rate, history)` is given by the caller when DP is on (cxrsynth.privacy.dp); it wraps
@@ -249,7 +264,9 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         model, card = load_base(cfg, device)
         model.start_fine_tuning()
         base = {**card.model_dump(), "path": str(cfg.train.init_from)}
-        progress.say(f"fine-tuning the base {cfg.train.init_from} (sha256 {card.sha256[:16]}..., {card.pretrained_on})")
+        progress.say(
+            f"fine-tuning the base {cfg.train.init_from} (sha256 {card.sha256[:16]}..., {card.pretrained_on})"
+        )
     else:
         model = build_model(cfg.model)
         # Read once, one record at a time (a dataset directory's images are decoded here, not kept).
@@ -308,7 +325,11 @@ def train(cfg: RunConfig, out: Optional[Path] = None, resume: bool = False, priv
         )
     if rank == 0:
         save_checkpoint(out, model, cfg, _train_state(result.step, history, ledger, base))
-        progress.say(f"trained {result.steps_done} steps in {result.seconds:.1f}s" + (f" on {world} processes" if world > 1 else "") + f"; checkpoint: {out}")
+        progress.say(
+            f"trained {result.steps_done} steps in {result.seconds:.1f}s"
+            + (f" on {world} processes" if world > 1 else "")
+            + f"; checkpoint: {out}"
+        )
     return out
 
 

@@ -48,17 +48,26 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cxrsynth federation"), x509.NameAttribute(NameOID.COMMON_NAME, common)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cxrsynth federation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
 
 
 def make_ca(out: Path) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     crt, key = out / "ca.crt", out / "ca.key"
     if crt.is_file() and key.is_file():
-        return x509.load_pem_x509_certificate(crt.read_bytes()), serialization.load_pem_private_key(key.read_bytes(), None)
+        return x509.load_pem_x509_certificate(crt.read_bytes()), serialization.load_pem_private_key(
+            key.read_bytes(), None
+        )
     k = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
@@ -113,7 +122,11 @@ def make_node_key(out: Path, name: str) -> Path:
     if priv.is_file():
         return priv
     k = ec.generate_private_key(NODE_CURVE)
-    _write(priv, k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()), private=True)
+    _write(
+        priv,
+        k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()),
+        private=True,
+    )
     pub = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(priv.with_name(name + ".pub"), pub + f" {name}\n".encode())
     return priv
@@ -125,7 +138,13 @@ def make_app_signer(out: Path, name: str) -> Path:
     priv = out / "signing" / name
     if not priv.is_file():
         k = ed25519.Ed25519PrivateKey.generate()
-        _write(priv, k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()), private=True)
+        _write(
+            priv,
+            k.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            ),
+            private=True,
+        )
         pub = k.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         _write(priv.with_name(name + ".pub"), pub + f" {name}\n".encode())
     import yaml
@@ -140,7 +159,9 @@ def make_app_signer(out: Path, name: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Make the federation's CA, the SuperLink certificate and SuperNode keys.")
     p.add_argument("--out", required=True, help="directory for the files (created)")
-    p.add_argument("--hosts", nargs="+", default=["localhost", "127.0.0.1"], help="names and IPs the SuperLink is reached at")
+    p.add_argument(
+        "--hosts", nargs="+", default=["localhost", "127.0.0.1"], help="names and IPs the SuperLink is reached at"
+    )
     p.add_argument("--nodes", nargs="*", default=[], help="one authentication key pair per SuperNode name")
     p.add_argument("--app-signer", help="name of an Ed25519 app-signing key to make, added to trusted-entities.yaml")
     args = p.parse_args(argv)
@@ -151,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         make_node_key(out, name)
     if args.app_signer:
         make_app_signer(out, args.app_signer)
-    print(f"wrote {out}: ca.crt, server.pem/.key for {', '.join(args.hosts)}; node keys: {', '.join(args.nodes) or 'none'}")
+    print(
+        f"wrote {out}: ca.crt, server.pem/.key for {', '.join(args.hosts)}; node keys: {', '.join(args.nodes) or 'none'}"
+    )
     return 0
 
 

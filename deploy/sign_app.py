@@ -27,13 +27,19 @@ def sign_fab(fab: bytes, key_path: Path, key_id: str, signed_at: int | None = No
     from flwr.supercore.primitives.asymmetric_ed25519 import create_message_to_sign, load_private_key, sign_message
 
     signed_at = int(time.time()) if signed_at is None else int(signed_at)
-    signature = sign_message(load_private_key(key_path), create_message_to_sign(hashlib.sha256(fab).digest(), signed_at))
+    signature = sign_message(
+        load_private_key(key_path), create_message_to_sign(hashlib.sha256(fab).digest(), signed_at)
+    )
     return f"{key_id}:{signed_at}:{base64.urlsafe_b64encode(signature).rstrip(b'=').decode('ascii')}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Sign the Flower app bundle of an app directory for the hospitals' SuperNodes.")
-    p.add_argument("--key", required=True, type=Path, help="Ed25519 private key (OpenSSH), from deploy/certs.py --app-signer")
+    p = argparse.ArgumentParser(
+        description="Sign the Flower app bundle of an app directory for the hospitals' SuperNodes."
+    )
+    p.add_argument(
+        "--key", required=True, type=Path, help="Ed25519 private key (OpenSSH), from deploy/certs.py --app-signer"
+    )
     p.add_argument("--key-id", help="the key's name in trusted-entities.yaml (default: the key file's name)")
     p.add_argument("--app", type=Path, default=Path("."), help="the app directory `flwr run` is given (default: .)")
     args = p.parse_args(argv)
@@ -45,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         value = sign_fab(build_fab_from_disk(args.app), args.key, args.key_id or args.key.name)
     except (OSError, ValueError) as e:
-        print(f"{args.key}: cannot sign with this key ({e}); it must be an unencrypted Ed25519 OpenSSH private key.", file=sys.stderr)
+        print(
+            f"{args.key}: cannot sign with this key ({e}); it must be an unencrypted Ed25519 OpenSSH private key.",
+            file=sys.stderr,
+        )
         return 2
     print(f"app-signature='{value}'")
     return 0

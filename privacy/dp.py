@@ -49,7 +49,9 @@ def _merge(history: History, noise: float, rate: float, steps: int) -> History:
     return [(float(s), float(q), int(n)) for s, q, n in out]
 
 
-def check_budget(history: History, dp: DPConfig, sample_rate: float, planned_steps: int, site: str = "this site") -> float:
+def check_budget(
+    history: History, dp: DPConfig, sample_rate: float, planned_steps: int, site: str = "this site"
+) -> float:
     """Refuse (CheckFailed) when `planned_steps` more noisy steps would take the site past its budget.
 
     Returns the epsilon the site would have spent afterwards.
@@ -92,7 +94,11 @@ def effective_noise(multipliers: Sequence[float]) -> float:
 
 
 def privatize(
-    model: GenerativeModel, cfg: RunConfig, sample_rate: float, history: Optional[History] = None, ledger_file: Optional[Path] = None
+    model: GenerativeModel,
+    cfg: RunConfig,
+    sample_rate: float,
+    history: Optional[History] = None,
+    ledger_file: Optional[Path] = None,
 ) -> Callable[[], dict]:
     """Wrap the real-data networks of `model` for DP-SGD in place; return the ledger callable.
 
@@ -113,15 +119,25 @@ def privatize(
     """
     dp = cfg.dp
     if not 0.0 < sample_rate <= 1.0:
-        raise InputError(f"DP sample rate must be in (0, 1], got {sample_rate}; check train.batch_size and the dataset size.")
+        raise InputError(
+            f"DP sample rate must be in (0, 1], got {sample_rate}; check train.batch_size and the dataset size."
+        )
     if not model.opts:
         raise InputError("privatize() needs the model's optimizers; call model.make_optimizers() first.")
     # A network frozen whole (train.finetune) releases nothing, so it needs neither clipping nor noise.
-    real = [name for name in model.nets if model.reads_real_data(name) and any(p.requires_grad for p in model.nets[name].parameters())]
+    real = [
+        name
+        for name in model.nets
+        if model.reads_real_data(name) and any(p.requires_grad for p in model.nets[name].parameters())
+    ]
     if not real:
-        raise InputError(f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing.")
+        raise InputError(
+            f"{model.family}: no network is marked as reading real data, so DP-SGD would protect nothing."
+        )
     if "train_step" in vars(model):
-        raise InputError("privatize() was already applied to this model; a second accountant would count every batch twice.")
+        raise InputError(
+            "privatize() was already applied to this model; a second accountant would count every batch twice."
+        )
     spent: History = [(float(s), float(q), int(n)) for s, q, n in (history or [])]
     on_disk = read_ledger_file(ledger_file)
     if sum(n for _, _, n in on_disk) > sum(n for _, _, n in spent):
@@ -151,7 +167,12 @@ def privatize(
             model.nets[name] = GradSampleModule(net, force_functorch=dp.grad_sample == "functorch")
         opt = model.opts[name]
         if not isinstance(opt, DPOptimizer):
-            opt = DPOptimizer(opt, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, expected_batch_size=expected_batch)
+            opt = DPOptimizer(
+                opt,
+                noise_multiplier=dp.noise_multiplier,
+                max_grad_norm=dp.max_grad_norm,
+                expected_batch_size=expected_batch,
+            )
             model.opts[name] = opt
         opt.attach_step_hook(hook)
 

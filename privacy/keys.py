@@ -37,9 +37,11 @@ def fingerprint(key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
 def normal_fingerprint(text: str) -> str:
     """A fingerprint as typed (any case, with colons, spaces or a `sha256:` prefix) -> 64 hex digits."""
     fp = re.sub(r"[\s:]", "", text.strip().lower())
-    fp = fp[len("sha256"):] if fp.startswith("sha256") else fp
+    fp = fp[len("sha256") :] if fp.startswith("sha256") else fp
     if not re.fullmatch(r"[0-9a-f]{64}", fp):
-        raise InputError(f"--fingerprint {text!r}: expected the 64 hex digits of a key fingerprint (as `cxrsynth release key` prints it).")
+        raise InputError(
+            f"--fingerprint {text!r}: expected the 64 hex digits of a key fingerprint (as `cxrsynth release key` prints it)."
+        )
     return fp
 
 
@@ -58,7 +60,9 @@ def read_passphrase(file: Optional[str] = None, env: Optional[str] = None) -> Op
         try:
             raw = path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            raise InputError(f"--passphrase-file {path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
+            raise InputError(
+                f"--passphrase-file {path}: cannot be read ({e.strerror or e.__class__.__name__})."
+            ) from None
         phrase = raw.splitlines()[0] if raw.strip() else b""
         if not phrase:
             raise InputError(f"--passphrase-file {path}: the file is empty; its first line is the passphrase.")
@@ -75,7 +79,9 @@ def _exclusive_write(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:
-        raise InputError(f"{path}: exists; a key is never overwritten (move it away first, or choose another --out).") from None
+        raise InputError(
+            f"{path}: exists; a key is never overwritten (move it away first, or choose another --out)."
+        ) from None
     except (FileNotFoundError, NotADirectoryError, PermissionError) as e:
         raise InputError(f"{path}: cannot be created ({e.strerror or e.__class__.__name__}).") from None
     with os.fdopen(fd, "wb") as f:
@@ -94,7 +100,9 @@ def make_key(path: str | Path, passphrase: Optional[bytes] = None) -> Ed25519Pri
         raise InputError(f"{path}: its folder {path.parent} does not exist.")
     key = Ed25519PrivateKey.generate()
     enc = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    _exclusive_write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc), 0o600)
+    _exclusive_write(
+        path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc), 0o600
+    )
     _exclusive_write(pub, public_pem(key), 0o644)
     return key
 
@@ -113,7 +121,12 @@ def _read_key_file(path: Path, what: str, kind: str, missing: str) -> bytes:
 def load_private_key(path: str | Path, passphrase: Optional[bytes] = None) -> Ed25519PrivateKey:
     """The Ed25519 private key at `path`; InputError saying what is wrong and what to do."""
     path = Path(path)
-    data = _read_key_file(path, "--key", "private key", f"no such key. Keys are never made implicitly: make one with `cxrsynth release key --out {path}` and keep it safe.")
+    data = _read_key_file(
+        path,
+        "--key",
+        "private key",
+        f"no such key. Keys are never made implicitly: make one with `cxrsynth release key --out {path}` and keep it safe.",
+    )
     encrypted = b"ENCRYPTED PRIVATE KEY" in data
     if encrypted and passphrase is None:
         raise InputError(f"--key {path}: the key is encrypted; {PASSPHRASE_HELP}.")
@@ -128,7 +141,9 @@ def load_private_key(path: str | Path, passphrase: Optional[bytes] = None) -> Ed
     except Exception as e:  # noqa: BLE001 - cryptography raises assorted errors for malformed key bodies
         raise InputError(f"--key {path}: not a readable PEM private key ({e.__class__.__name__}).") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"--key {path}: a {type(key).__name__}; cxrsynth signs with Ed25519 keys only (make one with `cxrsynth release key`).")
+        raise InputError(
+            f"--key {path}: a {type(key).__name__}; cxrsynth signs with Ed25519 keys only (make one with `cxrsynth release key`)."
+        )
     return key
 
 
@@ -138,7 +153,9 @@ def load_public_key(path: str | Path, what: str = "--public-key") -> Ed25519Publ
     try:
         key = serialization.load_pem_public_key(data)
     except Exception as e:  # noqa: BLE001 - ValueError and assorted parser errors on malformed PEM
-        raise InputError(f"{what} {path}: not a PEM public key ({str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__}).") from None
+        raise InputError(
+            f"{what} {path}: not a PEM public key ({str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__})."
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise InputError(f"{what} {path}: a {type(key).__name__}; release bundles are signed with Ed25519.")
     return key
@@ -154,6 +171,8 @@ def key_command(args) -> int:
     """`cxrsynth release key --out FILE`: make the steward's signing key and print its fingerprint."""
     phrase = read_passphrase(getattr(args, "passphrase_file", None), getattr(args, "passphrase_env", None))
     key = make_key(Path(args.out), phrase)
-    print(f"key written to {args.out} ({'encrypted' if phrase else 'not encrypted'}), public key {public_path(Path(args.out))}")
+    print(
+        f"key written to {args.out} ({'encrypted' if phrase else 'not encrypted'}), public key {public_path(Path(args.out))}"
+    )
     print(f"fingerprint {fingerprint(key)}")
     return 0

@@ -101,7 +101,9 @@ def gate(synthetic: Path, audit: Audit | dict) -> None:
     failed = verdict(audit.check_figures(), audit.policy)
     if failed:
         lines = [f"{n}: {'; '.join(r)}" for n, r in failed.items()]
-        said = " (audit.json says passed, but its verdict does not follow from its own figures)" if audit.passed else ""
+        said = (
+            " (audit.json says passed, but its verdict does not follow from its own figures)" if audit.passed else ""
+        )
         raise CheckFailed(f"release refused: the audit did not pass{said}.\n  " + "\n  ".join(lines))
     audited = audit.inputs.synthetic_files
     if not audited:
@@ -111,8 +113,20 @@ def gate(synthetic: Path, audit: Audit | dict) -> None:
     added = sorted(now.keys() - audited.keys()) + [f"{rel} ({what})" for rel, what in odd]
     missing = sorted(audited.keys() - now.keys())
     if changed or added or missing:
-        lines = [f"{what}: {', '.join(files[:10])}{' ...' if len(files) > 10 else ''}" for what, files in (("changed since the audit", changed), ("not audited", added), ("audited but missing", missing)) if files]
-        raise CheckFailed(f"release refused: {synthetic} is not the dataset that was audited.\n  " + "\n  ".join(lines) + "\n  Audit these files again.")
+        lines = [
+            f"{what}: {', '.join(files[:10])}{' ...' if len(files) > 10 else ''}"
+            for what, files in (
+                ("changed since the audit", changed),
+                ("not audited", added),
+                ("audited but missing", missing),
+            )
+            if files
+        ]
+        raise CheckFailed(
+            f"release refused: {synthetic} is not the dataset that was audited.\n  "
+            + "\n  ".join(lines)
+            + "\n  Audit these files again."
+        )
 
 
 def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
@@ -127,7 +141,11 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
     texts = any((r.get("findings") or r.get("impression") or "").strip() for r in rows)
     site_reports = "text_rare_ngrams" not in checks or checks["text_rare_ngrams"].status != "no_reports"
     # Text from a model that never read a report can only be written from the labels (the LDM's label prompts).
-    text = "free-text reports" if site_reports else "sentences written from the labels (not reports: the sites' data held none)"
+    text = (
+        "free-text reports"
+        if site_reports
+        else "sentences written from the labels (not reports: the sites' data held none)"
+    )
     lines = [
         "# Synthetic chest X-ray dataset (cxrsynth)",
         "",
@@ -136,7 +154,11 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
         "",
         "## How it was made",
         "Generative models were trained across hospitals with federated learning (Flower); no patient record left its hospital. "
-        + ("Reports were de-identified at each site before training. " if site_reports else "The sites' data held images and labels, no reports: the text checks of the audit had no report to compare. ")
+        + (
+            "Reports were de-identified at each site before training. "
+            if site_reports
+            else "The sites' data held images and labels, no reports: the text checks of the audit had no report to compare. "
+        )
         + "The records were then sampled from the trained model.",
         "",
         "Models (family, checkpoint hash): " + (", ".join(provenance) or "not recorded in the manifest"),
@@ -147,7 +169,11 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
         *[f"| {s.site} | {s.n_train} | {s.n_holdout} |" for s in audit.sites],
         "",
         "## Differential privacy",
-        (f"Largest per-site epsilon {eps:.3g} at delta {max(e['delta'] for e in dp['sites']):.1e}." if eps is not None else "No DP ledger: trained without differential privacy (or its ledger was not audited).")
+        (
+            f"Largest per-site epsilon {eps:.3g} at delta {max(e['delta'] for e in dp['sites']):.1e}."
+            if eps is not None
+            else "No DP ledger: trained without differential privacy (or its ledger was not audited)."
+        )
         + (f" Policy budget: {dp['epsilon_budget']}." if dp.get("epsilon_budget") else ""),
         *(
             [
@@ -196,17 +222,29 @@ def _fidelity_lines(audit: Audit) -> list[str]:
     ]
     if not rows:
         return lines + ["No synthetic record states a positive label; nothing was judged.", ""]
-    lines += ["| label | synthetic positives | image AUROC (95% CI) | classifier on real holdout | report positive F1 | in this release |", "|---|---|---|---|---|---|"]
+    lines += [
+        "| label | synthetic positives | image AUROC (95% CI) | classifier on real holdout | report positive F1 | in this release |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         auroc = f"{r['auroc']:.3f} ({r['ci'][0]:.2f}-{r['ci'][1]:.2f})" if r["auroc"] is not None else "not judged"
         real = f"{r['real_auroc']:.3f}" if r["real_auroc"] is not None else "n/a"
         f1 = f"{r['f1']:.3f}" if r["f1"] is not None else "not judged"
-        kept = {"dropped": "dropped (column emptied)", "carried": "kept", "not checked": "kept, not checked (too few positives)"}.get(r["status"], "kept, below the floor")
-        lines.append(f"| {r['label']} | {r['positives'] if r['positives'] is not None else ''} | {auroc} | {real} | {f1} | {kept} |")
+        kept = {
+            "dropped": "dropped (column emptied)",
+            "carried": "kept",
+            "not checked": "kept, not checked (too few positives)",
+        }.get(r["status"], "kept, below the floor")
+        lines.append(
+            f"| {r['label']} | {r['positives'] if r['positives'] is not None else ''} | {auroc} | {real} | {f1} | {kept} |"
+        )
     lines.append("")
     if dropped:
         lines += [f"Dropped labels (empty in data/manifest.csv, read them as not stated): {', '.join(dropped)}.", ""]
-    lines += ["Use a kept label only where its figures are good enough for your purpose; a label marked not checked had too few examples to judge.", ""]
+    lines += [
+        "Use a kept label only where its figures are good enough for your purpose; a label marked not checked had too few examples to judge.",
+        "",
+    ]
     return lines
 
 
@@ -244,7 +282,9 @@ def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: P
 
     check_bundle_out(out)
     if not (synthetic / "manifest.csv").is_file():
-        raise InputError(f"--synthetic {synthetic}: no manifest.csv here; give the synthetic dataset folder that was audited.")
+        raise InputError(
+            f"--synthetic {synthetic}: no manifest.csv here; give the synthetic dataset folder that was audited."
+        )
     audit = read_audit(audit_dir)
     signer = check_seal(audit_dir, key.public_key())
     gate(synthetic, audit)
@@ -262,7 +302,12 @@ def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: P
         empty_label_columns(tmp / "data" / "manifest.csv", dropped)
     (tmp / CARD).write_text(dataset_card(synthetic, audit, signer), encoding="utf-8")
     (tmp / SIGNER).write_bytes(public_pem(key))
-    manifest = {"format": MANIFEST_FORMAT, "signer": {"algorithm": "Ed25519", "fingerprint": signer}, "dropped_labels": dropped, "files": tree_hashes(tmp)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "signer": {"algorithm": "Ed25519", "fingerprint": signer},
+        "dropped_labels": dropped,
+        "files": tree_hashes(tmp),
+    }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
     (tmp / MANIFEST).write_bytes(body)
     (tmp / SIGNATURE).write_bytes(key.sign(body).hex().encode("ascii") + b"\n")
@@ -278,9 +323,13 @@ def verify_bundle(bundle: Path, public_key: Optional[Path] = None, expected: Opt
     The key is `public_key`, or the bundle's own SIGNER.pub when only the `expected` fingerprint
     is given; with both, the key's fingerprint must be the expected one."""
     if not bundle.is_dir():
-        raise InputError(f"{bundle}: {'is a file' if bundle.exists() else 'does not exist'}; `release verify` takes the bundle folder `cxrsynth release --out` wrote.")
+        raise InputError(
+            f"{bundle}: {'is a file' if bundle.exists() else 'does not exist'}; `release verify` takes the bundle folder `cxrsynth release --out` wrote."
+        )
     if public_key is None and expected is None:
-        raise InputError("release verify: give --fingerprint (the signer's key fingerprint, from the steward) or --public-key FILE.")
+        raise InputError(
+            "release verify: give --fingerprint (the signer's key fingerprint, from the steward) or --public-key FILE."
+        )
     want = normal_fingerprint(expected) if expected is not None else None
     if public_key is not None:
         key = load_public_key(public_key)
@@ -290,7 +339,9 @@ def verify_bundle(bundle: Path, public_key: Optional[Path] = None, expected: Opt
         raise CheckFailed(f"verification failed: {bundle / SIGNER} is missing; give --public-key FILE.")
     fp = fingerprint(key)
     if want is not None and fp != want:
-        raise CheckFailed(f"verification failed: the {'given public key' if public_key else 'bundle'}'s key has fingerprint {fp}, not the pinned {want}.")
+        raise CheckFailed(
+            f"verification failed: the {'given public key' if public_key else 'bundle'}'s key has fingerprint {fp}, not the pinned {want}."
+        )
     try:
         body = (bundle / MANIFEST).read_bytes()
         sig = bytes.fromhex((bundle / SIGNATURE).read_text(encoding="ascii").strip())
@@ -301,7 +352,9 @@ def verify_bundle(bundle: Path, public_key: Optional[Path] = None, expected: Opt
     try:
         key.verify(sig, body)
     except InvalidSignature:
-        raise CheckFailed(f"verification failed: the signature of {bundle / MANIFEST} does not match key {fp} (manifest altered, or another signer).") from None
+        raise CheckFailed(
+            f"verification failed: the signature of {bundle / MANIFEST} does not match key {fp} (manifest altered, or another signer)."
+        ) from None
     try:
         manifest = json.loads(body)
         listed = dict(manifest["files"])
@@ -325,16 +378,22 @@ def command(args: argparse.Namespace) -> int:
     from cxrsynth.privacy.keys import key_from_args
 
     if not getattr(args, "key", None):
-        raise InputError("release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`).")
+        raise InputError(
+            "release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`)."
+        )
     check_bundle_out(Path(args.out))
     key = key_from_args(args)
     out = make_bundle(Path(args.synthetic), Path(args.audit), key, Path(args.out))
     fp = fingerprint(key)
-    print(f"release bundle written to {out}, signed by key {fp}; verify with: cxrsynth release verify {out} --fingerprint {fp}")
+    print(
+        f"release bundle written to {out}, signed by key {fp}; verify with: cxrsynth release verify {out} --fingerprint {fp}"
+    )
     return 0
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    n, fp = verify_bundle(Path(args.dir), Path(args.public_key) if args.public_key else None, getattr(args, "fingerprint", None))
+    n, fp = verify_bundle(
+        Path(args.dir), Path(args.public_key) if args.public_key else None, getattr(args, "fingerprint", None)
+    )
     print(f"{args.dir}: signature by key {fp} valid, {n} files match the manifest.")
     return 0

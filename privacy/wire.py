@@ -92,13 +92,17 @@ def flatten(value: Union[BaseModel, Mapping[str, Any]]) -> dict[str, Leaf]:
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for key, v in node.items():
             if not isinstance(key, str) or SEP in key or not key:
-                raise ValueError(f"key {prefix + str(key)!r}: a key that travels in a Flower record is a non-empty string without {SEP!r}.")
+                raise ValueError(
+                    f"key {prefix + str(key)!r}: a key that travels in a Flower record is a non-empty string without {SEP!r}."
+                )
             path = prefix + key
             if isinstance(v, Mapping):
                 walk(v, path + SEP)
             elif isinstance(v, (list, tuple)):
                 if any(isinstance(x, (Mapping, list, tuple)) for x in v):
-                    raise TypeError(f"key {path!r}: a list in a Flower record holds scalars only, not mappings or lists.")
+                    raise TypeError(
+                        f"key {path!r}: a list in a Flower record holds scalars only, not mappings or lists."
+                    )
                 flat[path] = list(v)
             elif v is None:
                 raise TypeError(f"key {path!r}: None cannot travel in a Flower record; leave the key out instead.")

@@ -18,17 +18,29 @@ from cxrsynth.config import RunConfig, load_config
 from cxrsynth.progress import Progress
 from cxrsynth.server.loop import run_federation
 
-_FEDERATION_KEYS = {"num-server-rounds": "rounds", "local-steps": "local_steps", "min-sites": "min_sites", "strategy": "strategy"}
+_FEDERATION_KEYS = {
+    "num-server-rounds": "rounds",
+    "local-steps": "local_steps",
+    "min-sites": "min_sites",
+    "strategy": "strategy",
+}
 
 
 def config_from_run_config(run_config: dict) -> tuple[RunConfig, Path, bool]:
-    fed = {field: run_config[key] for key, field in _FEDERATION_KEYS.items() if run_config.get(key) not in (None, "", 0)}
+    fed = {
+        field: run_config[key] for key, field in _FEDERATION_KEYS.items() if run_config.get(key) not in (None, "", 0)
+    }
     cfg = load_config(str(run_config.get("config") or "mopoe-tiny"), {"federation": fed} if fed else None)
     out = Path(str(run_config.get("out") or cfg.federation.out))
     return cfg, out, bool(run_config.get("resume", False))
 
 
-def make_app(cfg: Optional[RunConfig] = None, out: Optional[Path] = None, resume: bool = False, progress: Optional[Progress] = None) -> ServerApp:
+def make_app(
+    cfg: Optional[RunConfig] = None,
+    out: Optional[Path] = None,
+    resume: bool = False,
+    progress: Optional[Progress] = None,
+) -> ServerApp:
     """A ServerApp for this run; with no arguments it reads everything from the Flower run config."""
     app = ServerApp()
 

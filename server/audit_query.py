@@ -51,7 +51,9 @@ def federated_audit(
     if not nodes:
         raise CheckFailed("no site is connected to the SuperLink; the audit needs every site that trained the model.")
     progress.say(f"audit query to {len(nodes)} site(s)")
-    replies = list(grid.send_and_receive([Message(content, dst_node_id=n, message_type="query") for n in nodes], timeout=timeout))
+    replies = list(
+        grid.send_and_receive([Message(content, dst_node_id=n, message_type="query") for n in nodes], timeout=timeout)
+    )
     answers, problems = [], []
     by_node = {r.metadata.src_node_id: r for r in replies}
     for n in nodes:
@@ -75,7 +77,9 @@ def _pin(content, synthetic: list[Record], checkpoint: Optional[Path], arrays: O
     from cxrsynth.privacy.audit.protocol import sign_query, state_sha256
 
     if checkpoint is None or arrays is None:
-        raise InputError("a pinned audit query needs the checkpoint that generated the synthetic set (audit-checkpoint).")
+        raise InputError(
+            "a pinned audit query needs the checkpoint that generated the synthetic set (audit-checkpoint)."
+        )
     short = checkpoint_hash(checkpoint)
     foreign = [r.record_id for r in synthetic if f"checkpoint={short}" not in (r.provenance or "")]
     if foreign:
@@ -102,11 +106,19 @@ def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] =
     policy = load_policy(run_config.get("audit-policy") or None)
     steward = None
     if run_config.get("audit-steward-key"):
-        phrase = read_passphrase(run_config.get("audit-steward-passphrase-file") or None, run_config.get("audit-steward-passphrase-env") or None)
+        phrase = read_passphrase(
+            run_config.get("audit-steward-passphrase-file") or None,
+            run_config.get("audit-steward-passphrase-env") or None,
+        )
         steward = load_private_key(Path(str(run_config["audit-steward-key"])), phrase)
     ckpt = Path(str(run_config["audit-checkpoint"])) if run_config.get("audit-checkpoint") else None
     synthetic = read_audit_set(syn_dir, "synthetic")
-    inputs = {"synthetic": str(syn_dir), "checkpoint": str(ckpt) if ckpt else None, "federated": True, "synthetic_files": tree_hashes(syn_dir)}
+    inputs = {
+        "synthetic": str(syn_dir),
+        "checkpoint": str(ckpt) if ckpt else None,
+        "federated": True,
+        "synthetic_files": tree_hashes(syn_dir),
+    }
     key = Path(str(run_config["audit-signing-key"])) if run_config.get("audit-signing-key") else None
     audit = federated_audit(grid, synthetic, policy, ckpt, inputs, progress=progress, signing_key=key)
     write_audit(audit, out, key=steward)

@@ -41,19 +41,31 @@ class DemoConfig(BaseModel):
     sites: int = Field(3, ge=2)
     image_size: int = 32
     holdout_fraction: float = 0.2
-    public_studies: int = Field(3000, ge=10, description="studies of the public phantom cohort the base is pretrained on")
+    public_studies: int = Field(
+        3000, ge=10, description="studies of the public phantom cohort the base is pretrained on"
+    )
     pretrain_steps: Optional[int] = Field(None, ge=1, description="none: the preset's train.steps")
-    base: Optional[Path] = Field(None, description="a base from `cxrsynth pretrain` to fine-tune instead of pretraining one here")
+    base: Optional[Path] = Field(
+        None, description="a base from `cxrsynth pretrain` to fine-tune instead of pretraining one here"
+    )
     rounds: int = Field(2, ge=1)
     local_steps: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=2)
-    dp_enabled: bool = Field(True, description="false: fine-tune without DP (benchmarks only; the audit then does not require DP)")
+    dp_enabled: bool = Field(
+        True, description="false: fine-tune without DP (benchmarks only; the audit then does not require DP)"
+    )
     noise_multiplier: float = Field(1.5, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
-    epsilon_budget: float = Field(8.0, gt=0.0, description="each site's DP budget (delta 1e-5); the audit requires DP within it")
+    epsilon_budget: float = Field(
+        8.0, gt=0.0, description="each site's DP budget (delta 1e-5); the audit requires DP within it"
+    )
     # RoentGen (Chambon et al., sec. 3.3) scores diversity over 4 samples per prompt.
     samples_per_condition: int = 4
-    conditions: int = Field(160, ge=1, description="label sets drawn from the sites' label mix; synthetic = conditions x samples_per_condition")
+    conditions: int = Field(
+        160,
+        ge=1,
+        description="label sets drawn from the sites' label mix; synthetic = conditions x samples_per_condition",
+    )
     eval_classifier_steps: int = 600
     seed: int = 0
 
@@ -70,7 +82,16 @@ class DemoConfig(BaseModel):
 
 # The audit calibrates its copy threshold on at least 20 holdout records per site
 # (cxrsynth.privacy.audit.images), hence the larger holdout share in the shortened run.
-QUICK = dict(studies=210, holdout_fraction=0.5, public_studies=60, pretrain_steps=6, rounds=1, local_steps=4, conditions=12, eval_classifier_steps=40)
+QUICK = dict(
+    studies=210,
+    holdout_fraction=0.5,
+    public_studies=60,
+    pretrain_steps=6,
+    rounds=1,
+    local_steps=4,
+    conditions=12,
+    eval_classifier_steps=40,
+)
 
 
 class Demo:
@@ -135,7 +156,11 @@ class Demo:
         for site in sorted({r.site for r in records}):
             mine = [r for r in records if r.site == site]
             write_dataset(self.out / "sites" / site / "raw", mine)
-            per_site[site] = {"studies": len(mine), "patients": len({r.patient_id for r in mine}), "holdout": sum(r.split == "holdout" for r in mine)}
+            per_site[site] = {
+                "studies": len(mine),
+                "patients": len({r.patient_id for r in mine}),
+                "holdout": sum(r.split == "holdout" for r in mine),
+            }
         return {"per_site": per_site, "studies": len(records), "example_raw_report": _with_header(records[0])}
 
     def deid(self) -> dict:
@@ -156,7 +181,12 @@ class Demo:
             ok, q = deidentify_records(mine, config, log)
             clean += ok
             quarantined += list(q)
-            per_site[site] = {"in": len(mine), "clean": len(ok), "quarantined": len(q), "audit_log": str(log.relative_to(self.out))}
+            per_site[site] = {
+                "in": len(mine),
+                "clean": len(ok),
+                "quarantined": len(q),
+                "audit_log": str(log.relative_to(self.out)),
+            }
             bar.advance(1, f"{site}: {len(ok)} clean, {len(q)} quarantined")
         if not clean:
             from cxrsynth.errors import CheckFailed
@@ -185,8 +215,19 @@ class Demo:
             name=f"demo-{c.family}",
             data={"path": str(self.out / "data" / "all")},
             train={"batch_size": c.batch_size, "init_from": str(self.base)},
-            dp={"enabled": c.dp_enabled, "noise_multiplier": c.noise_multiplier, "max_grad_norm": c.max_grad_norm, "epsilon_budget": c.epsilon_budget},
-            federation={"sites": c.sites, "rounds": c.rounds, "local_steps": c.local_steps, "min_sites": c.sites, "partition": "by-site"},
+            dp={
+                "enabled": c.dp_enabled,
+                "noise_multiplier": c.noise_multiplier,
+                "max_grad_norm": c.max_grad_norm,
+                "epsilon_budget": c.epsilon_budget,
+            },
+            federation={
+                "sites": c.sites,
+                "rounds": c.rounds,
+                "local_steps": c.local_steps,
+                "min_sites": c.sites,
+                "partition": "by-site",
+            },
         )
         fl_out = self.out / "fl"
         simulate(run_cfg, fl_out, progress=self.progress)
@@ -195,7 +236,12 @@ class Demo:
             raise RuntimeError(f"the federated run left no completed round in {fl_out}")
         self.checkpoint = ckpt
         state = json.loads((ckpt / "train_state.json").read_text(encoding="utf-8"))
-        return {"checkpoint": str(ckpt.relative_to(self.out)), "rounds": state.get("round"), "history": state.get("history", []), "privacy_ledger": state.get("privacy_ledger")}
+        return {
+            "checkpoint": str(ckpt.relative_to(self.out)),
+            "rounds": state.get("round"),
+            "history": state.get("history", []),
+            "privacy_ledger": state.get("privacy_ledger"),
+        }
 
     def generate(self) -> dict:
         """The release candidates from the fine-tuned model, and the base model's own samples for
@@ -209,10 +255,18 @@ class Demo:
         # Label sets from the sites' label mix (the federation fitted it from their counts).
         sets = model.draw_labels(c.conditions, seed=c.seed)
         n = c.conditions * c.samples_per_condition
-        conditions = None if sets is None else [Condition(labels=s) for s in sets for _ in range(c.samples_per_condition)]
-        generate(self.checkpoint, n, self.out / "synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
+        conditions = (
+            None if sets is None else [Condition(labels=s) for s in sets for _ in range(c.samples_per_condition)]
+        )
+        generate(
+            self.checkpoint, n, self.out / "synthetic", seed=c.seed, conditions=conditions, progress=self.progress
+        )
         generate(self.base, n, self.out / "base-synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
-        drawn = "none (prior samples)" if sets is None else f"{c.conditions} label sets drawn from the sites' label mix x {c.samples_per_condition}"
+        drawn = (
+            "none (prior samples)"
+            if sets is None
+            else f"{c.conditions} label sets drawn from the sites' label mix x {c.samples_per_condition}"
+        )
         return {"records": n, "conditioned_on": drawn, "base_samples": "base-synthetic"}
 
     def evaluate(self) -> dict:
@@ -220,9 +274,20 @@ class Demo:
         from cxrsynth.eval.evaluate import run_evaluation, summary_lines
 
         size = {"image_size": self.eval_image_size} if self.eval_image_size else {}
-        cfg = EvalConfig(classifier_steps=self.cfg.eval_classifier_steps, samples_per_condition=self.cfg.samples_per_condition, seed=self.cfg.seed, **size)
+        cfg = EvalConfig(
+            classifier_steps=self.cfg.eval_classifier_steps,
+            samples_per_condition=self.cfg.samples_per_condition,
+            seed=self.cfg.seed,
+            **size,
+        )
         metrics = run_evaluation(
-            self.out / "synthetic", self.out / "data" / "all", self.out / "eval", cfg, checkpoint=self.checkpoint, progress=self.progress, baseline_dir=self.out / "base-synthetic"
+            self.out / "synthetic",
+            self.out / "data" / "all",
+            self.out / "eval",
+            cfg,
+            checkpoint=self.checkpoint,
+            progress=self.progress,
+            baseline_dir=self.out / "base-synthetic",
         )
         for line in summary_lines(metrics):
             self.say("   " + line)
@@ -239,13 +304,24 @@ class Demo:
         rules = {"require_dp": True, "epsilon_budget": self.cfg.epsilon_budget} if self.cfg.dp_enabled else {}
         policy.write_text(yaml.safe_dump(rules), encoding="utf-8")
         args = argparse.Namespace(
-            synthetic=str(self.out / "synthetic"), train=str(self.out / "data" / "train"), holdout=str(self.out / "data" / "holdout"), policy=str(policy),
-            checkpoint=str(self.checkpoint), out=str(out), key=str(self.steward_key()), quiet=self.progress.quiet,
+            synthetic=str(self.out / "synthetic"),
+            train=str(self.out / "data" / "train"),
+            holdout=str(self.out / "data" / "holdout"),
+            policy=str(policy),
+            checkpoint=str(self.checkpoint),
+            out=str(out),
+            key=str(self.steward_key()),
+            quiet=self.progress.quiet,
         )
         code = _call(audit, args)
         report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
         self.audit_passed = bool(report.get("passed")) and code == 0
-        return {"exit_code": code, "passed": self.audit_passed, "checks": report.get("checks", {}), "flagged": report.get("flagged", {})}
+        return {
+            "exit_code": code,
+            "passed": self.audit_passed,
+            "checks": report.get("checks", {}),
+            "flagged": report.get("flagged", {}),
+        }
 
     def steward_key(self) -> Path:
         """The demo steward's key, made here on purpose (never implicitly by the gate); it seals the
@@ -262,7 +338,13 @@ class Demo:
         from cxrsynth.privacy.release import command
 
         out = self.out / "release"
-        args = argparse.Namespace(synthetic=str(self.out / "synthetic"), audit=str(self.out / "audit"), key=str(self.steward_key()), out=str(out), quiet=self.progress.quiet)
+        args = argparse.Namespace(
+            synthetic=str(self.out / "synthetic"),
+            audit=str(self.out / "audit"),
+            key=str(self.steward_key()),
+            out=str(out),
+            quiet=self.progress.quiet,
+        )
         code = _call(command, args)
         files = sorted(str(p.relative_to(self.out)) for p in out.rglob("*") if p.is_file()) if out.exists() else []
         return {"exit_code": code, "released": code == 0, "files": files[:20]}
@@ -272,7 +354,9 @@ class Demo:
         self.stage("pretraining on public data", self.pretrain)
         self.stage("phantom data", self.phantom)
         self.stage("de-identification", self.deid, needs=("phantom data",))
-        self.stage("federated fine-tuning (DP-SGD)", self.federate, needs=("de-identification", "pretraining on public data"))
+        self.stage(
+            "federated fine-tuning (DP-SGD)", self.federate, needs=("de-identification", "pretraining on public data")
+        )
         self.stage("generation", self.generate, needs=("federated fine-tuning (DP-SGD)",))
         self.stage("evaluation", self.evaluate, needs=("generation",))
         self.stage("privacy audit", self.audit, needs=("generation",))
@@ -284,7 +368,10 @@ class Demo:
         if rel.ok and not rel.value["released"]:
             audit = next(s for s in self.stages if s.name == "privacy audit").value
             failed = [name for name, check in audit["checks"].items() if not check.get("passed")]
-            rel.status, rel.detail = REFUSED, f"the release gate refused: audit check(s) failed: {', '.join(failed) or 'none listed'}"
+            rel.status, rel.detail = (
+                REFUSED,
+                f"the release gate refused: audit check(s) failed: {', '.join(failed) or 'none listed'}",
+            )
         self.facts["seconds"] = time.perf_counter() - t0
         from cxrsynth.eval.demo_page import write_page
 
@@ -338,7 +425,9 @@ def demo_config(family: str, quick: bool, **overrides) -> DemoConfig:
     return DemoConfig(family=family, **{**(QUICK if quick else {}), **overrides})
 
 
-def run_demo(out: str | Path, family: str = "ldm", quick: bool = False, progress: Optional[Progress] = None, **overrides) -> Demo:
+def run_demo(
+    out: str | Path, family: str = "ldm", quick: bool = False, progress: Optional[Progress] = None, **overrides
+) -> Demo:
     import torch
 
     torch.set_num_threads(1)

@@ -42,7 +42,9 @@ def _wait_for_nodes(grid: Grid, n: int, timeout: float, progress: Progress) -> l
     said = False
     while len(nodes := list(grid.get_node_ids())) < n:
         if time.monotonic() - t0 > timeout:
-            raise RoundFailed(f"only {len(nodes)} site(s) connected after {timeout:.0f}s; federation.min_sites is {n}.")
+            raise RoundFailed(
+                f"only {len(nodes)} site(s) connected after {timeout:.0f}s; federation.min_sites is {n}."
+            )
         if not said:
             progress.say(f"waiting for {n} sites to connect ({len(nodes)} so far)")
             said = True
@@ -64,19 +66,26 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
         from cxrsynth.pretrained import load_base
 
         model, card = load_base(cfg)
-        progress.say(f"starting from the base {cfg.train.init_from} (sha256 {card.sha256[:16]}...): {card.pretrained_on}")
+        progress.say(
+            f"starting from the base {cfg.train.init_from} (sha256 {card.sha256[:16]}...): {card.pretrained_on}"
+        )
         start["base"] = {**card.model_dump(), "path": str(cfg.train.init_from)}
     else:
         model = build_model(cfg.model)
     nodes = _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
-    msgs = [Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab") for n in nodes]
+    msgs = [
+        Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab")
+        for n in nodes
+    ]
     replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
     ok = [r for r in replies if not r.has_error()]
     for r in replies:
         if r.has_error():
             log.warning("site %s gave no vocabulary counts: %s", r.metadata.src_node_id, r.error.reason)
     if len(ok) < fed.min_sites:
-        raise RoundFailed(f"vocabulary step: {len(ok)} of {len(nodes)} sites answered, fewer than federation.min_sites={fed.min_sites}.")
+        raise RoundFailed(
+            f"vocabulary step: {len(ok)} of {len(nodes)} sites answered, fewer than federation.min_sites={fed.min_sites}."
+        )
     counts = merge_counts([dict(r.content["counts"]) for r in ok])
     labels = merge_counts([dict(r.content["label-counts"]) for r in ok if "label-counts" in r.content.metric_records])
     n_reports = sum(int(r.content["metrics"]["num-reports"]) for r in ok)
@@ -86,10 +95,20 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
         model.fit_label_counts(dict(labels))
     except ValueError as e:
         raise RoundFailed(f"vocabulary step: a site sent label counts the server cannot read ({e}).") from None
-    summary = {"sites": len(ok), "tokens": len(counts), "reports": n_reports, "min_count": fed.vocab_min_count, "labeled_records": int(labels.get("labeled", 0))}
+    summary = {
+        "sites": len(ok),
+        "tokens": len(counts),
+        "reports": n_reports,
+        "min_count": fed.vocab_min_count,
+        "labeled_records": int(labels.get("labeled", 0)),
+    }
     # What each site said it holds bounds the sample count it may weigh its updates with later.
     summary["site_reports"] = {str(r.metadata.src_node_id): int(r.content["metrics"]["num-reports"]) for r in ok}
-    progress.say(f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)" if "base" not in start else f"label mix from {len(ok)} sites ({n_reports} studies); vocabulary from the base")
+    progress.say(
+        f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)"
+        if "base" not in start
+        else f"label mix from {len(ok)} sites ({n_reports} studies); vocabulary from the base"
+    )
     return model, {**start, "vocabulary": summary}
 
 
@@ -110,7 +129,9 @@ def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunCo
     book["epsilon"] = max(eps) if eps else 0.0
 
 
-def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None) -> Path:
+def run_federation(
+    grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None
+) -> Path:
     """Run `federation.rounds` rounds (continuing after the last checkpoint with `resume`). Returns `out`."""
     progress = progress or Progress()
     # Every site checks the round-1 weights against this pin before it trains (cxrsynth.client.task).
@@ -120,7 +141,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
     strategy = make_strategy(fed)
     last = last_round(out)
     if last is not None and not resume:
-        raise InputError(f"{out} already holds a federated run (last complete: {last.name}); add --resume to continue it, or choose another --out.")
+        raise InputError(
+            f"{out} already holds a federated run (last complete: {last.name}); add --resume to continue it, or choose another --out."
+        )
     if last is not None:
         model, _, _ = load_checkpoint(last)
         fl_state, strat_arrays = load_round(last)
@@ -138,12 +161,17 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
         _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
         msgs = list(strategy.configure_train(rnd, to_arrays(arrays), round_config(cfg, extra), grid))
         bounds = fl_state.setdefault("site_bounds", dict(fl_state.get("vocabulary", {}).get("site_reports", {})))
-        claims = dict(bounds={int(k): int(v) for k, v in bounds.items()}, ledgers=fl_state.get("privacy_ledger", {}).get("sites", {}))
+        claims = dict(
+            bounds={int(k): int(v) for k, v in bounds.items()},
+            ledgers=fl_state.get("privacy_ledger", {}).get("sites", {}),
+        )
         if fed.secure_aggregation == "secagg+":
             screened = secure_round(grid, msgs, arrays, rnd, cfg, history=fl_state["history"], **claims)
         else:
             replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
-            screened = screen(replies, arrays, fed.reject_norm_factor, dp=cfg.dp, batch_size=cfg.train.batch_size, **claims)
+            screened = screen(
+                replies, arrays, fed.reject_norm_factor, dp=cfg.dp, batch_size=cfg.train.batch_size, **claims
+            )
             screened.missing = len(msgs) - len(replies)
         missing = screened.missing
         for rej in screened.rejected:
@@ -160,7 +188,9 @@ def run_federation(grid: Grid, cfg: RunConfig, out: Path, *, resume: bool = Fals
             raise RoundFailed(failure)
         agg, metrics = strategy.aggregate_train(rnd, screened.accepted)
         if agg is None:
-            raise RoundFailed(f"round {rnd}: the {fed.strategy} strategy produced no aggregate from {len(screened.accepted)} updates.")
+            raise RoundFailed(
+                f"round {rnd}: the {fed.strategy} strategy produced no aggregate from {len(screened.accepted)} updates."
+            )
         model.load_state(from_arrays(agg))
         arrays = model.state()
         _ledger_update(fl_state, rnd, screened.accepted, cfg)

@@ -13,7 +13,9 @@ from cxrsynth import pages
 from cxrsynth.pages import fmt
 
 
-def _plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, limit: float | None = None) -> str:
+def _plot_rounds(
+    series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, limit: float | None = None
+) -> str:
     fig = Figure(figsize=(6, 3.2))
     ax = fig.subplots()
     for name, points in series.items():
@@ -43,12 +45,24 @@ def write_page(out: Path, fl_state: dict, title: str = "Federated run") -> Path:
     ledger = None
     book = fl_state.get("privacy_ledger")
     if book and book.get("sites"):
-        eps = {f"site {s}": [(r["round"], r["epsilon"]) for r in e.get("rounds", [])] for s, e in book["sites"].items()}
+        eps = {
+            f"site {s}": [(r["round"], r["epsilon"]) for r in e.get("rounds", [])] for s, e in book["sites"].items()
+        }
         budget = next((e.get("epsilon_budget") for e in book["sites"].values() if e.get("epsilon_budget")), None)
         ledger = {
             "delta": fmt(book.get("delta"), 8),
             "plot": _plot_rounds(eps, "epsilon", "epsilon spent by each site", budget),
-            "rows": [[s, e.get("epsilon"), e.get("epsilon_budget"), e.get("noise_multiplier"), e.get("sample_rate"), e.get("steps")] for s, e in book["sites"].items()],
+            "rows": [
+                [
+                    s,
+                    e.get("epsilon"),
+                    e.get("epsilon_budget"),
+                    e.get("noise_multiplier"),
+                    e.get("sample_rate"),
+                    e.get("steps"),
+                ]
+                for s, e in book["sites"].items()
+            ],
         }
     return pages.write(
         Path(out) / "report.html",
@@ -57,10 +71,16 @@ def write_page(out: Path, fl_state: dict, title: str = "Federated run") -> Path:
         out=str(out),
         rounds=len(hist),
         failure=fl_state.get("failure"),
-        round_rows=[[h["round"], h["sites"], h["accepted"], h["rejected"], h["no_reply"], fmt(h["seconds"], 1)] for h in hist],
+        round_rows=[
+            [h["round"], h["sites"], h["accepted"], h["rejected"], h["no_reply"], fmt(h["seconds"], 1)] for h in hist
+        ],
         losses=_plot_rounds(losses, "loss", "losses by round") if losses else "",
         norms=_plot_rounds(norms, "|update|", "norm of each site's update") if norms else "",
-        secure=[[h["round"], h["secure"]["sites"], h["secure"]["update_norm"], h["secure"]["clipped_share"]] for h in hist if "secure" in h],
+        secure=[
+            [h["round"], h["secure"]["sites"], h["secure"]["update_norm"], h["secure"]["clipped_share"]]
+            for h in hist
+            if "secure" in h
+        ],
         ledger=ledger,
         rejections=[[r["round"], r["node"], r["reason"]] for r in fl_state.get("rejections", [])],
     )

@@ -66,7 +66,14 @@ def count_problem(n, bound: Optional[int]) -> str:
     return ""
 
 
-def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch_size: int, previous: Optional[dict] = None, units: Optional[int] = None) -> str:
+def ledger_problem(
+    entry: Optional[dict],
+    dp: DPConfig,
+    num_examples: int,
+    batch_size: int,
+    previous: Optional[dict] = None,
+    units: Optional[int] = None,
+) -> str:
     """Why a site's DP ledger entry is not believed ("" when it checks out).
 
     The epsilon is recomputed from the entry's (noise, sample rate, steps) history with the run's
@@ -96,7 +103,12 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
     if not math.isclose(noise, dp.noise_multiplier, rel_tol=1e-6):
         return f"the round's noise multiplier in the ledger is {noise:g}, the run's is {dp.noise_multiplier:g}"
     units = num_examples if units is None else units
-    if isinstance(units, bool) or not isinstance(units, (int, float)) or units != int(units) or not 0 < units <= num_examples:
+    if (
+        isinstance(units, bool)
+        or not isinstance(units, (int, float))
+        or units != int(units)
+        or not 0 < units <= num_examples
+    ):
         return f"privacy-units {units!r} is not a whole number between 1 and num-examples ({num_examples})"
     if entry.get("privacy_unit", dp.privacy_unit) != dp.privacy_unit:
         return f"the DP ledger protects a {entry.get('privacy_unit')}, the run asks for a {dp.privacy_unit}"
@@ -104,12 +116,21 @@ def ledger_problem(entry: Optional[dict], dp: DPConfig, num_examples: int, batch
     expected_rate = min(batch_size, units) / units
     if not math.isclose(rate, expected_rate, rel_tol=1e-6):
         return f"the round's sample rate in the ledger is {rate:.6g}; a batch of {batch_size} from {units} units is {expected_rate:.6g}"
-    if previous is not None and (steps < int(previous.get("steps", 0)) or recomputed < float(previous.get("epsilon", 0.0)) - 1e-9):
+    if previous is not None and (
+        steps < int(previous.get("steps", 0)) or recomputed < float(previous.get("epsilon", 0.0)) - 1e-9
+    ):
         return "the DP ledger spends less than the same site's ledger of an earlier round"
     return ""
 
 
-def claims_problem(reply: Message, *, dp: Optional[DPConfig], batch_size: int, bounds: Optional[dict[int, int]], ledgers: Optional[dict[str, dict]]) -> str:
+def claims_problem(
+    reply: Message,
+    *,
+    dp: Optional[DPConfig],
+    batch_size: int,
+    bounds: Optional[dict[int, int]],
+    ledgers: Optional[dict[str, dict]],
+) -> str:
     """Why what a site says about itself (its sample count, its DP ledger) is not believed ("" when
     it is). These travel in the clear under secure aggregation too, so they are checked either way."""
     from cxrsynth.privacy.wire import ledger_from_record
@@ -154,7 +175,9 @@ def screen(
         if r.has_error():
             out.rejected.append({"node": node, "reason": f"the site failed: {r.error.reason}"})
             continue
-        problem = _shape_problem(r, global_arrays) or claims_problem(r, dp=dp, batch_size=batch_size, bounds=bounds, ledgers=ledgers)
+        problem = _shape_problem(r, global_arrays) or claims_problem(
+            r, dp=dp, batch_size=batch_size, bounds=bounds, ledgers=ledgers
+        )
         if problem:
             out.rejected.append({"node": node, "reason": problem})
             continue
@@ -168,7 +191,12 @@ def screen(
         for r in candidates:
             n = out.norms[r.metadata.src_node_id]
             if median > 0 and n > norm_factor * median:
-                out.rejected.append({"node": r.metadata.src_node_id, "reason": f"update norm {n:.3g} is more than {norm_factor:g} x the round's median {median:.3g}"})
+                out.rejected.append(
+                    {
+                        "node": r.metadata.src_node_id,
+                        "reason": f"update norm {n:.3g} is more than {norm_factor:g} x the round's median {median:.3g}",
+                    }
+                )
             else:
                 out.accepted.append(r)
     else:

@@ -102,7 +102,13 @@ class _RoundGrid:
         if stage == Stage.COLLECT_MASKED_VECTORS:
             for m in messages:
                 ours = self.train[m.metadata.dst_node_id].content
-                m.content = RecordDict({"arrays": ours["arrays"], "config": ours["config"], RECORD_KEY_CONFIGS: m.content[RECORD_KEY_CONFIGS]})
+                m.content = RecordDict(
+                    {
+                        "arrays": ours["arrays"],
+                        "config": ours["config"],
+                        RECORD_KEY_CONFIGS: m.content[RECORD_KEY_CONFIGS],
+                    }
+                )
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         answered = {r.metadata.src_node_id for r in replies}
         for m in messages:
@@ -122,7 +128,9 @@ class _RoundGrid:
             if stage == Stage.COLLECT_MASKED_VECTORS:
                 self.summed[node] = r
                 n = int(r.content["metrics"]["num-examples"])
-                legacy = compat.fitres_to_recorddict(FitRes(Status(Code.OK, ""), Parameters(tensors=[], tensor_type=""), n, {}), keep_input=False)
+                legacy = compat.fitres_to_recorddict(
+                    FitRes(Status(Code.OK, ""), Parameters(tensors=[], tensor_type=""), n, {}), keep_input=False
+                )
                 for name, record in legacy.items():
                     r.content[name] = record
             kept.append(r)
@@ -194,12 +202,16 @@ def secure_round(
     sa = fed.secagg
 
     def check(reply: Message) -> str:
-        return claims_problem(reply, dp=cfg.dp, batch_size=cfg.train.batch_size, bounds=bounds, ledgers=ledgers) or _counters_problem(reply, global_arrays)
+        return claims_problem(
+            reply, dp=cfg.dp, batch_size=cfg.train.batch_size, bounds=bounds, ledgers=ledgers
+        ) or _counters_problem(reply, global_arrays)
 
     train = {m.metadata.dst_node_id: m for m in msgs}
     round_grid = _RoundGrid(grid, train, check)
     total = _Sum([GridClientProxy(node, grid, grid.run.run_id) for node in train])
-    context = LegacyContext(Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=total)
+    context = LegacyContext(
+        Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}), strategy=total
+    )
     context.state["config"] = ConfigRecord({"current_round": rnd})
     context.state["parameters"] = ArrayRecord()
     workflow = flower_workflow.SecAggPlusWorkflow(
@@ -218,12 +230,18 @@ def secure_round(
     if total.mean is None:
         # The workflow halted: too few sites (or shares) left for the threshold; say so for the sites it had summed.
         halted = f"the SecAgg+ round could not be completed: fewer than reconstruction_threshold ({sa.reconstruction_threshold:g}) of the neighbours answered"
-        out.rejected += [{"node": node, "reason": halted} for node in round_grid.summed if node not in round_grid.rejected]
+        out.rejected += [
+            {"node": node, "reason": halted} for node in round_grid.summed if node not in round_grid.rejected
+        ]
         return out
     names = summed_names(global_arrays)
     mean = dict(zip(names, total.mean[: len(names)]))
     norm = float(np.sqrt(sum(float(np.sum(np.square(d))) for d in mean.values())))
-    out.secure = {"sites": len(round_grid.summed), "update_norm": norm, "clipped_share": float(total.mean[-1].ravel()[0]) / sa.clipping_range}
+    out.secure = {
+        "sites": len(round_grid.summed),
+        "update_norm": norm,
+        "clipped_share": float(total.mean[-1].ravel()[0]) / sa.clipping_range,
+    }
     reason = sum_problem(norm, history, fed.reject_norm_factor)
     if reason:
         out.rejected += [{"node": node, "reason": reason} for node in round_grid.summed]
@@ -231,7 +249,11 @@ def secure_round(
     weights = {k: (global_arrays[k].astype(np.float64) + mean[k]).astype(global_arrays[k].dtype) for k in names}
     for _node, reply in round_grid.summed.items():
         counters = dict(reply.content[COUNTERS]) if COUNTERS in reply.content.metric_records else {}
-        ints = {k: np.asarray(counters[k], dtype=v.dtype).reshape(v.shape) for k, v in global_arrays.items() if v.dtype.kind != "f"}
+        ints = {
+            k: np.asarray(counters[k], dtype=v.dtype).reshape(v.shape)
+            for k, v in global_arrays.items()
+            if v.dtype.kind != "f"
+        }
         content = RecordDict({"arrays": to_arrays({**weights, **ints}), "metrics": reply.content["metrics"]})
         if "ledger" in reply.content.config_records:
             content["ledger"] = reply.content["ledger"]

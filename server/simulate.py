@@ -17,7 +17,14 @@ from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
 
 
-def simulate(cfg: RunConfig, out: Path, *, resume: bool = False, progress: Optional[Progress] = None, client_mods: Optional[list] = None) -> Path:
+def simulate(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: Optional[Progress] = None,
+    client_mods: Optional[list] = None,
+) -> Path:
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     from flwr.simulation import run_simulation
 

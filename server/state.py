@@ -32,7 +32,9 @@ def round_dir(out: Path, rnd: int) -> Path:
     return out / "rounds" / f"round-{rnd:03d}"
 
 
-def save_round(out: Path, rnd: int, model: GenerativeModel, cfg: RunConfig, fl_state: dict, strategy_arrays: dict[str, np.ndarray]) -> Path:
+def save_round(
+    out: Path, rnd: int, model: GenerativeModel, cfg: RunConfig, fl_state: dict, strategy_arrays: dict[str, np.ndarray]
+) -> Path:
     final = round_dir(out, rnd)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():

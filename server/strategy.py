@@ -40,9 +40,13 @@ def make_strategy(fed: FederationConfig) -> Strategy:
         # eta is the server learning rate; tau keeps the first rounds' steps bounded (Reddi et al. 2021, sec. 5).
         strategy = FedAdam(**common, eta=fed.server_lr, eta_l=fed.server_lr, tau=1e-3)
     if fed.client_dp == "fixed":
-        strategy = DifferentialPrivacyServerSideFixedClipping(strategy, fed.client_dp_noise, fed.client_dp_clip, num_sampled_clients=fed.min_sites)
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, fed.client_dp_noise, fed.client_dp_clip, num_sampled_clients=fed.min_sites
+        )
     elif fed.client_dp == "adaptive":
-        strategy = DifferentialPrivacyServerSideAdaptiveClipping(strategy, fed.client_dp_noise, num_sampled_clients=fed.min_sites, initial_clipping_norm=fed.client_dp_clip)
+        strategy = DifferentialPrivacyServerSideAdaptiveClipping(
+            strategy, fed.client_dp_noise, num_sampled_clients=fed.min_sites, initial_clipping_norm=fed.client_dp_clip
+        )
     return strategy
 
 

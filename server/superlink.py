@@ -35,7 +35,9 @@ def allowed_networks(spec: str | None = None) -> list:
     try:
         return [ipaddress.ip_network(part, strict=False) for part in spec.replace(",", " ").split()]
     except ValueError as e:
-        raise SystemExit(f"{ALLOW_ENV}={spec!r}: {e}; expected addresses or networks such as '127.0.0.1/32 10.0.0.5/32'.") from None
+        raise SystemExit(
+            f"{ALLOW_ENV}={spec!r}: {e}; expected addresses or networks such as '127.0.0.1/32 10.0.0.5/32'."
+        ) from None
 
 
 class CoordinatorOnly:
@@ -62,7 +64,16 @@ class CoordinatorOnly:
                         f"({ALLOW_ENV}); a hospital reaches the Fleet API only."
                     }
                 ).encode()
-                await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)

@@ -23,7 +23,9 @@ from cxrsynth.models.condition import Condition
 
 def tiny_config(name: str, **overrides) -> RunConfig:
     family = registry.get(name)
-    assert f"{name}-tiny" in family.preset_files(), f"family {name} has no tiny preset (a tiny.yaml in its presets folder)"
+    assert f"{name}-tiny" in family.preset_files(), (
+        f"family {name} has no tiny preset (a tiny.yaml in its presets folder)"
+    )
     base = {"train": {"batch_size": 4, "num_threads": 1}, "dp": {"noise_multiplier": 1.0, "max_grad_norm": 1.0}}
     for key, value in overrides.items():
         base[key] = {**base.get(key, {}), **value}
@@ -60,7 +62,9 @@ def check_family(name: str, tmp_path: Path) -> None:
     model = _fresh(cfg, records)
     assert isinstance(model, GenerativeModel) and model.family == name
     assert set(model.opts) <= set(model.nets)
-    assert any(model.reads_real_data(n) for n in model.nets), "DP-SGD needs at least one network marked as reading real data"
+    assert any(model.reads_real_data(n) for n in model.nets), (
+        "DP-SGD needs at least one network marked as reading real data"
+    )
     assert set(model.nets_stepping()) <= set(model.nets)
 
     losses = model.train_step(records[:4])

@@ -22,7 +22,10 @@ def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path)
     train = [r for r in records if r.split == "train"]
     holdout = [r for r in records if r.split == "holdout"]
     # Two planted copies, so there are flagged IDs to carry as indices.
-    synthetic += [train[3].with_(record_id="copy-a", site="synthetic", split=""), train[5].with_(record_id="copy-b", site="synthetic", split="")]
+    synthetic += [
+        train[3].with_(record_id="copy-a", site="synthetic", split=""),
+        train[5].with_(record_id="copy-b", site="synthetic", split=""),
+    ]
     policy = AuditPolicy(bootstrap=50, skip=("phi", "membership"))
 
     from flwr.supercore.task_identity import TaskIdentity
@@ -30,7 +33,13 @@ def test_site_answer_is_numbers_only_and_combines_like_the_local_audit(tmp_path)
     # Messages outside a running app need the identity Flower sets when it runs one.
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
     query = Message(make_query(synthetic, policy), dst_node_id=7, message_type="query")
-    ctx = Context(run_id=1, node_id=7, node_config={"data-path": str(real_dir), "audit-out": str(tmp_path / "site-report")}, state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"data-path": str(real_dir), "audit-out": str(tmp_path / "site-report")},
+        state=RecordDict(),
+        run_config={},
+    )
     reply = handle(query, ctx)
     reply.metadata.message_type = "query"
     check_reply(reply)  # the ClientApp's own egress rule accepts it: numbers only
@@ -61,11 +70,25 @@ def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like
 
     real = split_by_patient(make_phantom(240, sites=1, seed=0, image_size=32, lateral=False), 0.25, 0)
     write_dataset(tmp_path / "site", [r.with_(phi_meta={}) for r in real])
-    synthetic = [r.with_(record_id=f"g{i}", patient_id=f"g{i}", site="synthetic", split="", findings=prompt_from_labels(r.labels), impression="") for i, r in enumerate(make_phantom(100, sites=1, seed=7, image_size=32, lateral=False))]
-    policy = AuditPolicy(bootstrap=30, skip=("phi", "membership", "image_copies", "image_closeness"), fidelity_steps=150)
+    synthetic = [
+        r.with_(
+            record_id=f"g{i}",
+            patient_id=f"g{i}",
+            site="synthetic",
+            split="",
+            findings=prompt_from_labels(r.labels),
+            impression="",
+        )
+        for i, r in enumerate(make_phantom(100, sites=1, seed=7, image_size=32, lateral=False))
+    ]
+    policy = AuditPolicy(
+        bootstrap=30, skip=("phi", "membership", "image_copies", "image_closeness"), fidelity_steps=150
+    )
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
     query = Message(make_query(synthetic, policy), dst_node_id=7, message_type="query")
-    ctx = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "site")}, state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "site")}, state=RecordDict(), run_config={}
+    )
     reply = handle(query, ctx)
     reply.metadata.message_type = "query"
     check_reply(reply)
@@ -82,7 +105,9 @@ def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like
         assert fed["checks"][name]["passed"] == local["checks"][name]["passed"] is True
     for label, f in local["checks"]["label_fidelity"]["labels"].items():
         assert fed["checks"]["label_fidelity"]["labels"][label]["auroc"] == pytest.approx(f["auroc"], rel=1e-6), label
-    assert fed["sites"][0]["fidelity_macro_auroc"] == pytest.approx(local["sites"][0]["fidelity_macro_auroc"], rel=1e-6)
+    assert fed["sites"][0]["fidelity_macro_auroc"] == pytest.approx(
+        local["sites"][0]["fidelity_macro_auroc"], rel=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -97,8 +122,14 @@ def test_federated_audit_over_flower_simulation(tmp_path):
     from cxrsynth.server.audit_query import federated_audit
 
     for i in range(2):
-        write_dataset(tmp_path / f"site{i}", varied_records(60, 10 + i, prefix=f"s{i}t", site=f"site{i}") + varied_records(30, 20 + i, split="holdout", prefix=f"s{i}h", site=f"site{i}"))
-    synthetic = [r.with_(site="synthetic", split="") for r in varied_records(30, 3, prefix="syn", split="", rare=False)]
+        write_dataset(
+            tmp_path / f"site{i}",
+            varied_records(60, 10 + i, prefix=f"s{i}t", site=f"site{i}")
+            + varied_records(30, 20 + i, split="holdout", prefix=f"s{i}h", site=f"site{i}"),
+        )
+    synthetic = [
+        r.with_(site="synthetic", split="") for r in varied_records(30, 3, prefix="syn", split="", rare=False)
+    ]
     policy = AuditPolicy(bootstrap=30, skip=("phi", "membership"))
     result = {}
     server = ServerApp()

@@ -30,7 +30,16 @@ def _synthetic(records, prefix="g"):
     """Phantom studies of other patients as a generator's output: their own labels, a report that
     states them (the LDM's label templates), no PHI."""
     return [
-        r.with_(record_id=f"{prefix}{i:04d}", patient_id=f"{prefix}{i:04d}", study_id=f"{prefix}{i:04d}", site="synthetic", split="", findings=prompt_from_labels(r.labels), impression="", phi_meta={})
+        r.with_(
+            record_id=f"{prefix}{i:04d}",
+            patient_id=f"{prefix}{i:04d}",
+            study_id=f"{prefix}{i:04d}",
+            site="synthetic",
+            split="",
+            findings=prompt_from_labels(r.labels),
+            impression="",
+            phi_meta={},
+        )
         for i, r in enumerate(records)
     ]
 
@@ -57,7 +66,24 @@ def sets(tmp_path_factory):
 
 
 def _audit(root, synthetic, out, policy):
-    return main(["--quiet", "audit", "--synthetic", str(synthetic), "--train", str(root / "real"), "--holdout", str(root / "real"), "--policy", str(policy), "--out", str(out), "--key", str(root / "steward.pem")])
+    return main(
+        [
+            "--quiet",
+            "audit",
+            "--synthetic",
+            str(synthetic),
+            "--train",
+            str(root / "real"),
+            "--holdout",
+            str(root / "real"),
+            "--policy",
+            str(policy),
+            "--out",
+            str(out),
+            "--key",
+            str(root / "steward.pem"),
+        ]
+    )
 
 
 def _manifest(path):
@@ -79,7 +105,22 @@ def test_noise_images_with_real_label_sets_are_refused_naming_the_labels(sets, c
     page = (root / "audit-noise" / "report.html").read_text()
     assert "Label fidelity" in page and "Cardiomegaly" in page
     key = root / "steward.pem"
-    assert main(["release", "--synthetic", str(root / "noise"), "--audit", str(root / "audit-noise"), "--key", str(key), "--out", str(tmp_path / "bundle")]) == 1
+    assert (
+        main(
+            [
+                "release",
+                "--synthetic",
+                str(root / "noise"),
+                "--audit",
+                str(root / "audit-noise"),
+                "--key",
+                str(key),
+                "--out",
+                str(tmp_path / "bundle"),
+            ]
+        )
+        == 1
+    )
     assert "label_fidelity" in capsys.readouterr().err and not (tmp_path / "bundle").exists()
 
 
@@ -90,10 +131,27 @@ def test_useful_images_pass_and_the_card_lists_per_label_fidelity(sets, tmp_path
     fid = audit["checks"]["label_fidelity"]
     assert fid["passed"] and fid["macro_auroc"] > 0.8
     # Most labels are judged, and a classifier trained on real images sees them in these images.
-    assert len(fid["labels"]) >= 10 and all(f["real_auroc"] is None or f["real_auroc"] > 0.6 for f in fid["labels"].values())
+    assert len(fid["labels"]) >= 10 and all(
+        f["real_auroc"] is None or f["real_auroc"] > 0.6 for f in fid["labels"].values()
+    )
     assert audit["checks"]["report_labels"]["macro_positive_f1"] > 0.9
     key = root / "steward.pem"
-    assert main(["release", "--synthetic", str(root / "good"), "--audit", str(root / "audit-good"), "--key", str(key), "--out", str(tmp_path / "bundle")]) == 0
+    assert (
+        main(
+            [
+                "release",
+                "--synthetic",
+                str(root / "good"),
+                "--audit",
+                str(root / "audit-good"),
+                "--key",
+                str(key),
+                "--out",
+                str(tmp_path / "bundle"),
+            ]
+        )
+        == 0
+    )
     card = (tmp_path / "bundle" / "DATASET_CARD.md").read_text()
     assert "## Label fidelity" in card
     for name in fid["labels"]:
@@ -101,7 +159,9 @@ def test_useful_images_pass_and_the_card_lists_per_label_fidelity(sets, tmp_path
         assert f"{fid['labels'][name]['auroc']:.3f}" in line
     rows = _manifest(tmp_path / "bundle" / "data" / "manifest.csv")
     kept = [n for n in LABELS if n not in audit["dropped_labels"]]
-    assert [[r[n] for n in kept] for r in rows] == [[("" if g.labels[n] is None else str(g.labels[n])) for n in kept] for g in good]
+    assert [[r[n] for n in kept] for r in rows] == [
+        [("" if g.labels[n] is None else str(g.labels[n])) for n in kept] for g in good
+    ]
 
 
 @pytest.mark.parametrize("weak_labels", ["drop", "refuse"])
@@ -110,7 +170,9 @@ def test_a_label_the_images_do_not_carry_is_dropped_or_refuses_as_the_policy_say
     # Cardiomegaly's values shuffled across records: the report still states the record's labels
     # (so reports agree), but the images no longer show it.
     perm = np.random.default_rng(3).permutation(len(good))
-    shuffled = [r.with_(labels={**r.labels, "Cardiomegaly": good[perm[i]].labels["Cardiomegaly"]}) for i, r in enumerate(good)]
+    shuffled = [
+        r.with_(labels={**r.labels, "Cardiomegaly": good[perm[i]].labels["Cardiomegaly"]}) for i, r in enumerate(good)
+    ]
     shuffled = [r.with_(findings=prompt_from_labels(r.labels)) for r in shuffled]
     write_dataset(tmp_path / "syn", shuffled)
     (tmp_path / "p.yaml").write_text(POLICY + f"weak_labels: {weak_labels}\n", encoding="utf-8")
@@ -119,7 +181,17 @@ def test_a_label_the_images_do_not_carry_is_dropped_or_refuses_as_the_policy_say
     fid = audit["checks"]["label_fidelity"]
     assert fid["labels"]["Cardiomegaly"]["auroc"] < 0.6 < fid["macro_auroc"]
     key = root / "steward.pem"
-    release = ["release", "--synthetic", str(tmp_path / "syn"), "--audit", str(tmp_path / "a"), "--key", str(key), "--out", str(tmp_path / "bundle")]
+    release = [
+        "release",
+        "--synthetic",
+        str(tmp_path / "syn"),
+        "--audit",
+        str(tmp_path / "a"),
+        "--key",
+        str(key),
+        "--out",
+        str(tmp_path / "bundle"),
+    ]
     if weak_labels == "refuse":
         assert code == 1 and not fid["passed"] and "Cardiomegaly" in " ".join(fid["reasons"])
         capsys.readouterr()

@@ -21,7 +21,9 @@ def test_over_trained_tiny_model_fails_the_gate(real):
     train, holdout = real
     handful = train[:24]
     model = TinyGenerator(24, "kde").fit(handful, steps=2000)
-    audit, pairs = audit_records(model.generate(60), handful, holdout, AuditPolicy(bootstrap=100, skip=("phi",)), scorer=model.member_scores)
+    audit, pairs = audit_records(
+        model.generate(60), handful, holdout, AuditPolicy(bootstrap=100, skip=("phi",)), scorer=model.member_scores
+    )
     assert not audit["passed"]
     failed = {n for n, c in audit["checks"].items() if not c["passed"]}
     assert {"image_closeness", "membership", "text_rare_ngrams", "text_near_duplicates"} <= failed
@@ -54,11 +56,31 @@ def test_audit_command_writes_json_and_report_and_exits_1_on_copies(tmp_path):
 
     syn, _ = read_dataset(syn_dir)
     train = [r for r in read_dataset(real_dir)[0] if r.split == "train"]
-    syn = syn + [train[i].with_(record_id=f"planted{i}", site="synthetic", split="", findings="Heart size is normal.", impression="") for i in range(3)]
+    syn = syn + [
+        train[i].with_(
+            record_id=f"planted{i}", site="synthetic", split="", findings="Heart size is normal.", impression=""
+        )
+        for i in range(3)
+    ]
     write_dataset(tmp_path / "syn2", syn)
     policy = tmp_path / "policy.yaml"
     policy.write_text("skip: [membership, phi]\nbootstrap: 50\n", encoding="utf-8")
-    code = main(["--quiet", "audit", "--synthetic", str(tmp_path / "syn2"), "--train", str(real_dir), "--holdout", str(real_dir), "--policy", str(policy), "--out", str(tmp_path / "a")])
+    code = main(
+        [
+            "--quiet",
+            "audit",
+            "--synthetic",
+            str(tmp_path / "syn2"),
+            "--train",
+            str(real_dir),
+            "--holdout",
+            str(real_dir),
+            "--policy",
+            str(policy),
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
     assert code == 1
     audit = json.loads((tmp_path / "a" / "audit.json").read_text())
     assert audit["passed"] is False and not audit["checks"]["image_copies"]["passed"]
@@ -73,7 +95,17 @@ def test_audit_command_bad_policy_and_bad_image_exit_2(tmp_path, capsys):
     real_dir, syn_dir = write_audit_inputs(tmp_path, n_train=30, n_holdout=20, n_synthetic=5)
     policy = tmp_path / "p.yaml"
     policy.write_text("max_copy_rat: 0.1\n", encoding="utf-8")
-    args = ["audit", "--synthetic", str(syn_dir), "--train", str(real_dir), "--holdout", str(real_dir), "--out", str(tmp_path / "a")]
+    args = [
+        "audit",
+        "--synthetic",
+        str(syn_dir),
+        "--train",
+        str(real_dir),
+        "--holdout",
+        str(real_dir),
+        "--out",
+        str(tmp_path / "a"),
+    ]
     assert main(args + ["--policy", str(policy)]) == 2
     assert "max_copy_rat" in capsys.readouterr().err
     img = sorted((syn_dir / "images").iterdir())[2]

@@ -31,7 +31,9 @@ def _canary_run(per_kind: int, n_unseen: int, n_train: int, policy: AuditPolicy,
     for kind in DISGUISES:
         for j in range(per_kind):
             src = train[rng.integers(len(train))]
-            planted.append((kind, src, src.with_(record_id=f"c-{kind}-{j}", image=disguise_image(src.image, kind, rng))))
+            planted.append(
+                (kind, src, src.with_(record_id=f"c-{kind}-{j}", image=disguise_image(src.image, kind, rng)))
+            )
     synthetic = [p[2] for p in planted] + [r.with_(record_id=f"u-{r.record_id}") for r in unseen]
     encoder = make_encoder(policy, [r.image for r in train])
     figures, pairs = image_memorization(encoder, synthetic, train, holdout, policy, "site0")
@@ -44,7 +46,9 @@ def _canary_run(per_kind: int, n_unseen: int, n_train: int, policy: AuditPolicy,
 
 
 def test_planted_copies_caught_unseen_patients_not():
-    caught, false_flags, right_source = _canary_run(per_kind=3, n_unseen=50, n_train=100, policy=AuditPolicy(bootstrap=50), n_holdout=60)
+    caught, false_flags, right_source = _canary_run(
+        per_kind=3, n_unseen=50, n_train=100, policy=AuditPolicy(bootstrap=50), n_holdout=60
+    )
     assert all(rate == 1.0 for rate in caught.values()), caught
     assert false_flags <= 0.02
     assert right_source == 1.0  # each copy is traced to the training record it copies
@@ -52,15 +56,21 @@ def test_planted_copies_caught_unseen_patients_not():
 
 @pytest.mark.slow
 def test_canary_catch_rates_at_scale():
-    caught, false_flags, right_source = _canary_run(per_kind=50, n_unseen=500, n_train=600, policy=AuditPolicy(bootstrap=200), n_holdout=200)
-    print(f"catch rates {caught}, unseen patients flagged {false_flags:.4f}, copies traced to their source {right_source:.3f}")
+    caught, false_flags, right_source = _canary_run(
+        per_kind=50, n_unseen=500, n_train=600, policy=AuditPolicy(bootstrap=200), n_holdout=200
+    )
+    print(
+        f"catch rates {caught}, unseen patients flagged {false_flags:.4f}, copies traced to their source {right_source:.3f}"
+    )
     assert all(rate >= 0.99 for rate in caught.values()), caught
     assert false_flags <= 0.02
 
 
 def test_embedding_match_misses_what_alignment_catches():
     """The plain pixel embedding is not enough for shifted copies: the reason alignment is the default."""
-    caught, _, _ = _canary_run(per_kind=6, n_unseen=10, n_train=100, policy=AuditPolicy(bootstrap=50, copy_match="embedding"), n_holdout=60)
+    caught, _, _ = _canary_run(
+        per_kind=6, n_unseen=10, n_train=100, policy=AuditPolicy(bootstrap=50, copy_match="embedding"), n_holdout=60
+    )
     assert caught["exact"] == 1.0 and caught["noised"] == 1.0
     assert caught["shifted"] < 1.0
 

@@ -38,7 +38,13 @@ def test_membership_without_scores_says_why():
 
 def test_ledger_forms_and_budget():
     local = {"privacy_ledger": {"epsilon": 3.2, "delta": 1e-5, "steps": 100}}
-    fed = {"privacy_ledger": {"sites": {"11": {"epsilon": 2.0, "delta": 1e-5}, "12": {"epsilon": 7.5}}, "delta": 1e-5, "epsilon": 7.5}}
+    fed = {
+        "privacy_ledger": {
+            "sites": {"11": {"epsilon": 2.0, "delta": 1e-5}, "12": {"epsilon": 7.5}},
+            "delta": 1e-5,
+            "epsilon": 7.5,
+        }
+    }
     assert read_ledger(local)[0][0]["epsilon"] == 3.2
     entries, problems = read_ledger(fed)
     assert {e["site"]: e["epsilon"] for e in entries} == {"11": 2.0, "12": 7.5} and not problems

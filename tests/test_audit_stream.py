@@ -16,13 +16,24 @@ from cxrsynth.privacy.audit import align
 from cxrsynth.privacy.audit.neighbors import Rows, nearest
 from cxrsynth.privacy.audit.run import audit_records, run_audit
 
-POLICY = AuditPolicy(bootstrap=20, fidelity_steps=5, selfsup_steps=5, chunk=16, skip=("phi",), min_fidelity_positives=2, min_fidelity_real_positives=2)
+POLICY = AuditPolicy(
+    bootstrap=20,
+    fidelity_steps=5,
+    selfsup_steps=5,
+    chunk=16,
+    skip=("phi",),
+    min_fidelity_positives=2,
+    min_fidelity_real_positives=2,
+)
 
 
 def _sets(root, n_real: int, n_synthetic: int, size: int):
     real = split_by_patient(make_phantom(n=n_real, sites=1, seed=5, image_size=size, lateral=True), 0.45, 0)
     train = [r for r in real if r.split == "train"]
-    synthetic = [r.with_(record_id=f"syn{i}", site="synthetic", split="", phi_meta={}) for i, r in enumerate(make_phantom(n=n_synthetic, sites=1, seed=6, image_size=size, lateral=True))]
+    synthetic = [
+        r.with_(record_id=f"syn{i}", site="synthetic", split="", phi_meta={})
+        for i, r in enumerate(make_phantom(n=n_synthetic, sites=1, seed=6, image_size=size, lateral=True))
+    ]
     for k in range(3):  # copies for the audit to find: frontals, and a training frontal put in a lateral's place
         synthetic[7 * k] = synthetic[7 * k].with_(image=train[5 * k].image.copy())
     with_lateral = next(i for i, r in enumerate(synthetic) if r.lateral is not None and i % 7)
@@ -43,7 +54,9 @@ def _figures(audit: dict) -> dict:
 
 
 @pytest.mark.parametrize("copy_match, encoder", [("aligned", "pixels"), ("embedding", "selfsup")])
-def test_the_streamed_audit_of_directories_gives_the_in_memory_audit_s_figures(small, tmp_path, monkeypatch, copy_match, encoder):
+def test_the_streamed_audit_of_directories_gives_the_in_memory_audit_s_figures(
+    small, tmp_path, monkeypatch, copy_match, encoder
+):
     root, real, synthetic = small
     policy = POLICY.model_copy(update={"copy_match": copy_match, "encoder": encoder})
     train = [r for r in real if r.split == "train"]
@@ -84,4 +97,6 @@ def test_the_audit_of_a_directory_never_holds_its_decoded_images(tmp_path, decod
     run_audit(tmp_path / "synthetic", tmp_path / "site", tmp_path / "site", policy, tmp_path / "audit")
     total = sum(len(ManifestDataset.open(tmp_path / d)[0]) for d in ("site", "synthetic"))
     assert decoded_images["total"] > 2 * total  # every image was read, most of them more than once ...
-    assert decoded_images["peak"] <= 256 + 32 < total  # ... but never more than a batch (256) and a chunk of queries at a time
+    assert (
+        decoded_images["peak"] <= 256 + 32 < total
+    )  # ... but never more than a batch (256) and a chunk of queries at a time

@@ -32,9 +32,9 @@ def patient_image(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     for side in (-1, 1):
         cx, cy = 0.5 + side * rng.uniform(0.15, 0.22), rng.uniform(0.42, 0.52)
         rx, ry = rng.uniform(0.11, 0.17), rng.uniform(0.25, 0.34)
-        img -= 0.35 * np.exp(-(((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2)
+        img -= 0.35 * np.exp(-((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) ** 2))
     hx, hy, hr = rng.uniform(0.5, 0.6), rng.uniform(0.6, 0.7), rng.uniform(0.09, 0.16)
-    img += 0.3 * np.exp(-(((xx - hx) ** 2 + (yy - hy) ** 2) / hr**2) ** 2)
+    img += 0.3 * np.exp(-((((xx - hx) ** 2 + (yy - hy) ** 2) / hr**2) ** 2))
     img += 0.04 * np.sin(2 * np.pi * (yy * rng.uniform(6, 9) + rng.uniform(0, 1)))
     k = 6
     coarse = rng.normal(0, 1, (k, k))
@@ -50,7 +50,9 @@ def report(rng: np.random.Generator, rare: bool) -> tuple[str, str]:
     sents = list(rng.choice(COMMON, size=3, replace=False))
     if rare:
         # A sentence only this patient has: what a memorizing model would leak.
-        sents.append(f"Compared with the study of {rng.integers(1, 28)} {rng.choice(['March', 'June', 'October'])}, a {rng.integers(3, 19)} mm nodule in the {rng.choice(ORGANS)} has grown by {rng.integers(1, 6)} mm.")
+        sents.append(
+            f"Compared with the study of {rng.integers(1, 28)} {rng.choice(['March', 'June', 'October'])}, a {rng.integers(3, 19)} mm nodule in the {rng.choice(ORGANS)} has grown by {rng.integers(1, 6)} mm."
+        )
     return " ".join(sents[:-1]), sents[-1]
 
 
@@ -59,13 +61,17 @@ def write_audit_inputs(root, n_train: int = 150, n_holdout: int = 60, n_syntheti
     from cxrsynth.data.dataset import write_dataset
 
     real = varied_records(n_train, 1, prefix="t") + varied_records(n_holdout, 2, split="holdout", prefix="h")
-    synthetic = [r.with_(site="synthetic", split="") for r in varied_records(n_synthetic, 3, prefix="syn", split="", rare=False)]
+    synthetic = [
+        r.with_(site="synthetic", split="") for r in varied_records(n_synthetic, 3, prefix="syn", split="", rare=False)
+    ]
     write_dataset(root / "real", real)
     write_dataset(root / "syn", synthetic)
     return root / "real", root / "syn"
 
 
-def varied_records(n: int, seed: int, split: str = "train", site: str = "site0", prefix: str = "r", rare: bool = True) -> list[Record]:
+def varied_records(
+    n: int, seed: int, split: str = "train", site: str = "site0", prefix: str = "r", rare: bool = True
+) -> list[Record]:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
@@ -161,7 +167,9 @@ class TinyGenerator:
             if self.sampling != "kde":
                 x = x + self.residual_std * torch.randn(x.shape, generator=g)
             x = x.clamp(0, 1).reshape(n, 1, self.side, self.side)
-            imgs = (F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)[:, 0].numpy() * 255).astype(np.uint8)
+            imgs = (F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)[:, 0].numpy() * 255).astype(
+                np.uint8
+            )
         out = []
         for i in range(n):
             if self.sampling == "kde":
@@ -170,7 +178,17 @@ class TinyGenerator:
             else:
                 sents = list(rng.choice(self.common, size=3, replace=False))
                 findings, impression = " ".join(sents[:2]), sents[2]
-            out.append(Record(f"syn{i:05d}", f"syn{i:05d}", f"syn{i:05d}", site="synthetic", findings=findings, impression=impression, image=imgs[i]))
+            out.append(
+                Record(
+                    f"syn{i:05d}",
+                    f"syn{i:05d}",
+                    f"syn{i:05d}",
+                    site="synthetic",
+                    findings=findings,
+                    impression=impression,
+                    image=imgs[i],
+                )
+            )
         return out
 
 

@@ -1,6 +1,5 @@
 """Text leakage and PHI: planted rare training sentences and planted PHI are caught."""
 
-
 from test_audit_support import varied_records
 
 from cxrsynth.config import AuditPolicy
@@ -18,7 +17,11 @@ def test_planted_rare_sentence_is_a_leak_common_phrases_are_not():
     holdout = varied_records(30, 2, prefix="h")
     rare_sentence = train[7].impression  # this patient's own sentence (see varied_records)
     common = "Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax."
-    synthetic = [_syn(0, common), _syn(1, common + " " + rare_sentence), _syn(2, "Mediastinal contours are unremarkable. No focal consolidation.")]
+    synthetic = [
+        _syn(0, common),
+        _syn(1, common + " " + rare_sentence),
+        _syn(2, "Mediastinal contours are unremarkable. No focal consolidation."),
+    ]
     out = rare_ngram_leaks(synthetic, train, holdout, AuditPolicy())
     assert out["leaking_reports"] == ["syn1"]
     assert out["leaked_ngrams"] > 0
@@ -40,7 +43,9 @@ def test_near_duplicates_against_holdout_baseline():
 
 def test_planted_phi_is_found_and_clean_reports_pass():
     clean = [_syn(i, "Heart size is normal. The lungs are clear.") for i in range(3)]
-    planted = _syn(9, "Patient John Smithers, MRN 4829173, seen on 03/14/2021 by Dr. Alice Weber. Heart size is normal.")
+    planted = _syn(
+        9, "Patient John Smithers, MRN 4829173, seen on 03/14/2021 by Dr. Alice Weber. Heart size is normal."
+    )
     ok = phi_scan(clean)
     assert ok["passed"] and ok["findings"] == 0
     bad = phi_scan(clean + [planted])

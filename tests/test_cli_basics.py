@@ -31,7 +31,10 @@ def test_phantom_twice_gives_identical_files(tmp_path):
 
 
 def test_phantom_dataset_is_valid_and_phi_headers_stay_out_of_the_manifest(tmp_path):
-    assert main(["--quiet", "data", "phantom", "--out", str(tmp_path), "--n", "30", "--size", "32", "--holdout", "0.3"]) == 0
+    assert (
+        main(["--quiet", "data", "phantom", "--out", str(tmp_path), "--n", "30", "--size", "32", "--holdout", "0.3"])
+        == 0
+    )
     recs, report = read_dataset(tmp_path)
     assert report.skipped == 0 and len(recs) == 30
     assert {r.split for r in recs} == {"train", "holdout"}
@@ -44,10 +47,13 @@ def test_phantom_dataset_is_valid_and_phi_headers_stay_out_of_the_manifest(tmp_p
         assert meta["PatientName"] not in manifest and meta["PatientBirthDate"] not in manifest
 
 
-@pytest.mark.parametrize("argv, code, words", [
-    (["data", "phantom", "--out", "x", "--n", "0"], 2, "--n"),
-    (["data", "ingest", "--source", "mimic", "--path", "/nonexistent/tree", "--out", "x"], 2, "/nonexistent/tree"),
-])
+@pytest.mark.parametrize(
+    "argv, code, words",
+    [
+        (["data", "phantom", "--out", "x", "--n", "0"], 2, "--n"),
+        (["data", "ingest", "--source", "mimic", "--path", "/nonexistent/tree", "--out", "x"], 2, "/nonexistent/tree"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(argv, code, words, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--quiet"] + argv) == code
@@ -59,7 +65,9 @@ def test_version_and_python_dash_m():
 
     out = subprocess.run([sys.executable, "-m", "cxrsynth", "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == f"cxrsynth {version('cxrsynth')}"
-    bad = subprocess.run([sys.executable, "-m", "cxrsynth", "no-such-command"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cxrsynth", "no-such-command"], capture_output=True, text=True, timeout=60
+    )
     assert bad.returncode == 2 and "no-such-command" in bad.stderr
 
 
@@ -76,7 +84,9 @@ def test_skipped_rows_are_logged_warnings_on_stderr_not_results(tmp_path, capsys
     from cxrsynth.eval.evaluate import load_synthetic
     from cxrsynth.progress import setup_logging
 
-    assert main(["--quiet", "data", "phantom", "--n", "6", "--sites", "2", "--size", "16", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["--quiet", "data", "phantom", "--n", "6", "--sites", "2", "--size", "16", "--out", str(tmp_path)]) == 0
+    )
     with open(tmp_path / "manifest.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     rows.append({**rows[-1], "record_id": "extra-row", "image_path": "images/gone.png"})

@@ -36,7 +36,14 @@ def _installed_layout(dest: Path) -> Path:
 
 def test_the_layers_hold_core_privacy_flower_apps_pipeline(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(_installed_layout(tmp_path / "layout"))}
-    run = subprocess.run([_tool("lint-imports"), "--no-cache", "--config", str(ROOT / "pyproject.toml")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [_tool("lint-imports"), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
 
 
@@ -53,5 +60,15 @@ def test_no_model_family_imports_another():
 
 
 def test_ruff_finds_nothing():
-    run = subprocess.run([_tool("ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [_tool("ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_the_tree_is_formatted_by_ruff():
+    """`ruff format` (line length 119, pyproject) leaves every file as it is."""
+    run = subprocess.run(
+        [_tool("ruff"), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, "run `ruff format .`:\n" + run.stdout[-4000:] + run.stderr[-2000:]

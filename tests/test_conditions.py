@@ -13,7 +13,11 @@ from cxrsynth.models.condition import Condition, as_conditions
 def test_a_prompt_or_a_label_dict_is_taken_as_a_condition():
     assert Condition.of("  The heart is enlarged. ") == Condition(prompt="The heart is enlarged.")
     labelled = Condition.of({"Cardiomegaly": "1", "Edema": ""})
-    assert set(labelled.labels) == set(LABELS) and labelled.labels["Cardiomegaly"] == 1 and labelled.labels["Edema"] is None
+    assert (
+        set(labelled.labels) == set(LABELS)
+        and labelled.labels["Cardiomegaly"] == 1
+        and labelled.labels["Edema"] is None
+    )
     image = np.zeros((8, 8), np.uint8)
     both = Condition(labels={"Pleural Effusion": -1}, prompt="effusion", frontal=image)
     assert Condition.of(both) is both and both.given() == ["labels", "prompt", "frontal"]

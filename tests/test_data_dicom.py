@@ -18,7 +18,17 @@ KEY = b"k" * 32
 DX = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 
 
-def write_dx(path, pixels, *, view="PA", study="1.2.3.4", patient="MRN001", photometric="MONOCHROME2", window=None, name="DOE^JANE"):
+def write_dx(
+    path,
+    pixels,
+    *,
+    view="PA",
+    study="1.2.3.4",
+    patient="MRN001",
+    photometric="MONOCHROME2",
+    window=None,
+    name="DOE^JANE",
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -59,7 +69,9 @@ def test_window_and_monochrome1(tmp_path):
 def test_folder_pairs_views_by_study_and_keeps_phi_apart(tmp_path):
     write_dx(tmp_path / "a/pa.dcm", RAMP, view="PA", study="1.1")
     write_dx(tmp_path / "a/lat.dcm", RAMP.T, view="LL", study="1.1")
-    (tmp_path / "a/pa.txt").write_text("FINDINGS: Small left pleural effusion. No pneumothorax.\nIMPRESSION: Effusion.", encoding="utf-8")
+    (tmp_path / "a/pa.txt").write_text(
+        "FINDINGS: Small left pleural effusion. No pneumothorax.\nIMPRESSION: Effusion.", encoding="utf-8"
+    )
     write_dx(tmp_path / "b/ap.dcm", RAMP, view="AP", study="2.2", patient="MRN002", name="ROE^RICHARD")
     recs, report = read_dicom_folder(tmp_path, key=KEY, site="h1")
     assert report.skipped == 0 and len(recs) == 2
@@ -67,7 +79,13 @@ def test_folder_pairs_views_by_study_and_keeps_phi_apart(tmp_path):
     b = next(r for r in recs if r.lateral is None)
     assert a.view == "PA" and b.view == "AP"
     assert a.labels["Pleural Effusion"] == 1 and a.labels["Pneumothorax"] == 0 and a.impression == "Effusion."
-    assert a.phi_meta == {"PatientName": "DOE^JANE", "PatientID": "MRN001", "AccessionNumber": "ACC77", "PatientBirthDate": "19300101", "ReferringPhysicianName": "HOUSE^GREGORY"}
+    assert a.phi_meta == {
+        "PatientName": "DOE^JANE",
+        "PatientID": "MRN001",
+        "AccessionNumber": "ACC77",
+        "PatientBirthDate": "19300101",
+        "ReferringPhysicianName": "HOUSE^GREGORY",
+    }
     assert "MRN001" not in a.patient_id and a.patient_id != b.patient_id
     again, _ = read_dicom_folder(tmp_path, key=KEY)
     other, _ = read_dicom_folder(tmp_path, key=b"x" * 32)
@@ -91,7 +109,24 @@ def test_pydicom_test_files_read_and_broken_files_reported(tmp_path):
 def test_ingest_dicom_writes_no_phi_to_manifest(tmp_path):
     write_dx(tmp_path / "in/pa.dcm", RAMP, view="PA", study="1.1", name="DOE^JANE")
     out = tmp_path / "out"
-    assert main(["--quiet", "data", "ingest", "--source", "dicom", "--path", str(tmp_path / "in"), "--out", str(out), "--size", "16"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "dicom",
+                "--path",
+                str(tmp_path / "in"),
+                "--out",
+                str(out),
+                "--size",
+                "16",
+            ]
+        )
+        == 0
+    )
     manifest = (out / "manifest.csv").read_text()
     assert "DOE" not in manifest and "MRN001" not in manifest and "ACC77" not in manifest
     recs, _ = read_dataset(out)

@@ -33,7 +33,9 @@ def test_bad_rows_in_a_dataset_manifest_are_named_and_skipped(tmp_path):
     lines = (tmp_path / "manifest.csv").read_bytes().split(b"\n")
     lines[1] = lines[1].replace(image_relpath(recs[0]).encode(), b"images/gone.png")  # missing image
     (tmp_path / image_relpath(recs[1])).write_bytes(b"\x89PNG broken")  # corrupt image
-    lines[3] = lines[3].replace(b"Exam", b"\xe9xam") if b"Exam" in lines[3] else lines[3].replace(b",site", b",s\xe9te", 1)
+    lines[3] = (
+        lines[3].replace(b"Exam", b"\xe9xam") if b"Exam" in lines[3] else lines[3].replace(b",site", b",s\xe9te", 1)
+    )
     lines[4] = lines[4] + b",extra,cells"  # malformed row
     (tmp_path / "manifest.csv").write_bytes(b"\n".join(lines))
     recs, report = read_dataset(tmp_path)
@@ -57,10 +59,13 @@ def _site(tmp_path, rows, header="image_path,Report,patient_id,Accession,Pleural
 
 
 def test_site_manifest_loose_columns_labels_and_pseudonyms(tmp_path):
-    path = _site(tmp_path, [
-        'img/a.png,"FINDINGS: Small right effusion. IMPRESSION: Effusion.",MRN1,ACC1,1,0',
-        'img/b.jpg,"No acute process.",MRN1,ACC2,,-1',
-    ])
+    path = _site(
+        tmp_path,
+        [
+            'img/a.png,"FINDINGS: Small right effusion. IMPRESSION: Effusion.",MRN1,ACC1,1,0',
+            'img/b.jpg,"No acute process.",MRN1,ACC2,,-1',
+        ],
+    )
     recs, report = read_manifest(path, key=KEY, site="h2")
     assert report.skipped == 0 and len(recs) == 2
     a, b = recs
@@ -72,7 +77,11 @@ def test_site_manifest_loose_columns_labels_and_pseudonyms(tmp_path):
 
 
 def test_site_manifest_without_labels_uses_the_labeler(tmp_path):
-    path = _site(tmp_path, ['img/a.png,"There is a moderate left pneumothorax.",P1,A1'], header="image,report,patient,accession_number")
+    path = _site(
+        tmp_path,
+        ['img/a.png,"There is a moderate left pneumothorax.",P1,A1'],
+        header="image,report,patient,accession_number",
+    )
     recs, _ = read_manifest(path, key=KEY)
     assert recs[0].labels["Pneumothorax"] == 1
 
@@ -115,7 +124,10 @@ def test_ingest_keeps_what_was_ingested_before_and_strict_writes_nothing(tmp_pat
     assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path2), "--out", str(out)]) == 0
     recs, _ = read_dataset(out)
     assert len(recs) == 2  # the first ingest's record is still there
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path), "--out", str(out), "--strict"]) == 2
+    assert (
+        main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(path), "--out", str(out), "--strict"])
+        == 2
+    )
     assert len(read_dataset(out)[0]) == 2 and first.splitlines()[1] in (out / "manifest.csv").read_text()
 
 

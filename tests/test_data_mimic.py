@@ -39,7 +39,13 @@ def build_tree(root, broken=False):
             f" FINDINGS:\n {rec.findings}\n\n IMPRESSION:\n {rec.impression}\n",
             encoding="utf-8",
         )
-        chex.append({"subject_id": subject, "study_id": study, **{n: "" if rec.labels[n] is None else f"{rec.labels[n]:.1f}" for n in LABELS}})
+        chex.append(
+            {
+                "subject_id": subject,
+                "study_id": study,
+                **{n: "" if rec.labels[n] is None else f"{rec.labels[n]:.1f}" for n in LABELS},
+            }
+        )
     for name, rows in (("metadata", meta), ("chexpert", chex), ("split", split)):
         with open(root / f"mimic-cxr-2.0.0-{name}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -70,7 +76,9 @@ def test_one_record_per_study_with_views_labels_sections_and_split(tmp_path):
     assert by_id["s50000003"].view == "AP" and by_id["s50000003"].lateral is not None  # LL pairs as lateral
     assert by_id["s50000003"].split == "holdout" and by_id["s50000004"].split == "train"
     assert by_id["s50000001"].patient_id == by_id["s50000002"].patient_id == "p10000001"
-    assert [w.file.split("/")[-1] for w in report.warnings] == ["d4c.jpg"]  # an unused view is said, not dropped silently
+    assert [w.file.split("/")[-1] for w in report.warnings] == [
+        "d4c.jpg"
+    ]  # an unused view is said, not dropped silently
     for rec, study in zip(recs, STUDIES):
         got = by_id[f"s{study}"]
         assert got.labels == rec.labels
@@ -104,13 +112,37 @@ def test_missing_metadata_is_a_clear_input_error(tmp_path):
 def test_ingest_command_writes_dataset_and_report(tmp_path, capsys):
     build_tree(tmp_path / "tree", broken=True)
     out = tmp_path / "out"
-    assert main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tmp_path / "tree"), "--out", str(out)]) == 0
+    assert (
+        main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tmp_path / "tree"), "--out", str(out)])
+        == 0
+    )
     recs, _ = read_dataset(out)
     assert [r.study_id for r in recs] == ["s50000001"]
     rep = json.loads((out / "ingest_report.json").read_text())
     assert rep["read"] == 4 and rep["kept"] == 1
-    assert rep["skipped_by_reason"] == {"unknown label value": 1, "corrupt image": 1, "no frontal image": 1, "non-UTF-8 text": 1}
+    assert rep["skipped_by_reason"] == {
+        "unknown label value": 1,
+        "corrupt image": 1,
+        "no frontal image": 1,
+        "non-UTF-8 text": 1,
+    }
     assert all(p["file"] for p in rep["problems"])
-    assert main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tmp_path / "tree"), "--out", str(tmp_path / "o2"), "--strict"]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "mimic",
+                "--path",
+                str(tmp_path / "tree"),
+                "--out",
+                str(tmp_path / "o2"),
+                "--strict",
+            ]
+        )
+        == 2
+    )
     assert "row 4" in capsys.readouterr().err
     assert not (tmp_path / "o2" / "manifest.csv").exists()

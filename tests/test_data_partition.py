@@ -25,7 +25,9 @@ def test_split_never_puts_a_patient_on_both_sides(recs):
     hold = {r.patient_id for r in out if r.split == "holdout"}
     assert not train & hold and train and hold
     assert 0.15 < len(hold) / (len(train) + len(hold)) < 0.35
-    assert [r.split for r in split_by_patient(recs[:100], 0.25, seed=1)] == [r.split for r in out[:100]]  # more records move no patient
+    assert [r.split for r in split_by_patient(recs[:100], 0.25, seed=1)] == [
+        r.split for r in out[:100]
+    ]  # more records move no patient
 
 
 @pytest.mark.parametrize("mode", ["by-site", "iid", "dirichlet"])

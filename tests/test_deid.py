@@ -151,7 +151,12 @@ def test_header_deny_list_and_roster(tmp_path):
     roster = tmp_path / "roster.txt"
     roster.write_text("Quentin Abelard\nBeatrix Lowell\n")
     d = cached_deidentifier(DeidConfig(roster_file=roster, mode="redact"))
-    meta = {"PatientName": "VANTERPOOL^ODESSA", "PatientID": "0044921", "PatientBirthDate": "19310407", "ReferringPhysicianName": "Quist^Alder"}
+    meta = {
+        "PatientName": "VANTERPOOL^ODESSA",
+        "PatientID": "0044921",
+        "PatientBirthDate": "19310407",
+        "ReferringPhysicianName": "Quist^Alder",
+    }
     text = "odessa vanterpool, id 0044921, born April 7, 1931; ref quist. Read with quentin abelard and Lowell."
     res = d.deidentify_text(text, meta)
     assert res.status == "ok"
@@ -229,7 +234,12 @@ def test_fail_closed_on_error_timeout_length_and_header_leak(deid, monkeypatch):
 def test_batch_workers_audit_log_has_no_phi(deid, tmp_path):
     names = ["Okonkwo", "Vanterpool", "Lindqvist", "Abernathy"]
     items = [
-        DeidItem(f"r{i}", f"Discussed with Dr. {n} at 14:{10 + i}. MRN: {4821337 + i}.", {"PatientID": f"{4821337 + i}"}, f"p{i}")
+        DeidItem(
+            f"r{i}",
+            f"Discussed with Dr. {n} at 14:{10 + i}. MRN: {4821337 + i}.",
+            {"PatientID": f"{4821337 + i}"},
+            f"p{i}",
+        )
         for i, n in enumerate(names * 3)
     ]
     log = tmp_path / "audit.jsonl"
@@ -268,7 +278,10 @@ def test_deidentify_records_on_phantom_data(deid, tmp_path):
 def test_radiology_words_after_a_lone_letter_are_not_a_person(deid):
     # spaCy reads "a. Displaced" as an initial and a surname; generated word salad makes such
     # pairs, and a PHI scan that cries wolf on them blocks honest releases.
-    texts = ["Normal heart widened a. Displaced acute fracture.", "Effusion a. Plate-like atelectasis. Svc tube noted."]
+    texts = [
+        "Normal heart widened a. Displaced acute fracture.",
+        "Effusion a. Plate-like atelectasis. Svc tube noted.",
+    ]
     assert scan_phi(texts) == [[], []]
     assert [f.type for f in scan_phi(["Seen by a. Lindqvist today."])[0]] == ["NAME"]
 
@@ -284,14 +297,19 @@ def test_scan_phi_reports_offsets_not_text(deid):
 def test_cli_run_and_bad_input(deid, tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_text(
-        json.dumps({"id": "a", "text": "Seen by Dr. Lindqvist on 03/14/2021.", "meta": {"PatientID": "991"}}) + "\n"
-        + json.dumps({"id": "b", "text": "y" * (deid.config.max_chars + 5)}) + "\n"
+        json.dumps({"id": "a", "text": "Seen by Dr. Lindqvist on 03/14/2021.", "meta": {"PatientID": "991"}})
+        + "\n"
+        + json.dumps({"id": "b", "text": "y" * (deid.config.max_chars + 5)})
+        + "\n"
     )
     out = tmp_path / "out.jsonl"
     assert main(["--quiet", "deid", "run", "--in", str(inp), "--out", str(out)]) == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["status"] == "ok" and "Lindqvist" not in rows[0]["text"] and "03/14/2021" not in rows[0]["text"]
-    assert rows[1] == {"id": "b", "text": None, "status": "quarantined", "reason": rows[1]["reason"]} and rows[1]["reason"]
+    assert (
+        rows[1] == {"id": "b", "text": None, "status": "quarantined", "reason": rows[1]["reason"]}
+        and rows[1]["reason"]
+    )
     assert (tmp_path / "out.jsonl.audit.jsonl").exists()
 
     bad = tmp_path / "bad.jsonl"

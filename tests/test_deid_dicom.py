@@ -51,7 +51,20 @@ def test_basic_profile_removes_phi_and_survives_a_write(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     back = pydicom.dcmread(path)
     dump = str(back) + str(back.file_meta)
-    for phi in ("VANTERPOOL", "ODESSA", "0044921", "19310407", "Fruit", "092Y", "RAD-2021", "QUIST", "Mary", "LOWELL", "20210314", "Odessa"):
+    for phi in (
+        "VANTERPOOL",
+        "ODESSA",
+        "0044921",
+        "19310407",
+        "Fruit",
+        "092Y",
+        "RAD-2021",
+        "QUIST",
+        "Mary",
+        "LOWELL",
+        "20210314",
+        "Odessa",
+    ):
         assert phi not in dump, phi
     assert back.PatientIdentityRemoved == "YES"
     assert back.DeidentificationMethodCodeSequence[0].CodeValue == "113100"

@@ -42,7 +42,11 @@ def nested_phi_file(burned: str | None = "NO") -> Dataset:
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = "QUINTERO^ANOUK", "7734120", "19380502"
     ds.AccessionNumber, ds.StudyDate, ds.StudyTime, ds.Modality = "RAD-2019-55812", "20190611", "083512", "DX"
     ds.CassetteID, ds.PlateID, ds.DetectorID, ds.DeviceSerialNumber = "CAS-99121", "PLT-44120", "DET-5521A", "SN-88123"
-    ds.AdmittingDate, ds.CurrentPatientLocation, ds.RequestingService = "20190610", "Ward 7B Okafor wing", "Cardiology Okafor"
+    ds.AdmittingDate, ds.CurrentPatientLocation, ds.RequestingService = (
+        "20190610",
+        "Ward 7B Okafor wing",
+        "Cardiology Okafor",
+    )
     ds.AcquisitionComments, ds.PatientState = "patient Quintero anxious", "sedated by Dr Szabo"
     ds.ReferringPhysicianIdentificationSequence = Sequence([person("SZABO^BOGDAN", "SZ1234")])
     ds.OperatorIdentificationSequence = Sequence([person("MWANGI^IMANI", "MW5678")])
@@ -75,8 +79,30 @@ def nested_phi_file(burned: str | None = "NO") -> Dataset:
     return ds
 
 
-PHI = ("QUINTERO", "Quintero", "ANOUK", "7734120", "19380502", "RAD-2019", "20190611", "20190610", "CAS-99121", "PLT-44120",
-       "DET-5521A", "SN-88123", "Okafor", "Szabo", "SZABO", "SZ1234", "MWANGI", "TAKAHASHI", "Wishard", "WSH01", "GALLAGHER", STUDY_UID)
+PHI = (
+    "QUINTERO",
+    "Quintero",
+    "ANOUK",
+    "7734120",
+    "19380502",
+    "RAD-2019",
+    "20190611",
+    "20190610",
+    "CAS-99121",
+    "PLT-44120",
+    "DET-5521A",
+    "SN-88123",
+    "Okafor",
+    "Szabo",
+    "SZABO",
+    "SZ1234",
+    "MWANGI",
+    "TAKAHASHI",
+    "Wishard",
+    "WSH01",
+    "GALLAGHER",
+    STUDY_UID,
+)
 
 
 def test_nested_sequences_private_tags_and_content_come_out_clean(tmp_path):
@@ -95,7 +121,10 @@ def test_nested_sequences_private_tags_and_content_come_out_clean(tmp_path):
     # references keep pointing at the same (remapped) instances: the same keyed map as the top level
     ref = back.ReferencedImageSequence[0]
     again, _ = deidentify_dataset(nested_phi_file(), KEY)
-    assert ref.ReferencedSOPInstanceUID.startswith("2.25.") and ref.ReferencedSOPClassUID == DigitalXRayImageStorageForPresentation
+    assert (
+        ref.ReferencedSOPInstanceUID.startswith("2.25.")
+        and ref.ReferencedSOPClassUID == DigitalXRayImageStorageForPresentation
+    )
     assert again.SOPInstanceUID == back.SOPInstanceUID != SOP_UID
 
 
@@ -106,16 +135,36 @@ def test_dates_shift_per_patient_and_device_identity_keyed():
     assert a.StudyTime == "083512"  # a time of day names no date
     assert a.PatientBirthDate == ""  # still emptied under the modified-dates option
     shift_study = (pydicom.valuerep.DA(a.StudyDate) - pydicom.valuerep.DA("20190611")).days
-    assert (pydicom.valuerep.DA(a.AdmittingDate) - pydicom.valuerep.DA("20190610")).days == shift_study  # intervals survive
-    assert a.DeviceSerialNumber.startswith("DEV") and a.DeviceSerialNumber == b.DeviceSerialNumber and "88123" not in a.DeviceSerialNumber
+    assert (
+        pydicom.valuerep.DA(a.AdmittingDate) - pydicom.valuerep.DA("20190610")
+    ).days == shift_study  # intervals survive
+    assert (
+        a.DeviceSerialNumber.startswith("DEV")
+        and a.DeviceSerialNumber == b.DeviceSerialNumber
+        and "88123" not in a.DeviceSerialNumber
+    )
     assert [c.CodeValue for c in a.DeidentificationMethodCodeSequence] == ["113100", "113107"]
     assert a.LongitudinalTemporalInformationModified == "MODIFIED"
 
 
 def test_the_issue_attributes_are_in_the_profile_table():
-    for kw in ("ReferringPhysicianIdentificationSequence", "OperatorIdentificationSequence", "PerformingPhysicianIdentificationSequence",
-               "CassetteID", "PlateID", "DetectorID", "AdmittingDate", "CurrentPatientLocation", "InstitutionCodeSequence",
-               "AcquisitionComments", "ContentSequence", "RequestingService", "PatientState", "PatientName", "StudyInstanceUID"):
+    for kw in (
+        "ReferringPhysicianIdentificationSequence",
+        "OperatorIdentificationSequence",
+        "PerformingPhysicianIdentificationSequence",
+        "CassetteID",
+        "PlateID",
+        "DetectorID",
+        "AdmittingDate",
+        "CurrentPatientLocation",
+        "InstitutionCodeSequence",
+        "AcquisitionComments",
+        "ContentSequence",
+        "RequestingService",
+        "PatientState",
+        "PatientName",
+        "StudyInstanceUID",
+    ):
         tag = pydicom.datadict.tag_for_keyword(kw)
         assert profile_action(tag) not in (None, "K"), kw
 
@@ -127,8 +176,24 @@ def _value(vr: str, tag: int):
         item.add_new(0x00091010, "LO", "MARKER private")
         return Sequence([item])
     return {
-        "DA": "20210314", "TM": "101010", "DT": "20210314101010", "PN": "MARKER^PHI", "UI": "1.2.3.4.5.6.7", "IS": "123", "DS": "1.5",
-        "AS": "045Y", "CS": "MARKER", "US": 7, "SS": 7, "UL": 7, "SL": 7, "FL": 1.5, "FD": 1.5, "SV": 7, "UV": 7, "AT": 0x00100010,
+        "DA": "20210314",
+        "TM": "101010",
+        "DT": "20210314101010",
+        "PN": "MARKER^PHI",
+        "UI": "1.2.3.4.5.6.7",
+        "IS": "123",
+        "DS": "1.5",
+        "AS": "045Y",
+        "CS": "MARKER",
+        "US": 7,
+        "SS": 7,
+        "UL": 7,
+        "SL": 7,
+        "FL": 1.5,
+        "FD": 1.5,
+        "SV": 7,
+        "UV": 7,
+        "AT": 0x00100010,
     }.get(vr, b"\x01\x02" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else "MARKER")
 
 
@@ -207,9 +272,17 @@ def test_cli_deid_dicom_writes_one_clean_file_per_input_and_fails_closed(tmp_pat
         assert back.pixel_array.tolist() == [[1, 2], [3, 4]]
         assert not any(phi in str(back) for phi in PHI)
     log = [json.loads(line) for line in (tmp_path / "out.audit.jsonl").read_text().splitlines()]
-    assert log[0]["kind"] == "run" and log[0]["files"] == 4 and log[0]["quarantined"] == 2 and log[0]["secret_source"] == "file"
+    assert (
+        log[0]["kind"] == "run"
+        and log[0]["files"] == 4
+        and log[0]["quarantined"] == 2
+        and log[0]["secret_source"] == "file"
+    )
     reasons = sorted(r["reason"] for r in log[1:] if r["status"] == "quarantined")
     assert reasons[0].startswith("not a readable DICOM file") and "burned_in_annotation" in reasons[1]
-    assert "Quintero" not in (tmp_path / "out.audit.jsonl").read_text() and "pt0" not in (tmp_path / "out.audit.jsonl").read_text()
+    assert (
+        "Quintero" not in (tmp_path / "out.audit.jsonl").read_text()
+        and "pt0" not in (tmp_path / "out.audit.jsonl").read_text()
+    )
     assert main(["deid", "dicom", "--in", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert main(["deid", "dicom", "--in", str(src), "--out", str(src / "sub")]) == 2

@@ -32,7 +32,11 @@ def test_gold_corpus_size_and_held_out_part():
 
 
 def test_score_counts_partial_cover_as_missed_and_damaged_keeps():
-    row = {"text": "Dr. John Smith saw a Foley catheter", "gold": [{"start": 4, "end": 14, "type": "NAME"}], "keep": [{"start": 21, "end": 35}]}
+    row = {
+        "text": "Dr. John Smith saw a Foley catheter",
+        "gold": [{"start": 4, "end": 14, "type": "NAME"}],
+        "keep": [{"start": 21, "end": 35}],
+    }
     partial = score([row], [[Finding("NAME", 9, 14, 1.0)]])
     assert partial["per_type"]["NAME"]["recall"] == 0.0 and partial["per_type"]["NAME"]["precision"] == 1.0
     full = score([row], [[Finding("NAME", 4, 9, 1.0), Finding("NAME", 9, 14, 1.0), Finding("NAME", 21, 26, 0.5)]])

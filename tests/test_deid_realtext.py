@@ -37,7 +37,10 @@ LEAK_CLASSES = [
     ("Attending: May Small, MD\nResident: Will Lung MD", ["May Small", "Will Lung"]),
     ("EXAM DATE: 11-Mar-2010 0835\nStudy: Chest", ["11-Mar-2010", "0835"]),
     ("Comparison: PA and lateral chest radiographs 3/22.", ["3/22"]),
-    ("ESKENAZI HEALTH - DEPARTMENT OF RADIOLOGY\n455 E Michigan St, Indianapolis, IN 46202\nName: x", ["ESKENAZI HEALTH", "455 E Michigan St, Indianapolis, IN 46202"]),
+    (
+        "ESKENAZI HEALTH - DEPARTMENT OF RADIOLOGY\n455 E Michigan St, Indianapolis, IN 46202\nName: x",
+        ["ESKENAZI HEALTH", "455 E Michigan St, Indianapolis, IN 46202"],
+    ),
     ("accession number: rad-2013-25133\nexam: chest", ["rad-2013-25133"]),
     # lone names that are also words, read from the phrase around them, in any case
     ("RESULTS WERE CALLED TO NURSE YOUNG BY TELEPHONE AT 0428.", ["YOUNG"]),
@@ -76,8 +79,19 @@ def test_report_words_that_look_like_names_are_left_alone(deid):
     )
     res = deid.deidentify_text(text, {"PatientName": "OKAFOR^NGOZI", "PatientID": "4412093"})
     assert res.status == "ok"
-    for words in ("Xray Chest PA and Lateral", "PRIOR STUDIES:", "MEDICAL RECORD #:", "Lung Cancer", "Size is normal", "Streaky asymmetric",
-                  "Foley catheter", "Ghon focus", "Small left effusion", "May represent", "LEFT CLAVICLE, BETTER SEEN"):
+    for words in (
+        "Xray Chest PA and Lateral",
+        "PRIOR STUDIES:",
+        "MEDICAL RECORD #:",
+        "Lung Cancer",
+        "Size is normal",
+        "Streaky asymmetric",
+        "Foley catheter",
+        "Ghon focus",
+        "Small left effusion",
+        "May represent",
+        "LEFT CLAVICLE, BETTER SEEN",
+    ):
         assert words in res.text, words
     assert "4412093" not in res.text
 
@@ -94,12 +108,43 @@ def test_report_words_near_phi_are_left_alone(deid):
         "NAME: mcintyre, robert   [ID: 68443643]   DOB: 27-Dec-1976\n"
     )
     found = deid.find(text)
-    for word in ("RADIOLOGY", "Phone", "Name", "POD 6", "Followup", "PPD", "6/8 views", "comparison CT", "CHILLS, NONPROD",
-                 "UNILAT", "IV contrast", "breath workup", "AGFA PACS", "per day", "9th posterior", "Lopez on", "Ph:", "[ID:"):
+    for word in (
+        "RADIOLOGY",
+        "Phone",
+        "Name",
+        "POD 6",
+        "Followup",
+        "PPD",
+        "6/8 views",
+        "comparison CT",
+        "CHILLS, NONPROD",
+        "UNILAT",
+        "IV contrast",
+        "breath workup",
+        "AGFA PACS",
+        "per day",
+        "9th posterior",
+        "Lopez on",
+        "Ph:",
+        "[ID:",
+    ):
         start, end = text.index(word), text.index(word) + len(word)
         start = start + 6 if word == "Lopez on" else start  # only "on"
-        assert not any(f.start < end and start < f.end for f in found), (word, [(text[f.start : f.end], f.source) for f in found])
-    for phi in ("Saint Vincent Hospital", "1945 North Oak Blvd", "WHITE^AHMED^A", "5/28/2005", "13:04", "A. Lopez", "Jul 20 2015", "mcintyre, robert", "68443643"):
+        assert not any(f.start < end and start < f.end for f in found), (
+            word,
+            [(text[f.start : f.end], f.source) for f in found],
+        )
+    for phi in (
+        "Saint Vincent Hospital",
+        "1945 North Oak Blvd",
+        "WHITE^AHMED^A",
+        "5/28/2005",
+        "13:04",
+        "A. Lopez",
+        "Jul 20 2015",
+        "mcintyre, robert",
+        "68443643",
+    ):
         assert covered(found, text, phi), phi
 
 
@@ -112,10 +157,22 @@ def test_clinical_compounds_in_capitals_are_no_name(deid):
         "IMPRESSION: 1. COPD. 2. STABLE BIAPICAL FIBRO-RETICULAR SCARRING. SCATTERED CALCIFIED GRANULOMAS.\n"
     )
     assert deid.find(text) == []
-    for word in ("biapical", "infrahilar", "hyperexpanded", "fibro-reticular", "pleuro-parenchymal", "interstitial-alveolar"):
+    for word in (
+        "biapical",
+        "infrahilar",
+        "hyperexpanded",
+        "fibro-reticular",
+        "pleuro-parenchymal",
+        "interstitial-alveolar",
+    ):
         assert kind(word) == "word_only", word
     # names keep their kind: census names, double-barrelled names, surnames no list holds
-    assert [kind(w) for w in ("Hostetler", "Garcia-Lopez", "Paramore", "Bisping")] == ["name_only", "unknown", "name_only", "unknown"]
+    assert [kind(w) for w in ("Hostetler", "Garcia-Lopez", "Paramore", "Bisping")] == [
+        "name_only",
+        "unknown",
+        "name_only",
+        "unknown",
+    ]
 
 
 def test_a_header_name_word_at_a_sentence_start_or_in_capitals_is_the_word(deid):
@@ -128,7 +185,12 @@ def test_a_header_name_word_at_a_sentence_start_or_in_capitals_is_the_word(deid)
 
 def test_header_name_that_is_also_a_word_goes_beside_its_other_half(deid):
     res = deid.deidentify_text("Patient Carol Small seen. small left effusion.", {"PatientName": "SMALL^CAROL"})
-    assert res.status == "ok" and "Carol" not in res.text and "Small" not in res.text and "small left effusion" in res.text
+    assert (
+        res.status == "ok"
+        and "Carol" not in res.text
+        and "Small" not in res.text
+        and "small left effusion" in res.text
+    )
 
 
 def test_a_surrogate_that_collides_with_the_records_phi_is_redrawn():
@@ -161,7 +223,10 @@ def test_same_output_on_two_runs_with_the_site_secret(tmp_path, monkeypatch):
     secret = tmp_path / "cfg" / "cxrsynth" / "deid_site_secret.key"
     assert secret.is_file() and oct(secret.stat().st_mode & 0o777) == "0o600"
     assert Deidentifier(DeidConfig()).secret_source == "site-default"
-    fresh = {Deidentifier(DeidConfig(ephemeral_secret=True)).deidentify_text(text, {"PatientID": "44120931"}).text for _ in range(3)}
+    fresh = {
+        Deidentifier(DeidConfig(ephemeral_secret=True)).deidentify_text(text, {"PatientID": "44120931"}).text
+        for _ in range(3)
+    }
     assert len(fresh) > 1  # opted out: a new secret each run
 
 
@@ -171,9 +236,17 @@ def write_csv(path, n=30):
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         for i in range(n):
-            w.writerow({"uid": str(i), "patient_id": f"p{i}", "findings": "The XXXX are clear. Pulmonary XXXX are normal.",
-                        "impression": "No acute disease.", "indication": "XXXX-year-old male with cough",
-                        "comparison": "Chest radiograph dated XXXX, XXXX.", "exam_caption": "Xray Chest PA and Lateral XXXX at XXXX hours"})
+            w.writerow(
+                {
+                    "uid": str(i),
+                    "patient_id": f"p{i}",
+                    "findings": "The XXXX are clear. Pulmonary XXXX are normal.",
+                    "impression": "No acute disease.",
+                    "indication": "XXXX-year-old male with cough",
+                    "comparison": "Chest radiograph dated XXXX, XXXX.",
+                    "exam_caption": "Xray Chest PA and Lateral XXXX at XXXX hours",
+                }
+            )
 
 
 def test_realtext_builder_plants_annotated_phi_and_keeps_every_other_word(tmp_path):
@@ -191,7 +264,9 @@ def test_realtext_builder_plants_annotated_phi_and_keeps_every_other_word(tmp_pa
             assert value.strip() == value and value
             assert not any(k["start"] < g["end"] and g["start"] < k["end"] for k in r["keep"])
         assert {g["type"] for g in r["gold"]} & {"DATE", "NAME"}
-    assert {r["id"] for r in rows if r["part"] == "heldout"} == {f"iu-{i}" for i in range(30) if build_realtext.part_of(str(i))}
+    assert {r["id"] for r in rows if r["part"] == "heldout"} == {
+        f"iu-{i}" for i in range(30) if build_realtext.part_of(str(i))
+    }
 
 
 def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
@@ -206,7 +281,10 @@ def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
 def test_realtext_builder_refuses_the_repository_and_show_on_held_out(tmp_path, capsys):
     write_csv(tmp_path / "r.csv", 3)
     repo = build_realtext.Path(build_realtext.__file__).resolve().parents[3]
-    assert build_realtext.main(["build", "--csv", str(tmp_path / "r.csv"), "--out", str(repo / "privacy" / "corpus")]) == 2
+    assert (
+        build_realtext.main(["build", "--csv", str(tmp_path / "r.csv"), "--out", str(repo / "privacy" / "corpus")])
+        == 2
+    )
     assert not (repo / "privacy" / "corpus").exists()
     (tmp_path / "heldout.jsonl").write_text(json.dumps({"id": "a", "text": "x y", "gold": [], "keep": []}) + "\n")
     assert build_realtext.main(["check", "--gold", str(tmp_path / "heldout.jsonl"), "--show", "5"]) == 2

@@ -12,7 +12,16 @@ from cxrsynth.data.records import LABELS
 from cxrsynth.eval.stages import NOT_BUILT, OK, SKIPPED
 from cxrsynth.server.demo import run_demo
 
-STAGES = ["pretraining on public data", "phantom data", "de-identification", "federated fine-tuning (DP-SGD)", "generation", "evaluation", "privacy audit", "release"]
+STAGES = [
+    "pretraining on public data",
+    "phantom data",
+    "de-identification",
+    "federated fine-tuning (DP-SGD)",
+    "generation",
+    "evaluation",
+    "privacy audit",
+    "release",
+]
 
 
 def _rows(path):
@@ -79,8 +88,13 @@ def test_quick_demo_numbers_come_from_its_outputs(quick_demo):
         # The base model's own samples are scored beside the release, for the same label sets.
         arms = metrics["utility"]["arms"]
         assert set(arms) == {"real", "synthetic", "real+synthetic", "base-only synthetic"}
-        assert metrics["utility"]["fine_tuning_gain"] == pytest.approx(arms["synthetic"]["macro_auroc"] - arms["base-only synthetic"]["macro_auroc"])
-        base_rows, rows = _rows(demo.out / "base-synthetic" / "manifest.csv"), _rows(demo.out / "synthetic" / "manifest.csv")
+        assert metrics["utility"]["fine_tuning_gain"] == pytest.approx(
+            arms["synthetic"]["macro_auroc"] - arms["base-only synthetic"]["macro_auroc"]
+        )
+        base_rows, rows = (
+            _rows(demo.out / "base-synthetic" / "manifest.csv"),
+            _rows(demo.out / "synthetic" / "manifest.csv"),
+        )
         assert [{k: r[k] for k in LABELS} for r in base_rows] == [{k: r[k] for k in LABELS} for r in rows]
     if by_name["de-identification"].status == OK:
         # No raw PHI header value may reach the de-identified dataset.

@@ -76,15 +76,45 @@ def _listening(port: int) -> bool:
 
 
 def _superlink_cmd(certs: Path, port: int) -> list[str]:
-    return [sys.executable, "-m", "cxrsynth.server.superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
-            "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "cxrsynth.server.superlink",
+        "--ssl-ca-certfile",
+        str(certs / "ca.crt"),
+        "--ssl-certfile",
+        str(certs / "server.pem"),
+        "--ssl-keyfile",
+        str(certs / "server.key"),
+        "--enable-supernode-auth",
+        "--disable-runtime-dependency-installation",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def _supernode_cmd(certs: Path, link_port: int, name: str, data: Path, trusted: Path) -> list[str]:
-    return [sys.executable, "-m", "cxrsynth.client.supernode", "--superlink", f"127.0.0.1:{link_port}", "--root-certificates", str(certs / "ca.crt"),
-            "--auth-supernode-private-key", str(certs / "nodes" / name), "--port", str(_free_port()), "--max-retries", "3",
-            "--trusted-entities", str(trusted), "--node-config", f"data-path='{data}' site='{name}'"]
+    return [
+        sys.executable,
+        "-m",
+        "cxrsynth.client.supernode",
+        "--superlink",
+        f"127.0.0.1:{link_port}",
+        "--root-certificates",
+        str(certs / "ca.crt"),
+        "--auth-supernode-private-key",
+        str(certs / "nodes" / name),
+        "--port",
+        str(_free_port()),
+        "--max-retries",
+        "3",
+        "--trusted-entities",
+        str(trusted),
+        "--node-config",
+        f"data-path='{data}' site='{name}'",
+    ]
 
 
 def _flwr_env(tmp_path: Path, certs: Path, link_port: int) -> dict:
@@ -93,8 +123,13 @@ def _flwr_env(tmp_path: Path, certs: Path, link_port: int) -> dict:
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "cxrsynth"\n\n[superlink.cxrsynth]\naddress = "127.0.0.1:{link_port}"\nroot-certificates = "{certs / "ca.crt"}"\n'
     )
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_HOME": str(flwr_home),
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def _coordinator(tmp_path: Path, certs: Path) -> tuple[int, dict, "Procs"]:
@@ -112,7 +147,12 @@ def _start_superlink(procs: "Procs", certs: Path, port: int, env: dict, name: st
 
 
 def _sign(app: Path, key: Path) -> str:
-    out = subprocess.run([sys.executable, str(REPO / "deploy" / "sign_app.py"), "--key", str(key), "--app", str(app)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "sign_app.py"), "--key", str(key), "--app", str(app)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -121,16 +161,42 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
     import httpx
 
     certs = tmp_path / "certs"
-    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "intruder", "--app-signer", "coordinator"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "certs.py"),
+            "--out",
+            str(certs),
+            "--hosts",
+            "localhost",
+            "127.0.0.1",
+            "--nodes",
+            "intruder",
+            "--app-signer",
+            "coordinator",
+        ],
+        check=True,
+    )
     port, env, procs = _coordinator(tmp_path, certs)
     logs = procs.logs
     try:
         _start_superlink(procs, certs, port, {**env, "CXRSYNTH_CONTROL_ALLOW": "127.0.0.1/32"})
         # The outsider's host: 127.0.0.2 is another address of this machine, outside the allow-list.
-        outsider = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2", verify=ssl.create_default_context(cafile=str(certs / "ca.crt"))), timeout=20)
+        outsider = httpx.Client(
+            transport=httpx.HTTPTransport(
+                local_address="127.0.0.2", verify=ssl.create_default_context(cafile=str(certs / "ca.crt"))
+            ),
+            timeout=20,
+        )
         base = f"https://127.0.0.1:{port}"
         # What the issue's outsider did: list the nodes, register a key, start an app; and the ServerApp's link.
-        for path in ("/v1/control/list-nodes", "/v1/control/register-node", "/v1/control/start-run", "/v1/control/list-runs", "/v1/runtime/pull-messages"):
+        for path in (
+            "/v1/control/list-nodes",
+            "/v1/control/register-node",
+            "/v1/control/start-run",
+            "/v1/control/list-runs",
+            "/v1/runtime/pull-messages",
+        ):
             r = outsider.post(base + path, content=b"", headers={"content-type": "application/protobuf"})
             assert r.status_code == 403 and "coordinator's host" in r.text, (path, r.status_code, r.text[:200])
         # The Fleet API still answers the outsider (Flower's own checks, not the guard, decide there).
@@ -140,7 +206,9 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
         r = outsider.post(base + "/v1/control/list-runs", content=b"", headers={"x-forwarded-for": "127.0.0.1"})
         assert r.status_code == 403
         # The coordinator, on its own host, uses the Control API as usual.
-        ls = subprocess.run([str(BIN / "flwr"), "ls", "cxrsynth"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        ls = subprocess.run(
+            [str(BIN / "flwr"), "ls", "cxrsynth"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert ls.returncode == 0, ls.stdout + ls.stderr
     finally:
         procs.stop()
@@ -151,13 +219,26 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
     app = _probe_app(tmp_path)
     try:
         link = _start_superlink(procs, certs, port, {**env, "CXRSYNTH_CONTROL_ALLOW": "192.0.2.250/32"}, "superlink-2")
-        for cmd in (["supernode", "list", "cxrsynth"], ["supernode", "register", str(certs / "nodes" / "intruder.pub"), "cxrsynth"], ["ls", "cxrsynth"], ["run", str(app), "cxrsynth"]):
-            r = subprocess.run([str(BIN / "flwr"), *cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        for cmd in (
+            ["supernode", "list", "cxrsynth"],
+            ["supernode", "register", str(certs / "nodes" / "intruder.pub"), "cxrsynth"],
+            ["ls", "cxrsynth"],
+            ["run", str(app), "cxrsynth"],
+        ):
+            r = subprocess.run(
+                [str(BIN / "flwr"), *cmd], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
             assert r.returncode != 0 and "CXRSYNTH_CONTROL_ALLOW" in r.stdout + r.stderr, (cmd, r.stdout + r.stderr)
         data = tmp_path / "data" / "intruder"
         write_dataset(data, make_phantom(n=4, sites=1, seed=3, image_size=16))
-        node = procs.start("intruder", _supernode_cmd(certs, port, "intruder", data, certs / "trusted-entities.yaml"), env)
-        _wait_for(lambda: "No SuperNode found with the given public key" in link.log_path.read_text(), 90, "the SuperLink to refuse the intruder's key")
+        node = procs.start(
+            "intruder", _supernode_cmd(certs, port, "intruder", data, certs / "trusted-entities.yaml"), env
+        )
+        _wait_for(
+            lambda: "No SuperNode found with the given public key" in link.log_path.read_text(),
+            90,
+            "the SuperLink to refuse the intruder's key",
+        )
         assert "[RUN" not in node.log_path.read_text()
     finally:
         procs.stop()
@@ -165,7 +246,13 @@ def test_control_api_answers_only_the_coordinator_host(tmp_path):
 
 def test_supernode_launcher_refuses_to_start_without_trusted_entities():
     """A hospital SuperNode that would run any app the SuperLink sends (the issue's hole) does not start."""
-    r = subprocess.run([sys.executable, "-m", "cxrsynth.client.supernode", "--superlink", "127.0.0.1:9", "--insecure"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "cxrsynth.client.supernode", "--superlink", "127.0.0.1:9", "--insecure"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "--trusted-entities is required" in r.stderr, r.stderr[-500:]
 
 
@@ -239,8 +326,26 @@ def main(grid, context):
 def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
     """An unsigned app and one signed by a key the hospital does not trust never run at the site."""
     certs, other = tmp_path / "certs", tmp_path / "outsider-keys"
-    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "hospital-a", "--app-signer", "coordinator"], check=True)
-    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(other), "--app-signer", "coordinator"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "certs.py"),
+            "--out",
+            str(certs),
+            "--hosts",
+            "localhost",
+            "127.0.0.1",
+            "--nodes",
+            "hospital-a",
+            "--app-signer",
+            "coordinator",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(other), "--app-signer", "coordinator"],
+        check=True,
+    )
     data = tmp_path / "data" / "hospital-a"
     write_dataset(data, [r.with_(site="hospital-a") for r in make_phantom(n=4, sites=1, seed=3, image_size=16)])
     app = _probe_app(tmp_path)
@@ -248,8 +353,16 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
     logs = procs.logs
     try:
         _start_superlink(procs, certs, port, env)
-        subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / "hospital-a.pub"), "cxrsynth"], env=env, check=True, cwd=tmp_path, timeout=60)
-        node = procs.start("hospital-a", _supernode_cmd(certs, port, "hospital-a", data, certs / "trusted-entities.yaml"), env)
+        subprocess.run(
+            [str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / "hospital-a.pub"), "cxrsynth"],
+            env=env,
+            check=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+        node = procs.start(
+            "hospital-a", _supernode_cmd(certs, port, "hospital-a", data, certs / "trusted-entities.yaml"), env
+        )
 
         def run(name: str, *signature: str) -> list:
             out = tmp_path / f"{name}.json"
@@ -265,7 +378,10 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
             replies = run(name, *sig)
             assert replies and all("leak" not in r for r in replies), replies
             assert all(r["reason"] == "The FAB could not be verified." for r in replies), replies
-        assert "FAB verification failed" in node.log_path.read_text() or "could not be verified" in node.log_path.read_text()
+        assert (
+            "FAB verification failed" in node.log_path.read_text()
+            or "could not be verified" in node.log_path.read_text()
+        )
         # The mechanism is not a blanket refusal: what the trusted key signed runs (so sign only reviewed code).
         replies = run("trusted", _sign(app, certs / "signing" / "coordinator"))
         assert replies and replies[0].get("leak", {}).get("site") == "hospital-a", replies
@@ -279,7 +395,24 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
 def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
     t_start = time.monotonic()
     certs = tmp_path / "certs"
-    subprocess.run([sys.executable, str(REPO / "deploy" / "certs.py"), "--out", str(certs), "--hosts", "localhost", "127.0.0.1", "--nodes", "hospital-a", "hospital-b", "intruder", "--app-signer", "coordinator"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "deploy" / "certs.py"),
+            "--out",
+            str(certs),
+            "--hosts",
+            "localhost",
+            "127.0.0.1",
+            "--nodes",
+            "hospital-a",
+            "hospital-b",
+            "intruder",
+            "--app-signer",
+            "coordinator",
+        ],
+        check=True,
+    )
     # A snapshot of the app: the signature covers the exact bytes `flwr run` sends, and the
     # working tree may change while the test runs.
     app = tmp_path / "app"
@@ -301,7 +434,15 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
                 "train": {"batch_size": 4, "num_threads": 1},
                 # Within the hospitals' default floor (client/policy.py): a run asking less is refused.
                 "dp": {"enabled": True, "noise_multiplier": 1.0, "delta": 1.0e-5, "epsilon_budget": 10.0},
-                "federation": {"sites": 2, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "round_timeout": 240, "secure_aggregation": secure},
+                "federation": {
+                    "sites": 2,
+                    "rounds": 2,
+                    "local_steps": 2,
+                    "min_sites": 2,
+                    "vocab_min_count": 2,
+                    "round_timeout": 240,
+                    "secure_aggregation": secure,
+                },
             }
         )
     )
@@ -310,22 +451,49 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
     try:
         link = _start_superlink(procs, certs, link_port, env)
         for name in ("hospital-a", "hospital-b"):
-            subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / f"{name}.pub"), "cxrsynth"], env=env, check=True, cwd=REPO, timeout=60)
+            subprocess.run(
+                [str(BIN / "flwr"), "supernode", "register", str(certs / "nodes" / f"{name}.pub"), "cxrsynth"],
+                env=env,
+                check=True,
+                cwd=REPO,
+                timeout=60,
+            )
         trusted = certs / "trusted-entities.yaml"
         for name in ("hospital-a", "hospital-b"):
             procs.start(name, _supernode_cmd(certs, link_port, name, sites[name], trusted), env)
-        intruder = procs.start("intruder", _supernode_cmd(certs, link_port, "intruder", sites["hospital-a"], trusted), env)
+        intruder = procs.start(
+            "intruder", _supernode_cmd(certs, link_port, "intruder", sites["hospital-a"], trusted), env
+        )
         out = tmp_path / "global"
         run = subprocess.run(
-            [str(BIN / "flwr"), "run", str(app), "cxrsynth", "--stream", "--run-config", f"config='{cfg_path}' out='{out}'", "--run-config", _sign(app, certs / "signing" / "coordinator")],
-            env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+            [
+                str(BIN / "flwr"),
+                "run",
+                str(app),
+                "cxrsynth",
+                "--stream",
+                "--run-config",
+                f"config='{cfg_path}' out='{out}'",
+                "--run-config",
+                _sign(app, certs / "signing" / "coordinator"),
+            ],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         (logs / "flwr-run.log").write_text(run.stdout + run.stderr)
-        assert run.returncode == 0 and "ServerApp raised an exception" not in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+        assert run.returncode == 0 and "ServerApp raised an exception" not in run.stdout, (
+            run.stdout[-3000:] + run.stderr[-3000:]
+        )
         _wait_for(lambda: (out / "rounds" / "round-002" / "fl_state.json").is_file(), 120, "the round-2 checkpoint")
         state = json.loads((out / "fl_state.json").read_text())
         assert [h["accepted"] for h in state["history"]] == [2, 2]
-        assert all(("secure" in h) == (secure != "off") and bool(h["update_norms"]) == (secure == "off") for h in state["history"])
+        assert all(
+            ("secure" in h) == (secure != "off") and bool(h["update_norms"]) == (secure == "off")
+            for h in state["history"]
+        )
         rounds = ", ".join(f"{h['seconds']:.1f}" for h in state["history"])
         # Each site's epsilon, checked by the coordinator against its own accountant history.
         book = state["privacy_ledger"]["sites"]
@@ -341,7 +509,9 @@ def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
         assert link.poll() is None
     finally:
         procs.stop()
-    print(f"loopback deployment test (secure_aggregation {secure}) took {time.monotonic() - t_start:.1f}s; rounds {rounds} s")
+    print(
+        f"loopback deployment test (secure_aggregation {secure}) took {time.monotonic() - t_start:.1f}s; rounds {rounds} s"
+    )
 
 
 def test_compose_and_dockerfiles_follow_the_trust_model():
@@ -369,7 +539,11 @@ def test_compose_and_dockerfiles_follow_the_trust_model():
     client = (REPO / "deploy" / "Dockerfile.client").read_text()
     assert '"cxrsynth.server.superlink"' in server and "flower-superlink" not in server.split("ENTRYPOINT")[-1]
     entry = client.split("ENTRYPOINT")[-1]
-    assert "cxrsynth.client.supernode" in entry and "--trusted-entities /certs/trusted-entities.yaml" in entry and "flower-supernode" not in entry
+    assert (
+        "cxrsynth.client.supernode" in entry
+        and "--trusted-entities /certs/trusted-entities.yaml" in entry
+        and "flower-supernode" not in entry
+    )
     # The SuperNode's Runtime API (node state: DP ledger, SecAgg+ keys) stays on the container's loopback.
     assert "--host" not in entry and "--isolation process" not in entry
 
@@ -386,11 +560,33 @@ def test_a_wheel_installs_one_package_with_its_data(tmp_path):
         shutil.copy2(REPO / name, src / name)
     for pkg in ("cxrsynth", "client", "server", "privacy"):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("cxrsynth-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"cxrsynth", wheel.name.split("-py")[0] + ".dist-info"}
-    for expected in ("cxrsynth/client/app.py", "cxrsynth/server/app.py", "cxrsynth/privacy/deid/__init__.py", "cxrsynth/privacy/audit/default-policy.yaml",
-                     "cxrsynth/models/ldm/presets/tiny.yaml", "cxrsynth/pages/templates/base.html"):
+    for expected in (
+        "cxrsynth/client/app.py",
+        "cxrsynth/server/app.py",
+        "cxrsynth/privacy/deid/__init__.py",
+        "cxrsynth/privacy/audit/default-policy.yaml",
+        "cxrsynth/models/ldm/presets/tiny.yaml",
+        "cxrsynth/pages/templates/base.html",
+    ):
         assert expected in names, expected

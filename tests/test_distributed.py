@@ -61,7 +61,13 @@ def _records():
 
 
 def _cfg(dp: bool, family: str = "mopoe"):
-    return load_config(f"{family}-tiny", {"dp": {"enabled": dp, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "privacy_unit": "study"}, "train": {"batch_size": 8}})
+    return load_config(
+        f"{family}-tiny",
+        {
+            "dp": {"enabled": dp, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "privacy_unit": "study"},
+            "train": {"batch_size": 8},
+        },
+    )
 
 
 def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1) -> dict:
@@ -84,7 +90,16 @@ def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1)
         sampling, rate, _ = dp_sampling(records, cfg.train.batch_size, "study")
         ledger = privatize(model, cfg, rate, [])
     torch.manual_seed(1 + (rank if model_kind != "probe" else 0))
-    train_steps(model, records, steps=steps, batch_size=cfg.train.batch_size, seed=3, sampling=sampling, rank=rank, world_size=world)
+    train_steps(
+        model,
+        records,
+        steps=steps,
+        batch_size=cfg.train.batch_size,
+        seed=3,
+        sampling=sampling,
+        rank=rank,
+        world_size=world,
+    )
     return {"state": {k: v.tolist() for k, v in model.state().items()}, "ledger": ledger() if ledger else None}
 
 
@@ -128,7 +143,11 @@ def test_two_gloo_ranks_reach_the_weights_and_ledger_of_one_process_at_the_same_
     # Training moved the weights: the comparison is not between two untouched models.
     assert not np.allclose(np.array(one["state"]["head.weight"]), np.array(Probe().state()["head.weight"]))
     if dp:
-        assert one["ledger"]["steps"] == 4 and one["ledger"]["epsilon"] > 0 and one["ledger"]["sample_rate"] == pytest.approx(8 / 48)
+        assert (
+            one["ledger"]["steps"] == 4
+            and one["ledger"]["epsilon"] > 0
+            and one["ledger"]["sample_rate"] == pytest.approx(8 / 48)
+        )
 
 
 def test_a_family_on_two_ranks_keeps_one_set_of_weights_and_the_ledger_of_one_process(tmp_path):

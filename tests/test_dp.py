@@ -67,7 +67,9 @@ def test_privatize_wraps_real_data_nets_and_ledger_accumulates_across_rounds():
     # One accounted step per sampled batch, at the configured noise for the batch as a whole:
     # each of the k networks stepping on it adds noise sigma * sqrt(k).
     assert first["steps"] == 2 and first["history"] == [(cfg.dp.noise_multiplier, rate, 2)]
-    assert all(model.opts[n].noise_multiplier == pytest.approx(cfg.dp.noise_multiplier * len(real) ** 0.5) for n in real)
+    assert all(
+        model.opts[n].noise_multiplier == pytest.approx(cfg.dp.noise_multiplier * len(real) ** 0.5) for n in real
+    )
     with pytest.raises(InputError, match="already applied"):
         privatize(model, cfg, rate)
     assert 0 < first["epsilon"] and first["delta"] == cfg.dp.delta
@@ -160,7 +162,12 @@ def test_cxrsynth_train_keeps_the_site_ledger_beside_the_dataset_across_outs(tmp
     data = tmp_path / "site-a"
     write_dataset(data, make_phantom(n=30, sites=1, seed=2, image_size=16))
     base = _cfg()
-    cfg = base.model_copy(update={"data": base.data.model_copy(update={"path": data}), "train": base.train.model_copy(update={"steps": 2})})
+    cfg = base.model_copy(
+        update={
+            "data": base.data.model_copy(update={"path": data}),
+            "train": base.train.model_copy(update={"steps": 2}),
+        }
+    )
     train(cfg, tmp_path / "run1", privatize=privatize, progress=Progress(quiet=True))
     ledger = site_ledger_path(data)
     first = json.loads(ledger.read_text())
@@ -227,7 +234,14 @@ def test_functorch_per_sample_gradients_give_the_clipped_gradient_opacus_hooks_g
         torch.manual_seed(5)
         train_steps(model, records, steps=1, batch_size=cfg.train.batch_size, sampling="poisson")
         # Without noise, the gradient the DP optimizer stepped with is the clipped mean.
-        grads.append({f"{n}.{k}": p.grad.clone() for n in model.nets for k, p in model.nets[n].named_parameters() if p.grad is not None})
+        grads.append(
+            {
+                f"{n}.{k}": p.grad.clone()
+                for n in model.nets
+                for k, p in model.nets[n].named_parameters()
+                if p.grad is not None
+            }
+        )
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6), k

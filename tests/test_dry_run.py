@@ -17,7 +17,9 @@ def _dry(capsys, preset: str, *extra: str) -> str:
 
 
 @pytest.mark.parametrize("family", ["emixer", "ldm", "mopoe"])
-def test_dry_run_of_a_tiny_preset_prints_parameters_step_time_and_memory_and_writes_nothing(family, capsys, tmp_path, monkeypatch):
+def test_dry_run_of_a_tiny_preset_prints_parameters_step_time_and_memory_and_writes_nothing(
+    family, capsys, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     out = _dry(capsys, f"{family}-tiny")
     assert re.search(rf"{family}-tiny: [\d,]+ parameters \([\d,]+ trained\)", out)
@@ -29,7 +31,10 @@ def test_dry_run_of_a_tiny_preset_prints_parameters_step_time_and_memory_and_wri
 def test_the_memory_estimate_grows_with_the_configured_batch_by_the_activations_alone():
     cfg = load_config("mopoe-tiny")
     small = dry_run(cfg, batch=2)
-    large = dry_run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 4 * cfg.train.batch_size})}), batch=2)
+    large = dry_run(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 4 * cfg.train.batch_size})}),
+        batch=2,
+    )
     assert small.activation_bytes > 0 and small.updated
     grown = large.estimate_bytes - small.estimate_bytes
     assert grown == pytest.approx(3 * small.activation_bytes * cfg.train.batch_size / 2, rel=0.05)

@@ -37,9 +37,24 @@ from cxrsynth.models.emixer.report import (
 )
 
 TINY = dict(
-    image_size=16, up_blocks=2, z_chunk=4, z_dim=16, class_embed_dim=8, g_width=8, attn_resolution=16, d_width=8,
-    feature_dim=16, word_dim=8, sentence_hidden=16, word_hidden=16, report_hidden=16, vocab_size=96,
-    vocab_min_count=2, max_sentences=3, max_words=5, d_steps=2,
+    image_size=16,
+    up_blocks=2,
+    z_chunk=4,
+    z_dim=16,
+    class_embed_dim=8,
+    g_width=8,
+    attn_resolution=16,
+    d_width=8,
+    feature_dim=16,
+    word_dim=8,
+    sentence_hidden=16,
+    word_hidden=16,
+    report_hidden=16,
+    vocab_size=96,
+    vocab_min_count=2,
+    max_sentences=3,
+    max_words=5,
+    d_steps=2,
 )
 
 
@@ -151,13 +166,18 @@ def test_extra_decoder_steps_train_f_and_are_skipped_under_dp_sgd():
         torch.manual_seed(1)
         for _ in range(3):
             model.train_step(records)
-        x, (ids, counts) = real_images(model, records), encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words)
+        x, (ids, counts) = (
+            real_images(model, records),
+            encode_reports(records, model.vocab, model.config.max_sentences, model.config.max_words),
+        )
         with torch.no_grad():
             losses[f_steps] = model.nets["report_decoder"].loss(x, ids, counts, model.vocab.pad_id).item()
     assert losses[4] < losses[1] - 0.05, losses
     # Under DP-SGD one update per sampled batch: the extra updates are skipped, with a warning.
     model.nets["report_decoder"] = GradSampleModule(model.nets["report_decoder"])
-    opt = model.opts["report_decoder"] = DPOptimizer(model.opts["report_decoder"], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=2)
+    opt = model.opts["report_decoder"] = DPOptimizer(
+        model.opts["report_decoder"], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=2
+    )
     updates, step = [], opt.step
     opt.step = lambda *a, **k: (updates.append(1), step(*a, **k))[1]
     with pytest.warns(UserWarning, match="f_steps"):
@@ -275,7 +295,9 @@ def test_train_steps_under_opacus_with_poisson_batches():
     model, records = get_dummy_components()
     for name in REAL_DATA_NETS:
         model.nets[name] = GradSampleModule(model.nets[name])
-        model.opts[name] = DPOptimizer(model.opts[name], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=3)
+        model.opts[name] = DPOptimizer(
+            model.opts[name], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=3
+        )
     before = {k: v.copy() for k, v in model.state().items()}
     # Poisson sampling gives batches of varying size, sometimes empty or a single record.
     for batch in ([], records[1:4], records[:1], records[4:6]):
@@ -289,11 +311,19 @@ def test_train_steps_under_opacus_with_poisson_batches():
         assert all(np.isfinite(v) for v in losses.values())
         if "g_image" in losses:  # G's step must leave nothing behind on the DP networks
             for name in REAL_DATA_NETS:
-                assert all(getattr(p, "grad_sample", None) is None and p.grad is None for p in model.nets[name].parameters())
-    assert model.step_count == 3  # the empty batch (noise only) does not count; G stepped once, after the 1-record batch
+                assert all(
+                    getattr(p, "grad_sample", None) is None and p.grad is None for p in model.nets[name].parameters()
+                )
+    assert (
+        model.step_count == 3
+    )  # the empty batch (noise only) does not count; G stepped once, after the 1-record batch
     after = model.state()
     for name in model.nets:
-        changed = any(not np.array_equal(before[k], after[k]) for k in before if k.startswith(name + ".") and k.endswith("weight"))
+        changed = any(
+            not np.array_equal(before[k], after[k])
+            for k in before
+            if k.startswith(name + ".") and k.endswith("weight")
+        )
         assert changed, f"{name} was not updated"
     assert set(after) == set(before)  # DP wrappers do not leak into the state names
 

@@ -116,7 +116,9 @@ def train_quality_model(run: dict = QUALITY_RUN, seed: int = 0):
     cfg = load_config("emixer-tiny", run)
     seed_everything(seed)
     p = cfg.data.phantom
-    records = split_by_patient(make_phantom(p.n, sites=p.sites, seed=seed, image_size=p.image_size, lateral=False), 0.25, seed)
+    records = split_by_patient(
+        make_phantom(p.n, sites=p.sites, seed=seed, image_size=p.image_size, lateral=False), 0.25, seed
+    )
     train = [r for r in records if r.split == "train"]
     holdout = [r for r in records if r.split == "holdout"]
     model = build_model(cfg.model)
@@ -145,7 +147,9 @@ def quality() -> dict:
     seed = int(os.environ.get("EMIXER_QUALITY_SEED", "0"))
     cfg, model, train, holdout = train_quality_model(seed=seed)
     t0 = time.perf_counter()
-    train_steps(model, train, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=seed * 7919, log_every=10**6)
+    train_steps(
+        model, train, steps=cfg.train.steps, batch_size=cfg.train.batch_size, seed=seed * 7919, log_every=10**6
+    )
     seconds = time.perf_counter() - t0
     m = evaluate(model, train, holdout)
     print(f"\nEMIXER quality, seed {seed}, after {cfg.train.steps} steps ({seconds:.0f}s): {m}")

@@ -26,17 +26,26 @@ def test_flatten_keeps_rows_and_flattens_other_shapes():
 def test_run_one_collects_rows_retries_without_quick_and_reports_errors(tmp_path):
     ra = _run_all()
     good = tmp_path / "bench_good.py"
-    good.write_text(textwrap.dedent('''
+    good.write_text(
+        textwrap.dedent("""
         import argparse, json
         p = argparse.ArgumentParser(); p.add_argument("--out"); a = p.parse_args()
         json.dump({"benchmark": "good", "rows": [{"name": "speed", "value": 3.5, "unit": "items/s"}]}, open(a.out, "w"))
-    '''))
+    """)
+    )
     bad = tmp_path / "bench_bad.py"
     bad.write_text("raise SystemExit('no data here')\n")
     res = ra.run_one(good, tmp_path / "good.json", quick=True, timeout=60)
     assert res["rows"] == [{"name": "speed", "value": 3.5, "unit": "items/s"}]
     err = ra.run_one(bad, tmp_path / "bad.json", quick=False, timeout=60)
     assert "no data here" in err["error"]
-    md = ra.markdown({"date": "d", "quick": False, "machine": {"cpu": "c", "cores": 2, "memory_gb": 1, "python": "3", "torch": "t"}, "benchmarks": {"good": res, "bad": err}})
+    md = ra.markdown(
+        {
+            "date": "d",
+            "quick": False,
+            "machine": {"cpu": "c", "cores": 2, "memory_gb": 1, "python": "3", "torch": "t"},
+            "benchmarks": {"good": res, "bad": err},
+        }
+    )
     assert "| good | speed | 3.5 | items/s |" in md and "| bad | (did not run) |" in md
     json.dumps(res)

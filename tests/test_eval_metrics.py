@@ -29,9 +29,24 @@ def toy_records(n: int, seed: int = 0, size: int = 32, prefix: str = "r") -> lis
         if effusion:
             img[yy > 0.75] += 120
         labels = empty_labels()
-        labels.update({"Cardiomegaly": cardio, "Pleural Effusion": effusion, "No Finding": int(not (cardio or effusion))})
-        findings = ("The heart is enlarged." if cardio else "Heart size is normal.") + (" There is a pleural effusion." if effusion else " No pleural effusion.")
-        out.append(Record(f"{prefix}{i}", f"{prefix}p{i // 2}", f"{prefix}s{i}", site=f"site{i % 3}", findings=findings, impression="Abnormal." if cardio or effusion else "Normal.", labels=labels, image=np.clip(img, 0, 255).astype(np.uint8)))
+        labels.update(
+            {"Cardiomegaly": cardio, "Pleural Effusion": effusion, "No Finding": int(not (cardio or effusion))}
+        )
+        findings = ("The heart is enlarged." if cardio else "Heart size is normal.") + (
+            " There is a pleural effusion." if effusion else " No pleural effusion."
+        )
+        out.append(
+            Record(
+                f"{prefix}{i}",
+                f"{prefix}p{i // 2}",
+                f"{prefix}s{i}",
+                site=f"site{i % 3}",
+                findings=findings,
+                impression="Abnormal." if cardio or effusion else "Normal.",
+                labels=labels,
+                image=np.clip(img, 0, 255).astype(np.uint8),
+            )
+        )
     return out
 
 
@@ -126,7 +141,9 @@ def test_classifier_learns_and_roundtrips_as_extractor(tmp_path):
     assert a.shape == (5, 32) and np.allclose(a, b)
     exported = tmp_path / "feat.pt2"
     batch = torch.export.Dim("batch", min=1)
-    program = torch.export.export(load_classifier(path).body, (torch.zeros(2, 1, 32, 32),), dynamic_shapes=({0: batch},))
+    program = torch.export.export(
+        load_classifier(path).body, (torch.zeros(2, 1, 32, 32),), dynamic_shapes=({0: batch},)
+    )
     torch.export.save(program, str(exported))
     c = file_extractor(exported, 32)
     assert c.dim == 32 and np.allclose(c([r.image for r in recs[:5]]), a, atol=1e-5)
@@ -173,7 +190,11 @@ def test_paired_augmentation_keeps_the_real_updates_that_pooling_gives_away():
     rng = np.random.default_rng(0)
     names = ("Cardiomegaly", "Pleural Effusion")
     junk = [
-        real[0].with_(record_id=f"j{i}", image=np.full_like(real[0].image, 128), labels={**empty_labels(), **{n: int(rng.integers(0, 2)) for n in names}})
+        real[0].with_(
+            record_id=f"j{i}",
+            image=np.full_like(real[0].image, 128),
+            labels={**empty_labels(), **{n: int(rng.integers(0, 2)) for n in names}},
+        )
         for i in range(800)
     ]
     kw = dict(image_size=32, width=8, steps=60, seed=0)

@@ -31,14 +31,14 @@ def test_the_built_in_families_declare_themselves():
 
 # A family of its own, in one folder: a linear decoder from the label vector to the image.
 DUMMY = {
-    "__init__.py": '''
+    "__init__.py": """
         from cxrsynth.models.registry import Family
 
         from .config import PixelsConfig
 
         FAMILY = Family.in_folder(__name__, name="pixels", config=PixelsConfig, writes_reports=lambda config: False)
-    ''',
-    "config.py": '''
+    """,
+    "config.py": """
         from typing import Literal
 
         from pydantic import BaseModel, ConfigDict, Field
@@ -51,8 +51,8 @@ DUMMY = {
             preset: Literal["tiny", "custom"] = "custom"
             image_size: int = Field(16, ge=8)
             lr: float = 0.01
-    ''',
-    "model.py": '''
+    """,
+    "model.py": """
         import numpy as np
         import torch
         from torch import nn
@@ -103,8 +103,8 @@ DUMMY = {
             @torch.no_grad()
             def member_scores(self, records):
                 return -self._errors(list(records)).numpy()
-    ''',
-    "presets/tiny.yaml": '''
+    """,
+    "presets/tiny.yaml": """
         name: pixels-tiny
         model:
           family: pixels
@@ -114,7 +114,7 @@ DUMMY = {
           phantom: {n: 60, sites: 2, image_size: 16, lateral: false}
         train: {steps: 4, batch_size: 8, num_threads: 1}
         federation: {sites: 2, min_sites: 2, rounds: 2, local_steps: 2}
-    ''',
+    """,
 }
 
 
@@ -131,7 +131,14 @@ def pixels_family(tmp_path, monkeypatch):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "cxrsynth", "--quiet", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cxrsynth", "--quiet", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_family_in_a_folder_of_its_own_is_registered_and_meets_the_contract(pixels_family, tmp_path):
@@ -145,7 +152,9 @@ def test_a_family_in_a_folder_of_its_own_trains_federated_and_generates(pixels_f
     assert "pixels" in _cli("demo", "--help", cwd=tmp_path).stdout
     run = _cli("fl", "simulate", "--config", "pixels-tiny", "--out", str(tmp_path / "fl"), cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    made = _cli("generate", "--checkpoint", str(tmp_path / "fl"), "--n", "5", "--out", str(tmp_path / "syn"), cwd=tmp_path)
+    made = _cli(
+        "generate", "--checkpoint", str(tmp_path / "fl"), "--n", "5", "--out", str(tmp_path / "syn"), cwd=tmp_path
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     manifest = (tmp_path / "syn" / "manifest.csv").read_text(encoding="utf-8")
     assert manifest.count("family=pixels") == 5

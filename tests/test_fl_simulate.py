@@ -60,7 +60,11 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
     for site in book["sites"].values():
         eps = [r["epsilon"] for r in site["rounds"]]
         assert eps == sorted(eps) and len(set(eps)) == len(eps)  # grows every round
-        assert eps[-1] <= 13.0 and site["privacy_unit"] == "patient" and site["steps"] == sum(h[2] for h in site["history"])
+        assert (
+            eps[-1] <= 13.0
+            and site["privacy_unit"] == "patient"
+            and site["steps"] == sum(h[2] for h in site["history"])
+        )
     # Everything that left a site: model arrays and counts/scalars/ledger numbers, nothing else.
     sent = [json.loads(line) for line in log.read_text().splitlines()]
     assert {e["type"] for e in sent} == {"query.vocab", "train"}
@@ -75,7 +79,10 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
                 assert all(isinstance(v, (int, float)) for v in rec["items"].values())
             else:
                 assert rec["kind"] == "ConfigRecord" and name == "ledger"
-                assert all(isinstance(v, (int, float, list)) or k in ("accountant", "privacy-unit") for k, v in rec["items"].items())
+                assert all(
+                    isinstance(v, (int, float, list)) or k in ("accountant", "privacy-unit")
+                    for k, v in rec["items"].items()
+                )
     assert sum(1 for e in sent if e["type"] == "train" and "error" not in e) >= 3 * done
     report = (out / "report.html").read_text()
     assert "The run stopped" in report and "epsilon spent by each site" in report
@@ -87,7 +94,11 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
 
 
 def crash_site_2_in_round_2(msg, context, call_next):
-    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 2 and msg.content["config"]["server-round"] == 2:
+    if (
+        msg.metadata.message_type == "train"
+        and context.node_config["partition-id"] == 2
+        and msg.content["config"]["server-round"] == 2
+    ):
         raise RuntimeError("simulated crash of a hospital's ClientApp")
     return call_next(msg, context)
 
@@ -95,7 +106,11 @@ def crash_site_2_in_round_2(msg, context, call_next):
 def site_1_counts_nan_in_round_3(msg, context, call_next):
     """The issue's poisoned sample count: NaN made the saved checkpoint all NaN."""
     reply = call_next(msg, context)
-    if msg.metadata.message_type == "train" and context.node_config["partition-id"] == 1 and msg.content["config"]["server-round"] == 3:
+    if (
+        msg.metadata.message_type == "train"
+        and context.node_config["partition-id"] == 1
+        and msg.content["config"]["server-round"] == 3
+    ):
         reply.content["metrics"]["num-examples"] = float("nan")
     return reply
 
@@ -106,10 +121,30 @@ def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_
     # and site 1 reports a NaN sample count in round 3.
     out = tmp_path / "run"
     cfg_path = tmp_path / "fl.yaml"
-    fed = {"sites": 3, "rounds": 3, "local_steps": 10, "min_sites": 2, "strategy": "fedadam", "vocab_min_count": 2,
-           "client_dp": "fixed", "client_dp_noise": 0.01, "client_dp_clip": 5.0}
+    fed = {
+        "sites": 3,
+        "rounds": 3,
+        "local_steps": 10,
+        "min_sites": 2,
+        "strategy": "fedadam",
+        "vocab_min_count": 2,
+        "client_dp": "fixed",
+        "client_dp_noise": 0.01,
+        "client_dp_clip": 5.0,
+    }
     cfg_path.write_text(yaml.safe_dump({"preset": "mopoe-tiny", **SMALL, "federation": fed}))
-    cmd = [sys.executable, "-m", "cxrsynth.cli", "--quiet", "fl", "simulate", "--config", str(cfg_path), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrsynth.cli",
+        "--quiet",
+        "fl",
+        "simulate",
+        "--config",
+        str(cfg_path),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
@@ -125,7 +160,9 @@ def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_
     assert killed_at == 1 and not (out / "rounds" / "round-003").exists()
     with pytest.raises(Exception, match="--resume"):
         simulate(load_config(cfg_path), out)  # a second run into the same directory is refused
-    simulate(load_config(cfg_path), out, resume=True, client_mods=[crash_site_2_in_round_2, site_1_counts_nan_in_round_3])
+    simulate(
+        load_config(cfg_path), out, resume=True, client_mods=[crash_site_2_in_round_2, site_1_counts_nan_in_round_3]
+    )
     state = _state(out)
     assert [h["round"] for h in state["history"]] == [1, 2, 3]  # as many rounds as an uninterrupted run, none twice
     assert [h["accepted"] for h in state["history"]] == [3, 2, 2]
@@ -133,5 +170,7 @@ def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_
     assert any(r["round"] == 3 and "num-examples nan" in r["reason"] for r in state["rejections"])
     from safetensors.numpy import load_file
 
-    assert all(np.all(np.isfinite(v)) for v in load_file(str(out / "model.safetensors")).values())  # the checkpoint is not poisoned
+    assert all(
+        np.all(np.isfinite(v)) for v in load_file(str(out / "model.safetensors")).values()
+    )  # the checkpoint is not poisoned
     assert (out / "rounds" / "round-003" / "strategy.safetensors").is_file()  # FedAdam moments kept for a later resume

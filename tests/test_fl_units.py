@@ -28,7 +28,9 @@ def _identity():
 
 def _reply(node: int, arrays: dict, n: int = 10, message_type: str = "train") -> Message:
     incoming = Message(RecordDict(), dst_node_id=node, message_type=message_type)
-    return Message(RecordDict({"arrays": to_arrays(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=incoming)
+    return Message(
+        RecordDict({"arrays": to_arrays(arrays), "metrics": MetricRecord({"num-examples": n})}), reply_to=incoming
+    )
 
 
 def test_screen_rejects_nan_shape_outlier_and_failed_sites():
@@ -40,7 +42,10 @@ def test_screen_rejects_nan_shape_outlier_and_failed_sites():
     missing = _reply(7, {"a.w": np.zeros((3, 2), np.float32)})
     from flwr.app import Error
 
-    crashed = Message(Error(code=2, reason="RuntimeError at the site"), reply_to=Message(RecordDict(), dst_node_id=8, message_type="train"))
+    crashed = Message(
+        Error(code=2, reason="RuntimeError at the site"),
+        reply_to=Message(RecordDict(), dst_node_id=8, message_type="train"),
+    )
     s = screen(ok + [nan, shape, huge, missing, crashed], g, norm_factor=10.0)
     assert sorted(m.metadata.src_node_id for m in s.accepted) == [1, 2, 3]
     reasons = {r["node"]: r["reason"] for r in s.rejected}
@@ -49,7 +54,10 @@ def test_screen_rejects_nan_shape_outlier_and_failed_sites():
 
 
 def test_vocabulary_counts_need_enough_patients_and_merge_exactly():
-    recs = [Record(f"r{i}", f"p{i % 4}", f"s{i}", findings="heart normal. mrn 1234" if i % 4 == 0 else "heart normal.") for i in range(12)]
+    recs = [
+        Record(f"r{i}", f"p{i % 4}", f"s{i}", findings="heart normal. mrn 1234" if i % 4 == 0 else "heart normal.")
+        for i in range(12)
+    ]
     counts, n = token_counts(recs, min_patients=2)
     assert n == 12 and counts["heart"] == 12 and "." in counts
     assert "1234" not in counts and "mrn" not in counts  # one patient's token, whatever its count (3)
@@ -85,11 +93,18 @@ def test_label_counts_need_enough_patients_and_give_the_federated_label_mix():
     recs += [Record("u", "p3", "u")]  # unlabeled
     site = label_counts(recs, min_patients=2)
     assert site == {
-        "labeled": 20, "pattern:Pleural Effusion=1": 10, "Pleural Effusion=1": 10, "pattern:No Finding=1": 6, "No Finding=1": 6
+        "labeled": 20,
+        "pattern:Pleural Effusion=1": 10,
+        "Pleural Effusion=1": 10,
+        "pattern:No Finding=1": 6,
+        "No Finding=1": 6,
     }  # the one patient's fracture and uncertain edema never leave, alone or in a combination
     merged = dict(merge_counts([site, {"labeled": 30, "Edema=1": 12, "No Finding=1": 8, "pattern:No Finding=1": 8}]))
     prior = LabelPrior.from_counts(merged, min_count=5)
-    assert sorted((findings_key(p), c) for p, c in prior.patterns) == [("No Finding=1", 14), ("Pleural Effusion=1", 10)]
+    assert sorted((findings_key(p), c) for p, c in prior.patterns) == [
+        ("No Finding=1", 14),
+        ("Pleural Effusion=1", 10),
+    ]
     assert prior.rest == 26 and prior.marginals["Edema"][0] == pytest.approx(12 / 26)
     drawn = prior.sample(2000, np.random.default_rng(0))
     assert all(any(v is not None for v in d.values()) for d in drawn)  # every draw is a labeled condition
@@ -124,7 +139,9 @@ def test_fedadam_state_survives_a_save_and_load():
     s2 = make_strategy(cfg.federation)
     load_strategy_state(s2, arrays, scalars)
     assert np.array_equal(s2.m_t["a"], np.arange(3.0)) and np.array_equal(s2.v_t["a"], np.ones(3))
-    dp = make_strategy(load_config("mopoe-tiny", {"federation": {"client_dp": "adaptive", "client_dp_clip": 2.5}}).federation)
+    dp = make_strategy(
+        load_config("mopoe-tiny", {"federation": {"client_dp": "adaptive", "client_dp_clip": 2.5}}).federation
+    )
     assert strategy_state(dp)[1]["clipping_norm"] == 2.5
 
 
@@ -140,7 +157,9 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
         },
     )
     app = make_app(ledger_dir=tmp_path)
-    ctx = Context(run_id=11, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=11, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
     vocab = app(Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx)
     assert not vocab.has_error(), vocab.error.reason if vocab.has_error() else ""
     counts = dict(vocab.content["counts"])
@@ -154,7 +173,10 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     for rnd in (1, 2):
         conf = round_config(cfg, extra)
         conf["server-round"] = rnd
-        reply = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), ctx)
+        reply = app(
+            Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"),
+            ctx,
+        )
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         check_reply(reply)
         assert set(reply.content.keys()) == {"arrays", "metrics", "ledger"}
@@ -163,13 +185,24 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     assert 0 < eps[0] < eps[1]
     assert (tmp_path / "site1.dp-ledger.json").is_file()
     # A fresh node state (a restarted SuperNode) still starts from the ledger the site keeps on disk.
-    fresh = Context(run_id=12, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={})
+    fresh = Context(
+        run_id=12, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
     conf = round_config(cfg, extra)
     conf["server-round"] = 3
-    reply = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), fresh)
+    reply = app(
+        Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), fresh
+    )
     assert ledger_from_record(reply.content["ledger"])["epsilon"] > eps[1]
     # Central evaluation answers with scalars only.
-    ev = app(Message(RecordDict({"arrays": to_arrays(arrays), "config": round_config(cfg, extra)}), dst_node_id=1, message_type="evaluate"), ctx)
+    ev = app(
+        Message(
+            RecordDict({"arrays": to_arrays(arrays), "config": round_config(cfg, extra)}),
+            dst_node_id=1,
+            message_type="evaluate",
+        ),
+        ctx,
+    )
     assert not ev.has_error(), ev.error.reason if ev.has_error() else ""
     check_reply(ev)
     assert set(ev.content.keys()) == {"metrics"} and np.isfinite(ev.content["metrics"]["member-score"])

@@ -29,7 +29,26 @@ from cxrsynth.config import AuditPolicy, RunConfig
 from cxrsynth.data.phantom import make_phantom
 
 FAST, SLOW = 6, 150
-TOKENS = [b'"', b"\n", b"\r\n", b"\x00", b"\xff\xfe", b",", b",,,,,,", b"{", b"[", b": ", b"- ", b"\t", b"x" * 140_000, b"\xe9", b"-1", b"1e309", b"NaN", b"null"]
+TOKENS = [
+    b'"',
+    b"\n",
+    b"\r\n",
+    b"\x00",
+    b"\xff\xfe",
+    b",",
+    b",,,,,,",
+    b"{",
+    b"[",
+    b": ",
+    b"- ",
+    b"\t",
+    b"x" * 140_000,
+    b"\xe9",
+    b"-1",
+    b"1e309",
+    b"NaN",
+    b"null",
+]
 
 
 @st.composite
@@ -64,7 +83,13 @@ SCALARS = st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats
 
 def structured(keys: list[str]):
     """Random YAML/JSON-like documents whose keys are mostly the real ones, with wrong-type values."""
-    return st.recursive(SCALARS, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), c, max_size=4), max_leaves=8)
+    return st.recursive(
+        SCALARS,
+        lambda c: (
+            st.lists(c, max_size=3) | st.dictionaries(st.sampled_from(keys) | st.text(max_size=8), c, max_size=4)
+        ),
+        max_leaves=8,
+    )
 
 
 def fuzz(n: int):
@@ -103,7 +128,24 @@ def snapshot(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzzbase")
-    assert main(["--quiet", "data", "phantom", "--n", "8", "--size", "32", "--holdout", "0.5", "--out", str(root / "dataset")]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "phantom",
+                "--n",
+                "8",
+                "--size",
+                "32",
+                "--holdout",
+                "0.5",
+                "--out",
+                str(root / "dataset"),
+            ]
+        )
+        == 0
+    )
     (root / "site" / "img").mkdir(parents=True)
     for i, r in enumerate(make_phantom(3, sites=1, seed=2, image_size=32)):
         Image.fromarray(r.image).save(root / "site" / "img" / f"{i}.png")
@@ -117,7 +159,10 @@ def base(tmp_path_factory):
         encoding="utf-8",
     )
     assert main(["--quiet", "train", "--config", str(root / "run.yaml"), "--out", str(root / "ckpt")]) == 0
-    assert main(["--quiet", "generate", "--checkpoint", str(root / "ckpt"), "--n", "2", "--out", str(root / "previous")]) == 0
+    assert (
+        main(["--quiet", "generate", "--checkpoint", str(root / "ckpt"), "--n", "2", "--out", str(root / "previous")])
+        == 0
+    )
     from test_data_mimic import build_tree
 
     build_tree(root / "mimic")
@@ -142,7 +187,9 @@ def site_csv(base: Path, data: bytes) -> None:
     (t / "site" / "site.csv").write_bytes(data)
     shutil.copytree(base / "dataset", t / "out")  # an earlier dataset the ingest adds to
     before = snapshot(t / "out")
-    code, err = run(["data", "ingest", "--source", "manifest", "--path", str(t / "site" / "site.csv"), "--out", str(t / "out")])
+    code, err = run(
+        ["data", "ingest", "--source", "manifest", "--path", str(t / "site" / "site.csv"), "--out", str(t / "out")]
+    )
     check(code, err, "site.csv")
     after = snapshot(t / "out")
     # Every earlier record and image is still there, whatever the outcome (an ingest that read
@@ -187,7 +234,19 @@ def png(base: Path, data: bytes) -> None:
     t = _tmp(base)
     shutil.copytree(base / "site", t / "site")
     (t / "site" / "img" / "1.png").write_bytes(data)
-    code, err = run(["data", "ingest", "--source", "manifest", "--path", str(t / "site" / "site.csv"), "--out", str(t / "out"), "--strict"])
+    code, err = run(
+        [
+            "data",
+            "ingest",
+            "--source",
+            "manifest",
+            "--path",
+            str(t / "site" / "site.csv"),
+            "--out",
+            str(t / "out"),
+            "--strict",
+        ]
+    )
     check(code, err, "1.png")
     if code == 2:
         assert not (t / "out").exists()
@@ -205,7 +264,21 @@ def policy_yaml(base: Path, data: bytes) -> None:
     t = _tmp(base)
     (t / "policy.yaml").write_bytes(data)
     # The synthetic folder does not exist: a policy that validates is refused for that instead, quickly.
-    code, err = run(["audit", "--synthetic", str(t / "none"), "--train", str(base / "dataset"), "--holdout", str(base / "dataset"), "--policy", str(t / "policy.yaml"), "--out", str(t / "a")])
+    code, err = run(
+        [
+            "audit",
+            "--synthetic",
+            str(t / "none"),
+            "--train",
+            str(base / "dataset"),
+            "--holdout",
+            str(base / "dataset"),
+            "--policy",
+            str(t / "policy.yaml"),
+            "--out",
+            str(t / "a"),
+        ]
+    )
     assert code == 2
     check(code, err, "policy.yaml", str(t / "none"))
     assert not (t / "a").exists()
@@ -243,7 +316,19 @@ def checkpoint_file(base: Path, name: str, data: bytes) -> None:
 def release_key(base: Path, data: bytes) -> None:
     t = _tmp(base)
     (t / "key.pem").write_bytes(data)
-    code, err = run(["release", "--synthetic", str(base / "previous"), "--audit", str(t), "--key", str(t / "key.pem"), "--out", str(t / "bundle")])
+    code, err = run(
+        [
+            "release",
+            "--synthetic",
+            str(base / "previous"),
+            "--audit",
+            str(t),
+            "--key",
+            str(t / "key.pem"),
+            "--out",
+            str(t / "bundle"),
+        ]
+    )
     check(code, err, "key.pem", "audit.json")
     assert code != 0 and not (t / "bundle").exists()
 
@@ -254,10 +339,48 @@ def bundle(base, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fuzzbundle")
     real, syn = write_audit_inputs(root, n_train=40, n_holdout=25, n_synthetic=10)
-    (root / "policy.yaml").write_text("skip: [membership, phi]\nmax_closeness_upper: 0.95\nbootstrap: 20\n", encoding="utf-8")
+    (root / "policy.yaml").write_text(
+        "skip: [membership, phi]\nmax_closeness_upper: 0.95\nbootstrap: 20\n", encoding="utf-8"
+    )
     key = make_key(root)
-    assert main(["--quiet", "audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--policy", str(root / "policy.yaml"), "--out", str(root / "audit"), "--key", str(key)]) == 0
-    assert main(["--quiet", "release", "--synthetic", str(syn), "--audit", str(root / "audit"), "--key", str(key), "--out", str(root / "bundle")]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "audit",
+                "--synthetic",
+                str(syn),
+                "--train",
+                str(real),
+                "--holdout",
+                str(real),
+                "--policy",
+                str(root / "policy.yaml"),
+                "--out",
+                str(root / "audit"),
+                "--key",
+                str(key),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--quiet",
+                "release",
+                "--synthetic",
+                str(syn),
+                "--audit",
+                str(root / "audit"),
+                "--key",
+                str(key),
+                "--out",
+                str(root / "bundle"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -268,7 +391,9 @@ def bundle_file(root: Path, name: str, data: bytes) -> None:
     (t / "b" / name).write_bytes(data)
     code, err = run(["release", "verify", str(t / "b"), "--public-key", str(root / "steward.pem.pub")])
     check(code, err, name)
-    same = data.strip() == original.strip() if name == "MANIFEST.sig" else data == original  # the signature is read as hex text
+    same = (
+        data.strip() == original.strip() if name == "MANIFEST.sig" else data == original
+    )  # the signature is read as hex text
     assert code == (0 if same else 1), err
 
 
@@ -289,7 +414,19 @@ def audit_json(root: Path, data: bytes) -> None:
     original = (t / "audit" / "audit.json").read_bytes()
     (t / "audit" / "audit.json").write_bytes(data)
     syn = root / "syn"
-    code, err = run(["release", "--synthetic", str(syn), "--audit", str(t / "audit"), "--key", str(root / "steward.pem"), "--out", str(t / "bundle")])
+    code, err = run(
+        [
+            "release",
+            "--synthetic",
+            str(syn),
+            "--audit",
+            str(t / "audit"),
+            "--key",
+            str(root / "steward.pem"),
+            "--out",
+            str(t / "bundle"),
+        ]
+    )
     check(code, err, "audit.json")
     assert code == 0 if data == original else code in (1, 2)
 
@@ -312,7 +449,12 @@ def _dicom_bytes() -> bytes:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
-    ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.ViewPosition = "DOE^JANE", "123", "1.2.826.0.1.3680043.8.498.2", "PA"
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.ViewPosition = (
+        "DOE^JANE",
+        "123",
+        "1.2.826.0.1.3680043.8.498.2",
+        "PA",
+    )
     ds.Rows = ds.Columns = 16
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.SamplesPerPixel = 8, 8, 7, 0, 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -351,13 +493,25 @@ def _bomb_png() -> bytes:
     def chunk(kind, body):
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 100))
+        + chunk(b"IEND", b"")
+    )
 
 
 POLICY_KEYS = list(AuditPolicy.model_fields)
 RUN_KEYS = list(RunConfig.model_fields) + ["preset"]
 CHECKPOINT_FILES = ["run.yaml", "extra.json", "train_state.json", "format.json", "model.safetensors"]
-BUNDLE_FILES = ["MANIFEST.json", "MANIFEST.sig", "SIGNER.pub", "DATASET_CARD.md", "data/manifest.csv", "audit/audit.json"]
+BUNDLE_FILES = [
+    "MANIFEST.json",
+    "MANIFEST.sig",
+    "SIGNER.pub",
+    "DATASET_CARD.md",
+    "data/manifest.csv",
+    "audit/audit.json",
+]
 
 
 def _cases(n: int, marks=()):
@@ -369,7 +523,12 @@ def _cases(n: int, marks=()):
         site_csv(base, data.draw(mutated(_bytes(base / "site" / "site.csv")), "site.csv"))
         dataset_manifest(base, data.draw(mutated(_bytes(base / "dataset" / "manifest.csv")), "manifest.csv"))
         table = data.draw(st.sampled_from(MIMIC_TABLES), "MIMIC table")
-        mimic_table(base, table, data.draw(mutated(_bytes(base / "mimic" / table)), "table bytes"), data.draw(st.booleans(), "gzip"))
+        mimic_table(
+            base,
+            table,
+            data.draw(mutated(_bytes(base / "mimic" / table)), "table bytes"),
+            data.draw(st.booleans(), "gzip"),
+        )
 
     @fuzz(n)
     @given(st.data())
@@ -384,7 +543,11 @@ def _cases(n: int, marks=()):
         text = (base / "run.yaml").read_bytes()
         doc = data.draw(mutated(text) | structured(RUN_KEYS).map(lambda d: yaml.safe_dump(d).encode()), "run.yaml")
         run_config(base, doc)
-        pol = data.draw(mutated(b"max_copy_rate: 0.001\nskip: [phi]\nweak_labels: drop\n") | structured(POLICY_KEYS).map(lambda d: yaml.safe_dump(d).encode()), "policy.yaml")
+        pol = data.draw(
+            mutated(b"max_copy_rate: 0.001\nskip: [phi]\nweak_labels: drop\n")
+            | structured(POLICY_KEYS).map(lambda d: yaml.safe_dump(d).encode()),
+            "policy.yaml",
+        )
         policy_yaml(base, pol)
 
     @fuzz(n)
@@ -402,7 +565,10 @@ def _cases(n: int, marks=()):
         bundle_file(bundle, name, data.draw(mutated(_bytes(bundle / "bundle" / name)), "bytes"))
         audit_json(bundle, data.draw(mutated(_bytes(bundle / "audit" / "audit.json")), "audit.json"))
 
-    return [pytest.param(f, id=f.__name__, marks=marks) for f in (csv_inputs, jsonl_png_dicom_inputs, yaml_inputs, checkpoint_inputs, key_and_bundle_inputs)]
+    return [
+        pytest.param(f, id=f.__name__, marks=marks)
+        for f in (csv_inputs, jsonl_png_dicom_inputs, yaml_inputs, checkpoint_inputs, key_and_bundle_inputs)
+    ]
 
 
 def _call(case, request):

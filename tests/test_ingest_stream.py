@@ -24,7 +24,18 @@ def test_a_streamed_ingest_writes_what_the_whole_dataset_in_memory_wrote(tmp_pat
     ingest("manifest", tmp_path / "src", tmp_path / "out", size=32, holdout=0.3, seed=2)
     # What ingest wrote before it streamed: every record read, resized and split, then written.
     read, _ = read_dataset(tmp_path / "src")
-    expected = split_by_patient([r.with_(site=r.site or "site0", image=square_resize(r.image, 32), lateral=None if r.lateral is None else square_resize(r.lateral, 32)) for r in read], 0.3, 2)
+    expected = split_by_patient(
+        [
+            r.with_(
+                site=r.site or "site0",
+                image=square_resize(r.image, 32),
+                lateral=None if r.lateral is None else square_resize(r.lateral, 32),
+            )
+            for r in read
+        ],
+        0.3,
+        2,
+    )
     write_dataset(tmp_path / "expected", expected)
     assert (tmp_path / "out" / "manifest.csv").read_bytes() == (tmp_path / "expected" / "manifest.csv").read_bytes()
     for row in _rows(tmp_path / "out"):
@@ -51,7 +62,9 @@ def test_ingesting_into_an_earlier_ingest_appends_and_replaces_what_is_ingested_
 def test_ingest_of_a_directory_never_holds_its_decoded_images(tmp_path, decoded_images):
     write_dataset(tmp_path / "src", make_phantom(n=300, sites=1, seed=6, image_size=32, lateral=True))
     ingest("manifest", tmp_path / "src", tmp_path / "out", size=16)
-    assert decoded_images["total"] >= 300 and decoded_images["peak"] <= 2 + 2 * 6 * 2  # a study's two images (and the page's few examples)
+    assert (
+        decoded_images["total"] >= 300 and decoded_images["peak"] <= 2 + 2 * 6 * 2
+    )  # a study's two images (and the page's few examples)
     assert np.asarray(read_dataset(tmp_path / "out")[0][0].image).shape == (16, 16)
 
 
@@ -64,6 +77,9 @@ def test_evaluate_of_directories_never_holds_their_decoded_images(tmp_path, deco
     write_dataset(tmp_path / "synthetic", make_phantom(n=300, sites=1, seed=8, image_size=32, lateral=True))
     cfg = EvalConfig(image_size=32, classifier_width=4, classifier_steps=3, batch_size=8, max_conditions=4)
     metrics = run_evaluation(tmp_path / "synthetic", tmp_path / "real", tmp_path / "eval", cfg)
-    assert metrics["fidelity"]["n_synthetic"] == 300 and metrics["utility"]["arms"]["real+synthetic"]["train_records"] > 300
+    assert (
+        metrics["fidelity"]["n_synthetic"] == 300
+        and metrics["utility"]["arms"]["real+synthetic"]["train_records"] > 300
+    )
     # The synthetic set's images were all read (FID), but never more than a batch (256) at a time.
     assert decoded_images["total"] > 300 and decoded_images["peak"] <= 256 + 16 < 300

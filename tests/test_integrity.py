@@ -44,7 +44,22 @@ def audited(tmp_path_factory):
     real, syn = write_audit_inputs(root, n_train=60, n_holdout=30, n_synthetic=20)
     (root / "policy.yaml").write_text(RELAXED, encoding="utf-8")
     key = make_key(root)
-    args = ["--quiet", "audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--policy", str(root / "policy.yaml"), "--out", str(root / "audit"), "--key", str(key)]
+    args = [
+        "--quiet",
+        "audit",
+        "--synthetic",
+        str(syn),
+        "--train",
+        str(real),
+        "--holdout",
+        str(real),
+        "--policy",
+        str(root / "policy.yaml"),
+        "--out",
+        str(root / "audit"),
+        "--key",
+        str(key),
+    ]
     assert main(args) == 0
     return root, syn, root / "audit", key
 
@@ -57,7 +72,9 @@ def _fresh(audited, tmp_path):
 
 
 def _release(syn, audit, key, out, *extra):
-    return main(["release", "--synthetic", str(syn), "--audit", str(audit), "--key", str(key), "--out", str(out), *extra])
+    return main(
+        ["release", "--synthetic", str(syn), "--audit", str(audit), "--key", str(key), "--out", str(out), *extra]
+    )
 
 
 def _files(root):
@@ -68,14 +85,33 @@ def _files(root):
 def test_audit_refuses_a_synthetic_folder_with_files_its_manifest_does_not_list(tmp_path, capsys):
     real, syn = write_audit_inputs(tmp_path, n_train=40, n_holdout=25, n_synthetic=5)
     shutil.copy(next((real / "images").iterdir()), syn / "images" / "real-training-image.png")
-    (syn / "phi_headers.jsonl").write_text('{"id": "syn00001", "meta": {"PatientName": "DOE^JANE"}}\n', encoding="utf-8")
+    (syn / "phi_headers.jsonl").write_text(
+        '{"id": "syn00001", "meta": {"PatientName": "DOE^JANE"}}\n', encoding="utf-8"
+    )
     (syn / "note.txt").write_text("Jane Doe, MRN 1234567\n", encoding="utf-8")
     os.mkfifo(syn / "pipe")
     (syn / "empty").mkdir()
-    args = ["--quiet", "audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--out", str(tmp_path / "audit")]
+    args = [
+        "--quiet",
+        "audit",
+        "--synthetic",
+        str(syn),
+        "--train",
+        str(real),
+        "--holdout",
+        str(real),
+        "--out",
+        str(tmp_path / "audit"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
-    for name in ("images/real-training-image.png", "phi_headers.jsonl", "note.txt", "pipe (not a regular file)", "empty/ (an empty folder)"):
+    for name in (
+        "images/real-training-image.png",
+        "phi_headers.jsonl",
+        "note.txt",
+        "pipe (not a regular file)",
+        "empty/ (an empty folder)",
+    ):
         assert name in err, name
     assert not (tmp_path / "audit").exists()
 
@@ -87,12 +123,19 @@ def test_synthetic_laterals_are_checked_for_copies_locally_and_through_the_query
     real = split_by_patient(make_phantom(160, sites=1, seed=0, image_size=32, lateral=True), 0.35, 0)
     train = [r for r in real if r.split == "train"]
     holdout = [r for r in real if r.split == "holdout"]
-    synthetic = [r.with_(record_id=f"g{i:03d}", patient_id=f"g{i:03d}", site="synthetic", split="") for i, r in enumerate(make_phantom(40, sites=1, seed=9, image_size=32, lateral=True))]
+    synthetic = [
+        r.with_(record_id=f"g{i:03d}", patient_id=f"g{i:03d}", site="synthetic", split="")
+        for i, r in enumerate(make_phantom(40, sites=1, seed=9, image_size=32, lateral=True))
+    ]
     # Ten laterals replaced by training images: eight training laterals, two training frontals.
     donors = [r for r in train if r.lateral is not None]
     planted = {synthetic[i].record_id: (donors[3 * i].lateral if i < 8 else donors[3 * i].image) for i in range(10)}
     synthetic = [r.with_(lateral=planted.get(r.record_id, r.lateral)) for r in synthetic]
-    policy = AuditPolicy(bootstrap=30, skip=("phi", "membership", "label_fidelity", "report_labels", "text_rare_ngrams", "text_near_duplicates"), max_closeness_upper=0.95)
+    policy = AuditPolicy(
+        bootstrap=30,
+        skip=("phi", "membership", "label_fidelity", "report_labels", "text_rare_ngrams", "text_near_duplicates"),
+        max_closeness_upper=0.95,
+    )
     audit, pairs = audit_records(synthetic, train, holdout, policy)
     copies = audit["checks"]["image_copies"]
     assert not copies["passed"] and copies["lateral_copies"] == 10
@@ -155,9 +198,27 @@ def test_phantom_and_ingest_refuse_a_non_empty_out_unless_told(tmp_path, capsys)
 def test_a_failed_strict_ingest_leaves_no_folder_and_no_secret(tmp_path):
     (tmp_path / "img").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "img" / "a.png")
-    (tmp_path / "site.csv").write_text('image_path,report\nimg/a.png,"No effusion."\nimg/missing.png,"x"\n', encoding="utf-8")
+    (tmp_path / "site.csv").write_text(
+        'image_path,report\nimg/a.png,"No effusion."\nimg/missing.png,"x"\n', encoding="utf-8"
+    )
     out = tmp_path / "out"
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(tmp_path / "site.csv"), "--out", str(out), "--strict"]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "manifest",
+                "--path",
+                str(tmp_path / "site.csv"),
+                "--out",
+                str(out),
+                "--strict",
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
 
 
@@ -209,7 +270,22 @@ def test_an_encrypted_key_seals_and_signs_with_its_passphrase_from_a_file(tmp_pa
     key = tmp_path / "enc.pem"
     phrase = ["--passphrase-file", str(tmp_path / "pass.txt")]
     assert main(["--quiet", "release", "key", "--out", str(key), *phrase]) == 0
-    audit = ["--quiet", "audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--policy", str(tmp_path / "policy.yaml"), "--out", str(tmp_path / "a"), "--key", str(key)]
+    audit = [
+        "--quiet",
+        "audit",
+        "--synthetic",
+        str(syn),
+        "--train",
+        str(real),
+        "--holdout",
+        str(real),
+        "--policy",
+        str(tmp_path / "policy.yaml"),
+        "--out",
+        str(tmp_path / "a"),
+        "--key",
+        str(key),
+    ]
     assert main(audit) == 2 and "encrypted" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
     assert main(audit + phrase) == 0
@@ -233,7 +309,9 @@ def test_bundle_carries_the_fingerprint_and_verify_pins_it(audited, tmp_path, ca
     assert main(["release", "verify", str(bundle)]) == 2 and "--fingerprint" in capsys.readouterr().err
     # Someone re-signs an edited bundle with their own key and ships their public key in it: it
     # verifies against that key, and fails against the pinned fingerprint.
-    (bundle / "data" / "manifest.csv").write_bytes((bundle / "data" / "manifest.csv").read_bytes().replace(b"syn00001", b"syn99999"))
+    (bundle / "data" / "manifest.csv").write_bytes(
+        (bundle / "data" / "manifest.csv").read_bytes().replace(b"syn00001", b"syn99999")
+    )
     mallory = Ed25519PrivateKey.generate()
     manifest = json.loads((bundle / "MANIFEST.json").read_text())
     from cxrsynth.privacy.release import sha256_file
@@ -271,16 +349,57 @@ def test_ingest_refuses_a_patient_on_both_sides_of_the_split_counting_not_naming
     for name in ("a", "b", "c"):
         Image.fromarray(np.full((32, 32), 40 * len(name), np.uint8)).save(tmp_path / "img" / f"{name}.png")
     (tmp_path / "site.csv").write_text(
-        'image_path,report,patient_id,split\nimg/a.png,"No effusion.",MRN77,train\nimg/b.png,"Effusion.",MRN77,test\nimg/c.png,"Clear.",MRN78,train\n', encoding="utf-8"
+        'image_path,report,patient_id,split\nimg/a.png,"No effusion.",MRN77,train\nimg/b.png,"Effusion.",MRN77,test\nimg/c.png,"Clear.",MRN78,train\n',
+        encoding="utf-8",
     )
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(tmp_path / "site.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "manifest",
+                "--path",
+                str(tmp_path / "site.csv"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "1 patient(s) have records in both train and holdout" in err and "MRN77" not in err
     assert not (tmp_path / "o").exists()
     # A dataset folder whose split column does the same.
-    recs = [Record(f"r{i}", "p1" if i < 2 else f"p{i}", f"s{i}", site="a", split="train" if i else "holdout", image=np.zeros((16, 16), np.uint8)) for i in range(4)]
+    recs = [
+        Record(
+            f"r{i}",
+            "p1" if i < 2 else f"p{i}",
+            f"s{i}",
+            site="a",
+            split="train" if i else "holdout",
+            image=np.zeros((16, 16), np.uint8),
+        )
+        for i in range(4)
+    ]
     write_dataset(tmp_path / "ds", recs)
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(tmp_path / "ds"), "--out", str(tmp_path / "o2")]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "manifest",
+                "--path",
+                str(tmp_path / "ds"),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
     assert "1 patient(s)" in capsys.readouterr().err
 
 
@@ -297,7 +416,22 @@ def test_ingest_refuses_a_mimic_split_file_that_splits_a_patient(tmp_path, capsy
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    assert main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tmp_path / "tree"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "mimic",
+                "--path",
+                str(tmp_path / "tree"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "1 patient(s) have records in both train and holdout" in capsys.readouterr().err
 
 
@@ -313,8 +447,14 @@ def test_a_site_refuses_the_audit_query_when_a_patient_is_on_both_sides(tmp_path
     recs[0] = recs[0].with_(patient_id=recs[-1].patient_id)  # a training study of a holdout patient
     write_dataset(tmp_path / "site", recs)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
-    query = Message(make_query(read_dataset(syn)[0], AuditPolicy(bootstrap=20, skip=("phi", "membership"))), dst_node_id=7, message_type="query")
-    ctx = Context(run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "site")}, state=RecordDict(), run_config={})
+    query = Message(
+        make_query(read_dataset(syn)[0], AuditPolicy(bootstrap=20, skip=("phi", "membership"))),
+        dst_node_id=7,
+        message_type="query",
+    )
+    ctx = Context(
+        run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "site")}, state=RecordDict(), run_config={}
+    )
     with pytest.raises(InputError, match="1 patient"):
         handle(query, ctx)
 
@@ -349,7 +489,11 @@ CHECKPOINT_DAMAGE = [
 ]
 
 
-@pytest.mark.parametrize("name, data, words", CHECKPOINT_DAMAGE, ids=[f"{n}-{w.split(':')[-1].strip()[:20]}" for n, _, w in CHECKPOINT_DAMAGE])
+@pytest.mark.parametrize(
+    "name, data, words",
+    CHECKPOINT_DAMAGE,
+    ids=[f"{n}-{w.split(':')[-1].strip()[:20]}" for n, _, w in CHECKPOINT_DAMAGE],
+)
 @pytest.mark.parametrize("command", ["generate", "audit"])
 def test_a_damaged_checkpoint_is_exit_2_naming_the_file(checkpoint, tmp_path, capsys, name, data, words, command):
     d = _ckpt_copy(checkpoint, tmp_path, name, data)
@@ -357,7 +501,19 @@ def test_a_damaged_checkpoint_is_exit_2_naming_the_file(checkpoint, tmp_path, ca
         argv = ["generate", "--checkpoint", str(d), "--n", "2", "--out", str(tmp_path / "g")]
     else:
         real, syn = write_audit_inputs(tmp_path, n_train=25, n_holdout=20, n_synthetic=3)
-        argv = ["audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--checkpoint", str(d), "--out", str(tmp_path / "a")]
+        argv = [
+            "audit",
+            "--synthetic",
+            str(syn),
+            "--train",
+            str(real),
+            "--holdout",
+            str(real),
+            "--checkpoint",
+            str(d),
+            "--out",
+            str(tmp_path / "a"),
+        ]
     assert main(["--quiet", *argv]) == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "g").exists() and not (tmp_path / "a").exists()
@@ -380,7 +536,17 @@ def test_a_csv_cell_over_128_kib_is_exit_2_naming_the_row(tmp_path, capsys, comm
     argv = {
         "ingest": ["data", "ingest", "--source", "manifest", "--path", str(real), "--out", str(tmp_path / "o")],
         "evaluate": ["evaluate", "--synthetic", str(syn), "--real", str(real), "--out", str(tmp_path / "o")],
-        "audit": ["audit", "--synthetic", str(syn), "--train", str(real), "--holdout", str(real), "--out", str(tmp_path / "o")],
+        "audit": [
+            "audit",
+            "--synthetic",
+            str(syn),
+            "--train",
+            str(real),
+            "--holdout",
+            str(real),
+            "--out",
+            str(tmp_path / "o"),
+        ],
     }[command]
     assert main(["--quiet", *argv]) == 2
     assert f"{real / 'manifest.csv'}, row 5" in capsys.readouterr().err
@@ -406,16 +572,38 @@ def _short_chexpert(tree):
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("damage, words", [(_gz_corrupt, "metadata.csv.gz: not a readable gzip file"), (_short_chexpert, "chexpert.csv, row 2: malformed row")])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (_gz_corrupt, "metadata.csv.gz: not a readable gzip file"),
+        (_short_chexpert, "chexpert.csv, row 2: malformed row"),
+    ],
+)
 def test_a_damaged_mimic_table_is_exit_2_or_a_named_row(tmp_path, capsys, damage, words):
     tree = _mimic_tree(tmp_path, damage)
-    code = main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tree), "--out", str(tmp_path / "o"), "--strict"])
+    code = main(
+        [
+            "--quiet",
+            "data",
+            "ingest",
+            "--source",
+            "mimic",
+            "--path",
+            str(tree),
+            "--out",
+            str(tmp_path / "o"),
+            "--strict",
+        ]
+    )
     assert code == 2 and words in capsys.readouterr().err
 
 
 def test_a_short_chexpert_row_is_skipped_and_named_without_strict(tmp_path):
     tree = _mimic_tree(tmp_path, _short_chexpert)
-    assert main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tree), "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["--quiet", "data", "ingest", "--source", "mimic", "--path", str(tree), "--out", str(tmp_path / "o")])
+        == 0
+    )
     report = json.loads((tmp_path / "o" / "ingest_report.json").read_text())
     assert any(p["row"] == 2 and "malformed row" in p["reason"] for p in report["problems"])
 
@@ -425,7 +613,9 @@ def _plain(tmp_path):
     (tmp_path / "img").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "img" / "a.png")
     (tmp_path / "header.csv").write_text("image_path,report\n", encoding="utf-8")
-    (tmp_path / "quote.csv").write_text('image_path,report\nimg/a.png,"no closing quote\nimg/a.png,"second"\nimg/a.png,"third"\n', encoding="utf-8")
+    (tmp_path / "quote.csv").write_text(
+        'image_path,report\nimg/a.png,"no closing quote\nimg/a.png,"second"\nimg/a.png,"third"\n', encoding="utf-8"
+    )
     (tmp_path / "cfg.yaml").write_text("modle: {family: mopoe}\n", encoding="utf-8")
     (tmp_path / "in.jsonl").write_text('{"id": "1", "text": "No effusion."}\n', encoding="utf-8")
 
@@ -439,7 +629,11 @@ BAD_ARGUMENTS = [
     ("audit --out a file", "audit --synthetic {ph} --train {ph} --holdout {ph} --out {t}/file", "{t}/file: is a file"),
     ("train --out a file", "train --config {ck}/run.yaml --out {t}/file", "{t}/file: is a file"),
     ("release --key a folder", "release --synthetic {ph} --audit {t} --key {t} --out {t}/b", "--key {t}: is a folder"),
-    ("release --out a file", "release --synthetic {ph} --audit {t} --key {t}/k.pem --out {t}/file", "--out {t}/file: is a file"),
+    (
+        "release --out a file",
+        "release --synthetic {ph} --audit {t} --key {t}/k.pem --out {t}/file",
+        "--out {t}/file: is a file",
+    ),
     ("release key --out an existing file", "release key --out {t}/file", "{t}/file: exists"),
     ("verify --public-key a folder", "release verify {t} --public-key {t}", "--public-key {t}: is a folder"),
     ("verify a file", "release verify {t}/file --fingerprint " + "a" * 64, "{t}/file: is a file"),
@@ -450,8 +644,16 @@ BAD_ARGUMENTS = [
     ("phantom --holdout 2", "data phantom --n 4 --holdout 2 --out {t}/p", "--holdout 2"),
     ("train --steps 0", "train --config {ck}/run.yaml --steps 0 --out {t}/tr", "train.steps"),
     ("generate --n -3", "generate --checkpoint {ck} --n -3 --out {t}/g", "--n -3"),
-    ("evaluate: missing --extractor", "evaluate --synthetic {ph} --real {ph} --extractor {t}/nope.pt --out {t}/e", "--extractor {t}/nope.pt"),
-    ("evaluate: missing --checkpoint", "evaluate --synthetic {ph} --real {ph} --checkpoint {t}/nope --out {t}/e", "--checkpoint {t}/nope"),
+    (
+        "evaluate: missing --extractor",
+        "evaluate --synthetic {ph} --real {ph} --extractor {t}/nope.pt --out {t}/e",
+        "--extractor {t}/nope.pt",
+    ),
+    (
+        "evaluate: missing --checkpoint",
+        "evaluate --synthetic {ph} --real {ph} --checkpoint {t}/nope --out {t}/e",
+        "--checkpoint {t}/nope",
+    ),
     ("header-only CSV", "data ingest --source manifest --path {t}/header.csv --out {t}/o", "{t}/header.csv: no rows"),
     ("unterminated quote", "data ingest --source manifest --path {t}/quote.csv --out {t}/o", "{t}/quote.csv, row 1"),
     ("config: unknown key and no model", "train --config {t}/cfg.yaml --out {t}/tr", "['modle']"),
@@ -463,7 +665,12 @@ BAD_ARGUMENTS = [
 @pytest.fixture(scope="module")
 def phantom_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("ph")
-    assert main(["--quiet", "data", "phantom", "--n", "12", "--size", "32", "--holdout", "0.5", "--out", str(root / "ph")]) == 0
+    assert (
+        main(
+            ["--quiet", "data", "phantom", "--n", "12", "--size", "32", "--holdout", "0.5", "--out", str(root / "ph")]
+        )
+        == 0
+    )
     return root / "ph"
 
 
@@ -484,7 +691,22 @@ def test_non_utf8_phi_headers_are_exit_2_naming_the_line(phantom_dir, tmp_path, 
     lines = (tmp_path / "ds" / "phi_headers.jsonl").read_bytes().splitlines()
     lines[2] = lines[2].replace(b"PatientName", b"Patient\xffName")
     (tmp_path / "ds" / "phi_headers.jsonl").write_bytes(b"\n".join(lines) + b"\n")
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", str(tmp_path / "ds"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "manifest",
+                "--path",
+                str(tmp_path / "ds"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "phi_headers.jsonl, line 3: not UTF-8" in capsys.readouterr().err
 
 
@@ -493,7 +715,9 @@ def test_certificate_private_keys_are_never_readable_by_others_and_not_committed
     import subprocess
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("certs_under_test", Path(__file__).parents[1] / "deploy" / "certs.py")
+    spec = importlib.util.spec_from_file_location(
+        "certs_under_test", Path(__file__).parents[1] / "deploy" / "certs.py"
+    )
     certs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(certs)
     previous = os.umask(0o022)

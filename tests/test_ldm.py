@@ -205,7 +205,10 @@ def test_tokenizer_keeps_rare_words_out_and_round_trips(records):
 
 
 def test_fixed_tokenizer_is_the_same_everywhere_and_needs_no_data(records):
-    a, b = Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512)), Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512))
+    a, b = (
+        Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512)),
+        Model(tiny_config(tokenizer="fixed", tokenizer_vocab_size=512)),
+    )
     a.setup(records)
     ids = T.encode(a.tokenizer, ["Small left pleural effusion, Dr Zyxwvut."], 16, "cpu")[0]
     assert torch.equal(ids, T.encode(b.tokenizer, ["Small left pleural effusion, Dr Zyxwvut."], 16, "cpu")[0])
@@ -222,7 +225,10 @@ def test_opacus_step_on_unet_text_encoder_and_vae(records):
     m = tiny_model(records, vae_steps=1)
     for name in list(m.nets):
         m.nets[name] = GradSampleModule(m.nets[name])
-    m.opts = {n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4) for n, o in m.make_optimizers().items()}
+    m.opts = {
+        n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4)
+        for n, o in m.make_optimizers().items()
+    }
     before = {n: flat(m.part(n)) for n in m.nets}
     assert set(m.train_step(records[:4])) == {"vae_rec", "vae_kl"}
     assert np.isfinite(m.train_step(records[:3])["loss"])
@@ -243,7 +249,10 @@ def test_opacus_step_with_bert_text_encoder(records):
     m = tiny_model(records, vae_steps=0, text_encoder="bert")
     m.nets["text_encoder"] = GradSampleModule(m.nets["text_encoder"])
     m.nets["unet"] = GradSampleModule(m.nets["unet"])
-    m.opts = {n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4) for n, o in m.make_optimizers().items()}
+    m.opts = {
+        n: DPOptimizer(o, noise_multiplier=0.5, max_grad_norm=1.0, expected_batch_size=4)
+        for n, o in m.make_optimizers().items()
+    }
     before = flat(m.part("text_encoder"))
     assert np.isfinite(m.train_step(records[:4])["loss"])
     assert not torch.equal(before, flat(m.part("text_encoder")))
@@ -263,7 +272,10 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
     m.eval()
     save_checkpoint(tmp_path / "ck", m, cfg)
     folder = tmp_path / "ck" / "diffusers"
-    assert UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).config.in_channels == cfg.model.latent_channels
+    assert (
+        UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True).config.in_channels
+        == cfg.model.latent_channels
+    )
     assert AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True).config.in_channels == 1
     assert isinstance(CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True), CLIPTextModel)
     from diffusers import StableDiffusionPipeline
@@ -326,7 +338,14 @@ def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
     import yaml
 
     cfg_path.write_text(
-        yaml.safe_dump({"preset": "ldm-tiny", "model": model_over, "data": {"phantom": {"n": 24, "image_size": 16}}, "train": {"batch_size": 4}}),
+        yaml.safe_dump(
+            {
+                "preset": "ldm-tiny",
+                "model": model_over,
+                "data": {"phantom": {"n": 24, "image_size": 16}},
+                "train": {"batch_size": 4},
+            }
+        ),
         encoding="utf-8",
     )
     ck = tmp_path / "ck"
@@ -335,10 +354,42 @@ def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
     assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "3", "--out", str(tmp_path / "syn")]) == 0
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("There is a pleural effusion.\nHeart size is normal. No pleural effusion.\n", encoding="utf-8")
-    assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "3", "--out", str(tmp_path / "syn2"), "--prompts", str(prompts)]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "generate",
+                "--checkpoint",
+                str(ck),
+                "--n",
+                "3",
+                "--out",
+                str(tmp_path / "syn2"),
+                "--prompts",
+                str(prompts),
+            ]
+        )
+        == 0
+    )
     empty = tmp_path / "empty.txt"
     empty.write_text("\n", encoding="utf-8")
-    assert main(["--quiet", "generate", "--checkpoint", str(ck), "--n", "1", "--out", str(tmp_path / "x"), "--prompts", str(empty)]) == 2
+    assert (
+        main(
+            [
+                "--quiet",
+                "generate",
+                "--checkpoint",
+                str(ck),
+                "--n",
+                "1",
+                "--out",
+                str(tmp_path / "x"),
+                "--prompts",
+                str(empty),
+            ]
+        )
+        == 2
+    )
     for name, n in (("syn", 3), ("syn2", 3)):
         rows = list(csv.DictReader(open(tmp_path / name / "manifest.csv", encoding="utf-8")))
         assert len(rows) == n and all(r["provenance"].startswith("family=ldm") for r in rows)
@@ -380,7 +431,9 @@ def test_label_prompts_read_no_report_text_and_match_generation_prompts(records)
     # The vocabulary is the templates': the words of the reports (and any PHI in them) are not in it.
     vocab = set(m.tokenizer.get_vocab())
     assert {"cardiomegaly", "effusion", "pneumothorax"} <= vocab
-    report_only = {w.lower().strip(".,") for r in records for w in r.report.split()} - {w.lower().strip(".,") for w in " ".join(prompt_from_labels(r.labels) for r in records).split()}
+    report_only = {w.lower().strip(".,") for r in records for w in r.report.split()} - {
+        w.lower().strip(".,") for w in " ".join(prompt_from_labels(r.labels) for r in records).split()
+    }
     assert report_only and not (report_only & (vocab - {"the", "is", "no", "a", "of", "in"}))
     assert Model.vocabulary_text(m.config, labeled) == ""
     # Federated setup without site words gives the same tokenizer.
@@ -423,6 +476,8 @@ def test_label_vector_conditioning_reaches_the_unet_and_survives_dp_and_a_checkp
     cfg = config_from_dict({"model": m.config.model_dump(mode="json")})
     save_checkpoint(tmp_path / "ck", m, cfg, {"step": 1}, save_optimizers=False)
     back, _, _ = load_checkpoint(tmp_path / "ck")
-    assert torch.equal(back.part("unet").class_embedding.linear_1.weight, m.part("unet").class_embedding.linear_1.weight)
+    assert torch.equal(
+        back.part("unet").class_embedding.linear_1.weight, m.part("unet").class_embedding.linear_1.weight
+    )
     out = back.generate(2, [{"Cardiomegaly": 1}, {"Pleural Effusion": 1}], seed=1)
     assert out[0].labels["Cardiomegaly"] == 1 and out[1].labels["Pleural Effusion"] == 1

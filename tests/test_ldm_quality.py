@@ -52,7 +52,14 @@ def write_page(path, rows: list[tuple[str, float, float, float, dict]]) -> None:
 
     header = ["finding", "classifier accuracy (real)", "positive, prompt names it", "positive, prompt negates it"]
     grids = [(prompt, pages.grid_uri(list(images))) for *_, shown in rows for prompt, images in shown.items()]
-    pages.write(path, "gallery.html", title="LDM prompt following", header=header, rows=[(n, a, p, q) for n, a, p, q, _ in rows], grids=grids)
+    pages.write(
+        path,
+        "gallery.html",
+        title="LDM prompt following",
+        header=header,
+        rows=[(n, a, p, q) for n, a, p, q, _ in rows],
+        grids=grids,
+    )
 
 
 @pytest.mark.slow
@@ -65,7 +72,9 @@ def test_images_follow_prompts_after_short_cpu_training(tmp_path):
     rows = []
     for name, (clf, acc) in finding_classifiers(cfg.model.image_size).items():
         named, negated, shown = positive_rates(model, clf, name, seed=7)
-        print(f"{name}: classifier held-out accuracy {acc:.3f}; classified positive: named {named:.3f}, negated {negated:.3f}")
+        print(
+            f"{name}: classifier held-out accuracy {acc:.3f}; classified positive: named {named:.3f}, negated {negated:.3f}"
+        )
         rows.append((name, acc, named, negated, shown))
     write_page(tmp_path / "prompt_following.html", rows)
     print(f"page: {tmp_path / 'prompt_following.html'}")

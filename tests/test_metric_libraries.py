@@ -29,7 +29,11 @@ CANDIDATES = [
 REFERENCES = [
     ["The heart is mildly enlarged. Small left pleural effusion.", "Cardiomegaly with a small left effusion."],
     ["Lungs are clear. No pneumothorax or effusion."],
-    ["Heart size is normal. No focal consolidation, pleural effusion or pneumothorax.", "Normal heart size.", "No acute cardiopulmonary process."],
+    [
+        "Heart size is normal. No focal consolidation, pleural effusion or pneumothorax.",
+        "Normal heart size.",
+        "No acute cardiopulmonary process.",
+    ],
     ["Moderate pulmonary edema and small bilateral pleural effusions."],
     ["Endotracheal tube and nasogastric tube in place."],
 ]
@@ -63,14 +67,35 @@ def tiny_sentence_model(folder: Path) -> Path:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", model_max_length=64)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=64,
+    )
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
     model = BertModel(cfg, add_pooling_layer=False)
     rng = np.random.default_rng(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.as_tensor(1.0 + rng.normal(0, 0.1, p.shape) if "LayerNorm.weight" in name else rng.normal(0, 0.3, p.shape), dtype=torch.float32))
+            p.copy_(
+                torch.as_tensor(
+                    1.0 + rng.normal(0, 0.1, p.shape) if "LayerNorm.weight" in name else rng.normal(0, 0.3, p.shape),
+                    dtype=torch.float32,
+                )
+            )
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
@@ -230,12 +255,16 @@ def test_sentence_embeddings_follow_the_folders_own_pooling_config(tmp_path):
     from cxrsynth.privacy.audit.text import embed_texts
 
     plain = tiny_sentence_model(tmp_path / "plain")
-    word = Transformer(str(plain), model_kwargs={"local_files_only": True}, processor_kwargs={"local_files_only": True})
+    word = Transformer(
+        str(plain), model_kwargs={"local_files_only": True}, processor_kwargs={"local_files_only": True}
+    )
     SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), "cls")]).save(str(tmp_path / "cls"))
     e = embed_texts(tmp_path / "cls", SENTENCES)
     tok = AutoTokenizer.from_pretrained(str(plain), local_files_only=True)
     with torch.no_grad():
-        h = AutoModel.from_pretrained(str(plain), local_files_only=True)(**tok(SENTENCES, padding=True, return_tensors="pt")).last_hidden_state
+        h = AutoModel.from_pretrained(str(plain), local_files_only=True)(
+            **tok(SENTENCES, padding=True, return_tensors="pt")
+        ).last_hidden_state
     np.testing.assert_allclose(e, torch.nn.functional.normalize(h[:, 0], dim=1).numpy(), atol=1e-5)
     assert np.abs(e - embed_texts(plain, SENTENCES)).max() > 1e-3
 

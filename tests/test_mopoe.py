@@ -17,7 +17,16 @@ from cxrsynth.models.mopoe.config import MoPoEConfig
 
 
 def tiny_config(**over) -> MoPoEConfig:
-    base = dict(image_size=16, latent_dim=8, channels=8, text_length=16, text_channels=16, embed_dim=8, vocab_min_count=1, lr=2e-3)
+    base = dict(
+        image_size=16,
+        latent_dim=8,
+        channels=8,
+        text_length=16,
+        text_channels=16,
+        embed_dim=8,
+        vocab_min_count=1,
+        lr=2e-3,
+    )
     return MoPoEConfig(**{**base, **over})
 
 
@@ -136,7 +145,9 @@ def test_opacus_step_on_encoders_and_decoders(records):
     model = tiny_model(records)
     for name in list(model.nets.keys()):
         model.nets[name] = GradSampleModule(model.nets[name])
-        model.opts[name] = DPOptimizer(model.opts[name], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=8)
+        model.opts[name] = DPOptimizer(
+            model.opts[name], noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=8
+        )
     before = model.state()
     batch = records[:8]  # records 0, 3 and 6 have no lateral
     losses = model.train_step(batch)
@@ -172,7 +183,9 @@ def test_conditional_generation_and_helpers(records):
     lat = model.lateral_from_frontal(frontal, seed=1)
     assert lat[0].shape == (16, 16)
     # The condition changes the latent: two different frontal images give different laterals.
-    assert not np.array_equal(lat[0], model.lateral_from_frontal(frontal[1:], seed=1)[0]) or np.array_equal(frontal[0], frontal[1])
+    assert not np.array_equal(lat[0], model.lateral_from_frontal(frontal[1:], seed=1)[0]) or np.array_equal(
+        frontal[0], frontal[1]
+    )
     one = model.generate(2, [Condition(prompt=records[1].report)] * 2, seed=0)
     assert len(one) == 2
     both = model.generate(1, [Condition(prompt=records[1].report, frontal=frontal[0])], seed=0)

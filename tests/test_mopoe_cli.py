@@ -41,7 +41,10 @@ def test_train_then_generate(checkpoint, tmp_path):
     for name in ("run.yaml", "model.safetensors", "extra.json", "train_state.json", "optimizers.pt", "losses.jsonl"):
         assert (checkpoint / name).is_file(), name
     out = tmp_path / "syn"
-    assert main(["--quiet", "generate", "--checkpoint", str(checkpoint), "--n", "5", "--out", str(out), "--seed", "3"]) == 0
+    assert (
+        main(["--quiet", "generate", "--checkpoint", str(checkpoint), "--n", "5", "--out", str(out), "--seed", "3"])
+        == 0
+    )
     records, report = read_dataset(out)
     assert len(records) == 5 and report.skipped == 0
     for r in records:
@@ -51,7 +54,22 @@ def test_train_then_generate(checkpoint, tmp_path):
 
 
 def test_resume_continues_the_step_count(checkpoint):
-    assert main(["--quiet", "train", "--config", str(checkpoint.parent / "run.yaml"), "--out", str(checkpoint), "--steps", "14", "--resume"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "train",
+                "--config",
+                str(checkpoint.parent / "run.yaml"),
+                "--out",
+                str(checkpoint),
+                "--steps",
+                "14",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     import json
 
     assert json.loads((checkpoint / "train_state.json").read_text())["step"] == 14
@@ -63,7 +81,20 @@ def test_label_conditions_are_refused_with_exit_2(checkpoint, tmp_path, capsys):
 
     real = tmp_path / "real"
     write_dataset(real, make_phantom(4, image_size=32))
-    code = main(["--quiet", "generate", "--checkpoint", str(checkpoint), "--n", "2", "--out", str(tmp_path / "x"), "--labels-from", str(real)])
+    code = main(
+        [
+            "--quiet",
+            "generate",
+            "--checkpoint",
+            str(checkpoint),
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "x"),
+            "--labels-from",
+            str(real),
+        ]
+    )
     assert code == 2 and "Label conditions need labels among model.modalities" in capsys.readouterr().err
 
 
@@ -71,7 +102,12 @@ def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):
     from cxrsynth.models.mopoe.probe import main as probe_main
 
     page = tmp_path / "probe.html"
-    assert probe_main(["--checkpoint", str(checkpoint), "--label", "Finding", "--label", "Support Devices", "--html", str(page)]) == 0
+    assert (
+        probe_main(
+            ["--checkpoint", str(checkpoint), "--label", "Finding", "--label", "Support Devices", "--html", str(page)]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split() == ["label", *TABLE_ORDER, "random"]
     assert lines[2].startswith("Finding") and lines[3].startswith("Support Devices")
@@ -84,8 +120,16 @@ def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):
 def test_train_with_dp_sgd_writes_a_ledger(tmp_path):
     import json
 
-    cfg = tiny_run(tmp_path / "dp.yaml", n=40, steps=4, batch=8, extra="dp: {enabled: true, noise_multiplier: 1.0, max_grad_norm: 1.0}\n")
+    cfg = tiny_run(
+        tmp_path / "dp.yaml",
+        n=40,
+        steps=4,
+        batch=8,
+        extra="dp: {enabled: true, noise_multiplier: 1.0, max_grad_norm: 1.0}\n",
+    )
     out = tmp_path / "ckpt"
     assert main(["--quiet", "train", "--config", str(cfg), "--out", str(out)]) == 0
     ledger = json.loads((out / "train_state.json").read_text())["privacy_ledger"]
-    assert ledger["epsilon"] > 0 and set(ledger["networks"]) == {f"{d}_{m}" for d in ("enc", "dec") for m in ("frontal", "lateral", "report")}
+    assert ledger["epsilon"] > 0 and set(ledger["networks"]) == {
+        f"{d}_{m}" for d in ("enc", "dec") for m in ("frontal", "lateral", "report")
+    }

@@ -11,7 +11,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_text_from_data_is_escaped_and_the_stylesheet_is_shared(tmp_path):
-    path = pages.write(tmp_path / "p.html", "gallery.html", title="<b>x</b>", header=["a"], rows=[["<script>alert(1)</script>"]], grids=[("r&d", "")])
+    path = pages.write(
+        tmp_path / "p.html",
+        "gallery.html",
+        title="<b>x</b>",
+        header=["a"],
+        rows=[["<script>alert(1)</script>"]],
+        grids=[("r&d", "")],
+    )
     html = path.read_text(encoding="utf-8")
     assert "<script>" not in html and "&lt;script&gt;" in html and "&lt;b&gt;x&lt;/b&gt;" in html and "r&amp;d" in html
     assert ".pair>div" in html and "<p><em>no images</em></p>" in html  # the stylesheet is included verbatim
@@ -19,7 +26,12 @@ def test_text_from_data_is_escaped_and_the_stylesheet_is_shared(tmp_path):
 
 def test_no_python_module_writes_html_of_its_own():
     offenders = []
-    for path in [*ROOT.glob("cxrsynth/**/*.py"), *ROOT.glob("privacy/**/*.py"), *ROOT.glob("server/**/*.py"), *ROOT.glob("client/**/*.py")]:
+    for path in [
+        *ROOT.glob("cxrsynth/**/*.py"),
+        *ROOT.glob("privacy/**/*.py"),
+        *ROOT.glob("server/**/*.py"),
+        *ROOT.glob("client/**/*.py"),
+    ]:
         text = path.read_text(encoding="utf-8")
         if re.search(r"<(!doctype|html|table|h[1-3]|img)\b", text, re.I):
             offenders.append(str(path.relative_to(ROOT)))

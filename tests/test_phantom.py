@@ -17,7 +17,9 @@ def cohort():
 
 def test_same_seed_same_records_other_seed_differs():
     a, b, c = make_phantom(40, seed=5), make_phantom(40, seed=5), make_phantom(40, seed=6)
-    assert all(np.array_equal(x.image, y.image) and x.report == y.report and x.phi_meta == y.phi_meta for x, y in zip(a, b))
+    assert all(
+        np.array_equal(x.image, y.image) and x.report == y.report and x.phi_meta == y.phi_meta for x, y in zip(a, b)
+    )
     assert any(not np.array_equal(x.image, y.image) for x, y in zip(a, c))
 
 
@@ -60,7 +62,13 @@ def test_structure_patients_sites_views_lateral_and_phi(cohort):
     assert {r.view for r in cohort} == {"PA", "AP"}
     assert 0 < sum(r.lateral is None for r in cohort) < len(cohort) / 2
     for r in cohort:
-        assert set(r.phi_meta) == {"PatientName", "PatientID", "AccessionNumber", "PatientBirthDate", "ReferringPhysicianName"}
+        assert set(r.phi_meta) == {
+            "PatientName",
+            "PatientID",
+            "AccessionNumber",
+            "PatientBirthDate",
+            "ReferringPhysicianName",
+        }
         assert r.image.dtype == np.uint8 and r.image.shape == (48, 48)
     text = " ".join(r.report for r in cohort)
     assert sum(r.phi_meta["PatientID"] in r.report for r in cohort) > 0.1 * len(cohort)
@@ -100,10 +108,17 @@ def _train_and_score_cnn():
     y = torch.tensor(np.stack([r.label_vector(uncertain_as=0.0) for r in recs]))
     xtr, ytr, xte, yte = x[:450], y[:450], x[450:], y[450:]
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(), torch.nn.Linear(32 * 4 * 4, len(LABELS)),
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(32, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 4 * 4, len(LABELS)),
     )
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(8):

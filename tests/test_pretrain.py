@@ -2,7 +2,6 @@
 hash, the pin every site checks, what fine-tuning freezes, and the record of the base in the
 checkpoint and the privacy ledger."""
 
-
 import numpy as np
 import pytest
 
@@ -38,7 +37,9 @@ def base(tmp_path_factory):
 
 def _run(base, tmp_path, extra: str = "") -> "object":
     path = tmp_path / "finetune.yaml"
-    path.write_text(TINY + f"train: {{steps: 2, batch_size: 8, num_threads: 1, init_from: '{base}'}}\n" + extra, encoding="utf-8")
+    path.write_text(
+        TINY + f"train: {{steps: 2, batch_size: 8, num_threads: 1, init_from: '{base}'}}\n" + extra, encoding="utf-8"
+    )
     return path
 
 
@@ -102,7 +103,20 @@ def test_a_run_refuses_a_base_that_differs_from_its_pin_or_from_its_card(base, t
 
 
 def test_the_run_config_is_pinned_to_the_base_and_a_shape_change_is_named(base):
-    cfg = load_config("mopoe-tiny", {"model": {"image_size": 16, "latent_dim": 8, "channels": 8, "text_length": 64, "text_channels": 16, "embed_dim": 8}, "train": {"init_from": str(base)}})
+    cfg = load_config(
+        "mopoe-tiny",
+        {
+            "model": {
+                "image_size": 16,
+                "latent_dim": 8,
+                "channels": 8,
+                "text_length": 64,
+                "text_channels": 16,
+                "embed_dim": 8,
+            },
+            "train": {"init_from": str(base)},
+        },
+    )
     assert pinned(cfg).train.init_sha256 == read_card(base).sha256
     model, _ = load_base(pinned(cfg))
     assert model_sha256(model) == read_card(base).sha256
@@ -120,7 +134,12 @@ def test_finetune_patterns_freeze_the_rest_and_dp_protects_only_what_trains(base
     model, _, _ = load_checkpoint(base)
     trainable, total = apply_finetune(model, ("enc_frontal.*", "dec_frontal.*"))
     assert 0 < trainable < total
-    assert all(not p.requires_grad for n, net in model.nets.items() if n not in ("enc_frontal", "dec_frontal") for p in net.parameters())
+    assert all(
+        not p.requires_grad
+        for n, net in model.nets.items()
+        if n not in ("enc_frontal", "dec_frontal")
+        for p in net.parameters()
+    )
     model.opts = model.make_optimizers()
     privatize(model, cfg, 0.1)
     from opacus import GradSampleModule
@@ -146,15 +165,36 @@ def test_a_site_refuses_round_one_weights_that_are_not_the_pinned_base(base, tmp
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
     root = tmp_path / "site"
     write_dataset(root, [r.with_(site="site-a") for r in make_phantom(n=24, sites=1, seed=5, image_size=16)])
-    cfg = pinned(load_config("mopoe-tiny", {"model": {"image_size": 16, "latent_dim": 8, "channels": 8, "text_length": 64, "text_channels": 16, "embed_dim": 8}, "train": {"init_from": str(base), "batch_size": 4, "num_threads": 1}, "federation": {"local_steps": 1},
-                                         "dp": {"enabled": True, "noise_multiplier": 1.0, "delta": 1e-5, "epsilon_budget": 10.0}}))
+    cfg = pinned(
+        load_config(
+            "mopoe-tiny",
+            {
+                "model": {
+                    "image_size": 16,
+                    "latent_dim": 8,
+                    "channels": 8,
+                    "text_length": 64,
+                    "text_channels": 16,
+                    "embed_dim": 8,
+                },
+                "train": {"init_from": str(base), "batch_size": 4, "num_threads": 1},
+                "federation": {"local_steps": 1},
+                "dp": {"enabled": True, "noise_multiplier": 1.0, "delta": 1e-5, "epsilon_budget": 10.0},
+            },
+        )
+    )
     model, _ = load_base(cfg)
-    ctx = Context(run_id=11, node_id=1, node_config={"data-path": str(root), "site": "site-a"}, state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=11, node_id=1, node_config={"data-path": str(root), "site": "site-a"}, state=RecordDict(), run_config={}
+    )
 
     def round_one(arrays):
         conf = round_config(cfg, model.extra_state())
         conf["server-round"] = 1
-        return make_app()(Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"), ctx)
+        return make_app()(
+            Message(RecordDict({"arrays": to_arrays(arrays), "config": conf}), dst_node_id=1, message_type="train"),
+            ctx,
+        )
 
     ok = round_one(model.state())
     assert not ok.has_error(), ok.error.reason

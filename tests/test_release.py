@@ -22,7 +22,24 @@ def audited(tmp_path_factory):
     policy = root / "policy.yaml"
     policy.write_text("skip: [membership, phi]\nmax_closeness_upper: 0.95\nbootstrap: 50\n", encoding="utf-8")
     key = make_key(root)
-    code = main(["--quiet", "audit", "--synthetic", str(syn_dir), "--train", str(real_dir), "--holdout", str(real_dir), "--policy", str(policy), "--out", str(root / "audit"), "--key", str(key)])
+    code = main(
+        [
+            "--quiet",
+            "audit",
+            "--synthetic",
+            str(syn_dir),
+            "--train",
+            str(real_dir),
+            "--holdout",
+            str(real_dir),
+            "--policy",
+            str(policy),
+            "--out",
+            str(root / "audit"),
+            "--key",
+            str(key),
+        ]
+    )
     assert code == 0
     return root, syn_dir, root / "audit"
 
@@ -37,7 +54,19 @@ def _copy(audited, tmp_path):
 
 
 def _release(syn, audit, tmp_path, out="bundle"):
-    return main(["release", "--synthetic", str(syn), "--audit", str(audit), "--key", str(tmp_path / "steward.pem"), "--out", str(tmp_path / out)])
+    return main(
+        [
+            "release",
+            "--synthetic",
+            str(syn),
+            "--audit",
+            str(audit),
+            "--key",
+            str(tmp_path / "steward.pem"),
+            "--out",
+            str(tmp_path / out),
+        ]
+    )
 
 
 def test_release_refuses_an_edited_audit_and_recomputes_the_verdict(audited, tmp_path, capsys):
@@ -112,7 +141,11 @@ def test_bundle_verifies_and_any_byte_change_fails(audited, tmp_path, capsys):
     assert main(verify) == 1 and "signature" in capsys.readouterr().err
 
     other = tmp_path / "other.pub"
-    other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    other.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     assert main(["release", "verify", str(bundle), "--public-key", str(other)]) == 1
 
 
@@ -121,5 +154,20 @@ def test_release_needs_its_arguments_and_a_real_key(audited, tmp_path, capsys):
     assert main(["release", "--synthetic", str(syn)]) == 2
     bad = tmp_path / "bad.pem"
     bad.write_text("not a key")
-    assert main(["release", "--synthetic", str(syn), "--audit", str(audit), "--key", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert (
+        main(
+            [
+                "release",
+                "--synthetic",
+                str(syn),
+                "--audit",
+                str(audit),
+                "--key",
+                str(bad),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 2
+    )
     assert "bad.pem" in capsys.readouterr().err

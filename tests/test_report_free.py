@@ -32,7 +32,7 @@ AS_NIH = {t: s for s, t in reversed(list(NIH_TO_CHEXPERT.items())) if t}
 def readme_commands() -> list[list[str]]:
     """The `cxrsynth` lines of the section's bash block, as argument lists."""
     text = README.read_text(encoding="utf-8")
-    section = text[text.index(SECTION):]
+    section = text[text.index(SECTION) :]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     return [shlex.split(line)[1:] for line in block.splitlines() if line.startswith("cxrsynth ")]
 
@@ -57,11 +57,15 @@ def make_site_folder(root: Path, n: int, seed: int = 0) -> None:
 def _fast(root: Path) -> dict[tuple[str, ...], list[str]]:
     (root / "fast-ldm.yaml").write_text("preset: ldm-tiny\nmodel: {vae_steps: 3, sample_steps: 3}\n", encoding="utf-8")
     (root / "fast-fl.yaml").write_text(
-        "preset: ldm-tiny\nmodel: {vae_steps: 2, sample_steps: 3}\nfederation: {sites: 2, partition: iid, rounds: 2, local_steps: 3, min_sites: 2}\n", encoding="utf-8"
+        "preset: ldm-tiny\nmodel: {vae_steps: 2, sample_steps: 3}\nfederation: {sites: 2, partition: iid, rounds: 2, local_steps: 3, min_sites: 2}\n",
+        encoding="utf-8",
     )
     # A few synthetic samples cannot narrow the closeness and membership intervals, and the tiny
     # model's images carry no label yet: the release below is the report-free one, not a good one.
-    (root / "fast-policy.yaml").write_text("fidelity_steps: 30\nmax_closeness_upper: 1.0\nmax_mia_auc_upper: 1.0\nskip: [label_fidelity]\n", encoding="utf-8")
+    (root / "fast-policy.yaml").write_text(
+        "fidelity_steps: 30\nmax_closeness_upper: 1.0\nmax_mia_auc_upper: 1.0\nskip: [label_fidelity]\n",
+        encoding="utf-8",
+    )
     return {
         ("train",): ["--config", "fast-ldm.yaml", "--steps", "6"],
         ("fl", "simulate"): ["--config", "fast-fl.yaml"],
@@ -95,7 +99,11 @@ def test_readme_commands_take_a_report_free_folder_from_ingest_to_release(tmp_pa
 
     checks = json.loads(Path("runs/rf-audit/audit.json").read_text())["checks"]
     for name in TEXT_CHECKS:
-        assert checks[name]["passed"] and checks[name]["status"] == "no_reports" and "no training report to leak" in checks[name]["note"]
+        assert (
+            checks[name]["passed"]
+            and checks[name]["status"] == "no_reports"
+            and "no training report to leak" in checks[name]["note"]
+        )
     # The LDM writes the label sentence it was prompted with: that text is scanned and read.
     assert checks["phi"]["status"] == "ran" and checks["report_labels"]["status"] == "ran"
     assert all(checks[n]["status"] == "ran" for n in ("image_copies", "image_closeness", "membership"))
@@ -114,11 +122,20 @@ def sets():
     with their own labels, so images carry their labels (label fidelity can pass)."""
     recs = _bare(make_phantom(160, sites=1, seed=5, image_size=32, lateral=False))
     train, holdout = recs[:110], recs[110:]
-    synthetic = [r.with_(record_id=f"syn{i}", patient_id=f"synp{i}", study_id=f"syns{i}", site="synthetic") for i, r in enumerate(holdout)]
+    synthetic = [
+        r.with_(record_id=f"syn{i}", patient_id=f"synp{i}", study_id=f"syns{i}", site="synthetic")
+        for i, r in enumerate(holdout)
+    ]
     return synthetic, train, holdout
 
 
-POLICY = AuditPolicy(fidelity_steps=60, min_fidelity_positives=3, min_fidelity_real_positives=5, max_closeness_upper=1.0, skip=("membership",))
+POLICY = AuditPolicy(
+    fidelity_steps=60,
+    min_fidelity_positives=3,
+    min_fidelity_real_positives=5,
+    max_closeness_upper=1.0,
+    skip=("membership",),
+)
 
 
 def test_audit_without_any_report_says_no_reports_and_still_runs_the_image_checks(sets):
@@ -148,7 +165,9 @@ def test_text_checks_run_when_a_site_has_reports_and_fail_closed_for_a_site_that
 
 def test_the_no_reports_count_crosses_the_federated_wire_format(sets):
     synthetic, train, holdout = sets
-    answer, _ = site_audit(synthetic, train, holdout, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")}), site="a")
+    answer, _ = site_audit(
+        synthetic, train, holdout, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")}), site="a"
+    )
     metrics = answer_to_record(answer, synthetic)
     assert metrics["n_train_reports"] == 0 and all(isinstance(v, (int, float, list)) for v in metrics.values())
     back = record_to_answer(metrics, synthetic, "node1")
@@ -158,27 +177,96 @@ def test_the_no_reports_count_crosses_the_federated_wire_format(sets):
 
 def test_synthetic_text_from_a_report_free_model_is_still_scanned_and_read(sets):
     synthetic, train, holdout = sets
-    written = [r.with_(findings="There is a pleural effusion." if r.labels.get("Pleural Effusion") == 1 else "No pleural effusion.") for r in synthetic]
-    audit, _ = audit_records(written, train, holdout, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")}))
+    written = [
+        r.with_(
+            findings="There is a pleural effusion."
+            if r.labels.get("Pleural Effusion") == 1
+            else "No pleural effusion."
+        )
+        for r in synthetic
+    ]
+    audit, _ = audit_records(
+        written, train, holdout, POLICY.model_copy(update={"skip": ("membership", "label_fidelity")})
+    )
     checks = audit["checks"]
     assert checks["phi"]["status"] == "ran" and checks["report_labels"]["status"] == "ran"
     assert checks["text_rare_ngrams"]["status"] == "no_reports"  # no training report, nothing to leak
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, model", [("emixer-tiny", "{reports: none}"), ("mopoe-tiny", "{modalities: [frontal, labels]}")])
+@pytest.mark.parametrize(
+    "preset, model", [("emixer-tiny", "{reports: none}"), ("mopoe-tiny", "{modalities: [frontal, labels]}")]
+)
 def test_report_free_emixer_and_mopoe_federate_generate_evaluate_and_audit(tmp_path, monkeypatch, preset, model):
     make_site_folder(tmp_path, 200)
     monkeypatch.chdir(tmp_path)
-    assert main(["--quiet", "data", "ingest", "--source", "manifest", "--path", "site/labels.csv", "--labels", "nih", "--ignore-columns", "Patient Age", "--out", "site-data"]) == 0
-    Path("fl.yaml").write_text(f"preset: {preset}\nmodel: {model}\nfederation: {{sites: 2, partition: iid, rounds: 2, local_steps: 3, min_sites: 2}}\n", encoding="utf-8")
+    assert (
+        main(
+            [
+                "--quiet",
+                "data",
+                "ingest",
+                "--source",
+                "manifest",
+                "--path",
+                "site/labels.csv",
+                "--labels",
+                "nih",
+                "--ignore-columns",
+                "Patient Age",
+                "--out",
+                "site-data",
+            ]
+        )
+        == 0
+    )
+    Path("fl.yaml").write_text(
+        f"preset: {preset}\nmodel: {model}\nfederation: {{sites: 2, partition: iid, rounds: 2, local_steps: 3, min_sites: 2}}\n",
+        encoding="utf-8",
+    )
     assert main(["--quiet", "fl", "simulate", "--config", "fl.yaml", "--data", "site-data", "--out", "fl"]) == 0
-    assert main(["--quiet", "generate", "--checkpoint", "fl", "--n", "30", "--out", "syn", "--labels-from", "site-data"]) == 0
+    assert (
+        main(["--quiet", "generate", "--checkpoint", "fl", "--n", "30", "--out", "syn", "--labels-from", "site-data"])
+        == 0
+    )
     syn, _ = read_dataset("syn")
     assert not any(r.report for r in syn) and all(r.has_labels() for r in syn)
-    assert main(["--quiet", "evaluate", "--synthetic", "syn", "--real", "site-data", "--out", "eval", "--classifier-steps", "20"]) == 0
+    assert (
+        main(
+            [
+                "--quiet",
+                "evaluate",
+                "--synthetic",
+                "syn",
+                "--real",
+                "site-data",
+                "--out",
+                "eval",
+                "--classifier-steps",
+                "20",
+            ]
+        )
+        == 0
+    )
     Path("policy.yaml").write_text("fidelity_steps: 30\n", encoding="utf-8")
-    assert main(["--quiet", "audit", "--synthetic", "syn", "--train", "site-data", "--holdout", "site-data", "--checkpoint", "fl", "--policy", "policy.yaml", "--out", "audit"]) in (0, 1)
+    assert main(
+        [
+            "--quiet",
+            "audit",
+            "--synthetic",
+            "syn",
+            "--train",
+            "site-data",
+            "--holdout",
+            "site-data",
+            "--checkpoint",
+            "fl",
+            "--policy",
+            "policy.yaml",
+            "--out",
+            "audit",
+        ]
+    ) in (0, 1)
     checks = json.loads(Path("audit/audit.json").read_text())["checks"]
     assert all(checks[n]["status"] == "no_reports" for n in (*TEXT_CHECKS, "phi", "report_labels"))
     assert checks["membership"]["status"] == "ran" and np.isfinite(checks["membership"]["auc"])

@@ -16,7 +16,15 @@ from cxrsynth.privacy.dp import privatize
 from cxrsynth.train import train_steps
 
 EMIXER_TINY = dict(
-    image_size=16, up_blocks=2, z_chunk=4, z_dim=16, class_embed_dim=8, g_width=8, attn_resolution=16, d_width=8, d_steps=2,
+    image_size=16,
+    up_blocks=2,
+    z_chunk=4,
+    z_dim=16,
+    class_embed_dim=8,
+    g_width=8,
+    attn_resolution=16,
+    d_width=8,
+    d_steps=2,
 )
 MOPOE_TINY = dict(image_size=16, latent_dim=8, channels=8, label_hidden=16, lr=2e-3)
 
@@ -30,7 +38,9 @@ def bare():
 
 def _run(family: str, model: dict, dp: bool = False):
     data = {"family": family, **model}
-    return config_from_dict({"model": data, "train": {"batch_size": 8}, "dp": {"enabled": dp, "noise_multiplier": 1.0}})
+    return config_from_dict(
+        {"model": data, "train": {"batch_size": 8}, "dp": {"enabled": dp, "noise_multiplier": 1.0}}
+    )
 
 
 def _built(cfg, records):
@@ -42,9 +52,13 @@ def _built(cfg, records):
 
 
 def test_paper_settings_refuse_report_free_data_and_name_the_setting(bare, caplog):
-    with pytest.raises(InputError, match=r"none of the 40 training records has findings or impression text.*model.reports: none"):
+    with pytest.raises(
+        InputError, match=r"none of the 40 training records has findings or impression text.*model.reports: none"
+    ):
         _built(_run("emixer", EMIXER_TINY), bare)
-    with pytest.raises(InputError, match=r"modalities \['frontal', 'lateral', 'report'\].*model.modalities: \[frontal, labels\]"):
+    with pytest.raises(
+        InputError, match=r"modalities \['frontal', 'lateral', 'report'\].*model.modalities: \[frontal, labels\]"
+    ):
         _built(_run("mopoe", MOPOE_TINY), bare)
     with pytest.raises(InputError, match="no site shared a report word"):
         build_model(_run("emixer", EMIXER_TINY).model).setup_from_counts({}, 40)
@@ -96,7 +110,10 @@ def test_mopoe_with_labels_as_a_modality_trains_and_generates_images_with_labels
     assert all(np.array_equal(a.image, b.image) for a, b in zip(out, back.generate(4, wanted, seed=1)))
 
 
-@pytest.mark.parametrize("family, model", [("emixer", {**EMIXER_TINY, "reports": "none"}), ("mopoe", {**MOPOE_TINY, "modalities": ["frontal", "labels"]})])
+@pytest.mark.parametrize(
+    "family, model",
+    [("emixer", {**EMIXER_TINY, "reports": "none"}), ("mopoe", {**MOPOE_TINY, "modalities": ["frontal", "labels"]})],
+)
 def test_report_free_families_train_under_dp_sgd(bare, family, model):
     cfg = _run(family, model, dp=True)
     m = _built(cfg, bare)
@@ -109,4 +126,7 @@ def test_report_free_families_train_under_dp_sgd(bare, family, model):
 
 def test_presets_take_the_report_free_settings():
     assert load_config("emixer-tiny", {"model": {"reports": "none"}}).model.reports == "none"
-    assert load_config("mopoe-tiny", {"model": {"modalities": ["frontal", "labels"]}}).model.modalities == ("frontal", "labels")
+    assert load_config("mopoe-tiny", {"model": {"modalities": ["frontal", "labels"]}}).model.modalities == (
+        "frontal",
+        "labels",
+    )

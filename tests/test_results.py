@@ -16,7 +16,13 @@ AUDIT = {
     "passed": False,
     "checks": {
         "image_copies": {"passed": True, "status": "ran", "copies": 0, "copy_rate": 0.0, "reasons": []},
-        "membership": {"passed": False, "status": "ran", "auc": 0.71, "auc_ci": [0.6, 0.8], "reasons": ["MIA AUC upper bound 0.8 exceeds 0.6"]},
+        "membership": {
+            "passed": False,
+            "status": "ran",
+            "auc": 0.71,
+            "auc_ci": [0.6, 0.8],
+            "reasons": ["MIA AUC upper bound 0.8 exceeds 0.6"],
+        },
     },
     "flagged": {"images": [], "reports": ["syn-000003"]},
     "dropped_labels": [],
@@ -48,7 +54,14 @@ def test_metrics_read_back_as_written():
         "real": {"dir": "real", "train_records": 112, "holdout_records": 98},
         "settings": {"grid": 16},
         "status": {"fidelity": {"status": "ok", "detail": "", "seconds": 0.03}},
-        "fidelity": {"extractor": "pixels", "feature_dim": 64, "fid_synthetic_vs_holdout": 0.03, "fid_holdout_halves": None, "n_synthetic": 24, "n_holdout": 98},
+        "fidelity": {
+            "extractor": "pixels",
+            "feature_dim": 64,
+            "fid_synthetic_vs_holdout": 0.03,
+            "fid_holdout_halves": None,
+            "n_synthetic": 24,
+            "n_holdout": 98,
+        },
         "utility": {"arms": {"real": {"macro_auroc": 0.5}}},
     }
     typed = as_metrics(metrics)

@@ -39,7 +39,14 @@ SMALL = {
     "data": {"phantom": {"n": 60, "sites": 3, "image_size": 16}},
     "train": {"batch_size": 4, "num_threads": 1},
     "dp": {"enabled": True, "noise_multiplier": 1.0, "epsilon_budget": 50.0},
-    "federation": {"sites": 3, "rounds": 2, "local_steps": 2, "min_sites": 2, "vocab_min_count": 2, "secure_aggregation": "secagg+"},
+    "federation": {
+        "sites": 3,
+        "rounds": 2,
+        "local_steps": 2,
+        "min_sites": 2,
+        "vocab_min_count": 2,
+        "secure_aggregation": "secagg+",
+    },
 }
 
 
@@ -65,7 +72,11 @@ def recorder(root: str):
             if not reply.has_error() and "secaggplus_configs" in reply.content.config_records:
                 masked = [bytes_to_ndarray(b) for b in reply.content["secaggplus_configs"]["masked_params"]]
                 np.savez(out / f"r{rnd}-{site}-masked.npz", *masked)
-        sent = "error" if reply.has_error() else {name: [type(r).__name__, sorted(r.keys())] for name, r in reply.content.items()}
+        sent = (
+            "error"
+            if reply.has_error()
+            else {name: [type(r).__name__, sorted(r.keys())] for name, r in reply.content.items()}
+        )
         with open(out / f"{site}-sent.jsonl", "a") as f:
             f.write(json.dumps(sent) + "\n")
         return reply
@@ -76,7 +87,11 @@ def recorder(root: str):
 def site_2_claims_no_epsilon_in_round_2(msg, context, call_next):
     """A site that lies about its spending (the issue's epsilon 0.0), in the clear beside its masked update."""
     reply = call_next(msg, context)
-    if context.node_config["partition-id"] == 2 and "arrays" in msg.content.array_records and int(msg.content["config"]["server-round"]) == 2:
+    if (
+        context.node_config["partition-id"] == 2
+        and "arrays" in msg.content.array_records
+        and int(msg.content["config"]["server-round"]) == 2
+    ):
         if not reply.has_error() and "ledger" in reply.content.config_records:
             reply.content["ledger"]["epsilon"] = 0.0
     return reply
@@ -87,7 +102,13 @@ def _train_in_the_clear(root: Path, rnd: int, site: int) -> tuple[dict, int]:
     glob = dict(np.load(root / f"r{rnd}-site{site}-global.npz"))
     config = ConfigRecord(json.loads((root / f"r{rnd}-site{site}-config.json").read_text()))
     msg = Message(RecordDict({"arrays": to_arrays(glob), "config": config}), dst_node_id=1, message_type="train")
-    ctx = Context(run_id=11, node_id=1, node_config={"partition-id": site, "num-partitions": 3}, state=RecordDict(), run_config={})
+    ctx = Context(
+        run_id=11,
+        node_id=1,
+        node_config={"partition-id": site, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={},
+    )
     reply = make_app()(msg, ctx)
     assert not reply.has_error(), reply.error.reason
     return from_arrays(reply.content["arrays"]), int(reply.content["metrics"]["num-examples"])
@@ -135,7 +156,11 @@ def test_secure_sum_equals_fedavg_hides_each_update_and_drops_a_site_that_lies(t
                 w, n = local[i]
                 ratio = round(n / weight_scale * sa.quantization_range) / sa.quantization_range
                 delta = np.concatenate([(w[k].astype(np.float64) - glob[k]).ravel() for k in names]) * ratio
-                quantized = (np.clip(delta, -sa.clipping_range, sa.clipping_range) + sa.clipping_range) * sa.quantization_range / (2 * sa.clipping_range)
+                quantized = (
+                    (np.clip(delta, -sa.clipping_range, sa.clipping_range) + sa.clipping_range)
+                    * sa.quantization_range
+                    / (2 * sa.clipping_range)
+                )
                 assert np.mean(vec > sa.quantization_range) > 0.99
                 assert abs(np.corrcoef(vec, quantized)[0, 1]) < 0.05
     # Nothing but the protocol's record, counts/scalars and the ledger left a site: no array at all.
@@ -154,18 +179,31 @@ def test_masks_use_the_whole_seed():
     flip = os.urandom(4)
     twin = bytes(a ^ b for a, b in zip(seed[:4], flip)) + bytes(a ^ b for a, b in zip(seed[4:8], flip)) + seed[8:]
     shapes = [(3, 4), (), (7,)]
-    same = all(np.array_equal(a, b) for a, b in zip(pseudo_rand_gen(seed, 2**32, shapes), pseudo_rand_gen(twin, 2**32, shapes)))
+    same = all(
+        np.array_equal(a, b)
+        for a, b in zip(pseudo_rand_gen(seed, 2**32, shapes), pseudo_rand_gen(twin, 2**32, shapes))
+    )
     assert same  # the weakness this module works around
     ours, ours_twin = mask_stream(seed, 2**32, shapes), mask_stream(twin, 2**32, shapes)
     assert [m.shape for m in ours] == shapes and not np.array_equal(ours[0], ours_twin[0])
-    assert all(np.array_equal(a, b) for a, b in zip(ours, mask_stream(seed, 2**32, shapes)))  # both sides draw the same
+    assert all(
+        np.array_equal(a, b) for a, b in zip(ours, mask_stream(seed, 2**32, shapes))
+    )  # both sides draw the same
     big = mask_stream(seed, 2**16, [(100_000,)])[0]
     assert big.min() >= 0 and big.max() < 2**16 and abs(big.mean() / 2**15 - 1) < 0.01
 
 
 def test_egress_lets_the_secagg_record_out_of_train_replies_only():
     incoming = Message(RecordDict(), dst_node_id=1, message_type="train")
-    ok = Message(RecordDict({"secaggplus_configs": ConfigRecord({"dsts": [2, 3], "ctxts": [b"x", b"y"]}), "metrics": MetricRecord({"num-examples": 4})}), reply_to=incoming)
+    ok = Message(
+        RecordDict(
+            {
+                "secaggplus_configs": ConfigRecord({"dsts": [2, 3], "ctxts": [b"x", b"y"]}),
+                "metrics": MetricRecord({"num-examples": 4}),
+            }
+        ),
+        reply_to=incoming,
+    )
     check_reply(ok)
     for bad in ({"dsts": [2], "note": "Smith"}, {"masked_params": ["Smith"]}):
         with pytest.raises(EgressRefused):
@@ -176,32 +214,62 @@ def test_egress_lets_the_secagg_record_out_of_train_replies_only():
 
 
 def test_secure_aggregation_settings_that_cannot_work_are_refused():
-    for bad, named in (({"client_dp": "fixed"}, "client_dp"), ({"min_sites": 1}, "min_sites"), ({"secagg": {"modulus_range": 3 * 2**20}}, "power of 2")):
+    for bad, named in (
+        ({"client_dp": "fixed"}, "client_dp"),
+        ({"min_sites": 1}, "min_sites"),
+        ({"secagg": {"modulus_range": 3 * 2**20}}, "power of 2"),
+    ):
         with pytest.raises(ConfigError, match=named):
             load_config("mopoe-tiny", {"federation": {"secure_aggregation": "secagg+", **bad}})
     with pytest.raises(ConfigError, match="cannot hold the sum"):
-        load_config("mopoe-tiny", {"federation": {"secure_aggregation": "secagg+", "sites": 64, "secagg": {"quantization_range": 2**27}}})
+        load_config(
+            "mopoe-tiny",
+            {"federation": {"secure_aggregation": "secagg+", "sites": 64, "secagg": {"quantization_range": 2**27}}},
+        )
 
 
 def test_a_site_that_requires_secure_aggregation_refuses_a_plain_round(tmp_path):
     root = tmp_path / "hospital-a"
     write_dataset(root, [r.with_(site="hospital-a") for r in make_phantom(n=8, sites=1, seed=5, image_size=16)])
     (root / "site-policy.yaml").write_text(yaml.safe_dump({"require_secure_aggregation": True}))
-    cfg = load_config("mopoe-tiny", {**SMALL, "dp": {"enabled": True, "noise_multiplier": 1.0, "epsilon_budget": 10.0}, "federation": {"secure_aggregation": "off"}})
+    cfg = load_config(
+        "mopoe-tiny",
+        {
+            **SMALL,
+            "dp": {"enabled": True, "noise_multiplier": 1.0, "epsilon_budget": 10.0},
+            "federation": {"secure_aggregation": "off"},
+        },
+    )
     model = build_model(cfg.model)
     model.setup(make_phantom(n=8, sites=1, seed=1, image_size=16))
     conf = round_config(cfg, model.extra_state())
     conf["server-round"] = 1
-    msg = Message(RecordDict({"arrays": to_arrays(model.state()), "config": conf}), dst_node_id=1, message_type="train")
-    ctx = Context(run_id=11, node_id=1, node_config={"data-path": str(root), "site": "hospital-a"}, state=RecordDict(), run_config={})
+    msg = Message(
+        RecordDict({"arrays": to_arrays(model.state()), "config": conf}), dst_node_id=1, message_type="train"
+    )
+    ctx = Context(
+        run_id=11,
+        node_id=1,
+        node_config={"data-path": str(root), "site": "hospital-a"},
+        state=RecordDict(),
+        run_config={},
+    )
     reply = make_app()(msg, ctx)
-    assert reply.has_error() and reply.error.code == ERROR_KINDS["refused"] and "require_secure_aggregation" in reply.error.reason
+    assert (
+        reply.has_error()
+        and reply.error.code == ERROR_KINDS["refused"]
+        and "require_secure_aggregation" in reply.error.reason
+    )
 
 
 def test_a_secure_sum_far_above_earlier_rounds_is_refused_as_a_whole():
     from cxrsynth.server.secagg import sum_problem
 
-    history = [{"round": 1, "secure": {"update_norm": 0.3}}, {"round": 2, "secure": {"update_norm": 0.2}}, {"round": 3, "update_norms": {"1": 9.0}}]
+    history = [
+        {"round": 1, "secure": {"update_norm": 0.3}},
+        {"round": 2, "secure": {"update_norm": 0.2}},
+        {"round": 3, "update_norms": {"1": 9.0}},
+    ]
     assert sum_problem(50.0, [], 10.0) == ""  # round 1: nothing to compare with
     assert sum_problem(1.9, history, 10.0) == ""
     reason = sum_problem(2.5, history, 10.0)

@@ -27,7 +27,14 @@ def test_manifest_dataset_serves_the_records_read_dataset_reads_decoding_each_on
     assert report.kept == len(lazy) == len(eager) and not report.problems
     for i in (0, 7, len(eager) - 1):
         a, b = eager[i], lazy[i]
-        assert (a.record_id, a.patient_id, a.findings, a.impression, a.labels, a.view) == (b.record_id, b.patient_id, b.findings, b.impression, b.labels, b.view)
+        assert (a.record_id, a.patient_id, a.findings, a.impression, a.labels, a.view) == (
+            b.record_id,
+            b.patient_id,
+            b.findings,
+            b.impression,
+            b.labels,
+            b.view,
+        )
         assert np.array_equal(a.image, b.image) and np.array_equal(a.lateral, b.lateral)
     # Metadata alone reads no image.
     assert lazy.metadata(0).image is None and lazy.metadata(0).report == eager[0].report
@@ -39,7 +46,12 @@ def test_a_missing_image_is_a_reported_row_and_a_corrupt_one_names_its_row_when_
     (tmp_path / ds.image_paths[1]).unlink()
     (tmp_path / ds.image_paths[2]).write_bytes(b"not a png")
     ds, report = ManifestDataset.open(tmp_path)
-    assert len(ds) == 5 and report.skipped == 1 and "row 2" in str(report.problems[0]) and "missing" in str(report.problems[0])
+    assert (
+        len(ds) == 5
+        and report.skipped == 1
+        and "row 2" in str(report.problems[0])
+        and "missing" in str(report.problems[0])
+    )
     with pytest.raises(InputError, match=r"row 3: image_path .*corrupt"):
         ds[1]
     with pytest.raises(InputError, match="row 2"):
@@ -70,7 +82,10 @@ def test_data_parallel_ranks_split_each_poisson_batch_into_the_batch_of_one_proc
     patients = [f"p{i // 3}" for i in range(90)]
     for mode in ("poisson", "poisson-patient", "shuffle"):
         one = list(IndexBatchSampler(90, 12, seed=2, mode=mode, patient_ids=patients, steps=20))
-        ranks = [list(IndexBatchSampler(90, 12, seed=2, mode=mode, patient_ids=patients, steps=20, rank=r, world_size=2)) for r in (0, 1)]
+        ranks = [
+            list(IndexBatchSampler(90, 12, seed=2, mode=mode, patient_ids=patients, steps=20, rank=r, world_size=2))
+            for r in (0, 1)
+        ]
         for step, batch in enumerate(one):
             assert sorted(ranks[0][step] + ranks[1][step]) == sorted(batch)
 
@@ -91,7 +106,9 @@ def test_training_on_the_streamed_directory_matches_training_on_its_records_in_m
     from cxrsynth.models import build_model
     from cxrsynth.train import seed_everything
 
-    cfg = load_config("mopoe-tiny", {"data": {"path": str(site), "holdout_fraction": 0.25}, "model": {"image_size": 32}})
+    cfg = load_config(
+        "mopoe-tiny", {"data": {"path": str(site), "holdout_fraction": 0.25}, "model": {"image_size": 32}}
+    )
     streamed = training_set(cfg, load_run_dataset(cfg))
     eager = [r for r in read_dataset(site, with_phi=False)[0]]
     from cxrsynth.data.split import split_by_patient

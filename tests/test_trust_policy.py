@@ -48,7 +48,13 @@ def _site(tmp_path, n: int = 24, policy: dict | None = None):
 
 
 def _ctx(root, **extra):
-    return Context(run_id=11, node_id=1, node_config={"data-path": str(root), "site": "hospital-a", **extra}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=11,
+        node_id=1,
+        node_config={"data-path": str(root), "site": "hospital-a", **extra},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
 def _train_msg(cfg, rnd: int = 1):
@@ -58,7 +64,9 @@ def _train_msg(cfg, rnd: int = 1):
     model.setup(make_phantom(n=8, sites=1, seed=1, image_size=16))
     conf = round_config(cfg, model.extra_state())
     conf["server-round"] = rnd
-    return Message(RecordDict({"arrays": to_arrays(model.state()), "config": conf}), dst_node_id=1, message_type="train")
+    return Message(
+        RecordDict({"arrays": to_arrays(model.state()), "config": conf}), dst_node_id=1, message_type="train"
+    )
 
 
 @pytest.mark.parametrize(
@@ -99,7 +107,9 @@ def test_vocab_min_count_below_the_site_floor_is_raised_to_it(tmp_path):
 
     def counts(k: int) -> dict:
         cfg = _cfg(WITHIN_FLOOR, federation={**SMALL["federation"], "vocab_min_count": k})
-        reply = app(Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx)
+        reply = app(
+            Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx
+        )
         assert not reply.has_error(), reply.error.reason
         return dict(reply.content["counts"]), dict(reply.content["label-counts"])
 
@@ -119,8 +129,18 @@ def _dp_reply(node: int, arrays: dict, n: int, history: list, epsilon=None, ledg
     content = RecordDict({"arrays": to_arrays(arrays), "metrics": MetricRecord({"num-examples": n})})
     if ledger:
         eps = epsilon_of(history, cfg.dp) if epsilon is None else epsilon
-        entry = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "sample_rate": history[-1][1], "steps": sum(h[2] for h in history), "epsilon": eps,
-                 "delta": cfg.dp.delta, "epsilon_budget": 10.0, "accountant": cfg.dp.accountant, "privacy_unit": cfg.dp.privacy_unit, "history": history}
+        entry = {
+            "noise_multiplier": 1.0,
+            "max_grad_norm": 1.0,
+            "sample_rate": history[-1][1],
+            "steps": sum(h[2] for h in history),
+            "epsilon": eps,
+            "delta": cfg.dp.delta,
+            "epsilon_budget": 10.0,
+            "accountant": cfg.dp.accountant,
+            "privacy_unit": cfg.dp.privacy_unit,
+            "history": history,
+        }
         content["ledger"] = ledger_to_record(entry)
     return Message(content, reply_to=incoming)
 
@@ -136,7 +156,9 @@ def test_server_recomputes_epsilon_and_refuses_a_false_or_missing_ledger():
         _dp_reply(1, upd, 20, history),
         _dp_reply(2, upd, 20, history, epsilon=0.0),  # the issue's site reporting 0.0
         _dp_reply(3, upd, 20, history, ledger=False),
-        _dp_reply(4, upd, 20, [(1.0, 4 / 20, 400)], cfg=_cfg({**WITHIN_FLOOR, "delta": 1e-3})),  # a larger delta, epsilon "halved"
+        _dp_reply(
+            4, upd, 20, [(1.0, 4 / 20, 400)], cfg=_cfg({**WITHIN_FLOOR, "delta": 1e-3})
+        ),  # a larger delta, epsilon "halved"
         _dp_reply(5, upd, 40, history),  # rate 4/20 does not match 40 records
         _dp_reply(6, upd, 20, [(0.1, 4 / 20, 400)]),  # not the run's noise
     ]
@@ -147,7 +169,14 @@ def test_server_recomputes_epsilon_and_refuses_a_false_or_missing_ledger():
     assert "no DP ledger" in reasons[3]
     assert "delta" in reasons[4] and "sample rate" in reasons[5] and "noise multiplier" in reasons[6]
     # A ledger that spends less than the same site did in an earlier round is not believed either.
-    later = screen([_dp_reply(7, upd, 20, history)], g, 10.0, dp=cfg.dp, batch_size=4, ledgers={"7": {"steps": 800, "epsilon": 2 * true_eps}})
+    later = screen(
+        [_dp_reply(7, upd, 20, history)],
+        g,
+        10.0,
+        dp=cfg.dp,
+        batch_size=4,
+        ledgers={"7": {"steps": 800, "epsilon": 2 * true_eps}},
+    )
     assert not later.accepted and "earlier round" in later.rejected[0]["reason"]
 
 
@@ -178,7 +207,11 @@ def test_losses_stay_at_the_site_under_dp_and_the_ledger_travels(tmp_path):
     assert "num-examples" in keys and not any(k.startswith("loss-") for k in keys), keys
     assert "ledger" in reply.content.config_records and (tmp_path / "ledger.json").is_file()
     # Central evaluation (a mean loss over training records) is refused under the same policy.
-    ev = Message(RecordDict({"arrays": reply.content["arrays"], "config": _train_msg(_cfg(WITHIN_FLOOR)).content["config"]}), dst_node_id=1, message_type="evaluate")
+    ev = Message(
+        RecordDict({"arrays": reply.content["arrays"], "config": _train_msg(_cfg(WITHIN_FLOOR)).content["config"]}),
+        dst_node_id=1,
+        message_type="evaluate",
+    )
     out = make_app()(ev, _ctx(root))
     assert out.has_error() and "send_loss_metrics" in out.error.reason
 
@@ -196,7 +229,9 @@ def test_error_replies_carry_a_kind_and_no_cell_values_or_paths(tmp_path):
     from cxrsynth.privacy.audit.protocol import make_query
 
     syn = [r.with_(site="synthetic", split="") for r in make_phantom(n=3, sites=1, seed=9, image_size=16)]
-    msg = Message(make_query(syn, AuditPolicy(bootstrap=10, skip=("phi", "membership"))), dst_node_id=1, message_type="query")
+    msg = Message(
+        make_query(syn, AuditPolicy(bootstrap=10, skip=("phi", "membership"))), dst_node_id=1, message_type="query"
+    )
     reply = make_app()(msg, _ctx(root))
     assert reply.has_error() and reply.error.code == ERROR_KINDS["bad-input"]
     for secret in ("John", "4471920", str(root), "manifest.csv"):
@@ -220,19 +255,40 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     for d in ("keys", "other"):
-        subprocess.run([sys.executable, str(repo / "deploy" / "certs.py"), "--out", str(tmp_path / d), "--app-signer", "coordinator"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(repo / "deploy" / "certs.py"),
+                "--out",
+                str(tmp_path / d),
+                "--app-signer",
+                "coordinator",
+            ],
+            check=True,
+            capture_output=True,
+        )
     from cxrsynth.data.split import split_by_patient
 
     # Split by patient: a site refuses to answer while a patient is on both sides of its split.
-    recs = split_by_patient([r.with_(site="hospital-a") for r in make_phantom(n=66, sites=1, seed=5, image_size=16)], 0.35, 1)
+    recs = split_by_patient(
+        [r.with_(site="hospital-a") for r in make_phantom(n=66, sites=1, seed=5, image_size=16)], 0.35, 1
+    )
     root = tmp_path / "hospital-a"
     write_dataset(root, recs)
     (root / "site-policy.yaml").write_text(yaml.safe_dump({"audit_query_budget": 1}))
-    ctx = _ctx(root, **{"trusted-entities": str(tmp_path / "keys" / "trusted-entities.yaml"), "ledger-path": str(tmp_path / "ledger.json")})
+    ctx = _ctx(
+        root,
+        **{
+            "trusted-entities": str(tmp_path / "keys" / "trusted-entities.yaml"),
+            "ledger-path": str(tmp_path / "ledger.json"),
+        },
+    )
     app = make_app()
     arrays = {"x": np.zeros(2, np.float32)}
     syn = [r.with_(site="synthetic", split="") for r in make_phantom(n=4, sites=1, seed=9, image_size=16)]
-    probe = [r.with_(record_id=f"probe{i}", site="synthetic", split="") for i, r in enumerate(recs[1:4])]  # the site's own training images
+    probe = [
+        r.with_(record_id=f"probe{i}", site="synthetic", split="") for i, r in enumerate(recs[1:4])
+    ]  # the site's own training images
     refused = {
         "unsigned": _pinned_query(probe, None, arrays),
         "foreign key": _pinned_query(probe, tmp_path / "other" / "signing" / "coordinator", arrays),
@@ -243,7 +299,10 @@ def test_audit_query_answers_only_a_pinned_set_within_the_site_budget(tmp_path):
     refused["set swapped after pinning"] = tampered
     for name, msg in refused.items():
         reply = app(msg, ctx)
-        assert reply.has_error() and reply.error.code == ERROR_KINDS["refused"], (name, reply.error.reason if reply.has_error() else "answered")
+        assert reply.has_error() and reply.error.code == ERROR_KINDS["refused"], (
+            name,
+            reply.error.reason if reply.has_error() else "answered",
+        )
     ok = app(_pinned_query(syn, tmp_path / "keys" / "signing" / "coordinator", arrays), ctx)
     assert not ok.has_error(), ok.error.reason
     log = (tmp_path / "ledger.json.audit-queries.jsonl").read_text().splitlines()
@@ -257,19 +316,35 @@ def test_an_unpinned_audit_query_is_a_membership_oracle_and_a_hospital_refuses_i
     set. A site that answers any set flags exactly its training images; the default floor refuses."""
     recs = make_phantom(n=66, sites=1, seed=5, image_size=16)
     patients = list(dict.fromkeys(r.patient_id for r in recs))  # split by patient, as the site requires
-    recs = [r.with_(site="hospital-a", split="holdout" if patients.index(r.patient_id) % 3 == 0 else "train") for r in recs]
+    recs = [
+        r.with_(site="hospital-a", split="holdout" if patients.index(r.patient_id) % 3 == 0 else "train") for r in recs
+    ]
     root = tmp_path / "hospital-a"
     write_dataset(root, recs)
     train, holdout = [r for r in recs if r.split == "train"][:3], [r for r in recs if r.split == "holdout"][:3]
-    probe = [r.with_(record_id=f"probe{i}", site="synthetic", split="") for i, r in enumerate([train[0], holdout[0], train[1], holdout[1], train[2], holdout[2]])]
+    probe = [
+        r.with_(record_id=f"probe{i}", site="synthetic", split="")
+        for i, r in enumerate([train[0], holdout[0], train[1], holdout[1], train[2], holdout[2]])
+    ]
     query = _pinned_query(probe, None, {"x": np.zeros(2, np.float32)})
     (root / "site-policy.yaml").write_text(yaml.safe_dump({"require_signed_audit_sets": False}))
     answered = make_app()(query, _ctx(root, **{"ledger-path": str(tmp_path / "open.json")}))
     assert not answered.has_error(), answered.error.reason
-    assert sorted(answered.content["audit"]["images.copies"]) == [0, 2, 4]  # the oracle: training images, and only they
+    assert sorted(answered.content["audit"]["images.copies"]) == [
+        0,
+        2,
+        4,
+    ]  # the oracle: training images, and only they
     (root / "site-policy.yaml").unlink()
-    refused = make_app()(_pinned_query(probe, None, {"x": np.zeros(2, np.float32)}), _ctx(root, **{"ledger-path": str(tmp_path / "floor.json")}))
-    assert refused.has_error() and refused.error.code == ERROR_KINDS["refused"] and "no coordinator pin" in refused.error.reason
+    refused = make_app()(
+        _pinned_query(probe, None, {"x": np.zeros(2, np.float32)}),
+        _ctx(root, **{"ledger-path": str(tmp_path / "floor.json")}),
+    )
+    assert (
+        refused.has_error()
+        and refused.error.code == ERROR_KINDS["refused"]
+        and "no coordinator pin" in refused.error.reason
+    )
 
 
 def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
@@ -285,13 +360,27 @@ def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
     from cxrsynth.server.audit_query import _pin
 
     repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, str(repo / "deploy" / "certs.py"), "--out", str(tmp_path / "keys"), "--app-signer", "coordinator"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(repo / "deploy" / "certs.py"),
+            "--out",
+            str(tmp_path / "keys"),
+            "--app-signer",
+            "coordinator",
+        ],
+        check=True,
+        capture_output=True,
+    )
     cfg = _cfg(WITHIN_FLOOR)
     model = build_model(cfg.model)
     model.setup(make_phantom(n=8, sites=1, seed=1, image_size=16))
     save_checkpoint(tmp_path / "ckpt", model, cfg, {"step": 0}, save_optimizers=False)
     short = checkpoint_hash(tmp_path / "ckpt")
-    own = [r.with_(site="synthetic", split="", provenance=f"family=mopoe;checkpoint={short};seed={i}") for i, r in enumerate(make_phantom(n=3, sites=1, seed=9, image_size=16))]
+    own = [
+        r.with_(site="synthetic", split="", provenance=f"family=mopoe;checkpoint={short};seed={i}")
+        for i, r in enumerate(make_phantom(n=3, sites=1, seed=9, image_size=16))
+    ]
     probe = [*own, own[0].with_(record_id="probe", provenance="")]  # a real image slipped in among the model's output
     key = tmp_path / "keys" / "signing" / "coordinator"
     policy = AuditPolicy(bootstrap=10, skip=("phi",))

@@ -32,7 +32,9 @@ def test_default_demo_releases_synthetic_data_that_carries_its_labels(demo):
     u = metrics["utility"]
     real = u["arms"]["real"]["macro_auroc"]
     syn = u["arms"]["synthetic"]["macro_auroc"]
-    assert syn >= SYNTHETIC_TO_REAL_FLOOR * real, f"synthetic-only {syn:.3f} < {SYNTHETIC_TO_REAL_FLOOR} x real-only {real:.3f}"
+    assert syn >= SYNTHETIC_TO_REAL_FLOOR * real, (
+        f"synthetic-only {syn:.3f} < {SYNTHETIC_TO_REAL_FLOOR} x real-only {real:.3f}"
+    )
     audit = json.loads((demo.out / "audit" / "audit.json").read_text(encoding="utf-8"))
     assert audit["passed"], [k for k, v in audit["checks"].items() if not v["passed"]]
     assert audit["checks"]["dp_ledger"]["epsilon_max"] <= EPSILON_BUDGET
@@ -52,8 +54,21 @@ def test_bench_utility_quick_writes_the_frontier(tmp_path):
     root = Path(__file__).resolve().parent.parent
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "bench_utility.py"), "--quick", "--families", "ldm", "--epsilons", "none,8", "--out", str(out)],
-        capture_output=True, text=True, cwd=root, timeout=1800,
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_utility.py"),
+            "--quick",
+            "--families",
+            "ldm",
+            "--epsilons",
+            "none,8",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text(encoding="utf-8"))["rows"]

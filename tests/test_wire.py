@@ -37,21 +37,36 @@ class Figures(BaseModel):
 
 
 def test_a_typed_result_round_trips_through_a_metric_record_with_its_booleans():
-    figures = Figures(passed=True, n=40, auc=Interval(low=0.4, high=0.61), replicates=[0.5, 0.52], per_label={"No Finding": 0.7, "Pleural Effusion": 0.8})
+    figures = Figures(
+        passed=True,
+        n=40,
+        auc=Interval(low=0.4, high=0.61),
+        replicates=[0.5, 0.52],
+        per_label={"No Finding": 0.7, "Pleural Effusion": 0.8},
+    )
     record = to_metric_record(figures)
     assert record["passed"] == 1 and record["auc.high"] == 0.61 and record["per_label.Pleural Effusion"] == 0.8
     assert from_record(_over_the_wire(record), Figures) == figures
 
 
 def test_a_nested_dict_round_trips_through_a_config_record_with_strings_and_empty_lists():
-    result = {"status": "ran", "images": {"copies": [], "encoder": "pixels", "rate": 0.0}, "flags": [True, False], "sizes": [3, 4]}
+    result = {
+        "status": "ran",
+        "images": {"copies": [], "encoder": "pixels", "rate": 0.0},
+        "flags": [True, False],
+        "sizes": [3, 4],
+    }
     assert from_record(_over_the_wire(to_config_record(result))) == result
 
 
 @settings(max_examples=60, deadline=None)
 @given(
     st.recursive(
-        st.one_of(st.integers(-(2**40), 2**40), st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(0, 1000), max_size=4)),
+        st.one_of(
+            st.integers(-(2**40), 2**40),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.lists(st.integers(0, 1000), max_size=4),
+        ),
         lambda inner: st.dictionaries(st.text("abcdef_ -", min_size=1, max_size=6), inner, min_size=1, max_size=4),
         max_leaves=12,
     ).filter(lambda x: isinstance(x, dict))

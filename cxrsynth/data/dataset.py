@@ -56,7 +56,9 @@ class DatasetReport:
     kept: int = 0
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)  # kept, but worth a look (e.g. no report text)
-    notes: dict = field(default_factory=dict)  # what the reader did beyond rows (e.g. the label mapping), for the ingest report
+    notes: dict = field(
+        default_factory=dict
+    )  # what the reader did beyond rows (e.g. the label mapping), for the ingest report
 
     @property
     def skipped(self) -> int:
@@ -132,7 +134,9 @@ def load_png(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise ValueError("image file is missing") from None
     except Image.DecompressionBombError:
-        raise ValueError("image file claims more pixels than any radiograph has (a decompression bomb, or a corrupt header)") from None
+        raise ValueError(
+            "image file claims more pixels than any radiograph has (a decompression bomb, or a corrupt header)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise ValueError(f"image file is corrupt or not an image ({e.__class__.__name__})") from None
     if arr.dtype != np.uint8:
@@ -145,7 +149,9 @@ def load_png(path: Path) -> np.ndarray:
 def save_png(arr: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fixed PNG encoder settings so the same array always gives the same bytes.
-    Image.fromarray(np.asarray(arr, dtype=np.uint8), mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(np.asarray(arr, dtype=np.uint8), mode="L").save(
+        path, format="PNG", optimize=False, compress_level=6
+    )
 
 
 def read_dataset(
@@ -243,8 +249,14 @@ class CsvRows:
                 except StopIteration:
                     return
                 except csv.Error as e:
-                    hint = "a cell longer than 131072 characters" if "field limit" in str(e) else "an unterminated or stray quote"
-                    raise InputError(f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read.") from None
+                    hint = (
+                        "a cell longer than 131072 characters"
+                        if "field limit" in str(e)
+                        else "an unterminated or stray quote"
+                    )
+                    raise InputError(
+                        f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read."
+                    ) from None
                 row, line = row + 1, self._reader.line_num
                 yield item
         finally:
@@ -336,7 +348,10 @@ def image_relpath(record: Record, lateral: bool = False) -> str:
     in characters the safe form maps to "_" ("a/b", "a b", "a_b") or in letter case apart."""
     import hashlib
 
-    safe = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in record.record_id)[:80].lstrip(".") or "_"
+    safe = (
+        "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in record.record_id)[:80].lstrip(".")
+        or "_"
+    )
     tag = hashlib.sha256(record.record_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"images/{safe}-{tag}{'_lat' if lateral else ''}.png"
 
@@ -445,7 +460,9 @@ def require_patient_split(records: Iterable[Record], where: str) -> None:
     are the site's)."""
     n = split_overlap(records)
     if n:
-        raise InputError(f"{where}: {n} patient(s) have records in both train and holdout; the split must be by patient (no patient on both sides). Fix the split, or leave it empty to have it made by patient.")
+        raise InputError(
+            f"{where}: {n} patient(s) have records in both train and holdout; the split must be by patient (no patient on both sides). Fix the split, or leave it empty to have it made by patient."
+        )
 
 
 def stray_files(root: str | Path) -> list[str]:
@@ -521,12 +538,16 @@ def read_phi_headers(root: str | Path) -> dict[str, dict[str, str]]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError(f"{path}, line {i}: not UTF-8 text; the file holds one JSON object a line, UTF-8.") from None
+            raise InputError(
+                f"{path}, line {i}: not UTF-8 text; the file holds one JSON object a line, UTF-8."
+            ) from None
         if not line.strip():
             continue
         try:
             item = json.loads(line)
             out[str(item["id"])] = {str(k): str(v) for k, v in item["meta"].items()}
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(f"{path}, line {i}: expected {{\"id\": ..., \"meta\": {{...}}}} ({e.__class__.__name__}).") from None
+            raise InputError(
+                f'{path}, line {i}: expected {{"id": ..., "meta": {{...}}}} ({e.__class__.__name__}).'
+            ) from None
     return out

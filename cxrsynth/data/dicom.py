@@ -75,7 +75,9 @@ def phi_of(ds) -> dict[str, str]:
     return {f: str(ds.get(f, "") or "") for f in PHI_FIELDS if ds.get(f) not in (None, "")}
 
 
-def read_dicom_folder(root: str | Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None) -> tuple[list[Record], DatasetReport]:
+def read_dicom_folder(
+    root: str | Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None
+) -> tuple[list[Record], DatasetReport]:
     """Every DICOM file below `root` -> records grouped by study (frontal + optional lateral).
 
     A report may sit next to a file as `<file stem>.txt` (FINDINGS/IMPRESSION sections); labels
@@ -90,7 +92,9 @@ def read_dicom_folder(root: str | Path, *, key: bytes, site: str = "", strict: b
         raise InputError(f"{root}: not a directory; --source dicom takes a folder of DICOM files.")
     report = report or DatasetReport()
     studies: dict[str, dict] = {}
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in (".txt", ".json", ".csv", ".md"))
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in (".txt", ".json", ".csv", ".md")
+    )
 
     def problem(path: Path, reason: str) -> None:
         if strict:
@@ -123,7 +127,10 @@ def read_dicom_folder(root: str | Path, *, key: bytes, site: str = "", strict: b
                 continue
         study_uid = str(ds.get("StudyInstanceUID", "") or path.stem)
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or study_uid)
-        entry = studies.setdefault(study_uid, {"patient": patient, "frontal": None, "lateral": None, "phi": phi_of(ds), "text": "", "files": []})
+        entry = studies.setdefault(
+            study_uid,
+            {"patient": patient, "frontal": None, "lateral": None, "phi": phi_of(ds), "text": "", "files": []},
+        )
         entry["files"].append(str(path))
         if text:
             entry["text"] = text

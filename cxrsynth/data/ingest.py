@@ -76,10 +76,19 @@ def square_resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_source(
-    source: str, path: Path, key: bytes, site: str, strict: bool, progress: Progress, labels: str = "chexpert", ignore: Sequence[str] = ()
+    source: str,
+    path: Path,
+    key: bytes,
+    site: str,
+    strict: bool,
+    progress: Progress,
+    labels: str = "chexpert",
+    ignore: Sequence[str] = (),
 ) -> tuple[list[Record], DatasetReport]:
     if source != "manifest" and (labels != "chexpert" or ignore):
-        raise InputError(f"--labels and --ignore-columns read a site manifest's columns; --source {source} has none (its labels come from its own tables or the reports).")
+        raise InputError(
+            f"--labels and --ignore-columns read a site manifest's columns; --source {source} has none (its labels come from its own tables or the reports)."
+        )
     if source == "mimic":
         from cxrsynth.data.mimic import read_mimic
 
@@ -92,7 +101,9 @@ def read_source(
         from cxrsynth.data.manifest import read_manifest
 
         # A dataset directory carries its pseudonyms already; only a site manifest CSV needs the key.
-        return read_manifest(path, key=key if path.is_file() else b"", site=site, strict=strict, labels=labels, ignore=ignore)
+        return read_manifest(
+            path, key=key if path.is_file() else b"", site=site, strict=strict, labels=labels, ignore=ignore
+        )
     raise InputError(f"--source {source!r} is not one of {list(SOURCES)}.")
 
 
@@ -140,7 +151,9 @@ def ingest(
         records, report = read_source(source, path, key, site, strict, progress, labels, ignore)
     if not report.read:
         where = path / MANIFEST if source == "manifest" and path.is_dir() else path
-        raise InputError(f"{where}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written.")
+        raise InputError(
+            f"{where}: no {UNITS[source]} to ingest (nothing after the header, or no files of that kind); nothing was written."
+        )
     meta = metadata_view(records)
     split_here = not any(r.split for r in meta)
 
@@ -150,7 +163,10 @@ def ingest(
         if split_here:
             r = split_by_patient([r], holdout, seed)[0]
         if size and r.image is not None:
-            r = r.with_(image=square_resize(r.image, size), lateral=None if r.lateral is None else square_resize(r.lateral, size))
+            r = r.with_(
+                image=square_resize(r.image, size),
+                lateral=None if r.lateral is None else square_resize(r.lateral, size),
+            )
         return r
 
     new_ids = {r.record_id for r in meta}
@@ -166,7 +182,10 @@ def ingest(
         before = (previous.metadata(i) for i in kept_before)
     else:
         before = iter(())
-    require_patient_split(chain(before, (prepared(r) for r in meta)), f"{path}" + (f" with the records already in {out}" if kept_before else ""))
+    require_patient_split(
+        chain(before, (prepared(r) for r in meta)),
+        f"{path}" + (f" with the records already in {out}" if kept_before else ""),
+    )
     args = (records, prepared, new_ids, report, key, source, path, site, strict, progress)
     if merge:
         # Into the dataset itself: new PNGs are written beside the earlier ones and the manifest is
@@ -182,11 +201,25 @@ def ingest(
         log.warning("... and %d more; all are listed in %s", report.skipped - 20, out / REPORT)
     progress.say(f"ingest: read {report.read}, kept {report.kept}, skipped {report.skipped} -> {out}")
     if records and not report.notes["with_report_text"]:
-        progress.say("no record has report text: train with a report-free setting (README, \"Bring a labelled image folder without reports\")")
+        progress.say(
+            'no record has report text: train with a report-free setting (README, "Bring a labelled image folder without reports")'
+        )
     return report
 
 
-def _write(folder: Path, records: Sequence[Record], prepared, new_ids: set, report: DatasetReport, key: bytes, source: str, path: Path, site: str, strict: bool, progress: Progress) -> None:
+def _write(
+    folder: Path,
+    records: Sequence[Record],
+    prepared,
+    new_ids: set,
+    report: DatasetReport,
+    key: bytes,
+    source: str,
+    path: Path,
+    site: str,
+    strict: bool,
+    progress: Progress,
+) -> None:
     """Write the records one at a time (a lazy source decodes each image here), after the rows of
     the folder's earlier dataset that are not ingested again."""
     from cxrsynth.data.page import write_page
@@ -215,7 +248,14 @@ def _write(folder: Path, records: Sequence[Record], prepared, new_ids: set, repo
     write_phi_headers(folder, (meta[i] for i in written), keep_existing=True)
     report.notes.update(with_report_text=n_text, with_labels=n_labels)
     summary = report.as_dict()
-    summary.update(unit=UNITS[source], source=source, path=str(path), site=site, already_in_output=writer.kept, total_in_output=writer.kept + len(written))
+    summary.update(
+        unit=UNITS[source],
+        source=source,
+        path=str(path),
+        site=site,
+        already_in_output=writer.kept,
+        total_in_output=writer.kept + len(written),
+    )
     (folder / REPORT).write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     dataset, _ = ManifestDataset.open(folder)
     write_page(folder, RecordView(dataset), report, title=f"Ingest of {path} ({source}) for {site}")

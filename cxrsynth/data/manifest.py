@@ -76,7 +76,9 @@ def read_manifest(
     return read_site_manifest(path, key=key, site=site, strict=strict, report=report, labels=labels, ignore=ignore)
 
 
-def _columns(path: Path, header: list[str], vocab: LabelVocabulary, ignore: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+def _columns(
+    path: Path, header: list[str], vocab: LabelVocabulary, ignore: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, str]]:
     """(meaning -> column, source label -> column) for a site manifest header; InputError on
     unknown columns, on an `ignore` name the header lacks, and on a header that gives neither
     labels nor reports."""
@@ -85,7 +87,9 @@ def _columns(path: Path, header: list[str], vocab: LabelVocabulary, ignore: Sequ
         by_norm.setdefault(_norm(col), col)
     absent = [c for c in ignore if _norm(c) not in by_norm]
     if absent:
-        raise InputError(f"{path}: --ignore-columns names {absent}, which the header {header} does not have; check the spelling.")
+        raise InputError(
+            f"{path}: --ignore-columns names {absent}, which the header {header} does not have; check the spelling."
+        )
     skip = {_norm(c) for c in ignore}
     lists = {_norm(c) for c in vocab.list_columns}
     cols, labels, unknown = {}, {}, []
@@ -101,16 +105,26 @@ def _columns(path: Path, header: list[str], vocab: LabelVocabulary, ignore: Sequ
             labels[LIST] = col
         else:
             unknown.append(col)
-    names = f"the {len(vocab.names)} label names {vocab.names}" if vocab.name == "chexpert" else f"the {vocab.name} label names {vocab.names}"
+    names = (
+        f"the {len(vocab.names)} label names {vocab.names}"
+        if vocab.name == "chexpert"
+        else f"the {vocab.name} label names {vocab.names}"
+    )
     if vocab.list_columns:
         names += f" (or one column {vocab.list_columns[0]!r} of findings joined by '|')"
     if unknown:
         hint = " Columns the ingest should not read (demographics, notes) go in --ignore-columns; labels in another vocabulary need --labels (e.g. nih)."
-        raise InputError(f"{path}: unknown column(s) {unknown}; a site manifest takes {sorted(ALIASES)} (any case/spacing) and {names}.{hint}")
+        raise InputError(
+            f"{path}: unknown column(s) {unknown}; a site manifest takes {sorted(ALIASES)} (any case/spacing) and {names}.{hint}"
+        )
     if "image" not in cols:
-        raise InputError(f"{path}: no image column; name the column holding each study's frontal image path 'image_path'.")
+        raise InputError(
+            f"{path}: no image column; name the column holding each study's frontal image path 'image_path'."
+        )
     if LIST in labels and len(labels) > 1:
-        raise InputError(f"{path}: labels given twice, as the findings list {labels[LIST]!r} and as label columns {sorted(c for k, c in labels.items() if k != LIST)}; keep one (or name the other in --ignore-columns).")
+        raise InputError(
+            f"{path}: labels given twice, as the findings list {labels[LIST]!r} and as label columns {sorted(c for k, c in labels.items() if k != LIST)}; keep one (or name the other in --ignore-columns)."
+        )
     if not labels and not any(m in cols for m in REPORT_MEANINGS):
         raise InputError(
             f"{path}: no label columns and no report column, so nothing says what the images show. A site manifest needs label columns "
@@ -140,7 +154,14 @@ def _image(base: Path, rel: str, column: str) -> tuple[object, Optional[str]]:
 
 
 def read_site_manifest(
-    path: Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None, labels: str = "chexpert", ignore: Sequence[str] = ()
+    path: Path,
+    *,
+    key: bytes,
+    site: str = "",
+    strict: bool = False,
+    report: Optional[DatasetReport] = None,
+    labels: str = "chexpert",
+    ignore: Sequence[str] = (),
 ) -> tuple[list[Record], DatasetReport]:
     report = report or DatasetReport()
     vocab = vocabulary(labels)
@@ -148,8 +169,19 @@ def read_site_manifest(
     cols, label_cols = _columns(path, list(reader.fieldnames or []), vocab, ignore)
     base = path.parent
     dropped: dict[str, list[str]] = {}  # record id -> its positive findings with no counterpart
-    records = collect_rows(reader, lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped), path, report, strict, duplicate="study")
-    counts = {s: sum(s in dropped.get(r.record_id, ()) for r in records) for s in vocab.dropped if s in label_cols or LIST in label_cols}
+    records = collect_rows(
+        reader,
+        lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped),
+        path,
+        report,
+        strict,
+        duplicate="study",
+    )
+    counts = {
+        s: sum(s in dropped.get(r.record_id, ()) for r in records)
+        for s in vocab.dropped
+        if s in label_cols or LIST in label_cols
+    }
     report.notes["labels"] = {
         "vocabulary": vocab.name,
         "columns": sorted(label_cols.values()),
@@ -174,7 +206,9 @@ def _source_labels(row: dict, label_cols: dict, vocab: LabelVocabulary) -> dict[
     return values
 
 
-def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, site: str, vocab: LabelVocabulary, dropped: dict) -> Record:
+def _site_row(
+    row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, site: str, vocab: LabelVocabulary, dropped: dict
+) -> Record:
     if None in row:
         raise ValueError(f"malformed row: {len(row[None])} more cell(s) than header columns")
     get = lambda m: (row.get(cols[m]) or "").strip() if m in cols else ""  # noqa: E731
@@ -192,7 +226,11 @@ def _site_row(row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, s
         findings, impression = sections(text)
     else:
         findings, impression = get("findings"), get("impression")
-        text = "\n".join(s for s in (f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else "") if s)
+        text = "\n".join(
+            s
+            for s in (f"FINDINGS: {findings}" if findings else "", f"IMPRESSION: {impression}" if impression else "")
+            if s
+        )
     labels = empty_labels()
     source = {}
     if label_cols:

@@ -47,7 +47,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"{path}: not a readable gzip file ({e.__class__.__name__}: {e}); it should be the file as distributed, or its unpacked .csv.") from None
+            raise InputError(
+                f"{path}: not a readable gzip file ({e.__class__.__name__}: {e}); it should be the file as distributed, or its unpacked .csv."
+            ) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -73,7 +75,9 @@ def _require(path: Path, header_row: dict, columns: tuple[str, ...]) -> None:
 def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict, dict, dict, bool]:
     meta_path = _find(root, METADATA)
     if meta_path is None:
-        raise InputError(f"{root}: no {METADATA}; it gives each image's view (PA/AP/LATERAL) and must sit at the tree's top.")
+        raise InputError(
+            f"{root}: no {METADATA}; it gives each image's view (PA/AP/LATERAL) and must sit at the tree's top."
+        )
     views: dict[str, str] = {}
     for i, row in _rows(meta_path):
         if i == 1:
@@ -125,7 +129,14 @@ def _bad_label(value: str) -> bool:
         return True
 
 
-def read_mimic(root: str | Path, *, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None, progress: Optional[Progress] = None) -> tuple[list[Record], DatasetReport]:
+def read_mimic(
+    root: str | Path,
+    *,
+    site: str = "",
+    strict: bool = False,
+    report: Optional[DatasetReport] = None,
+    progress: Optional[Progress] = None,
+) -> tuple[list[Record], DatasetReport]:
     root = Path(root)
     files = root / "files"
     if not files.is_dir():
@@ -158,7 +169,9 @@ def read_mimic(root: str | Path, *, site: str = "", strict: bool = False, report
             elif view in LATERAL_VIEWS:
                 images["lateral"].append((LATERAL_VIEWS.index(view), jpg, "LATERAL"))
             else:
-                report.warn(str(jpg), None, f"view {view or '(blank)'!r} is neither frontal nor lateral; image not used")
+                report.warn(
+                    str(jpg), None, f"view {view or '(blank)'!r} is neither frontal nor lateral; image not used"
+                )
         chosen = {}
         for slot in ("frontal", "lateral"):
             for _, jpg, view in sorted(images[slot]):

@@ -38,7 +38,13 @@ def _prevalence_plot(sites: dict[str, int], positives: dict[str, Counter]) -> st
     return figure_uri(fig)
 
 
-def write_page(out: str | Path, records: Sequence[Record], report: Optional[DatasetReport] = None, title: str = "Dataset overview", examples: int = 6) -> Path:
+def write_page(
+    out: str | Path,
+    records: Sequence[Record],
+    report: Optional[DatasetReport] = None,
+    title: str = "Dataset overview",
+    examples: int = 6,
+) -> Path:
     """`records` may be lazy (`cxrsynth.data.stream.RecordView`): the counts are taken in one pass
     over the records' metadata and only the example images shown are decoded."""
     from cxrsynth import pages
@@ -93,9 +99,16 @@ def write_page(out: str | Path, records: Sequence[Record], report: Optional[Data
             for _, i in sorted(shown[name])[:examples]:
                 image = image_at(records, i)
                 imgs += [image, image_at(records, i, lateral=True) if with_lateral[i] else np.zeros_like(image)]
-            by_label.append({"name": name, "positive": total[name], "grid": grid_uri(imgs, cols=2 * examples, cell=96)})
+            by_label.append(
+                {"name": name, "positive": total[name], "grid": grid_uri(imgs, cols=2 * examples, cell=96)}
+            )
         for site in sorted(sites):
-            by_site.append({"name": site or "(no site)", "grid": grid_uri([image_at(records, i) for i in first[site]], cols=2 * examples)})
+            by_site.append(
+                {
+                    "name": site or "(no site)",
+                    "grid": grid_uri([image_at(records, i) for i in first[site]], cols=2 * examples),
+                }
+            )
     return pages.write(
         Path(out) / PAGE,
         "dataset.html",

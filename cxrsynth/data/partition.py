@@ -36,7 +36,9 @@ def _patient_class(recs: list[Record], frequency: Counter) -> str:
     return min(positives, key=lambda n: (frequency[n], n)) if positives else "No Finding"
 
 
-def partition(records: Sequence[Record], k: int, mode: str = "by-site", alpha: float = 0.5, seed: int = 0) -> list[list[Record]]:
+def partition(
+    records: Sequence[Record], k: int, mode: str = "by-site", alpha: float = 0.5, seed: int = 0
+) -> list[list[Record]]:
     """Split `records` into `k` non-empty partitions; no patient is in two partitions."""
     if mode not in MODES:
         raise InputError(f"partition mode {mode!r} is not one of {list(MODES)}.")
@@ -84,6 +86,7 @@ def partition(records: Sequence[Record], k: int, mode: str = "by-site", alpha: f
 
 def label_skew(parts: Sequence[Sequence[Record]]) -> float:
     """Mean total-variation distance between each partition's label mix and the pooled mix (0: identical)."""
+
     def mix(recs):
         v = np.array([sum(r.labels.get(n) == 1 for r in recs) for n in LABELS], dtype=float)
         return v / max(v.sum(), 1.0)

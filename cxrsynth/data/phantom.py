@@ -41,9 +41,18 @@ IDX = {n: i for i, n in enumerate(LABELS)}
 # overall (models must be able to learn each one) and about a fifth of studies have no finding,
 # roughly the MIMIC-CXR-JPG mix (Johnson et al. 2019).
 PREVALENCE = {
-    "Atelectasis": 0.13, "Cardiomegaly": 0.14, "Consolidation": 0.08, "Edema": 0.10,
-    "Enlarged Cardiomediastinum": 0.07, "Fracture": 0.07, "Lung Lesion": 0.07, "Lung Opacity": 0.14,
-    "Pleural Effusion": 0.15, "Pleural Other": 0.07, "Pneumonia": 0.08, "Pneumothorax": 0.07,
+    "Atelectasis": 0.13,
+    "Cardiomegaly": 0.14,
+    "Consolidation": 0.08,
+    "Edema": 0.10,
+    "Enlarged Cardiomediastinum": 0.07,
+    "Fracture": 0.07,
+    "Lung Lesion": 0.07,
+    "Lung Opacity": 0.14,
+    "Pleural Effusion": 0.15,
+    "Pleural Other": 0.07,
+    "Pneumonia": 0.08,
+    "Pneumothorax": 0.07,
     "Support Devices": 0.18,
 }
 UNCERTAIN_RATE = 0.03  # hedged mentions per finding
@@ -62,11 +71,17 @@ def site_acquisition(site: int) -> dict[str, float]:
         {"gamma": 1.35, "gain": 1.1, "offset": -0.04, "noise": 0.025, "blur": 0.04},
     )
     rng = np.random.default_rng([7919, site])
-    acq = dict(fixed[site]) if site < len(fixed) else {
-        "gamma": float(rng.uniform(0.7, 1.4)), "gain": float(rng.uniform(0.8, 1.15)),
-        "offset": float(rng.uniform(-0.05, 0.1)), "noise": float(rng.uniform(0.01, 0.045)),
-        "blur": float(rng.uniform(0.03, 0.2)),
-    }
+    acq = (
+        dict(fixed[site])
+        if site < len(fixed)
+        else {
+            "gamma": float(rng.uniform(0.7, 1.4)),
+            "gain": float(rng.uniform(0.8, 1.15)),
+            "offset": float(rng.uniform(-0.05, 0.1)),
+            "noise": float(rng.uniform(0.01, 0.045)),
+            "blur": float(rng.uniform(0.03, 0.2)),
+        }
+    )
     skew = np.random.default_rng([104729, site]).uniform(0.6, 1.5, len(FINDINGS))
     acq["skew"] = {n: float(s) for n, s in zip(FINDINGS, skew)}
     return acq
@@ -96,10 +111,14 @@ def _cohort(n: int, sites: int, seed: int, lateral: bool, site_offset: int = 0) 
     acq = [site_acquisition(site_offset + s) for s in range(sites)]
 
     anatomy = {
-        "lung_rx": rng.normal(0.15, 0.012, n_pat), "lung_ry": rng.normal(0.30, 0.02, n_pat),
-        "lung_sep": rng.normal(0.19, 0.012, n_pat), "heart_rx": rng.normal(0.12, 0.01, n_pat),
-        "heart_ry": rng.normal(0.12, 0.01, n_pat), "body_rx": rng.normal(0.44, 0.025, n_pat),
-        "rib_n": rng.uniform(7.0, 9.0, n_pat), "rib_phase": rng.uniform(0, 2 * np.pi, n_pat),
+        "lung_rx": rng.normal(0.15, 0.012, n_pat),
+        "lung_ry": rng.normal(0.30, 0.02, n_pat),
+        "lung_sep": rng.normal(0.19, 0.012, n_pat),
+        "heart_rx": rng.normal(0.12, 0.01, n_pat),
+        "heart_ry": rng.normal(0.12, 0.01, n_pat),
+        "body_rx": rng.normal(0.44, 0.025, n_pat),
+        "rib_n": rng.uniform(7.0, 9.0, n_pat),
+        "rib_phase": rng.uniform(0, 2 * np.pi, n_pat),
         "vessel_idx": rng.integers(0, 16, n_pat),
     }
     p = {k: v[pat_of] for k, v in anatomy.items()}
@@ -345,17 +364,32 @@ def _l_devices(img, q, s, sgn):
 # the anatomy itself and are drawn with it.
 PAINTERS = {
     "frontal": {
-        "Pneumothorax": _f_pneumothorax, "Pleural Effusion": _f_effusion, "Consolidation": _f_consolidation,
-        "Edema": _f_edema, "Lung Opacity": _f_opacity, "Lung Lesion": _f_lesion, "Pneumonia": _f_pneumonia,
-        "Atelectasis": _f_atelectasis, "Pleural Other": _f_pleural_other,
+        "Pneumothorax": _f_pneumothorax,
+        "Pleural Effusion": _f_effusion,
+        "Consolidation": _f_consolidation,
+        "Edema": _f_edema,
+        "Lung Opacity": _f_opacity,
+        "Lung Lesion": _f_lesion,
+        "Pneumonia": _f_pneumonia,
+        "Atelectasis": _f_atelectasis,
+        "Pleural Other": _f_pleural_other,
     },
     "lateral": {
-        "Pneumothorax": _l_pneumothorax, "Pleural Effusion": _l_effusion, "Consolidation": _l_consolidation,
-        "Edema": _l_edema, "Lung Opacity": _l_opacity, "Lung Lesion": _l_lesion, "Pneumonia": _l_pneumonia,
-        "Atelectasis": _l_atelectasis, "Pleural Other": _l_pleural_other,
+        "Pneumothorax": _l_pneumothorax,
+        "Pleural Effusion": _l_effusion,
+        "Consolidation": _l_consolidation,
+        "Edema": _l_edema,
+        "Lung Opacity": _l_opacity,
+        "Lung Lesion": _l_lesion,
+        "Pneumonia": _l_pneumonia,
+        "Atelectasis": _l_atelectasis,
+        "Pleural Other": _l_pleural_other,
     },
 }
-ON_TOP = {"frontal": {"Fracture": _f_fracture, "Support Devices": _f_devices}, "lateral": {"Fracture": _l_fracture, "Support Devices": _l_devices}}
+ON_TOP = {
+    "frontal": {"Fracture": _f_fracture, "Support Devices": _f_devices},
+    "lateral": {"Fracture": _l_fracture, "Support Devices": _l_devices},
+}
 LUNG_CY = 0.47
 
 
@@ -374,7 +408,21 @@ def _paint(img: np.ndarray, full: dict, painters: dict) -> np.ndarray:
 def _batch(p: dict, sl: slice, u0: np.ndarray, v0: np.ndarray, rng) -> dict:
     st = p["state"][sl]
     sev = p["sev"][sl]
-    full = {k: _col(p[k][sl]) for k in ("lung_rx", "lung_ry", "lung_sep", "heart_rx", "heart_ry", "body_rx", "rib_n", "rib_phase", "inspiration", "fx_v")}
+    full = {
+        k: _col(p[k][sl])
+        for k in (
+            "lung_rx",
+            "lung_ry",
+            "lung_sep",
+            "heart_rx",
+            "heart_ry",
+            "body_rx",
+            "rib_n",
+            "rib_phase",
+            "inspiration",
+            "fx_v",
+        )
+    }
     # Drawing strength: positive 0.75-1 by severity, uncertain 0.45 (a faint sign), absent 0.
     full["strength"] = np.where(st == 1, 0.75 + 0.125 * sev, np.where(st == -1, 0.45, 0.0)).astype(np.float32)
     full["sign"] = np.where(p["side"][sl] == 1, 1.0, -1.0).astype(np.float32)
@@ -403,7 +451,13 @@ def _frontal(p: dict, sl: slice, u0, v0, rng, markings) -> np.ndarray:
         cx = 0.5 + sgn * f["lung_sep"]
         r = ((u - cx) / f["lung_rx"]) ** 2 + ((v - LUNG_CY) / f["lung_ry"]) ** 2
         # Dome-shaped hemidiaphragm, the right one higher; atelectasis raises its side (volume loss).
-        bottom = LUNG_CY + 0.85 * f["lung_ry"] + f["inspiration"] - (0.015 if sgn < 0 else 0.0) - 0.04 * np.clip(at * sgn, 0, 1)
+        bottom = (
+            LUNG_CY
+            + 0.85 * f["lung_ry"]
+            + f["inspiration"]
+            - (0.015 if sgn < 0 else 0.0)
+            - 0.04 * np.clip(at * sgn, 0, 1)
+        )
         inside = (r < 1) & (v < bottom - 0.07 * np.clip(1 - ((u - cx) / f["lung_rx"]) ** 2, 0, 1))
         f["r_" + key], f["in_" + key] = r, inside
         lungs |= inside
@@ -415,12 +469,16 @@ def _frontal(p: dict, sl: slice, u0, v0, rng, markings) -> np.ndarray:
     # Heart: cardiomegaly widens it past half the thoracic width; an AP projection magnifies it.
     mag = np.where(_col(p["ap"][sl]) > 0, 1.08, 1.0).astype(np.float32)
     c = s("Cardiomegaly")
-    heart = ((u - 0.53) / (f["heart_rx"] * mag * (1 + 0.55 * c))) ** 2 + ((v - 0.63) / (f["heart_ry"] * (1 + 0.2 * c))) ** 2 < 1
+    heart = ((u - 0.53) / (f["heart_rx"] * mag * (1 + 0.55 * c))) ** 2 + (
+        (v - 0.63) / (f["heart_ry"] * (1 + 0.2 * c))
+    ) ** 2 < 1
     np.maximum(img, 0.66 * heart, out=img)
     media = (np.abs(u - 0.5) < 0.045 + 0.075 * s("Enlarged Cardiomediastinum")) & (v > 0.08) & (v < 0.6)
     np.maximum(img, 0.62 * media, out=img)
     img[(np.abs(u - 0.5) < 0.013) & (v > 0.02) & (v < 0.36)] = 0.25  # trachea
-    ribs = (np.sin(2 * np.pi * (v * f["rib_n"] + 1.5 * (u - 0.5) ** 2) + f["rib_phase"]) > 0.75) & f["body"] & (v < 0.8)
+    ribs = (
+        (np.sin(2 * np.pi * (v * f["rib_n"] + 1.5 * (u - 0.5) ** 2) + f["rib_phase"]) > 0.75) & f["body"] & (v < 0.8)
+    )
     img += 0.07 * ribs
     return _paint(img, f, ON_TOP["frontal"])
 
@@ -434,13 +492,21 @@ def _lateral(p: dict, sl: slice, u0, v0, rng, markings) -> np.ndarray:
     img[f["body"]] = 0.45
     f["ry"] = ry = f["lung_ry"] * 1.1
     f["r"] = ((u - 0.5) / 0.3) ** 2 + ((v - 0.45) / ry) ** 2
-    f["dome"] = 0.45 + 0.85 * ry + f["inspiration"] - 0.05 * s("Atelectasis") - 0.06 * np.clip(1 - ((u - 0.5) / 0.3) ** 2, 0, 1)
+    f["dome"] = (
+        0.45
+        + 0.85 * ry
+        + f["inspiration"]
+        - 0.05 * s("Atelectasis")
+        - 0.06 * np.clip(1 - ((u - 0.5) / 0.3) ** 2, 0, 1)
+    )
     f["lungs"] = (f["r"] < 1) & (v < f["dome"])
     img[f["lungs"]] = 0.16
     img += 0.08 * markings[p["vessel_idx"][sl]] * f["lungs"]
     img = _paint(img, f, PAINTERS["lateral"])
     c = s("Cardiomegaly")
-    heart = ((u - (0.36 + 0.04 * c)) / (f["heart_rx"] * 1.3 * (1 + 0.5 * c))) ** 2 + ((v - 0.63) / (f["heart_ry"] * 1.2 * (1 + 0.2 * c))) ** 2 < 1
+    heart = ((u - (0.36 + 0.04 * c)) / (f["heart_rx"] * 1.3 * (1 + 0.5 * c))) ** 2 + (
+        (v - 0.63) / (f["heart_ry"] * 1.2 * (1 + 0.2 * c))
+    ) ** 2 < 1
     np.maximum(img, 0.64 * heart, out=img)
     e = s("Enlarged Cardiomediastinum")
     retro = (u > 0.13) & (u < 0.18 + 0.17 * e) & (v > 0.22) & (v < 0.5) & (e > 0)  # retrosternal space filled
@@ -499,7 +565,13 @@ def labels_of(state_row: np.ndarray) -> dict[str, Optional[int]]:
 
 
 def make_phantom(
-    n: int, sites: int = 3, seed: int = 0, image_size: int = 64, lateral: bool = True, site_offset: int = 0, deidentified: bool = False
+    n: int,
+    sites: int = 3,
+    seed: int = 0,
+    image_size: int = 64,
+    lateral: bool = True,
+    site_offset: int = 0,
+    deidentified: bool = False,
 ) -> list[Record]:
     """`n` phantom studies over `sites` hospitals: images, reports with PHI, labels, PHI headers.
 
@@ -510,7 +582,9 @@ def make_phantom(
     [DATE], ...), the sites' redact mode, and no PHI headers. Images and labels are the same.
     """
     if n < 1 or sites < 1 or image_size < 16:
-        raise ValueError(f"make_phantom needs n >= 1, sites >= 1 and image_size >= 16 (got {n}, {sites}, {image_size})")
+        raise ValueError(
+            f"make_phantom needs n >= 1, sites >= 1 and image_size >= 16 (got {n}, {sites}, {image_size})"
+        )
     p = _cohort(n, sites, seed, lateral, site_offset)
     frontal, lat = draw_images(p, image_size, seed)
     rng = p["report_rng"]
@@ -520,7 +594,9 @@ def make_phantom(
         sides = {name: int(p["side"][i, j]) for j, name in enumerate(LABELS)}
         sev = {name: int(p["sev"][i, j]) for j, name in enumerate(LABELS)}
         who = p["identities"][i]
-        findings, impression = write_report(rng, labels, sides, sev, DEVICE_KINDS[p["device"][i]], who, p["priors"][i], deidentified)
+        findings, impression = write_report(
+            rng, labels, sides, sev, DEVICE_KINDS[p["device"][i]], who, p["priors"][i], deidentified
+        )
         out.append(
             Record(
                 record_id=f"r{i:06d}",

@@ -15,84 +15,278 @@ from typing import Optional
 import numpy as np
 
 FIRST = (
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David", "Elizabeth",
-    "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah", "Charles", "Karen",
-    "Daniel", "Nancy", "Matthew", "Lisa", "Anthony", "Betty", "Mark", "Margaret", "Donald", "Sandra",
-    "Steven", "Ashley", "Paul", "Kimberly", "Andrew", "Emily", "Joshua", "Donna", "Kenneth", "Michelle",
-    "Kevin", "Carol", "Brian", "Amanda", "George", "Dorothy", "Timothy", "Melissa", "Ronald", "Deborah",
-    "Wei", "Mei", "Rahul", "Priya", "Oluwaseun", "Ngozi", "Jose", "Maria", "Mohammed", "Fatima",
-    "Yuki", "Hiroshi", "Sven", "Ingrid", "Dmitri", "Olga", "Kwame", "Ama", "Luis", "Carmen",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Lisa",
+    "Anthony",
+    "Betty",
+    "Mark",
+    "Margaret",
+    "Donald",
+    "Sandra",
+    "Steven",
+    "Ashley",
+    "Paul",
+    "Kimberly",
+    "Andrew",
+    "Emily",
+    "Joshua",
+    "Donna",
+    "Kenneth",
+    "Michelle",
+    "Kevin",
+    "Carol",
+    "Brian",
+    "Amanda",
+    "George",
+    "Dorothy",
+    "Timothy",
+    "Melissa",
+    "Ronald",
+    "Deborah",
+    "Wei",
+    "Mei",
+    "Rahul",
+    "Priya",
+    "Oluwaseun",
+    "Ngozi",
+    "Jose",
+    "Maria",
+    "Mohammed",
+    "Fatima",
+    "Yuki",
+    "Hiroshi",
+    "Sven",
+    "Ingrid",
+    "Dmitri",
+    "Olga",
+    "Kwame",
+    "Ama",
+    "Luis",
+    "Carmen",
 )
 LAST = (
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez",
-    "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson", "Martin", "Lee",
-    "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark", "Ramirez", "Lewis", "Robinson", "Walker",
-    "Young", "Allen", "King", "Wright", "Scott", "Torres", "Nguyen", "Hill", "Flores", "Green",
-    "Adams", "Nelson", "Baker", "Hall", "Rivera", "Campbell", "Mitchell", "Carter", "Roberts", "Okafor",
-    "Chen", "Wang", "Patel", "Shah", "Kowalski", "Novak", "Yamamoto", "Tanaka", "Schmidt", "Fischer",
-    "O'Brien", "McCarthy", "Van der Berg", "Al-Hassan", "Ivanova", "Mensah", "Haddad", "Costa", "Silva", "Lindqvist",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+    "Torres",
+    "Nguyen",
+    "Hill",
+    "Flores",
+    "Green",
+    "Adams",
+    "Nelson",
+    "Baker",
+    "Hall",
+    "Rivera",
+    "Campbell",
+    "Mitchell",
+    "Carter",
+    "Roberts",
+    "Okafor",
+    "Chen",
+    "Wang",
+    "Patel",
+    "Shah",
+    "Kowalski",
+    "Novak",
+    "Yamamoto",
+    "Tanaka",
+    "Schmidt",
+    "Fischer",
+    "O'Brien",
+    "McCarthy",
+    "Van der Berg",
+    "Al-Hassan",
+    "Ivanova",
+    "Mensah",
+    "Haddad",
+    "Costa",
+    "Silva",
+    "Lindqvist",
 )
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December")
+MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
 
 # label -> (positive, uncertain, negative) sentence templates. {side} is "left" or "right".
 SENTENCES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "Atelectasis": (
-        ("Plate-like atelectasis at the {side} lung base.", "There is {grade} {side} basilar atelectasis.", "Linear {side} basilar atelectasis with mild volume loss."),
+        (
+            "Plate-like atelectasis at the {side} lung base.",
+            "There is {grade} {side} basilar atelectasis.",
+            "Linear {side} basilar atelectasis with mild volume loss.",
+        ),
         ("Possible {side} basilar atelectasis.", "Streaky {side} basilar density may represent atelectasis."),
         ("No atelectasis.", "There is no evidence of atelectasis."),
     ),
     "Cardiomegaly": (
-        ("The heart is {adverb} enlarged.", "There is {grade} cardiomegaly.", "Enlargement of the cardiac silhouette is noted."),
+        (
+            "The heart is {adverb} enlarged.",
+            "There is {grade} cardiomegaly.",
+            "Enlargement of the cardiac silhouette is noted.",
+        ),
         ("Borderline cardiomegaly.", "Possible cardiomegaly."),
         ("Heart size is normal.", "The cardiac silhouette is not enlarged.", "No cardiomegaly."),
     ),
     "Consolidation": (
-        ("Dense {side} lower lobe consolidation.", "There is lobar consolidation in the {side} lower lobe.", "Consolidation of the {side} lower lobe with air bronchograms."),
-        ("Possible early consolidation at the {side} base.", "Consolidation in the {side} lower lobe cannot be excluded."),
+        (
+            "Dense {side} lower lobe consolidation.",
+            "There is lobar consolidation in the {side} lower lobe.",
+            "Consolidation of the {side} lower lobe with air bronchograms.",
+        ),
+        (
+            "Possible early consolidation at the {side} base.",
+            "Consolidation in the {side} lower lobe cannot be excluded.",
+        ),
         ("No focal consolidation.", "There is no consolidation."),
     ),
     "Edema": (
-        ("Perihilar haze consistent with {grade} pulmonary edema.", "There is {grade} interstitial pulmonary edema.", "Bilateral perihilar edema."),
+        (
+            "Perihilar haze consistent with {grade} pulmonary edema.",
+            "There is {grade} interstitial pulmonary edema.",
+            "Bilateral perihilar edema.",
+        ),
         ("Possible mild pulmonary edema.", "Perihilar haze may represent early edema."),
         ("No pulmonary edema.", "There is no edema."),
     ),
     "Enlarged Cardiomediastinum": (
-        ("The mediastinum is widened.", "Widening of the upper mediastinum.", "Enlarged cardiomediastinal silhouette."),
+        (
+            "The mediastinum is widened.",
+            "Widening of the upper mediastinum.",
+            "Enlarged cardiomediastinal silhouette.",
+        ),
         ("Possible mediastinal widening.", "Possible widening of the upper mediastinum."),
         ("No mediastinal widening.", "The mediastinum is not widened."),
     ),
     "Fracture": (
-        ("There is a {side} rib fracture.", "Healing fracture of a {side} lateral rib.", "Nondisplaced {side} rib fracture with callus."),
+        (
+            "There is a {side} rib fracture.",
+            "Healing fracture of a {side} lateral rib.",
+            "Nondisplaced {side} rib fracture with callus.",
+        ),
         ("Possible {side} rib fracture.", "A {side} rib fracture cannot be excluded."),
         ("No displaced fracture.", "There is no acute fracture."),
     ),
     "Lung Lesion": (
-        ("A well-circumscribed {side} lung nodule is present.", "There is a {size} cm {side} pulmonary nodule.", "Rounded {side} lung mass measuring {size} cm."),
+        (
+            "A well-circumscribed {side} lung nodule is present.",
+            "There is a {size} cm {side} pulmonary nodule.",
+            "Rounded {side} lung mass measuring {size} cm.",
+        ),
         ("Possible {side} pulmonary nodule.", "Questionable {side} lung nodule."),
         ("No suspicious pulmonary nodule.", "There is no lung mass."),
     ),
     "Lung Opacity": (
-        ("Patchy opacities in both lungs.", "There are scattered bilateral opacities.", "Multifocal patchy opacities are present."),
+        (
+            "Patchy opacities in both lungs.",
+            "There are scattered bilateral opacities.",
+            "Multifocal patchy opacities are present.",
+        ),
         ("Possible faint bilateral opacities.", "Questionable patchy opacities."),
         ("No focal opacity.", "There is no opacity."),
     ),
     "Pleural Effusion": (
-        ("There is a {sev} {side} pleural effusion.", "{Sev} {side} pleural effusion with a meniscus.", "Blunting of the {side} costophrenic angle from pleural effusion."),
+        (
+            "There is a {sev} {side} pleural effusion.",
+            "{Sev} {side} pleural effusion with a meniscus.",
+            "Blunting of the {side} costophrenic angle from pleural effusion.",
+        ),
         ("Possible small {side} pleural effusion.", "A trace {side} effusion cannot be excluded."),
-        ("No pleural effusion.", "There is no pleural effusion.", "The costophrenic angles are sharp without effusion."),
+        (
+            "No pleural effusion.",
+            "There is no pleural effusion.",
+            "The costophrenic angles are sharp without effusion.",
+        ),
     ),
     "Pleural Other": (
-        ("{Side} apical pleural thickening.", "Calcified pleural plaques along the {side} chest wall.", "There is {side} pleural thickening."),
+        (
+            "{Side} apical pleural thickening.",
+            "Calcified pleural plaques along the {side} chest wall.",
+            "There is {side} pleural thickening.",
+        ),
         ("Possible {side} pleural thickening.", "Questionable {side} pleural plaque."),
         ("No pleural thickening.", "There is no pleural plaque."),
     ),
     "Pneumonia": (
-        ("Ill-defined mottled {side} lung density consistent with pneumonia.", "Findings consistent with {side} pneumonia.", "There is {side} pneumonia."),
+        (
+            "Ill-defined mottled {side} lung density consistent with pneumonia.",
+            "Findings consistent with {side} pneumonia.",
+            "There is {side} pneumonia.",
+        ),
         ("Possible {side} pneumonia.", "Pneumonia cannot be excluded.", "Findings suspicious for early pneumonia."),
         ("No pneumonia.", "There is no evidence of pneumonia."),
     ),
     "Pneumothorax": (
-        ("There is a {sev} {side} pneumothorax.", "{Sev} {side} apical pneumothorax with a visible pleural edge.", "A {side} pneumothorax is present."),
+        (
+            "There is a {sev} {side} pneumothorax.",
+            "{Sev} {side} apical pneumothorax with a visible pleural edge.",
+            "A {side} pneumothorax is present.",
+        ),
         ("Possible small {side} apical pneumothorax.", "A tiny {side} pneumothorax cannot be excluded."),
         ("No pneumothorax.", "There is no pneumothorax.", "Pneumothorax is not seen."),
     ),
@@ -104,25 +298,52 @@ SENTENCES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] =
 }
 DEVICES = {
     "et": ("Endotracheal tube tip 4 cm above the carina.", "An endotracheal tube is in standard position."),
-    "line": ("Right PICC line with tip in the lower SVC.", "Right internal jugular central venous catheter terminates in the SVC."),
-    "pacer": ("Left chest wall pacemaker with leads in the right heart.", "A cardiac pacemaker is present with intact leads."),
+    "line": (
+        "Right PICC line with tip in the lower SVC.",
+        "Right internal jugular central venous catheter terminates in the SVC.",
+    ),
+    "pacer": (
+        "Left chest wall pacemaker with leads in the right heart.",
+        "A cardiac pacemaker is present with intact leads.",
+    ),
 }
 UNCERTAIN_DEVICE = "A linear density may represent a feeding tube."
 # label -> noun phrase for grouped negations ("No pneumothorax or pleural effusion.").
 NOUNS = {
-    "Atelectasis": "atelectasis", "Consolidation": "focal consolidation", "Edema": "pulmonary edema",
-    "Fracture": "displaced fracture", "Lung Lesion": "pulmonary nodule", "Lung Opacity": "focal opacity",
-    "Pleural Effusion": "pleural effusion", "Pleural Other": "pleural thickening", "Pneumonia": "pneumonia",
-    "Pneumothorax": "pneumothorax", "Cardiomegaly": "cardiomegaly", "Enlarged Cardiomediastinum": "mediastinal widening",
+    "Atelectasis": "atelectasis",
+    "Consolidation": "focal consolidation",
+    "Edema": "pulmonary edema",
+    "Fracture": "displaced fracture",
+    "Lung Lesion": "pulmonary nodule",
+    "Lung Opacity": "focal opacity",
+    "Pleural Effusion": "pleural effusion",
+    "Pleural Other": "pleural thickening",
+    "Pneumonia": "pneumonia",
+    "Pneumothorax": "pneumothorax",
+    "Cardiomegaly": "cardiomegaly",
+    "Enlarged Cardiomediastinum": "mediastinal widening",
 }
 SUMMARY = {
-    "Atelectasis": "{Side} basilar atelectasis.", "Cardiomegaly": "Cardiomegaly.", "Consolidation": "{Side} lower lobe consolidation.",
-    "Edema": "Pulmonary edema.", "Enlarged Cardiomediastinum": "Widened mediastinum.", "Fracture": "{Side} rib fracture.",
-    "Lung Lesion": "{Side} pulmonary nodule; CT recommended.", "Lung Opacity": "Patchy bilateral opacities.",
-    "Pleural Effusion": "{Side} pleural effusion.", "Pleural Other": "{Side} pleural thickening.",
-    "Pneumonia": "{Side} pneumonia.", "Pneumothorax": "{Side} pneumothorax.", "Support Devices": "Support devices as described.",
+    "Atelectasis": "{Side} basilar atelectasis.",
+    "Cardiomegaly": "Cardiomegaly.",
+    "Consolidation": "{Side} lower lobe consolidation.",
+    "Edema": "Pulmonary edema.",
+    "Enlarged Cardiomediastinum": "Widened mediastinum.",
+    "Fracture": "{Side} rib fracture.",
+    "Lung Lesion": "{Side} pulmonary nodule; CT recommended.",
+    "Lung Opacity": "Patchy bilateral opacities.",
+    "Pleural Effusion": "{Side} pleural effusion.",
+    "Pleural Other": "{Side} pleural thickening.",
+    "Pneumonia": "{Side} pneumonia.",
+    "Pneumothorax": "{Side} pneumothorax.",
+    "Support Devices": "Support devices as described.",
 }
-NORMAL_IMPRESSIONS = ("No acute cardiopulmonary process.", "No acute intrathoracic abnormality.", "Normal chest radiograph.", "No acute cardiopulmonary abnormality.")
+NORMAL_IMPRESSIONS = (
+    "No acute cardiopulmonary process.",
+    "No acute intrathoracic abnormality.",
+    "Normal chest radiograph.",
+    "No acute cardiopulmonary abnormality.",
+)
 SEVERITY = ("small", "moderate", "large")
 GRADE = ("mild", "moderate", "severe")
 ADVERB = ("mildly", "moderately", "markedly")
@@ -179,12 +400,18 @@ def draw_identity(rng: np.random.Generator, patient: dict, study_date: date) -> 
     birth = patient["birth"]
     area = int(rng.integers(201, 990))
     return Identity(
-        first=patient["first"], last=patient["last"], mrn=patient["mrn"], birth=birth, sex=patient["sex"],
-        referrer_first=FIRST[rng.integers(len(FIRST))], referrer_last=LAST[rng.integers(len(LAST))],
+        first=patient["first"],
+        last=patient["last"],
+        mrn=patient["mrn"],
+        birth=birth,
+        sex=patient["sex"],
+        referrer_first=FIRST[rng.integers(len(FIRST))],
+        referrer_last=LAST[rng.integers(len(LAST))],
         radiologist=f"{FIRST[rng.integers(len(FIRST))]} {LAST[rng.integers(len(LAST))]}",
         phone=f"{area}{int(rng.integers(200, 999))}{int(rng.integers(0, 10000)):04d}",
         accession=f"{'ACEN'[rng.integers(4)]}{int(rng.integers(10**7, 10**8))}",
-        study_date=study_date, study_time=(int(rng.integers(0, 24)), int(rng.integers(0, 60))),
+        study_date=study_date,
+        study_time=(int(rng.integers(0, 24)), int(rng.integers(0, 60))),
     )
 
 
@@ -193,12 +420,24 @@ def _pick(rng: np.random.Generator, options) -> str:
 
 
 def _name(rng, first: str, last: str, title: str = "") -> str:
-    forms = (f"{first} {last}", f"{last}, {first}", f"{first[0]}. {last}", f"{first} {last}".upper(), f"{title} {last}".strip())
+    forms = (
+        f"{first} {last}",
+        f"{last}, {first}",
+        f"{first[0]}. {last}",
+        f"{first} {last}".upper(),
+        f"{title} {last}".strip(),
+    )
     return _pick(rng, forms if title else forms[:4])
 
 
 def _date(rng, d: date) -> str:
-    forms = (f"{d.month:02d}/{d.day:02d}/{d.year}", d.isoformat(), f"{MONTHS[d.month - 1]} {d.day}, {d.year}", f"{d.month}/{d.day}/{d.year % 100:02d}", f"{d.day:02d}-{MONTHS[d.month - 1][:3]}-{d.year}")
+    forms = (
+        f"{d.month:02d}/{d.day:02d}/{d.year}",
+        d.isoformat(),
+        f"{MONTHS[d.month - 1]} {d.day}, {d.year}",
+        f"{d.month}/{d.day}/{d.year % 100:02d}",
+        f"{d.day:02d}-{MONTHS[d.month - 1][:3]}-{d.year}",
+    )
     return _pick(rng, forms)
 
 
@@ -229,13 +468,23 @@ def phi_preamble(rng: np.random.Generator, who: Identity, prior: Optional[date],
     out = []
     choice = int(rng.integers(4))
     if choice == 0:
-        out.append(f"Patient {phi('NAME', _name(rng, who.first, who.last))} (MRN {phi('ID', who.mrn)}), {who.age}-year-old {who.sex}.")
+        out.append(
+            f"Patient {phi('NAME', _name(rng, who.first, who.last))} (MRN {phi('ID', who.mrn)}), {who.age}-year-old {who.sex}."
+        )
     elif choice == 1:
-        out.append(f"{phi('NAME', _name(rng, who.first, who.last, title))} is a {who.age} year old {who.sex}, MRN: {phi('ID', who.mrn)}.")
+        out.append(
+            f"{phi('NAME', _name(rng, who.first, who.last, title))} is a {who.age} year old {who.sex}, MRN: {phi('ID', who.mrn)}."
+        )
     elif choice == 2:
-        out.append(f"Exam {phi('DATE', _date(rng, who.study_date))} at {phi('TIME', _time(rng, who.study_time))}, accession {phi('ID', who.accession)}.")
+        out.append(
+            f"Exam {phi('DATE', _date(rng, who.study_date))} at {phi('TIME', _time(rng, who.study_time))}, accession {phi('ID', who.accession)}."
+        )
     if rng.random() < 0.6:
-        out.append(f"Comparison is made to the prior radiograph of {phi('DATE', _date(rng, prior))}." if prior else "No prior studies for comparison.")
+        out.append(
+            f"Comparison is made to the prior radiograph of {phi('DATE', _date(rng, prior))}."
+            if prior
+            else "No prior studies for comparison."
+        )
     if rng.random() < 0.3:
         out.append(f"DOB {phi('DATE', _date(rng, who.birth))}.")
     return out
@@ -246,24 +495,43 @@ def phi_signoff(rng: np.random.Generator, who: Identity, urgent: bool, phi=_keep
     out = []
     ref = _name(rng, who.referrer_first, who.referrer_last, "Dr.")
     if urgent or rng.random() < 0.3:
-        out.append(f"Findings were discussed with Dr. {phi('NAME', ref.replace('Dr. ', ''))} by telephone at {phi('TIME', _time(rng, who.study_time))} on {phi('DATE', _date(rng, who.study_date))}.")
+        out.append(
+            f"Findings were discussed with Dr. {phi('NAME', ref.replace('Dr. ', ''))} by telephone at {phi('TIME', _time(rng, who.study_time))} on {phi('DATE', _date(rng, who.study_date))}."
+        )
     if rng.random() < 0.4:
-        out.append(f"Ordering physician {phi('NAME', ref)} can be reached at {phi('CONTACT', _phone(rng, who.phone))}.")
+        out.append(
+            f"Ordering physician {phi('NAME', ref)} can be reached at {phi('CONTACT', _phone(rng, who.phone))}."
+        )
     if rng.random() < 0.5:
-        out.append(f"Electronically signed by {phi('NAME', who.radiologist)}, MD, {phi('DATE', _date(rng, who.study_date))}. Accession {phi('ID', who.accession)}.")
+        out.append(
+            f"Electronically signed by {phi('NAME', who.radiologist)}, MD, {phi('DATE', _date(rng, who.study_date))}. Accession {phi('ID', who.accession)}."
+        )
     return out
 
 
 def _fill(rng, template: str, side: str, sev: int, device: str) -> str:
     size = f"{1.0 + sev * 0.8 + float(rng.integers(0, 5)) / 10:.1f}"
     return template.format(
-        side=side, Side=side.capitalize(), sev=SEVERITY[sev], Sev=SEVERITY[sev].capitalize(),
-        grade=GRADE[sev], adverb=ADVERB[sev], size=size, device=device,
+        side=side,
+        Side=side.capitalize(),
+        sev=SEVERITY[sev],
+        Sev=SEVERITY[sev].capitalize(),
+        grade=GRADE[sev],
+        adverb=ADVERB[sev],
+        size=size,
+        device=device,
     )
 
 
 def write_report(
-    rng: np.random.Generator, labels: dict, sides: dict, severity: dict, device: str, who: Identity, prior: Optional[date], deidentified: bool = False
+    rng: np.random.Generator,
+    labels: dict,
+    sides: dict,
+    severity: dict,
+    device: str,
+    who: Identity,
+    prior: Optional[date],
+    deidentified: bool = False,
 ) -> tuple[str, str]:
     """FINDINGS and IMPRESSION for one study. `labels`: name -> 1/0/-1/None (No Finding excluded).
     `deidentified`: PHI written as typed tags, as a public collection is published."""
@@ -300,7 +568,9 @@ def write_report(
     for n in abnormal:
         side = ("left" if sides.get(n, 0) else "right").capitalize()
         text = SUMMARY[n].replace("{Side}", side)
-        impression.append(text if labels[n] == 1 else f"Possible {text[0].lower()}{text[1:]}".replace("; CT recommended", ""))
+        impression.append(
+            text if labels[n] == 1 else f"Possible {text[0].lower()}{text[1:]}".replace("; CT recommended", "")
+        )
     if not abnormal:
         if labels.get("Support Devices") == 1:
             impression.append(SUMMARY["Support Devices"])

@@ -121,6 +121,8 @@ def labels_from_findings_key(key: str) -> dict[str, Optional[int]]:
     for part in filter(None, key.split(";")):
         name, _, value = part.partition("=")
         if name not in labels or value not in ("1", "-1"):
-            raise ValueError(f"{part!r} in label combination {key!r} is not <label>=1 or <label>=-1 with a known label")
+            raise ValueError(
+                f"{part!r} in label combination {key!r} is not <label>=1 or <label>=-1 with a known label"
+            )
         labels[name] = int(value)
     return labels

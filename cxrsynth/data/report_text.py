@@ -7,7 +7,9 @@ from pathlib import Path
 
 # A section header is an upper-case line start ending in a colon ("FINDINGS:", "WET READ:"), or a
 # known section name inside a line ("... FINDINGS: x IMPRESSION: y", as one-line exports have it).
-_HEADER = re.compile(r"(?m)(?:^[ \t]*([A-Z][A-Z /&()-]{2,40})|\b(FINDINGS|IMPRESSION|CONCLUSION|INDICATION|TECHNIQUE|COMPARISON|HISTORY)):")
+_HEADER = re.compile(
+    r"(?m)(?:^[ \t]*([A-Z][A-Z /&()-]{2,40})|\b(FINDINGS|IMPRESSION|CONCLUSION|INDICATION|TECHNIQUE|COMPARISON|HISTORY)):"
+)
 
 
 def read_report_file(path: Path) -> str:

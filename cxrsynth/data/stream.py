@@ -110,7 +110,16 @@ class ManifestDataset(Dataset):
     _TEXT = ("record_id", "patient_id", "study_id", "site", "split", "view", "findings", "impression", "provenance")
     _FEW = ("site", "split", "view")
 
-    def __init__(self, root: str | Path, columns: dict, rows: np.ndarray, labels: np.ndarray, image_paths: list[str], lateral_paths: list[str], index: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        root: str | Path,
+        columns: dict,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        image_paths: list[str],
+        lateral_paths: list[str],
+        index: Optional[np.ndarray] = None,
+    ):
         self.root = Path(root)
         self.columns = columns
         self.rows = rows  # manifest data row of each record (1-based), for error messages
@@ -124,7 +133,9 @@ class ManifestDataset(Dataset):
         self.phi: dict[str, dict[str, str]] = {}
 
     @classmethod
-    def open(cls, root: str | Path, *, strict: bool = False, report: Optional[DatasetReport] = None, with_phi: bool = False) -> tuple["ManifestDataset", DatasetReport]:
+    def open(
+        cls, root: str | Path, *, strict: bool = False, report: Optional[DatasetReport] = None, with_phi: bool = False
+    ) -> tuple["ManifestDataset", DatasetReport]:
         root = Path(root)
         manifest, reader = open_manifest(root)
         report = report or DatasetReport()
@@ -154,13 +165,22 @@ class ManifestDataset(Dataset):
                 value = getattr(rec, c)
                 # One string object per distinct site, split and view, not one per row.
                 columns[c].append(sys.intern(value) if c in cls._FEW else value)
-            labels.append(np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8))
+            labels.append(
+                np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8)
+            )
             rows.append(i)
             images.append(image)
             laterals.append(lateral)
             report.kept += 1
         del seen
-        ds = cls(root, columns, np.array(rows, dtype=np.int64), np.stack(labels) if labels else np.zeros((0, len(LABELS)), np.int8), images, laterals)
+        ds = cls(
+            root,
+            columns,
+            np.array(rows, dtype=np.int64),
+            np.stack(labels) if labels else np.zeros((0, len(LABELS)), np.int8),
+            images,
+            laterals,
+        )
         if with_phi and (root / PHI_HEADERS).is_file():
             ds.phi = read_phi_headers(root)
         return ds, report
@@ -219,7 +239,15 @@ class ManifestDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> "ManifestDataset":
         """The records at `indices`, sharing this dataset's columns (no label mask carried over)."""
-        sub = ManifestDataset(self.root, self.columns, self.rows, self.labels, self.image_paths, self.lateral_paths, self.index[np.asarray(indices, dtype=np.int64)])
+        sub = ManifestDataset(
+            self.root,
+            self.columns,
+            self.rows,
+            self.labels,
+            self.image_paths,
+            self.lateral_paths,
+            self.index[np.asarray(indices, dtype=np.int64)],
+        )
         sub.phi = self.phi
         return sub
 
@@ -334,10 +362,17 @@ class ImageColumn(Sequence):
     access: a search over a dataset's images reads them a block at a time through this, and
     nothing holds them all."""
 
-    def __init__(self, records: Sequence[Record], positions: Optional[Sequence[int]] = None, lateral: Optional[Sequence[bool]] = None):
+    def __init__(
+        self,
+        records: Sequence[Record],
+        positions: Optional[Sequence[int]] = None,
+        lateral: Optional[Sequence[bool]] = None,
+    ):
         self.records = records
         self.positions = np.arange(len(records)) if positions is None else np.asarray(positions, dtype=np.int64)
-        self.lateral = np.zeros(len(self.positions), dtype=bool) if lateral is None else np.asarray(lateral, dtype=bool)
+        self.lateral = (
+            np.zeros(len(self.positions), dtype=bool) if lateral is None else np.asarray(lateral, dtype=bool)
+        )
         if len(self.lateral) != len(self.positions):
             raise ValueError(f"{len(self.positions)} positions but {len(self.lateral)} lateral flags")
 
@@ -379,7 +414,17 @@ class IndexBatchSampler(Sampler[list[int]]):
     seed) and rank r keeps positions r, r + world_size, ... of it.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, mode: str = "shuffle", patient_ids: Optional[Sequence[str]] = None, steps: Optional[int] = None, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        mode: str = "shuffle",
+        patient_ids: Optional[Sequence[str]] = None,
+        steps: Optional[int] = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if n <= 0:
             raise InputError("no training records: the dataset (after the holdout split) is empty.")
         if mode not in ("shuffle", "poisson", "poisson-patient"):
@@ -435,11 +480,21 @@ class IndexBatchSampler(Sampler[list[int]]):
             done += 1
 
 
-def record_loader(dataset: Dataset, sampler: IndexBatchSampler, workers: int = 0, device: Optional[torch.device] = None) -> DataLoader:
+def record_loader(
+    dataset: Dataset, sampler: IndexBatchSampler, workers: int = 0, device: Optional[torch.device] = None
+) -> DataLoader:
     """Batches of records (`RecordBatch`) from `dataset` in the sampler's order; `workers`
     processes decode images ahead of the step; on CUDA the stacked images are pinned."""
     pin = device is not None and device.type == "cuda"
     extra = {"persistent_workers": False, "prefetch_factor": 2} if workers else {}
     # A generator of its own: a DataLoader draws its workers' base seed from it when iterated, and
     # from torch's global one without it, which would shift every random draw of the model's steps.
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_records, num_workers=workers, pin_memory=pin, generator=torch.Generator(), **extra)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate_records,
+        num_workers=workers,
+        pin_memory=pin,
+        generator=torch.Generator(),
+        **extra,
+    )

@@ -123,4 +123,13 @@ def pseudo_reports(counts: dict[str, int], n_reports: int) -> list[Record]:
         for _ in range(rest[token]):
             bins[i % n].append(token)
             i += 1
-    return [Record(record_id=f"vocab{j}", patient_id=f"vocab{j}", study_id=f"vocab{j}", site="federated", findings=" ".join(b) or ".") for j, b in enumerate(bins)]
+    return [
+        Record(
+            record_id=f"vocab{j}",
+            patient_id=f"vocab{j}",
+            study_id=f"vocab{j}",
+            site="federated",
+            findings=" ".join(b) or ".",
+        )
+        for j, b in enumerate(bins)
+    ]

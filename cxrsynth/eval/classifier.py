@@ -109,7 +109,10 @@ def train_classifier(
 def predict(model: CXRClassifier, images: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
     """Label probabilities, (N, 14)."""
     model.eval()
-    out = [torch.sigmoid(model(images_to_tensor(images[i : i + batch_size], model.image_size))) for i in range(0, len(images), batch_size)]
+    out = [
+        torch.sigmoid(model(images_to_tensor(images[i : i + batch_size], model.image_size)))
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(out).numpy() if out else np.zeros((0, len(LABELS)), np.float32)
 
 
@@ -132,9 +135,10 @@ def load_classifier(path: str | Path) -> CXRClassifier:
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise InputError(f"{path}: not a readable safetensors file ({e}).") from None
     if meta.get("cxrsynth") != "eval.classifier":
-        raise InputError(f"{path}: safetensors without cxrsynth classifier metadata; save it with cxrsynth.eval.classifier.save_classifier, or pass a TorchScript (.pt) feature module.")
+        raise InputError(
+            f"{path}: safetensors without cxrsynth classifier metadata; save it with cxrsynth.eval.classifier.save_classifier, or pass a TorchScript (.pt) feature module."
+        )
     model = CXRClassifier(int(meta["width"]), int(meta["image_size"]))
     model.load_state_dict(load_file(str(path)))
     model.eval()
     return model
-

@@ -21,12 +21,18 @@ class EvalConfig(BaseModel):
         "(the real data keeps its updates); pooled = one batch drawn from the union (the real data gets only its share of the steps)",
     )
     seeds: int = Field(1, ge=1, le=20, description="utility arms are trained with this many seeds and averaged")
-    uncertain_as: float = Field(1.0, ge=0.0, le=1.0, description="target for an uncertain (-1) label: 1 is the CheXpert U-Ones policy")
+    uncertain_as: float = Field(
+        1.0, ge=0.0, le=1.0, description="target for an uncertain (-1) label: 1 is the CheXpert U-Ones policy"
+    )
     # RoentGen (Chambon et al., sec. 3.3) measures diversity over 4 samples per prompt.
     samples_per_condition: int = Field(4, ge=2)
     max_conditions: int = Field(32, ge=1, description="conditioning groups used for MS-SSIM diversity")
-    max_references: int = Field(5, ge=1, description="real reports per synthetic report when references are label-matched")
+    max_references: int = Field(
+        5, ge=1, description="real reports per synthetic report when references are label-matched"
+    )
     grid: int = Field(16, ge=1, description="images per grid on the HTML page")
     sample_reports: int = Field(6, ge=0)
-    holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="used only when the real dataset has no split column values")
+    holdout_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="used only when the real dataset has no split column values"
+    )
     seed: int = 0

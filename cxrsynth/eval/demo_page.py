@@ -21,7 +21,10 @@ def _short_json(obj, limit: int = 1500) -> str:
 
 
 def _phantom(v: dict) -> dict:
-    return {"rows": [(site, d["studies"], d["patients"], d["holdout"]) for site, d in v["per_site"].items()], "raw_report": v["example_raw_report"]}
+    return {
+        "rows": [(site, d["studies"], d["patients"], d["holdout"]) for site, d in v["per_site"].items()],
+        "raw_report": v["example_raw_report"],
+    }
 
 
 def _deid(v: dict) -> dict:
@@ -74,7 +77,10 @@ def _federate(v: dict) -> dict:
     }
     ledger = v.get("privacy_ledger")
     if isinstance(ledger, dict) and isinstance(ledger.get("sites"), dict):
-        rows = [(site, e.get("epsilon"), e.get("delta"), e.get("steps"), e.get("noise_multiplier"), e.get("sample_rate")) for site, e in ledger["sites"].items()]
+        rows = [
+            (site, e.get("epsilon"), e.get("delta"), e.get("steps"), e.get("noise_multiplier"), e.get("sample_rate"))
+            for site, e in ledger["sites"].items()
+        ]
         out["ledger"] = {"epsilon": ledger.get("epsilon"), "delta": ledger.get("delta"), "rows": rows}
     elif ledger is not None:
         out["ledger_json"] = _short_json(ledger)
@@ -94,11 +100,23 @@ def _evaluate(v: dict) -> dict:
 def _audit(v: dict) -> dict:
     rows, classes = [], []
     for name, check in v["checks"].items():
-        figures = {k: x for k, x in check.items() if k != "passed" and isinstance(x, (int, float, str, bool)) and not isinstance(x, dict)}
-        rows.append((name, "passed" if check.get("passed") else "FAILED", ", ".join(f"{k}={fmt(x)}" for k, x in list(figures.items())[:6])))
+        figures = {
+            k: x
+            for k, x in check.items()
+            if k != "passed" and isinstance(x, (int, float, str, bool)) and not isinstance(x, dict)
+        }
+        rows.append(
+            (
+                name,
+                "passed" if check.get("passed") else "FAILED",
+                ", ".join(f"{k}={fmt(x)}" for k, x in list(figures.items())[:6]),
+            )
+        )
         classes.append("ok" if check.get("passed") else "bad")
     flagged = v.get("flagged") or {}
-    counts = {"images": len(flagged.get("images", [])), "reports": len(flagged.get("reports", []))} if flagged else None
+    counts = (
+        {"images": len(flagged.get("images", [])), "reports": len(flagged.get("reports", []))} if flagged else None
+    )
     return {"passed": v["passed"], "rows": rows, "classes": classes, "flagged": counts}
 
 
@@ -128,11 +146,17 @@ def _side_by_side(demo) -> dict | None:
     syn, _ = read_dataset(syn_dir)
     real, _ = read_dataset(real_dir)
     step = max(1, demo.cfg.samples_per_condition)
-    columns = [("real (de-identified holdout)", real), ("synthetic: fine-tuned at the sites with DP (the release)", syn)]
+    columns = [
+        ("real (de-identified holdout)", real),
+        ("synthetic: fine-tuned at the sites with DP (the release)", syn),
+    ]
     if (base_dir / "manifest.csv").is_file():
         columns.append(("base model only, same label sets (not released)", read_dataset(base_dir)[0]))
     return {
-        "columns": [{"title": title, "grid": grid_uri([r.image for r in recs[:16]], cols=8, cell=48)} for title, recs in columns],
+        "columns": [
+            {"title": title, "grid": grid_uri([r.image for r in recs[:16]], cols=8, cell=48)}
+            for title, recs in columns
+        ],
         "pairs": sample_pairs(real, syn[::step], 4),
     }
 
@@ -144,7 +168,16 @@ def write_page(path: Path, demo) -> Path:
         if s.status == OK and build is not None:
             sections.append({"name": s.name, "kind": kind, "data": build(s.value)})
         elif s.status != OK:
-            sections.append({"name": s.name, "kind": "not ok", "data": None, "status": s.status, "detail": s.detail, "cls": STATUS_CLASS.get(s.status, "bad")})
+            sections.append(
+                {
+                    "name": s.name,
+                    "kind": "not ok",
+                    "data": None,
+                    "status": s.status,
+                    "detail": s.detail,
+                    "cls": STATUS_CLASS.get(s.status, "bad"),
+                }
+            )
     return pages.write(
         path,
         "demo.html",

@@ -71,7 +71,9 @@ def _condition_groups(records: Sequence[Record]) -> dict[Hashable, list[int]]:
     return groups
 
 
-def within_condition_ms_ssim(records: Sequence[Record], per_condition: int, max_conditions: int, size: int, seed: int = 0) -> dict:
+def within_condition_ms_ssim(
+    records: Sequence[Record], per_condition: int, max_conditions: int, size: int, seed: int = 0
+) -> dict:
     """Mean MS-SSIM over all pairs among up to `per_condition` images in each of up to `max_conditions` groups."""
     from cxrsynth.data.transforms import images_to_tensor, tensor_to_images
 

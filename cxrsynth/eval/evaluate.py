@@ -50,7 +50,9 @@ def load_real(real_dir: str | Path, cfg: EvalConfig) -> tuple[Sequence[Record], 
     train = subset_view(records, [i for i, side in enumerate(splits) if side != "holdout"])
     holdout = subset_view(records, [i for i, side in enumerate(splits) if side == "holdout"])
     if not len(holdout) or not len(train):
-        raise InputError(f"{real_dir}: needs both training and holdout records (split column); got {len(train)} train and {len(holdout)} holdout.")
+        raise InputError(
+            f"{real_dir}: needs both training and holdout records (split column); got {len(train)} train and {len(holdout)} holdout."
+        )
     return train, holdout
 
 
@@ -69,7 +71,9 @@ def _positives(rec: Record) -> tuple[str, ...]:
     return tuple(k for k in LABELS if rec.labels.get(k) == 1)
 
 
-def reference_pairs(synthetic: Sequence[Record], real: Sequence[Record], max_refs: int) -> tuple[str, list[str], list[list[str]]]:
+def reference_pairs(
+    synthetic: Sequence[Record], real: Sequence[Record], max_refs: int
+) -> tuple[str, list[str], list[list[str]]]:
     """Candidate reports and their references.
 
     'paired': a synthetic row whose provenance says `reference=<real record_id>` (a report generated
@@ -109,7 +113,12 @@ def family_probe(checkpoint: str | Path, train: Sequence[Record], holdout: Seque
         return {"family": family.name, "skipped": f"the {family.name} family declares no probe of its latent space"}
     model, _, _ = load_checkpoint(checkpoint)
     model.eval()
-    return {"family": family.name, "title": family.probe.title, "note": family.probe.note, "table": family.probe.run(model, train, holdout)}
+    return {
+        "family": family.name,
+        "title": family.probe.title,
+        "note": family.probe.note,
+        "table": family.probe.run(model, train, holdout),
+    }
 
 
 def run_evaluation(
@@ -141,7 +150,11 @@ def run_evaluation(
     say = progress.say
 
     def record(name: str, result) -> None:
-        metrics["status"][name] = {"status": result.status, "detail": result.detail, "seconds": round(result.seconds, 2)}
+        metrics["status"][name] = {
+            "status": result.status,
+            "detail": result.detail,
+            "seconds": round(result.seconds, 2),
+        }
         if result.ok:
             metrics[name] = result.value
 
@@ -154,8 +167,13 @@ def run_evaluation(
     def fidelity() -> dict:
         if extractor == "classifier":
             if real_classifier is None:
-                raise InputError("the default FID extractor is the real-only utility classifier, which did not train; pass --extractor FILE.")
-            ext = classifier_extractor(real_classifier, f"CXR classifier trained on {len(train)} real training images ({real_classifier.feature_dim}-d penultimate features, {cfg.classifier_steps} steps)")
+                raise InputError(
+                    "the default FID extractor is the real-only utility classifier, which did not train; pass --extractor FILE."
+                )
+            ext = classifier_extractor(
+                real_classifier,
+                f"CXR classifier trained on {len(train)} real training images ({real_classifier.feature_dim}-d penultimate features, {cfg.classifier_steps} steps)",
+            )
         else:
             ext = file_extractor(extractor, cfg.image_size)
         f_hold = ext(ImageColumn(holdout))
@@ -168,7 +186,11 @@ def run_evaluation(
             # Real against real for scale; not against the training images, whose features the
             # extractor has fitted and which therefore sit apart from unseen ones.
             "fid_holdout_halves": frechet_distance(f_hold[:half], f_hold[half:]) if half >= 2 else None,
-            **({"fid_baseline_vs_holdout": frechet_distance(f_hold, ext(ImageColumn(baseline)))} if baseline is not None else {}),
+            **(
+                {"fid_baseline_vs_holdout": frechet_distance(f_hold, ext(ImageColumn(baseline)))}
+                if baseline is not None
+                else {}
+            ),
             "n_synthetic": len(synthetic),
             "n_holdout": len(holdout),
         }
@@ -176,9 +198,17 @@ def run_evaluation(
     record("fidelity", run_stage("fidelity", fidelity, say))
 
     def diversity() -> dict:
-        syn = within_condition_ms_ssim(synthetic, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
-        real = within_condition_ms_ssim(concat_view(train, holdout), cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed)
-        return {"synthetic": syn, "real": real, "note": "MS-SSIM among images of one conditioning; lower is more diverse"}
+        syn = within_condition_ms_ssim(
+            synthetic, cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed
+        )
+        real = within_condition_ms_ssim(
+            concat_view(train, holdout), cfg.samples_per_condition, cfg.max_conditions, cfg.image_size, cfg.seed
+        )
+        return {
+            "synthetic": syn,
+            "real": real,
+            "note": "MS-SSIM among images of one conditioning; lower is more diverse",
+        }
 
     record("diversity", run_stage("diversity", diversity, say))
 
@@ -188,10 +218,22 @@ def run_evaluation(
 
     if any(r.report.strip() for r in metadata_view(concat_view(train, holdout))):
         record("reports", run_stage("report metrics", reports, say))
-        record("label_agreement", run_stage("label agreement", lambda: {"synthetic": label_agreement(metadata_view(synthetic)), "real_holdout": label_agreement(metadata_view(holdout))}, say))
+        record(
+            "label_agreement",
+            run_stage(
+                "label agreement",
+                lambda: {
+                    "synthetic": label_agreement(metadata_view(synthetic)),
+                    "real_holdout": label_agreement(metadata_view(holdout)),
+                },
+                say,
+            ),
+        )
     else:
         # Not a pass and not a failure: there is no real report to score text against.
-        why = "the real data hold no report text, so report metrics and the labeler's agreement have nothing to compare"
+        why = (
+            "the real data hold no report text, so report metrics and the labeler's agreement have nothing to compare"
+        )
         for name in ("reports", "label_agreement"):
             say(f"== {name}\n   {name}: NO REPORTS - {why}")
             metrics["status"][name] = {"status": NO_REPORTS, "detail": why, "seconds": 0.0}
@@ -221,25 +263,44 @@ def summary_lines(metrics: dict) -> list[str]:
     lines = []
     fid = metrics.get("fidelity")
     if fid:
-        lines.append(f"FID synthetic vs real holdout: {fid['fid_synthetic_vs_holdout']:.3f} (real holdout half vs half: {fid['fid_holdout_halves'] if fid['fid_holdout_halves'] is None else round(fid['fid_holdout_halves'], 3)}); extractor: {fid['extractor']}")
+        lines.append(
+            f"FID synthetic vs real holdout: {fid['fid_synthetic_vs_holdout']:.3f} (real holdout half vs half: {fid['fid_holdout_halves'] if fid['fid_holdout_halves'] is None else round(fid['fid_holdout_halves'], 3)}); extractor: {fid['extractor']}"
+        )
     div = metrics.get("diversity")
     if div and div["synthetic"]["mean"] is not None:
         real = div["real"]["mean"]
-        lines.append(f"MS-SSIM within a conditioning: synthetic {div['synthetic']['mean']:.3f} over {div['synthetic']['pairs']} pairs, real {real if real is None else f'{real:.3f}'}")
+        lines.append(
+            f"MS-SSIM within a conditioning: synthetic {div['synthetic']['mean']:.3f} over {div['synthetic']['pairs']} pairs, real {real if real is None else f'{real:.3f}'}"
+        )
     util = metrics.get("utility")
     if util:
-        arms = "  ".join(f"{a}: {v['macro_auroc']:.3f}" if v["macro_auroc"] is not None else f"{a}: n/a" for a, v in util["arms"].items())
+        arms = "  ".join(
+            f"{a}: {v['macro_auroc']:.3f}" if v["macro_auroc"] is not None else f"{a}: n/a"
+            for a, v in util["arms"].items()
+        )
         lines.append(f"macro AUROC on real holdout ({util['holdout_records']} records)  {arms}")
         if util.get("synthetic_to_real") is not None:
-            lines.append(f"synthetic-only / real-only macro AUROC: {util['synthetic_to_real']:.3f}" + (f"; fine-tuning gain over the base model: {util['fine_tuning_gain']:+.3f}" if util.get("fine_tuning_gain") is not None else ""))
+            lines.append(
+                f"synthetic-only / real-only macro AUROC: {util['synthetic_to_real']:.3f}"
+                + (
+                    f"; fine-tuning gain over the base model: {util['fine_tuning_gain']:+.3f}"
+                    if util.get("fine_tuning_gain") is not None
+                    else ""
+                )
+            )
     rep = metrics.get("reports")
     if rep and rep.get("n"):
-        lines.append(f"reports ({rep['references']}, n={rep['n']}): " + " ".join(f"{k}={rep[k]:.3f}" for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")))
+        lines.append(
+            f"reports ({rep['references']}, n={rep['n']}): "
+            + " ".join(f"{k}={rep[k]:.3f}" for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d"))
+        )
     elif rep is not None:
         lines.append(f"reports: none scored; no synthetic report has a {rep['references']} real reference")
     lab = metrics.get("label_agreement")
     if lab and lab["synthetic"].get("n"):
-        lines.append(f"label agreement (report vs labels): synthetic exact {lab['synthetic']['exact_agreement']:.3f}, real holdout {lab['real_holdout'].get('exact_agreement', float('nan')):.3f}")
+        lines.append(
+            f"label agreement (report vs labels): synthetic exact {lab['synthetic']['exact_agreement']:.3f}, real holdout {lab['real_holdout'].get('exact_agreement', float('nan')):.3f}"
+        )
     for name, st in metrics["status"].items():
         if st["status"] != "ok":
             lines.append(f"{name}: {st['status']} - {st['detail']}")

@@ -31,7 +31,10 @@ class Extractor:
 
     @torch.no_grad()
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
-        chunks = [self._fn(images_to_tensor(images[i : i + batch_size], self.image_size)).reshape(-1, self.dim) for i in range(0, len(images), batch_size)]
+        chunks = [
+            self._fn(images_to_tensor(images[i : i + batch_size], self.image_size)).reshape(-1, self.dim)
+            for i in range(0, len(images), batch_size)
+        ]
         return torch.cat(chunks).double().numpy() if chunks else np.zeros((0, self.dim))
 
 
@@ -44,21 +47,29 @@ def file_extractor(path: str | Path, image_size: int) -> Extractor:
     """An extractor from a local weights file; nothing is ever downloaded."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"--extractor {path}: no such file; give `classifier` or a local .safetensors (cxrsynth classifier) or TorchScript .pt file.")
+        raise InputError(
+            f"--extractor {path}: no such file; give `classifier` or a local .safetensors (cxrsynth classifier) or TorchScript .pt file."
+        )
     if path.suffix == ".safetensors":
         model = load_classifier(path)
-        return classifier_extractor(model, f"classifier weights {path.name} ({model.feature_dim}-d penultimate features)")
+        return classifier_extractor(
+            model, f"classifier weights {path.name} ({model.feature_dim}-d penultimate features)"
+        )
     if path.suffix == ".pt2":
         try:
             module = torch.export.load(str(path)).module()
         except Exception as e:  # noqa: BLE001 - torch.export raises many kinds on a bad file
-            raise InputError(f"--extractor {path}: not a torch.export program ({str(e).splitlines()[0] if str(e) else e.__class__.__name__}); save one with torch.export.save(torch.export.export(model, (example,)), path).") from None
+            raise InputError(
+                f"--extractor {path}: not a torch.export program ({str(e).splitlines()[0] if str(e) else e.__class__.__name__}); save one with torch.export.save(torch.export.export(model, (example,)), path)."
+            ) from None
         kind = "exported program"
     else:
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as e:
-            raise InputError(f"--extractor {path}: not a TorchScript module ({str(e).splitlines()[0]}); save one with torch.jit.save(torch.jit.script(model), path), or a torch.export program as .pt2.") from None
+            raise InputError(
+                f"--extractor {path}: not a TorchScript module ({str(e).splitlines()[0]}); save one with torch.jit.save(torch.jit.script(model), path), or a torch.export program as .pt2."
+            ) from None
         module.eval()
         kind = "TorchScript"
     with torch.no_grad():

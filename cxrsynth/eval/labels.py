@@ -31,7 +31,9 @@ def label_agreement(records: Sequence[Record], label_report: Callable[[str], dic
         tp, pred, truth = tp + (p & t), pred + p, truth + t
     if not n:
         return {"n": 0}
-    per_label = {k: (2 * int(tp[j]) / int(pred[j] + truth[j]) if pred[j] + truth[j] else None) for j, k in enumerate(LABELS)}
+    per_label = {
+        k: (2 * int(tp[j]) / int(pred[j] + truth[j]) if pred[j] + truth[j] else None) for j, k in enumerate(LABELS)
+    }
     defined = [v for v in per_label.values() if v is not None]
     return {
         "n": n,

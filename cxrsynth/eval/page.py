@@ -47,7 +47,14 @@ def _msssim_plot(div: dict) -> str:
     for key, color in (("synthetic", "tab:orange"), ("real", "tab:blue")):
         vals = div[key]["values"]
         if vals:
-            ax.hist(vals, bins=20, range=(0, 1), alpha=0.6, color=color, label=f"{key} (mean {fmt(div[key]['mean'])}, {len(vals)} pairs)")
+            ax.hist(
+                vals,
+                bins=20,
+                range=(0, 1),
+                alpha=0.6,
+                color=color,
+                label=f"{key} (mean {fmt(div[key]['mean'])}, {len(vals)} pairs)",
+            )
     ax.set_xlabel("MS-SSIM within a conditioning (lower: more diverse)")
     ax.legend(fontsize=8)
     return figure_uri(fig)
@@ -57,7 +64,13 @@ def sample_pairs(real: Sequence[Record], synthetic: Sequence[Record], n: int) ->
     """Real and synthetic studies side by side (image, labels, report), for the `sample_pairs` macro."""
     return [
         [
-            {"title": title, "record_id": rec.record_id, "grid": grid_uri([rec.image, rec.lateral], cols=2, cell=128), "labels": _positive(rec), "report": rec.report}
+            {
+                "title": title,
+                "record_id": rec.record_id,
+                "grid": grid_uri([rec.image, rec.lateral], cols=2, cell=128),
+                "labels": _positive(rec),
+                "report": rec.report,
+            }
             for title, rec in (("real (holdout)", r), ("synthetic", s))
         ]
         for r, s in zip(real[:n], synthetic[:n])
@@ -65,18 +78,30 @@ def sample_pairs(real: Sequence[Record], synthetic: Sequence[Record], n: int) ->
 
 
 def write_page(
-    path: Path, metrics: dict, train: Sequence[Record], holdout: Sequence[Record], synthetic: Sequence[Record], cfg: EvalConfig, baseline: Optional[Sequence[Record]] = None
+    path: Path,
+    metrics: dict,
+    train: Sequence[Record],
+    holdout: Sequence[Record],
+    synthetic: Sequence[Record],
+    cfg: EvalConfig,
+    baseline: Optional[Sequence[Record]] = None,
 ) -> Path:
     status = metrics["status"]
     util = metrics.get("utility")
     fid = metrics.get("fidelity")
     fidelity_rows = []
     if fid:
-        fidelity_rows = [("FID synthetic vs real holdout", fid["fid_synthetic_vs_holdout"]), ("FID real holdout half vs half (for scale)", fid["fid_holdout_halves"]), ("extractor", fid["extractor"])]
+        fidelity_rows = [
+            ("FID synthetic vs real holdout", fid["fid_synthetic_vs_holdout"]),
+            ("FID real holdout half vs half (for scale)", fid["fid_holdout_halves"]),
+            ("extractor", fid["extractor"]),
+        ]
         if "fid_baseline_vs_holdout" in fid:
             fidelity_rows.insert(1, ("FID base-only synthetic vs real holdout", fid["fid_baseline_vs_holdout"]))
     rep = metrics.get("reports")
-    report_keys = [k for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "n") if k in rep] if rep else []
+    report_keys = (
+        [k for k in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "n") if k in rep] if rep else []
+    )
     lab = metrics.get("label_agreement")
     probe = metrics.get("probe")
     return pages.write(
@@ -96,14 +121,21 @@ def write_page(
         msssim=_msssim_plot(metrics["diversity"]) if metrics.get("diversity") else "",
         util=util,
         utility_header=["label", *util["arms"]] if util else [],
-        utility_rows=[(k, *[util["arms"][a]["auroc"].get(k) for a in util["arms"]]) for k in LABELS] + [("macro", *[util["arms"][a]["macro_auroc"] for a in util["arms"]])] if util else [],
+        utility_rows=[(k, *[util["arms"][a]["auroc"].get(k) for a in util["arms"]]) for k in LABELS]
+        + [("macro", *[util["arms"][a]["macro_auroc"] for a in util["arms"]])]
+        if util
+        else [],
         auroc_plot=_auroc_plot(util) if util else "",
         report_keys=report_keys,
         report_values=[rep[k] for k in report_keys],
         reports=rep,
         labels=lab,
-        label_rows=[(k, lab["synthetic"].get("positive_f1", {}).get(k), lab["real_holdout"].get("positive_f1", {}).get(k)) for k in LABELS] if lab else [],
+        label_rows=[
+            (k, lab["synthetic"].get("positive_f1", {}).get(k), lab["real_holdout"].get("positive_f1", {}).get(k))
+            for k in LABELS
+        ]
+        if lab
+        else [],
         probe=probe,
         pairs=sample_pairs(holdout, synthetic, cfg.sample_reports),
     )
-

@@ -73,4 +73,3 @@ def as_metrics(data: "Metrics | dict", where: str = "metrics") -> Metrics:
     if isinstance(data, Metrics):
         return data
     return validate(Metrics, data, where, InputError)
-

@@ -26,7 +26,13 @@ class StageResult:
         return self.status == OK
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "status": self.status, "detail": self.detail, "seconds": round(self.seconds, 2), "outputs": self.outputs}
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 2),
+            "outputs": self.outputs,
+        }
 
 
 PROJECT_PACKAGES = ("cxrsynth",)

@@ -24,7 +24,9 @@ ARMS = ("real", "synthetic", "real+synthetic")
 BASELINE = "base-only synthetic"
 
 
-def auroc_per_label(model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float) -> dict[str, Optional[float]]:
+def auroc_per_label(
+    model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float
+) -> dict[str, Optional[float]]:
     probs = predict(model, ImageColumn(holdout))
     truth = np.stack([r.label_vector(uncertain_as) for r in metadata_view(holdout)]) >= 0.5
     out: dict[str, Optional[float]] = {}

@@ -26,7 +26,9 @@ def build_model(model_config) -> "GenerativeModel":
     return model_class(model_config)(model_config)
 
 
-def rebuild_model(cfg, extra_state: dict, arrays: "dict[str, np.ndarray]", device: "torch.device") -> "GenerativeModel":
+def rebuild_model(
+    cfg, extra_state: dict, arrays: "dict[str, np.ndarray]", device: "torch.device"
+) -> "GenerativeModel":
     """A model as a checkpoint or the coordinator ships it: `cfg` a RunConfig, the vocabulary and
     other extra state first, then the weights."""
     model = build_model(cfg.model)

@@ -63,7 +63,9 @@ class Condition:
             return cls(prompt=value)
         if isinstance(value, Mapping):
             return cls(labels=normalize_labels(value, where))
-        raise InputError(f"{where}: expected a Condition, a prompt string or a label dict, got {type(value).__name__}.")
+        raise InputError(
+            f"{where}: expected a Condition, a prompt string or a label dict, got {type(value).__name__}."
+        )
 
 
 def as_conditions(conditions: Optional[Sequence], n: int) -> Optional[list[Condition]]:

@@ -118,13 +118,19 @@ class FamilyError(ConfigError):
 def register(family: Family) -> Family:
     """Add `family`; a second family of the same name from elsewhere is refused."""
     if not isinstance(family, Family):
-        raise FamilyError(f"{family!r} is not a cxrsynth.models.registry.Family; a family module defines FAMILY = Family(...).")
+        raise FamilyError(
+            f"{family!r} is not a cxrsynth.models.registry.Family; a family module defines FAMILY = Family(...)."
+        )
     known = _registered.get(family.name)
     if known is not None and known is not family and known.source != family.source:
-        raise FamilyError(f"model family {family.name!r} is declared twice: by {known.source or 'a caller'} and by {family.source or 'a caller'}.")
+        raise FamilyError(
+            f"model family {family.name!r} is declared twice: by {known.source or 'a caller'} and by {family.source or 'a caller'}."
+        )
     annotation = family.config.model_fields.get("family")
     if annotation is None or annotation.default != family.name:
-        raise FamilyError(f"{family.source or family.name}: its config class {family.config.__name__} needs a field `family: Literal[{family.name!r}] = {family.name!r}`.")
+        raise FamilyError(
+            f"{family.source or family.name}: its config class {family.config.__name__} needs a field `family: Literal[{family.name!r}] = {family.name!r}`."
+        )
     _registered[family.name] = family
     return family
 

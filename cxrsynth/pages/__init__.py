@@ -75,10 +75,14 @@ def template_dirs() -> list[Path]:
 def environment() -> jinja2.Environment:
     dirs = template_dirs()
     if not dirs:
-        raise FileNotFoundError("cxrsynth's page templates (cxrsynth/pages/templates) are not installed; reinstall cxrsynth.")
+        raise FileNotFoundError(
+            "cxrsynth's page templates (cxrsynth/pages/templates) are not installed; reinstall cxrsynth."
+        )
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(dirs),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html",), disabled_extensions=("css",), default_for_string=True, default=True),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html",), disabled_extensions=("css",), default_for_string=True, default=True
+        ),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -66,8 +66,10 @@ def _windows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                     ok_x = (starts_x - MARGIN).abs() <= MAX_SHIFT
                     keep = (ok_y[:, None] & ok_x[None, :]).flatten()
                     fine.append(u[:, :, keep])
-                    even = ((starts_y - MARGIN) % COARSE_STEP == 0)[:, None] & ((starts_x - MARGIN) % COARSE_STEP == 0)[None, :]
-                    ck = (keep & even.flatten())
+                    even = ((starts_y - MARGIN) % COARSE_STEP == 0)[:, None] & (
+                        (starts_x - MARGIN) % COARSE_STEP == 0
+                    )[None, :]
+                    ck = keep & even.flatten()
                     if ck.any():
                         w = u[:, :, ck].transpose(1, 2).reshape(-1, 1, n, n)
                         coarse.append(F.avg_pool2d(w, COARSE).reshape(x.shape[0], -1, (n // COARSE) ** 2))
@@ -89,7 +91,13 @@ def _inv_norm(w: torch.Tensor) -> torch.Tensor:
 def _max_similarity(variants: torch.Tensor, base: torch.Tensor, block: int = 8192) -> torch.Tensor:
     """(B, V, D) x (N, D) -> (B, N): each base row's best cosine with any variant, in base blocks."""
     inv = _inv_norm(variants).unsqueeze(-1)
-    return torch.cat([(torch.einsum("bvd,nd->bvn", variants, base[i : i + block]) * inv).amax(dim=1) for i in range(0, len(base), block)], dim=1)
+    return torch.cat(
+        [
+            (torch.einsum("bvd,nd->bvn", variants, base[i : i + block]) * inv).amax(dim=1)
+            for i in range(0, len(base), block)
+        ],
+        dim=1,
+    )
 
 
 def aligned_nearest(
@@ -134,7 +142,9 @@ def aligned_nearest(
                     cand = ids.gather(1, at)  # (b, k): the k base images most similar so far
                 wanted, where = np.unique(cand.numpy(), return_inverse=True)
                 cand_fine = torch.from_numpy(base_fine.take(wanted))[torch.from_numpy(where.reshape(cand.shape))]
-                best = (torch.einsum("bvd,bkd->bvk", fine, cand_fine) * _inv_norm(fine).unsqueeze(-1)).amax(dim=1)  # (b, k)
+                best = (torch.einsum("bvd,bkd->bvk", fine, cand_fine) * _inv_norm(fine).unsqueeze(-1)).amax(
+                    dim=1
+                )  # (b, k)
                 top, j = best.max(dim=1)
                 # Unit vectors: squared distance is 2 - 2 cos.
                 dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()

@@ -18,7 +18,9 @@ from cxrsynth.privacy.audit.stats import percentile_ci
 from cxrsynth.privacy.audit.verdict import check_reasons, dropped_labels
 
 
-def _pooled(values: list[float], replicates: list[list[float]], weights: list[float], confidence: float) -> tuple[float, list[float]]:
+def _pooled(
+    values: list[float], replicates: list[list[float]], weights: list[float], confidence: float
+) -> tuple[float, list[float]]:
     w = np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
     point = float(np.dot(w, values))
@@ -36,7 +38,10 @@ def _no_training_reports(answers: list[dict]) -> bool:
     return all(a.get("n_train_reports", 1) == 0 for a in answers)
 
 
-NO_TRAINING_REPORTS = {"status": "no_reports", "note": "no site's training data hold report text: there is no training report to leak, so the check has nothing to compare"}
+NO_TRAINING_REPORTS = {
+    "status": "no_reports",
+    "note": "no site's training data hold report text: there is no training report to leak, so the check has nothing to compare",
+}
 
 
 def _image_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[dict, dict, list[str]]:
@@ -55,7 +60,12 @@ def _image_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple
         "holdout_copy_rate": hold_rate,
         "threshold_by_site": {a["site"]: a["images"]["copy_threshold"] for a in answers if "images" in a},
     }
-    share, ci = _pooled([i["closeness_share"] for i in imgs], [i["closeness_replicates"] for i in imgs], [i["n_holdout"] for i in imgs], policy.confidence)
+    share, ci = _pooled(
+        [i["closeness_share"] for i in imgs],
+        [i["closeness_replicates"] for i in imgs],
+        [i["n_holdout"] for i in imgs],
+        policy.confidence,
+    )
     closeness = {"status": "ran", "share": share, "ci": ci, "ideal": 0.5}
     if "image_copies" in policy.skip:
         copy_check, copies = _skipped(), []
@@ -74,7 +84,12 @@ def _membership(answers: list[dict], policy: AuditPolicy) -> dict:
     ran = [m for _, m in ms]
     weights = [m["n_members"] * m["n_nonmembers"] for m in ran]
     auc, auc_ci = _pooled([m["auc"] for m in ran], [m["auc_replicates"] for m in ran], weights, policy.confidence)
-    tpr, tpr_ci = _pooled([m["tpr_at_1pct_fpr"] for m in ran], [m["tpr_replicates"] for m in ran], [m["n_members"] for m in ran], policy.confidence)
+    tpr, tpr_ci = _pooled(
+        [m["tpr_at_1pct_fpr"] for m in ran],
+        [m["tpr_replicates"] for m in ran],
+        [m["n_members"] for m in ran],
+        policy.confidence,
+    )
     return {"status": "ran", "auc": auc, "auc_ci": auc_ci, "tpr_at_1pct_fpr": tpr, "tpr_ci": tpr_ci}
 
 
@@ -85,7 +100,12 @@ def _text_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[
     elif rare:
         leaking = sorted({r for x in rare for r in x["leaking_reports"]})
         count = sum(x["leaked_ngrams"] for x in rare)
-        rare_check = {"status": "ran", "leaked_ngrams": count, "leaking_reports": len(leaking), "holdout_leak_rate": float(np.mean([x["holdout_leak_rate"] for x in rare]))}
+        rare_check = {
+            "status": "ran",
+            "leaked_ngrams": count,
+            "leaking_reports": len(leaking),
+            "holdout_leak_rate": float(np.mean([x["holdout_leak_rate"] for x in rare])),
+        }
     else:
         rare_check, leaking = _skipped(), []
     dups = [a["near_duplicates"] for a in answers if "near_duplicates" in a]
@@ -93,20 +113,36 @@ def _text_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple[
         dup_check = dict(NO_TRAINING_REPORTS)
     elif dups:
         dup_ids = {r for x in dups for r in x["duplicated_reports"]}
-        base = float(np.average([x["holdout_rate"] for x in dups], weights=[a["n_holdout"] for a in answers if "near_duplicates" in a]))
-        dup_check = {"status": "ran", "rate": len(dup_ids) / max(n_syn, 1), "holdout_rate": base, "jaccard": policy.near_duplicate_jaccard}
+        base = float(
+            np.average(
+                [x["holdout_rate"] for x in dups], weights=[a["n_holdout"] for a in answers if "near_duplicates" in a]
+            )
+        )
+        dup_check = {
+            "status": "ran",
+            "rate": len(dup_ids) / max(n_syn, 1),
+            "holdout_rate": base,
+            "jaccard": policy.near_duplicate_jaccard,
+        }
     else:
         dup_check = _skipped()
     emb = [a["text_embedding"] for a in answers if "text_embedding" in a]
     if emb:
         close = {r for x in emb for r in x["close_reports"]}
-        emb_check = {"status": "ran", "rate": len(close) / max(n_syn, 1), "holdout_rate": float(np.mean([x["holdout_rate"] for x in emb]))}
+        emb_check = {
+            "status": "ran",
+            "rate": len(close) / max(n_syn, 1),
+            "holdout_rate": float(np.mean([x["holdout_rate"] for x in emb])),
+        }
     elif "text_embedding" in policy.skip:
         emb_check = _skipped()
     elif _no_training_reports(answers):
         emb_check = dict(NO_TRAINING_REPORTS)
     else:
-        emb_check = {"status": "unavailable", "note": "no local sentence-embedding model (policy key text_encoder); rare n-grams and MinHash still ran"}
+        emb_check = {
+            "status": "unavailable",
+            "note": "no local sentence-embedding model (policy key text_encoder); rare n-grams and MinHash still ran",
+        }
     return rare_check, dup_check, emb_check, leaking
 
 
@@ -126,7 +162,11 @@ def _label_checks(answers: list[dict], policy: AuditPolicy, labels: Optional[dic
         image = {"status": "not_run", "note": "no site answered with label fidelity figures"}
     else:
         pooled = pool_sites(answers, counts)
-        image = {"status": "ran", "labels": pooled, "macro_auroc": float(np.mean([f["auroc"] for f in pooled.values()]))} if pooled else {"status": "not_run", "note": none_judged}
+        image = (
+            {"status": "ran", "labels": pooled, "macro_auroc": float(np.mean([f["auroc"] for f in pooled.values()]))}
+            if pooled
+            else {"status": "not_run", "note": none_judged}
+        )
     if counts is not None and image["status"] in ("ran", "not_run"):
         image["positives"] = {n: pos for n, (pos, _) in counts.items() if pos}
     report = (labels or {}).get("reports")
@@ -145,7 +185,14 @@ def _label_checks(answers: list[dict], policy: AuditPolicy, labels: Optional[dic
     return image, text
 
 
-def combine(answers: list[dict], policy: AuditPolicy, phi: Optional[dict] = None, dp: Optional[dict] = None, inputs: Optional[dict] = None, labels: Optional[dict] = None) -> dict:
+def combine(
+    answers: list[dict],
+    policy: AuditPolicy,
+    phi: Optional[dict] = None,
+    dp: Optional[dict] = None,
+    inputs: Optional[dict] = None,
+    labels: Optional[dict] = None,
+) -> dict:
     """audit.json from the sites' answers and the steward's PHI, DP-ledger and report-label checks.
 
     `labels`: {"counts": label -> (synthetic positives, negatives), "reports": the report-label
@@ -165,7 +212,10 @@ def combine(answers: list[dict], policy: AuditPolicy, phi: Optional[dict] = None
     if "dp_ledger" in policy.skip:
         dp_check = _skipped()
     elif dp is None:
-        dp_check = {"status": "not_run", "note": "no checkpoint given (audit --checkpoint): the DP ledger was not read"}
+        dp_check = {
+            "status": "not_run",
+            "note": "no checkpoint given (audit --checkpoint): the DP ledger was not read",
+        }
     else:
         dp_check = dp
     image_labels, report_labels = _label_checks(answers, policy, labels)
@@ -201,11 +251,24 @@ def _site_row(a: dict) -> dict:
     row = {"site": a["site"], "n_train": a["n_train"], "n_holdout": a["n_holdout"]}
     if "images" in a:
         i = a["images"]
-        row.update(copies=len(i["copies"]), lateral_copies=len(i.get("lateral_copies", [])), copy_match=i.get("copy_match", ""), copy_threshold=i["copy_threshold"], holdout_copy_rate=i["holdout_copy_rate"], closeness=i["closeness_share"], closeness_ci=i["closeness_ci"], dcr_hist=i["dcr_hist"], copy_hist=i["copy_hist"], dcr_median=i["dcr_median"])
+        row.update(
+            copies=len(i["copies"]),
+            lateral_copies=len(i.get("lateral_copies", [])),
+            copy_match=i.get("copy_match", ""),
+            copy_threshold=i["copy_threshold"],
+            holdout_copy_rate=i["holdout_copy_rate"],
+            closeness=i["closeness_share"],
+            closeness_ci=i["closeness_ci"],
+            dcr_hist=i["dcr_hist"],
+            copy_hist=i["copy_hist"],
+            dcr_median=i["dcr_median"],
+        )
     if "rare_ngrams" in a:
         row["rare_ngram_reports"] = len(a["rare_ngrams"]["leaking_reports"])
     if "near_duplicates" in a:
-        row.update(near_dup_rate=a["near_duplicates"]["rate"], near_dup_holdout_rate=a["near_duplicates"]["holdout_rate"])
+        row.update(
+            near_dup_rate=a["near_duplicates"]["rate"], near_dup_holdout_rate=a["near_duplicates"]["holdout_rate"]
+        )
     fid = (a.get("fidelity") or {}).get("auroc") or {}
     if fid:
         row.update(fidelity_macro_auroc=float(np.mean(list(fid.values()))), fidelity_labels=len(fid))

@@ -15,7 +15,10 @@ def load_policy(path: Optional[str | Path]) -> AuditPolicy:
     """A policy YAML holds AuditPolicy's fields (at the top level, or under `audit:` of a run config)."""
     if path is None:
         return AuditPolicy()
-    data = read_yaml(Path(path), missing="no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).")
+    data = read_yaml(
+        Path(path),
+        missing="no such policy file; a policy YAML holds the AuditPolicy fields (see the README, privacy audit).",
+    )
     if set(data) == {"audit"} or ("audit" in data and "model" in data):
         data = data["audit"] or {}
     return validate(AuditPolicy, data, str(path))
@@ -34,13 +37,32 @@ def audit(args: argparse.Namespace) -> int:
 
         key = key_from_args(args)
     progress = Progress(args.quiet)
-    result = run_audit(Path(args.synthetic), Path(args.train), Path(args.holdout), policy, Path(args.out), Path(args.checkpoint) if args.checkpoint else None, progress, key=key)
-    lines = [f"  {'pass' if c['passed'] else 'FAIL'}  {name} ({c.get('status', '')}){': ' + '; '.join(c['reasons']) if c.get('reasons') and not c['passed'] else ''}" for name, c in result["checks"].items()]
+    result = run_audit(
+        Path(args.synthetic),
+        Path(args.train),
+        Path(args.holdout),
+        policy,
+        Path(args.out),
+        Path(args.checkpoint) if args.checkpoint else None,
+        progress,
+        key=key,
+    )
+    lines = [
+        f"  {'pass' if c['passed'] else 'FAIL'}  {name} ({c.get('status', '')}){': ' + '; '.join(c['reasons']) if c.get('reasons') and not c['passed'] else ''}"
+        for name, c in result["checks"].items()
+    ]
     progress.say("\n".join(lines))
     if result.get("dropped_labels"):
-        progress.say(f"labels a release would drop (weak_labels: drop; their column emptied): {', '.join(result['dropped_labels'])}")
-    progress.say(f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}" + ("" if key else "; not sealed (no --key): a release will refuse it"))
+        progress.say(
+            f"labels a release would drop (weak_labels: drop; their column emptied): {', '.join(result['dropped_labels'])}"
+        )
+    progress.say(
+        f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}"
+        + ("" if key else "; not sealed (no --key): a release will refuse it")
+    )
     if not result["passed"]:
-        raise CheckFailed(f"audit failed: {', '.join(n for n, c in result['checks'].items() if not c['passed'])}. See {Path(args.out) / 'report.html'}.")
+        raise CheckFailed(
+            f"audit failed: {', '.join(n for n, c in result['checks'].items() if not c['passed'])}. See {Path(args.out) / 'report.html'}."
+        )
     print("audit passed")
     return 0

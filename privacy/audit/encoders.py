@@ -69,7 +69,9 @@ class Encoder:
                 parts.append(self.embed_tensor(x).float())
         return torch.cat(parts).numpy() if parts else np.zeros((0, 1), np.float32)
 
-    def embed_rows(self, images: Sequence[np.ndarray], folder: str | Path, batch: int = 256, mirrored: bool = False) -> Rows:
+    def embed_rows(
+        self, images: Sequence[np.ndarray], folder: str | Path, batch: int = 256, mirrored: bool = False
+    ) -> Rows:
         """`embed`, written batch by batch to a `Rows` file in `folder`: `images` may be a lazy
         sequence (`cxrsynth.data.stream.ImageColumn`), so only one batch is ever decoded."""
         rows = Rows(folder)
@@ -131,9 +133,13 @@ def disguise(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         ch, cw = max(4, int(h * frac)), max(4, int(w * frac))
         top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
         left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
-        img = F.interpolate(img[..., top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False)
+        img = F.interpolate(
+            img[..., top : top + ch, left : left + cw], size=(h, w), mode="bilinear", align_corners=False
+        )
         gamma = float(torch.exp(0.4 * (torch.rand(1, generator=gen) - 0.5)))
-        img = img.clamp(0, 1) ** gamma * (0.8 + 0.4 * torch.rand(1, generator=gen)) + 0.1 * (torch.rand(1, generator=gen) - 0.5)
+        img = img.clamp(0, 1) ** gamma * (0.8 + 0.4 * torch.rand(1, generator=gen)) + 0.1 * (
+            torch.rand(1, generator=gen) - 0.5
+        )
         img = img + 0.05 * torch.rand(1, generator=gen) * torch.randn(img.shape, generator=gen)
         out.append(img)
     return torch.cat(out)
@@ -148,7 +154,9 @@ def _nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.2) -> torc
     return F.cross_entropy(sim, target)
 
 
-def train_selfsup(images: Sequence[np.ndarray], steps: int = 300, batch: int = 64, seed: int = 0, progress: Optional[Progress] = None) -> ConvEncoder:
+def train_selfsup(
+    images: Sequence[np.ndarray], steps: int = 300, batch: int = 64, seed: int = 0, progress: Optional[Progress] = None
+) -> ConvEncoder:
     """Train a ConvEncoder on a site's real images so two disguises of one image embed together."""
     if len(images) < 2:
         raise InputError("the self-supervised encoder needs at least 2 training images.")
@@ -188,29 +196,41 @@ def load_file_encoder(path: Path) -> Encoder:
         try:
             net.load_state_dict(load_file(str(path)))
         except Exception as e:  # noqa: BLE001 - any mismatch is the same user error
-            raise InputError(f"{path}: not weights of the audit's self-supervised encoder ({e.__class__.__name__}: {str(e)[:200]}); save a TorchScript module instead for another architecture.") from None
+            raise InputError(
+                f"{path}: not weights of the audit's self-supervised encoder ({e.__class__.__name__}: {str(e)[:200]}); save a TorchScript module instead for another architecture."
+            ) from None
         return ModuleEncoder(net, f"file:{path.name}")
     try:
         module = torch.jit.load(str(path), map_location="cpu")
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: cannot load as TorchScript ({e.__class__.__name__}); give a torch.jit.save'd module taking (B, 1, {INPUT_SIZE}, {INPUT_SIZE}) floats in [0, 1].") from None
+        raise InputError(
+            f"{path}: cannot load as TorchScript ({e.__class__.__name__}); give a torch.jit.save'd module taking (B, 1, {INPUT_SIZE}, {INPUT_SIZE}) floats in [0, 1]."
+        ) from None
     enc = ModuleEncoder(module, f"file:{path.name}")
     try:
         with torch.no_grad():
             out = enc.embed_tensor(torch.zeros(2, 1, INPUT_SIZE, INPUT_SIZE))
     except Exception as e:  # noqa: BLE001
-        raise InputError(f"{path}: the encoder fails on a (2, 1, {INPUT_SIZE}, {INPUT_SIZE}) input ({e.__class__.__name__}: {str(e)[:200]}).") from None
+        raise InputError(
+            f"{path}: the encoder fails on a (2, 1, {INPUT_SIZE}, {INPUT_SIZE}) input ({e.__class__.__name__}: {str(e)[:200]})."
+        ) from None
     if out.shape[0] != 2:
         raise InputError(f"{path}: the encoder returned shape {tuple(out.shape)} for 2 images; expected (2, D).")
     return enc
 
 
-def make_encoder(policy: AuditPolicy, train_images: Sequence[np.ndarray], progress: Optional[Progress] = None) -> Encoder:
+def make_encoder(
+    policy: AuditPolicy, train_images: Sequence[np.ndarray], progress: Optional[Progress] = None
+) -> Encoder:
     """The encoder the policy names; `selfsup` is trained here on the site's training images."""
     if policy.encoder == "pixels":
         return PixelEncoder(policy.pixel_grid)
     if policy.encoder == "selfsup":
-        return ModuleEncoder(train_selfsup(train_images, policy.selfsup_steps, seed=policy.seed, progress=progress), "selfsup")
+        return ModuleEncoder(
+            train_selfsup(train_images, policy.selfsup_steps, seed=policy.seed, progress=progress), "selfsup"
+        )
     if policy.encoder_weights is None:
-        raise InputError("policy key 'encoder' is 'file' but 'encoder_weights' is not set; give a local TorchScript (.pt) or .safetensors file.")
+        raise InputError(
+            "policy key 'encoder' is 'file' but 'encoder_weights' is not set; give a local TorchScript (.pt) or .safetensors file."
+        )
     return load_file_encoder(Path(policy.encoder_weights))

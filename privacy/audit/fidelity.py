@@ -100,12 +100,26 @@ def image_label_fidelity(
     real_pos = label_counts(real)
     labels = [n for n in judged_labels(synthetic, policy) if real_pos[n][0] >= policy.min_fidelity_real_positives]
     size = max(max(img.shape) for img in ImageColumn(synthetic))
-    out: dict = {"n_train_labelled": len(real), "image_size": size, "steps": policy.fidelity_steps, "auroc": {}, "se": {}, "real_auroc": {}}
+    out: dict = {
+        "n_train_labelled": len(real),
+        "image_size": size,
+        "steps": policy.fidelity_steps,
+        "auroc": {},
+        "se": {},
+        "real_auroc": {},
+    }
     if not labels:
         return out
     if progress is not None:
         progress.say(f"[{site}] label fidelity: classifier on {len(real)} real training images at {size} px")
-    model = train_classifier(real, image_size=size, steps=policy.fidelity_steps, seed=policy.seed, progress=progress, label=f"[{site}] fidelity classifier")
+    model = train_classifier(
+        real,
+        image_size=size,
+        steps=policy.fidelity_steps,
+        seed=policy.seed,
+        progress=progress,
+        label=f"[{site}] fidelity classifier",
+    )
     p_syn = predict(model, ImageColumn(synthetic))
     p_hold = predict(model, ImageColumn(holdout)) if len(holdout) else np.zeros((0, len(LABELS)))
     for name in labels:
@@ -132,7 +146,11 @@ def report_label_agreement(synthetic: Sequence[Record], policy: AuditPolicy) -> 
     meta = metadata_view(synthetic)
     with_text = subset_view(meta, [i for i, r in enumerate(meta) if r.report.strip() and r.has_labels()])
     if not len(with_text):
-        return {"status": "no_reports", "n": 0, "note": "no synthetic record holds report text (with labels) for the labeler to read"}
+        return {
+            "status": "no_reports",
+            "n": 0,
+            "note": "no synthetic record holds report text (with labels) for the labeler to read",
+        }
     agreement = label_agreement(with_text)
     counts = label_counts(with_text)
     labels = {}
@@ -150,7 +168,11 @@ def pool_sites(answers: list[dict], synthetic_counts: Optional[dict[str, tuple[i
     fid = [(a["fidelity"], a["fidelity"].get("n_train_labelled", 0)) for a in answers if "fidelity" in a]
     labels: dict = {}
     for name in LABELS:
-        rows = [(f["auroc"][name], f["se"][name], f.get("real_auroc", {}).get(name), w) for f, w in fid if name in f.get("auroc", {})]
+        rows = [
+            (f["auroc"][name], f["se"][name], f.get("real_auroc", {}).get(name), w)
+            for f, w in fid
+            if name in f.get("auroc", {})
+        ]
         if not rows:
             continue
         w = np.array([max(r[3], 1) for r in rows], dtype=np.float64)
@@ -158,7 +180,9 @@ def pool_sites(answers: list[dict], synthetic_counts: Optional[dict[str, tuple[i
         labels[name] = {
             "auroc": float(np.dot(w, [r[0] for r in rows]) / w.sum()),
             "se": float(np.dot(w, [r[1] for r in rows]) / w.sum()),
-            "real_auroc": float(np.average([x for x, _ in refs], weights=[max(v, 1) for _, v in refs])) if refs else None,
+            "real_auroc": float(np.average([x for x, _ in refs], weights=[max(v, 1) for _, v in refs]))
+            if refs
+            else None,
             "sites": len(rows),
         }
         if synthetic_counts is not None:
@@ -176,7 +200,9 @@ def label_rows(checks: dict, policy: AuditPolicy) -> list[dict]:
     image, text = checks.get("label_fidelity", {}), checks.get("report_labels", {})
     img_labels = image.get("labels", {}) if image.get("status") == "ran" else {}
     txt_labels = text.get("labels", {}) if text.get("status") == "ran" else {}
-    weak = set(weak_image_labels(image, policy) if img_labels else []) | set(weak_report_labels(text, policy) if txt_labels else [])
+    weak = set(weak_image_labels(image, policy) if img_labels else []) | set(
+        weak_report_labels(text, policy) if txt_labels else []
+    )
     dropped = set(dropped_labels(checks, policy))
     positives = image.get("positives", {})
     z = float(norm.ppf(1 - (1 - policy.confidence) / 2))

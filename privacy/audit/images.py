@@ -38,7 +38,9 @@ class CopyPair:
     train_view: str = "frontal"  # ... which image of the training record
 
 
-def _nearest_either_way(q: Matrix, q_mirrored: Matrix, base: Matrix, chunk: int, progress: Optional[Progress] = None, label: str = "") -> tuple[np.ndarray, np.ndarray]:
+def _nearest_either_way(
+    q: Matrix, q_mirrored: Matrix, base: Matrix, chunk: int, progress: Optional[Progress] = None, label: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     d, i = nearest(q, base, chunk, progress, label)
     dm, im = nearest(q_mirrored, base, chunk)
     use_m = dm < d
@@ -61,14 +63,20 @@ def image_memorization(
     read them back block by block, so memory does not grow with the sizes of the sets.
     """
     if len(holdout) < MIN_HOLDOUT:
-        raise InputError(f"site {site or '?'}: {len(holdout)} holdout record(s); the copy threshold is calibrated on holdout-to-train distances and needs at least {MIN_HOLDOUT}.")
+        raise InputError(
+            f"site {site or '?'}: {len(holdout)} holdout record(s); the copy threshold is calibrated on holdout-to-train distances and needs at least {MIN_HOLDOUT}."
+        )
     if not len(train) or not len(synthetic):
-        raise InputError(f"site {site or '?'}: the image check needs training and synthetic images (got {len(train)} and {len(synthetic)}).")
+        raise InputError(
+            f"site {site or '?'}: the image check needs training and synthetic images (got {len(train)} and {len(synthetic)})."
+        )
     with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-") as tmp:
         return _image_memorization(encoder, synthetic, train, holdout, policy, site, progress, tmp)
 
 
-def _image_memorization(encoder, synthetic, train, holdout, policy: AuditPolicy, site: str, progress: Optional[Progress], tmp: str) -> tuple[dict, list[CopyPair]]:
+def _image_memorization(
+    encoder, synthetic, train, holdout, policy: AuditPolicy, site: str, progress: Optional[Progress], tmp: str
+) -> tuple[dict, list[CopyPair]]:
     chunk = policy.chunk
     syn_imgs, hold_imgs, train_imgs = ImageColumn(synthetic), ImageColumn(holdout), ImageColumn(train)
     syn_meta, train_meta = metadata_view(synthetic), metadata_view(train)
@@ -83,7 +91,9 @@ def _image_memorization(encoder, synthetic, train, holdout, policy: AuditPolicy,
 
     if policy.copy_match == "aligned":
         c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
-        c_ht, _ = aligned_nearest(hold_imgs, train_imgs, progress=progress, label=f"{site} aligned holdout calibration")
+        c_ht, _ = aligned_nearest(
+            hold_imgs, train_imgs, progress=progress, label=f"{site} aligned holdout calibration"
+        )
     else:
         c_st, ci_st, c_ht = d_st, i_st, d_ht
     threshold = float(policy.copy_margin * np.quantile(c_ht, policy.copy_quantile))
@@ -126,8 +136,17 @@ def _image_memorization(encoder, synthetic, train, holdout, policy: AuditPolicy,
         "closeness_share": float(closer.mean()),
         "closeness_ci": percentile_ci(reps, policy.confidence),
         "closeness_replicates": reps.round(6).tolist(),
-        "dcr_median": {"synthetic_to_train": float(np.median(d_st)), "synthetic_to_holdout": float(np.median(d_sh)), "holdout_to_train": float(np.median(d_ht))},
-        "dcr_hist": {"top": top, "synthetic_to_train": hist(d_st, top), "synthetic_to_holdout": hist(d_sh, top), "holdout_to_train": hist(d_ht, top)},
+        "dcr_median": {
+            "synthetic_to_train": float(np.median(d_st)),
+            "synthetic_to_holdout": float(np.median(d_sh)),
+            "holdout_to_train": float(np.median(d_ht)),
+        },
+        "dcr_hist": {
+            "top": top,
+            "synthetic_to_train": hist(d_st, top),
+            "synthetic_to_holdout": hist(d_sh, top),
+            "holdout_to_train": hist(d_ht, top),
+        },
         "copy_hist": {"top": ctop, "synthetic_to_train": hist(c_st, ctop), "holdout_to_train": hist(c_ht, ctop)},
         **lateral,
     }, pairs
@@ -168,8 +187,12 @@ def lateral_copies(
     else:
         with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-", dir=tmp) as own:
             e_b = encoder.embed_rows(b, own)
-            c_sb, i_sb = _nearest_either_way(encoder.embed_rows(q, own), encoder.embed_rows(q, own, mirrored=True), e_b, policy.chunk)
-            c_hb, _ = _nearest_either_way(encoder.embed_rows(hold, own), encoder.embed_rows(hold, own, mirrored=True), e_b, policy.chunk)
+            c_sb, i_sb = _nearest_either_way(
+                encoder.embed_rows(q, own), encoder.embed_rows(q, own, mirrored=True), e_b, policy.chunk
+            )
+            c_hb, _ = _nearest_either_way(
+                encoder.embed_rows(hold, own), encoder.embed_rows(hold, own, mirrored=True), e_b, policy.chunk
+            )
     threshold = float(policy.copy_margin * np.quantile(c_hb, policy.copy_quantile))
     hits = np.flatnonzero(c_sb < threshold)
     syn_meta, train_meta = metadata_view(synthetic), metadata_view(train)
@@ -177,7 +200,16 @@ def lateral_copies(
     for k in hits:
         source = train_meta[int(base_pos[i_sb[k]])]
         view = "lateral" if base_lateral[i_sb[k]] else "frontal"
-        pairs.append(CopyPair(syn_meta[int(syn_pos[k])].record_id, source.record_id, source.patient_id, float(c_sb[k]), "lateral", view))
+        pairs.append(
+            CopyPair(
+                syn_meta[int(syn_pos[k])].record_id,
+                source.record_id,
+                source.patient_id,
+                float(c_sb[k]),
+                "lateral",
+                view,
+            )
+        )
     return {
         "lateral_copies": [p.synthetic_id for p in pairs],
         "lateral_copy_threshold": threshold,

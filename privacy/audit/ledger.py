@@ -27,7 +27,9 @@ def _entry(name: str, e: Any, default_delta: Optional[float]) -> tuple[Optional[
 def read_ledger(train_state: Optional[dict]) -> tuple[list[dict], list[str]]:
     """(per-site entries, problems). No ledger at all is one problem, stated as such."""
     if not train_state or train_state.get("privacy_ledger") in (None, {}):
-        return [], ["the checkpoint's train_state.json has no 'privacy_ledger' (trained without DP, or not by cxrsynth)"]
+        return [], [
+            "the checkpoint's train_state.json has no 'privacy_ledger' (trained without DP, or not by cxrsynth)"
+        ]
     book = train_state["privacy_ledger"]
     if not isinstance(book, dict):
         return [], [f"'privacy_ledger' is {type(book).__name__}, expected a mapping"]
@@ -53,7 +55,14 @@ def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
     entries, problems = read_ledger(train_state)
     worst = max((e["epsilon"] for e in entries), default=None)
     # Without require_dp the ledger is reported, and only a stated budget can fail it.
-    check = {"status": "ran", "sites": entries, "epsilon_max": worst, "require_dp": policy.require_dp, "epsilon_budget": policy.epsilon_budget, "problems": problems}
+    check = {
+        "status": "ran",
+        "sites": entries,
+        "epsilon_max": worst,
+        "require_dp": policy.require_dp,
+        "epsilon_budget": policy.epsilon_budget,
+        "problems": problems,
+    }
     base = (train_state or {}).get("base")
     if isinstance(base, dict):
         # The pretrained base the sites fine-tuned (cxrsynth.pretrained): what it saw, and its cost.

@@ -50,7 +50,9 @@ class Rows:
         stop = min(stop, self.n)
         if stop <= start:
             return np.zeros((0, self.dim or 0), np.float32)
-        return np.fromfile(self.path, dtype=np.float32, count=(stop - start) * self.dim, offset=start * self.dim * 4).reshape(-1, self.dim)
+        return np.fromfile(
+            self.path, dtype=np.float32, count=(stop - start) * self.dim, offset=start * self.dim * 4
+        ).reshape(-1, self.dim)
 
     def take(self, indices: Sequence[int]) -> np.ndarray:
         """The rows at `indices`, in that order (read through a mapping dropped on return, so no
@@ -97,7 +99,13 @@ def _block(x: Matrix, start: int, stop: int) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(part, dtype=np.float32))
 
 
-def nearest(queries: Matrix, base: Matrix, chunk: int = 4096, progress: Optional[Progress] = None, label: str = "nearest neighbours") -> tuple[np.ndarray, np.ndarray]:
+def nearest(
+    queries: Matrix,
+    base: Matrix,
+    chunk: int = 4096,
+    progress: Optional[Progress] = None,
+    label: str = "nearest neighbours",
+) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the Euclidean distance to its nearest base row and that row's index.
 
     Peak extra memory is one chunk x chunk float32 block (chunk 4096: 64 MiB) plus a chunk of

@@ -19,7 +19,11 @@ def _png(fig: Figure) -> str:
     return pages.figure_uri(fig, dpi=90)
 
 
-LABELS = {"synthetic_to_train": "synthetic → train", "synthetic_to_holdout": "synthetic → holdout", "holdout_to_train": "holdout → train"}
+LABELS = {
+    "synthetic_to_train": "synthetic → train",
+    "synthetic_to_holdout": "synthetic → holdout",
+    "holdout_to_train": "holdout → train",
+}
 
 
 def _hist_figure(rows: list[dict], key: str, xlabel: str, threshold: bool) -> Optional[str]:
@@ -71,7 +75,10 @@ def _pairs_figure(pairs: Sequence[tuple]) -> Optional[str]:
         row[0].imshow(syn, cmap="gray", vmin=0, vmax=255)
         row[0].set_title(f"synthetic {pair.synthetic_id} ({pair.synthetic_view})", fontsize=7)
         row[1].imshow(real, cmap="gray", vmin=0, vmax=255)
-        row[1].set_title(f"train {pair.train_record_id} ({pair.train_view}, patient {pair.patient_id}), d={pair.distance:.3f}", fontsize=7)
+        row[1].set_title(
+            f"train {pair.train_record_id} ({pair.train_view}, patient {pair.patient_id}), d={pair.distance:.3f}",
+            fontsize=7,
+        )
         for ax in row:
             ax.axis("off")
     return _png(fig)
@@ -99,7 +106,9 @@ def _fidelity_figure(rows: list[dict], floor_auroc: float, floor_f1: float) -> O
     ax.set_xlim(0.3, 1.0)
     bx.set_xlim(0, 1.0)
     ax.set_yticks(y, [f"{r['label']} ({r['status']})" for r in rows], fontsize=8)
-    ax.set_xlabel("synthetic images: AUROC against their labels (bar, 95% CI)\n\u25c6 the same classifier on real holdout images")
+    ax.set_xlabel(
+        "synthetic images: AUROC against their labels (bar, 95% CI)\n\u25c6 the same classifier on real holdout images"
+    )
     bx.set_xlabel("synthetic reports: positive F1 of the labeler\nagainst their labels")
     ax.set_title("images", fontsize=9)
     bx.set_title("reports", fontsize=9)
@@ -133,7 +142,25 @@ def _fidelity(audit: dict) -> Optional[dict]:
     }
 
 
-SITE_COLUMNS = ["site", "n_train", "n_holdout", "copies", "lateral_copies", "copy_threshold", "holdout_copy_rate", "closeness", "closeness_ci", "rare_ngram_reports", "near_dup_rate", "near_dup_holdout_rate", "mia_auc", "mia_auc_ci", "tpr_at_1pct_fpr", "fidelity_macro_auroc", "fidelity_labels"]
+SITE_COLUMNS = [
+    "site",
+    "n_train",
+    "n_holdout",
+    "copies",
+    "lateral_copies",
+    "copy_threshold",
+    "holdout_copy_rate",
+    "closeness",
+    "closeness_ci",
+    "rare_ngram_reports",
+    "near_dup_rate",
+    "near_dup_holdout_rate",
+    "mia_auc",
+    "mia_auc_ci",
+    "tpr_at_1pct_fpr",
+    "fidelity_macro_auroc",
+    "fidelity_labels",
+]
 # Keys of a check that are not figures to list beside it.
 NOT_FIGURES = ("passed", "status", "reasons", "note", "sites", "reports", "by_type", "problems")
 
@@ -145,16 +172,26 @@ def write_page(audit: dict, out: Path, pairs: Sequence[tuple] = ()) -> Path:
             "name": name,
             "passed": c["passed"],
             "status": c.get("status", ""),
-            "figures": ", ".join(f"{k}={pages.sig(v)}" for k, v in c.items() if k not in NOT_FIGURES and not isinstance(v, dict)),
+            "figures": ", ".join(
+                f"{k}={pages.sig(v)}" for k, v in c.items() if k not in NOT_FIGURES and not isinstance(v, dict)
+            ),
             "reasons": "; ".join(c.get("reasons", [])) or c.get("note", ""),
         }
         for name, c in audit["checks"].items()
     ]
     # The copy-match method is the steward's policy: federated answers do not echo it back per site.
-    aligned = audit.get("policy", {}).get("copy_match") == "aligned" or any(r.get("copy_match") == "aligned" for r in audit["sites"])
+    aligned = audit.get("policy", {}).get("copy_match") == "aligned" or any(
+        r.get("copy_match") == "aligned" for r in audit["sites"]
+    )
     figures = [
-        ("Distance to closest record (encoder embedding)", _hist_figure(audit["sites"], "dcr_hist", "embedding distance", not aligned)),
-        ("Copy search: distance after best alignment", _hist_figure(audit["sites"], "copy_hist", "aligned distance", True) if aligned else None),
+        (
+            "Distance to closest record (encoder embedding)",
+            _hist_figure(audit["sites"], "dcr_hist", "embedding distance", not aligned),
+        ),
+        (
+            "Copy search: distance after best alignment",
+            _hist_figure(audit["sites"], "copy_hist", "aligned distance", True) if aligned else None,
+        ),
         ("Membership inference", _roc_figure(audit["sites"])),
         ("Flagged pairs (synthetic | training)", _pairs_figure(pairs)),
     ]

@@ -24,14 +24,29 @@ def _scanner() -> Callable:
 def phi_scan(synthetic: Sequence[Record], max_findings: int = 0) -> dict:
     """Findings per type and the IDs of reports holding any; never the text under a finding."""
     if not any(r.report.strip() for r in synthetic):
-        return {"passed": True, "status": "no_reports", "findings": 0, "reports": [], "threshold": max_findings, "note": "no synthetic record holds report text: nothing to scan"}
+        return {
+            "passed": True,
+            "status": "no_reports",
+            "findings": 0,
+            "reports": [],
+            "threshold": max_findings,
+            "note": "no synthetic record holds report text: nothing to scan",
+        }
     try:
         scan = _scanner()
         findings = scan([r.report for r in synthetic])
     except Exception as e:  # noqa: BLE001 - any failure of the analyzer fails the check closed
-        return {"passed": False, "status": "error", "reason": f"the PHI analyzer (cxrsynth.privacy.deid.scan_phi) failed: {e.__class__.__name__}: {str(e)[:300]}"}
+        return {
+            "passed": False,
+            "status": "error",
+            "reason": f"the PHI analyzer (cxrsynth.privacy.deid.scan_phi) failed: {e.__class__.__name__}: {str(e)[:300]}",
+        }
     if len(findings) != len(synthetic):
-        return {"passed": False, "status": "error", "reason": f"the PHI analyzer returned {len(findings)} result(s) for {len(synthetic)} report(s)"}
+        return {
+            "passed": False,
+            "status": "error",
+            "reason": f"the PHI analyzer returned {len(findings)} result(s) for {len(synthetic)} report(s)",
+        }
     by_type: Counter = Counter(f.type for fs in findings for f in fs)
     total = sum(by_type.values())
     return {

@@ -35,7 +35,13 @@ from cxrsynth.privacy.wire import (
 
 STATUS = {"ran": 1, "not_run": 0, "error": -1}
 NOT_MENTIONED = 2  # a label's code in the query when the record does not state it
-ID_LISTS = ("images.copies", "images.lateral_copies", "rare_ngrams.leaking_reports", "near_duplicates.duplicated_reports", "text_embedding.close_reports")
+ID_LISTS = (
+    "images.copies",
+    "images.lateral_copies",
+    "rare_ngrams.leaking_reports",
+    "near_duplicates.duplicated_reports",
+    "text_embedding.close_reports",
+)
 DROP = ("site", "images.encoder", "images.copy_match", "membership.reason")
 
 
@@ -59,19 +65,31 @@ class Query:
         return model.member_scores
 
 
-def make_query(synthetic: list[Record], policy: AuditPolicy, run_config: Optional[RunConfig] = None, extra_state: Optional[dict] = None, arrays: Optional[dict] = None) -> RecordDict:
+def make_query(
+    synthetic: list[Record],
+    policy: AuditPolicy,
+    run_config: Optional[RunConfig] = None,
+    extra_state: Optional[dict] = None,
+    arrays: Optional[dict] = None,
+) -> RecordDict:
     shapes = {r.image.shape for r in synthetic}
     if len(shapes) != 1:
-        raise InputError(f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array.")
+        raise InputError(
+            f"synthetic images differ in size ({sorted(shapes)[:3]}); the audit query carries one N x H x W array."
+        )
     laterals = [r.lateral for r in synthetic if r.lateral is not None]
     if len({x.shape for x in laterals}) > 1:
-        raise InputError(f"synthetic lateral images differ in size ({sorted({x.shape for x in laterals})[:3]}); the audit query carries one M x H x W array.")
+        raise InputError(
+            f"synthetic lateral images differ in size ({sorted({x.shape for x in laterals})[:3]}); the audit query carries one M x H x W array."
+        )
     config = {
         "audit-policy": policy.model_dump_json(),
         "reports-findings": [r.findings for r in synthetic],
         "reports-impression": [r.impression for r in synthetic],
         "record-ids": [r.record_id for r in synthetic],
-        "synthetic-labels": [NOT_MENTIONED if r.labels.get(n) is None else int(r.labels[n]) for r in synthetic for n in LABELS],
+        "synthetic-labels": [
+            NOT_MENTIONED if r.labels.get(n) is None else int(r.labels[n]) for r in synthetic for n in LABELS
+        ],
         "has-lateral": [int(r.lateral is not None) for r in synthetic],
     }
     if run_config is not None:
@@ -91,11 +109,22 @@ def read_query(content: RecordDict) -> Query:
     images = content["synthetic"]["images"].numpy()
     ids, fnd, imp = list(cfg["record-ids"]), list(cfg["reports-findings"]), list(cfg["reports-impression"])
     codes = list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else []
-    labels = [{n: None if c == NOT_MENTIONED else int(c) for n, c in zip(LABELS, codes[k * len(LABELS) : (k + 1) * len(LABELS)])} if codes else empty_labels() for k in range(len(ids))]
+    labels = [
+        {
+            n: None if c == NOT_MENTIONED else int(c)
+            for n, c in zip(LABELS, codes[k * len(LABELS) : (k + 1) * len(LABELS)])
+        }
+        if codes
+        else empty_labels()
+        for k in range(len(ids))
+    ]
     flags = list(cfg["has-lateral"]) if "has-lateral" in cfg else [0] * len(ids)
     lat_arr = iter(content["synthetic"]["laterals"].numpy()) if "laterals" in content["synthetic"] else iter(())
     lats = [next(lat_arr) if f else None for f in flags]
-    synthetic = [Record(i, i, i, site="synthetic", findings=f, impression=m, labels=lab, image=img, lateral=lat) for i, f, m, lab, img, lat in zip(ids, fnd, imp, labels, images, lats)]
+    synthetic = [
+        Record(i, i, i, site="synthetic", findings=f, impression=m, labels=lab, image=img, lateral=lat)
+        for i, f, m, lab, img, lat in zip(ids, fnd, imp, labels, images, lats)
+    ]
     run_config, extra = read_round_config(cfg) if "run-config" in cfg else (None, {})
     arrays = from_arrays(content["arrays"]) if "arrays" in content.array_records else None
     return Query(policy, synthetic, run_config, extra, arrays)
@@ -160,11 +189,23 @@ def query_digests(content: RecordDict) -> tuple[str, str]:
     labels = np.asarray(list(cfg["synthetic-labels"]) if "synthetic-labels" in cfg else [], dtype=np.int8).tobytes()
     flags = np.asarray(list(cfg["has-lateral"]) if "has-lateral" in cfg else [], dtype=np.int8).tobytes()
     lat = content["synthetic"]["laterals"].numpy() if "laterals" in content["synthetic"] else np.zeros((0,), np.uint8)
-    synthetic = _digest(str(images.shape).encode(), np.ascontiguousarray(images).tobytes(), *texts, labels, flags, str(lat.shape).encode(), np.ascontiguousarray(lat).tobytes())
+    synthetic = _digest(
+        str(images.shape).encode(),
+        np.ascontiguousarray(images).tobytes(),
+        *texts,
+        labels,
+        flags,
+        str(lat.shape).encode(),
+        np.ascontiguousarray(lat).tobytes(),
+    )
     if "arrays" not in content.array_records:
         return synthetic, "none"
     rec = content["arrays"]
-    parts = [p for k in sorted(rec.keys()) for p in (k.encode(), str(rec[k].numpy().dtype).encode(), np.ascontiguousarray(rec[k].numpy()).tobytes())]
+    parts = [
+        p
+        for k in sorted(rec.keys())
+        for p in (k.encode(), str(rec[k].numpy().dtype).encode(), np.ascontiguousarray(rec[k].numpy()).tobytes())
+    ]
     return synthetic, _digest(*parts)
 
 
@@ -183,7 +224,13 @@ def sign_query(content: RecordDict, key_path, key_id: str, checkpoint_sha256: st
     signed_at = int(time.time())
     signature = sign_message(load_private_key(Path(key_path)), _pin_message(synthetic, checkpoint_sha256, signed_at))
     content[PIN] = ConfigRecord(
-        {"key-id": key_id, "signed-at": signed_at, "synthetic-sha256": synthetic, "checkpoint-sha256": checkpoint_sha256, "signature": base64.urlsafe_b64encode(signature).decode()}
+        {
+            "key-id": key_id,
+            "signed-at": signed_at,
+            "synthetic-sha256": synthetic,
+            "checkpoint-sha256": checkpoint_sha256,
+            "signature": base64.urlsafe_b64encode(signature).decode(),
+        }
     )
     return content
 
@@ -200,7 +247,9 @@ def verify_query(content: RecordDict, trusted: dict[str, str]) -> dict:
     from cxrsynth.privacy.dp import SiteRefused
 
     if PIN not in content.config_records:
-        raise SiteRefused("audit query refused: it carries no coordinator pin (a synthetic set signed with the coordinator's key).")
+        raise SiteRefused(
+            "audit query refused: it carries no coordinator pin (a synthetic set signed with the coordinator's key)."
+        )
     pin = dict(content[PIN])
     key_id = str(pin.get("key-id", ""))
     if key_id not in trusted:
@@ -212,7 +261,9 @@ def verify_query(content: RecordDict, trusted: dict[str, str]) -> dict:
         raise SiteRefused("audit query refused: the model sent differs from the pinned checkpoint.")
     try:
         message = _pin_message(synthetic, str(pin["checkpoint-sha256"]), int(pin["signed-at"]))
-        ok = verify_signature(load_ssh_public_key(trusted[key_id].encode()), message, base64.urlsafe_b64decode(str(pin["signature"])))
+        ok = verify_signature(
+            load_ssh_public_key(trusted[key_id].encode()), message, base64.urlsafe_b64decode(str(pin["signature"]))
+        )
     except (KeyError, ValueError, TypeError, AttributeError):  # a malformed pin or a non-Ed25519 key
         ok = False
     if not ok:
@@ -222,5 +273,9 @@ def verify_query(content: RecordDict, trusted: dict[str, str]) -> dict:
 
 def state_sha256(arrays: dict) -> str:
     """The hash `query_digests` gives the same arrays once they travel in a query."""
-    parts = [p for k in sorted(arrays) for p in (k.encode(), str(np.asarray(arrays[k]).dtype).encode(), np.ascontiguousarray(arrays[k]).tobytes())]
+    parts = [
+        p
+        for k in sorted(arrays)
+        for p in (k.encode(), str(np.asarray(arrays[k]).dtype).encode(), np.ascontiguousarray(arrays[k]).tobytes())
+    ]
     return _digest(*parts)

@@ -26,7 +26,9 @@ from cxrsynth.privacy.audit.site import Scorer, site_audit
 from cxrsynth.progress import Progress
 
 
-def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str, tuple[Sequence[Record], Sequence[Record]]]:
+def split_sites(
+    train: Sequence[Record], holdout: Sequence[Record]
+) -> dict[str, tuple[Sequence[Record], Sequence[Record]]]:
     """site -> (train, holdout); a site with training records but no holdout cannot be calibrated.
     Lazy records (`RecordView`) stay lazy: each site's share is a view of the same dataset."""
     groups: dict[str, tuple[list[int], list[int]]] = {}
@@ -35,7 +37,9 @@ def split_sites(train: Sequence[Record], holdout: Sequence[Record]) -> dict[str,
     for i, r in enumerate(metadata_view(holdout)):
         key = r.site or "local"
         if key not in groups:
-            raise InputError(f"holdout record {r.record_id} is from site {key!r}, which has no training records; holdout and training must come from the same sites.")
+            raise InputError(
+                f"holdout record {r.record_id} is from site {key!r}, which has no training records; holdout and training must come from the same sites."
+            )
         groups[key][1].append(i)
     return {site: (subset_view(train, tr), subset_view(holdout, ho)) for site, (tr, ho) in groups.items()}
 
@@ -72,10 +76,23 @@ def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> 
 
     syn_at = positions(synthetic, {p.synthetic_id for p in pairs})
     train_at = positions(train, {p.train_record_id for p in pairs})
-    return [(p, image_at(synthetic, syn_at[p.synthetic_id], p.synthetic_view == "lateral"), image_at(train, train_at[p.train_record_id], p.train_view == "lateral")) for p in pairs]
+    return [
+        (
+            p,
+            image_at(synthetic, syn_at[p.synthetic_id], p.synthetic_view == "lateral"),
+            image_at(train, train_at[p.train_record_id], p.train_view == "lateral"),
+        )
+        for p in pairs
+    ]
 
 
-def finish_audit(answers: list[dict], synthetic: Sequence[Record], policy: AuditPolicy, train_state: Optional[dict] = None, inputs: Optional[dict] = None) -> dict:
+def finish_audit(
+    answers: list[dict],
+    synthetic: Sequence[Record],
+    policy: AuditPolicy,
+    train_state: Optional[dict] = None,
+    inputs: Optional[dict] = None,
+) -> dict:
     """The sites' answers plus the steward's own checks (PHI scan of the synthetic reports, DP
     ledger of the checkpoint, the labeler's reading of the reports), combined into the audit dict."""
     synthetic = metadata_view(synthetic)  # reports and labels only
@@ -137,10 +154,17 @@ def run_audit(
         holdout = subset_view(train_all, [i for i, side in enumerate(train_all.dataset.splits()) if side == "holdout"])
     else:
         holdout_all = open_audit_set(holdout_dir, "holdout")
-        holdout = subset_view(holdout_all, [i for i, side in enumerate(holdout_all.dataset.splits()) if side != "train"])
+        holdout = subset_view(
+            holdout_all, [i for i, side in enumerate(holdout_all.dataset.splits()) if side != "train"]
+        )
     if not len(holdout):
-        raise InputError(f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients.")
-    sides = chain((r.with_(split="train") for r in metadata_view(train)), (r.with_(split="holdout") for r in metadata_view(holdout)))
+        raise InputError(
+            f"{holdout_dir}: no holdout records (split column 'holdout'); the audit compares against unseen patients."
+        )
+    sides = chain(
+        (r.with_(split="train") for r in metadata_view(train)),
+        (r.with_(split="holdout") for r in metadata_view(holdout)),
+    )
     require_patient_split(sides, f"{train_dir} and {holdout_dir}")
     scorer, train_state, ckhash = None, None, None
     if checkpoint is not None:
@@ -149,8 +173,17 @@ def run_audit(
         model, _, train_state = load_checkpoint(checkpoint)
         model.eval()
         scorer, ckhash = model.member_scores, checkpoint_hash(checkpoint)
-    inputs = {"synthetic": str(synthetic_dir), "train": str(train_dir), "holdout": str(holdout_dir), "checkpoint": str(checkpoint) if checkpoint else None, "checkpoint_hash": ckhash, "synthetic_files": tree_hashes(synthetic_dir)}
-    audit, pairs = audit_records(synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress)
+    inputs = {
+        "synthetic": str(synthetic_dir),
+        "train": str(train_dir),
+        "holdout": str(holdout_dir),
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "checkpoint_hash": ckhash,
+        "synthetic_files": tree_hashes(synthetic_dir),
+    }
+    audit, pairs = audit_records(
+        synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress
+    )
     write_audit(audit, out, pairs, key)
     return audit
 
@@ -169,7 +202,9 @@ def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -
     (new, empty or an earlier audit's folder, which is replaced)."""
     from cxrsynth.privacy.audit.seal import seal_audit
 
-    with fresh_dir(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced") as tmp:
+    with fresh_dir(
+        Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced"
+    ) as tmp:
         # Written through the typed result: what the gate and the card will read back is checked here.
         (tmp / "audit.json").write_text(as_audit(audit, "the audit being written").to_json(), encoding="utf-8")
         write_page(audit, tmp, pairs)

@@ -22,7 +22,9 @@ SEALED = ("audit.json", "report.html")
 
 
 def _body(files: dict[str, str], fp: str) -> bytes:
-    return json.dumps({"format": SEAL_FORMAT, "files": files, "fingerprint": fp}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return json.dumps(
+        {"format": SEAL_FORMAT, "files": files, "fingerprint": fp}, sort_keys=True, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def _hashes(audit_dir: Path) -> dict[str, str]:
@@ -62,11 +64,15 @@ def check_seal(audit_dir: Path, public: Ed25519PublicKey) -> str:
         raise CheckFailed(f"release refused: {path} is not a cxrsynth audit seal ({SEAL_FORMAT}).")
     signer = str(seal.get("fingerprint", ""))
     if signer != expected:
-        raise CheckFailed(f"release refused: the audit was sealed by key {signer or '(none named)'}, not by the release key {expected}; the steward who releases must have run the audit.")
+        raise CheckFailed(
+            f"release refused: the audit was sealed by key {signer or '(none named)'}, not by the release key {expected}; the steward who releases must have run the audit."
+        )
     try:
         public.verify(bytes.fromhex(str(seal.get("signature", ""))), _body(seal["files"], signer))
     except (InvalidSignature, ValueError):
-        raise CheckFailed(f"release refused: the signature in {path} does not verify with the release key {expected} (the seal was edited).") from None
+        raise CheckFailed(
+            f"release refused: the signature in {path} does not verify with the release key {expected} (the seal was edited)."
+        ) from None
     now = _hashes(audit_dir)
     changed = sorted(n for n in set(now) | set(seal["files"]) if now.get(n) != seal["files"].get(n))
     if changed:
@@ -76,4 +82,6 @@ def check_seal(audit_dir: Path, public: Ed25519PublicKey) -> str:
 
 def require_audit_dir(audit_dir: Path) -> None:
     if not audit_dir.is_dir():
-        raise InputError(f"--audit {audit_dir}: {'is a file' if audit_dir.exists() else 'does not exist'}; give the folder `cxrsynth audit --out` wrote.")
+        raise InputError(
+            f"--audit {audit_dir}: {'is a file' if audit_dir.exists() else 'does not exist'}; give the folder `cxrsynth audit --out` wrote."
+        )

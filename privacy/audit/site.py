@@ -24,7 +24,9 @@ from cxrsynth.progress import Progress
 Scorer = Callable[[Sequence[Record]], np.ndarray]
 
 
-def membership(scorer: Optional[Scorer], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:
+def membership(
+    scorer: Optional[Scorer], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
+) -> dict:
     """AUC and TPR at 1% FPR of the model's own member score: members = training, non-members = holdout."""
     if scorer is None:
         return {"status": "not_run", "reason": "no model given (audit --checkpoint): member_scores cannot be computed"}
@@ -34,7 +36,10 @@ def membership(scorer: Optional[Scorer], train: Sequence[Record], holdout: Seque
     except NotImplementedError:
         return {"status": "not_run", "reason": "the model family does not implement member_scores yet"}
     if s_train.shape != (len(train),) or s_hold.shape != (len(holdout),):
-        return {"status": "error", "reason": f"member_scores returned shapes {s_train.shape}, {s_hold.shape} for {len(train)} and {len(holdout)} records"}
+        return {
+            "status": "error",
+            "reason": f"member_scores returned shapes {s_train.shape}, {s_hold.shape} for {len(train)} and {len(holdout)} records",
+        }
     if not (np.isfinite(s_train).all() and np.isfinite(s_hold).all()):
         return {"status": "error", "reason": "member_scores returned non-finite values"}
     fig = membership_figures(s_train, s_hold, policy.bootstrap, policy.seed)
@@ -69,7 +74,13 @@ def site_audit(
     # A count may leave the site; with no training report there is no report text to leak, and
     # the steward marks the text checks "no reports" (cxrsynth.privacy.audit.combine) instead of running them.
     n_reports = sum(bool(r.report.strip()) for r in texts[1])
-    answer: dict = {"site": site, "n_train": len(train), "n_holdout": len(holdout), "n_synthetic": len(synthetic), "n_train_reports": n_reports}
+    answer: dict = {
+        "site": site,
+        "n_train": len(train),
+        "n_holdout": len(holdout),
+        "n_synthetic": len(synthetic),
+        "n_train_reports": n_reports,
+    }
     pairs: list[CopyPair] = []
     if not {"image_copies", "image_closeness"} <= skip:
         progress.say(f"[{site}] image memorization ({policy.encoder} encoder)")

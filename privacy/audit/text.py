@@ -34,7 +34,9 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return out
 
 
-def rare_ngram_leaks(synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:
+def rare_ngram_leaks(
+    synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
+) -> dict:
     """Synthetic reports holding an n-gram that occurs in 1..k-1 training reports.
 
     Holdout reports run through the same test give the baseline: how often unseen patients'
@@ -69,7 +71,9 @@ def _minhash(text: str) -> Optional[MinHash]:
     return m
 
 
-def near_duplicates(synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:
+def near_duplicates(
+    synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
+) -> dict:
     """Share of synthetic reports with a near-duplicate (MinHash LSH) among training reports,
     against the same share for holdout reports: templated reports make some duplication normal."""
     lsh = MinHashLSH(threshold=policy.near_duplicate_jaccard, num_perm=NUM_PERM)
@@ -107,15 +111,21 @@ def embed_texts(model_dir: Path, texts: Sequence[str], batch: int = 32) -> np.nd
     from sentence_transformers import SentenceTransformer
 
     if not Path(model_dir).is_dir():
-        raise InputError(f"{model_dir}: policy key 'text_encoder' must be a local model directory (config.json, weights, tokenizer).")
+        raise InputError(
+            f"{model_dir}: policy key 'text_encoder' must be a local model directory (config.json, weights, tokenizer)."
+        )
     if not texts:
         return np.zeros((0, 1), np.float32)
     model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
     model.max_seq_length = min(model.max_seq_length or 256, 256)
-    return model.encode(list(texts), batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return model.encode(
+        list(texts), batch_size=batch, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+    )
 
 
-def embedding_neighbours(synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy) -> dict:
+def embedding_neighbours(
+    synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
+) -> dict:
     """Synthetic-to-train nearest-neighbour distances of report embeddings, flagged below the
     same calibrated threshold the image check uses (holdout-to-train quantile x margin)."""
     from cxrsynth.privacy.audit.neighbors import nearest

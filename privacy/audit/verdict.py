@@ -40,7 +40,9 @@ def image_copies(c: dict, p: AuditPolicy) -> list[str]:
 def image_closeness(c: dict, p: AuditPolicy) -> list[str]:
     if c["ci"][1] <= p.max_closeness_upper:
         return []
-    return [f"closeness share {c['share']:.3f} (CI upper {c['ci'][1]:.3f}) exceeds max_closeness_upper {p.max_closeness_upper}: synthetic images sit nearer training than unseen patients"]
+    return [
+        f"closeness share {c['share']:.3f} (CI upper {c['ci'][1]:.3f}) exceeds max_closeness_upper {p.max_closeness_upper}: synthetic images sit nearer training than unseen patients"
+    ]
 
 
 def text_rare_ngrams(c: dict, p: AuditPolicy) -> list[str]:
@@ -48,7 +50,9 @@ def text_rare_ngrams(c: dict, p: AuditPolicy) -> list[str]:
         return []
     if c["leaked_ngrams"] <= p.max_rare_ngram_leaks:
         return []
-    return [f"{c['leaked_ngrams']} rare training n-gram(s) (n={p.rare_ngram_n}, in fewer than {p.rare_ngram_k} training reports) in {c['leaking_reports']} synthetic report(s)"]
+    return [
+        f"{c['leaked_ngrams']} rare training n-gram(s) (n={p.rare_ngram_n}, in fewer than {p.rare_ngram_k} training reports) in {c['leaking_reports']} synthetic report(s)"
+    ]
 
 
 def text_near_duplicates(c: dict, p: AuditPolicy) -> list[str]:
@@ -56,17 +60,25 @@ def text_near_duplicates(c: dict, p: AuditPolicy) -> list[str]:
         return []
     if c["rate"] <= c["holdout_rate"] + p.max_near_duplicate_excess:
         return []
-    return [f"near-duplicate report rate {c['rate']:.3f} exceeds holdout's {c['holdout_rate']:.3f} by more than {p.max_near_duplicate_excess}"]
+    return [
+        f"near-duplicate report rate {c['rate']:.3f} exceeds holdout's {c['holdout_rate']:.3f} by more than {p.max_near_duplicate_excess}"
+    ]
 
 
 def text_embedding(c: dict, p: AuditPolicy) -> list[str]:
     if _no_reports(c):
         return []
     if c["status"] == "unavailable":
-        return [] if p.text_encoder is None else [f"policy text_encoder {p.text_encoder} is set but no site ran the embedding check"]
+        return (
+            []
+            if p.text_encoder is None
+            else [f"policy text_encoder {p.text_encoder} is set but no site ran the embedding check"]
+        )
     if c["rate"] <= c["holdout_rate"] + p.max_near_duplicate_excess:
         return []
-    return [f"{c['rate']:.3f} of synthetic reports sit closer to a training report than the calibrated threshold (holdout: {c['holdout_rate']:.3f})"]
+    return [
+        f"{c['rate']:.3f} of synthetic reports sit closer to a training report than the calibrated threshold (holdout: {c['holdout_rate']:.3f})"
+    ]
 
 
 def phi(c: dict, p: AuditPolicy) -> list[str]:
@@ -84,7 +96,9 @@ def membership(c: dict, p: AuditPolicy) -> list[str]:
         return _not_ran(c, "membership inference did not run")
     if c["auc_ci"][1] <= p.max_mia_auc_upper:
         return []
-    return [f"membership AUC {c['auc']:.3f} (CI upper {c['auc_ci'][1]:.3f}) exceeds max_mia_auc_upper {p.max_mia_auc_upper}: the model tells its training patients from unseen ones"]
+    return [
+        f"membership AUC {c['auc']:.3f} (CI upper {c['auc_ci'][1]:.3f}) exceeds max_mia_auc_upper {p.max_mia_auc_upper}: the model tells its training patients from unseen ones"
+    ]
 
 
 def dp_ledger(c: dict, p: AuditPolicy) -> list[str]:
@@ -110,22 +124,32 @@ def weak_image_labels(c: dict, p: AuditPolicy) -> list[str]:
     not above chance (0.5) at the policy's confidence, so a lucky draw on a few positives does
     not pass."""
     z = float(norm.ppf(1 - (1 - p.confidence) / 2))
-    return [n for n, f in c.get("labels", {}).items() if f["auroc"] < p.min_label_fidelity_auroc or f["auroc"] - z * f["se"] <= 0.5]
+    return [
+        n
+        for n, f in c.get("labels", {}).items()
+        if f["auroc"] < p.min_label_fidelity_auroc or f["auroc"] - z * f["se"] <= 0.5
+    ]
 
 
 def weak_report_labels(c: dict, p: AuditPolicy) -> list[str]:
     return [n for n, f in c.get("labels", {}).items() if f["f1"] < p.min_report_label_agreement]
 
 
-def _label_rule(c: dict, p: AuditPolicy, what: str, figure: str, macro: float, floor: float, floor_key: str, weak: list[str]) -> list[str]:
+def _label_rule(
+    c: dict, p: AuditPolicy, what: str, figure: str, macro: float, floor: float, floor_key: str, weak: list[str]
+) -> list[str]:
     if c["status"] != "ran":
         return _not_ran(c, f"{what} did not run")
     named = ", ".join(weak)
     reasons = []
     if macro < floor:
-        reasons.append(f"{what}: macro {figure} {macro:.3f} is below {floor_key} {floor}; labels not carried: {named or 'none judged weak'}")
+        reasons.append(
+            f"{what}: macro {figure} {macro:.3f} is below {floor_key} {floor}; labels not carried: {named or 'none judged weak'}"
+        )
     elif weak and p.weak_labels == "refuse":
-        reasons.append(f"{what}: label(s) not carried: {named} ({figure} below {floor_key} {floor}); policy weak_labels: refuse")
+        reasons.append(
+            f"{what}: label(s) not carried: {named} ({figure} below {floor_key} {floor}); policy weak_labels: refuse"
+        )
     elif len(weak) == len(c["labels"]):
         reasons.append(f"{what}: no judged label is carried ({named}); nothing would be left to release")
     return reasons
@@ -137,7 +161,16 @@ def label_fidelity(c: dict, p: AuditPolicy) -> list[str]:
     if c["status"] != "ran":
         return _not_ran(c, "label fidelity did not run")
     macro = float(np.mean([f["auroc"] for f in c["labels"].values()]))
-    return _label_rule(c, p, "synthetic images", "AUROC", macro, p.min_label_fidelity_auroc, "min_label_fidelity_auroc", weak_image_labels(c, p))
+    return _label_rule(
+        c,
+        p,
+        "synthetic images",
+        "AUROC",
+        macro,
+        p.min_label_fidelity_auroc,
+        "min_label_fidelity_auroc",
+        weak_image_labels(c, p),
+    )
 
 
 def report_labels(c: dict, p: AuditPolicy) -> list[str]:
@@ -146,7 +179,16 @@ def report_labels(c: dict, p: AuditPolicy) -> list[str]:
     if c["status"] != "ran":
         return _not_ran(c, "report label agreement did not run")
     macro = float(np.mean([f["f1"] for f in c["labels"].values()]))
-    return _label_rule(c, p, "synthetic reports", "positive F1", macro, p.min_report_label_agreement, "min_report_label_agreement", weak_report_labels(c, p))
+    return _label_rule(
+        c,
+        p,
+        "synthetic reports",
+        "positive F1",
+        macro,
+        p.min_report_label_agreement,
+        "min_report_label_agreement",
+        weak_report_labels(c, p),
+    )
 
 
 RULES: dict[str, Rule] = {

@@ -72,7 +72,9 @@ def deidentify_batch(
             task.advance(len(chunk))
     else:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method), initializer=_init_worker) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp.get_context(method), initializer=_init_worker
+        ) as pool:
             for chunk, res in zip(chunks, pool.map(_work, [config] * len(chunks), chunks)):
                 results += res
                 task.advance(len(chunk))
@@ -82,7 +84,14 @@ def deidentify_batch(
     return results
 
 
-def write_audit_log(path: str | Path, deid: Deidentifier, items: list[DeidItem], results: list[DeidResult], elapsed: float, workers: int) -> None:
+def write_audit_log(
+    path: str | Path,
+    deid: Deidentifier,
+    items: list[DeidItem],
+    results: list[DeidResult],
+    elapsed: float,
+    workers: int,
+) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
@@ -131,7 +140,12 @@ def deidentify_records(
     """(clean records with empty phi_meta, ids of quarantined records). Quarantined records are left out."""
     config = config or DeidConfig()
     items = [
-        DeidItem(r.record_id, r.findings + SECTION_MARK + r.impression, dict(r.phi_meta), r.phi_meta.get("PatientID") or r.patient_id)
+        DeidItem(
+            r.record_id,
+            r.findings + SECTION_MARK + r.impression,
+            dict(r.phi_meta),
+            r.phi_meta.get("PatientID") or r.patient_id,
+        )
         for r in records
     ]
     results = deidentify_batch(items, config, audit_log_path, workers, progress)

@@ -23,10 +23,14 @@ def read_items(path: str | Path) -> list[DeidItem]:
     items, seen = [], set()
     for i, row in read_jsonl(path, "input"):
         if not isinstance(row.get("id"), (str, int)) or not isinstance(row.get("text"), str):
-            raise InputError(f'{path}, line {i}: expected an object {{"id": str, "text": str, "meta": {{...}} (optional)}}.')
+            raise InputError(
+                f'{path}, line {i}: expected an object {{"id": str, "text": str, "meta": {{...}} (optional)}}.'
+            )
         meta = row.get("meta") or {}
         if not isinstance(meta, dict) or any(not isinstance(v, (str, int)) for v in meta.values()):
-            raise InputError(f"{path}, line {i}: key 'meta' must map header fields ({', '.join(HEADER_FIELDS)}) to strings.")
+            raise InputError(
+                f"{path}, line {i}: key 'meta' must map header fields ({', '.join(HEADER_FIELDS)}) to strings."
+            )
         rid = str(row["id"])
         if rid in seen:
             raise InputError(f"{path}, line {i}: id {rid!r} appears twice; ids must be unique.")
@@ -42,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     items = read_items(args.input)
     out = Path(args.out)
     audit = Path(args.audit_log) if args.audit_log else out.with_name(out.name + ".audit.jsonl")
-    progress.say(f"deid: {len(items)} reports from {args.input}, mode {config.mode}, {args.workers} worker(s); loading {config.spacy_model}")
+    progress.say(
+        f"deid: {len(items)} reports from {args.input}, mode {config.mode}, {args.workers} worker(s); loading {config.spacy_model}"
+    )
     cached_deidentifier(config)
     t0 = time.perf_counter()
     results = deidentify_batch(items, config, audit, args.workers, progress)
@@ -50,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
         for it, r in zip(items, results):
-            f.write(json.dumps({"id": it.id, "text": r.text, "status": r.status, "reason": r.reason}, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps({"id": it.id, "text": r.text, "status": r.status, "reason": r.reason}, ensure_ascii=False)
+                + "\n"
+            )
     quarantined = sum(r.status != "ok" for r in results)
     progress.say(
         f"deid: {len(items) - quarantined} ok, {quarantined} quarantined -> {out}; audit log {audit}; "
@@ -68,7 +77,9 @@ def evaluate(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         settings = json.loads(config.model_dump_json())
-        out.write_text(json.dumps({**result, "versions": deid.versions(), "config": settings}, indent=2), encoding="utf-8")
+        out.write_text(
+            json.dumps({**result, "versions": deid.versions(), "config": settings}, indent=2), encoding="utf-8"
+        )
         write_page(result, out.with_suffix(".html"), deid.versions(), settings)
     return 0
 

@@ -48,7 +48,15 @@ PRESIDIO_TYPES = {
 }
 # Findings from these sources are dropped inside a medical term ("Swan-Ganz", "Kerley B") and when
 # they hold only report words.
-SOFT_SOURCES = {"SpacyRecognizer", "UrlRecognizer", "name_label_lower", "name_relative", "name_mid_sentence", "hospital", "ctx_role"}
+SOFT_SOURCES = {
+    "SpacyRecognizer",
+    "UrlRecognizer",
+    "name_label_lower",
+    "name_relative",
+    "name_mid_sentence",
+    "hospital",
+    "ctx_role",
+}
 # Rules reading one lower-case word as a name from the word before it ("d/w smith", "dr. smith").
 LOWER_CASE_RULES = {"name_label_lower", "name_title_lower"}
 # Name findings made from word shape alone (capitals, position); they must also look like a name
@@ -56,24 +64,39 @@ LOWER_CASE_RULES = {"name_label_lower", "name_title_lower"}
 SHAPE_SOURCES = {"SpacyRecognizer", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff"}
 # Rules that read a name from its capital letters; in an all-capitals or all-lower-case report
 # the capitals say nothing and the context recognizer (names.py) reads names instead.
-CAPITAL_RULES = {"name_label", "name_caps_pair", "name_mid_sentence", "name_credential", "name_initials_signoff", "name_title"}
+CAPITAL_RULES = {
+    "name_label",
+    "name_caps_pair",
+    "name_mid_sentence",
+    "name_credential",
+    "name_initials_signoff",
+    "name_title",
+}
 # Header labels that a name finding swallows from the next field ("Hope; Acc", "ROBERT MARTINEZ MEDICAL").
-LABEL_WORDS = frozenset("acc accession loc ext ph tel medical rec record dob mrn study exam name patient pt date".split())
+LABEL_WORDS = frozenset(
+    "acc accession loc ext ph tel medical rec record dob mrn study exam name patient pt date".split()
+)
 # A time written right after a date: "20090916 0438", "11-Mar-2010 0835", "Sep 9 2013 1812 PM".
-TIME_AFTER_DATE = re.compile(r"[ \t]{1,3}(?:at[ \t]+)?((?:[01]\d|2[0-3])[0-5]\d)(?!\d|[:/.-]\d|[ \t]?(?:mg|ml|cc|cm|mm)\b)")
+TIME_AFTER_DATE = re.compile(
+    r"[ \t]{1,3}(?:at[ \t]+)?((?:[01]\d|2[0-3])[0-5]\d)(?!\d|[:/.-]\d|[ \t]?(?:mg|ml|cc|cm|mm)\b)"
+)
 NOT_A_NAME = NON_NAME_WORDS | STOP_WORDS
 
 
 # Word endings of procedures, conditions and devices; no name in the gold corpus or the census lists
 # used for the surrogates ends in them.
-MEDICAL_SUFFIX = re.compile(r"(?:plasty|ectomy|ostomy|otomy|itis|osis|megaly|graphy|scopy|pathy|plasia|trophy|algia|emia|rrhea|cele|lysis|sclerosis|genic)$")
+MEDICAL_SUFFIX = re.compile(
+    r"(?:plasty|ectomy|ostomy|otomy|itis|osis|megaly|graphy|scopy|pathy|plasia|trophy|algia|emia|rrhea|cele|lysis|sclerosis|genic)$"
+)
 
 
 def plausible_name(span: str, mixed: bool, credential: bool = False) -> bool:
     """Whether a shape-based NAME finding reads as a name: a census name that is no dictionary
     word decides yes, a dictionary-only word decides no, and names that are also words ("Rose
     Cross", "Will") pass only when the text's capitals mark them."""
-    toks = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", span) if t.lower() not in NOT_A_NAME]
+    toks = [
+        t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", span) if t.lower() not in NOT_A_NAME
+    ]
     if not toks:
         return False
     if re.search(r"(?<![A-Za-z])[A-Z]\.(?:\s|$)", span):  # an initial beside a word: "G. Wright"
@@ -97,11 +120,17 @@ def _report_word(text: str, f: "Finding") -> bool:
     mixed-case report an abbreviation in capitals ("IV") or a phrase in small letters ("breath workup")."""
     span = text[f.start : f.end]
     words = re.findall(r"[A-Za-z]+", span)
-    if re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip()) or not words or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words):
+    if (
+        re.fullmatch(r"(?:[A-Za-z]\.){2,}", span.strip())
+        or not words
+        or all(kind(w) == "word_only" or w.lower() in NOT_A_NAME for w in words)
+    ):
         return True
     if _mixed_case(text) and (
         (len(words) == 1 and re.fullmatch(r"[A-Z]{1,3}", span.strip()))  # "IV", not "IN" of an address
-        or any(w[0].islower() and w not in STOP_WORDS for w in re.findall(r"[A-Za-z][A-Za-z']*", span))  # "breath workup": places have capitals
+        or any(
+            w[0].islower() and w not in STOP_WORDS for w in re.findall(r"[A-Za-z][A-Za-z']*", span)
+        )  # "breath workup": places have capitals
     ):
         return True
     return len(words) == 1 and bool(re.search(r"(?:^|[.:;!?]\s*|\n\s*)$", text[max(0, f.start - 3) : f.start]))
@@ -127,14 +156,22 @@ def _plain_word_after(text: str, f: "Finding") -> bool:
     "per" also one that is a census name too ("per day", "per bones"): "per" is mostly a rate or
     a source, and names after it in any case are read by the context recognizer."""
     k = kind(text[f.start : f.end])
-    return k == "word_only" or (k == "name_and_word" and bool(re.search(r"(?i)\bper\s+$", text[max(0, f.start - 5) : f.start])))
+    return k == "word_only" or (
+        k == "name_and_word" and bool(re.search(r"(?i)\bper\s+$", text[max(0, f.start - 5) : f.start]))
+    )
 
 
 def _acronyms(span: str, mixed: bool) -> bool:
     """Only abbreviations or jargon in capitals that are no census name ("AGFA PACS", "POD",
     "UNILAT") in a mixed-case report, where a name is written with its capital and small letters."""
     words = re.findall(r"[A-Za-z]+", span)
-    return mixed and bool(words) and all(w.isupper() and (len(w) <= 4 or len(words) == 1) and kind(w) in ("unknown", "word_only") for w in words)
+    return (
+        mixed
+        and bool(words)
+        and all(
+            w.isupper() and (len(w) <= 4 or len(words) == 1) and kind(w) in ("unknown", "word_only") for w in words
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -229,9 +266,15 @@ def _deny_terms(fields: tuple[tuple[str, str], ...], mixed: bool) -> list[DenyTe
             alts = [_loose(value)] if len(re.sub(r"\W", "", value)) >= 4 else []
         else:
             d = _parse_header_date(value)
-            alts = [re.escape(v) for v in sorted(_date_variants(d), key=len, reverse=True)] if d else [re.escape(value)]
+            alts = (
+                [re.escape(v) for v in sorted(_date_variants(d), key=len, reverse=True)] if d else [re.escape(value)]
+            )
         if alts:
-            terms.append(DenyTerm(fld, typ, re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(alts) + r")(?![A-Za-z0-9])", re.IGNORECASE)))
+            terms.append(
+                DenyTerm(
+                    fld, typ, re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(alts) + r")(?![A-Za-z0-9])", re.IGNORECASE)
+                )
+            )
     return terms
 
 
@@ -253,7 +296,11 @@ def roster_deny_terms(path) -> list[DenyTerm]:
             surnames.append(re.escape(fold(toks[-1][0].upper() + toks[-1][1:].lower())))
     out = []
     if full:
-        out.append(DenyTerm("roster", "NAME", re.compile(r"(?<![A-Za-z])(?:" + "|".join(full) + r")(?![A-Za-z])", re.IGNORECASE)))
+        out.append(
+            DenyTerm(
+                "roster", "NAME", re.compile(r"(?<![A-Za-z])(?:" + "|".join(full) + r")(?![A-Za-z])", re.IGNORECASE)
+            )
+        )
     if surnames:
         out.append(DenyTerm("roster", "NAME", re.compile(r"(?<![A-Za-z])(?:" + "|".join(surnames) + r")(?![A-Za-z])")))
     return out
@@ -263,7 +310,9 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
     """A name holds no digits and does not start or end with a label word: a NAME finding that
     swallowed a number or a label ("00527480 HERNANDEZ", "kim  Phone" from the NER model) is cut
     to its name words, so the number keeps its own type and the label stays readable."""
-    if f.source == "SpacyRecognizer" and f.type == "LOCATION":  # a place never crosses a line or a field ("Oak Blvd\nPhone")
+    if (
+        f.source == "SpacyRecognizer" and f.type == "LOCATION"
+    ):  # a place never crosses a line or a field ("Oak Blvd\nPhone")
         field = re.split(r"\n|[ \t]{2,}|[|;]|[ \t][-\u2013][ \t]", text[f.start : f.end])[0].rstrip()
         return [Finding(f.type, f.start, f.start + len(field), f.score, f.source)] if field.strip() else []
     if f.type != "NAME" or f.source.startswith(("deny:", "ctx_")):  # ctx_: words already chosen by the name lists
@@ -283,9 +332,19 @@ def _name_parts(f: Finding, text: str) -> list[Finding]:
         word = m.group(0)
         if re.fullmatch(r"[A-Za-z]\.", word) and text[f.start + m.end() : f.start + m.end() + 1].isalpha():
             break  # "M." of "M.D.": the credential starts here
-        label = "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()[]").lower().replace(".", "")  # "A." is an initial; "M.D." is "md"
-        if label and kind(label) in ("name_only", "name_and_word") and word[:1].isupper() and not word.isupper() and label not in FUNCTION_STOP:
-            label = ""  # a capitalised census name ("Will", "May") stays in the name; in capitals, capitals say nothing
+        label = (
+            "" if re.fullmatch(r"[A-Za-z]\.", word) else word.strip(".,;:()[]").lower().replace(".", "")
+        )  # "A." is an initial; "M.D." is "md"
+        if (
+            label
+            and kind(label) in ("name_only", "name_and_word")
+            and word[:1].isupper()
+            and not word.isupper()
+            and label not in FUNCTION_STOP
+        ):
+            label = (
+                ""  # a capitalised census name ("Will", "May") stays in the name; in capitals, capitals say nothing
+            )
         run.append((f.start + m.start(), f.start + m.end(), label))
     shape = f.source in SHAPE_SOURCES
 
@@ -335,11 +394,18 @@ def merge(findings: list[Finding], text: str) -> list[Finding]:
     separated only by a space or a comma ("Rose" "Green" -> "Rose Green")."""
     out: list[Finding] = []
     for f in sorted(findings, key=lambda f: (f.start, -f.end)):
-        joins = out and f.start >= out[-1].end and f.type == out[-1].type and re.fullmatch(r"[ \t,]{1,2}", text[out[-1].end : f.start])
+        joins = (
+            out
+            and f.start >= out[-1].end
+            and f.type == out[-1].type
+            and re.fullmatch(r"[ \t,]{1,2}", text[out[-1].end : f.start])
+        )
         if out and (f.start < out[-1].end or joins):
             last = out[-1]
             strongest = max((last, f), key=lambda x: (x.score, x.end - x.start))
-            out[-1] = Finding(strongest.type, last.start, max(last.end, f.end), max(last.score, f.score), strongest.source)
+            out[-1] = Finding(
+                strongest.type, last.start, max(last.end, f.end), max(last.score, f.score), strongest.source
+            )
         else:
             out.append(f)
     return out
@@ -389,17 +455,23 @@ class Deidentifier:
         shifted (setting `dicom_dates`), move by the same per-patient offset as the report text."""
         from cxrsynth.privacy.deid.dicom import deidentify_dataset
 
-        return deidentify_dataset(ds, self.secret, self.config.dicom_dates, self.config.max_shift_days, self.config.dicom_device)
+        return deidentify_dataset(
+            ds, self.secret, self.config.dicom_dates, self.config.max_shift_days, self.config.dicom_device
+        )
 
     def versions(self) -> dict[str, str]:
         return versions(self.config, self.analyzer)
 
-    def find(self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None, nlp_artifacts=None) -> list[Finding]:
+    def find(
+        self, text: str, meta: Optional[dict] = None, deny: Optional[list[DenyTerm]] = None, nlp_artifacts=None
+    ) -> list[Finding]:
         """PHI spans in `text` (merged, non-overlapping), using the header deny-list of `meta`."""
         if deny is None:
             deny = header_deny_terms(meta, _mixed_case(text)) + self.roster
         found: list[Finding] = []
-        for r in self.analyzer.analyze(text, language="en", score_threshold=self.config.score_threshold, nlp_artifacts=nlp_artifacts):
+        for r in self.analyzer.analyze(
+            text, language="en", score_threshold=self.config.score_threshold, nlp_artifacts=nlp_artifacts
+        ):
             typ = r.entity_type if r.entity_type in ENTITY_TYPES else PRESIDIO_TYPES.get(r.entity_type)
             if typ is None:
                 continue
@@ -415,7 +487,10 @@ class Deidentifier:
                 f.source in SOFT_SOURCES
                 and (
                     any(f.start < b and a < f.end for a, b in keep)
-                    or (f.type in ("NAME", "LOCATION") and _not_a_name(text[f.start : f.end], census_names_pass=f.source == "ctx_role"))
+                    or (
+                        f.type in ("NAME", "LOCATION")
+                        and _not_a_name(text[f.start : f.end], census_names_pass=f.source == "ctx_role")
+                    )
                 )
             )
             and not (f.source in LOWER_CASE_RULES and _plain_word_after(text, f))
@@ -427,17 +502,27 @@ class Deidentifier:
             if not (
                 f.type == "NAME"
                 and f.source in SHAPE_SOURCES
-                and not plausible_name(text[f.start : f.end], mixed, f.source in ("name_credential", "name_initials_signoff"))
+                and not plausible_name(
+                    text[f.start : f.end], mixed, f.source in ("name_credential", "name_initials_signoff")
+                )
             )
             and not (f.source == "UrlRecognizer" and not re.search(r"://|www\.", text[f.start : f.end], re.IGNORECASE))
             and not (f.source in CAPITAL_RULES and not mixed)
-            and not (f.type == "NAME" and f.source in SHAPE_SOURCES | CAPITAL_RULES and _acronyms(text[f.start : f.end], mixed))
+            and not (
+                f.type == "NAME"
+                and f.source in SHAPE_SOURCES | CAPITAL_RULES
+                and _acronyms(text[f.start : f.end], mixed)
+            )
             and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
             and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
         ]
         dates = [f for f in found if f.type == "DATE"]
         # libphonenumber reads dates as phone numbers ("06-02-2009 10"); the phone rules read phones
-        found = [f for f in found if not (f.source == "PhoneRecognizer" and any(d.start < f.end and f.start < d.end for d in dates))]
+        found = [
+            f
+            for f in found
+            if not (f.source == "PhoneRecognizer" and any(d.start < f.end and f.start < d.end for d in dates))
+        ]
         for f in list(found):
             if f.type == "DATE":
                 m = TIME_AFTER_DATE.match(text, f.end)
@@ -445,7 +530,9 @@ class Deidentifier:
                     found.append(Finding("TIME", m.start(1), m.end(1), 0.8, "time_after_date"))
         folded = fold(text)
         for term in deny:
-            found += [Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(folded)]
+            found += [
+                Finding(term.type, m.start(), m.end(), 1.0, f"deny:{term.field}") for m in term.regex.finditer(folded)
+            ]
         found += self._propagate(text, found)
         return merge(found, text)
 
@@ -461,18 +548,31 @@ class Deidentifier:
         for f in found:
             if f.type != "NAME":
                 continue
-            raw = [t for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", text[f.start : f.end]) if t.lower() not in KEEP_WORDS]
+            raw = [
+                t
+                for t in re.findall(r"[A-Za-z\u00c0-\u024f][A-Za-z\u00c0-\u024f'-]+", text[f.start : f.end])
+                if t.lower() not in KEEP_WORDS
+            ]
             toks = [t for t in raw if t.lower() not in NOT_A_NAME]
             words |= {t for t in toks if len(t) >= 3 and kind(t) in ("name_only", "unknown")}
             for a, b in zip(raw, raw[1:]):
                 pairs |= {rf"{re.escape(a)}[\s,^]+{re.escape(b)}", rf"{re.escape(b)}[\s,^]+{re.escape(a)}"}
             if len(toks) >= 2:
                 first, last = toks[0].lower(), toks[-1].lower()
-                user_names |= {first[0] + last, f"{first}.{last}", f"{first[0]}.{last}", first + last[0], last + first[0]}
+                user_names |= {
+                    first[0] + last,
+                    f"{first}.{last}",
+                    f"{first[0]}.{last}",
+                    first + last[0],
+                    last + first[0],
+                }
         if not words and not pairs:
             return []
         keep = keep_spans(text)
-        alts = "|".join(sorted(pairs, key=len, reverse=True) + [re.escape(w) for w in sorted(words | user_names, key=len, reverse=True)])
+        alts = "|".join(
+            sorted(pairs, key=len, reverse=True)
+            + [re.escape(w) for w in sorted(words | user_names, key=len, reverse=True)]
+        )
         out = []
         for m in re.finditer(rf"(?<![\w@.])(?:{alts})(?![\w@])", text, re.IGNORECASE):
             if any(m.start() < b and a < m.end() for a, b in keep):
@@ -483,7 +583,9 @@ class Deidentifier:
                 out.append(Finding("NAME", m.start(), m.end(), 0.7, "propagated"))
         return out
 
-    def _replace(self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]) -> tuple[str, list[str]]:
+    def _replace(
+        self, text: str, findings: list[Finding], patient_key: str, deny: list[DenyTerm]
+    ) -> tuple[str, list[str]]:
         """(text with each finding replaced, header fields a surrogate still collides with).
 
         A surrogate must not be the record's own PHI: one that matches a header deny term
@@ -494,7 +596,9 @@ class Deidentifier:
             return _splice(text, findings, redaction_tag)[0], []
         avoid = frozenset(m.group(0) for t in deny for m in t.regex.finditer(text))
         originals = {text[f.start : f.end].lower() for f in findings}
-        name_words = {w.lower() for f in findings if f.type == "NAME" for w in re.findall(r"[A-Za-z]{3,}", text[f.start : f.end])}
+        name_words = {
+            w.lower() for f in findings if f.type == "NAME" for w in re.findall(r"[A-Za-z]{3,}", text[f.start : f.end])
+        }
         name_words -= KEEP_WORDS
         redraw: dict[tuple[str, str], int] = {}
         for _ in range(MAX_REDRAWS):
@@ -532,7 +636,9 @@ class Deidentifier:
             return [None] * len(texts)
         return out
 
-    def deidentify_text(self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None, nlp_artifacts=None) -> DeidResult:
+    def deidentify_text(
+        self, text: str, meta: Optional[dict] = None, patient_key: Optional[str] = None, nlp_artifacts=None
+    ) -> DeidResult:
         t0 = time.perf_counter()
 
         def quarantine(reason: str, counts: Optional[dict] = None) -> DeidResult:

@@ -50,8 +50,15 @@ from cxrsynth.privacy.deid.keys import keyed, keyed_hex, patient_shift_days
 TABLE_MODULE = "dicomanonymizer.dicom_anonymization_databases.dicomfields_2026c"
 # The library's list names -> the action codes of Table E.1-1.
 LISTS = {
-    "D_TAGS": "D", "Z_TAGS": "Z", "X_TAGS": "X", "U_TAGS": "U", "Z_D_TAGS": "Z/D", "X_Z_TAGS": "X/Z",
-    "X_D_TAGS": "X/D", "X_Z_D_TAGS": "X/Z/D", "X_Z_U_STAR_TAGS": "X/Z/U*",
+    "D_TAGS": "D",
+    "Z_TAGS": "Z",
+    "X_TAGS": "X",
+    "U_TAGS": "U",
+    "Z_D_TAGS": "Z/D",
+    "X_Z_TAGS": "X/Z",
+    "X_D_TAGS": "X/D",
+    "X_Z_D_TAGS": "X/Z/D",
+    "X_Z_U_STAR_TAGS": "X/Z/U*",
 }
 # What each action does here (see the module notes).
 RESOLVE = {"D": "D", "Z": "Z", "X": "X", "U": "U", "Z/D": "Z", "X/Z": "X", "X/D": "X", "X/Z/D": "X", "X/Z/U*": "U*"}
@@ -61,18 +68,46 @@ SUPPLEMENT = {Tag("TextValue"): "X"}
 DEVICE = frozenset(
     Tag(tag_for_keyword(k))
     for k in (
-        "DeviceSerialNumber", "StationName", "DetectorID", "PlateID", "CassetteID", "GantryID", "DeviceID", "DeviceLabel",
-        "DeviceDescription", "SourceSerialNumber", "TreatmentMachineName", "PerformedStationName", "ScheduledStationName",
+        "DeviceSerialNumber",
+        "StationName",
+        "DetectorID",
+        "PlateID",
+        "CassetteID",
+        "GantryID",
+        "DeviceID",
+        "DeviceLabel",
+        "DeviceDescription",
+        "SourceSerialNumber",
+        "TreatmentMachineName",
+        "PerformedStationName",
+        "ScheduledStationName",
     )
     if tag_for_keyword(k) is not None
 )
-KEEP_BIRTH_DATE_EMPTY = frozenset({Tag("PatientBirthDate"), Tag("PatientBirthTime"), Tag("PatientBirthDateInAlternativeCalendar")})
+KEEP_BIRTH_DATE_EMPTY = frozenset(
+    {Tag("PatientBirthDate"), Tag("PatientBirthTime"), Tag("PatientBirthDateInAlternativeCalendar")}
+)
 # Well-known UIDs (SOP classes, transfer syntaxes) live under the DICOM root and identify nothing.
 DICOM_ROOT = "1.2.840.10008."
 TEXT_VRS = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
-DUMMY = {"AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0", "DT": "19000101000000",
-         "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED", "SH": "ANONYMIZED", "ST": "ANONYMIZED",
-         "TM": "000000", "UC": "ANONYMIZED", "UR": "", "UT": "ANONYMIZED"}
+DUMMY = {
+    "AE": "ANONYMIZED",
+    "AS": "000Y",
+    "CS": "ANONYMIZED",
+    "DA": "19000101",
+    "DS": "0",
+    "DT": "19000101000000",
+    "IS": "0",
+    "LO": "ANONYMIZED",
+    "LT": "ANONYMIZED",
+    "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED",
+    "ST": "ANONYMIZED",
+    "TM": "000000",
+    "UC": "ANONYMIZED",
+    "UR": "",
+    "UT": "ANONYMIZED",
+}
 
 
 @lru_cache(maxsize=1)
@@ -153,7 +188,11 @@ class _Run:
             elem.value = ("DEV" + keyed_hex(self.key, "device", value, n=12).upper()) if value else ""
             return
         if self.dates == "shift" and vr in ("DA", "DT") and tag not in KEEP_BIRTH_DATE_EMPTY and action != "U":
-            elem.value = _shift_value(str(elem.value or ""), vr, self.shift) if elem.VM <= 1 else [_shift_value(str(v), vr, self.shift) for v in elem.value]
+            elem.value = (
+                _shift_value(str(elem.value or ""), vr, self.shift)
+                if elem.VM <= 1
+                else [_shift_value(str(v), vr, self.shift) for v in elem.value]
+            )
             return
         if self.dates == "shift" and vr == "TM" and tag not in KEEP_BIRTH_DATE_EMPTY:
             return  # times of day carry no date: kept under the modified-dates option
@@ -161,10 +200,18 @@ class _Run:
             del ds[tag]
             self.removed += 1
         elif action == "Z":
-            elem.value = Sequence([]) if vr == "SQ" else (b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else "" if vr in TEXT_VRS else None)
+            elem.value = (
+                Sequence([])
+                if vr == "SQ"
+                else (b"" if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") else "" if vr in TEXT_VRS else None)
+            )
         elif action in ("U", "U*"):
             if vr == "UI":
-                elem.value = [remap_uid(str(v), self.key) for v in elem.value] if elem.VM > 1 else remap_uid(str(elem.value), self.key)
+                elem.value = (
+                    [remap_uid(str(v), self.key) for v in elem.value]
+                    if elem.VM > 1
+                    else remap_uid(str(elem.value), self.key)
+                )
             elif vr == "SQ":  # X/Z/U*: the references stay, their instance UIDs are replaced
                 for item in elem.value:
                     self.apply(item)
@@ -200,7 +247,11 @@ def _identifying_values(ds: Dataset) -> set[str]:
                 if len(text) >= 8:
                     out.add(text[:8])
                 continue
-            out |= {w.lower() for w in re.split(r"[\s^,./\-()]+", text) if len(w) >= 4 and not w.isdigit() or (w.isdigit() and len(w) >= 5)}
+            out |= {
+                w.lower()
+                for w in re.split(r"[\s^,./\-()]+", text)
+                if len(w) >= 4 and not w.isdigit() or (w.isdigit() and len(w) >= 5)
+            }
     return out - {"anonymized", "anonymous", "none", "unknown", "left", "right", "chest"}
 
 
@@ -238,14 +289,18 @@ def deidentify_dataset(
         flags.append("burned_in_annotation")
     elif burned != "NO":
         flags.append("burned_in_annotation_unknown")
-    if str(ds.get("Modality", "")).upper() in ("SC", "OT") or "SECONDARY" in [str(v).upper() for v in ds.get("ImageType", []) or []]:
+    if str(ds.get("Modality", "")).upper() in ("SC", "OT") or "SECONDARY" in [
+        str(v).upper() for v in ds.get("ImageType", []) or []
+    ]:
         flags.append("secondary_capture")
 
     original_id = str(ds.get("PatientID", "")) or str(ds.get("PatientName", ""))
     identifying = _identifying_values(ds)
     if dates == "shift":
         # the shifted dates must not be taken for leaked originals
-        identifying = {v for v in identifying if not re.fullmatch(r"\d{8}", v)} | {str(ds.get("PatientBirthDate", ""))[:8]} - {""}
+        identifying = {v for v in identifying if not re.fullmatch(r"\d{8}", v)} | {
+            str(ds.get("PatientBirthDate", ""))[:8]
+        } - {""}
     run = _Run(key, dates, device, patient_shift_days(key, original_id, max_shift_days), original_id)
     run.apply(ds)
     if "PatientID" not in ds:

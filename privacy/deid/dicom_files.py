@@ -52,12 +52,16 @@ def deidentify_file(path: Path, secret: bytes, config: DeidConfig) -> tuple[Opti
     return ds, "", flags
 
 
-def deidentify_folder(src: Path, out: Path, config: DeidConfig, audit_log: Path, progress: Optional[Progress] = None) -> dict:
+def deidentify_folder(
+    src: Path, out: Path, config: DeidConfig, audit_log: Path, progress: Optional[Progress] = None
+) -> dict:
     progress = progress or Progress(quiet=True)
     if not src.is_dir():
         raise InputError(f"{src}: no such folder (--in); expected a folder of DICOM files.")
     if out.resolve() == src.resolve() or out.resolve().is_relative_to(src.resolve()):
-        raise InputError(f"{out}: the output folder (--out) must lie outside the input folder {src}, so originals are never overwritten.")
+        raise InputError(
+            f"{out}: the output folder (--out) must lie outside the input folder {src}, so originals are never overwritten."
+        )
     secret, source = load_secret(config.secret_file, config.ephemeral_secret)
     files = sorted(p for p in src.rglob("*") if p.is_file())
     task = progress.task("deid dicom", len(files))
@@ -78,7 +82,16 @@ def deidentify_folder(src: Path, out: Path, config: DeidConfig, audit_log: Path,
                 target.unlink(missing_ok=True)
                 status, reason = "quarantined", f"cannot write ({type(e).__name__})"
         flagged += bool(flags)
-        records.append({"kind": "file", "key": keyed_hex(secret, "audit", str(rel)), "status": status, "reason": reason, "flags": flags, "ms": round(1000 * (time.perf_counter() - t1), 1)})
+        records.append(
+            {
+                "kind": "file",
+                "key": keyed_hex(secret, "audit", str(rel)),
+                "status": status,
+                "reason": reason,
+                "flags": flags,
+                "ms": round(1000 * (time.perf_counter() - t1), 1),
+            }
+        )
         task.advance(1)
     summary = {
         "kind": "run",
@@ -86,7 +99,11 @@ def deidentify_folder(src: Path, out: Path, config: DeidConfig, audit_log: Path,
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config_hash": config_hash(config),
         "secret_source": source,
-        "versions": {"pydicom": pydicom.__version__, "dicom-anonymizer": metadata.version("dicom-anonymizer"), "table": TABLE_MODULE.rsplit(".", 1)[-1]},
+        "versions": {
+            "pydicom": pydicom.__version__,
+            "dicom-anonymizer": metadata.version("dicom-anonymizer"),
+            "table": TABLE_MODULE.rsplit(".", 1)[-1],
+        },
         "files": len(files),
         "written": written,
         "quarantined": sum(r["status"] != "ok" for r in records),

@@ -36,7 +36,22 @@ OFFLINE_TLD = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallbac
 # spaCy labels kept, and the project's type for each. DATE/TIME/ORG/NORP from a small general
 # model mostly tag radiology vocabulary ("prior", "ICU"); dates and hospitals have rules instead.
 SPACY_LABELS = {"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION", "LOC": "LOCATION", "FAC": "LOCATION"}
-IGNORED_SPACY_LABELS = ["ORG", "NORP", "DATE", "TIME", "CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE"]
+IGNORED_SPACY_LABELS = [
+    "ORG",
+    "NORP",
+    "DATE",
+    "TIME",
+    "CARDINAL",
+    "ORDINAL",
+    "QUANTITY",
+    "MONEY",
+    "PERCENT",
+    "PRODUCT",
+    "EVENT",
+    "WORK_OF_ART",
+    "LAW",
+    "LANGUAGE",
+]
 
 
 class OfflineEmailRecognizer(EmailRecognizer):
@@ -64,7 +79,9 @@ def load_spacy(model: str, pipes: str = "all") -> spacy.language.Language:
     except (OSError, ValueError) as e:
         raise InputError(f"spaCy model {model!r} (setting 'spacy_model') cannot be loaded: {e}") from None
     if "ner" not in nlp.pipe_names:
-        raise InputError(f"spaCy model {model!r} (setting 'spacy_model') has no 'ner' component; names and places need one.")
+        raise InputError(
+            f"spaCy model {model!r} (setting 'spacy_model') has no 'ner' component; names and places need one."
+        )
     if pipes == "ner":
         for name in nlp.pipe_names:
             if name not in NER_PIPES:
@@ -75,7 +92,9 @@ def load_spacy(model: str, pipes: str = "all") -> spacy.language.Language:
 def build_analyzer(config: DeidConfig) -> AnalyzerEngine:
     nlp = load_spacy(config.spacy_model, config.spacy_pipes)
     ner = NerModelConfiguration(model_to_presidio_entity_mapping=SPACY_LABELS, labels_to_ignore=IGNORED_SPACY_LABELS)
-    nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": config.spacy_model}], ner_model_configuration=ner)
+    nlp_engine = SpacyNlpEngine(
+        models=[{"lang_code": "en", "model_name": config.spacy_model}], ner_model_configuration=ner
+    )
     nlp_engine.nlp = {"en": nlp}  # loaded above; SpacyNlpEngine.load() would try to download
     registry = RecognizerRegistry(supported_languages=["en"])
     for rec in (

@@ -20,9 +20,16 @@ def read_gold(path: str | Path) -> list[dict]:
     rows = []
     for i, row in read_jsonl(path, "gold file"):
         if not isinstance(row.get("text"), str) or not isinstance(row.get("gold", []), list):
-            raise InputError(f"{path}, line {i}: expected {{\"id\", \"text\", \"meta\", \"gold\": [{{start, end, type}}], \"keep\": [{{start, end}}]}}.")
+            raise InputError(
+                f'{path}, line {i}: expected {{"id", "text", "meta", "gold": [{{start, end, type}}], "keep": [{{start, end}}]}}.'
+            )
         for s in row.get("gold", []) + row.get("keep", []):
-            if not (isinstance(s, dict) and isinstance(s.get("start"), int) and isinstance(s.get("end"), int) and 0 <= s["start"] < s["end"] <= len(row["text"])):
+            if not (
+                isinstance(s, dict)
+                and isinstance(s.get("start"), int)
+                and isinstance(s.get("end"), int)
+                and 0 <= s["start"] < s["end"] <= len(row["text"])
+            ):
                 raise InputError(f"{path}, line {i}: span {s!r} is not inside the text (0..{len(row['text'])}).")
         rows.append(row)
     if not rows:
@@ -72,7 +79,14 @@ def score(rows: list[dict], findings: list[list[Finding]]) -> dict:
     }
     overall["recall"] = overall["found"] / g if g else None
     overall["precision"] = overall["correct"] / p if p else None
-    return {"reports": len(rows), "per_type": out, "overall": overall, "keep_spans": keep_total, "keep_damaged": damaged, "missed": missed}
+    return {
+        "reports": len(rows),
+        "per_type": out,
+        "overall": overall,
+        "keep_spans": keep_total,
+        "keep_damaged": damaged,
+        "missed": missed,
+    }
 
 
 def evaluate_gold(path: str | Path, deid: Deidentifier) -> dict:
@@ -93,5 +107,7 @@ def format_table(result: dict) -> str:
         lines.append(f"{t:10} {s['gold']:>6} {r:>8} {s['predicted']:>10} {p:>10}")
     o = result["overall"]
     lines.append(f"{'ALL':10} {o['gold']:>6} {o['recall']:>8.4f} {o['predicted']:>10} {o['precision']:>10.4f}")
-    lines.append(f"keep spans damaged: {result['keep_damaged']} of {result['keep_spans']}   ({result['reports']} reports, {result['seconds']:.1f} s)")
+    lines.append(
+        f"keep spans damaged: {result['keep_damaged']} of {result['keep_spans']}   ({result['reports']} reports, {result['seconds']:.1f} s)"
+    )
     return "\n".join(lines)

@@ -32,9 +32,13 @@ def load_secret(secret_file: Optional[Path], ephemeral: bool = False) -> tuple[b
         try:
             data = Path(secret_file).read_bytes().strip()
         except OSError as e:
-            raise InputError(f"{secret_file}: cannot read the site secret (setting 'secret_file'): {e.strerror}.") from None
+            raise InputError(
+                f"{secret_file}: cannot read the site secret (setting 'secret_file'): {e.strerror}."
+            ) from None
         if len(data) < 16:
-            raise InputError(f"{secret_file}: the site secret must be at least 16 bytes (got {len(data)}); e.g. `openssl rand -hex 32 > {secret_file}`.")
+            raise InputError(
+                f"{secret_file}: the site secret must be at least 16 bytes (got {len(data)}); e.g. `openssl rand -hex 32 > {secret_file}`."
+            )
         return data, "file"
     env = os.environ.get(SECRET_ENV)
     if env:

@@ -79,9 +79,42 @@ def dictionary_words() -> frozenset[str]:
 # Combining forms that radiology joins to an anatomical or descriptive word ("biapical",
 # "infrahilar", "hyperexpanded", "pleuro-parenchymal"); such compounds are missing from web2.
 COMBINING_FORMS = (
-    "bi", "tri", "hemi", "semi", "mid", "peri", "para", "sub", "supra", "infra", "inter", "intra", "extra", "retro",
-    "trans", "endo", "hyper", "hypo", "post", "pre", "non", "anti", "pan", "multi", "pseudo", "micro", "macro", "poly",
-    "cardio", "pleuro", "broncho", "fibro", "costo", "thoraco", "vaso", "neo",
+    "bi",
+    "tri",
+    "hemi",
+    "semi",
+    "mid",
+    "peri",
+    "para",
+    "sub",
+    "supra",
+    "infra",
+    "inter",
+    "intra",
+    "extra",
+    "retro",
+    "trans",
+    "endo",
+    "hyper",
+    "hypo",
+    "post",
+    "pre",
+    "non",
+    "anti",
+    "pan",
+    "multi",
+    "pseudo",
+    "micro",
+    "macro",
+    "poly",
+    "cardio",
+    "pleuro",
+    "broncho",
+    "fibro",
+    "costo",
+    "thoraco",
+    "vaso",
+    "neo",
 )
 # The word after a combining form must be this long, so that a surname no census list holds is not
 # read as a form and a short word ("Para|more", "Bi|son") stays unknown.
@@ -95,13 +128,26 @@ def _compound_word(t: str) -> bool:
     if "-" in t:
         parts = [p for p in t.split("-") if p]
         return len(parts) > 1 and all(p in COMBINING_FORMS or kind(p) == "word_only" for p in parts)
-    return any(t.startswith(f) and len(t) - len(f) >= MIN_COMBINED and kind(t[len(f) :]) == "word_only" for f in COMBINING_FORMS)
+    return any(
+        t.startswith(f) and len(t) - len(f) >= MIN_COMBINED and kind(t[len(f) :]) == "word_only"
+        for f in COMBINING_FORMS
+    )
 
 
 def _stems(t: str) -> list[str]:
     """Base forms of an inflected word; web2 lists "symptom", not "symptoms" or "began"."""
     out = []
-    for suffix, repl in (("ies", "y"), ("es", ""), ("s", ""), ("ed", ""), ("ed", "e"), ("ing", ""), ("ing", "e"), ("ly", ""), ("ally", "al")):
+    for suffix, repl in (
+        ("ies", "y"),
+        ("es", ""),
+        ("s", ""),
+        ("ed", ""),
+        ("ed", "e"),
+        ("ing", ""),
+        ("ing", "e"),
+        ("ly", ""),
+        ("ally", "al"),
+    ):
         if t.endswith(suffix) and len(t) - len(suffix) >= 3:
             out.append(t[: len(t) - len(suffix)] + repl)
     return out

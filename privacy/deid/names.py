@@ -61,16 +61,26 @@ LABELS = (
 # (regex, strength): a match ends where the name may start.
 ANCHORS = (
     (re.compile(rf"(?i)\b(?:{LABELS})\s*:[ \t]*(?:\n[ \t]*)?(?:{TITLES}\.?\s+)?"), "label"),
-    (re.compile(rf"(?i)\b(?:dictated|signed|read|interpreted|reviewed|verified|approved|transcribed|reported|finali[sz]ed"
-                rf"|prelim(?:inary)?(?:\s+(?:read|interpretation))?|wet\s+read|interpretation|addendum)\s+by\s+(?:{TITLES}\.?\s+)?"), "label"),
+    (
+        re.compile(
+            rf"(?i)\b(?:dictated|signed|read|interpreted|reviewed|verified|approved|transcribed|reported|finali[sz]ed"
+            rf"|prelim(?:inary)?(?:\s+(?:read|interpretation))?|wet\s+read|interpretation|addendum)\s+by\s+(?:{TITLES}\.?\s+)?"
+        ),
+        "label",
+    ),
     (re.compile(rf"(?i)\bfinal(?:i[sz]ed)?(?:\s+report)?\b[^\n]{{0,40}}?\s(?:by|-)\s+(?:{TITLES}\.?\s+)?"), "label"),
     (re.compile(rf"(?i)\b{TITLES}\.?[ \t]+"), "label"),  # same line: "Delaware Dr\nPh: ..." is a street
     (re.compile(r"(?im)^[ \t]*/s/[ \t]*"), "label"),  # an electronic signature mark
     # a role or a verb of communication, then the name on the same line
-    (re.compile(r"(?i)\b(?:pa-c|pa|rn|np|lpn|crna|nurse|charge[ \t]+nurse|physician[ \t]+assistant|nurse[ \t]+practitioner|resident|fellow"
-                r"|technologist|tech|attending|radiologist|provider|physician|clinician|(?:case[ \t]+)?(?:discussed|reviewed)[ \t]+with"
-                r"|discussed[ \t]+(?:this|the)[ \t]+(?:case|findings)[ \t]+with|spoke[ \t]+(?:with|to)|d/w"
-                r"|communicated[ \t]+to|called[ \t]+to|relayed[ \t]+to|conveyed[ \t]+to|reported[ \t]+to|given[ \t]+to|notified|paged|informed)[ \t]+"), "role"),
+    (
+        re.compile(
+            r"(?i)\b(?:pa-c|pa|rn|np|lpn|crna|nurse|charge[ \t]+nurse|physician[ \t]+assistant|nurse[ \t]+practitioner|resident|fellow"
+            r"|technologist|tech|attending|radiologist|provider|physician|clinician|(?:case[ \t]+)?(?:discussed|reviewed)[ \t]+with"
+            r"|discussed[ \t]+(?:this|the)[ \t]+(?:case|findings)[ \t]+with|spoke[ \t]+(?:with|to)|d/w"
+            r"|communicated[ \t]+to|called[ \t]+to|relayed[ \t]+to|conveyed[ \t]+to|reported[ \t]+to|given[ \t]+to|notified|paged|informed)[ \t]+"
+        ),
+        "role",
+    ),
     # a source: "per" is also a rate ("per day") and "according to" takes documents
     (re.compile(r"(?i)\b(?:per|as[ \t]+per|according[ \t]+to)[ \t]+"), "source"),
 )
@@ -81,14 +91,18 @@ PHRASE_END = {
     "source": re.compile(r"(?i)[ \t]*(?:,?[ \t]*who\b|(?:by[ \t]+(?:tele)?phone|at|on)\b[ \t]+(?:\d|the[ \t]+time))"),
 }
 # The end of a header field: a name written "last, first" ends here ("Name: brown, sky   DOB: ...").
-FIELD_END = re.compile(r"(?im)(?:[ \t]*(?:$|[|;(\[\]])|[ \t]{2,}|,?[ \t]*(?:m\.?d\.?|d\.?o\.?|np|rn|pa-c)(?![A-Za-z])|,?[ \t]*(?:ext|pager|pgr|x)\.?[ \t]*\d)")
+FIELD_END = re.compile(
+    r"(?im)(?:[ \t]*(?:$|[|;(\[\]])|[ \t]{2,}|,?[ \t]*(?:m\.?d\.?|d\.?o\.?|np|rn|pa-c)(?![A-Za-z])|,?[ \t]*(?:ext|pager|pgr|x)\.?[ \t]*\d)"
+)
 # An initial between two words marks a name even when its first word is a plain word ("Sky W. Dean").
 BEFORE_INITIAL = re.compile(r"[ \t]+[A-Za-z]\.?[ \t]+[A-Za-z]{2}")
 # "PA" is a role and a view ("PA upright", "PA chest"): after it, report vocabulary is a view, unless
 # a word that takes a person comes first ("per PA ...", "with PA ...").
 VIEW_ROLE = re.compile(r"(?i)(?<!\bper )(?<!\bwith )(?<!\bto )(?<!\bby )\b(?:pa|ap)\s+$")
 # A name line with no credential, over a line saying the role ("Heather Lewis\nRadiologist").
-ROLE_LINE = re.compile(r"(?i)[ \t]*\n[ \t]*(?:staff\s+|attending\s+|diagnostic\s+)?(?:radiologist|radiology|attending|resident|fellow|physician)\b")
+ROLE_LINE = re.compile(
+    r"(?i)[ \t]*\n[ \t]*(?:staff\s+|attending\s+|diagnostic\s+)?(?:radiologist|radiology|attending|resident|fellow|physician)\b"
+)
 SIGNOFF_LINE = re.compile(r"(?m)^[ \t]*(?:/s/|--|-|\u2014)?[ \t]*")
 CARET = re.compile(r"(?<![A-Za-z0-9^])[A-Za-z][A-Za-z'\-]*(?:\^[A-Za-z][A-Za-z'\-]*\.?)+")
 DOTTED_CREDENTIAL = re.compile(r"(?i)(?:m\.d|d\.o|ph\.d|r\.n|n\.p|p\.a)\.?(?![A-Za-z])")
@@ -114,7 +128,9 @@ def _given_word(text: str, end: int, strength: str) -> bool:
     if strength == "label":
         return k != "word_only"
     # after a role, a census surname must follow, then the end of the phrase ("tech sky free, the ...")
-    return strength == "role" and (k == "name_only" or (k == "name_and_word" and bool(PHRASE_END["role"].match(text, end + nxt.end()))))
+    return strength == "role" and (
+        k == "name_only" or (k == "name_and_word" and bool(PHRASE_END["role"].match(text, end + nxt.end())))
+    )
 
 
 def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, int] | None:
@@ -139,7 +155,13 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
             k = kind(tok)
             capital = tok[0].isupper() and mixed
             clear = any(w[2] in ("name_only", "unknown_ok") for w in words)
-            if k == "word_only" and field_end_given or k in ("word_only", "unknown") and not words and _given_word(text, m.end(), strength):
+            if (
+                k == "word_only"
+                and field_end_given
+                or k in ("word_only", "unknown")
+                and not words
+                and _given_word(text, m.end(), strength)
+            ):
                 k = "given_word"  # a given name no census list holds ("sky parsons"), read from what follows
             if strength == "label":
                 ok = k != "word_only" or capital
@@ -165,13 +187,22 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
                 break
             tok2 = nxt.group(0)
             # after a name label, any word but a stop word that ends the field ("BY ANDERSON, PRIYA", "Name: brown, sky  ")
-            label_ok = strength == "label" and not _stops(tok2) and (kind(tok2) != "word_only" or FIELD_END.match(text, nxt.end()))
+            label_ok = (
+                strength == "label"
+                and not _stops(tok2)
+                and (kind(tok2) != "word_only" or FIELD_END.match(text, nxt.end()))
+            )
             if not (is_given_name(tok2) or len(tok2.rstrip(".")) == 1 or (tok2[0].isupper() and mixed) or label_ok):
                 break
             comma_used = True
             field_end_given = label_ok and kind(tok2) == "word_only"
         i += len(sep.group(0))
-    while words and words[-1][2] == "initial" and len(words) > 1 and text[words[-1][0] : words[-1][1]].lower() in ("a", "i"):
+    while (
+        words
+        and words[-1][2] == "initial"
+        and len(words) > 1
+        and text[words[-1][0] : words[-1][1]].lower() in ("a", "i")
+    ):
         words.pop()
     if not any(w[2] != "initial" for w in words):
         return None
@@ -185,7 +216,9 @@ def parse_name(text: str, pos: int, strength: str, mixed: bool) -> tuple[int, in
         # otherwise words that are also common words ("per day", "rose cross") make a name only
         # capitalised in mixed-case text, as a given name followed by a census surname, or with
         # an initial between them
-        if not (capital or lone) and (len(named) < 2 and len(words) < 2 or not is_given_name(first) and len(words) == len(named)):
+        if not (capital or lone) and (
+            len(named) < 2 and len(words) < 2 or not is_given_name(first) and len(words) == len(named)
+        ):
             return None
     return words[0][0], words[-1][1]
 
@@ -218,10 +251,15 @@ class ContextNameRecognizer(LocalRecognizer):
                 got = parse_name(text, m.end(), strength, mixed)
                 if got:
                     rule = "ctx_label" if strength == "label" else "ctx_role"
-                    spans.append((*got, rule, 0.96 if strength == "label" else 0.95))  # above the regex rules: Presidio drops a finding inside a stronger one
+                    spans.append(
+                        (*got, rule, 0.96 if strength == "label" else 0.95)
+                    )  # above the regex rules: Presidio drops a finding inside a stronger one
         for m in SIGNOFF_LINE.finditer(text):
             got = parse_name(text, m.end(), "label", mixed)
-            signed = got and (CREDENTIAL.match(text, got[1]) or (m.group(0).strip() and (ROLE_LINE.match(text, got[1]) or _whole_line_name(text, got))))
+            signed = got and (
+                CREDENTIAL.match(text, got[1])
+                or (m.group(0).strip() and (ROLE_LINE.match(text, got[1]) or _whole_line_name(text, got)))
+            )
             if signed and re.search(r"[A-Za-z]{2,}", text[got[0] : got[1]]):
                 spans.append((*got, "ctx_signoff", 0.96))
         return [

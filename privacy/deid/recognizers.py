@@ -110,7 +110,11 @@ class Rule:
 
 RULES: tuple[Rule, ...] = (
     # --- identifiers -------------------------------------------------------------------------
-    Rule("id_labelled", "ID", rf"\b(?i:{ID_LABEL})\s*(?:[:#=]|is|no\.?)?\s*#?\s*(?P<phi>(?=[A-Za-z0-9-]*\d)[A-Za-z0-9][A-Za-z0-9\-/.]{{2,}}[A-Za-z0-9])"),
+    Rule(
+        "id_labelled",
+        "ID",
+        rf"\b(?i:{ID_LABEL})\s*(?:[:#=]|is|no\.?)?\s*#?\s*(?P<phi>(?=[A-Za-z0-9-]*\d)[A-Za-z0-9][A-Za-z0-9\-/.]{{2,}}[A-Za-z0-9])",
+    ),
     Rule("id_ssn", "ID", r"\b\d{3}-\d{2}-\d{4}\b", 0.9),
     Rule("id_prefixed", "ID", r"\b[A-Z]{1,5}-?\d{5,}(?:-\d+)?\b", 0.8),
     Rule("id_grouped", "ID", r"\b[A-Z]{2,5}-\d{2,4}-\d{3,}\b", 0.8),
@@ -119,14 +123,36 @@ RULES: tuple[Rule, ...] = (
     Rule("id_year_serial", "ID", r"(?<![\d/.-])(?:19|20)\d{2}-\d{5,}(?![\d-])", 0.7),
     Rule("id_nhs", "ID", r"\b\d{3}\s\d{3}\s\d{4}\b", 0.6),
     # --- dates -------------------------------------------------------------------------------
-    Rule("date_numeric", "DATE", r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d-]|/\d|\.\d)", 0.9),
-    Rule("date_iso", "DATE", r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d-]|/\d|\.\d)", 0.9),
+    Rule(
+        "date_numeric",
+        "DATE",
+        r"(?<![\d/.-])(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|[12]\d|3[01])[/.-](?:19|20)?\d{2}(?![\d-]|/\d|\.\d)",
+        0.9,
+    ),
+    Rule(
+        "date_iso",
+        "DATE",
+        r"(?<![\d/.-])(?:19|20)\d{2}[/.-](?:0?[1-9]|1[0-2])[/.-](?:0?[1-9]|[12]\d|3[01])(?![\d-]|/\d|\.\d)",
+        0.9,
+    ),
     Rule("date_compact", "DATE", r"(?<!\d)(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?!\d)", 0.7),
-    Rule("date_day_month", "DATE", rf"(?i)\b\d{{1,2}}{ORD}?(?:\s+of)?[\s\-/.]?{MONTH}\.?(?:[\s\-/.,]*'?(?:19|20)?\d{{2}})?\b(?!:)", 0.9),
-    Rule("date_month_day", "DATE", rf"(?i)\b{MONTH}\.?\s+\d{{1,2}}{ORD}?\b(?:,?\s+(?:19|20)\d{{2}}\b)?(?![:.]\d)", 0.9),
+    Rule(
+        "date_day_month",
+        "DATE",
+        rf"(?i)\b\d{{1,2}}{ORD}?(?:\s+of)?[\s\-/.]?{MONTH}\.?(?:[\s\-/.,]*'?(?:19|20)?\d{{2}})?\b(?!:)",
+        0.9,
+    ),
+    Rule(
+        "date_month_day", "DATE", rf"(?i)\b{MONTH}\.?\s+\d{{1,2}}{ORD}?\b(?:,?\s+(?:19|20)\d{{2}}\b)?(?![:.]\d)", 0.9
+    ),
     Rule("date_month_year", "DATE", rf"(?i)\b{MONTH}\.?,?\s+(?:of\s+)?(?:19|20)\d{{2}}\b", 0.8),
     Rule("date_month_slash_year", "DATE", r"(?<![\d/.])(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}(?![\d/])", 0.7),
-    Rule("date_ordinal", "DATE", rf"(?i)\b(?:the|on|since|from|until|by)\s+(?P<phi>(?:[12]\d|3[01]|0?[1-9]){ORD})\b(?!{ANATOMY_AFTER_ORDINAL})", 0.7),
+    Rule(
+        "date_ordinal",
+        "DATE",
+        rf"(?i)\b(?:the|on|since|from|until|by)\s+(?P<phi>(?:[12]\d|3[01]|0?[1-9]){ORD})\b(?!{ANATOMY_AFTER_ORDINAL})",
+        0.7,
+    ),
     Rule(
         "date_short",
         "DATE",
@@ -135,22 +161,77 @@ RULES: tuple[Rule, ...] = (
     ),
     # A month/day with a time after it ("9/8 0424 hours", "4/19 at 10:15") or on a comparison or
     # exam line ("PRIOR STUDIES: CT urogram 4/19", "Exam: Chest. Two views. 7/8."): a date, not a fraction.
-    Rule("date_short_time", "DATE", r"(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?=[ \t]+(?:at[ \t]+)?(?:[01]?\d|2[0-3]):?[0-5]\d(?!\d))", 0.7),
-    Rule("date_short_line", "DATE", r"(?im)^[ \t]*(?:comparison|prior(?:[ \t]+(?:stud(?:y|ies)|exams?|films?))?|priors|exam|study|procedure)[ \t]*:[^\n]*?(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/]|[ \t]*(?:views?|images?)\b)", 0.7),
-    Rule("date_weekday", "DATE", r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)(?:\s+(?:morning|afternoon|evening|night))?\b", 0.5),
-    Rule("date_holiday", "DATE", r"(?i)\b(?:Christmas(?:\s+(?:Day|Eve))?|New\s+Year'?s(?:\s+(?:Day|Eve))?|Thanksgiving|Easter(?:\s+Sunday)?|Independence\s+Day)\b", 0.6),
+    Rule(
+        "date_short_time",
+        "DATE",
+        r"(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?=[ \t]+(?:at[ \t]+)?(?:[01]?\d|2[0-3]):?[0-5]\d(?!\d))",
+        0.7,
+    ),
+    Rule(
+        "date_short_line",
+        "DATE",
+        r"(?im)^[ \t]*(?:comparison|prior(?:[ \t]+(?:stud(?:y|ies)|exams?|films?))?|priors|exam|study|procedure)[ \t]*:[^\n]*?(?<![\d/.])(?P<phi>(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01]))(?![\d/]|[ \t]*(?:views?|images?)\b)",
+        0.7,
+    ),
+    Rule(
+        "date_weekday",
+        "DATE",
+        r"\b(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)(?:\s+(?:morning|afternoon|evening|night))?\b",
+        0.5,
+    ),
+    Rule(
+        "date_holiday",
+        "DATE",
+        r"(?i)\b(?:Christmas(?:\s+(?:Day|Eve))?|New\s+Year'?s(?:\s+(?:Day|Eve))?|Thanksgiving|Easter(?:\s+Sunday)?|Independence\s+Day)\b",
+        0.6,
+    ),
     # --- times -------------------------------------------------------------------------------
-    Rule("time_colon", "TIME", r"(?<![\d:])(?:[01]?\d|2[0-3])[:h][0-5]\d(?::[0-5]\d)?(?:[ \t]?(?i:a\.?m\.?|p\.?m\.?|hrs?\b|h\b))?(?![\d:])", 0.85),
-    Rule("time_military", "TIME", r"(?i)(?:\bat|@|\bby|\btime:?|\bfrom|\bto|\buntil|\bbefore|\bafter|\baround|\b~)\s*(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?:\s?(?:hrs?|hours|h)\b)?(?!\d)", 0.8),
+    Rule(
+        "time_colon",
+        "TIME",
+        r"(?<![\d:])(?:[01]?\d|2[0-3])[:h][0-5]\d(?::[0-5]\d)?(?:[ \t]?(?i:a\.?m\.?|p\.?m\.?|hrs?\b|h\b))?(?![\d:])",
+        0.85,
+    ),
+    Rule(
+        "time_military",
+        "TIME",
+        r"(?i)(?:\bat|@|\bby|\btime:?|\bfrom|\bto|\buntil|\bbefore|\bafter|\baround|\b~)\s*(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?:\s?(?:hrs?|hours|h)\b)?(?!\d)",
+        0.8,
+    ),
     Rule("time_hrs", "TIME", r"(?i)(?<![\d:])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d\s?(?:hrs?|hours|h))\b", 0.85),
-    Rule("time_after_date", "TIME", r"(?<![\d/.-])\d{1,4}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?!\d)", 0.7),
-    Rule("time_before_date", "TIME", r"(?<![\d:/.-])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)\s+\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?!\d)", 0.7),
+    Rule(
+        "time_after_date",
+        "TIME",
+        r"(?<![\d/.-])\d{1,4}[/.-]\d{1,2}(?:[/.-]\d{2,4})?\s+(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)(?!\d)",
+        0.7,
+    ),
+    Rule(
+        "time_before_date",
+        "TIME",
+        r"(?<![\d:/.-])(?P<phi>(?:[01]\d|2[0-3])[0-5]\d)\s+\d{1,4}[/.-]\d{1,2}[/.-]\d{2,4}(?!\d)",
+        0.7,
+    ),
     Rule("time_ampm", "TIME", r"(?i)(?<![\d:])(?:1[0-2]|0?[1-9])\s?(?:a\.m\.|p\.m\.|am|pm)(?![a-z])", 0.85),
     # --- ages over 89 (Safe Harbor aggregates them as 90+) -----------------------------------
-    Rule("age_years", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)(?:\s?|-)(?:years?|yrs?|y)(?:\s?|-)(?:old|o\b|/o)", 0.9),
-    Rule("age_yo", "AGE", r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:yo|y/o|y\.o\.?|yrs?\b|years\b|year\b|yr-old|ans\b|a[ñn]os\b|jahre\b|anni\b)", 0.9),
+    Rule(
+        "age_years",
+        "AGE",
+        r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)(?:\s?|-)(?:years?|yrs?|y)(?:\s?|-)(?:old|o\b|/o)",
+        0.9,
+    ),
+    Rule(
+        "age_yo",
+        "AGE",
+        r"(?i)(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:yo|y/o|y\.o\.?|yrs?\b|years\b|year\b|yr-old|ans\b|a[ñn]os\b|jahre\b|anni\b)",
+        0.9,
+    ),
     Rule("age_sex", "AGE", r"(?<![\d.])(?P<phi>9\d|1[0-1]\d)\s?(?:M|F|m|f|y|Y|yM|yF|YM|YF|yo[MF])\b", 0.8),
-    Rule("age_label", "AGE", r"(?i)(?<![a-z])(?:age[d:]?|aged|age\s+of|[âa]ge\s*:|edad\s*:?|alter\s*:?|idade\s*:?)\s*(?P<phi>9\d|1[0-1]\d)\b", 0.9),
+    Rule(
+        "age_label",
+        "AGE",
+        r"(?i)(?<![a-z])(?:age[d:]?|aged|age\s+of|[âa]ge\s*:|edad\s*:?|alter\s*:?|idade\s*:?)\s*(?P<phi>9\d|1[0-1]\d)\b",
+        0.9,
+    ),
     Rule("age_nonagenarian", "AGE", r"(?i)\b(?:nonagenarian|centenarian)\b", 0.7),
     # --- contacts ------------------------------------------------------------------------------
     Rule("phone_us", "CONTACT", r"(?<![\d-])(?:\+?1[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}(?!\d)", 0.85),
@@ -165,16 +246,46 @@ RULES: tuple[Rule, ...] = (
     Rule("email", "CONTACT", r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b", 0.9),
     # --- names ---------------------------------------------------------------------------------
     Rule("name_title", "NAME", rf"(?<![A-Za-z]){TITLE}\.?\s+(?P<phi>{PERSON})", 0.85),
-    Rule("name_title_lower", "NAME", r"(?i:\b(?:dr|doctor|mr|mrs|ms)\.?\s+)(?P<phi>(?!(?:and|or|the|on|at|to|in|re|was|is|with|for|of|regarding|who|office|team|service|note|report)\b)[a-z][a-z'\-]+)\b", 0.7),
-    Rule("name_credential", "NAME", rf"(?<![A-Za-z'.-])(?P<phi>{PERSON_OR_LF})(?:,\s?{CREDENTIAL}|\s(?:M\.D\.|MD|MBBS|MBChB|FRCR|Ph\.?D\.?|PA-C))(?![A-Za-z])", 0.85,
-         needs=rf"[,\s]\s?{CREDENTIAL}(?![A-Za-z])"),
-    Rule("name_caps_pair", "NAME", rf"(?<![A-Za-z'-])(?P<phi>{NOT_NAME}[A-Z][A-Z'\-]+,\s?{NOT_NAME}[A-Z][A-Z'\-]+(?:\s[A-Z]\.?)?)(?![A-Za-z])", 0.75,
-         needs=r"[A-Z]{2},\s?[A-Z]{2}"),
+    Rule(
+        "name_title_lower",
+        "NAME",
+        r"(?i:\b(?:dr|doctor|mr|mrs|ms)\.?\s+)(?P<phi>(?!(?:and|or|the|on|at|to|in|re|was|is|with|for|of|regarding|who|office|team|service|note|report)\b)[a-z][a-z'\-]+)\b",
+        0.7,
+    ),
+    Rule(
+        "name_credential",
+        "NAME",
+        rf"(?<![A-Za-z'.-])(?P<phi>{PERSON_OR_LF})(?:,\s?{CREDENTIAL}|\s(?:M\.D\.|MD|MBBS|MBChB|FRCR|Ph\.?D\.?|PA-C))(?![A-Za-z])",
+        0.85,
+        needs=rf"[,\s]\s?{CREDENTIAL}(?![A-Za-z])",
+    ),
+    Rule(
+        "name_caps_pair",
+        "NAME",
+        rf"(?<![A-Za-z'-])(?P<phi>{NOT_NAME}[A-Z][A-Z'\-]+,\s?{NOT_NAME}[A-Z][A-Z'\-]+(?:\s[A-Z]\.?)?)(?![A-Za-z])",
+        0.75,
+        needs=r"[A-Z]{2},\s?[A-Z]{2}",
+    ),
     # A capitalised pair in the middle of a sentence ("identified as Delacroix, Hiroshi by"); reports are
     # otherwise lower case there, and eponyms are removed by the medical-term list.
-    Rule("name_mid_sentence", "NAME", rf"(?<=[a-z,;(] )(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])", 0.6),
-    Rule("name_label", "NAME", rf"(?i:\b{SIGN_LABEL})\b\s*[:\-]?\s*(?:(?i:by)\s+)?(?:{TITLE}\.?\s+)?(?P<phi>{PERSON_OR_LF}(?:\s?(?:,|;|/|&|and)\s?(?:{TITLE}\.?\s+)?{PERSON})*)", 0.8),
-    Rule("name_label_lower", "NAME", r"(?i:\b(?:d/w|dw|discussed\s+with|spoke\s+with|paged|called|informed|notified|per)\s+)(?:(?i:dr|doctor)\.?\s+)?(?P<phi>(?!(?:the|and|or|team|patient|family|nurse|radiology|ed|icu|floor|clinician|provider|protocol|report|her|his|their|pt|on|at|with|for|resident|attending|fellow|ordering|referring|covering|primary|care|service|house|staff|doctor|dr|charge|bedside)\b)[a-z][a-z'\-]+)\b", 0.6),
+    Rule(
+        "name_mid_sentence",
+        "NAME",
+        rf"(?<=[a-z,;(] )(?P<phi>{NAME_WORD},?\s(?:{INITIAL}\s)?{NAME_WORD})(?![A-Za-z])",
+        0.6,
+    ),
+    Rule(
+        "name_label",
+        "NAME",
+        rf"(?i:\b{SIGN_LABEL})\b\s*[:\-]?\s*(?:(?i:by)\s+)?(?:{TITLE}\.?\s+)?(?P<phi>{PERSON_OR_LF}(?:\s?(?:,|;|/|&|and)\s?(?:{TITLE}\.?\s+)?{PERSON})*)",
+        0.8,
+    ),
+    Rule(
+        "name_label_lower",
+        "NAME",
+        r"(?i:\b(?:d/w|dw|discussed\s+with|spoke\s+with|paged|called|informed|notified|per)\s+)(?:(?i:dr|doctor)\.?\s+)?(?P<phi>(?!(?:the|and|or|team|patient|family|nurse|radiology|ed|icu|floor|clinician|provider|protocol|report|her|his|their|pt|on|at|with|for|resident|attending|fellow|ordering|referring|covering|primary|care|service|house|staff|doctor|dr|charge|bedside)\b)[a-z][a-z'\-]+)\b",
+        0.6,
+    ),
     Rule("name_relative", "NAME", rf"(?i:\b{RELATIVE})\s*,?\s*\(?(?P<phi>{PERSON})", 0.75),
     Rule("name_initials_signoff", "NAME", rf"(?m)^\s*(?:/s/|--|-|—)\s*(?P<phi>{PERSON_OR_LF})", 0.8),
     # --- locations -----------------------------------------------------------------------------
@@ -185,10 +296,30 @@ RULES: tuple[Rule, ...] = (
         0.85,
     ),
     # Hospital names in the word order of other languages: "Clinique Saint-Luc", "Klinikum Rechts der Isar"
-    Rule("hospital_foreign", "LOCATION", r"\b(?:Clinique|Klinik|Klinikum|H[ôo]tel-Dieu|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)[ \t](?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[ \t-])*[A-Z][\w'-]+(?:[ \t-](?:de|du|del|der|di)?[ \t]?[A-Z][\w'-]+){0,2}", 0.8),
-    Rule("hospital_of", "LOCATION", r"\b(?:Hospital|Royal\sInfirmary|University|Clinique|Klinikum|Hôpital|Hospital\sUniversitario)\s(?:of|de|du|für|at)\s(?:the\s)?[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}\b", 0.8),
-    Rule("ward", "LOCATION", r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b", 0.7),
-    Rule("ward_compass", "LOCATION", r"\b\d{1,2}\s?(?:North|South|East|West|N|S|E|W)\b(?=\s*(?:ICU|CCU|unit|ward|floor|tower|step-?down|med|surg|telemetry|tele|[,.;)]|$))", 0.7),
+    Rule(
+        "hospital_foreign",
+        "LOCATION",
+        r"\b(?:Clinique|Klinik|Klinikum|H[ôo]tel-Dieu|H[ôo]pital|Hospital|Ospedale|Policlinico|Centre\sHospitalier|Hospital\sUniversitario|Cl[íi]nica)[ \t](?:(?:de|du|des|la|le|del|della|di|do|da|dos|das|der|St\.?|San|Santa|Santo|Sainte?|São)[ \t-])*[A-Z][\w'-]+(?:[ \t-](?:de|du|del|der|di)?[ \t]?[A-Z][\w'-]+){0,2}",
+        0.8,
+    ),
+    Rule(
+        "hospital_of",
+        "LOCATION",
+        r"\b(?:Hospital|Royal\sInfirmary|University|Clinique|Klinikum|Hôpital|Hospital\sUniversitario)\s(?:of|de|du|für|at)\s(?:the\s)?[A-Z][a-z]+(?:\s[A-Z][a-z]+){0,2}\b",
+        0.8,
+    ),
+    Rule(
+        "ward",
+        "LOCATION",
+        r"(?i:\b(?:ward|room|rm|bed|bay|floor|suite|cubicle|unit)\.?\s*#?\s*)(?P<phi>\d{1,4}[A-Za-z]?(?:-\d{1,3})?|[A-Z]\d{1,3}[A-Z]?)\b",
+        0.7,
+    ),
+    Rule(
+        "ward_compass",
+        "LOCATION",
+        r"\b\d{1,2}\s?(?:North|South|East|West|N|S|E|W)\b(?=\s*(?:ICU|CCU|unit|ward|floor|tower|step-?down|med|surg|telemetry|tele|[,.;)]|$))",
+        0.7,
+    ),
     Rule(
         "street",
         "LOCATION",
@@ -239,5 +370,13 @@ class RegexRecognizer(LocalRecognizer):
             for m in rx.finditer(text):
                 start, end = m.span("phi") if "phi" in rx.groupindex else m.span()
                 if end > start:
-                    out.append(RecognizerResult(rule.entity, start, end, rule.score, recognition_metadata={"recognizer_name": self.name, "rule": rule.name}))
+                    out.append(
+                        RecognizerResult(
+                            rule.entity,
+                            start,
+                            end,
+                            rule.score,
+                            recognition_metadata={"recognizer_name": self.name, "rule": rule.name},
+                        )
+                    )
         return out

@@ -49,7 +49,11 @@ class LabelPrior:
     def fit(cls, records: Sequence[Record], min_count: int) -> "LabelPrior":
         labeled = [r.labels for r in records if r.has_labels()]
         counts = Counter(tuple(d.get(n) for n in LABELS) for d in labeled)
-        patterns = [(dict(zip(LABELS, key)), c) for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))) if c >= min_count]
+        patterns = [
+            (dict(zip(LABELS, key)), c)
+            for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+            if c >= min_count
+        ]
         rest = len(labeled) - sum(c for _, c in patterns)
         marginals = {}
         for name in LABELS:
@@ -64,7 +68,7 @@ class LabelPrior:
         combinations with at least `min_count` records, and per-label marginals for the rest."""
         labeled = int(counts.get("labeled", 0))
         patterns = [
-            (labels_from_findings_key(key[len(PATTERN):]), int(c))
+            (labels_from_findings_key(key[len(PATTERN) :]), int(c))
             for key, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
             if key.startswith(PATTERN) and c >= min_count
         ]
@@ -102,4 +106,8 @@ class LabelPrior:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LabelPrior":
-        return cls([(dict(p), int(c)) for p, c in d["patterns"]], {k: list(v) for k, v in d["marginals"].items()}, int(d["rest"]))
+        return cls(
+            [(dict(p), int(c)) for p, c in d["patterns"]],
+            {k: list(v) for k, v in d["marginals"].items()},
+            int(d["rest"]),
+        )

@@ -93,7 +93,9 @@ class Model(GenerativeModel):
             self.nets["generator_ema"] = Generator(config)
             self.nets["generator_ema"].load_state_dict(self.nets["generator"].state_dict())
             # A copy of G until `g_ema_start` G updates are done, then a constant decay (BigGAN: no warm-up).
-            self.ema = weight_average(self.nets["generator_ema"], config.g_ema, min_decay=config.g_ema, update_after_step=config.g_ema_start)
+            self.ema = weight_average(
+                self.nets["generator_ema"], config.g_ema, min_decay=config.g_ema, update_after_step=config.g_ema_start
+            )
         # F before D_image: the order decides which initial weights a seed gives.
         writes = config.reports == "generate"
         if writes:
@@ -127,7 +129,9 @@ class Model(GenerativeModel):
         cfg = self.config
         if self.writes_reports:
             if not any(r.report.strip() for r in records):
-                raise InputError(self._no_reports(f"none of the {len(records)} training records has findings or impression text"))
+                raise InputError(
+                    self._no_reports(f"none of the {len(records)} training records has findings or impression text")
+                )
             self.vocab = build_vocabulary(records, cfg.vocab_min_count, cfg.vocab_size, cfg.report_sentences)
         self.prior = LabelPrior.fit(records, cfg.label_pattern_min_count)
 
@@ -145,14 +149,22 @@ class Model(GenerativeModel):
         if not self.writes_reports:
             return
         if not counts:
-            raise InputError(self._no_reports("no site shared a report word (their data hold no reports, or each word is used by too few patients)"))
+            raise InputError(
+                self._no_reports(
+                    "no site shared a report word (their data hold no reports, or each word is used by too few patients)"
+                )
+            )
         self.vocab = vocabulary_from_counts(counts, self.config.vocab_min_count, self.config.vocab_size)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         self.prior = LabelPrior.from_counts(counts, self.config.label_pattern_min_count)
 
     def extra_state(self) -> dict:
-        return {"vocabulary": self.vocab.to_dict() if self.vocab else None, "label_prior": self.prior.to_dict(), "step": self.step_count}
+        return {
+            "vocabulary": self.vocab.to_dict() if self.vocab else None,
+            "label_prior": self.prior.to_dict(),
+            "step": self.step_count,
+        }
 
     def load_extra_state(self, extra: dict) -> None:
         self.vocab = Vocabulary.from_dict(extra["vocabulary"]) if extra.get("vocabulary") else None
@@ -162,7 +174,9 @@ class Model(GenerativeModel):
 
     def _need_vocab(self) -> Vocabulary:
         if self.vocab is None:
-            raise InputError("the EMIXER model has no vocabulary: call setup(training records) before training, or load a checkpoint.")
+            raise InputError(
+                "the EMIXER model has no vocabulary: call setup(training records) before training, or load a checkpoint."
+            )
         return self.vocab
 
     # ---- training ---------------------------------------------------------------------------
@@ -171,10 +185,18 @@ class Model(GenerativeModel):
 
     def make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
-        lrs = {"generator": cfg.lr_g, "report_decoder": cfg.lr_f, "d_image": cfg.lr_d, "d_report": cfg.lr_d, "d_joint": cfg.lr_d}
+        lrs = {
+            "generator": cfg.lr_g,
+            "report_decoder": cfg.lr_f,
+            "d_image": cfg.lr_d,
+            "d_report": cfg.lr_d,
+            "d_joint": cfg.lr_d,
+        }
         betas = {"report_decoder": (0.9, 0.999)}
         return {
-            name: torch.optim.Adam(net.parameters(), lr=lrs[name], betas=betas.get(name, (cfg.adam_beta1, cfg.adam_beta2)), eps=1e-6)
+            name: torch.optim.Adam(
+                net.parameters(), lr=lrs[name], betas=betas.get(name, (cfg.adam_beta1, cfg.adam_beta2)), eps=1e-6
+            )
             for name, net in self.nets.items()
             if name != "generator_ema"
         }
@@ -219,7 +241,10 @@ class Model(GenerativeModel):
         if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
             losses["f_report"] = self._extra_decoder_steps(real, ids, counts, synthetic, y[:, -1])
         elif cfg.f_steps > 1 and self.writes_reports and not self._warned_f_steps:
-            warnings.warn(f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.", stacklevel=2)
+            warnings.warn(
+                f"model.f_steps is {cfg.f_steps}, but the report decoder trains under DP-SGD: one update per sampled batch, since the privacy accountant counts one per batch.",
+                stacklevel=2,
+            )
             self._warned_f_steps = True
         if self.step_count % cfg.d_steps == 0:
             losses.update(self._generator_step(b))
@@ -250,7 +275,9 @@ class Model(GenerativeModel):
             losses["f_synthetic"] = decoder.loss(synthetic, ids, counts, pad_id, weight=labeled)
         return losses
 
-    def real_data_losses(self, real, y, ids, counts, fake, fake_onehot, rot_k, synthetic=None) -> dict[str, torch.Tensor]:
+    def real_data_losses(
+        self, real, y, ids, counts, fake, fake_onehot, rot_k, synthetic=None
+    ) -> dict[str, torch.Tensor]:
         """The losses of every real-data network on one batch; their sum is backpropagated once.
 
         Each network runs on batches of the same records in the same order (real, then the
@@ -290,7 +317,9 @@ class Model(GenerativeModel):
             total = adv_img + cfg.rot_weight_g * rot
             if self.writes_reports:
                 _, _, onehot = unwrap(nets["report_decoder"]).decode(fake, vocab, soft=True)
-                losses["g_report"] = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(nets["d_joint"](fake, onehot), cfg.adversarial_loss)
+                losses["g_report"] = g_loss(nets["d_report"](onehot), cfg.adversarial_loss) + g_loss(
+                    nets["d_joint"](fake, onehot), cfg.adversarial_loss
+                )
                 total = total + cfg.report_adv_weight * losses["g_report"]
             total.backward()
         opt.step()
@@ -333,7 +362,9 @@ class Model(GenerativeModel):
         else:
             missing = [i for i, c in enumerate(given) if c.labels is None]
             if missing:
-                raise InputError(f"condition {missing[0]}: EMIXER is conditioned on labels and this condition gives none ({', '.join(given[missing[0]].given()) or 'nothing'}); give labels.")
+                raise InputError(
+                    f"condition {missing[0]}: EMIXER is conditioned on labels and this condition gives none ({', '.join(given[missing[0]].given()) or 'nothing'}); give labels."
+                )
             labels = [c.labels for c in given]
         gen = torch.Generator().manual_seed(seed)
         with self._evaluating():
@@ -342,7 +373,15 @@ class Model(GenerativeModel):
                 ids, counts, _ = unwrap(self.nets["report_decoder"]).decode(images, vocab, generator=gen)
         texts = grid_to_text(ids.cpu(), counts.cpu(), vocab) if self.writes_reports else [("", "")] * n
         return [
-            Record(record_id=f"gen-{i}", patient_id=f"gen-{i}", study_id=f"gen-{i}", findings=f, impression=imp, labels=lab, image=img)
+            Record(
+                record_id=f"gen-{i}",
+                patient_id=f"gen-{i}",
+                study_id=f"gen-{i}",
+                findings=f,
+                impression=imp,
+                labels=lab,
+                image=img,
+            )
             for i, (img, (f, imp), lab) in enumerate(zip(tensor_to_images(images), texts, labels))
         ]
 
@@ -356,6 +395,8 @@ class Model(GenerativeModel):
             y = condition_tensor([r.labels for r in records], self.device)
             score = self.nets["d_image"](x, y)
             if self.writes_reports:
-                ids, _ = encode_reports(records, self._need_vocab(), cfg.max_sentences, cfg.max_words, cfg.report_sentences)
+                ids, _ = encode_reports(
+                    records, self._need_vocab(), cfg.max_sentences, cfg.max_words, cfg.report_sentences
+                )
                 score = score + self.nets["d_joint"](x, F.one_hot(ids.to(self.device), cfg.vocab_size).float())
         return score.cpu().numpy().astype(np.float64)

@@ -61,9 +61,13 @@ def report_sentences(rec: Record, keep: SentenceFilter = "findings") -> list[lis
     return out
 
 
-def build_vocabulary(records: Sequence[Record], min_count: int, size: int, keep: SentenceFilter = "findings") -> Vocabulary:
+def build_vocabulary(
+    records: Sequence[Record], min_count: int, size: int, keep: SentenceFilter = "findings"
+) -> Vocabulary:
     """Words seen at least `min_count` times, most frequent first, at most `size` ids in all."""
-    return vocabulary_from_counts(Counter(t for r in records for sent in report_sentences(r, keep) for t in sent), min_count, size)
+    return vocabulary_from_counts(
+        Counter(t for r in records for sent in report_sentences(r, keep) for t in sent), min_count, size
+    )
 
 
 def vocabulary_from_counts(counts: dict[str, int], min_count: int, size: int) -> Vocabulary:
@@ -90,7 +94,9 @@ def encode_reports(
 def sentence_count(stop_prob: torch.Tensor) -> torch.Tensor:
     """Sentences generated: up to and including the first slot whose STOP probability exceeds 0.5."""
     stop = stop_prob > 0.5
-    first = torch.where(stop.any(dim=1), stop.float().argmax(dim=1), torch.full_like(stop[:, 0], stop.shape[1] - 1, dtype=torch.long))
+    first = torch.where(
+        stop.any(dim=1), stop.float().argmax(dim=1), torch.full_like(stop[:, 0], stop.shape[1] - 1, dtype=torch.long)
+    )
     return first + 1
 
 
@@ -161,7 +167,14 @@ class ReportDecoder(nn.Module):
         h, _ = self.sentence_lstm(v[:, None, :].expand(-1, self.cfg.max_sentences, -1).contiguous())
         return self.topic(h), self.stop(h)
 
-    def loss(self, images: torch.Tensor, ids: torch.Tensor, counts: torch.Tensor, pad_id: int, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def loss(
+        self,
+        images: torch.Tensor,
+        ids: torch.Tensor,
+        counts: torch.Tensor,
+        pad_id: int,
+        weight: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """Teacher-forced word + stop cross-entropy, averaged per record, then over the batch
         (each record weighted by `weight` when given)."""
         topics, stop_logits = self.topics(images)
@@ -176,14 +189,20 @@ class ReportDecoder(nn.Module):
             prev = torch.cat([torch.zeros_like(topics[:, s : s + 1]), self.embed(ids[:, s, :-1])], dim=1)
             h, _ = self.word_lstm(torch.cat([topics[:, s : s + 1].expand(-1, t1, -1), prev], dim=2))
             logits = self.word_out(h)
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, s].reshape(-1), reduction="none").view(b, t1)
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, s].reshape(-1), reduction="none").view(
+                b, t1
+            )
             valid = (ids[:, s] != pad_id).float()
             word_ce = word_ce + (ce * valid).sum(dim=1)
             n_words = n_words + valid.sum(dim=1)
-        per_record = word_ce / n_words.clamp_min(1) + (stop_ce * stop_valid).sum(dim=1) / stop_valid.sum(dim=1).clamp_min(1)
+        per_record = word_ce / n_words.clamp_min(1) + (stop_ce * stop_valid).sum(dim=1) / stop_valid.sum(
+            dim=1
+        ).clamp_min(1)
         return per_record.mean() if weight is None else (per_record * weight).mean()
 
-    def decode(self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, generator: Optional[torch.Generator] = None):
+    def decode(
+        self, images: torch.Tensor, vocab: Vocabulary, soft: bool = False, generator: Optional[torch.Generator] = None
+    ):
         """Free-running decoding: (ids (B,S,T+1), counts (B,), one-hot grid (B,S,T+1,V)).
 
         Words are greedy (`decoding: greedy`) or drawn from the softmax at `temperature` with the
@@ -214,7 +233,9 @@ class ReportDecoder(nn.Module):
                     logits = logits - torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
                 ids = logits.argmax(dim=-1)
                 hard = F.one_hot(ids, cfg.vocab_size).to(logits.dtype)
-                onehot = hard + torch.softmax(logits, dim=-1) - torch.softmax(logits, dim=-1).detach() if soft else hard
+                onehot = (
+                    hard + torch.softmax(logits, dim=-1) - torch.softmax(logits, dim=-1).detach() if soft else hard
+                )
                 steps.append(onehot)
                 step_ids.append(ids)
                 x = torch.cat([topic, (onehot @ self.embed.weight)[:, None, :]], dim=2)

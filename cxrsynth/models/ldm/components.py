@@ -51,11 +51,17 @@ def build_unet(cfg: LDMConfig) -> UNet2DConditionModel:
         attention_head_dim=cfg.attention_head_dim,
         norm_num_groups=cfg.norm_num_groups,
         cross_attention_dim=cfg.text_hidden,
-        **({"class_embed_type": "projection", "projection_class_embeddings_input_dim": COND_DIM} if cfg.label_conditioning == "vector" else {}),
+        **(
+            {"class_embed_type": "projection", "projection_class_embeddings_input_dim": COND_DIM}
+            if cfg.label_conditioning == "vector"
+            else {}
+        ),
     )
 
 
-def build_text_encoder(cfg: LDMConfig, vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> nn.Module:
+def build_text_encoder(
+    cfg: LDMConfig, vocab_size: int, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3
+) -> nn.Module:
     """Special-token ids follow `tokenizer.train_tokenizer` ([PAD], [UNK], [BOS], [EOS] first)."""
     sizes = dict(
         vocab_size=vocab_size,
@@ -102,7 +108,12 @@ def noise_scheduler(cfg: LDMConfig) -> DDPMScheduler:
 
 
 def sampling_scheduler(cfg: LDMConfig, name: str):
-    common = dict(num_train_timesteps=cfg.train_timesteps, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction, **_sd_betas(cfg))
+    common = dict(
+        num_train_timesteps=cfg.train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction,
+        **_sd_betas(cfg),
+    )
     if name == "ddim":
         return DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **common)
     # skip_prk_steps: the PLMS variant Stable Diffusion (and RoentGen) samples with.

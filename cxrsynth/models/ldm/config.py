@@ -18,18 +18,25 @@ class LDMConfig(BaseModel):
     preset: Literal["tiny", "paper", "custom"] = "custom"
     image_size: int = Field(32, ge=16, le=1024)
     pretrained: Optional[Path] = Field(
-        None, description="a local diffusers-format folder (vae/, unet/, text_encoder/, tokenizer/); its architecture replaces the sizes below"
+        None,
+        description="a local diffusers-format folder (vae/, unet/, text_encoder/, tokenizer/); its architecture replaces the sizes below",
     )
 
     # ---- autoencoder (AutoencoderKL, 1 channel) -------------------------------------------
-    vae_channels: tuple[int, ...] = Field((32, 64), min_length=1, description="one entry per resolution level; latents are image_size / 2**(levels-1)")
+    vae_channels: tuple[int, ...] = Field(
+        (32, 64), min_length=1, description="one entry per resolution level; latents are image_size / 2**(levels-1)"
+    )
     vae_layers_per_block: int = Field(1, ge=1)
     latent_channels: int = Field(4, ge=1)
-    vae_training: Literal["stage", "frozen"] = Field("stage", description="stage: trained on site data during the first vae_steps steps; frozen: never trained")
+    vae_training: Literal["stage", "frozen"] = Field(
+        "stage", description="stage: trained on site data during the first vae_steps steps; frozen: never trained"
+    )
     vae_steps: int = Field(0, ge=0, description="length of the VAE stage (vae_training: stage)")
     vae_lr: float = Field(1e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0, description="KL term of the VAE stage (the LDM KL-f8 autoencoders use 1e-6)")
-    latent_scale: float = Field(0.18215, gt=0, description="latents are multiplied by this before diffusion (Stable Diffusion v1 value)")
+    latent_scale: float = Field(
+        0.18215, gt=0, description="latents are multiplied by this before diffusion (Stable Diffusion v1 value)"
+    )
 
     # ---- denoiser (UNet2DConditionModel) --------------------------------------------------
     unet_channels: tuple[int, ...] = Field((32, 64), min_length=1)
@@ -38,21 +45,28 @@ class LDMConfig(BaseModel):
     norm_num_groups: int = Field(8, ge=1)
 
     # ---- text encoder and tokenizer -------------------------------------------------------
-    text_encoder: Literal["clip", "bert"] = Field("clip", description="bert: a BERT-family encoder (the paper's RadBERT/SapBERT variants)")
+    text_encoder: Literal["clip", "bert"] = Field(
+        "clip", description="bert: a BERT-family encoder (the paper's RadBERT/SapBERT variants)"
+    )
     text_hidden: int = Field(32, ge=8)
     text_layers: int = Field(2, ge=1)
     text_heads: int = Field(4, ge=1)
     text_intermediate: int = Field(64, ge=8)
-    text_training: Literal["joint", "frozen"] = Field("joint", description="joint: fine-tuned with the UNet (the paper's best setting)")
+    text_training: Literal["joint", "frozen"] = Field(
+        "joint", description="joint: fine-tuned with the UNet (the paper's best setting)"
+    )
     text_position_embeddings: Literal["frozen", "trained"] = Field(
-        "frozen", description="Opacus cannot compute per-sample gradients of position embeddings shared across the batch; keep frozen under DP-SGD"
+        "frozen",
+        description="Opacus cannot compute per-sample gradients of position embeddings shared across the batch; keep frozen under DP-SGD",
     )
     tokenizer: Literal["wordlevel", "bpe", "fixed"] = Field(
         "wordlevel",
         description="wordlevel/bpe: trained from the site's de-identified training reports; fixed: a radiology word list shipped with "
         "the code, identical at every site (federation needs one shared vocabulary). Ignored with pretrained (its tokenizer is used).",
     )
-    tokenizer_min_count: int = Field(5, ge=1, description="a token seen fewer times in the training reports never enters the vocabulary")
+    tokenizer_min_count: int = Field(
+        5, ge=1, description="a token seen fewer times in the training reports never enters the vocabulary"
+    )
     tokenizer_vocab_size: int = Field(8000, ge=64)
     max_tokens: int = Field(77, ge=8, le=512, description="CLIP's context length is 77")
     prompt_section: Literal["impression", "findings", "report", "labels"] = Field(
@@ -60,7 +74,9 @@ class LDMConfig(BaseModel):
         description="which text conditions training (the paper: impression); labels: the label template of the record's labels, "
         "the same sentences generation prompts are made of, and no report text is read",
     )
-    long_prompts: Literal["truncate", "filter"] = Field("truncate", description="filter: drop training records whose prompt exceeds max_tokens, as the paper does")
+    long_prompts: Literal["truncate", "filter"] = Field(
+        "truncate", description="filter: drop training records whose prompt exceeds max_tokens, as the paper does"
+    )
 
     label_conditioning: Literal["off", "vector"] = Field(
         "off",
@@ -74,9 +90,16 @@ class LDMConfig(BaseModel):
     beta_schedule: Literal["scaled_linear", "linear", "squaredcos_cap_v2"] = "scaled_linear"
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(1e-2, ge=0)
-    prompt_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="share of training prompts replaced by the empty prompt (classifier-free guidance)")
+    prompt_dropout: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="share of training prompts replaced by the empty prompt (classifier-free guidance)",
+    )
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the UNet weights used for sampling; 0: off")
-    mixed_precision: Literal["off", "bf16"] = Field("off", description="bf16 autocast on GPU (no loss scaling needed, unlike fp16); ignored on CPU")
+    mixed_precision: Literal["off", "bf16"] = Field(
+        "off", description="bf16 autocast on GPU (no loss scaling needed, unlike fp16); ignored on CPU"
+    )
 
     # ---- sampling -------------------------------------------------------------------------
     sampler: Literal["pndm", "ddim"] = "pndm"
@@ -91,7 +114,9 @@ class LDMConfig(BaseModel):
     def _consistent(self) -> "LDMConfig":
         levels = len(self.vae_channels) - 1
         if self.image_size % (2**levels):
-            raise ValueError(f"image_size {self.image_size} is not divisible by 2**{levels} (vae_channels has {levels + 1} levels)")
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2**{levels} (vae_channels has {levels + 1} levels)"
+            )
         for key in ("vae_channels", "unet_channels"):
             bad = [c for c in getattr(self, key) if c % self.norm_num_groups]
             if bad:

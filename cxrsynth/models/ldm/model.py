@@ -56,7 +56,11 @@ class Model(GenerativeModel):
                 self.tokenizer = T.load_local(Path(cfg.pretrained) / "tokenizer")
         else:
             # The embedding table has a fixed size so the architecture does not depend on the data.
-            parts = {"vae": build_vae(cfg), "unet": build_unet(cfg), "text_encoder": build_text_encoder(cfg, cfg.tokenizer_vocab_size)}
+            parts = {
+                "vae": build_vae(cfg),
+                "unet": build_unet(cfg),
+                "text_encoder": build_text_encoder(cfg, cfg.tokenizer_vocab_size),
+            }
         self._freeze_positions(parts["text_encoder"])
         trained = {"unet": True, "text_encoder": cfg.text_training == "joint", "vae": cfg.vae_training == "stage"}
         self.frozen = nn.ModuleDict()
@@ -115,7 +119,9 @@ class Model(GenerativeModel):
             self._set_tokenizer(T.train_tokenizer(P.template_sentences(), cfg.tokenizer, 1, cfg.tokenizer_vocab_size))
         elif self.tokenizer is None:
             texts = [P.training_prompt(r, cfg.prompt_section) for r in records]
-            self._set_tokenizer(T.train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_min_count, cfg.tokenizer_vocab_size))
+            self._set_tokenizer(
+                T.train_tokenizer(texts, cfg.tokenizer, cfg.tokenizer_min_count, cfg.tokenizer_vocab_size)
+            )
         self.counts = P.label_counts(records)
 
     def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
@@ -225,7 +231,9 @@ class Model(GenerativeModel):
 
     def _tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
         if self.tokenizer is None:
-            raise InputError("the LDM has no tokenizer: call setup(training records) before training, or load a checkpoint.")
+            raise InputError(
+                "the LDM has no tokenizer: call setup(training records) before training, or load a checkpoint."
+            )
         return T.encode(self.tokenizer, texts, self.config.max_tokens, self.device)
 
     def _text_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -238,7 +246,11 @@ class Model(GenerativeModel):
         """The label vectors the U-Net's time embedding takes (`label_conditioning: vector`), else None."""
         if self.config.label_conditioning != "vector":
             return None
-        return torch.as_tensor(np.stack([condition_vector(d) for d in labels]), device=self.device) if labels else torch.zeros(0, COND_DIM, device=self.device)
+        return (
+            torch.as_tensor(np.stack([condition_vector(d) for d in labels]), device=self.device)
+            if labels
+            else torch.zeros(0, COND_DIM, device=self.device)
+        )
 
     def _latents(self, x: torch.Tensor, sample: bool = True) -> torch.Tensor:
         with torch.no_grad():
@@ -364,7 +376,14 @@ class Model(GenerativeModel):
         return self.part("unet")
 
     @torch.no_grad()
-    def sample(self, prompts: Sequence[str], seed: int = 0, sampler: Optional[str] = None, steps: Optional[int] = None, guidance: Optional[float] = None) -> list[np.ndarray]:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        sampler: Optional[str] = None,
+        steps: Optional[int] = None,
+        guidance: Optional[float] = None,
+    ) -> list[np.ndarray]:
         """Images for prompts: seeded latents, a scheduler loop with classifier-free guidance, VAE decode."""
         cfg = self.config
         sampler, steps = sampler or cfg.sampler, steps or cfg.sample_steps
@@ -401,7 +420,9 @@ class Model(GenerativeModel):
 
     def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
         if not self.counts:
-            raise InputError("this LDM stores no label prevalence to draw label sets from; give prompts (--prompts FILE) or labels (--labels-from DIR).")
+            raise InputError(
+                "this LDM stores no label prevalence to draw label sets from; give prompts (--prompts FILE) or labels (--labels-from DIR)."
+            )
         return P.sample_labels(self.counts, n, np.random.default_rng(seed))
 
     def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
@@ -409,12 +430,22 @@ class Model(GenerativeModel):
         prompts = []
         for i, c in enumerate(given):
             if c.prompt is None and c.labels is None:
-                raise InputError(f"condition {i}: the LDM is conditioned on a prompt (or labels, written as one) and this condition gives neither ({', '.join(c.given()) or 'nothing'}).")
+                raise InputError(
+                    f"condition {i}: the LDM is conditioned on a prompt (or labels, written as one) and this condition gives neither ({', '.join(c.given()) or 'nothing'})."
+                )
             prompts.append(c.prompt if c.prompt is not None else P.prompt_from_labels(c.labels))
         images = self.sample(prompts, seed)
         section = "findings" if self.config.prompt_section in ("report", "labels") else self.config.prompt_section
         return [
-            Record(record_id=f"ldm-{i}", patient_id="", study_id="", view="PA", labels=P.labels_of(p), image=img, **{section: p})
+            Record(
+                record_id=f"ldm-{i}",
+                patient_id="",
+                study_id="",
+                view="PA",
+                labels=P.labels_of(p),
+                image=img,
+                **{section: p},
+            )
             for i, (p, img) in enumerate(zip(prompts, images))
         ]
 
@@ -427,7 +458,9 @@ class Model(GenerativeModel):
         unet, text = self.sampling_unet(), self.part("text_encoder")
         gen = torch.Generator().manual_seed(cfg.member_seed)
         size = self.latent_size()
-        noises = torch.randn((len(cfg.member_timesteps), unet.config.in_channels, size, size), generator=gen).to(self.device)
+        noises = torch.randn((len(cfg.member_timesteps), unet.config.in_channels, size, size), generator=gen).to(
+            self.device
+        )
         scores = []
         for start in range(0, len(records), 32):
             chunk = list(records[start : start + 32])
@@ -440,7 +473,9 @@ class Model(GenerativeModel):
                 noise = noise.expand_as(latents)
                 t = torch.full((len(chunk),), step, device=self.device, dtype=torch.long)
                 target = noise if cfg.prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
-                pred = unet(self.noise.add_noise(latents, noise, t), t, encoder_hidden_states=hidden, class_labels=classes).sample.float()
+                pred = unet(
+                    self.noise.add_noise(latents, noise, t), t, encoder_hidden_states=hidden, class_labels=classes
+                ).sample.float()
                 total += ((pred - target) ** 2).flatten(1).mean(1)
             scores.append(-(total / len(cfg.member_timesteps)).cpu().numpy())
         return np.concatenate(scores) if scores else np.zeros(0)

@@ -20,13 +20,21 @@ TEMPLATES: dict[str, tuple[str, str, str]] = {
     "Cardiomegaly": ("Cardiomegaly.", "Heart size is normal.", "Possible cardiomegaly."),
     "Consolidation": ("Focal consolidation is present.", "No focal consolidation.", "Possible consolidation."),
     "Edema": ("There is pulmonary edema.", "No pulmonary edema.", "Possible mild pulmonary edema."),
-    "Enlarged Cardiomediastinum": ("The cardiomediastinal silhouette is enlarged.", "Normal cardiomediastinal silhouette.", "The mediastinum is possibly widened."),
+    "Enlarged Cardiomediastinum": (
+        "The cardiomediastinal silhouette is enlarged.",
+        "Normal cardiomediastinal silhouette.",
+        "The mediastinum is possibly widened.",
+    ),
     "Fracture": ("There is a rib fracture.", "No displaced fracture.", "Possible rib fracture."),
     "Lung Lesion": ("There is a pulmonary nodule.", "No pulmonary nodule.", "Possible pulmonary nodule."),
     "Lung Opacity": ("There is an opacity in the lung.", "No focal opacity.", "Possible opacity in the lung."),
     "Pleural Effusion": ("There is a pleural effusion.", "No pleural effusion.", "Possible small pleural effusion."),
     "Pleural Other": ("There is pleural thickening.", "No pleural thickening.", "Possible pleural thickening."),
-    "Pneumonia": ("Findings are consistent with pneumonia.", "No evidence of pneumonia.", "Pneumonia cannot be excluded."),
+    "Pneumonia": (
+        "Findings are consistent with pneumonia.",
+        "No evidence of pneumonia.",
+        "Pneumonia cannot be excluded.",
+    ),
     "Pneumothorax": ("There is a pneumothorax.", "No pneumothorax.", "Possible small pneumothorax."),
     "Support Devices": ("Support devices are in place.", "No support devices.", "Possible support device."),
 }

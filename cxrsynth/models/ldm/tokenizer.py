@@ -21,10 +21,14 @@ def train_tokenizer(texts: Sequence[str], kind: str, min_count: int, vocab_size:
     de-identification is rare) stay out of the vocabulary."""
     if kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS])
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS]
+        )
     else:
         tok = Tokenizer(models.WordLevel(unk_token=UNK))
-        trainer = trainers.WordLevelTrainer(vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS])
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_count, special_tokens=[PAD, UNK, BOS, EOS]
+        )
     _normalise(tok)
     tok.train_from_iterator(list(texts), trainer=trainer)
     return _finish(tok)
@@ -98,9 +102,13 @@ def load_local(folder: Path) -> PreTrainedTokenizerFast:
     try:
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, use_fast=True)
     except (OSError, ValueError) as e:
-        raise InputError(f"{folder}: no usable tokenizer here ({e.__class__.__name__}); expected tokenizer.json or a CLIP vocab.json/merges.txt.") from None
+        raise InputError(
+            f"{folder}: no usable tokenizer here ({e.__class__.__name__}); expected tokenizer.json or a CLIP vocab.json/merges.txt."
+        ) from None
     if not isinstance(tok, PreTrainedTokenizerFast):
-        raise InputError(f"{folder}: tokenizer {type(tok).__name__} has no fast version; convert it with `tokenizers` first.")
+        raise InputError(
+            f"{folder}: tokenizer {type(tok).__name__} has no fast version; convert it with `tokenizers` first."
+        )
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token or tok.unk_token
     return tok
@@ -110,7 +118,9 @@ def to_json(tok: PreTrainedTokenizerFast) -> str:
     return tok.backend_tokenizer.to_str()
 
 
-def encode(tok: PreTrainedTokenizerFast, prompts: Sequence[str], max_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+def encode(
+    tok: PreTrainedTokenizerFast, prompts: Sequence[str], max_tokens: int, device
+) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """(input_ids, attention_mask) padded to max_tokens, and whether each prompt had to be cut."""
     full = tok(list(prompts), add_special_tokens=True)["input_ids"]
     too_long = [len(ids) > max_tokens for ids in full]

@@ -61,13 +61,31 @@ def encode_text(texts: Sequence[str], vocab: Vocabulary, length: int, device="cp
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def to_batch(records: Sequence[Record], vocab: Optional[Vocabulary], image_size: int, text_length: int, device="cpu") -> Batch:
+def to_batch(
+    records: Sequence[Record], vocab: Optional[Vocabulary], image_size: int, text_length: int, device="cpu"
+) -> Batch:
     labels = [r.labels if r.has_labels() else None for r in records]
-    return make_batch([r.image for r in records], [r.lateral for r in records], [r.report for r in records], vocab, image_size, text_length, device, labels)
+    return make_batch(
+        [r.image for r in records],
+        [r.lateral for r in records],
+        [r.report for r in records],
+        vocab,
+        image_size,
+        text_length,
+        device,
+        labels,
+    )
 
 
 def make_batch(
-    frontals: Sequence, laterals: Sequence, texts: Sequence[str], vocab: Optional[Vocabulary], image_size: int, text_length: int, device="cpu", labels: Optional[Sequence[Optional[dict]]] = None
+    frontals: Sequence,
+    laterals: Sequence,
+    texts: Sequence[str],
+    vocab: Optional[Vocabulary],
+    image_size: int,
+    text_length: int,
+    device="cpu",
+    labels: Optional[Sequence[Optional[dict]]] = None,
 ) -> Batch:
     """One Batch from per-record modalities; None (or empty text) marks a modality as absent.
     Without a vocabulary (a model with no report modality) every report is absent."""
@@ -79,7 +97,9 @@ def make_batch(
     return Batch(
         frontal=_images(frontals, image_size, device),
         lateral=_images(laterals, image_size, device),
-        report=encode_text(texts, vocab, text_length, device) if vocab is not None else torch.zeros(len(texts), text_length, dtype=torch.long, device=device),
+        report=encode_text(texts, vocab, text_length, device)
+        if vocab is not None
+        else torch.zeros(len(texts), text_length, dtype=torch.long, device=device),
         labels=encode_labels(labels, device),
         present={
             "frontal": mask(im is not None for im in frontals),
@@ -116,4 +136,3 @@ def decode_report(ids: Sequence[int], vocab: Vocabulary) -> tuple[str, str]:
         (impression if target == "impression" else findings).append(tokens[i])
         i += 1
     return _section(findings), _section(impression)
-

@@ -28,18 +28,34 @@ class MoPoEConfig(BaseModel):
     lr: float = Field(5e-4, gt=0)
     channels: int = Field(16, ge=4, description="width of the first image conv layer; doubles per level up to 8x")
     image_likelihood: Literal["laplace", "gaussian"] = "laplace"
-    image_scale: float = Field(0.1, gt=0, description="fixed scale of the image likelihood, on the [-1, 1] pixel range")
-    text_length: int = Field(32, ge=8, le=1024, description="report length in word tokens (truncated or padded); a multiple of 4")
+    image_scale: float = Field(
+        0.1, gt=0, description="fixed scale of the image likelihood, on the [-1, 1] pixel range"
+    )
+    text_length: int = Field(
+        32, ge=8, le=1024, description="report length in word tokens (truncated or padded); a multiple of 4"
+    )
     text_channels: int = Field(64, ge=8)
     text_decoder: Literal["causal", "parallel"] = Field(
-        "causal", description="causal: each word from the latent and the words before it; parallel: all words at once from the latent (the MoPoE code's convolutional decoder)"
+        "causal",
+        description="causal: each word from the latent and the words before it; parallel: all words at once from the latent (the MoPoE code's convolutional decoder)",
     )
     word_dropout: float = Field(
-        0.25, ge=0, lt=1, description="share of the causal decoder's input words replaced by <unk> in training, so it must read the report's content from the latent (Bowman et al. 2016, Sec. 3.3)"
+        0.25,
+        ge=0,
+        lt=1,
+        description="share of the causal decoder's input words replaced by <unk> in training, so it must read the report's content from the latent (Bowman et al. 2016, Sec. 3.3)",
     )
-    text_temperature: float = Field(0.5, ge=0, description="sampling temperature of generated words (causal decoder); 0: always the most likely word")
+    text_temperature: float = Field(
+        0.5,
+        ge=0,
+        description="sampling temperature of generated words (causal decoder); 0: always the most likely word",
+    )
     embed_dim: int = Field(32, ge=4)
-    vocab_min_count: int = Field(3, ge=1, description="a word joins the vocabulary only if it occurs this many times in the training reports, so rare words (names that escaped de-identification) cannot be generated")
+    vocab_min_count: int = Field(
+        3,
+        ge=1,
+        description="a word joins the vocabulary only if it occurs this many times in the training reports, so rare words (names that escaped de-identification) cannot be generated",
+    )
     rec_weighting: Literal["by-size", "equal"] = Field(
         "by-size",
         description="by-size: each modality's log-likelihood is scaled by (largest modality size / its size), as in the MoPoE MIMIC-CXR code, so a 64-word report weighs as much as a 128x128 image",
@@ -50,7 +66,9 @@ class MoPoEConfig(BaseModel):
     @classmethod
     def _modalities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if "frontal" not in value:
-            raise ValueError(f"modalities {list(value)} lack 'frontal': every record has a frontal image, and the synthetic records are made around it")
+            raise ValueError(
+                f"modalities {list(value)} lack 'frontal': every record has a frontal image, and the synthetic records are made around it"
+            )
         if len(set(value)) != len(value):
             raise ValueError(f"modalities {list(value)} name a modality twice")
         return tuple(m for m in MODALITY_ORDER if m in value)
@@ -58,7 +76,11 @@ class MoPoEConfig(BaseModel):
     @model_validator(mode="after")
     def _shapes(self) -> "MoPoEConfig":
         if self.image_size & (self.image_size - 1):
-            raise ValueError(f"image_size must be a power of two (the image nets halve it down to 4x4), got {self.image_size}")
+            raise ValueError(
+                f"image_size must be a power of two (the image nets halve it down to 4x4), got {self.image_size}"
+            )
         if self.text_length % 4:
-            raise ValueError(f"text_length must be a multiple of 4 (the text nets halve it twice), got {self.text_length}")
+            raise ValueError(
+                f"text_length must be a multiple of 4 (the text nets halve it twice), got {self.text_length}"
+            )
         return self

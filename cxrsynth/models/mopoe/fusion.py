@@ -41,7 +41,9 @@ SUBSETS: list[tuple[str, ...]] = subsets_of(MODALITIES)
 BY_NAME: dict[str, tuple[str, ...]] = {subset_name(s): s for s in subsets_of(ALL_MODALITIES)}
 
 
-def product_of_experts(mus: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor, prior: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def product_of_experts(
+    mus: torch.Tensor, logvars: torch.Tensor, mask: torch.Tensor, prior: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Precision-weighted product of the masked experts and (by default) the prior expert N(0, I).
 
     mus, logvars: (E, B, D); mask: (E, B), 1 where expert e takes part for record b.
@@ -58,7 +60,9 @@ def kl_to_prior(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
-def subset_posteriors(mus: dict[str, torch.Tensor], logvars: dict[str, torch.Tensor], present: dict[str, torch.Tensor]):
+def subset_posteriors(
+    mus: dict[str, torch.Tensor], logvars: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+):
     """PoE posterior of every subset for every record.
 
     `mus`, `logvars`: one (B, D) entry per modality of the model, in its order. `present[m]` is a
@@ -80,7 +84,9 @@ def subset_posteriors(mus: dict[str, torch.Tensor], logvars: dict[str, torch.Ten
     return torch.stack(out_mu, 1), torch.stack(out_lv, 1), torch.stack(valid, 1)
 
 
-def mixture_sample(mu: torch.Tensor, logvar: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def mixture_sample(
+    mu: torch.Tensor, logvar: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One reparameterised sample per record from the uniform mixture of its valid subset posteriors."""
     b = mu.shape[0]
     if b == 0:

@@ -88,21 +88,35 @@ class Model(GenerativeModel):
         self.vocab = vocab
         decoder = CausalTextDecoder if c.text_decoder == "causal" else ParallelTextDecoder
         self.nets["enc_report"] = TextEncoder(len(vocab), c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
-        self.nets["dec_report"] = decoder(len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim).to(self.device)
+        self.nets["dec_report"] = decoder(len(vocab), c.text_length, c.embed_dim, c.text_channels, c.latent_dim).to(
+            self.device
+        )
 
     def _refuse(self, modality: str, why: str, instead: str) -> InputError:
-        return InputError(f"MoPoE with model.modalities {list(self.modalities)} trains a {modality} expert, and {why}. {instead}")
+        return InputError(
+            f"MoPoE with model.modalities {list(self.modalities)} trains a {modality} expert, and {why}. {instead}"
+        )
 
     def setup(self, records: Sequence[Record]) -> None:
         n = len(records)
         reports = [r.report for r in records if r.report.strip()]
         if self.has_reports and not reports:
-            raise self._refuse("report", f"none of the {n} training records has findings or impression text", NO_REPORTS)
+            raise self._refuse(
+                "report", f"none of the {n} training records has findings or impression text", NO_REPORTS
+            )
         if "lateral" in self.modalities and not any(r.lateral is not None for r in records):
-            log.warning("MoPoE with model.modalities %s: none of the %d training records has a lateral image, so the lateral decoder stays untrained and "
-                        "writes noise laterals; leave lateral out of model.modalities for frontal-only data.", list(self.modalities), n)
+            log.warning(
+                "MoPoE with model.modalities %s: none of the %d training records has a lateral image, so the lateral decoder stays untrained and "
+                "writes noise laterals; leave lateral out of model.modalities for frontal-only data.",
+                list(self.modalities),
+                n,
+            )
         if "labels" in self.modalities and not any(r.has_labels() for r in records):
-            raise self._refuse("labels", f"none of the {n} training records has labels", "Leave labels out of model.modalities, or ingest the label columns.")
+            raise self._refuse(
+                "labels",
+                f"none of the {n} training records has labels",
+                "Leave labels out of model.modalities, or ingest the label columns.",
+            )
         if self.has_reports:
             self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
 
@@ -112,7 +126,11 @@ class Model(GenerativeModel):
         if not self.has_reports:
             return
         if not counts:
-            raise self._refuse("report", "no site shared a report word (their data hold no reports, or each word is used by too few patients)", NO_REPORTS)
+            raise self._refuse(
+                "report",
+                "no site shared a report word (their data hold no reports, or each word is used by too few patients)",
+                NO_REPORTS,
+            )
         reports = [r.report for r in pseudo_reports(counts, n_reports)]
         self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
 
@@ -127,12 +145,16 @@ class Model(GenerativeModel):
         if not self.has_reports:
             return
         if "vocab" not in extra:
-            raise InputError("this MoPoE checkpoint has no vocabulary in extra.json; it was not written by `cxrsynth train`.")
+            raise InputError(
+                "this MoPoE checkpoint has no vocabulary in extra.json; it was not written by `cxrsynth train`."
+            )
         self._build_text_nets(Vocabulary.from_dict(extra["vocab"]))
 
     def _require_setup(self) -> None:
         if self.has_reports and self.vocab is None:
-            raise InputError("the MoPoE model has no vocabulary yet: call setup(train_records) or load a checkpoint first.")
+            raise InputError(
+                "the MoPoE model has no vocabulary yet: call setup(train_records) or load a checkpoint first."
+            )
 
     def reads_real_data(self, name: str) -> bool:
         return True
@@ -149,7 +171,12 @@ class Model(GenerativeModel):
 
     def _rec_weights(self) -> dict[str, float]:
         c = self.config
-        sizes = {"frontal": c.image_size**2, "lateral": c.image_size**2, "report": c.text_length, "labels": len(LABELS)}
+        sizes = {
+            "frontal": c.image_size**2,
+            "lateral": c.image_size**2,
+            "report": c.text_length,
+            "labels": len(LABELS),
+        }
         sizes = {m: sizes[m] for m in self.modalities}
         if c.rec_weighting == "equal":
             return {m: 1.0 for m in sizes}
@@ -191,9 +218,14 @@ class Model(GenerativeModel):
                 drop = torch.rand(inputs.shape, generator=generator, device=inputs.device) < self.config.word_dropout
                 inputs = inputs.masked_fill(drop & (inputs != self.vocab.pad_id), self.vocab.unk_id)
             logits = self.nets["dec_report"](z, inputs)
-            terms["nll_report"] = F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
+            terms["nll_report"] = (
+                F.cross_entropy(logits, batch.report, reduction="none").sum(1) * batch.present["report"]
+            )
         if "labels" in self.modalities:
-            terms["nll_labels"] = F.cross_entropy(self.nets["dec_labels"](z), batch.labels, reduction="none").sum(1) * batch.present["labels"]
+            terms["nll_labels"] = (
+                F.cross_entropy(self.nets["dec_labels"](z), batch.labels, reduction="none").sum(1)
+                * batch.present["labels"]
+            )
         terms["kl"] = fusion.mixture_kl(mu, lv, valid)
         terms["loss"] = sum(weights[m] * terms[f"nll_{m}"] for m in self.modalities) + self.config.beta * terms["kl"]
         return terms
@@ -273,7 +305,9 @@ class Model(GenerativeModel):
         if "labels" in self.modalities:
             # A state per label drawn from its categorical, so the labels vary as the data's do.
             probs = torch.softmax(self.nets["dec_labels"](z), dim=1).transpose(1, 2)
-            states = torch.multinomial(probs.reshape(-1, len(LABEL_STATES)), 1, generator=generator).view(len(z), len(LABELS))
+            states = torch.multinomial(probs.reshape(-1, len(LABEL_STATES)), 1, generator=generator).view(
+                len(z), len(LABELS)
+            )
             out["labels"] = [decode_labels(row) for row in states.cpu().tolist()]
         return out
 
@@ -303,13 +337,27 @@ class Model(GenerativeModel):
         keys = set().union(*(g.keys() for g in given)) if given else set()
         unknown = keys - set(self.modalities)
         if unknown:
-            hint = " Label conditions need labels among model.modalities (a model trained with the labels as a modality)." if "labels" in unknown else ""
-            raise InputError(f"this MoPoE model's conditions take its modalities {', '.join(self.modalities)}; got {', '.join(sorted(map(str, unknown)))}.{hint}")
+            hint = (
+                " Label conditions need labels among model.modalities (a model trained with the labels as a modality)."
+                if "labels" in unknown
+                else ""
+            )
+            raise InputError(
+                f"this MoPoE model's conditions take its modalities {', '.join(self.modalities)}; got {', '.join(sorted(map(str, unknown)))}.{hint}"
+            )
         if any(not g for g in given):
-            raise InputError(f"an empty MoPoE condition: give at least one of {', '.join(self.modalities)} (or no conditions for unconditional samples).")
+            raise InputError(
+                f"an empty MoPoE condition: give at least one of {', '.join(self.modalities)} (or no conditions for unconditional samples)."
+            )
         c = self.config
         batch = make_batch(
-            [g.get("frontal") for g in given], [g.get("lateral") for g in given], [g.get("report") or "" for g in given], self.vocab, c.image_size, c.text_length, self.device,
+            [g.get("frontal") for g in given],
+            [g.get("lateral") for g in given],
+            [g.get("report") or "" for g in given],
+            self.vocab,
+            c.image_size,
+            c.text_length,
+            self.device,
             [g.get("labels") for g in given],
         )
         mus, logvars = self._encode(batch)
@@ -332,12 +380,27 @@ class Model(GenerativeModel):
                 z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
             else:
                 # The modalities a condition gives: its prompt is the report modality's text.
-                given = [{m: v for m, v in (("labels", c.labels), ("report", c.prompt), ("frontal", c.frontal), ("lateral", c.lateral)) if v is not None} for c in conds]
+                given = [
+                    {
+                        m: v
+                        for m, v in (
+                            ("labels", c.labels),
+                            ("report", c.prompt),
+                            ("frontal", c.frontal),
+                            ("lateral", c.lateral),
+                        )
+                        if v is not None
+                    }
+                    for c in conds
+                ]
                 z = self._conditional_latent(given, generator)
             out = self._decode(z, generator)
             if conds is not None and "labels" in out:
                 # A record made from a label set carries that set (as EMIXER's and the LDM's do).
-                out["labels"] = [{**empty_labels(), **g["labels"]} if g.get("labels") else decoded for g, decoded in zip(given, out["labels"])]
+                out["labels"] = [
+                    {**empty_labels(), **g["labels"]} if g.get("labels") else decoded
+                    for g, decoded in zip(given, out["labels"])
+                ]
         finally:
             self.train(was_training)
         records = []
@@ -353,7 +416,13 @@ class Model(GenerativeModel):
                 image=out["frontal"][i],
                 lateral=out["lateral"][i] if "lateral" in out else None,
             )
-            labels = out["labels"][i] if "labels" in out else label_report(rec.report) if self.has_reports else empty_labels()
+            labels = (
+                out["labels"][i]
+                if "labels" in out
+                else label_report(rec.report)
+                if self.has_reports
+                else empty_labels()
+            )
             records.append(rec.with_(labels=labels))
         return records
 
@@ -363,7 +432,9 @@ class Model(GenerativeModel):
 
     def images_from_report(self, reports: Sequence[str], seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         """A (frontal, lateral) pair of uint8 images for each report text."""
-        return [(r.image, r.lateral) for r in self.generate(len(reports), [Condition(prompt=t) for t in reports], seed)]
+        return [
+            (r.image, r.lateral) for r in self.generate(len(reports), [Condition(prompt=t) for t in reports], seed)
+        ]
 
     def lateral_from_frontal(self, images: Sequence[np.ndarray], seed: int = 0) -> list[np.ndarray]:
         """A lateral view for each frontal image."""

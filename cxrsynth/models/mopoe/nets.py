@@ -29,7 +29,12 @@ def _down2d(cin: int, cout: int) -> nn.Sequential:
 
 
 def _up2d(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1), nn.GroupNorm(_groups(cout), cout), nn.SiLU())
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, 1, 1),
+        nn.GroupNorm(_groups(cout), cout),
+        nn.SiLU(),
+    )
 
 
 def _widths(image_size: int, channels: int) -> list[int]:
@@ -161,7 +166,13 @@ class LabelEncoder(nn.Module):
     def __init__(self, n_labels: int, n_states: int, hidden: int, latent_dim: int):
         super().__init__()
         self.n_states = n_states
-        self.net = nn.Sequential(nn.Linear(n_labels * n_states, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * latent_dim))
+        self.net = nn.Sequential(
+            nn.Linear(n_labels * n_states, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, 2 * latent_dim),
+        )
 
     def forward(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.net(F.one_hot(states, self.n_states).float().flatten(1)).chunk(2, dim=-1)
@@ -174,7 +185,13 @@ class LabelDecoder(nn.Module):
     def __init__(self, n_labels: int, n_states: int, hidden: int, latent_dim: int):
         super().__init__()
         self.shape = (n_states, n_labels)
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, n_labels * n_states))
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, n_labels * n_states),
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(-1, *self.shape)

@@ -45,11 +45,17 @@ def probe_targets(records: Sequence[Record], label: str) -> np.ndarray:
 
 def _having(records: Sequence[Record], subset: str) -> list[Record]:
     need = BY_NAME[subset]
-    has = {"frontal": lambda r: r.image is not None, "lateral": lambda r: r.lateral is not None, "report": lambda r: bool(r.report.strip())}
+    has = {
+        "frontal": lambda r: r.image is not None,
+        "lateral": lambda r: r.lateral is not None,
+        "report": lambda r: bool(r.report.strip()),
+    }
     return [r for r in records if all(has[m](r) for m in need)]
 
 
-def linear_probe_table(model, train_records: Sequence[Record], test_records: Sequence[Record], label: str = FINDING, seed: int = 0) -> dict[str, float]:
+def linear_probe_table(
+    model, train_records: Sequence[Record], test_records: Sequence[Record], label: str = FINDING, seed: int = 0
+) -> dict[str, float]:
     """Subset name -> average precision of a linear classifier on that subset's latent means.
 
     Each subset uses the records that have all of its modalities (studies without a lateral view
@@ -60,9 +66,13 @@ def linear_probe_table(model, train_records: Sequence[Record], test_records: Seq
         train, test = _having(train_records, subset), _having(test_records, subset)
         y_train, y_test = probe_targets(train, label), probe_targets(test, label)
         if len(set(y_train.tolist())) < 2:
-            raise InputError(f"linear probe, subset {subset}: the {len(train)} training records are all {label} = {y_train[:1].tolist()}; need both classes.")
+            raise InputError(
+                f"linear probe, subset {subset}: the {len(train)} training records are all {label} = {y_train[:1].tolist()}; need both classes."
+            )
         if y_test.sum() == 0:
-            raise InputError(f"linear probe, subset {subset}: none of the {len(test)} test records is {label}-positive, so average precision is undefined.")
+            raise InputError(
+                f"linear probe, subset {subset}: none of the {len(test)} test records is {label}-positive, so average precision is undefined."
+            )
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
         clf.fit(model.encode_subset(train, subset), y_train)
         scores = clf.predict_proba(model.encode_subset(test, subset))[:, 1]
@@ -84,7 +94,10 @@ def format_probe_rows(tables: dict[str, dict[str, float]], random: Optional[dict
     """Several labels' tables as one text table: a row per label, a column per subset."""
     cols = [s for s in TABLE_ORDER if any(s in t for t in tables.values())]
     width = max([12] + [len(k) + 2 for k in tables])
-    lines = ["linear probe, average precision per subset", f"{'label':<{width}}" + "".join(f"{c:>8}" for c in cols) + ("  random" if random else "")]
+    lines = [
+        "linear probe, average precision per subset",
+        f"{'label':<{width}}" + "".join(f"{c:>8}" for c in cols) + ("  random" if random else ""),
+    ]
     for label, table in tables.items():
         row = f"{label:<{width}}" + "".join(f"{table[c]:>8.3f}" if c in table else f"{'':>8}" for c in cols)
         if random:
@@ -98,11 +111,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     from cxrsynth.errors import CxrError
     from cxrsynth.train import load_run_data
 
-    p = argparse.ArgumentParser(prog="python -m cxrsynth.models.mopoe.probe", description="The MoPoE linear-probe table for a checkpoint.")
+    p = argparse.ArgumentParser(
+        prog="python -m cxrsynth.models.mopoe.probe", description="The MoPoE linear-probe table for a checkpoint."
+    )
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--label", action="append", help=f"label to predict, repeatable: {FINDING!r} (default) or one of the 14")
-    p.add_argument("--data", default=None, help="dataset directory with train/holdout splits (default: the run's data)")
-    p.add_argument("--html", default=None, help="also write an HTML page with the table, a chart and generated samples")
+    p.add_argument(
+        "--label", action="append", help=f"label to predict, repeatable: {FINDING!r} (default) or one of the 14"
+    )
+    p.add_argument(
+        "--data", default=None, help="dataset directory with train/holdout splits (default: the run's data)"
+    )
+    p.add_argument(
+        "--html", default=None, help="also write an HTML page with the table, a chart and generated samples"
+    )
     args = p.parse_args(argv)
     try:
         model, cfg, _ = load_checkpoint(args.checkpoint)

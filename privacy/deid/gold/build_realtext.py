@@ -46,34 +46,251 @@ from cxrsynth.errors import InputError
 
 # --- pools: the tune part uses the first list of each pair, the held-out part the second -------
 FIRST = (
-    ["James", "Mary", "Robert", "Patricia", "Michael", "Linda", "David", "Barbara", "Richard", "Susan", "Joseph", "Karen",
-     "Thomas", "Nancy", "Charles", "Betty", "Daniel", "Sandra", "Matthew", "Ashley", "Anthony", "Kimberly", "Donald",
-     "Donna", "Steven", "Carol", "Kevin", "Michelle", "Brian", "Amanda", "Jose", "Maria", "Wei", "Priya", "Ahmed", "Fatima",
-     "Tyrone", "Latoya", "Dustin", "Brittany", "Cody", "Heather", "May", "Will", "Rose", "Hope", "Frank", "June", "Grant"],
-    ["William", "Elizabeth", "John", "Jennifer", "Christopher", "Jessica", "Paul", "Sarah", "Mark", "Lisa", "George",
-     "Deborah", "Kenneth", "Stephanie", "Edward", "Rebecca", "Ronald", "Sharon", "Timothy", "Laura", "Jason", "Cynthia",
-     "Jeffrey", "Kathleen", "Ryan", "Amy", "Jacob", "Angela", "Gary", "Shirley", "Luis", "Carmen", "Hiro", "Anjali",
-     "Omar", "Aaliyah", "Darnell", "Tiffany", "Travis", "Crystal", "Dawn", "Summer", "Iris", "Faith", "Art", "Pearl", "Joy"],
+    [
+        "James",
+        "Mary",
+        "Robert",
+        "Patricia",
+        "Michael",
+        "Linda",
+        "David",
+        "Barbara",
+        "Richard",
+        "Susan",
+        "Joseph",
+        "Karen",
+        "Thomas",
+        "Nancy",
+        "Charles",
+        "Betty",
+        "Daniel",
+        "Sandra",
+        "Matthew",
+        "Ashley",
+        "Anthony",
+        "Kimberly",
+        "Donald",
+        "Donna",
+        "Steven",
+        "Carol",
+        "Kevin",
+        "Michelle",
+        "Brian",
+        "Amanda",
+        "Jose",
+        "Maria",
+        "Wei",
+        "Priya",
+        "Ahmed",
+        "Fatima",
+        "Tyrone",
+        "Latoya",
+        "Dustin",
+        "Brittany",
+        "Cody",
+        "Heather",
+        "May",
+        "Will",
+        "Rose",
+        "Hope",
+        "Frank",
+        "June",
+        "Grant",
+    ],
+    [
+        "William",
+        "Elizabeth",
+        "John",
+        "Jennifer",
+        "Christopher",
+        "Jessica",
+        "Paul",
+        "Sarah",
+        "Mark",
+        "Lisa",
+        "George",
+        "Deborah",
+        "Kenneth",
+        "Stephanie",
+        "Edward",
+        "Rebecca",
+        "Ronald",
+        "Sharon",
+        "Timothy",
+        "Laura",
+        "Jason",
+        "Cynthia",
+        "Jeffrey",
+        "Kathleen",
+        "Ryan",
+        "Amy",
+        "Jacob",
+        "Angela",
+        "Gary",
+        "Shirley",
+        "Luis",
+        "Carmen",
+        "Hiro",
+        "Anjali",
+        "Omar",
+        "Aaliyah",
+        "Darnell",
+        "Tiffany",
+        "Travis",
+        "Crystal",
+        "Dawn",
+        "Summer",
+        "Iris",
+        "Faith",
+        "Art",
+        "Pearl",
+        "Joy",
+    ],
 )
 LAST = (
-    ["Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Hernandez",
-     "Lopez", "Wilson", "Anderson", "Taylor", "Moore", "Jackson", "Martin", "Lee", "Thompson", "White", "Harris",
-     "Clark", "Lewis", "Robinson", "Walker", "Hall", "Allen", "King", "Wright", "Scott", "Nguyen", "Patel", "Kowalski",
-     "Schneider", "O'Malley", "McIntyre", "Yoder", "Stoltzfus", "Hoang", "Small", "Bell", "Young", "Wood", "Cross",
-     "Rice", "Hill", "Lung", "Price", "Best"],
-    ["Gonzalez", "Perez", "Sanchez", "Ramirez", "Torres", "Flores", "Rivera", "Gomez", "Diaz", "Reyes", "Morris",
-     "Murphy", "Cook", "Rogers", "Morgan", "Peterson", "Cooper", "Reed", "Bailey", "Kelly", "Howard", "Ramos", "Kim",
-     "Cox", "Ward", "Richardson", "Watson", "Brooks", "Chavez", "Bennett", "Tran", "Shah", "Nowak", "Fischer",
-     "O'Connor", "MacDonald", "Hostetler", "Troyer", "Pham", "Gray", "Long", "Moss", "Love", "Fox", "Day", "Strong",
-     "Stone", "Sharp", "Black", "Short"],
+    [
+        "Smith",
+        "Johnson",
+        "Williams",
+        "Brown",
+        "Jones",
+        "Garcia",
+        "Miller",
+        "Davis",
+        "Rodriguez",
+        "Martinez",
+        "Hernandez",
+        "Lopez",
+        "Wilson",
+        "Anderson",
+        "Taylor",
+        "Moore",
+        "Jackson",
+        "Martin",
+        "Lee",
+        "Thompson",
+        "White",
+        "Harris",
+        "Clark",
+        "Lewis",
+        "Robinson",
+        "Walker",
+        "Hall",
+        "Allen",
+        "King",
+        "Wright",
+        "Scott",
+        "Nguyen",
+        "Patel",
+        "Kowalski",
+        "Schneider",
+        "O'Malley",
+        "McIntyre",
+        "Yoder",
+        "Stoltzfus",
+        "Hoang",
+        "Small",
+        "Bell",
+        "Young",
+        "Wood",
+        "Cross",
+        "Rice",
+        "Hill",
+        "Lung",
+        "Price",
+        "Best",
+    ],
+    [
+        "Gonzalez",
+        "Perez",
+        "Sanchez",
+        "Ramirez",
+        "Torres",
+        "Flores",
+        "Rivera",
+        "Gomez",
+        "Diaz",
+        "Reyes",
+        "Morris",
+        "Murphy",
+        "Cook",
+        "Rogers",
+        "Morgan",
+        "Peterson",
+        "Cooper",
+        "Reed",
+        "Bailey",
+        "Kelly",
+        "Howard",
+        "Ramos",
+        "Kim",
+        "Cox",
+        "Ward",
+        "Richardson",
+        "Watson",
+        "Brooks",
+        "Chavez",
+        "Bennett",
+        "Tran",
+        "Shah",
+        "Nowak",
+        "Fischer",
+        "O'Connor",
+        "MacDonald",
+        "Hostetler",
+        "Troyer",
+        "Pham",
+        "Gray",
+        "Long",
+        "Moss",
+        "Love",
+        "Fox",
+        "Day",
+        "Strong",
+        "Stone",
+        "Sharp",
+        "Black",
+        "Short",
+    ],
 )
 HOSPITAL_NAMES = (
-    ["Methodist", "Saint Vincent", "St. Francis", "Community North", "Riverview", "Good Samaritan", "Mercy",
-     "Memorial", "Wishard", "Clarian", "Union", "Deaconess"],
-    ["Eskenazi", "Saint Joseph", "St. Elizabeth", "Community East", "Lakeshore", "Baptist", "Parkview", "Bloomington",
-     "Hendricks", "Columbus Regional", "Franciscan", "Ball"],
+    [
+        "Methodist",
+        "Saint Vincent",
+        "St. Francis",
+        "Community North",
+        "Riverview",
+        "Good Samaritan",
+        "Mercy",
+        "Memorial",
+        "Wishard",
+        "Clarian",
+        "Union",
+        "Deaconess",
+    ],
+    [
+        "Eskenazi",
+        "Saint Joseph",
+        "St. Elizabeth",
+        "Community East",
+        "Lakeshore",
+        "Baptist",
+        "Parkview",
+        "Bloomington",
+        "Hendricks",
+        "Columbus Regional",
+        "Franciscan",
+        "Ball",
+    ],
 )
-HOSPITAL_KINDS = ["Hospital", "Medical Center", "Health", "Regional Medical Center", "Hospital and Health Center", "Health Network"]
+HOSPITAL_KINDS = [
+    "Hospital",
+    "Medical Center",
+    "Health",
+    "Regional Medical Center",
+    "Hospital and Health Center",
+    "Health Network",
+]
 STREETS = (
     ["Main", "Washington", "Meridian", "Market", "Delaware", "Illinois", "Oak", "Maple", "Pennsylvania", "Capitol"],
     ["Michigan", "Ohio", "Senate", "Walnut", "College", "Walnut Ridge", "Cedar", "Elm", "Kessler", "Emerson"],
@@ -84,18 +301,86 @@ CITIES = (
     ["South Bend", "Bloomington", "Lafayette", "Anderson", "Kokomo", "Terre Haute"],
 )
 STATES = ["IN", "OH", "IL", "KY", "MI"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"]
-ROLES_AFTER = ["PA", "RN", "NP", "nurse", "resident", "Dr.", "Dr", "fellow", "technologist", "tech", "charge nurse", "physician assistant"]
-DEPARTMENTS = ["DEPARTMENT OF RADIOLOGY", "DIAGNOSTIC IMAGING", "DEPARTMENT OF RADIOLOGY AND IMAGING SCIENCES", "Radiology Department", "RADIOLOGY"]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+ROLES_AFTER = [
+    "PA",
+    "RN",
+    "NP",
+    "nurse",
+    "resident",
+    "Dr.",
+    "Dr",
+    "fellow",
+    "technologist",
+    "tech",
+    "charge nurse",
+    "physician assistant",
+]
+DEPARTMENTS = [
+    "DEPARTMENT OF RADIOLOGY",
+    "DIAGNOSTIC IMAGING",
+    "DEPARTMENT OF RADIOLOGY AND IMAGING SCIENCES",
+    "Radiology Department",
+    "RADIOLOGY",
+]
 
 # A plain word for an XXXX that stood for one (the source over-redacted): by the word before it.
 FILL_AFTER = {
-    "pulmonary": "vasculature", "x": "ray", "aortic": "knob", "costophrenic": "angles", "the": "bones", "no": "signs",
-    "normal": "appearance", "chest": "radiograph", "visualized": "portions", "osseous": "structures", "bony": "structures",
-    "soft": "tissues", "heart": "size", "with": "changes", "of": "atelectasis", "and": "vasculature", "lungs": "are",
+    "pulmonary": "vasculature",
+    "x": "ray",
+    "aortic": "knob",
+    "costophrenic": "angles",
+    "the": "bones",
+    "no": "signs",
+    "normal": "appearance",
+    "chest": "radiograph",
+    "visualized": "portions",
+    "osseous": "structures",
+    "bony": "structures",
+    "soft": "tissues",
+    "heart": "size",
+    "with": "changes",
+    "of": "atelectasis",
+    "and": "vasculature",
+    "lungs": "are",
 }
-FILL_WORDS = ["findings", "opacities", "markings", "structures", "changes", "vasculature", "contours", "densities", "bones", "stable"]
-INDICATION_WORDS = ["cough", "dyspnea", "chest pain", "fever", "shortness of breath", "pneumonia", "weakness", "hypoxia", "preop", "fall"]
+FILL_WORDS = [
+    "findings",
+    "opacities",
+    "markings",
+    "structures",
+    "changes",
+    "vasculature",
+    "contours",
+    "densities",
+    "bones",
+    "stable",
+]
+INDICATION_WORDS = [
+    "cough",
+    "dyspnea",
+    "chest pain",
+    "fever",
+    "shortness of breath",
+    "pneumonia",
+    "weakness",
+    "hypoxia",
+    "preop",
+    "fall",
+]
 
 
 def _ordinal(n: int) -> str:
@@ -135,7 +420,13 @@ class Phi:
         self.patient = (rng.choice(FIRST[part]), rng.choice(LAST[part]))
         self.staff = [(rng.choice(FIRST[part]), rng.choice(LAST[part])) for _ in range(3)]
         self.mrn = str(rng.randint(1000000, 99999999))
-        self.accession = rng.choice([f"{rng.randint(10000000, 99999999)}", f"A{rng.randint(1000000, 9999999)}", f"RAD-{self.year}-{rng.randint(1000, 99999):05d}"])
+        self.accession = rng.choice(
+            [
+                f"{rng.randint(10000000, 99999999)}",
+                f"A{rng.randint(1000000, 9999999)}",
+                f"RAD-{self.year}-{rng.randint(1000, 99999):05d}",
+            ]
+        )
         self.birth = (rng.randint(1920, 1995), rng.randint(1, 12), rng.randint(1, 28))
 
     def c(self, seq):
@@ -148,9 +439,18 @@ class Phi:
         y, m, d = ymd or self.date_parts(year)
         mon = MONTHS[m - 1]
         forms = [
-            f"{m:02d}/{d:02d}/{y}", f"{m}/{d}/{y}", f"{m}/{d}/{y % 100:02d}", f"{y}-{m:02d}-{d:02d}", f"{y}{m:02d}{d:02d}",
-            f"{d:02d}-{mon[:3]}-{y}", f"{d}-{mon[:3].upper()}-{y}", f"{mon} {d}, {y}", f"{mon[:3]} {d} {y}", f"{d} {mon} {y}",
-            f"{mon[:3]}. {d}, {y}", f"{m:02d}-{d:02d}-{y}",
+            f"{m:02d}/{d:02d}/{y}",
+            f"{m}/{d}/{y}",
+            f"{m}/{d}/{y % 100:02d}",
+            f"{y}-{m:02d}-{d:02d}",
+            f"{y}{m:02d}{d:02d}",
+            f"{d:02d}-{mon[:3]}-{y}",
+            f"{d}-{mon[:3].upper()}-{y}",
+            f"{mon} {d}, {y}",
+            f"{mon[:3]} {d} {y}",
+            f"{d} {mon} {y}",
+            f"{mon[:3]}. {d}, {y}",
+            f"{m:02d}-{d:02d}-{y}",
         ]
         if partial_ok:
             forms += [f"{m}/{d}", f"{mon} {d}", f"{mon} {y}", f"{mon[:3]} {_ordinal(d)}"]
@@ -165,8 +465,16 @@ class Phi:
 
     def time(self) -> str:
         h, mi = self.r.randint(0, 23), self.r.randint(0, 59)
-        return self.c([f"{h:02d}{mi:02d}", f"{h:02d}:{mi:02d}", f"{h}:{mi:02d}", f"{(h % 12) or 12}:{mi:02d} {'PM' if h >= 12 else 'AM'}",
-                       f"{(h % 12) or 12}:{mi:02d} {'p.m.' if h >= 12 else 'a.m.'}", f"{h:02d}:{mi:02d}:{self.r.randint(0, 59):02d}"])
+        return self.c(
+            [
+                f"{h:02d}{mi:02d}",
+                f"{h:02d}:{mi:02d}",
+                f"{h}:{mi:02d}",
+                f"{(h % 12) or 12}:{mi:02d} {'PM' if h >= 12 else 'AM'}",
+                f"{(h % 12) or 12}:{mi:02d} {'p.m.' if h >= 12 else 'a.m.'}",
+                f"{h:02d}:{mi:02d}:{self.r.randint(0, 59):02d}",
+            ]
+        )
 
     def clock(self) -> str:
         """A time in the compact forms written right after a date ("20090916 0438")."""
@@ -177,9 +485,17 @@ class Phi:
         f, l = who
         mi = self.c("ABCDEGJKLMRSTW")
         forms = {
-            "first last": f"{f} {l}", "first mi last": f"{f} {mi}. {l}", "last, first": f"{l}, {f}", "LAST, FIRST": f"{l.upper()}, {f.upper()}",
-            "LAST^FIRST": f"{l.upper()}^{f.upper()}", "lower": f"{f.lower()} {l.lower()}", "lower last, first": f"{l.lower()}, {f.lower()}",
-            "F. last": f"{f[0]}. {l}", "last": l, "FIRST LAST": f"{f.upper()} {l.upper()}", "LAST^FIRST^MI": f"{l.upper()}^{f.upper()}^{mi}",
+            "first last": f"{f} {l}",
+            "first mi last": f"{f} {mi}. {l}",
+            "last, first": f"{l}, {f}",
+            "LAST, FIRST": f"{l.upper()}, {f.upper()}",
+            "LAST^FIRST": f"{l.upper()}^{f.upper()}",
+            "lower": f"{f.lower()} {l.lower()}",
+            "lower last, first": f"{l.lower()}, {f.lower()}",
+            "F. last": f"{f[0]}. {l}",
+            "last": l,
+            "FIRST LAST": f"{f.upper()} {l.upper()}",
+            "LAST^FIRST^MI": f"{l.upper()}^{f.upper()}^{mi}",
         }
         return forms[form or self.c(list(forms))]
 
@@ -247,15 +563,29 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
         elif re.match(r"-?\s?year", after) or (prev in ("a", "an") and re.match(r"\s?y", after)):
             age = phi.r.randint(91, 103) if phi.r.random() < 0.08 else phi.r.randint(19, 89)
             doc.add(str(age), "AGE" if age > 89 else None)
-        elif re.search(r"\b\d\s$", before) and runs == 1 and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "2 XXXX": views
+        elif (
+            re.search(r"\b\d\s$", before) and runs == 1 and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after)
+        ):  # "2 XXXX": views
             doc.add(phi.c(["views", "images", "views"]))
-        elif column in ("comparison", "exam_caption") or prev in ("dated", "comparison", "since", "from", "on") or before.endswith("comparison "):
+        elif (
+            column in ("comparison", "exam_caption")
+            or prev in ("dated", "comparison", "since", "from", "on")
+            or before.endswith("comparison ")
+        ):
             day = re.search(r"(?<![\d/.:-])([12]\d|3[01]|0?[1-9]) $", text[pos : m.start()])
-            if day and runs <= 2 and doc.parts[-1].endswith(day.group(0)) and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after):  # "comparison 13 XXXX": the day of a date
+            if (
+                day
+                and runs <= 2
+                and doc.parts[-1].endswith(day.group(0))
+                and not re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after)
+            ):  # "comparison 13 XXXX": the day of a date
                 doc.parts[-1] = doc.parts[-1][: len(doc.parts[-1]) - len(day.group(0))]
                 doc.n -= len(day.group(0))
                 month = MONTHS[phi.r.randint(0, 11)]
-                doc.add(f"{day.group(1)} {phi.c([month, month[:3]])}{'' if runs == 1 and phi.r.random() < 0.4 else f' {y}'}", "DATE")
+                doc.add(
+                    f"{day.group(1)} {phi.c([month, month[:3]])}{'' if runs == 1 and phi.r.random() < 0.4 else f' {y}'}",
+                    "DATE",
+                )
             elif before.endswith("x-") or prev == "x":
                 doc.add("ray")
                 if runs > 1:
@@ -265,11 +595,18 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
                     if re.match(r"\s*(?:hours|hrs)", after):  # "x-XXXX, XXXX XXXX hours": date and time
                         doc.add(" " if runs > 2 else "")
                         doc.add(phi.clock().replace(":", ""), "TIME")
-            elif re.search(r"[A-Z][a-z]{2,4}\.? \d{1,2}, $", text[max(0, m.start() - 12) : m.start()]):  # "Sept 21, XXXX XXXX PM": year, time
+            elif re.search(
+                r"[A-Z][a-z]{2,4}\.? \d{1,2}, $", text[max(0, m.start() - 12) : m.start()]
+            ):  # "Sept 21, XXXX XXXX PM": year, time
                 doc.add(str(y), "DATE")
                 if runs > 1:
                     h, mi = phi.r.randint(1, 12), phi.r.randint(0, 59)
-                    doc.add(" ").add(f"{h}:{mi:02d}" if re.match(r"\s*[AP]M", text[m.end() : m.end() + 4]) else f"{h}:{mi:02d} {phi.c(['AM', 'PM'])}", "TIME")
+                    doc.add(" ").add(
+                        f"{h}:{mi:02d}"
+                        if re.match(r"\s*[AP]M", text[m.end() : m.end() + 4])
+                        else f"{h}:{mi:02d} {phi.c(['AM', 'PM'])}",
+                        "TIME",
+                    )
             elif re.match(r"\s*(?:hours|hrs|a\.m|p\.m)", after) or prev == "at":
                 h, mi = phi.r.randint(0, 23), phi.r.randint(0, 59)
                 if re.match(r"\s*[ap]\.m", after):
@@ -278,12 +615,31 @@ def fill_xxxx(text: str, column: str, phi: Phi, doc: Doc) -> None:
                     doc.add(f"{h:02d}{mi:02d}" if "hour" in after else phi.time(), "TIME")
             elif runs >= 3:  # "XXXX, XXXX XXXX": date, year, time
                 ymd = phi.date_parts(y)
-                doc.add(phi.c([f"{MONTHS[ymd[1] - 1]} {ymd[2]}, {ymd[0]}", f"{ymd[1]}/{ymd[2]}/{ymd[0]}", f"{ymd[0]}{ymd[1]:02d}{ymd[2]:02d}", f"{ymd[2]:02d}-{MONTHS[ymd[1] - 1][:3]}-{ymd[0]}"]), "DATE")
+                doc.add(
+                    phi.c(
+                        [
+                            f"{MONTHS[ymd[1] - 1]} {ymd[2]}, {ymd[0]}",
+                            f"{ymd[1]}/{ymd[2]}/{ymd[0]}",
+                            f"{ymd[0]}{ymd[1]:02d}{ymd[2]:02d}",
+                            f"{ymd[2]:02d}-{MONTHS[ymd[1] - 1][:3]}-{ymd[0]}",
+                        ]
+                    ),
+                    "DATE",
+                )
                 doc.add(" ")
                 doc.add(phi.clock(), "TIME")
             elif runs == 2:  # "XXXX, XXXX": month and day, year
                 ymd = phi.date_parts(y)
-                doc.add(phi.c([f"{MONTHS[ymd[1] - 1]} {ymd[2]}, {ymd[0]}", f"{MONTHS[ymd[1] - 1][:3]} {ymd[2]}, {ymd[0]}", f"{ymd[1]}/{ymd[2]}/{ymd[0]}"]), "DATE")
+                doc.add(
+                    phi.c(
+                        [
+                            f"{MONTHS[ymd[1] - 1]} {ymd[2]}, {ymd[0]}",
+                            f"{MONTHS[ymd[1] - 1][:3]} {ymd[2]}, {ymd[0]}",
+                            f"{ymd[1]}/{ymd[2]}/{ymd[0]}",
+                        ]
+                    ),
+                    "DATE",
+                )
             else:
                 phi.add_date(doc, y)
         else:
@@ -312,7 +668,9 @@ def header(phi: Phi, doc: Doc, meta: dict) -> None:
             doc.add(phi.address(), "LOCATION").add("\n")
         if r.random() < 0.3:
             doc.add(phi.c(["Phone: ", "Tel ", "Ph: "])).add(phi.phone(), "CONTACT").add("\n")
-    form = phi.c(["LAST, FIRST", "LAST^FIRST", "lower last, first", "first last", "last, first", "FIRST LAST", "LAST^FIRST^MI"])
+    form = phi.c(
+        ["LAST, FIRST", "LAST^FIRST", "lower last, first", "first last", "last, first", "FIRST LAST", "LAST^FIRST^MI"]
+    )
     label = phi.c(["PATIENT: ", "Patient Name: ", "name: ", "Name: ", "PT: ", "Patient: ", "NAME: "])
     doc.add(label).add(phi.name(phi.patient, form), "NAME")
     sep = phi.c(["   ", "\n", "  |  ", "; "])
@@ -339,14 +697,18 @@ def header(phi: Phi, doc: Doc, meta: dict) -> None:
             doc.add(" ").add(phi.clock(), "TIME")
         doc.add("\n")
     if r.random() < 0.4:
-        doc.add(phi.c(["Referring physician: ", "REFERRING: ", "Ordering provider: ", "ORDERED BY: ", "referring md: "]))
+        doc.add(
+            phi.c(["Referring physician: ", "REFERRING: ", "Ordering provider: ", "ORDERED BY: ", "referring md: "])
+        )
         who = phi.staff[2]
         doc.add(phi.name(who, phi.c(["first last", "LAST, FIRST", "last, first", "lower", "F. last"])), "NAME")
         if r.random() < 0.5:
             doc.add(phi.c([", MD", " MD", ", M.D.", ", DO", " NP"]))
         doc.add("\n")
     if r.random() < 0.3:
-        doc.add(phi.c(["Location: ", "Patient location: ", "LOC: "])).add(phi.c(["ED", "ICU", "4 West", "Outpatient", "MICU"]))
+        doc.add(phi.c(["Location: ", "Patient location: ", "LOC: "])).add(
+            phi.c(["ED", "ICU", "4 West", "Outpatient", "MICU"])
+        )
         doc.add("\n")
     if r.random() < 0.5:
         meta["PatientName"] = f"{phi.patient[1].upper()}^{phi.patient[0].upper()}"
@@ -365,11 +727,37 @@ def staff_sentence(phi: Phi, doc: Doc) -> None:
     role = phi.c(ROLES_AFTER)
     form = phi.c(["first last", "last", "F. last", "lower", "first mi last"])
     forms = [
-        [phi.c(["These findings were discussed with ", "Findings discussed with ", "Results were called to ", "Critical result communicated to "]), f"{role} ", (phi.name(who, form), "NAME"),
-         phi.c([" at ", " on ", " by telephone at "]), None],
-        [phi.c(["Case reviewed with ", "case reviewed with ", "Discussed with ", "I discussed this case with "]), (phi.name(who, form), "NAME"), phi.c([".", " at the time of dictation.", ", who agrees."])],
-        [phi.c(["Per ", "As per ", "According to "]), f"{role} ", (phi.name(who, phi.c(["first last", "last", "lower"])), "NAME"), phi.c([", the patient fell at home.", ", the line was placed today.", ", symptoms began yesterday."])],
-        [phi.c(["Wet read by ", "Preliminary interpretation by ", "prelim read by "]), (phi.name(who, form), "NAME"), " on ", None],
+        [
+            phi.c(
+                [
+                    "These findings were discussed with ",
+                    "Findings discussed with ",
+                    "Results were called to ",
+                    "Critical result communicated to ",
+                ]
+            ),
+            f"{role} ",
+            (phi.name(who, form), "NAME"),
+            phi.c([" at ", " on ", " by telephone at "]),
+            None,
+        ],
+        [
+            phi.c(["Case reviewed with ", "case reviewed with ", "Discussed with ", "I discussed this case with "]),
+            (phi.name(who, form), "NAME"),
+            phi.c([".", " at the time of dictation.", ", who agrees."]),
+        ],
+        [
+            phi.c(["Per ", "As per ", "According to "]),
+            f"{role} ",
+            (phi.name(who, phi.c(["first last", "last", "lower"])), "NAME"),
+            phi.c([", the patient fell at home.", ", the line was placed today.", ", symptoms began yesterday."]),
+        ],
+        [
+            phi.c(["Wet read by ", "Preliminary interpretation by ", "prelim read by "]),
+            (phi.name(who, form), "NAME"),
+            " on ",
+            None,
+        ],
     ]
     pieces = phi.c(forms)
     for p in pieces:
@@ -395,35 +783,65 @@ def signoff(phi: Phi, doc: Doc) -> None:
 
     form = r.randrange(7)
     if form == 0:  # dictation footer, lower case
-        doc.add(phi.name(rad, "lower"), "NAME").add(phi.c([" md", ", md", " m.d.", " do"])).add(phi.c([" / d: ", "\nd: ", "  d: "]))
+        doc.add(phi.name(rad, "lower"), "NAME").add(phi.c([" md", ", md", " m.d.", " do"])).add(
+            phi.c([" / d: ", "\nd: ", "  d: "])
+        )
         dt()
         doc.add(phi.c([" / t: ", "\nt: ", "  t: "]))
         dt()
     elif form == 1:
-        doc.add(phi.c(["Electronically signed by: ", "Electronically Signed By: ", "ELECTRONICALLY SIGNED BY: ", "Signed by "]))
-        doc.add(phi.name(rad, phi.c(["LAST, FIRST", "first mi last", "first last", "last, first"])), "NAME").add(phi.c([" MD", ", MD", ", M.D."]))
+        doc.add(
+            phi.c(
+                [
+                    "Electronically signed by: ",
+                    "Electronically Signed By: ",
+                    "ELECTRONICALLY SIGNED BY: ",
+                    "Signed by ",
+                ]
+            )
+        )
+        doc.add(phi.name(rad, phi.c(["LAST, FIRST", "first mi last", "first last", "last, first"])), "NAME").add(
+            phi.c([" MD", ", MD", ", M.D."])
+        )
         doc.add(phi.c([" on ", " ", "\nSigned: "]))
         dt()
     elif form == 2:
-        doc.add(phi.c(["I have personally reviewed the images and agree with the report above.\n", "Attending attestation: I have reviewed the images and agree.\n"]))
-        doc.add(phi.c(["Attending: ", "Staff radiologist: ", "ATTENDING: "])).add(phi.name(rad, phi.c(["first last", "LAST, FIRST", "F. last"])), "NAME")
+        doc.add(
+            phi.c(
+                [
+                    "I have personally reviewed the images and agree with the report above.\n",
+                    "Attending attestation: I have reviewed the images and agree.\n",
+                ]
+            )
+        )
+        doc.add(phi.c(["Attending: ", "Staff radiologist: ", "ATTENDING: "])).add(
+            phi.name(rad, phi.c(["first last", "LAST, FIRST", "F. last"])), "NAME"
+        )
         doc.add(phi.c([", MD", " MD", ""])).add("\n")
-        doc.add(phi.c(["Resident: ", "Dictated by resident: "])).add(phi.name(res, phi.c(["first last", "lower", "last, first"])), "NAME").add(phi.c([", MD", " MD", ""]))
+        doc.add(phi.c(["Resident: ", "Dictated by resident: "])).add(
+            phi.name(res, phi.c(["first last", "lower", "last, first"])), "NAME"
+        ).add(phi.c([", MD", " MD", ""]))
     elif form == 3:
         doc.add(phi.c(["Dictated by: ", "DICTATED BY: ", "dictated by "])).add(phi.c(["Dr. ", "DR. ", "dr ", ""]))
         doc.add(phi.name(rad, phi.c(["first last", "FIRST LAST", "lower", "last"])), "NAME").add("\n")
         doc.add(phi.c(["Dictated: ", "D: ", "Date dictated: "]))
         dt()
     elif form == 4:
-        doc.add(phi.c(["-- ", "/s/ ", "- "])).add(phi.name(rad, phi.c(["first last", "first mi last"])), "NAME").add(phi.c([", MD", " M.D.", ""]))
+        doc.add(phi.c(["-- ", "/s/ ", "- "])).add(phi.name(rad, phi.c(["first last", "first mi last"])), "NAME").add(
+            phi.c([", MD", " M.D.", ""])
+        )
         doc.add(phi.c(["\nRadiologist", "\nDiagnostic Radiology", ""]))
     elif form == 5:
         doc.add(phi.c(["Report finalized ", "Finalized: ", "Final report: "]))
         dt()
         doc.add(phi.c([" by ", " - "])).add(phi.name(rad, phi.c(["LAST^FIRST", "LAST, FIRST", "first last"])), "NAME")
     else:
-        doc.add(phi.c(["Read by: ", "Interpreted by: ", "Reading radiologist: "])).add(phi.name(rad, phi.c(["first last", "last, first", "lower last, first"])), "NAME")
-        doc.add(phi.c([" (pager ", ", pager ", ", ext. ", " x"])).add(str(r.randint(1000, 99999)), "CONTACT").add(")" if doc.parts[-2].endswith("(pager ") else "")
+        doc.add(phi.c(["Read by: ", "Interpreted by: ", "Reading radiologist: "])).add(
+            phi.name(rad, phi.c(["first last", "last, first", "lower last, first"])), "NAME"
+        )
+        doc.add(phi.c([" (pager ", ", pager ", ", ext. ", " x"])).add(str(r.randint(1000, 99999)), "CONTACT").add(
+            ")" if doc.parts[-2].endswith("(pager ") else ""
+        )
     doc.add("\n")
 
 
@@ -462,7 +880,14 @@ def build_report(row: dict, part: int, seed: int) -> dict:
     del body_start
     gold = sorted(doc.gold, key=lambda g: g["start"])
     keep = non_phi_tokens(text, gold)
-    return {"id": f"iu-{row['uid']}", "text": text, "meta": meta, "gold": gold, "keep": keep, "part": ("tune", "heldout")[part]}
+    return {
+        "id": f"iu-{row['uid']}",
+        "text": text,
+        "meta": meta,
+        "gold": gold,
+        "keep": keep,
+        "part": ("tune", "heldout")[part],
+    }
 
 
 # A time's own affixes ("a.m.", "hours") are part of the time expression, not words of the report.
@@ -507,7 +932,9 @@ def build(csv_path: Path, out: Path, n: int, seed: int, exclude: set[str] = froz
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise InputError(f"{csv_path}: cannot read the IU reports (--csv): {e.strerror}.") from None
-    missing = {"uid", "findings", "impression", "indication", "comparison", "exam_caption"} - set(rows[0] if rows else {})
+    missing = {"uid", "findings", "impression", "indication", "comparison", "exam_caption"} - set(
+        rows[0] if rows else {}
+    )
     if missing:
         raise InputError(f"{csv_path}: expected the IU report columns; missing {', '.join(sorted(missing))}.")
     rng = random.Random(seed)
@@ -515,7 +942,10 @@ def build(csv_path: Path, out: Path, n: int, seed: int, exclude: set[str] = froz
     rng.shuffle(rows)
     rows = [r for r in rows if f"iu-{r['uid']}" not in exclude]
     out.mkdir(parents=True, exist_ok=True)
-    files = {0: (out / "tune.jsonl").open("w", encoding="utf-8"), 1: (out / "heldout.jsonl").open("w", encoding="utf-8")}
+    files = {
+        0: (out / "tune.jsonl").open("w", encoding="utf-8"),
+        1: (out / "heldout.jsonl").open("w", encoding="utf-8"),
+    }
     counts = {0: [0, 0], 1: [0, 0]}
     for row in rows[:n]:
         part = int(part_of(row["uid"]))
@@ -525,7 +955,10 @@ def build(csv_path: Path, out: Path, n: int, seed: int, exclude: set[str] = froz
         counts[part][1] += len(rep["gold"])
     for f in files.values():
         f.close()
-    return {"tune": {"reports": counts[0][0], "phi_spans": counts[0][1]}, "heldout": {"reports": counts[1][0], "phi_spans": counts[1][1]}}
+    return {
+        "tune": {"reports": counts[0][0], "phi_spans": counts[0][1]},
+        "heldout": {"reports": counts[1][0], "phi_spans": counts[1][1]},
+    }
 
 
 def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) -> dict:
@@ -536,7 +969,9 @@ def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) ->
     from cxrsynth.privacy.deid.evaluate import read_gold, score
 
     if show and "heldout" in gold_path.name:
-        raise InputError(f"{gold_path}: --show prints the texts of misses; it is refused on a held-out file so rules are never tuned on it.")
+        raise InputError(
+            f"{gold_path}: --show prints the texts of misses; it is refused on a held-out file so rules are never tuned on it."
+        )
     rows = read_gold(gold_path)
     config = DeidConfig(secret_file=secret_file)
     deid = Deidentifier(config)
@@ -544,7 +979,11 @@ def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) ->
     res = score(rows, findings)
     items = [DeidItem(r["id"], r["text"], r.get("meta") or {}, (r.get("meta") or {}).get("PatientID")) for r in rows]
     first = deidentify_batch(items, config, workers=workers)
-    second = [Deidentifier(config).deidentify_text(it.text, it.meta or None, it.patient_key) for it in items] if secret_file else None
+    second = (
+        [Deidentifier(config).deidentify_text(it.text, it.meta or None, it.patient_key) for it in items]
+        if secret_file
+        else None
+    )
     reasons: dict[str, int] = {}
     for r in first:
         if r.status != "ok":
@@ -554,7 +993,11 @@ def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) ->
         "phi_spans": res["overall"]["gold"],
         "leaked": res["overall"]["gold"] - res["overall"]["found"],
         "leak_rate": 1 - res["overall"]["recall"],
-        "leak_rate_per_type": {t: {"spans": s["gold"], "leaked": s["gold"] - s["found"], "rate": round(1 - s["recall"], 4)} for t, s in res["per_type"].items() if s["gold"]},
+        "leak_rate_per_type": {
+            t: {"spans": s["gold"], "leaked": s["gold"] - s["found"], "rate": round(1 - s["recall"], 4)}
+            for t, s in res["per_type"].items()
+            if s["gold"]
+        },
         "non_phi_tokens": res["keep_spans"],
         "non_phi_tokens_changed": res["keep_damaged"],
         "precision": res["overall"]["precision"],
@@ -566,14 +1009,18 @@ def check(gold_path: Path, show: int, secret_file: Path | None, workers: int) ->
         print("--- missed PHI (type | span | context)")
         for miss in res["missed"][:show]:
             t = by_id[miss["id"]]["text"]
-            print(f"{miss['type']:8} | {t[miss['start']:miss['end']]!r} | {t[max(0, miss['start'] - 40):miss['end'] + 30]!r}")
+            print(
+                f"{miss['type']:8} | {t[miss['start'] : miss['end']]!r} | {t[max(0, miss['start'] - 40) : miss['end'] + 30]!r}"
+            )
         print("--- changed non-PHI tokens")
         shown = 0
         for row, found in zip(rows, findings):
             for k in row["keep"]:
                 if shown < show and any(f.start < k["end"] and k["start"] < f.end for f in found):
                     f = next(f for f in found if f.start < k["end"] and k["start"] < f.end)
-                    print(f"{row['text'][k['start']:k['end']]!r:20} by {f.type}/{f.source}: {row['text'][max(0, f.start - 30):f.end + 20]!r}")
+                    print(
+                        f"{row['text'][k['start'] : k['end']]!r:20} by {f.type}/{f.source}: {row['text'][max(0, f.start - 30) : f.end + 20]!r}"
+                    )
                     shown += 1
     return summary
 
@@ -586,18 +1033,33 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--n", type=int, default=600, help="reports to draw (about 40%% go to the held-out part)")
     b.add_argument("--seed", type=int, default=18)
-    b.add_argument("--exclude", type=Path, nargs="*", default=[], help="built files whose reports are left out (a held-out part already looked at)")
+    b.add_argument(
+        "--exclude",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="built files whose reports are left out (a held-out part already looked at)",
+    )
     c = sub.add_parser("check", help="run the pipeline on a built file and print the figures")
     c.add_argument("--gold", required=True, type=Path)
-    c.add_argument("--show", type=int, default=0, help="print this many misses and damaged tokens (refused on held-out files)")
-    c.add_argument("--secret-file", type=Path, default=None, help="site secret; with one, the file is de-identified twice and compared")
+    c.add_argument(
+        "--show", type=int, default=0, help="print this many misses and damaged tokens (refused on held-out files)"
+    )
+    c.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help="site secret; with one, the file is de-identified twice and compared",
+    )
     c.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     try:
         if args.cmd == "build":
             repo = Path(__file__).resolve().parents[3]
             if args.out.resolve().is_relative_to(repo) and not args.out.resolve().is_relative_to(repo / "runs"):
-                raise InputError(f"{args.out}: the corpus holds CC BY-NC-ND text and must stay out of the repository; write it under runs/ (ignored by git) or outside.")
+                raise InputError(
+                    f"{args.out}: the corpus holds CC BY-NC-ND text and must stay out of the repository; write it under runs/ (ignored by git) or outside."
+                )
             print(json.dumps(build(args.csv, args.out, args.n, args.seed, read_ids(args.exclude))))
         else:
             print(json.dumps(check(args.gold, args.show, args.secret_file, args.workers), indent=1))
