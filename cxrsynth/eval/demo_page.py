@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from cxrsynth import pages
 from cxrsynth.eval.stages import OK
@@ -59,6 +60,7 @@ def _round_plot(hist: list[dict]) -> str:
     for k, pts in list(losses.items())[:6]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=k)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("training loss, mean over sites")
     if len(losses) > 1:
         ax.legend(fontsize=7)
