@@ -16,9 +16,11 @@ from pathlib import Path
 
 import torch
 
+from cxrsynth.data.stream import concat_view
+from cxrsynth.eval.classifier import train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.evaluate import load_real, load_synthetic
-from cxrsynth.eval.utility import utility
+from cxrsynth.eval.utility import auroc_per_label, macro
 
 
 def main(argv: list[str]) -> int:
@@ -29,15 +31,25 @@ def main(argv: list[str]) -> int:
     print("| cell | real-only | real + synthetic, paired | real + synthetic, pooled |")
     print("|---|---|---|---|")
     for cell in map(Path, argv):
-        settings = json.loads((cell / "eval" / "metrics.json").read_text(encoding="utf-8"))["settings"]
-        train, holdout = load_real(cell / "data" / "all", EvalConfig(**settings))
+        cfg = EvalConfig(**json.loads((cell / "eval" / "metrics.json").read_text(encoding="utf-8"))["settings"])
+        train, holdout = load_real(cell / "data" / "all", cfg)
         synthetic = load_synthetic(cell / "synthetic")
-        row = {}
-        for protocol in ("paired", "pooled"):
-            cfg = EvalConfig(**{**settings, "augmentation": protocol})
-            result, _ = utility(train, synthetic, holdout, cfg)
-            row["real"] = result["arms"]["real"]["macro_auroc"]
-            row[protocol] = result["arms"]["real+synthetic"]["macro_auroc"]
+        # The utility arms' classifier settings, seed cfg.seed (its first seed).
+        kw = dict(
+            width=cfg.classifier_width,
+            image_size=cfg.image_size,
+            steps=cfg.classifier_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            seed=cfg.seed,
+            uncertain_as=cfg.uncertain_as,
+        )
+        arms = {
+            "real": train_classifier(train, **kw),
+            "paired": train_classifier(train, extra=synthetic, **kw),
+            "pooled": train_classifier(concat_view(train, synthetic), **kw),
+        }
+        row = {arm: macro(auroc_per_label(model, holdout, cfg.uncertain_as)) for arm, model in arms.items()}
         print(f"| {cell} | {row['real']:.3f} | {row['paired']:.3f} | {row['pooled']:.3f} |", flush=True)
     return 0
 

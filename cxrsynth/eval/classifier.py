@@ -82,7 +82,8 @@ def train_classifier(
     main = _pool(records, uncertain_as)
     if main is None:
         raise InputError(f"{label}: no labelled records with images to train a classifier on.")
-    pools = [main] + [p for p in (_pool(extra, uncertain_as),) if p is not None]
+    added = _pool(extra, uncertain_as)
+    pools = [main] if added is None else [main, added]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = CXRClassifier(width, image_size)
