@@ -20,7 +20,7 @@ from cxrsynth.data.stream import concat_view
 from cxrsynth.eval.classifier import train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.evaluate import load_real, load_synthetic
-from cxrsynth.eval.utility import auroc_per_label, macro
+from cxrsynth.eval.utility import auroc_per_label, classifier_settings, macro
 
 
 def main(argv: list[str]) -> int:
@@ -35,15 +35,7 @@ def main(argv: list[str]) -> int:
         train, holdout = load_real(cell / "data" / "all", cfg)
         synthetic = load_synthetic(cell / "synthetic")
         # The utility arms' classifier settings, seed cfg.seed (its first seed).
-        kw = dict(
-            width=cfg.classifier_width,
-            image_size=cfg.image_size,
-            steps=cfg.classifier_steps,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            seed=cfg.seed,
-            uncertain_as=cfg.uncertain_as,
-        )
+        kw = classifier_settings(cfg, seed=cfg.seed)
         arms = {
             "real": train_classifier(train, **kw),
             "paired": train_classifier(train, extra=synthetic, **kw),

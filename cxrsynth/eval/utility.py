@@ -41,6 +41,19 @@ def macro(per_label: dict[str, Optional[float]]) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
+def classifier_settings(cfg: EvalConfig, seed: int) -> dict:
+    """`train_classifier`'s keyword arguments for every utility arm of `cfg`."""
+    return dict(
+        width=cfg.classifier_width,
+        image_size=cfg.image_size,
+        steps=cfg.classifier_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=seed,
+        uncertain_as=cfg.uncertain_as,
+    )
+
+
 def utility(
     real_train: Sequence[Record],
     synthetic: Sequence[Record],
@@ -69,13 +82,7 @@ def utility(
             model = train_classifier(
                 train_set,
                 extra=extra,
-                width=cfg.classifier_width,
-                image_size=cfg.image_size,
-                steps=cfg.classifier_steps,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                seed=cfg.seed + s,
-                uncertain_as=cfg.uncertain_as,
+                **classifier_settings(cfg, seed=cfg.seed + s),
                 progress=progress,
                 label=f"utility: train on {arm} (seed {cfg.seed + s})",
             )
