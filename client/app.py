@@ -33,10 +33,12 @@ DP_STATE = "dp-ledger"
 log = logging.getLogger("cxrsynth.client")
 
 
-def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]:
+def _ledger_path(context: Context) -> Optional[Path]:
     nc = context.node_config
-    if ledger_dir is not None and "partition-id" in nc:
-        return ledger_dir / f"site{nc['partition-id']}.dp-ledger.json"
+    # A simulated site (`cxrsynth fl simulate`: partition-id, the coordinator's own machine) keeps
+    # its ledger in the run's folder; a hospital's SuperNode where its node config says.
+    if "partition-id" in nc and context.run_config.get("site-ledgers"):
+        return Path(str(context.run_config["site-ledgers"])) / f"site{nc['partition-id']}.dp-ledger.json"
     if "ledger-path" in nc:
         return Path(str(nc["ledger-path"]))
     if "data-path" in nc:
@@ -46,16 +48,16 @@ def _ledger_path(context: Context, ledger_dir: Optional[Path]) -> Optional[Path]
     return None
 
 
-def _dp_history(context: Context, ledger_dir: Optional[Path]) -> list:
+def _dp_history(context: Context) -> list:
     """The site's accountant history: the node's persistent state, or its ledger file if that has more steps."""
     from cxrsynth.privacy.dp import read_ledger_file
 
     in_state = ledger_from_record(context.state[DP_STATE])["history"] if DP_STATE in context.state else []
-    on_disk = read_ledger_file(_ledger_path(context, ledger_dir))
+    on_disk = read_ledger_file(_ledger_path(context))
     return max(in_state, on_disk, key=lambda h: sum(int(s) for _, _, s in h))
 
 
-def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> Message:
+def train(msg: Message, context: Context) -> Message:
     from cxrsynth.client.task import load_site, train_round
 
     cfg, extra = read_round_config(msg.content["config"])
@@ -70,7 +72,7 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
         from_arrays(msg.content["arrays"]),
         server_round=int(msg.content["config"]["server-round"]),
         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)),
-        dp_history=_dp_history(context, ledger_dir) if cfg.dp.enabled else None,
+        dp_history=_dp_history(context) if cfg.dp.enabled else None,
     )
     metrics = result.metrics
     if cfg.dp.enabled and not policy.send_loss_metrics:
@@ -85,7 +87,7 @@ def train(msg: Message, context: Context, ledger_dir: Optional[Path] = None) -> 
 
         content["ledger"] = ledger_to_record(result.ledger)
         context.state[DP_STATE] = content["ledger"]
-        write_ledger_file(_ledger_path(context, ledger_dir), result.ledger)
+        write_ledger_file(_ledger_path(context), result.ledger)
     return Message(content, reply_to=msg)
 
 
@@ -143,22 +145,18 @@ def vocab(msg: Message, context: Context) -> Message:
     )
 
 
-def make_app(mods: Optional[list] = None, ledger_dir: Optional[Path] = None) -> ClientApp:
-    """The ClientApp; `mods` run outside the egress guard (tests use one to capture what leaves).
-
-    `ledger_dir`: where simulated sites keep their privacy ledgers across runs.
-    """
+def make_app(mods: Optional[list] = None) -> ClientApp:
+    """The ClientApp; `mods` run outside the egress guard (tests use one to capture what leaves)."""
     # The egress guard is outermost: it checks what leaves after SecAgg+ has masked the update.
     app = ClientApp(mods=[*(mods or []), egress_guard, secagg_mod])
-    ledger_dir = Path(ledger_dir) if ledger_dir else None
-    app.train()(lambda msg, context: train(msg, context, ledger_dir))
+    app.train()(train)
     app.evaluate()(evaluate)
     app.query("vocab")(vocab)
 
     # The federated audit query answers with counts and scalars only, and only a pinned set
     # within the site's query budget.
     def query(msg: Message, context: Context) -> Message:
-        path = _ledger_path(context, ledger_dir)
+        path = _ledger_path(context)
         admit(msg, context, path.with_name(path.name + ".audit-queries.jsonl") if path else None)
         return handle(msg, context)
 

@@ -1,4 +1,4 @@
-"""The site's answer to the federated audit query (privacy/audit, issue 8).
+"""The site's answer to the federated audit query (privacy/audit).
 
 The steward sends the synthetic images and reports, the audit policy and (for membership
 inference) the model; the site runs `cxrsynth.privacy.audit.site.site_audit` against its own training and

@@ -112,14 +112,14 @@ def test_site_answers_label_fidelity_as_numbers_and_the_steward_combines_it_like
 
 @pytest.mark.slow
 def test_federated_audit_over_flower_simulation(tmp_path):
-    """Two sites on Flower's simulation engine answer the steward's query through the Grid."""
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation
+    """Two sites on Flower's simulation runtime answer the steward's query through the Grid."""
+    import json
+
+    from sim_apps import SIM_APPS
     from test_audit_support import varied_records
 
     from cxrsynth.data.dataset import write_dataset
-    from cxrsynth.server.audit_query import federated_audit
+    from cxrsynth.server.simulate import simulate_app
 
     for i in range(2):
         write_dataset(
@@ -130,24 +130,22 @@ def test_federated_audit_over_flower_simulation(tmp_path):
     synthetic = [
         r.with_(site="synthetic", split="") for r in varied_records(30, 3, prefix="syn", split="", rare=False)
     ]
-    policy = AuditPolicy(bootstrap=30, skip=("phi", "membership"))
-    result = {}
-    server = ServerApp()
-
-    @server.main()
-    def main(grid, context):
-        result["audit"] = federated_audit(grid, synthetic, policy, timeout=600)
-
-    client = ClientApp()
-
-    @client.query()
-    def query(msg, context):
-        pid = int(context.node_config["partition-id"])
-        ctx = Context(context.run_id, context.node_id, {"data-path": str(tmp_path / f"site{pid}")}, context.state, {})
-        return handle(msg, ctx)
-
-    run_simulation(server, client, num_supernodes=2, backend_config={"client_resources": {"num_cpus": 1}})
-    audit = result["audit"]
+    write_dataset(tmp_path / "synthetic", synthetic)
+    answer = tmp_path / "audit.json"
+    status = simulate_app(
+        "sim_apps:audit_server",
+        "sim_apps:audit_sites",
+        sites=2,
+        run_config={
+            "test-site-root": str(tmp_path),
+            "test-synthetic": str(tmp_path / "synthetic"),
+            "test-audit-out": str(answer),
+        },
+        log_path=tmp_path / "flower.log",
+        modules=(SIM_APPS,),
+    )
+    assert status == "finished:completed", (tmp_path / "flower.log").read_text()[-3000:]
+    audit = json.loads(answer.read_text())
     assert len(audit["sites"]) == 2 and audit["checks"]["image_copies"]["passed"]
     assert np.isfinite(audit["checks"]["image_closeness"]["share"])
 

@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray.cloudpickle
 import yaml
+from sim_apps import SIM_APPS
 
-from cxrsynth.client.egress import egress_log
 from cxrsynth.config import load_config
 from cxrsynth.errors import CheckFailed
 from cxrsynth.server.simulate import simulate
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fault-injection mod below
 
 SMALL = {
     "model": {"image_size": 16, "text_length": 16, "channels": 8},
@@ -50,7 +47,7 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
     log = tmp_path / "egress.jsonl"
     out = tmp_path / "run"
     with pytest.raises(CheckFailed) as err:
-        simulate(cfg, out, client_mods=[egress_log(log)])
+        simulate(cfg, out, client_app=(SIM_APPS, "egress_logged"), run_config={"test-egress-log": str(log)})
     assert "refuses to train" in str(err.value) and "min_sites=2" in str(err.value)
     state = _state(out)
     done = state["round"]
@@ -91,28 +88,6 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
 
     syn = generate(out, 3, tmp_path / "syn", seed=1)
     assert (Path(syn) / "manifest.csv").read_text().count("\n") == 4
-
-
-def crash_site_2_in_round_2(msg, context, call_next):
-    if (
-        msg.metadata.message_type == "train"
-        and context.node_config["partition-id"] == 2
-        and msg.content["config"]["server-round"] == 2
-    ):
-        raise RuntimeError("simulated crash of a hospital's ClientApp")
-    return call_next(msg, context)
-
-
-def site_1_counts_nan_in_round_3(msg, context, call_next):
-    """The issue's poisoned sample count: NaN made the saved checkpoint all NaN."""
-    reply = call_next(msg, context)
-    if (
-        msg.metadata.message_type == "train"
-        and context.node_config["partition-id"] == 1
-        and msg.content["config"]["server-round"] == 3
-    ):
-        reply.content["metrics"]["num-examples"] = float("nan")
-    return reply
 
 
 def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_path):
@@ -160,9 +135,8 @@ def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_
     assert killed_at == 1 and not (out / "rounds" / "round-003").exists()
     with pytest.raises(Exception, match="--resume"):
         simulate(load_config(cfg_path), out)  # a second run into the same directory is refused
-    simulate(
-        load_config(cfg_path), out, resume=True, client_mods=[crash_site_2_in_round_2, site_1_counts_nan_in_round_3]
-    )
+    # Site 2 crashes in round 2, site 1 reports a NaN sample count in round 3 (tests/sim_apps.py).
+    simulate(load_config(cfg_path), out, resume=True, client_app=(SIM_APPS, "faulty"))
     state = _state(out)
     assert [h["round"] for h in state["history"]] == [1, 2, 3]  # as many rounds as an uninterrupted run, none twice
     assert [h["accepted"] for h in state["history"]] == [3, 2, 2]

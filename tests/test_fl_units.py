@@ -156,9 +156,13 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
             "federation": {"local_steps": 1, "vocab_min_count": 2},
         },
     )
-    app = make_app(ledger_dir=tmp_path)
+    app = make_app()
     ctx = Context(
-        run_id=11, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+        run_id=11,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={"site-ledgers": str(tmp_path)},
     )
     vocab = app(Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx)
     assert not vocab.has_error(), vocab.error.reason if vocab.has_error() else ""
@@ -186,7 +190,11 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     assert (tmp_path / "site1.dp-ledger.json").is_file()
     # A fresh node state (a restarted SuperNode) still starts from the ledger the site keeps on disk.
     fresh = Context(
-        run_id=12, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+        run_id=12,
+        node_id=1,
+        node_config={"partition-id": 1, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={"site-ledgers": str(tmp_path)},
     )
     conf = round_config(cfg, extra)
     conf["server-round"] = 3

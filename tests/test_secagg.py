@@ -8,17 +8,15 @@ global weights and config, which gives the plain FedAvg the secure sum must matc
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import ray.cloudpickle
 import yaml
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 from flwr.supercore.task_identity import TaskIdentity
+from sim_apps import SIM_APPS
 
 from cxrsynth.checkpoint import load_checkpoint
 from cxrsynth.client.app import make_app
@@ -31,8 +29,6 @@ from cxrsynth.models import build_model
 from cxrsynth.privacy.secagg import mask_stream, summed_names
 from cxrsynth.privacy.wire import from_arrays, round_config, to_arrays
 from cxrsynth.server.simulate import simulate
-
-ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mods below run in Ray workers
 
 SMALL = {
     "model": {"image_size": 16, "text_length": 16, "channels": 8},
@@ -53,48 +49,6 @@ SMALL = {
 @pytest.fixture(autouse=True)
 def _identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 11, 0
-
-
-def recorder(root: str):
-    """A site's record of the masked-vector stage: the global weights and config it was sent, and
-    every train reply that left it (record kinds and keys; the masked update itself)."""
-
-    def mod(msg, context, call_next):
-        reply = call_next(msg, context)
-        if msg.metadata.message_type != "train":
-            return reply
-        site = f"site{context.node_config['partition-id']}"
-        out = Path(root)
-        if "arrays" in msg.content.array_records:
-            rnd = int(msg.content["config"]["server-round"])
-            np.savez(out / f"r{rnd}-{site}-global.npz", **from_arrays(msg.content["arrays"]))
-            (out / f"r{rnd}-{site}-config.json").write_text(json.dumps(dict(msg.content["config"])))
-            if not reply.has_error() and "secaggplus_configs" in reply.content.config_records:
-                masked = [bytes_to_ndarray(b) for b in reply.content["secaggplus_configs"]["masked_params"]]
-                np.savez(out / f"r{rnd}-{site}-masked.npz", *masked)
-        sent = (
-            "error"
-            if reply.has_error()
-            else {name: [type(r).__name__, sorted(r.keys())] for name, r in reply.content.items()}
-        )
-        with open(out / f"{site}-sent.jsonl", "a") as f:
-            f.write(json.dumps(sent) + "\n")
-        return reply
-
-    return mod
-
-
-def site_2_claims_no_epsilon_in_round_2(msg, context, call_next):
-    """A site that lies about its spending (the issue's epsilon 0.0), in the clear beside its masked update."""
-    reply = call_next(msg, context)
-    if (
-        context.node_config["partition-id"] == 2
-        and "arrays" in msg.content.array_records
-        and int(msg.content["config"]["server-round"]) == 2
-    ):
-        if not reply.has_error() and "ledger" in reply.content.config_records:
-            reply.content["ledger"]["epsilon"] = 0.0
-    return reply
 
 
 def _train_in_the_clear(root: Path, rnd: int, site: int) -> tuple[dict, int]:
@@ -120,7 +74,8 @@ def test_secure_sum_equals_fedavg_hides_each_update_and_drops_a_site_that_lies(t
     seen = tmp_path / "seen"
     seen.mkdir()
     out = tmp_path / "run"
-    simulate(cfg, out, client_mods=[recorder(str(seen)), site_2_claims_no_epsilon_in_round_2])
+    # Each site records what it was sent and what left it; site 2 lies about its epsilon in round 2 (tests/sim_apps.py).
+    simulate(cfg, out, client_app=(SIM_APPS, "secagg_recorded_liar"), run_config={"test-seen": str(seen)})
     state = json.loads((out / "fl_state.json").read_text())
     assert [h["accepted"] for h in state["history"]] == [3, 2]
     lied = [r for r in state["rejections"] if r["round"] == 2]

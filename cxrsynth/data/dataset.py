@@ -12,7 +12,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -170,7 +170,8 @@ def read_dataset(
     root = Path(root)
     manifest, reader = open_manifest(root)
     report = report or DatasetReport()
-    records = collect_rows(reader, lambda row: _row_to_record(row, root, load_images), manifest, report, strict)
+    make = lambda row: _row_to_record(row, root, load_images)  # noqa: E731
+    records = [rec for _, _, rec in checked_rows(reader, make, manifest, report, strict)]
     if with_phi and (root / PHI_HEADERS).is_file():
         headers = read_phi_headers(root)
         records = [r.with_(phi_meta=dict(headers[r.record_id])) if r.record_id in headers else r for r in records]
@@ -193,17 +194,17 @@ def open_manifest(root: Path) -> tuple[Path, "CsvRows"]:
     return manifest, reader
 
 
-def collect_rows(
+def checked_rows(
     rows: Iterable[dict],
     make: Callable[[dict], Record],
     file: Path,
     report: DatasetReport,
     strict: bool,
     duplicate: str = "record_id",
-) -> list[Record]:
-    """Records made from CSV rows. A row that fails (ValueError) or repeats a record_id is named
-    (file, row) and counted in `report`; with `strict` it is an InputError instead."""
-    records: list[Record] = []
+) -> Iterator[tuple[int, dict, Record]]:
+    """(row number, row, record) for the CSV rows that make a record. A row that fails (ValueError)
+    or repeats a record_id is named (file, row) and counted in `report`; with `strict` it is an
+    InputError instead."""
     seen: set[str] = set()
     for i, row in enumerate(rows, start=1):
         report.read += 1
@@ -219,9 +220,8 @@ def collect_rows(
                 raise InputError(f"{file}, row {i}: {e}") from None
             report.add(str(file), i, str(e))
             continue
-        records.append(rec)
         report.kept += 1
-    return records
+        yield i, row, rec
 
 
 class CsvRows:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cxrsynth.data.dataset import MANIFEST, DatasetReport, collect_rows, csv_rows, load_png, parse_label, read_dataset
+from cxrsynth.data.dataset import MANIFEST, DatasetReport, checked_rows, csv_rows, load_png, parse_label, read_dataset
 from cxrsynth.data.dicom import pseudonym, to_uint8, view_of
 from cxrsynth.data.label_maps import LabelVocabulary, norm, vocabulary
 from cxrsynth.data.labeler import label_report
@@ -169,14 +169,8 @@ def read_site_manifest(
     cols, label_cols = _columns(path, list(reader.fieldnames or []), vocab, ignore)
     base = path.parent
     dropped: dict[str, list[str]] = {}  # record id -> its positive findings with no counterpart
-    records = collect_rows(
-        reader,
-        lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped),
-        path,
-        report,
-        strict,
-        duplicate="study",
-    )
+    make = lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped)  # noqa: E731
+    records = [rec for _, _, rec in checked_rows(reader, make, path, report, strict, duplicate="study")]
     counts = {
         s: sum(s in dropped.get(r.record_id, ()) for r in records)
         for s in vocab.dropped

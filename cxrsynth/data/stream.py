@@ -30,7 +30,7 @@ from cxrsynth.data.dataset import (
     DatasetReport,
     _load_rel,
     _row_to_record,
-    check_utf8,
+    checked_rows,
     open_manifest,
     read_phi_headers,
 )
@@ -144,23 +144,15 @@ class ManifestDataset(Dataset):
         rows: list[int] = []
         images: list[str] = []
         laterals: list[str] = []
-        seen: set[str] = set()
-        # The checks of read_dataset (collect_rows), without keeping a Record per row.
-        for i, row in enumerate(reader, start=1):
-            report.read += 1
-            try:
-                check_utf8(row)
-                rec = _row_to_record(row, root, load_images=False)
-                if rec.record_id in seen:
-                    raise ValueError(f"duplicate record_id {rec.record_id!r}")
-                image = _existing(root, row["image_path"], "image_path")
-                lateral = _existing(root, row.get("lateral_path") or "", "lateral_path")
-            except ValueError as e:
-                if strict:
-                    raise InputError(f"{manifest}, row {i}: {e}") from None
-                report.add(str(manifest), i, str(e))
-                continue
-            seen.add(rec.record_id)
+
+        def make(row: dict) -> Record:
+            rec = _row_to_record(row, root, load_images=False)
+            _existing(root, row["image_path"], "image_path")
+            _existing(root, row.get("lateral_path") or "", "lateral_path")
+            return rec
+
+        # The checks of read_dataset, without keeping a Record per row.
+        for i, row, rec in checked_rows(reader, make, manifest, report, strict):
             for c in cls._TEXT:
                 value = getattr(rec, c)
                 # One string object per distinct site, split and view, not one per row.
@@ -169,10 +161,8 @@ class ManifestDataset(Dataset):
                 np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8)
             )
             rows.append(i)
-            images.append(image)
-            laterals.append(lateral)
-            report.kept += 1
-        del seen
+            images.append(row["image_path"].strip())
+            laterals.append((row.get("lateral_path") or "").strip())
         ds = cls(
             root,
             columns,

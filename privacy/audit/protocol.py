@@ -162,7 +162,7 @@ def record_to_answer(record: Mapping, synthetic: list[Record], site: str) -> dic
     return answer
 
 
-# ---- the coordinator's pin on a query (issue 15) ------------------------------------------------
+# ---- the coordinator's pin on a query -----------------------------------------------------------
 # A site that answered any probe set would be a membership oracle: send it training images and it
 # flags them. So a site answers only a set the coordinator signed, naming the hash of the set and of
 # the checkpoint that generated it (the steward's side refuses to sign a set whose provenance names

@@ -1,6 +1,6 @@
 """De-identify one report: find PHI, replace it, check the result, or quarantine the report.
 
-Fail closed (issue 3, item 5): an exception, a timeout, an over-long text or header PHI still
+Fail closed: an exception, a timeout, an over-long text or header PHI still
 present after replacement quarantines the report with a reason that itself holds no PHI.
 """
 

@@ -17,6 +17,8 @@ import random
 import re
 from pathlib import Path
 
+from cxrsynth.data.phantom_report import MONTHS
+
 HERE = Path(__file__).parent
 
 FIRST = [
@@ -181,20 +183,6 @@ CITIES = [
 HELD_CITIES = ["Leeds", "Sacramento", "Ottawa", "Edinburgh"]
 STREETS = ["Maple Avenue", "Oak Street", "Harbor Road", "Elm Drive", "Kingsway Boulevard", "Cedar Lane", "Birch Court"]
 STATES = ["MA", "NY", "TX", "CA", "IL", "OH", "GA"]
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
 RELATIVES = ["wife", "husband", "daughter", "son", "sister", "brother", "mother", "niece", "partner", "caregiver"]
 
 KEEP_SENTENCES = [

@@ -42,6 +42,7 @@ import re
 import sys
 from pathlib import Path
 
+from cxrsynth.data.phantom_report import MONTHS
 from cxrsynth.errors import InputError
 
 # --- pools: the tune part uses the first list of each pair, the held-out part the second -------
@@ -301,20 +302,6 @@ CITIES = (
     ["South Bend", "Bloomington", "Lafayette", "Anderson", "Kokomo", "Terre Haute"],
 )
 STATES = ["IN", "OH", "IL", "KY", "MI"]
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
 ROLES_AFTER = [
     "PA",
     "RN",
