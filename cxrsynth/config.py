@@ -223,7 +223,12 @@ class AuditPolicy(Strict):
         "aligned",
         description="aligned: best shift/zoom/mirror alignment of pixels (catches cropped and shifted copies); embedding: the encoder's distance",
     )
-    max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0)
+    closeness_test: Literal["permutation", "upper_bound"] = Field(
+        "permutation",
+        description="permutation: refuse a closeness share above what random deals of the reference patients give "
+        "(one-sided, at 1 - confidence); upper_bound: refuse when the share's bootstrap CI upper bound exceeds max_closeness_upper",
+    )
+    max_closeness_upper: float = Field(0.55, ge=0.0, le=1.0, description="closeness_test upper_bound's limit")
     max_mia_auc_upper: float = Field(0.6, ge=0.5, le=1.0)
     max_phi_findings: int = Field(0, ge=0)
     max_rare_ngram_leaks: int = Field(0, ge=0)

@@ -3,11 +3,12 @@ and the `cxrsynth audit` command's outputs and exit codes."""
 
 import json
 
+import numpy as np
 import pytest
 from test_audit_support import TinyGenerator, varied_records, write_audit_inputs
 
 from cxrsynth.cli import main
-from cxrsynth.config import AuditPolicy
+from cxrsynth.config import AUDIT_CHECKS, AuditPolicy
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.privacy.audit.run import audit_records
 
@@ -44,9 +45,64 @@ def _normal_gate(real, n_synthetic: int, policy: AuditPolicy):
 
 
 def test_normally_trained_tiny_model_passes_the_gate(real):
-    # 150 synthetic records give the closeness share a +-0.08 interval, too wide for the default
-    # bound of 0.55; every other threshold is the default.
-    _normal_gate(real, 150, AuditPolicy(bootstrap=200, max_closeness_upper=0.65))
+    # Every threshold is the default. (With closeness_test upper_bound, 150 synthetic records give
+    # the share a +-0.08 interval, too wide for its bound of 0.55.)
+    _normal_gate(real, 150, AuditPolicy(bootstrap=200))
+
+
+ONLY_CLOSENESS = tuple(c for c in AUDIT_CHECKS if c != "image_closeness")
+
+
+def _closeness(synthetic, train, holdout, test: str = "permutation") -> dict:
+    policy = AuditPolicy(bootstrap=200, closeness_test=test, copy_match="embedding", skip=ONLY_CLOSENESS)
+    return audit_records(synthetic, train, holdout, policy)[0]["checks"]["image_closeness"]
+
+
+def _draw(seed: int, n_synthetic: int = 200):
+    """Training and holdout patients, and as many more from the same population as synthetic images."""
+    train = varied_records(150, 100 + seed, prefix="t")
+    holdout = varied_records(60, 200 + seed, split="holdout", prefix="h")
+    others = [
+        r.with_(site="synthetic", split="") for r in varied_records(n_synthetic, 300 + seed, prefix="s", split="")
+    ]
+    return train, holdout, others
+
+
+def test_closeness_passes_a_model_that_never_saw_the_training_patients_whatever_the_reference_draw():
+    # Synthetic images of patients in neither set: nothing to find. Their share nearer training
+    # still swings with which patients the references are (0.39-0.59 over these 8 draws), which a
+    # bootstrap over the synthetic images does not see: the CI-upper-bound rule refuses most
+    # draws; the permutation test, which deals the reference patients, refuses none.
+    passed = {"permutation": [], "upper_bound": []}
+    for seed in range(8):
+        train, holdout, others = _draw(seed)
+        for test in passed:
+            passed[test].append(_closeness(others, train, holdout, test)["passed"])
+    assert all(passed["permutation"]), passed
+    assert passed["upper_bound"].count(False) >= 3, passed
+
+
+def test_closeness_refuses_a_model_that_reproduces_some_training_images():
+    # 60 of 200 synthetic images are training images with a little noise (the copy check, which
+    # catches them too, is left out). The share against an equal-sized training subsample hardly
+    # moves (most copied images are not in the subsample); the permutation test reads every
+    # training image.
+    for seed in range(4):
+        train, holdout, others = _draw(seed, 140)
+        rng = np.random.default_rng(seed)
+        near = [
+            train[i].with_(
+                record_id=f"n{i}",
+                site="synthetic",
+                split="",
+                image=np.clip(train[i].image + rng.normal(0, 6, train[i].image.shape), 0, 255).astype(np.uint8),
+            )
+            for i in rng.choice(len(train), 60, replace=False)
+        ]
+        c = _closeness(others + near, train, holdout)
+        assert not c["passed"] and c["p_value"] < 0.05, c["reasons"]
+        assert c["nearest_train_share"] > c["nearest_train_expected"][1]
+        assert c["share"] < 0.6  # the subsampled share alone would not say so
 
 
 def test_audit_command_writes_json_and_report_and_exits_1_on_copies(tmp_path):

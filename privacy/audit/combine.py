@@ -14,7 +14,7 @@ import numpy as np
 from cxrsynth.config import AuditPolicy
 from cxrsynth.privacy.audit.fidelity import pool_sites
 from cxrsynth.privacy.audit.results import FORMAT
-from cxrsynth.privacy.audit.stats import percentile_ci
+from cxrsynth.privacy.audit.stats import percentile_ci, permutation_p
 from cxrsynth.privacy.audit.verdict import check_reasons, dropped_labels
 
 
@@ -67,6 +67,18 @@ def _image_checks(answers: list[dict], policy: AuditPolicy, n_syn: int) -> tuple
         policy.confidence,
     )
     closeness = {"status": "ran", "share": share, "ci": ci, "ideal": 0.5}
+    if all("nearest_train_null" in i for i in imgs):
+        # The permutation test (AuditPolicy.closeness_test): the share of synthetic images whose
+        # nearest reference of all is a training image, against that share when each site's
+        # reference patients are dealt at random between its two sides. The sites' deals are
+        # independent, so the weighted mean of their b-th deals is a draw of the pooled share.
+        w = np.asarray([i["n_holdout"] for i in imgs], dtype=np.float64)
+        w = w / w.sum()
+        near = float(np.dot(w, [i["nearest_train_share"] for i in imgs]))
+        null = np.asarray([i["nearest_train_null"] for i in imgs], dtype=np.float64).T @ w
+        closeness["nearest_train_share"] = near
+        closeness["nearest_train_expected"] = percentile_ci(null, policy.confidence)
+        closeness["p_value"] = permutation_p(near, null)
     if "image_copies" in policy.skip:
         copy_check, copies = _skipped(), []
     if "image_closeness" in policy.skip:

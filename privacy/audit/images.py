@@ -19,7 +19,7 @@ from cxrsynth.errors import InputError
 from cxrsynth.privacy.audit.align import aligned_nearest
 from cxrsynth.privacy.audit.encoders import Encoder
 from cxrsynth.privacy.audit.neighbors import Matrix, nearest
-from cxrsynth.privacy.audit.stats import closeness_replicates, percentile_ci
+from cxrsynth.privacy.audit.stats import closeness_null, closeness_replicates, percentile_ci
 from cxrsynth.progress import Progress
 
 MIN_HOLDOUT = 20  # below this the 1% quantile of holdout distances is the minimum of a handful
@@ -87,7 +87,7 @@ def _image_memorization(
 
     d_st, i_st = _nearest_either_way(e_syn, e_syn_m, e_train, chunk, progress, f"{site} synthetic->train")
     d_ht, _ = _nearest_either_way(e_hold, e_hold_m, e_train, chunk, progress, f"{site} holdout->train")
-    d_sh, _ = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
+    d_sh, i_sh = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
 
     if policy.copy_match == "aligned":
         c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
@@ -110,10 +110,19 @@ def _image_memorization(
     m = min(len(train), len(holdout))
     sub_t = rng.choice(len(train), size=m, replace=False)
     sub_h = rng.choice(len(holdout), size=m, replace=False)
-    d_t, _ = _nearest_either_way(e_syn, e_syn_m, e_train[sub_t], chunk)
-    d_h, _ = _nearest_either_way(e_syn, e_syn_m, e_hold[sub_h], chunk)
+    d_t, i_t = _nearest_either_way(e_syn, e_syn_m, e_train[sub_t], chunk)
+    d_h, i_h = _nearest_either_way(e_syn, e_syn_m, e_hold[sub_h], chunk)
     closer = (d_t < d_h) + 0.5 * (d_t == d_h)
     reps = closeness_replicates(closer, policy.bootstrap, policy.seed)
+    # The permutation test reads every reference, not a subsample (a copy of a training image left
+    # out of the subsample counts for nothing there): a synthetic image is nearer training than
+    # holdout when its nearest reference among all of them is a training image, which for a model
+    # with no memory of the training patients happens as often as when those patients are dealt
+    # at random between the two sides (stats.closeness_null).
+    near_train = (d_st < d_sh) + 0.5 * (d_st == d_sh)
+    nearest_ref = np.where(d_st <= d_sh, i_st, len(train) + i_sh)
+    patients = [r.patient_id for r in train_meta] + [r.patient_id for r in metadata_view(holdout)]
+    null = closeness_null(near_train, nearest_ref, patients, len(train), policy.bootstrap, policy.seed)
 
     def hist(d: np.ndarray, top: float) -> list[int]:
         return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()
@@ -136,6 +145,8 @@ def _image_memorization(
         "closeness_share": float(closer.mean()),
         "closeness_ci": percentile_ci(reps, policy.confidence),
         "closeness_replicates": reps.round(6).tolist(),
+        "nearest_train_share": float(near_train.mean()),
+        "nearest_train_null": null.round(6).tolist(),
         "dcr_median": {
             "synthetic_to_train": float(np.median(d_st)),
             "synthetic_to_holdout": float(np.median(d_sh)),

@@ -38,6 +38,16 @@ def image_copies(c: dict, p: AuditPolicy) -> list[str]:
 
 
 def image_closeness(c: dict, p: AuditPolicy) -> list[str]:
+    if p.closeness_test == "permutation" and "p_value" in c:
+        alpha = 1 - p.confidence
+        if c["p_value"] >= alpha:
+            return []
+        lo, hi = c["nearest_train_expected"]
+        return [
+            f"{c['nearest_train_share']:.3f} of synthetic images have a training image as their nearest real image, more than "
+            f"a model with no memory of the training patients gives ({lo:.3f}-{hi:.3f}; p = {c['p_value']:.3f} < {alpha:.2f}): "
+            "synthetic images sit nearer training than unseen patients"
+        ]
     if c["ci"][1] <= p.max_closeness_upper:
         return []
     return [
