@@ -252,7 +252,7 @@ def run_app(
                     pass
             reader.join()
         finally:
-            if proc.poll() is None:  # interrupted: `flwr run` would wait on for a SuperLink that is stopping
+            if proc.poll() is None:  # interrupted: `flwr run` would keep waiting for a SuperLink that is stopping
                 proc.kill()
                 proc.wait()
     run_id = started[0] if started else None

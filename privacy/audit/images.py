@@ -110,8 +110,8 @@ def _image_memorization(
     m = min(len(train), len(holdout))
     sub_t = rng.choice(len(train), size=m, replace=False)
     sub_h = rng.choice(len(holdout), size=m, replace=False)
-    d_t, i_t = _nearest_either_way(e_syn, e_syn_m, e_train[sub_t], chunk)
-    d_h, i_h = _nearest_either_way(e_syn, e_syn_m, e_hold[sub_h], chunk)
+    d_t, _ = _nearest_either_way(e_syn, e_syn_m, e_train[sub_t], chunk)
+    d_h, _ = _nearest_either_way(e_syn, e_syn_m, e_hold[sub_h], chunk)
     closer = (d_t < d_h) + 0.5 * (d_t == d_h)
     reps = closeness_replicates(closer, policy.bootstrap, policy.seed)
     # The permutation test reads every reference, not a subsample (a copy of a training image left
