@@ -157,13 +157,18 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
         },
     )
     app = make_app()
-    ctx = Context(
-        run_id=11,
-        node_id=1,
-        node_config={"partition-id": 1, "num-partitions": 3},
-        state=RecordDict(),
-        run_config={"site-ledgers": str(tmp_path)},
-    )
+
+    def site_1(run_id: int) -> Context:
+        """Simulated site 1 with a fresh node state; its ledger file lives in tmp_path."""
+        return Context(
+            run_id=run_id,
+            node_id=1,
+            node_config={"partition-id": 1, "num-partitions": 3},
+            state=RecordDict(),
+            run_config={"site-ledgers": str(tmp_path)},
+        )
+
+    ctx = site_1(11)
     vocab = app(Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=1, message_type="query.vocab"), ctx)
     assert not vocab.has_error(), vocab.error.reason if vocab.has_error() else ""
     counts = dict(vocab.content["counts"])
@@ -189,13 +194,7 @@ def test_client_app_vocab_then_dp_train_twice_grows_the_ledger(tmp_path):
     assert 0 < eps[0] < eps[1]
     assert (tmp_path / "site1.dp-ledger.json").is_file()
     # A fresh node state (a restarted SuperNode) still starts from the ledger the site keeps on disk.
-    fresh = Context(
-        run_id=12,
-        node_id=1,
-        node_config={"partition-id": 1, "num-partitions": 3},
-        state=RecordDict(),
-        run_config={"site-ledgers": str(tmp_path)},
-    )
+    fresh = site_1(12)
     conf = round_config(cfg, extra)
     conf["server-round"] = 3
     reply = app(
