@@ -329,12 +329,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="DP-SGD per-sample clipping norm")
     p.add_argument("--conditions", type=int, default=160)
     p.add_argument(
         "--public-styles",
         type=int,
         default=None,
         help="phantom: acquisition styles of the public cohort (default: the library's, 8)",
+    )
+    p.add_argument(
+        "--public-labels",
+        default=None,
+        help="phantom: the public cohort's label vocabulary, or 'all' for all 14 labels stated (default: the library's, all)",
     )
     p.add_argument("--classifier-steps", type=int, default=600)
     p.add_argument("--eval-image-size", type=int, help="side the utility classifier sees (default: the model's)")
@@ -372,6 +378,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         rounds=a.rounds,
         local_steps=a.local_steps,
         batch_size=a.batch_size,
+        max_grad_norm=a.max_grad_norm,
         conditions=a.conditions,
         eval_classifier_steps=a.classifier_steps,
     )
@@ -415,6 +422,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 recs, name = public, f"{data_name} (public part, patients disjoint from the sites')"
             else:
                 styles = {"sites": a.public_styles} if a.public_styles else {}
+                if a.public_labels:
+                    styles["vocabulary"] = None if a.public_labels == "all" else a.public_labels
                 recs, name = public_phantom(
                     cfg, QUICK["public_studies"] if a.quick else a.public_studies, seed=1, **styles
                 )

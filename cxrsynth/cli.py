@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="the base checkpoint directory (holds base.json with its SHA-256)")
     pt.add_argument("--steps", type=int, default=None, help="override train.steps")
     pt.add_argument("--seed", type=int, default=1, help="phantom cohort seed")
+    pt.add_argument(
+        "--phantom-labels",
+        choices=("nih", "all"),
+        default="all",
+        help="the phantom cohort's label vocabulary: all (default) states the 14 labels; nih leaves the three labels NIH ChestX-ray14 has no source for not stated, as such a public collection would",
+    )
     pt.set_defaults(path=("pretrain",))
 
     t = sub.add_parser("train", parents=[common], help="train one model at one site (no federation)")

@@ -61,7 +61,8 @@ def pretrain(args: argparse.Namespace) -> int:
     else:
         from cxrsynth.pretrained import public_phantom
 
-        records, source = public_phantom(cfg, args.phantom or 3000, args.seed)
+        vocabulary = None if args.phantom_labels == "all" else args.phantom_labels
+        records, source = public_phantom(cfg, args.phantom or 3000, args.seed, vocabulary=vocabulary)
     card = run_pretrain(cfg, records, out, source, progress=Progress(args.quiet))
     print(card.sha256)
     return 0

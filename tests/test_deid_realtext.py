@@ -193,6 +193,33 @@ def test_header_name_that_is_also_a_word_goes_beside_its_other_half(deid):
     )
 
 
+def test_a_user_name_that_spells_a_report_word_stays_the_word(deid):
+    # Other mentions of a name include user names made from it ("jkowalski"); some of those spell a
+    # report word ("Linda Ung" -> "lung", "Carl Lear" -> "clear"), and a city with its state that a
+    # shape rule reads as "last, first" gives one too ("Lincoln, IL" -> "ill").
+    cases = [
+        ("Findings discussed with Dr. Carl Lear at 14:02.\nThe lungs are clear.", "Carl Lear", "clear"),
+        ("Case reviewed with Dr. Linda Ung.\nThe right lung is hyperexpanded.", "Linda Ung", "lung"),
+        ("Per RN Vince Ein, the line was flushed.\nNo filling defect in the vein.", "Vince Ein", "vein"),
+        (
+            "Greenfield Clinic\n12 North Oak Blvd, Lincoln, IL 45402\nFINDINGS: There is an ill-defined opacity.",
+            "12 North Oak Blvd, Lincoln, IL 45402",
+            "ill-defined",
+        ),
+    ]
+    for text, phi, word in cases:
+        found = deid.find(text)
+        start = text.index(word, text.index(phi) + len(phi))
+        assert covered(found, text, phi), (phi, [(text[f.start : f.end], f.source) for f in found])
+        assert not any(f.start < start + len(word) and start < f.end for f in found), (
+            word,
+            [(text[f.start : f.end], f.source) for f in found],
+        )
+    # a user name that is no word still goes with its name
+    text = "Impression: stable.\nRad: jkowalski (Jan Kowalski) x 41120"
+    assert covered(deid.find(text), text, "jkowalski")
+
+
 def test_a_surrogate_that_collides_with_the_records_phi_is_redrawn():
     secret = b"collision-test-secret-0123456789"
     # a date whose first surrogate draw carries the patient's given name "Jun"
@@ -269,6 +296,41 @@ def test_realtext_builder_plants_annotated_phi_and_keeps_every_other_word(tmp_pa
     }
 
 
+def test_realtext_builder_marks_a_day_the_source_left_as_a_date(tmp_path):
+    # The source's scrubber left a day of the month written as an ordinal; it is PHI of the
+    # original record ("the 22nd" is planted as a date too), while ordinals that count ribs are words.
+    cols = ["uid", "patient_id", "findings", "impression", "indication", "comparison", "exam_caption"]
+    with (tmp_path / "r.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for i in range(12):
+            w.writerow(
+                {
+                    "uid": str(i),
+                    "patient_id": f"p{i}",
+                    "findings": "Old fractures of the left 5th, 6th and 7th ribs. The 9th posterior rib is intact.",
+                    "impression": "No acute disease.",
+                    "indication": "Fell down stairs on the 3rd, now chest pain",
+                    "comparison": "",
+                    "exam_caption": "Xray Chest PA and Lateral",
+                }
+            )
+    build_realtext.build(tmp_path / "r.csv", tmp_path / "corpus", 12, 18)
+    rows = [
+        json.loads(line)
+        for part in ("tune.jsonl", "heldout.jsonl")
+        for line in (tmp_path / "corpus" / part).read_text().splitlines()
+    ]
+    assert len(rows) == 12
+    for r in rows:
+        low = r["text"].lower()
+        day = low.index("on the 3rd") + len("on the ")
+        assert {"start": day, "end": day + 3, "type": "DATE"} in r["gold"]
+        for ordinal in ("5th", "6th", "7th", "9th"):
+            at = low.index(ordinal)
+            assert {"start": at, "end": at + 3} in r["keep"], ordinal
+
+
 def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
     write_csv(tmp_path / "r.csv", 40)
     build_realtext.build(tmp_path / "r.csv", tmp_path / "seen", 20, 18)
@@ -276,6 +338,16 @@ def test_realtext_builder_leaves_out_reports_already_looked_at(tmp_path):
     counts = build_realtext.build(tmp_path / "r.csv", tmp_path / "fresh", 20, 1801, seen)
     fresh = build_realtext.read_ids([tmp_path / "fresh" / "heldout.jsonl"])
     assert seen and fresh and not seen & fresh and counts["tune"]["reports"] + counts["heldout"]["reports"] == 20
+    # several held-out parts looked at, named after one --exclude or with the option repeated: all are left out
+    args = ["build", "--csv", str(tmp_path / "r.csv"), "--n", "20", "--seed", "1802"]
+    looked_at = [str(tmp_path / "seen" / "heldout.jsonl"), str(tmp_path / "fresh" / "heldout.jsonl")]
+    for out, exclude in (
+        ("third", ["--exclude", *looked_at]),
+        ("fourth", ["--exclude", looked_at[0], "--exclude", looked_at[1]]),
+    ):
+        assert build_realtext.main([*args, "--out", str(tmp_path / out), *exclude]) == 0
+        drawn = build_realtext.read_ids([tmp_path / out / f for f in ("tune.jsonl", "heldout.jsonl")])
+        assert drawn and not drawn & (seen | fresh), out
 
 
 def test_realtext_builder_refuses_the_repository_and_show_on_held_out(tmp_path, capsys):

@@ -13,7 +13,7 @@ from cxrsynth.client.task import label_counts, token_counts
 from cxrsynth.config import load_config
 from cxrsynth.data.records import Record, empty_labels, findings_key
 from cxrsynth.data.text import pseudo_reports, tokenize
-from cxrsynth.models.emixer.labels import LabelPrior
+from cxrsynth.models.label_prior import LabelPrior
 from cxrsynth.privacy.wire import from_arrays, ledger_from_record, round_config, to_arrays
 from cxrsynth.server.screen import screen
 from cxrsynth.server.strategy import load_strategy_state, make_strategy, strategy_state

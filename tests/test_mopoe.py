@@ -286,3 +286,34 @@ def test_encode_subset_needs_the_subsets_modalities(records):
     assert not np.allclose(lft, model.encode_subset(with_lateral, "F"))
     with pytest.raises(InputError, match=r"r000000.*no lateral"):
         model.encode_subset(records, "LF")
+
+
+def test_a_labels_modality_draws_label_sets_from_the_label_mix(records, tmp_path):
+    """With labels among the modalities, generation's label sets come from the training label mix
+    (and, federated, from the sites' counts), travel in the checkpoint, and every record made from
+    a label set carries it; without one, the family draws none."""
+    from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
+    from cxrsynth.config import config_from_dict
+    from cxrsynth.data.records import finding_key
+
+    assert tiny_model(records).draw_labels(4) is None
+    model = tiny_model(records, modalities=("frontal", "lateral", "report", "labels"), label_pattern_min_count=2)
+    drawn = model.draw_labels(400, seed=1)
+    train_rate = np.mean([r.labels["Support Devices"] == 1 for r in records])
+    drawn_rate = np.mean([d["Support Devices"] == 1 for d in drawn])
+    assert abs(drawn_rate - train_rate) < 0.1, (drawn_rate, train_rate)
+    assert model.draw_labels(5, seed=1) == model.draw_labels(5, seed=1) != model.draw_labels(5, seed=2)
+
+    # The sites' counts replace the mix: every labelled study there has cardiomegaly.
+    model.fit_label_counts({"labeled": 50, finding_key("Cardiomegaly", 1): 50})
+    assert all(d["Cardiomegaly"] == 1 for d in model.draw_labels(20))
+
+    cfg = config_from_dict({"model": model.config.model_dump()})
+    save_checkpoint(tmp_path, model, cfg, {"step": 0})
+    loaded, _, _ = load_checkpoint(tmp_path)
+    assert loaded.draw_labels(20, seed=3) == model.draw_labels(20, seed=3)
+    sets = loaded.draw_labels(3, seed=4)
+    out = loaded.generate(3, [Condition(labels=s) for s in sets], seed=0)
+    assert [{k: v for k, v in r.labels.items() if v is not None} for r in out] == [
+        {k: v for k, v in s.items() if v is not None} for s in sets
+    ]

@@ -17,10 +17,12 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def tiny_run(path, n: int, steps: int, batch: int, extra: str = ""):
+def tiny_run(path, n: int, steps: int, batch: int, extra: str = "", modalities: str = "[frontal, lateral, report]"):
+    """The paper's three modalities unless `modalities` says otherwise (the preset adds labels)."""
     path.write_text(
         "preset: mopoe-tiny\n"
-        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2}\n"
+        "model: {image_size: 16, latent_dim: 8, channels: 8, text_length: 64, text_channels: 16, embed_dim: 8, vocab_min_count: 2, "
+        f"modalities: {modalities}}}\n"
         f"data: {{phantom: {{n: {n}, image_size: 32}}}}\n"
         f"train: {{steps: {steps}, batch_size: {batch}}}\n" + extra,
         encoding="utf-8",
@@ -96,6 +98,25 @@ def test_label_conditions_are_refused_with_exit_2(checkpoint, tmp_path, capsys):
         ]
     )
     assert code == 2 and "Label conditions need labels among model.modalities" in capsys.readouterr().err
+
+
+def test_the_presets_labels_modality_generates_from_label_sets(tmp_path):
+    """mopoe-tiny's labels modality: `generate --labels-from` conditions on a dataset's label sets,
+    and each synthetic record carries the set it was made from."""
+    from cxrsynth.data.dataset import write_dataset
+    from cxrsynth.data.phantom import make_phantom
+
+    cfg = tiny_run(tmp_path / "run.yaml", n=40, steps=4, batch=8, modalities="[frontal, lateral, report, labels]")
+    ckpt = tmp_path / "ckpt"
+    assert main(["--quiet", "train", "--config", str(cfg), "--out", str(ckpt)]) == 0
+    real = make_phantom(4, image_size=32, seed=5)
+    write_dataset(tmp_path / "real", real)
+    out = tmp_path / "syn"
+    args = ["--quiet", "generate", "--checkpoint", str(ckpt), "--n", "4", "--out", str(out)]
+    assert main([*args, "--labels-from", str(tmp_path / "real")]) == 0
+    records, _ = read_dataset(out)
+    stated = [{k: v for k, v in r.labels.items() if v is not None} for r in records]
+    assert sorted(map(str, stated)) == sorted(str({k: v for k, v in r.labels.items() if v is not None}) for r in real)
 
 
 def test_probe_table_prints_every_subset(checkpoint, capsys, tmp_path):

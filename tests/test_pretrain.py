@@ -223,7 +223,9 @@ def test_finetune_lr_sets_the_step_size_of_a_run_from_a_base(base, tmp_path):
 
 def test_the_public_phantom_cohort_is_published_de_identified():
     """Its reports carry typed tags where the hospitals' carry names, dates and numbers, and no
-    header PHI: a base must not learn PHI-shaped text to write into a release."""
+    header PHI: a base must not learn PHI-shaped text to write into a release. Published in
+    a public label vocabulary (NIH's), the labels it has no source for are not stated, although
+    the images show them."""
     from cxrsynth.data.phantom import make_phantom
     from cxrsynth.pretrained import public_phantom
 
@@ -231,8 +233,21 @@ def test_the_public_phantom_cohort_is_published_de_identified():
     public, source = public_phantom(cfg, 60, seed=3)
     assert "de-identified" in source
     raw = make_phantom(60, sites=8, seed=3, image_size=16, lateral=cfg.data.phantom.lateral, site_offset=8)
+    assert "all 14 labels" in source
     assert [r.labels for r in public] == [r.labels for r in raw]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(public, raw))
+    # Published in NIH ChestX-ray14's vocabulary: the three labels it has no source for are not
+    # stated, the others as drawn, the images the same.
+    nih, source_nih = public_phantom(cfg, 60, seed=3, vocabulary="nih")
+    unstated = ("Enlarged Cardiomediastinum", "Fracture", "Support Devices")
+    assert "not stated: Enlarged Cardiomediastinum, Fracture, Support Devices" in source_nih
+    assert all(r.labels[n] is None for r in nih for n in unstated)
+    assert sum(r.labels["Support Devices"] == 1 for r in raw) > 0
+    for a, b in zip(nih, raw):
+        assert {k: v for k, v in a.labels.items() if k not in unstated} == {
+            k: v for k, v in b.labels.items() if k not in unstated
+        }
+        assert np.array_equal(a.image, b.image)
     values = {v for r in raw for k, v in r.phi_meta.items() if len(str(v)) > 3}
     text = " ".join(r.report for r in public)
     assert not any(r.phi_meta for r in public)

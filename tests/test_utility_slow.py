@@ -20,6 +20,9 @@ pytestmark = pytest.mark.slow
 # 3 seeds), 0.950 for the default demo (seed 0); issue 14's level is 0.9.
 SYNTHETIC_TO_REAL_FLOOR = 0.9
 EPSILON_BUDGET = 8.0
+# MoPoE (labels as a fourth modality, label sets from the sites' mix): 0.808x real-only measured
+# on seed 0 (README); the floor sits under it, since one seed is all that was measured.
+MOPOE_SYNTHETIC_TO_REAL_FLOOR = 0.75
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,21 @@ def test_the_base_only_arm_is_scored_beside_the_fine_tuned_one(demo):
     assert u["fine_tuning_gain"] == pytest.approx(u["arms"]["synthetic"]["macro_auroc"] - base)
     # The base was pretrained on public data alone, and its samples carry labels too.
     assert base > 0.6
+
+
+def test_mopoe_release_carries_its_labels_in_its_images(tmp_path):
+    """The MoPoE demo (its own public base, DP fine-tuning, label sets from the sites' mix): its
+    images carry the labels, where prior samples carried 0.65x real-only. Its reports do not yet
+    (README), which the audit's report-label check refuses."""
+    demo = run_demo(tmp_path / "demo-mopoe", family="mopoe")
+    u = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))["utility"]
+    real, syn = u["arms"]["real"]["macro_auroc"], u["arms"]["synthetic"]["macro_auroc"]
+    assert syn >= MOPOE_SYNTHETIC_TO_REAL_FLOOR * real, (
+        f"MoPoE synthetic-only {syn:.3f} < {MOPOE_SYNTHETIC_TO_REAL_FLOOR} x real-only {real:.3f}"
+    )
+    audit = json.loads((demo.out / "audit" / "audit.json").read_text(encoding="utf-8"))
+    assert audit["checks"]["dp_ledger"]["epsilon_max"] <= EPSILON_BUDGET
+    assert audit["checks"]["label_fidelity"]["passed"]
 
 
 def test_bench_utility_quick_writes_the_frontier(tmp_path):

@@ -541,7 +541,8 @@ class Deidentifier:
         when the word is long), its word pairs in any order and case ("MILLER^MAY" -> "May
         Miller"), and user names made from it ("mkowalczyk", "m.kowalczyk"). A word that is also a
         dictionary word ("May", "Lung", "Small") travels only inside such a pair: alone it is
-        the ordinary word ("Lung Cancer")."""
+        the ordinary word ("Lung Cancer"). A user name that spells a report word does not travel:
+        "Linda Ung" gives "lung", and a city with its state read as a name ("Lincoln, IL") "ill"."""
         words: set[str] = set()
         pairs: set[str] = set()
         user_names: set[str] = set()
@@ -566,7 +567,8 @@ class Deidentifier:
                     first + last[0],
                     last + first[0],
                 }
-        if not words and not pairs:
+        user_names = {u for u in user_names if kind(u) in ("name_only", "unknown") and u not in NOT_A_NAME}
+        if not words and not pairs and not user_names:
             return []
         keep = keep_spans(text)
         alts = "|".join(

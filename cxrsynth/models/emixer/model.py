@@ -47,7 +47,7 @@ from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.models.emixer.config import EmixerConfig
 from cxrsynth.models.emixer.discriminators import ROTATIONS, DImage, DJoint, DReport, rotate
 from cxrsynth.models.emixer.generator import Generator
-from cxrsynth.models.emixer.labels import LabelPrior, condition_tensor
+from cxrsynth.models.emixer.labels import condition_tensor
 from cxrsynth.models.emixer.losses import d_loss, g_loss
 from cxrsynth.models.emixer.report import (
     IMP,
@@ -58,6 +58,7 @@ from cxrsynth.models.emixer.report import (
     report_sentences,
     vocabulary_from_counts,
 )
+from cxrsynth.models.label_prior import LabelPrior
 
 REAL_DATA_NETS = ("report_decoder", "d_image", "d_report", "d_joint")
 

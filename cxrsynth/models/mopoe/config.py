@@ -61,6 +61,11 @@ class MoPoEConfig(BaseModel):
         description="by-size: each modality's log-likelihood is scaled by (largest modality size / its size), as in the MoPoE MIMIC-CXR code, so a 64-word report weighs as much as a 128x128 image",
     )
     member_samples: int = Field(4, ge=1, description="latent samples averaged per record by member_scores")
+    label_pattern_min_count: int = Field(
+        5,
+        ge=1,
+        description="with a labels modality: label combinations kept whole for generation's label sets need this many records (or, federated, this many counted)",
+    )
 
     @field_validator("modalities")
     @classmethod

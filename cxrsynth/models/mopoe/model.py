@@ -36,6 +36,7 @@ from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel
 from cxrsynth.models.condition import Condition, as_conditions
+from cxrsynth.models.label_prior import LabelPrior
 from cxrsynth.models.mopoe import fusion
 from cxrsynth.models.mopoe.codec import LABEL_STATES, Batch, decode_labels, decode_report, make_batch, to_batch
 from cxrsynth.models.mopoe.config import MoPoEConfig
@@ -56,11 +57,15 @@ NO_REPORTS = "For data without reports set model.modalities: [frontal, labels] (
 
 class Model(GenerativeModel):
     family = "mopoe"
+    label_mix_keys = ("label_prior",)
 
     def __init__(self, config: MoPoEConfig):
         super().__init__(config)
         self.modalities: tuple[str, ...] = config.modalities
         self.vocab: Optional[Vocabulary] = None
+        # With a labels modality, generation draws label sets from this mix and decodes every
+        # other modality from their posterior, as the other families condition on label sets.
+        self.prior = LabelPrior([], {}, 0)
         # The text nets need the vocabulary size; a checkpoint brings it in extra_state.
         self._build_image_nets()
         if "labels" in self.modalities:
@@ -119,6 +124,19 @@ class Model(GenerativeModel):
             )
         if self.has_reports:
             self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
+        if "labels" in self.modalities:
+            self.prior = LabelPrior.fit(records, self.config.label_pattern_min_count)
+
+    def fit_label_counts(self, counts: dict[str, int]) -> None:
+        if "labels" in self.modalities:
+            self.prior = LabelPrior.from_counts(counts, self.config.label_pattern_min_count)
+
+    def draw_labels(self, n: int, seed: int = 0) -> Optional[list[dict]]:
+        """Label sets from the training (or the sites') label mix; None without a labels modality
+        (generation then draws latents from the prior and reads labels from the reports)."""
+        if "labels" not in self.modalities or (not self.prior.patterns and not self.prior.rest):
+            return None
+        return self.prior.sample(n, np.random.default_rng(seed))
 
     def setup_from_counts(self, counts: dict[str, int], n_reports: int) -> None:
         """The vocabulary from the sites' token counts (the records, and so their laterals and
@@ -139,9 +157,14 @@ class Model(GenerativeModel):
         return record.report if "report" in config.modalities else ""
 
     def extra_state(self) -> dict:
-        return {"vocab": self.vocab.to_dict()} if self.vocab else {}
+        extra: dict = {"vocab": self.vocab.to_dict()} if self.vocab else {}
+        if "labels" in self.modalities:
+            extra["label_prior"] = self.prior.to_dict()
+        return extra
 
     def load_extra_state(self, extra: dict) -> None:
+        if "label_prior" in extra and "labels" in self.modalities:
+            self.prior = LabelPrior.from_dict(extra["label_prior"])
         if not self.has_reports:
             return
         if "vocab" not in extra:

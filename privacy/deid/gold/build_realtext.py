@@ -504,11 +504,14 @@ class Phi:
 
 
 # Dates and times the source left in clear ("CHEST 2V FRONTAL/LATERAL Sept 21, XXXX", "at 00:46 hours",
-# "since Thanksgiving"):
-# PHI of the original record, so gold spans, not report words.
+# "since Thanksgiving", "fall on the 3rd"):
+# PHI of the original record, so gold spans, not report words. A day written as an ordinal is a date
+# where the phrase ends with it ("on the 3rd.", "the 22nd of"), as `Phi.add_date` plants it; an
+# ordinal with a word or another ordinal after it counts ribs or interspaces ("the 5th, 6th and 7th").
 SOURCE_DATE = re.compile(
     r"\b(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sept?|Oct|Nov|Dec)[a-z]*\.?\s\d{1,2}\b(?!:)|(?<![\d:])(?:[01]?\d|2[0-3]):[0-5]\d(?![\d:])"
     r"|(?i:\b(?:christmas|thanksgiving|easter|new year's)\b)"
+    r"|(?i:(?<=\bthe\s)(?:[12]\d|3[01]|0?[1-9])(?:st|nd|rd|th)\b(?=\s*(?:$|[.;:)]|,(?!\s*\d)|(?:of|at)\b)))"
 )
 # The source's redaction ate the end of "comparison" and wrote a date as two XXXX around a slash.
 # Elsewhere it glued XXXX to the word before ("RADXXXX", "XRXXXX").
@@ -1023,9 +1026,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument(
         "--exclude",
         type=Path,
-        nargs="*",
+        nargs="+",
+        action="extend",  # "--exclude a --exclude b" adds b; the default action would drop a
         default=[],
-        help="built files whose reports are left out (a held-out part already looked at)",
+        help="built files whose reports are left out (held-out parts already looked at); several files, or the option repeated",
     )
     c = sub.add_parser("check", help="run the pipeline on a built file and print the figures")
     c.add_argument("--gold", required=True, type=Path)
