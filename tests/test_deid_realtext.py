@@ -101,6 +101,7 @@ def test_report_words_near_phi_are_left_alone(deid):
         "Saint Vincent Hospital - RADIOLOGY\n1945 North Oak Blvd\nPhone: 869.664.3202\nName: WHITE^AHMED^A\n"
         "REASON FOR EXAM: Pt POD 6 s/p repair. Followup +PPD.\nCOMPARISON: Chest x-ray 6/8 views.\n"
         "Study: PA and lateral chest 5/28/2005 at 13:04 comparison CT from May 21 2005\n"
+        "Second view: lateral chest Nov 9, 2014 at 0725 comparison chest CT from Oct 2 2014\n"
         "Indication: pneumonia, cough AND CHILLS, NONPROD. Left HIP UNILAT COMPLETE.\n"
         "Findings: CT scan with IV contrast may help. Shortness of breath workup. The images are unavailable due to "
         "an upgrade of the AGFA PACS. Lungs per day appear clear. The 9th posterior lateral right rib is expanded.\n"
@@ -117,6 +118,7 @@ def test_report_words_near_phi_are_left_alone(deid):
         "PPD",
         "6/8 views",
         "comparison CT",
+        "comparison chest CT",
         "CHILLS, NONPROD",
         "UNILAT",
         "IV contrast",
@@ -140,6 +142,8 @@ def test_report_words_near_phi_are_left_alone(deid):
         "WHITE^AHMED^A",
         "5/28/2005",
         "13:04",
+        "0725",
+        "Nov 9, 2014",
         "A. Lopez",
         "Jul 20 2015",
         "mcintyre, robert",

@@ -136,6 +136,13 @@ def _report_word(text: str, f: "Finding") -> bool:
     return len(words) == 1 and bool(re.search(r"(?:^|[.:;!?]\s*|\n\s*)$", text[max(0, f.start - 3) : f.start]))
 
 
+def _case_mixed_address(span: str) -> bool:
+    """An address in any case is written in one case: words in small letters beside a suffix in
+    capitals ("0725 comparison chest CT") are report text before a modality, not a street."""
+    words = re.findall(r"[A-Za-z]{2,}", span)
+    return any(w.isupper() for w in words) and any(w.islower() and len(w) > 2 for w in words)
+
+
 def _lone_unknown(span: str) -> bool:
     """One word that no name list knows ("Veriphy", "EtOH", "LBOT"): jargon more often than a name."""
     words = re.findall(r"[A-Za-z][A-Za-z'-]*", span)
@@ -515,6 +522,7 @@ class Deidentifier:
             )
             and not (f.source == "SpacyRecognizer" and f.type == "LOCATION" and _report_word(text, f))
             and not (f.source == "SpacyRecognizer" and f.type == "NAME" and _lone_unknown(text[f.start : f.end]))
+            and not (f.source == "street_any_case" and _case_mixed_address(text[f.start : f.end]))
         ]
         dates = [f for f in found if f.type == "DATE"]
         # libphonenumber reads dates as phone numbers ("06-02-2009 10"); the phone rules read phones

@@ -336,10 +336,11 @@ RULES: tuple[Rule, ...] = (
         0.8,
     ),
     # A street address in any case, with a directional letter or word ("455 E Main St", "8262 s main road, evansville, oh 47131").
+    # House numbers have no leading zero ("at 0725" is a clock time).
     Rule(
         "street_any_case",
         "LOCATION",
-        r"(?i)(?<![\d:.,/-])(?<!\d,[ \t])\b\d{1,5}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|hrs|am|pm|of|and|the|to|in|on|at|by|with|from|for|per|over|after|since)\b)"
+        r"(?i)(?<![\d:.,/-])(?<!\d,[ \t])\b[1-9]\d{0,4}[ \t]+(?:[nsew]\.?[ \t]+|(?:north|south|east|west)[ \t]+)?(?!(?:cm|mm|views?|x|images?|ribs?|days?|weeks?|months?|years?|hours?|hrs|am|pm|of|and|the|to|in|on|at|by|with|from|for|per|over|after|since)\b)"
         r"(?:[a-z][a-z'.-]*[ \t]+){1,3}?(?:street|avenue|road|boulevard|lane|drive|court|place|terrace|parkway|highway|square|circle"
         r"|(?-i:St|ST|Ave|AVE|Rd|RD|Blvd|BLVD|Ln|LN|Dr|DR|Ct|CT|Pkwy|PKWY|Hwy|HWY|st|ave|rd|blvd|pkwy)|(?-i:dr|ln|ct)(?=,|[ \t]*(?:\n|$)))\b\.?"
         r"(?:,?[ \t]+(?:apt|apartment|suite|ste|unit|\#)\.?[ \t]?\w+)?(?:,[ \t]*[a-z]+(?:[ \t][a-z]+)?)?(?:,?[ \t]+[a-z]{2}[ \t]+\d{5}(?:-\d{4})?)?",
