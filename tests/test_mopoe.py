@@ -239,6 +239,31 @@ def test_causal_report_decoder_sees_no_later_word():
     assert torch.allclose(a[:, :, :9], b[:, :, :9]) and not torch.allclose(a[:, :, 9:], b[:, :, 9:])
 
 
+def test_word_by_word_decoding_reads_only_the_receptive_field():
+    """Generation feeds the decoder the last RECEPTIVE_FIELD words of the prefix at their
+    positions; the logits equal those of the whole prefix at every position."""
+    from cxrsynth.models.mopoe.nets import CausalTextDecoder
+
+    torch.manual_seed(0)
+    length = CausalTextDecoder.RECEPTIVE_FIELD + 24
+    dec = CausalTextDecoder(vocab_size=20, text_length=length, embed_dim=8, channels=16, latent_dim=4)
+    z, ids = torch.randn(3, 4), torch.randint(0, 20, (3, length))
+    full = dec(z, ids)
+    for t in (0, 5, CausalTextDecoder.RECEPTIVE_FIELD - 1, CausalTextDecoder.RECEPTIVE_FIELD, length - 1):
+        start = max(0, t + 1 - CausalTextDecoder.RECEPTIVE_FIELD)
+        window = dec(z, ids[:, start : t + 1], offset=start, last=True)
+        torch.testing.assert_close(window[:, :, 0], full[:, :, t])
+    # One word fewer than the field would change the logits: the field is not larger than needed.
+    t = length - 1
+    short = dec(
+        z,
+        ids[:, t + 2 - CausalTextDecoder.RECEPTIVE_FIELD : t + 1],
+        offset=t + 2 - CausalTextDecoder.RECEPTIVE_FIELD,
+        last=True,
+    )
+    assert not torch.allclose(short[:, :, 0], full[:, :, t])
+
+
 def test_paper_preset_builds_at_its_sizes():
     cfg = load_config("mopoe-paper").model
     assert (cfg.image_size, cfg.latent_dim) == (128, 64)
@@ -317,3 +342,68 @@ def test_a_labels_modality_draws_label_sets_from_the_label_mix(records, tmp_path
     assert [{k: v for k, v in r.labels.items() if v is not None} for r in out] == [
         {k: v for k, v in s.items() if v is not None} for s in sets
     ]
+
+
+def test_reports_keep_no_sentence_that_contradicts_their_label_set(records):
+    """A generated report is the best of `report_candidates` samples against the record's label
+    set, and with `drop_contradicting_sentences` no sentence it keeps states a finding the set
+    contradicts; the choice and the filter are pure post-processing of sampled text."""
+    from cxrsynth.data.records import empty_labels
+    from cxrsynth.data.text import split_sentences
+    from cxrsynth.models.mopoe.model import _consistent, _label_match
+
+    target = {**empty_labels(), "Pleural Effusion": 0, "Pneumothorax": 0, "Cardiomegaly": 1}
+    kept = _consistent(
+        (
+            "There is a large right pleural effusion. No pneumothorax. No acute cardiopulmonary process.",
+            "Cardiomegaly.",
+        ),
+        target,
+    )
+    assert kept == ("No pneumothorax.", "Cardiomegaly.")
+    said = label_report("FINDINGS: No pneumothorax.\nIMPRESSION: Cardiomegaly.")
+    assert _label_match(said, target) > _label_match(label_report("IMPRESSION: No cardiomegaly."), target)
+
+    def contradictions(out, sets):
+        bad = 0
+        for rec, labels in zip(out, sets):
+            for sentence in split_sentences(rec.findings) + split_sentences(rec.impression):
+                said = {k: v for k, v in label_report(sentence).items() if v is not None and k != "No Finding"}
+                bad += any(labels.get(k) != v for k, v in said.items())
+        return bad
+
+    model = tiny_model(records, modalities=("frontal", "report", "labels"), text_length=32, label_pattern_min_count=1)
+    for _ in range(60):
+        model.train_step(records)
+    sets = [{**empty_labels(), **r.labels} for r in records] * 2
+    plain = model.generate(len(sets), [Condition(labels=s) for s in sets], seed=0)
+    assert contradictions(plain, sets) > 0  # the test can tell: unfiltered samples contradict their sets
+    model.config = model.config.model_copy(update={"report_candidates": 4, "drop_contradicting_sentences": True})
+    chosen = model.generate(len(sets), [Condition(labels=s) for s in sets], seed=0)
+    assert contradictions(chosen, sets) == 0
+    assert sum(bool(r.report.strip()) for r in chosen) > len(sets) // 2
+
+
+def test_the_report_expert_can_read_only_sentences_that_state_a_finding(records):
+    """`report_sentences: findings` leaves demographics, sign-offs and placeholders out of what
+    the report expert reads, of its vocabulary and of what sites count for a shared one."""
+    from cxrsynth.models.mopoe.model import Model, report_of
+
+    rec = records[0].with_(
+        findings="[NAME] is a 93 year old male, MRN: [ID]. Small left pleural effusion. No pneumothorax.",
+        impression="Effusion. Electronically signed by [NAME], MD.",
+    )
+    kept = report_of(tiny_config(report_sentences="findings"), rec)
+    assert (kept.findings, kept.impression) == ("Small left pleural effusion. No pneumothorax.", "Effusion.")
+    assert report_of(tiny_config(), rec) is rec
+    assert "93" not in Model.vocabulary_text(tiny_config(report_sentences="findings"), rec)
+    assert "93" in Model.vocabulary_text(tiny_config(), rec)
+
+    plain = tiny_model([rec] * 4, vocab_min_count=1)
+    clinical = tiny_model([rec] * 4, vocab_min_count=1, report_sentences="findings")
+    assert "year" in plain.vocab.itos and "year" not in clinical.vocab.itos
+    assert "effusion" in clinical.vocab.itos
+    with pytest.raises(InputError, match="states a finding"):
+        tiny_model(
+            [rec.with_(findings="[NAME] is a 93 year old male.", impression="")] * 2, report_sentences="findings"
+        )

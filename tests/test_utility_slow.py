@@ -53,10 +53,12 @@ def test_the_base_only_arm_is_scored_beside_the_fine_tuned_one(demo):
     assert base > 0.6
 
 
-def test_mopoe_release_carries_its_labels_in_its_images(tmp_path):
+def test_mopoe_release_carries_its_labels_in_its_images_and_reports(tmp_path):
     """The MoPoE demo (its own public base, DP fine-tuning, label sets from the sites' mix): its
-    images carry the labels, where prior samples carried 0.65x real-only. Its reports do not yet
-    (README), which the audit's report-label check refuses."""
+    images carry the labels, where prior samples carried 0.65x real-only, and its reports state
+    them (the best of 16 sampled reports, contradicting sentences left out: positive F1 0.85,
+    where single samples gave 0.38); no PHI in them. The audit still refuses the release for rare
+    training n-grams (README)."""
     demo = run_demo(tmp_path / "demo-mopoe", family="mopoe")
     u = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))["utility"]
     real, syn = u["arms"]["real"]["macro_auroc"], u["arms"]["synthetic"]["macro_auroc"]
@@ -66,6 +68,9 @@ def test_mopoe_release_carries_its_labels_in_its_images(tmp_path):
     audit = json.loads((demo.out / "audit" / "audit.json").read_text(encoding="utf-8"))
     assert audit["checks"]["dp_ledger"]["epsilon_max"] <= EPSILON_BUDGET
     assert audit["checks"]["label_fidelity"]["passed"]
+    assert audit["checks"]["report_labels"]["passed"] and audit["checks"]["phi"]["passed"]
+    agreement = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))["label_agreement"]
+    assert agreement["synthetic"]["macro_positive_f1"] >= 0.8, agreement["synthetic"]
 
 
 def test_bench_utility_quick_writes_the_frontier(tmp_path):

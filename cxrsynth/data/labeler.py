@@ -12,6 +12,7 @@ the MIMIC-CXR CheXpert files.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Optional
 
@@ -251,4 +252,10 @@ def label_report(text: str) -> dict[str, Optional[int]]:
     return out
 
 
-__all__ = ["label_report", "MENTIONS"]
+@functools.lru_cache(maxsize=65536)
+def states_a_finding(sentence: str) -> bool:
+    """True when the labeler reads any finding (positive, negative, uncertain or normal) in the sentence."""
+    return any(v is not None for v in label_report(sentence).values())
+
+
+__all__ = ["label_report", "states_a_finding", "MENTIONS"]

@@ -18,7 +18,6 @@ keeps the record as the batch dimension: the word LSTM runs once per sentence sl
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
 from typing import Literal, Optional, Sequence
 
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from opacus.layers import DPLSTM
 from torch import nn
 
-from cxrsynth.data.labeler import label_report
+from cxrsynth.data.labeler import states_a_finding
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import SPECIALS, Vocabulary, sentences_to_text, split_sentences, tokenize
 from cxrsynth.models.emixer.config import EmixerConfig
@@ -36,12 +35,6 @@ from cxrsynth.models.emixer.config import EmixerConfig
 IMP = "<imp>"
 CONTINUE, STOP = 0, 1
 SentenceFilter = Literal["findings", "all"]
-
-
-@functools.lru_cache(maxsize=65536)
-def states_a_finding(sentence: str) -> bool:
-    """True when the rule labeler reads any finding (positive, negative, uncertain or normal) in the sentence."""
-    return any(v is not None for v in label_report(sentence).values())
 
 
 def report_sentences(rec: Record, keep: SentenceFilter = "findings") -> list[list[str]]:

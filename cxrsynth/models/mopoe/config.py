@@ -61,6 +61,23 @@ class MoPoEConfig(BaseModel):
         description="by-size: each modality's log-likelihood is scaled by (largest modality size / its size), as in the MoPoE MIMIC-CXR code, so a 64-word report weighs as much as a 128x128 image",
     )
     member_samples: int = Field(4, ge=1, description="latent samples averaged per record by member_scores")
+    report_sentences: Literal["findings", "all"] = Field(
+        "all",
+        description="the report text the report expert reads and writes: all sentences, or only those that state a "
+        "finding (cxrsynth.data.labeler), leaving out demographics, sign-offs and de-identification placeholders",
+    )
+    report_candidates: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="reports sampled per generated record; the one whose stated findings (cxrsynth.data.labeler) agree best "
+        "with the record's label set is kept. Post-processing of the model's output: no privacy cost. 1: the first sample",
+    )
+    drop_contradicting_sentences: bool = Field(
+        False,
+        description="leave out of a generated report each sentence whose stated findings (cxrsynth.data.labeler) contradict "
+        "the record's label set, before the candidates are compared",
+    )
     label_pattern_min_count: int = Field(
         5,
         ge=1,

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrsynth.data.labeler import label_report
+from cxrsynth.data.labeler import label_report, states_a_finding
 from cxrsynth.data.records import LABELS, Record, empty_labels
-from cxrsynth.data.text import Vocabulary, pseudo_reports
+from cxrsynth.data.text import Vocabulary, pseudo_reports, split_sentences
 from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
 from cxrsynth.models.base import GenerativeModel
@@ -53,6 +53,44 @@ from cxrsynth.models.mopoe.nets import (
 log = logging.getLogger(__name__)
 IMAGE_MODALITIES = ("frontal", "lateral")
 NO_REPORTS = "For data without reports set model.modalities: [frontal, labels] (add lateral when the studies have lateral views): images and labels in one latent space."
+
+
+def _joined(sections: tuple[str, str]) -> str:
+    """(findings, impression) as one report text, as `Record.report` writes it."""
+    return Record("", "", "", findings=sections[0], impression=sections[1]).report
+
+
+def report_of(config: MoPoEConfig, record: Record) -> Record:
+    """The record as the report expert sees it: with `report_sentences: findings`, its sections
+    keep only the sentences that state a finding."""
+    if config.report_sentences == "all":
+        return record
+
+    def keep(text: str) -> str:
+        return " ".join(s for s in split_sentences(text) if states_a_finding(s))
+
+    return record.with_(findings=keep(record.findings), impression=keep(record.impression))
+
+
+def _consistent(sections: tuple[str, str], target: dict) -> tuple[str, str]:
+    """The sections without the sentences whose stated findings contradict `target`."""
+
+    def keep(sentence: str) -> bool:
+        said = {k: v for k, v in label_report(sentence).items() if v is not None}
+        if len(said) > 1:
+            # "No Finding" of one sentence is the labeler's reading of the findings it denies
+            # ("No pneumothorax."), which the whole report decides; alone, a sentence states it.
+            said.pop("No Finding", None)
+        return all(target.get(k) == v for k, v in said.items())
+
+    return tuple(" ".join(s for s in split_sentences(text) if keep(s)) for text in sections)
+
+
+def _label_match(said: dict, target: dict) -> int:
+    """How well a report's stated labels fit a label set: labels in the same state, and the
+    set's positive findings counted once more, since a report that leaves one out misses most."""
+    same = sum(said.get(k) == target.get(k) for k in LABELS)
+    return same + sum(said.get(k) == 1 for k in LABELS if target.get(k) == 1)
 
 
 class Model(GenerativeModel):
@@ -104,10 +142,17 @@ class Model(GenerativeModel):
 
     def setup(self, records: Sequence[Record]) -> None:
         n = len(records)
-        reports = [r.report for r in records if r.report.strip()]
+        reports = [text for r in records if (text := report_of(self.config, r).report).strip()]
         if self.has_reports and not reports:
             raise self._refuse(
-                "report", f"none of the {n} training records has findings or impression text", NO_REPORTS
+                "report",
+                f"none of the {n} training records has findings or impression text"
+                + (
+                    " that states a finding (model.report_sentences: findings)"
+                    if self.config.report_sentences == "findings"
+                    else ""
+                ),
+                NO_REPORTS,
             )
         if "lateral" in self.modalities and not any(r.lateral is not None for r in records):
             log.warning(
@@ -154,7 +199,7 @@ class Model(GenerativeModel):
 
     @classmethod
     def vocabulary_text(cls, config: MoPoEConfig, record: Record) -> str:
-        return record.report if "report" in config.modalities else ""
+        return report_of(config, record).report if "report" in config.modalities else ""
 
     def extra_state(self) -> dict:
         extra: dict = {"vocab": self.vocab.to_dict()} if self.vocab else {}
@@ -190,7 +235,7 @@ class Model(GenerativeModel):
     def _batch(self, records: Sequence[Record]) -> Batch:
         self._require_setup()
         c = self.config
-        return to_batch(records, self.vocab, c.image_size, c.text_length, self.device)
+        return to_batch([report_of(c, r) for r in records], self.vocab, c.image_size, c.text_length, self.device)
 
     def _rec_weights(self) -> dict[str, float]:
         c = self.config
@@ -320,11 +365,11 @@ class Model(GenerativeModel):
         return [fusion.subset_name(s) for s in fusion.subsets_of([m for m in self.modalities if m != "labels"])]
 
     @torch.no_grad()
-    def _decode(self, z: torch.Tensor, generator: torch.Generator) -> dict:
+    def _decode(self, z: torch.Tensor, generator: torch.Generator, given: Optional[Sequence[dict]] = None) -> dict:
+        """Every modality decoded from the latents. A record's label set is the one it was made
+        from (`given[i]["labels"]`), else the labels modality's draw; its report is the best of
+        `report_candidates` samples against that set."""
         out = {m: tensor_to_images(self.nets[f"dec_{m}"](z)) for m in self.image_modalities}
-        if self.has_reports:
-            ids = self._write_reports(z, generator)
-            out["report"] = [decode_report(row, self.vocab) for row in ids.cpu().tolist()]
         if "labels" in self.modalities:
             # A state per label drawn from its categorical, so the labels vary as the data's do.
             probs = torch.softmax(self.nets["dec_labels"](z), dim=1).transpose(1, 2)
@@ -332,6 +377,28 @@ class Model(GenerativeModel):
                 len(z), len(LABELS)
             )
             out["labels"] = [decode_labels(row) for row in states.cpu().tolist()]
+            if given is not None:
+                # A record made from a label set carries that set (as EMIXER's and the LDM's do).
+                out["labels"] = [
+                    {**empty_labels(), **g["labels"]} if g.get("labels") else decoded
+                    for g, decoded in zip(given, out["labels"])
+                ]
+        if self.has_reports:
+            k = self.config.report_candidates if "labels" in out else 1
+            ids = self._write_reports(z.repeat_interleave(k, 0), generator)
+            texts = [decode_report(row, self.vocab) for row in ids.cpu().tolist()]
+            if "labels" in out and self.config.drop_contradicting_sentences:
+                texts = [_consistent(t, out["labels"][i // k]) for i, t in enumerate(texts)]
+            if k == 1:
+                out["report"] = texts
+            else:
+                out["report"] = [
+                    max(
+                        texts[i * k : (i + 1) * k],
+                        key=lambda sections: _label_match(label_report(_joined(sections)), target),
+                    )
+                    for i, target in enumerate(out["labels"])
+                ]
         return out
 
     @torch.no_grad()
@@ -344,7 +411,8 @@ class Model(GenerativeModel):
         out = torch.full((z.shape[0], length), self.vocab.pad_id, dtype=torch.long, device=z.device)
         for t in range(length):
             # Causal: the words up to t decide position t, so the rest need not be computed.
-            logits = dec(z, self._shifted(out)[:, : t + 1])[:, :, t]
+            start = max(0, t + 1 - dec.RECEPTIVE_FIELD)
+            logits = dec(z, self._shifted(out)[:, start : t + 1], offset=start, last=True)[:, :, 0]
             if c.text_temperature > 0:
                 probs = torch.softmax(logits / c.text_temperature, dim=-1)
                 out[:, t] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
@@ -417,13 +485,7 @@ class Model(GenerativeModel):
                     for c in conds
                 ]
                 z = self._conditional_latent(given, generator)
-            out = self._decode(z, generator)
-            if conds is not None and "labels" in out:
-                # A record made from a label set carries that set (as EMIXER's and the LDM's do).
-                out["labels"] = [
-                    {**empty_labels(), **g["labels"]} if g.get("labels") else decoded
-                    for g, decoded in zip(given, out["labels"])
-                ]
+            out = self._decode(z, generator, given if conds is not None else None)
         finally:
             self.train(was_training)
         records = []

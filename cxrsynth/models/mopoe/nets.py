@@ -150,14 +150,20 @@ class CausalTextDecoder(nn.Module):
         self.layers = nn.ModuleList(nn.Conv1d(channels, channels, 2, dilation=d) for d in self.DILATIONS)
         self.out = nn.Conv1d(channels, vocab_size, 1)
 
-    def forward(self, z: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    # Words before position t that its logits depend on: one more per unit of dilation.
+    RECEPTIVE_FIELD = 1 + sum(DILATIONS)
+
+    def forward(self, z: torch.Tensor, ids: torch.Tensor, offset: int = 0, last: bool = False) -> torch.Tensor:
+        """`ids` are the words at positions offset.. of the report; `last`: the logits of the last
+        position only. Decoding word by word needs only the last RECEPTIVE_FIELD words of the
+        prefix (`offset` = where they start), so each word costs the same however long the report."""
         # Positions get the batch dimension too: per-sample gradients need it first on every input.
-        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        positions = torch.arange(offset, offset + ids.shape[1], device=ids.device).expand_as(ids)
         latent = self.from_latent(z)[:, :, None].chunk(len(self.DILATIONS) + 1, dim=1)
         h = (self.embed(ids) + self.position(positions)).transpose(1, 2) + latent[0]
         for conv, d, zl in zip(self.layers, self.DILATIONS, latent[1:]):
             h = h + conv(F.pad(F.silu(h + zl), (d, 0)))
-        return self.out(F.silu(h))
+        return self.out(F.silu(h[:, :, -1:] if last else h))
 
 
 class LabelEncoder(nn.Module):
