@@ -355,12 +355,14 @@ def test_reports_keep_no_sentence_that_contradicts_their_label_set(records):
     target = {**empty_labels(), "Pleural Effusion": 0, "Pneumothorax": 0, "Cardiomegaly": 1}
     kept = _consistent(
         (
-            "There is a large right pleural effusion. No pneumothorax. No acute cardiopulmonary process.",
-            "Cardiomegaly.",
+            "There is a large right pleural effusion. No pneumothorax. No acute cardiopulmonary process. "
+            "No pleural effusion or pneumothorax. No pneumothorax.",
+            "No pneumothorax. Cardiomegaly.",
         ),
         target,
     )
-    assert kept == ("No pneumothorax.", "Cardiomegaly.")
+    # Contradictions go; so does a sentence that only repeats its section, not the impression's summary.
+    assert kept == ("No pneumothorax. No pleural effusion or pneumothorax.", "No pneumothorax. Cardiomegaly.")
     said = label_report("FINDINGS: No pneumothorax.\nIMPRESSION: Cardiomegaly.")
     assert _label_match(said, target) > _label_match(label_report("IMPRESSION: No cardiomegaly."), target)
 

@@ -73,17 +73,29 @@ def report_of(config: MoPoEConfig, record: Record) -> Record:
 
 
 def _consistent(sections: tuple[str, str], target: dict) -> tuple[str, str]:
-    """The sections without the sentences whose stated findings contradict `target`."""
+    """The sections without the sentences whose stated findings contradict `target`, and without
+    those that only repeat findings an earlier sentence of the section stated (the impression
+    may restate the findings section, as radiologists write)."""
 
-    def keep(sentence: str) -> bool:
+    def stated(sentence: str) -> dict:
         said = {k: v for k, v in label_report(sentence).items() if v is not None}
         if len(said) > 1:
             # "No Finding" of one sentence is the labeler's reading of the findings it denies
             # ("No pneumothorax."), which the whole report decides; alone, a sentence states it.
             said.pop("No Finding", None)
-        return all(target.get(k) == v for k, v in said.items())
+        return said
 
-    return tuple(" ".join(s for s in split_sentences(text) if keep(s)) for text in sections)
+    def edit(text: str) -> str:
+        kept, seen = [], set()
+        for sentence in split_sentences(text):
+            said = stated(sentence)
+            if any(target.get(k) != v for k, v in said.items()) or (said and said.keys() <= seen):
+                continue
+            kept.append(sentence)
+            seen |= said.keys()
+        return " ".join(kept)
+
+    return tuple(edit(text) for text in sections)
 
 
 def _label_match(said: dict, target: dict) -> int:
