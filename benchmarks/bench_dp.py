@@ -2,13 +2,17 @@
 
     .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,ldm,mopoe] [--sizes tiny,mid]
 
-For each family and size one child process holds three copies of the model: non-private, DP-SGD
-with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`) and DP-SGD with
-torch.func's vmap over every layer (`functorch`); their steps are interleaved on the same batches
-so all three see the same machine load, and the ratios are taken within the run. Inside a DP
-step, timers on Opacus' backward hook (per-sample gradients), `clip_and_accumulate` (per-sample
-norms, clipping, summing) and `add_noise` say where the extra time goes; "other" is the rest of
-the difference to the non-private step (the hooks' bookkeeping, the activations they keep).
+For each family and size one child process holds four copies of the model: non-private, DP-SGD
+with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`), DP-SGD with
+torch.func's vmap over every layer (`functorch`) and book-keeping DP-SGD (`bookkeeping`,
+privacy/bookkeeping.py: per-record norms and one clipped sum per layer from the layers' inputs
+and output gradients); their steps are interleaved on the same batches so all four see the same
+machine load, and the ratios are taken within the run. Inside a DP step, timers on Opacus'
+backward hook (per-sample gradients), `clip_and_accumulate` (per-sample norms, clipping,
+summing; with book-keeping also the per-record gradients of the layers it materializes) and
+`add_noise` say where the extra time goes; "other" is the rest of the difference to the
+non-private step (the hooks, the activations they keep; negative where book-keeping skips
+autograd's own weight gradients).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections import defaultdict
 
 from common import child, model_config, phantom_records, write
 
-MODES = ("off", "hooks", "functorch")
+MODES = ("off", "hooks", "functorch", "bookkeeping")
 
 
 def one(family: str, size: str, steps: int) -> dict:
@@ -32,6 +36,7 @@ def one(family: str, size: str, steps: int) -> dict:
     from opacus.optimizers import DPOptimizer
 
     from cxrsynth.models import build_model
+    from cxrsynth.privacy.bookkeeping import BookkeepingDPOptimizer
     from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import BatchSampler, seed_everything
 
@@ -52,6 +57,7 @@ def one(family: str, size: str, steps: int) -> dict:
 
     timer(GradSampleModule, "capture_backprops_hook", "per-sample gradients")
     timer(DPOptimizer, "clip_and_accumulate", "clipping")
+    timer(BookkeepingDPOptimizer, "clip_and_accumulate", "clipping")
     timer(DPOptimizer, "add_noise", "noise")
 
     cfg = model_config(family, size)

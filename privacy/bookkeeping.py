@@ -1,0 +1,333 @@
+"""Book-keeping DP-SGD (`dp.grad_sample: bookkeeping`): the clipped gradient sum without Opacus'
+per-sample gradient tensors where a layer's formula makes them unnecessary.
+
+With Opacus' hooks, each backward pass computes the ordinary batch gradient of every weight,
+then a B x weight per-sample gradient per layer, then the clipped sum that replaces the batch
+gradient. Here each layer keeps what its hooks see, its input `a` and the gradient `g` of its
+output, for every call in the step, and the optimizer asks each layer for two things: every
+record's squared gradient norm, then, once the clip factors c_i = min(1, C / ||grad_i||) of all
+layers are known, the clipped sum sum_i c_i grad_i in one batched operation. The noise, the
+division by the expected batch size, the step hook and the accounting are Opacus' DPOptimizer's.
+
+Per layer type (a layer called several times in a step, an RNN cell or a discriminator on real,
+fake and rotated images, contributes every call to the same record's gradient, as with hooks):
+
+- Linear (and Opacus' RNNLinear): the record's gradient is G_i^T A_i over its positions (calls
+  and sequence positions stacked, T of them). Its norm comes from the Gram matrices,
+  ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T> (ghost norm, Goodfellow 2015; Li et al. 2022), when
+  T^2 (d + p) < d p, so the clipped sum is one matmul (c G)^T A; otherwise from the record's
+  gradient itself, which then gives the clipped sum by a weighted sum over records.
+- Conv1d / Conv2d: every record's gradient in one grouped convolution (the records as groups),
+  the same kernel torch uses for the batch weight gradient, instead of unfolding the input.
+- GroupNorm, LayerNorm: the records' gradients are small (one value per channel); exact formulas.
+- Embedding: the norm from which positions share a token (ghost norm), the clipped sum by an
+  index_add of the scaled output gradients. As in Opacus' grad sampler, rows at `padding_idx`
+  count like any other row, so the two modes release the same gradient.
+- Any other layer with parameters: Opacus' own per-sample gradient (its grad sampler for the
+  layer type, or torch.func), so the clipping stays exact; it is never skipped.
+
+Autograd's own weight gradient of a Linear or Conv layer is wasted under DP-SGD (the clipped sum
+replaces it), so where the layer's input needs a gradient anyway the weight is taken out of the
+autograd graph for the call, and only the input gradient is computed.
+
+Records are summed over every backward pass between two optimizer steps (one sampled batch, as
+the accountant counts it); Opacus' hooks instead treat a second backward pass as more records.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from opacus.grad_sample.functorch import prepare_layer
+from opacus.layers.dp_rnn import DPGRU, DPLSTM, DPRNN, RNNLinear
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+# One contribution of a layer to the clipped sum: the records' squared norms of its part of the
+# gradient, and the function that turns clip factors into the clipped sum of that part.
+Part = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _materialized(per_record: torch.Tensor) -> Part:
+    sq = per_record.reshape(len(per_record), -1).pow(2).sum(1)
+    return sq, lambda c: torch.einsum("i,i...->...", c, per_record)
+
+
+def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of records a call did not see (a shorter batch) are zeros."""
+    if len(t) == n:
+        return t
+    return torch.cat([t, t.new_zeros((n - len(t), *t.shape[1:]))])
+
+
+def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
+    a = torch.cat([_pad(x.reshape(len(x), -1, x.shape[-1]), n) for x, _ in calls], 1)
+    g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
+    a = a.to(g.dtype)
+    t, d, p = a.shape[1], a.shape[2], g.shape[2]
+    out = {}
+    if layer.weight.requires_grad:
+        if t * t * (d + p) < d * p:
+            gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
+            out[layer.weight] = (
+                gram.sum((1, 2)).clamp(min=0),
+                lambda c: (g * c[:, None, None]).reshape(-1, p).T @ a.reshape(-1, d),
+            )
+        else:
+            out[layer.weight] = _materialized(torch.bmm(g.transpose(1, 2), a))
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = _materialized(g.sum(1))
+    return out
+
+
+def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
+    weight_of = torch.nn.grad.conv1d_weight if isinstance(layer, nn.Conv1d) else torch.nn.grad.conv2d_weight
+    per_record, bias = 0, 0
+    for x, y in calls:
+        b = len(x)
+        x = x.to(y.dtype)
+        if layer.weight.requires_grad:
+            # Records stacked on the channel axis and convolved as groups: record i's weight
+            # gradient, for all records at once.
+            w = weight_of(
+                x.reshape(1, -1, *x.shape[2:]),
+                (b * layer.weight.shape[0], *layer.weight.shape[1:]),
+                y.reshape(1, -1, *y.shape[2:]),
+                stride=layer.stride,
+                padding=layer.padding,
+                dilation=layer.dilation,
+                groups=b * layer.groups,
+            )
+            per_record = per_record + _pad(w.view(b, *layer.weight.shape), n)
+        if layer.bias is not None and layer.bias.requires_grad:
+            bias = bias + _pad(y.flatten(2).sum(2), n)
+    out = {}
+    if layer.weight.requires_grad:
+        out[layer.weight] = _materialized(per_record)
+    if layer.bias is not None and layer.bias.requires_grad:
+        out[layer.bias] = _materialized(bias)
+    return out
+
+
+def _norm_layer(normalized: Callable[[torch.Tensor], torch.Tensor], channel_sum: Callable) -> Callable:
+    def parts(layer: nn.Module, calls: list, n: int) -> dict:
+        weight, bias = 0, 0
+        for x, y in calls:
+            if layer.weight is not None and layer.weight.requires_grad:
+                weight = weight + _pad(channel_sum(layer, normalized(layer, x.to(y.dtype)) * y), n)
+            if layer.bias is not None and layer.bias.requires_grad:
+                bias = bias + _pad(channel_sum(layer, y), n)
+        out = {}
+        if layer.weight is not None and layer.weight.requires_grad:
+            out[layer.weight] = _materialized(weight)
+        if layer.bias is not None and layer.bias.requires_grad:
+            out[layer.bias] = _materialized(bias)
+        return out
+
+    return parts
+
+
+_group_norm = _norm_layer(
+    lambda layer, x: F.group_norm(x, layer.num_groups, eps=layer.eps),
+    lambda layer, t: t.reshape(len(t), t.shape[1], -1).sum(2),
+)
+_layer_norm = _norm_layer(
+    lambda layer, x: F.layer_norm(x, layer.normalized_shape, eps=layer.eps),
+    lambda layer, t: t.reshape(len(t), -1, *layer.normalized_shape).sum(1),
+)
+
+
+def _embedding(layer: nn.Embedding, calls: list, n: int) -> dict:
+    if not layer.weight.requires_grad:
+        return {}
+    ids = torch.cat([_pad(x.reshape(len(x), -1), n) for x, _ in calls], 1)
+    g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
+    # Positions holding the same token add up in the token's row: ||grad_i||^2 is the sum of
+    # <g_t, g_s> over the pairs of positions t, s with the same token. Padded rows have g = 0.
+    same = ids[:, :, None] == ids[:, None, :]
+    sq = (torch.bmm(g, g.transpose(1, 2)) * same).sum((1, 2)).clamp(min=0)
+
+    def clipped(c: torch.Tensor) -> torch.Tensor:
+        rows = (g * c[:, None, None]).reshape(-1, g.shape[-1])
+        return torch.zeros_like(layer.weight, dtype=g.dtype).index_add_(0, ids.reshape(-1), rows)
+
+    return {layer.weight: (sq, clipped)}
+
+
+def formula(module: nn.Module) -> Optional[Callable]:
+    """The book-keeping formula for this layer, or None (Opacus' per-sample gradients then)."""
+    kind = type(module)
+    if kind in (nn.Linear, RNNLinear):
+        return _linear
+    if kind in (nn.Conv1d, nn.Conv2d):
+        if isinstance(module.padding, str) or module.padding_mode != "zeros":
+            return None
+        return _conv
+    if kind is nn.GroupNorm:
+        return _group_norm
+    if kind is nn.LayerNorm:
+        return _layer_norm
+    if kind is nn.Embedding:
+        if module.max_norm is not None or module.scale_grad_by_freq or module.sparse:
+            return None
+        return _embedding
+    return None
+
+
+# Layers whose weight gradient autograd can skip: the clipped sum computes it instead.
+_SKIP_WEIGHT_GRAD = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+def _own_params(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.requires_grad]
+
+
+class BookkeepingGradSampleModule(GradSampleModule):
+    """A GradSampleModule whose layers with a book-keeping formula keep (input, output gradient)
+    per call instead of computing per-sample gradients; the rest use Opacus' hooks as they are.
+
+    Pair it with `BookkeepingDPOptimizer`, which reads what the layers kept.
+    """
+
+    def add_hooks(self, *, loss_reduction: str = "mean", batch_first: bool = True, force_functorch: bool = False):
+        if hasattr(self._module, "autograd_grad_sample_hooks"):
+            raise ValueError("Trying to add hooks twice to the same model")
+        if loss_reduction != "mean" or not batch_first:
+            raise ValueError("book-keeping DP-SGD expects batch-first inputs and a mean loss, as the families use")
+        self.autograd_grad_sample_hooks = self._module.autograd_grad_sample_hooks = []
+        layers = [m for m in self.iterate_submodules(self._module) if type(m) not in (DPRNN, DPLSTM, DPGRU)]
+        # A parameter shared by two layers gets its per-record gradient from both; only the
+        # per-sample path adds those up, so such layers keep Opacus' hooks.
+        seen: dict[int, int] = {}
+        for m in layers:
+            for p in _own_params(m):
+                seen[id(p)] = seen.get(id(p), 0) + 1
+        for m in layers:
+            fn = formula(m)
+            if fn is not None and all(seen[id(p)] == 1 for p in _own_params(m)):
+                m._bookkeeping = fn
+                m._bookkeeping_calls = []
+                for p in _own_params(m):
+                    p._bookkeeping_layer = m
+                self.autograd_grad_sample_hooks.append(m.register_forward_pre_hook(self._before_call))
+                self.autograd_grad_sample_hooks.append(m.register_forward_hook(self._after_call))
+                continue
+            if force_functorch or type(m) not in self.GRAD_SAMPLERS:
+                prepare_layer(m, batch_first=batch_first)
+            self.autograd_grad_sample_hooks.append(m.register_forward_hook(self.capture_activations_hook))
+            self.autograd_grad_sample_hooks.append(
+                m.register_full_backward_hook(
+                    partial(self.capture_backprops_hook, loss_reduction=loss_reduction, batch_first=batch_first)
+                )
+            )
+        self.enable_hooks()
+
+    def _records(self, module: nn.Module) -> bool:
+        return self.hooks_enabled and module.training and torch.is_grad_enabled() and bool(_own_params(module))
+
+    def _before_call(self, module: nn.Module, inputs: tuple) -> None:
+        if not self._records(module) or not isinstance(module, _SKIP_WEIGHT_GRAD):
+            return
+        if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].requires_grad:
+            # The output still needs a gradient (through the input), which is all the hooks
+            # read; the weight's own batch gradient would only be overwritten.
+            module._bookkeeping_detached = _own_params(module)
+            for p in module._bookkeeping_detached:
+                p.requires_grad_(False)
+
+    def _after_call(self, module: nn.Module, inputs: tuple, output) -> None:
+        _restore(module)
+        if not self._records(module) or not isinstance(output, torch.Tensor) or not output.requires_grad:
+            return
+        call = [inputs[0].detach(), None]
+        module._bookkeeping_calls.append(call)
+
+        def keep(grad: torch.Tensor) -> None:
+            call[1] = grad.detach()
+
+        output.register_hook(keep)
+
+
+def _restore(module: nn.Module) -> None:
+    for p in module.__dict__.pop("_bookkeeping_detached", ()):
+        p.requires_grad_(True)
+
+
+def _fallback_grad_sample(p: nn.Parameter) -> Optional[torch.Tensor]:
+    gs = getattr(p, "grad_sample", None)
+    if isinstance(gs, list):  # several backward passes on one batch: the same records' sums
+        n = max(len(t) for t in gs)
+        gs = sum(_pad(t, n) for t in gs)
+    return gs
+
+
+class BookkeepingDPOptimizer(DPOptimizer):
+    """Opacus' DPOptimizer, clipping from what `BookkeepingGradSampleModule`'s layers kept."""
+
+    def _layers(self) -> list[nn.Module]:
+        layers = {}
+        for p in self.params:
+            layer = getattr(p, "_bookkeeping_layer", None)
+            if layer is not None:
+                layers[id(layer)] = layer
+        return list(layers.values())
+
+    def clip_and_accumulate(self) -> None:
+        parts: dict[nn.Parameter, list[Part]] = {}
+        for layer in self._layers():
+            calls = [(x, y) for x, y in layer._bookkeeping_calls if y is not None]
+            layer._bookkeeping_calls = []
+            if not calls:
+                continue
+            # Opacus scales the gradient of a mean loss by the batch size (the largest call's).
+            n = max(len(x) for x, _ in calls)
+            calls = [(x, y * n) for x, y in calls]
+            for p, part in layer._bookkeeping(layer, calls, n).items():
+                parts.setdefault(p, []).append(part)
+        for p in self.params:
+            if getattr(p, "_bookkeeping_layer", None) is None:
+                gs = _fallback_grad_sample(p)
+                if gs is not None:
+                    parts.setdefault(p, []).append(_materialized(gs.to(p.dtype)))
+        all_parts = [part for ps in parts.values() for part in ps]
+        n = max((len(sq) for sq, _ in all_parts), default=0)
+        sq = torch.zeros(n, device=self.params[0].device if self.params else None)
+        for s, _ in all_parts:
+            sq[: len(s)] += s.to(sq)
+        # The same clip factor as DPOptimizer.clip_and_accumulate, so the modes agree to rounding.
+        factor = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p in self.params:
+            grad = torch.zeros_like(p)
+            for s, clipped in parts.get(p, []):
+                grad += clipped(factor[: len(s)].to(p.dtype)).view_as(p)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+
+    @property
+    def accumulated_iterations(self) -> int:
+        # Every backward pass since the last step adds to the same records (module docstring).
+        return 1
+
+    def pre_step(self, closure=None) -> bool:
+        # DPOptimizer.pre_step, without its check that every parameter has a per-sample gradient.
+        if not self.params:
+            return True
+        self.clip_and_accumulate()
+        if self._check_skip_next_step():
+            self._is_last_step_skipped = True
+            return False
+        self.add_noise()
+        self.scale_grad()
+        if self.step_hook:
+            self.step_hook(self)
+        self._is_last_step_skipped = False
+        return True
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        for layer in self._layers():
+            _restore(layer)
+            layer._bookkeeping_calls = []
+        super().zero_grad(set_to_none)
