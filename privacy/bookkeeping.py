@@ -20,8 +20,9 @@ fake and rotated images, contributes every call to the same record's gradient, a
 - Conv1d / Conv2d: every record's gradient in one grouped convolution (the records as groups),
   the same kernel torch uses for the batch weight gradient, instead of unfolding the input.
 - GroupNorm, LayerNorm: the records' gradients are small (one value per channel); exact formulas.
-- Embedding: the norm from which positions share a token (ghost norm), the clipped sum by an
-  index_add of the scaled output gradients. As in Opacus' grad sampler, rows at `padding_idx`
+- Embedding: with a table larger than T^2 rows, the norm from which positions share a token
+  (ghost norm) and the clipped sum by an index_add of the scaled output gradients; a smaller
+  table is scattered into each record's gradient. As in Opacus' grad sampler, rows at `padding_idx`
   count like any other row, so the two modes release the same gradient.
 - Any other layer with parameters: Opacus' own per-sample gradient (its grad sampler for the
   layer type, or torch.func), so the clipping stays exact; it is never skipped.
@@ -53,8 +54,8 @@ Part = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _materialized(per_record: torch.Tensor) -> Part:
-    sq = per_record.reshape(len(per_record), -1).pow(2).sum(1)
-    return sq, lambda c: torch.einsum("i,i...->...", c, per_record)
+    flat = per_record.reshape(len(per_record), -1)
+    return torch.linalg.vector_norm(flat, dim=1).square(), lambda c: (c @ flat).view(per_record.shape[1:])
 
 
 def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -62,6 +63,10 @@ def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
     if len(t) == n:
         return t
     return torch.cat([t, t.new_zeros((n - len(t), *t.shape[1:]))])
+
+
+def _add(total: Optional[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    return t if total is None else total + t
 
 
 def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
@@ -86,7 +91,7 @@ def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
 
 def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
     weight_of = torch.nn.grad.conv1d_weight if isinstance(layer, nn.Conv1d) else torch.nn.grad.conv2d_weight
-    per_record, bias = 0, 0
+    per_record, bias = None, None
     for x, y in calls:
         b = len(x)
         x = x.to(y.dtype)
@@ -102,9 +107,9 @@ def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
                 dilation=layer.dilation,
                 groups=b * layer.groups,
             )
-            per_record = per_record + _pad(w.view(b, *layer.weight.shape), n)
+            per_record = _add(per_record, _pad(w.view(b, *layer.weight.shape), n))
         if layer.bias is not None and layer.bias.requires_grad:
-            bias = bias + _pad(y.flatten(2).sum(2), n)
+            bias = _add(bias, _pad(y.flatten(2).sum(2), n))
     out = {}
     if layer.weight.requires_grad:
         out[layer.weight] = _materialized(per_record)
@@ -115,12 +120,12 @@ def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
 
 def _norm_layer(normalized: Callable[[torch.Tensor], torch.Tensor], channel_sum: Callable) -> Callable:
     def parts(layer: nn.Module, calls: list, n: int) -> dict:
-        weight, bias = 0, 0
+        weight, bias = None, None
         for x, y in calls:
             if layer.weight is not None and layer.weight.requires_grad:
-                weight = weight + _pad(channel_sum(layer, normalized(layer, x.to(y.dtype)) * y), n)
+                weight = _add(weight, _pad(channel_sum(layer, normalized(layer, x.to(y.dtype)) * y), n))
             if layer.bias is not None and layer.bias.requires_grad:
-                bias = bias + _pad(channel_sum(layer, y), n)
+                bias = _add(bias, _pad(channel_sum(layer, y), n))
         out = {}
         if layer.weight is not None and layer.weight.requires_grad:
             out[layer.weight] = _materialized(weight)
@@ -146,6 +151,12 @@ def _embedding(layer: nn.Embedding, calls: list, n: int) -> dict:
         return {}
     ids = torch.cat([_pad(x.reshape(len(x), -1), n) for x, _ in calls], 1)
     g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
+    vocab, t = layer.weight.shape[0], ids.shape[1]
+    if vocab <= t * t:
+        # A small table: each record's gradient (the scatter of its positions' g into their rows).
+        per_record = torch.zeros((n, *layer.weight.shape), device=g.device, dtype=g.dtype)
+        per_record.scatter_add_(1, ids[:, :, None].expand(-1, -1, g.shape[-1]), g)
+        return {layer.weight: _materialized(per_record)}
     # Positions holding the same token add up in the token's row: ||grad_i||^2 is the sum of
     # <g_t, g_s> over the pairs of positions t, s with the same token. Padded rows have g = 0.
     same = ids[:, :, None] == ids[:, None, :]
@@ -257,12 +268,32 @@ def _restore(module: nn.Module) -> None:
         p.requires_grad_(True)
 
 
+def recorded_parts(layer: nn.Module) -> dict[nn.Parameter, Part]:
+    """Each parameter's records' squared gradient norms and clipped sum, from the calls `layer`
+    recorded since the last step (which it then forgets)."""
+    calls = [(x, y) for x, y in layer._bookkeeping_calls if y is not None]
+    layer._bookkeeping_calls = []
+    if not calls:
+        return {}
+    n = max(len(x) for x, _ in calls)
+    # The gradient of a mean loss times the batch size (the largest call's), as Opacus scales
+    # it: the record's own gradient.
+    return {
+        p: (sq * n * n, partial(_scaled, clipped, n))
+        for p, (sq, clipped) in layer._bookkeeping(layer, calls, n).items()
+    }
+
+
 def _fallback_grad_sample(p: nn.Parameter) -> Optional[torch.Tensor]:
     gs = getattr(p, "grad_sample", None)
     if isinstance(gs, list):  # several backward passes on one batch: the same records' sums
         n = max(len(t) for t in gs)
         gs = sum(_pad(t, n) for t in gs)
     return gs
+
+
+def _scaled(clipped: Callable[[torch.Tensor], torch.Tensor], n: int, c: torch.Tensor) -> torch.Tensor:
+    return clipped(c * n)
 
 
 class BookkeepingDPOptimizer(DPOptimizer):
@@ -279,14 +310,7 @@ class BookkeepingDPOptimizer(DPOptimizer):
     def clip_and_accumulate(self) -> None:
         parts: dict[nn.Parameter, list[Part]] = {}
         for layer in self._layers():
-            calls = [(x, y) for x, y in layer._bookkeeping_calls if y is not None]
-            layer._bookkeeping_calls = []
-            if not calls:
-                continue
-            # Opacus scales the gradient of a mean loss by the batch size (the largest call's).
-            n = max(len(x) for x, _ in calls)
-            calls = [(x, y * n) for x, y in calls]
-            for p, part in layer._bookkeeping(layer, calls, n).items():
+            for p, part in recorded_parts(layer).items():
                 parts.setdefault(p, []).append(part)
         for p in self.params:
             if getattr(p, "_bookkeeping_layer", None) is None:
@@ -301,9 +325,10 @@ class BookkeepingDPOptimizer(DPOptimizer):
         # The same clip factor as DPOptimizer.clip_and_accumulate, so the modes agree to rounding.
         factor = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
         for p in self.params:
-            grad = torch.zeros_like(p)
+            grad = None
             for s, clipped in parts.get(p, []):
-                grad += clipped(factor[: len(s)].to(p.dtype)).view_as(p)
+                grad = _add(grad, clipped(factor[: len(s)].to(p.dtype)).view_as(p))
+            grad = torch.zeros_like(p) if grad is None else grad
             p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
 
     @property
