@@ -17,8 +17,10 @@ fake and rotated images, contributes every call to the same record's gradient, a
   ||G_i^T A_i||^2 = <A_i A_i^T, G_i G_i^T> (ghost norm, Goodfellow 2015; Li et al. 2022), when
   T^2 (d + p) < d p, so the clipped sum is one matmul (c G)^T A; otherwise from the record's
   gradient itself, which then gives the clipped sum by a weighted sum over records.
-- Conv1d / Conv2d: every record's gradient in one grouped convolution (the records as groups),
-  the same kernel torch uses for the batch weight gradient, instead of unfolding the input.
+- Conv1d / Conv2d: the Linear formula over the input patches (ghost norm) where few output
+  positions meet wide channels, T (k + p) < k p for T positions and k kernel inputs; otherwise
+  every record's gradient in one grouped convolution (the records as groups), the kernel torch
+  uses for the batch weight gradient, instead of unfolding the input.
 - GroupNorm, LayerNorm: the records' gradients are small (one value per channel); exact formulas.
 - Embedding: with a table larger than T^2 rows, the norm from which positions share a token
   (ghost norm) and the clipped sum by an index_add of the scaled output gradients; a smaller
@@ -69,6 +71,16 @@ def _add(total: Optional[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
     return t if total is None else total + t
 
 
+def _ghost(a: torch.Tensor, g: torch.Tensor, shape: torch.Size) -> Part:
+    """A weight whose record i gradient is G_i^T A_i (positions by inputs, positions by outputs):
+    the norms from the Gram matrices, the clipped sum by one matmul."""
+    gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
+    return (
+        gram.sum((1, 2)).clamp(min=0),
+        lambda c: ((g * c[:, None, None]).reshape(-1, g.shape[2]).T @ a.reshape(-1, a.shape[2])).view(shape),
+    )
+
+
 def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
     a = torch.cat([_pad(x.reshape(len(x), -1, x.shape[-1]), n) for x, _ in calls], 1)
     g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
@@ -76,12 +88,10 @@ def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
     t, d, p = a.shape[1], a.shape[2], g.shape[2]
     out = {}
     if layer.weight.requires_grad:
+        # Each record's gradient costs t d p and is then read once; the Gram matrices cost
+        # t^2 (d + p) on top of the clipped sum's t d p.
         if t * t * (d + p) < d * p:
-            gram = torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))
-            out[layer.weight] = (
-                gram.sum((1, 2)).clamp(min=0),
-                lambda c: (g * c[:, None, None]).reshape(-1, p).T @ a.reshape(-1, d),
-            )
+            out[layer.weight] = _ghost(a, g, layer.weight.shape)
         else:
             out[layer.weight] = _materialized(torch.bmm(g.transpose(1, 2), a))
     if layer.bias is not None and layer.bias.requires_grad:
@@ -89,32 +99,53 @@ def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
     return out
 
 
+def _patches(layer: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The input patches each output position reads: (records, positions, inputs of the kernel)."""
+    if isinstance(layer, nn.Conv1d):
+        x = x.unsqueeze(2)
+        options = {"padding": (0, *layer.padding), "stride": (1, *layer.stride), "dilation": (1, *layer.dilation)}
+        kernel = (1, *layer.kernel_size)
+    else:
+        options = {"padding": layer.padding, "stride": layer.stride, "dilation": layer.dilation}
+        kernel = layer.kernel_size
+    return F.unfold(x, kernel, **options).transpose(1, 2)
+
+
 def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
+    out = {}
+    if layer.bias is not None and layer.bias.requires_grad:
+        bias = None
+        for _, y in calls:
+            bias = _add(bias, _pad(y.flatten(2).sum(2), n))
+        out[layer.bias] = _materialized(bias)
+    if not layer.weight.requires_grad:
+        return out
+    positions = sum(y[0, 0].numel() for _, y in calls)
+    k, p = layer.weight[0].numel(), layer.weight.shape[0]
+    # Few output positions and wide channels (the U-Net's 4x4 latents): the Gram matrices cost
+    # less than the grouped convolution below, which is slow there.
+    if layer.groups == 1 and positions * (k + p) < k * p:
+        a = torch.cat([_pad(_patches(layer, x.to(y.dtype)), n) for x, y in calls], 1)
+        g = torch.cat([_pad(y.flatten(2).transpose(1, 2), n) for _, y in calls], 1)
+        out[layer.weight] = _ghost(a, g, layer.weight.shape)
+        return out
     weight_of = torch.nn.grad.conv1d_weight if isinstance(layer, nn.Conv1d) else torch.nn.grad.conv2d_weight
-    per_record, bias = None, None
+    per_record = None
     for x, y in calls:
         b = len(x)
-        x = x.to(y.dtype)
-        if layer.weight.requires_grad:
-            # Records stacked on the channel axis and convolved as groups: record i's weight
-            # gradient, for all records at once.
-            w = weight_of(
-                x.reshape(1, -1, *x.shape[2:]),
-                (b * layer.weight.shape[0], *layer.weight.shape[1:]),
-                y.reshape(1, -1, *y.shape[2:]),
-                stride=layer.stride,
-                padding=layer.padding,
-                dilation=layer.dilation,
-                groups=b * layer.groups,
-            )
-            per_record = _add(per_record, _pad(w.view(b, *layer.weight.shape), n))
-        if layer.bias is not None and layer.bias.requires_grad:
-            bias = _add(bias, _pad(y.flatten(2).sum(2), n))
-    out = {}
-    if layer.weight.requires_grad:
-        out[layer.weight] = _materialized(per_record)
-    if layer.bias is not None and layer.bias.requires_grad:
-        out[layer.bias] = _materialized(bias)
+        # Records stacked on the channel axis and convolved as groups: record i's weight
+        # gradient, for all records at once.
+        w = weight_of(
+            x.to(y.dtype).reshape(1, -1, *x.shape[2:]),
+            (b * p, *layer.weight.shape[1:]),
+            y.reshape(1, -1, *y.shape[2:]),
+            stride=layer.stride,
+            padding=layer.padding,
+            dilation=layer.dilation,
+            groups=b * layer.groups,
+        )
+        per_record = _add(per_record, _pad(w.view(b, *layer.weight.shape), n))
+    out[layer.weight] = _materialized(per_record)
     return out
 
 

@@ -68,22 +68,25 @@ class EveryLayer(nn.Module):
         self.per_position = nn.Linear(8, 8)  # T = 5 positions: each record's gradient
         self.widen = nn.Linear(8, 64)  # T = 2 positions: ghost norm
         self.norm = nn.LayerNorm(8)
-        self.conv1d = nn.Conv1d(8, 8, 2, dilation=2)
+        self.conv1d = nn.Conv1d(8, 8, 2, dilation=2)  # 3 positions, 16 inputs, 8 outputs: ghost norm
+        self.conv1d_direct = nn.Conv1d(8, 4, 3, padding=1)  # 5 positions, 24 inputs, 4 outputs: each record's
         self.conv = nn.Conv2d(1, 8, 3, stride=2, padding=1)
         self.group_norm = nn.GroupNorm(2, 8)
         self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
         self.reflect = nn.Conv2d(8, 4, 3, padding=1, padding_mode="reflect")  # no formula: Opacus' path
-        self.head = nn.Linear(4 * 4 * 4 + 8 + 64, 3)  # one position: ghost norm
+        self.squeeze = nn.Conv2d(4, 32, 3, stride=2, padding=1)  # 2 x 4 positions, 36 inputs, 32 outputs: ghost
+        self.head = nn.Linear(32 * 2 * 2 + 8 + 4 + 64, 3)  # one position: ghost norm
         self.shared = nn.Linear(3, 3)  # called twice: the calls add up per record
 
     def forward(self, ids: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         h, _ = self.lstm(self.tokens(ids) + self.words(ids * 23 % 300))
         wide = self.widen(h[:, :2]).mean(1)
         h = self.norm(torch.tanh(self.per_position(h)))
-        h = self.conv1d(h.transpose(1, 2)).mean(2)
+        h = torch.cat([self.conv1d(h.transpose(1, 2)).mean(2), self.conv1d_direct(h.transpose(1, 2)).mean(2)], 1)
         # channels-last, as torch's CPU kernels hand some of the LDM VAE's convolutions their input
         x = torch.relu(self.group_norm(self.conv(image))).contiguous(memory_format=torch.channels_last)
         x = self.reflect(torch.relu(self.grouped(x)))
+        x = self.squeeze(x) + self.squeeze(x.flip(-1))
         out = self.head(torch.cat([x.flatten(1), h, wide], 1))
         return self.shared(torch.tanh(self.shared(out)))
 
