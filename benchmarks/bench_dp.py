@@ -1,6 +1,6 @@
 """Where a DP-SGD step's time goes, per family and size: per-sample gradients, clipping, noise.
 
-    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,ldm,mopoe] [--sizes tiny,mid]
+    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,ldm,ldm-diffusion,mopoe] [--sizes tiny,mid]
 
 For each family and size one child process holds four copies of the model: non-private, DP-SGD
 with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`), DP-SGD with
@@ -13,6 +13,9 @@ summing; with book-keeping also the per-record gradients of the layers it materi
 `add_noise` say where the extra time goes; "other" is the rest of the difference to the
 non-private step (the hooks, the activations they keep; negative where book-keeping skips
 autograd's own weight gradients).
+
+The first steps of `ldm` train its VAE (`vae_steps`); `ldm-diffusion` is the same preset in its
+second stage, the U-Net and the text encoder, where most of its steps are.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from collections import defaultdict
 from common import child, model_config, phantom_records, write
 
 MODES = ("off", "hooks", "functorch", "bookkeeping")
+# Cases that are a family's preset with model settings changed: (family, model overrides).
+VARIANTS = {"ldm-diffusion": ("ldm", {"vae_steps": 0})}
 
 
 def one(family: str, size: str, steps: int) -> dict:
@@ -60,7 +65,9 @@ def one(family: str, size: str, steps: int) -> dict:
     timer(BookkeepingDPOptimizer, "clip_and_accumulate", "clipping")
     timer(DPOptimizer, "add_noise", "noise")
 
+    family, overrides = VARIANTS.get(family, (family, {}))
     cfg = model_config(family, size)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=overrides)})
     records = phantom_records(256, cfg.model.image_size)
     batch = cfg.train.batch_size
     models = {}
@@ -99,7 +106,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/bench_dp.json")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--families", default="emixer,ldm,mopoe")
+    p.add_argument("--families", default="emixer,ldm,ldm-diffusion,mopoe")
     p.add_argument("--sizes", default="tiny,mid")
     p.add_argument("--quick", action="store_true", help="3 steps")
     p.add_argument("--child", nargs="*")
