@@ -67,6 +67,11 @@ def _pad(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([t, t.new_zeros((n - len(t), *t.shape[1:]))])
 
 
+def _positions(per_call: list[torch.Tensor]) -> torch.Tensor:
+    """The calls' positions side by side (records, positions, ...); one call as it is."""
+    return per_call[0] if len(per_call) == 1 else torch.cat(per_call, 1)
+
+
 def _add(total: Optional[torch.Tensor], t: torch.Tensor) -> torch.Tensor:
     return t if total is None else total + t
 
@@ -82,8 +87,8 @@ def _ghost(a: torch.Tensor, g: torch.Tensor, shape: torch.Size) -> Part:
 
 
 def _linear(layer: nn.Linear, calls: list, n: int) -> dict:
-    a = torch.cat([_pad(x.reshape(len(x), -1, x.shape[-1]), n) for x, _ in calls], 1)
-    g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
+    a = _positions([_pad(x.reshape(len(x), -1, x.shape[-1]), n) for x, _ in calls])
+    g = _positions([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls])
     a = a.to(g.dtype)
     t, d, p = a.shape[1], a.shape[2], g.shape[2]
     out = {}
@@ -125,8 +130,8 @@ def _conv(layer: nn.Conv1d | nn.Conv2d, calls: list, n: int) -> dict:
     # Few output positions and wide channels (the U-Net's 4x4 latents): the Gram matrices cost
     # less than the grouped convolution below, which is slow there.
     if layer.groups == 1 and positions * (k + p) < k * p:
-        a = torch.cat([_pad(_patches(layer, x.to(y.dtype)), n) for x, y in calls], 1)
-        g = torch.cat([_pad(y.flatten(2).transpose(1, 2), n) for _, y in calls], 1)
+        a = _positions([_pad(_patches(layer, x.to(y.dtype)), n) for x, y in calls])
+        g = _positions([_pad(y.flatten(2).transpose(1, 2), n) for _, y in calls])
         out[layer.weight] = _ghost(a, g, layer.weight.shape)
         return out
     weight_of = torch.nn.grad.conv1d_weight if isinstance(layer, nn.Conv1d) else torch.nn.grad.conv2d_weight
@@ -180,8 +185,8 @@ _layer_norm = _norm_layer(
 def _embedding(layer: nn.Embedding, calls: list, n: int) -> dict:
     if not layer.weight.requires_grad:
         return {}
-    ids = torch.cat([_pad(x.reshape(len(x), -1), n) for x, _ in calls], 1)
-    g = torch.cat([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls], 1)
+    ids = _positions([_pad(x.reshape(len(x), -1), n) for x, _ in calls])
+    g = _positions([_pad(y.reshape(len(y), -1, y.shape[-1]), n) for _, y in calls])
     vocab, t = layer.weight.shape[0], ids.shape[1]
     if vocab <= t * t:
         # A small table: each record's gradient (the scatter of its positions' g into their rows).
@@ -366,6 +371,22 @@ class BookkeepingDPOptimizer(DPOptimizer):
     def accumulated_iterations(self) -> int:
         # Every backward pass since the last step adds to the same records (module docstring).
         return 1
+
+    def add_noise(self) -> None:
+        # One draw for all parameters: the same Gaussian noise, without a kernel call per tensor.
+        std = self.noise_multiplier * self.max_grad_norm
+        grads = [p.summed_grad for p in self.params]
+        if self.secure_mode or len({(g.dtype, g.device) for g in grads}) > 1:
+            return super().add_noise()
+        if std > 0 and grads:
+            noise = torch.normal(
+                0.0, std, (sum(g.numel() for g in grads),), generator=self.generator, device=grads[0].device
+            ).to(grads[0].dtype)
+            for p, g, z in zip(self.params, grads, noise.split([g.numel() for g in grads])):
+                p.grad = (g + z.view_as(g)).view_as(p)
+        else:
+            for p, g in zip(self.params, grads):
+                p.grad = g.clone().view_as(p)
 
     def pre_step(self, closure=None) -> bool:
         # DPOptimizer.pre_step, without its check that every parameter has a per-sample gradient.

@@ -212,3 +212,19 @@ def test_each_family_gets_the_clipped_sum_of_opacus_hooks(case):
     assert norms and all(_straddles(n, bounds[name]) for name, n in norms.items()), norms
     bookkeeping, _ = _family_step(case, "bookkeeping", bounds)
     _assert_same_clipped_sum(hooks, bookkeeping)
+
+
+def test_the_noise_has_opacus_scale_for_every_parameter():
+    torch.manual_seed(0)
+    net = BookkeepingGradSampleModule(nn.Sequential(nn.Linear(60, 80), nn.Linear(80, 50)))
+    opt = BookkeepingDPOptimizer(
+        torch.optim.SGD(net.parameters(), lr=0.1), noise_multiplier=1.5, max_grad_norm=2.0, expected_batch_size=4
+    )
+    for p in net.parameters():
+        p.grad_sample = torch.zeros((0, *p.shape))
+    opt.step()
+    for p in net.parameters():
+        # An empty batch: the gradient is the noise, std sigma * C, over the expected batch size.
+        assert p.grad.std().item() == pytest.approx(1.5 * 2.0 / 4, rel=0.2 if p.numel() < 100 else 0.05)
+    flat = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert flat.mean().abs() < 0.05 and len(set(flat.tolist())) == len(flat)
