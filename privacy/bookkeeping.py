@@ -39,6 +39,7 @@ the accountant counts it); Opacus' hooks instead treat a second backward pass as
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable, Optional
 
@@ -56,7 +57,7 @@ Part = tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def _materialized(per_record: torch.Tensor) -> Part:
-    flat = per_record.reshape(len(per_record), -1)
+    flat = per_record.reshape(len(per_record), math.prod(per_record.shape[1:]))  # also for no records
     return torch.linalg.vector_norm(flat, dim=1).square(), lambda c: (c @ flat).view(per_record.shape[1:])
 
 
@@ -307,7 +308,8 @@ def _restore(module: nn.Module) -> None:
 def recorded_parts(layer: nn.Module) -> dict[nn.Parameter, Part]:
     """Each parameter's records' squared gradient norms and clipped sum, from the calls `layer`
     recorded since the last step (which it then forgets)."""
-    calls = [(x, y) for x, y in layer._bookkeeping_calls if y is not None]
+    # A call on no records (a modality no record in the batch has) adds nothing.
+    calls = [(x, y) for x, y in layer._bookkeeping_calls if y is not None and len(x) > 0]
     layer._bookkeeping_calls = []
     if not calls:
         return {}

@@ -152,12 +152,19 @@ def test_every_layer_type_gives_each_records_norm_and_the_weighted_sum_of_opacus
 
 
 def test_an_empty_batch_releases_a_zero_sum():
-    net = BookkeepingGradSampleModule(nn.Linear(3, 2))
+    torch.manual_seed(0)
+    net = BookkeepingGradSampleModule(EveryLayer())
     opt = BookkeepingDPOptimizer(
         torch.optim.SGD(net.parameters(), lr=0.1), noise_multiplier=0.0, max_grad_norm=1.0, expected_batch_size=4
     )
-    for p in net.parameters():  # what GenerativeModel.noise_only_step leaves for an empty Poisson batch
+    # What GenerativeModel.noise_only_step leaves for an empty Poisson batch ...
+    for p in net.parameters():
         p.grad_sample = torch.zeros((0, *p.shape))
+    opt.step()
+    assert all((p.grad == 0).all() for p in net.parameters())
+    # ... and a pass on no records (MoPoE's lateral encoder when no record in the batch has a lateral view).
+    opt.zero_grad()
+    net(torch.zeros((0, 5), dtype=torch.long), torch.zeros((0, 1, 8, 8))).sum().backward()
     opt.step()
     assert all((p.grad == 0).all() for p in net.parameters())
 
