@@ -1,5 +1,6 @@
-"""Book-keeping DP-SGD (`dp.grad_sample: bookkeeping`): the clipped gradient sum without Opacus'
-per-sample gradient tensors where a layer's formula makes them unnecessary.
+"""Book-keeping DP-SGD (`dp.grad_sample: bookkeeping`; Bu et al. 2023, "Differentially private
+optimization on large model at small cost"): the clipped gradient sum without Opacus' per-sample
+gradient tensors where a layer's formula makes them unnecessary.
 
 With Opacus' hooks, each backward pass computes the ordinary batch gradient of every weight,
 then a B x weight per-sample gradient per layer, then the clipped sum that replaces the batch
@@ -291,6 +292,12 @@ class BookkeepingGradSampleModule(GradSampleModule):
         _restore(module)
         if not self._records(module) or not isinstance(output, torch.Tensor) or not output.requires_grad:
             return
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            raise ValueError(
+                f"book-keeping DP-SGD cannot clip {type(module).__name__}: it was called without its input as "
+                "the first positional argument, so its per-record gradients are unknown. Call the layer with "
+                "its input positionally, or set dp.grad_sample: hooks."
+            )
         call = [inputs[0].detach(), None]
         module._bookkeeping_calls.append(call)
 

@@ -235,3 +235,17 @@ def test_the_noise_has_opacus_scale_for_every_parameter():
         assert p.grad.std().item() == pytest.approx(1.5 * 2.0 / 4, rel=0.2 if p.numel() < 100 else 0.05)
     flat = torch.cat([p.grad.flatten() for p in net.parameters()])
     assert flat.mean().abs() < 0.05 and len(set(flat.tolist())) == len(flat)
+
+
+def test_a_layer_whose_input_it_cannot_see_is_refused_rather_than_left_unclipped():
+    class KeywordCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.linear(input=x)
+
+    net = BookkeepingGradSampleModule(KeywordCall())
+    with pytest.raises(ValueError, match="dp.grad_sample: hooks"):
+        net(torch.randn(4, 3, requires_grad=True))
