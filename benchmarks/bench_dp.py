@@ -63,6 +63,7 @@ def one(family: str, size: str, steps: int) -> dict:
     timer(GradSampleModule, "capture_backprops_hook", "per-sample gradients")
     timer(DPOptimizer, "clip_and_accumulate", "clipping")
     timer(BookkeepingDPOptimizer, "clip_and_accumulate", "clipping")
+    timer(BookkeepingDPOptimizer, "add_noise", "noise")
     timer(DPOptimizer, "add_noise", "noise")
 
     family, overrides = VARIANTS.get(family, (family, {}))
