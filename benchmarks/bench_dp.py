@@ -1,6 +1,7 @@
 """Where a DP-SGD step's time goes, per family and size: per-sample gradients, clipping, noise.
 
-    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,ldm,ldm-diffusion,mopoe] [--sizes tiny,mid]
+    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,emixer-f1,ldm,ldm-diffusion,mopoe]
+        [--sizes tiny,mid]
 
 For each family and size one child process holds four copies of the model: non-private, DP-SGD
 with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`), DP-SGD with
@@ -15,7 +16,9 @@ non-private step (the hooks, the activations they keep; negative where book-keep
 autograd's own weight gradients).
 
 The first steps of `ldm` train its VAE (`vae_steps`); `ldm-diffusion` is the same preset in its
-second stage, the U-Net and the text encoder, where most of its steps are.
+second stage, the U-Net and the text encoder, where most of its steps are. EMIXER's non-private
+step makes `f_steps` report-decoder updates where DP-SGD makes one (the accountant counts one
+per batch); `emixer-f1` sets `f_steps: 1`, so both modes do the same work.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from common import child, model_config, phantom_records, write
 
 MODES = ("off", "hooks", "functorch", "bookkeeping")
 # Cases that are a family's preset with model settings changed: (family, model overrides).
-VARIANTS = {"ldm-diffusion": ("ldm", {"vae_steps": 0})}
+VARIANTS = {"ldm-diffusion": ("ldm", {"vae_steps": 0}), "emixer-f1": ("emixer", {"f_steps": 1})}
 
 
 def one(family: str, size: str, steps: int) -> dict:
@@ -107,7 +110,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/bench_dp.json")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--families", default="emixer,ldm,ldm-diffusion,mopoe")
+    p.add_argument("--families", default="emixer,emixer-f1,ldm,ldm-diffusion,mopoe")
     p.add_argument("--sizes", default="tiny,mid")
     p.add_argument("--quick", action="store_true", help="3 steps")
     p.add_argument("--child", nargs="*")
