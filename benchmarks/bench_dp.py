@@ -1,14 +1,24 @@
 """Where a DP-SGD step's time goes, per family and size: per-sample gradients, clipping, noise.
 
-    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,ldm,mopoe] [--sizes tiny,mid]
+    .venv/bin/python benchmarks/bench_dp.py [--steps 10] [--families emixer,emixer-f1,ldm,ldm-diffusion,mopoe]
+        [--sizes tiny,mid]
 
-For each family and size one child process holds three copies of the model: non-private, DP-SGD
-with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`) and DP-SGD with
-torch.func's vmap over every layer (`functorch`); their steps are interleaved on the same batches
-so all three see the same machine load, and the ratios are taken within the run. Inside a DP
-step, timers on Opacus' backward hook (per-sample gradients), `clip_and_accumulate` (per-sample
-norms, clipping, summing) and `add_noise` say where the extra time goes; "other" is the rest of
-the difference to the non-private step (the hooks' bookkeeping, the activations they keep).
+For each family and size one child process holds four copies of the model: non-private, DP-SGD
+with Opacus' per-layer per-sample gradient formulas (`dp.grad_sample: hooks`), DP-SGD with
+torch.func's vmap over every layer (`functorch`) and book-keeping DP-SGD (`bookkeeping`,
+privacy/bookkeeping.py: per-record norms and one clipped sum per layer from the layers' inputs
+and output gradients); their steps are interleaved on the same batches so all four see the same
+machine load, and the ratios are taken within the run. Inside a DP step, timers on Opacus'
+backward hook (per-sample gradients), `clip_and_accumulate` (per-sample norms, clipping,
+summing; with book-keeping also the per-record gradients of the layers it materializes) and
+`add_noise` say where the extra time goes; "other" is the rest of the difference to the
+non-private step (the hooks, the activations they keep; negative where book-keeping skips
+autograd's own weight gradients).
+
+The first steps of `ldm` train its VAE (`vae_steps`); `ldm-diffusion` is the same preset in its
+second stage, the U-Net and the text encoder, where most of its steps are. EMIXER's non-private
+step makes `f_steps` report-decoder updates where DP-SGD makes one (the accountant counts one
+per batch); `emixer-f1` sets `f_steps: 1`, so both modes do the same work.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ from collections import defaultdict
 
 from common import child, model_config, phantom_records, write
 
-MODES = ("off", "hooks", "functorch")
+MODES = ("off", "hooks", "functorch", "bookkeeping")
+# Cases that are a family's preset with model settings changed: (family, model overrides).
+VARIANTS = {"ldm-diffusion": ("ldm", {"vae_steps": 0}), "emixer-f1": ("emixer", {"f_steps": 1})}
 
 
 def one(family: str, size: str, steps: int) -> dict:
@@ -32,6 +44,7 @@ def one(family: str, size: str, steps: int) -> dict:
     from opacus.optimizers import DPOptimizer
 
     from cxrsynth.models import build_model
+    from cxrsynth.privacy.bookkeeping import BookkeepingDPOptimizer
     from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import BatchSampler, seed_everything
 
@@ -52,9 +65,13 @@ def one(family: str, size: str, steps: int) -> dict:
 
     timer(GradSampleModule, "capture_backprops_hook", "per-sample gradients")
     timer(DPOptimizer, "clip_and_accumulate", "clipping")
+    timer(BookkeepingDPOptimizer, "clip_and_accumulate", "clipping")
+    timer(BookkeepingDPOptimizer, "add_noise", "noise")
     timer(DPOptimizer, "add_noise", "noise")
 
+    family, overrides = VARIANTS.get(family, (family, {}))
     cfg = model_config(family, size)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=overrides)})
     records = phantom_records(256, cfg.model.image_size)
     batch = cfg.train.batch_size
     models = {}
@@ -93,7 +110,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", default="benchmarks/results/bench_dp.json")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--families", default="emixer,ldm,mopoe")
+    p.add_argument("--families", default="emixer,emixer-f1,ldm,ldm-diffusion,mopoe")
     p.add_argument("--sizes", default="tiny,mid")
     p.add_argument("--quick", action="store_true", help="3 steps")
     p.add_argument("--child", nargs="*")

@@ -87,9 +87,9 @@ class DPConfig(Strict):
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     epsilon_budget: Optional[float] = Field(None, gt=0.0, description="a site refuses to train past it")
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
-    grad_sample: Literal["hooks", "functorch"] = Field(
-        "hooks",
-        description="how Opacus computes per-sample gradients: its per-layer formulas (hooks) or torch.func's vmap over every layer (functorch); same gradients, different speed",
+    grad_sample: Literal["hooks", "functorch", "bookkeeping"] = Field(
+        "bookkeeping",
+        description="how the clipped gradient sum is computed: Opacus' per-layer per-sample gradients (hooks), torch.func's vmap over every layer (functorch), or per-record norms and one clipped sum per layer from each layer's inputs and output gradients (bookkeeping, privacy/bookkeeping.py); the same clipped gradient, different speed",
     )
     privacy_unit: Literal["patient", "study"] = Field(
         "patient",

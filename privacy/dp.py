@@ -20,14 +20,26 @@ from typing import Callable, Optional, Sequence
 
 from opacus import GradSampleModule
 from opacus.accountants import create_accountant
+from opacus.grad_sample.conv import compute_conv_grad_sample
+from opacus.grad_sample.utils import register_grad_sampler
 from opacus.optimizers import DPOptimizer
 from opacus.validators import ModuleValidator
+from torch import nn
 
 from cxrsynth.config import DPConfig, RunConfig
 from cxrsynth.errors import InputError, SiteRefused
 from cxrsynth.models.base import GenerativeModel, unwrap
+from cxrsynth.privacy.bookkeeping import BookkeepingDPOptimizer, BookkeepingGradSampleModule
 
 History = list[tuple[float, float, int]]
+
+
+@register_grad_sampler([nn.Conv1d, nn.Conv2d, nn.Conv3d])
+def _conv_grad_sample(layer, activations, backprops):
+    # Opacus 1.6's convolution grad sampler unfolds its input as if it were contiguous; torch's
+    # CPU kernels hand channels-last inputs to some of the LDM VAE's convolutions, for which it
+    # returned wrong per-sample gradients (zeros, or sums over other records' pixels).
+    return compute_conv_grad_sample(layer, [a.contiguous() for a in activations], backprops.contiguous())
 
 
 def epsilon_of(history: Sequence[Sequence[float]], dp: DPConfig) -> float:
@@ -160,14 +172,16 @@ def privatize(
     # The loop samples each record with rate batch_size / n, so the expected batch is the
     # configured batch size; Opacus divides the noisy gradient sum by it.
     expected_batch = cfg.train.batch_size
+    bookkeeping = dp.grad_sample == "bookkeeping"
+    wrapper = BookkeepingGradSampleModule if bookkeeping else GradSampleModule
     for name in real:
         net = unwrap(model.nets[name])
         _validate(name, net)
         if not isinstance(model.nets[name], GradSampleModule):
-            model.nets[name] = GradSampleModule(net, force_functorch=dp.grad_sample == "functorch")
+            model.nets[name] = wrapper(net, force_functorch=dp.grad_sample == "functorch")
         opt = model.opts[name]
         if not isinstance(opt, DPOptimizer):
-            opt = DPOptimizer(
+            opt = (BookkeepingDPOptimizer if bookkeeping else DPOptimizer)(
                 opt,
                 noise_multiplier=dp.noise_multiplier,
                 max_grad_norm=dp.max_grad_norm,

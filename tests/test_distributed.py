@@ -60,24 +60,30 @@ def _records():
     return make_phantom(n=48, sites=1, seed=0, image_size=16, lateral=False)
 
 
-def _cfg(dp: bool, family: str = "mopoe"):
+def _cfg(dp: bool, family: str = "mopoe", grad_sample: str = "hooks"):
     return load_config(
         f"{family}-tiny",
         {
-            "dp": {"enabled": dp, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "privacy_unit": "study"},
+            "dp": {
+                "enabled": dp,
+                "noise_multiplier": 1.0,
+                "max_grad_norm": 1.0,
+                "privacy_unit": "study",
+                "grad_sample": grad_sample,
+            },
             "train": {"batch_size": 8},
         },
     )
 
 
-def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1) -> dict:
+def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1, grad_sample: str = "hooks") -> dict:
     from cxrsynth.models import build_model
     from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import dp_sampling, seed_everything, train_steps
 
     torch.set_num_threads(1)
     records = _records()
-    cfg = _cfg(dp)
+    cfg = _cfg(dp, grad_sample=grad_sample)
     seed_everything(0)
     if model_kind == "probe":
         model = Probe()
@@ -103,13 +109,13 @@ def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1)
     return {"state": {k: v.tolist() for k, v in model.state().items()}, "ledger": ledger() if ledger else None}
 
 
-def _rank(rank: int, world: int, port: int, out: str, model_kind: str, dp: bool, steps: int) -> None:
+def _rank(rank: int, world: int, port: int, out: str, model_kind: str, dp: bool, steps: int, grad_sample: str) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = _train(model_kind, dp, steps, rank, world)
+        result = _train(model_kind, dp, steps, rank, world, grad_sample)
         with open(f"{out}.{rank}", "w", encoding="utf-8") as f:
             json.dump(result, f)
     finally:
@@ -122,9 +128,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(tmp_path, model_kind: str, dp: bool, steps: int) -> list[dict]:
+def _two_ranks(tmp_path, model_kind: str, dp: bool, steps: int, grad_sample: str = "hooks") -> list[dict]:
     out = str(tmp_path / f"{model_kind}-{dp}")
-    mp.spawn(_rank, args=(2, _free_port(), out, model_kind, dp, steps), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, _free_port(), out, model_kind, dp, steps, grad_sample), nprocs=2, join=True)
     results = []
     for r in (0, 1):
         with open(f"{out}.{r}", encoding="utf-8") as f:
@@ -132,10 +138,14 @@ def _two_ranks(tmp_path, model_kind: str, dp: bool, steps: int) -> list[dict]:
     return results
 
 
-@pytest.mark.parametrize("dp", [False, True], ids=["non-private", "dp-sgd"])
-def test_two_gloo_ranks_reach_the_weights_and_ledger_of_one_process_at_the_same_batch(tmp_path, dp):
-    ranks = _two_ranks(tmp_path, "probe", dp, steps=4)
-    one = json.loads(json.dumps(_train("probe", dp, steps=4)))
+@pytest.mark.parametrize(
+    "dp, grad_sample",
+    [(False, "hooks"), (True, "hooks"), (True, "bookkeeping")],
+    ids=["non-private", "dp-sgd", "dp-sgd-bookkeeping"],
+)
+def test_two_gloo_ranks_reach_the_weights_and_ledger_of_one_process_at_the_same_batch(tmp_path, dp, grad_sample):
+    ranks = _two_ranks(tmp_path, "probe", dp, steps=4, grad_sample=grad_sample)
+    one = json.loads(json.dumps(_train("probe", dp, steps=4, grad_sample=grad_sample)))
     for r in ranks:
         for k, v in one["state"].items():
             np.testing.assert_allclose(np.array(r["state"][k]), np.array(v), rtol=1e-5, atol=1e-6)
@@ -150,9 +160,10 @@ def test_two_gloo_ranks_reach_the_weights_and_ledger_of_one_process_at_the_same_
         )
 
 
-def test_a_family_on_two_ranks_keeps_one_set_of_weights_and_the_ledger_of_one_process(tmp_path):
-    ranks = _two_ranks(tmp_path, "mopoe", True, steps=3)
+@pytest.mark.parametrize("grad_sample", ["hooks", "bookkeeping"])
+def test_a_family_on_two_ranks_keeps_one_set_of_weights_and_the_ledger_of_one_process(tmp_path, grad_sample):
+    ranks = _two_ranks(tmp_path, "mopoe", True, steps=3, grad_sample=grad_sample)
     assert ranks[0]["state"] == ranks[1]["state"]
-    one = json.loads(json.dumps(_train("mopoe", True, steps=3)))
+    one = json.loads(json.dumps(_train("mopoe", True, steps=3, grad_sample=grad_sample)))
     assert ranks[0]["ledger"] == ranks[1]["ledger"] == one["ledger"]
     assert set(ranks[0]["state"]) == set(one["state"])

@@ -245,3 +245,19 @@ def test_functorch_per_sample_gradients_give_the_clipped_gradient_opacus_hooks_g
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-6), k
+
+
+def test_hooks_per_sample_gradients_of_channels_last_convolution_inputs_add_up_to_the_batch_gradient():
+    """torch's CPU kernels hand some of the LDM VAE's convolutions channels-last inputs; Opacus 1.6's
+    convolution grad sampler returned wrong per-sample gradients for them (privacy/dp.py gives it
+    contiguous tensors)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    x = torch.randn(5, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    (conv(x).pow(2).sum((1, 2, 3))).mean().backward()
+    batch = conv.weight.grad.clone()
+    net = GradSampleModule(conv)
+    conv.weight.grad = None
+    (net(x).pow(2).sum((1, 2, 3))).mean().backward()
+    # A mean loss: Opacus' per-sample gradients are the records' own, the batch gradient their mean.
+    torch.testing.assert_close(conv.weight.grad_sample.mean(0), batch, rtol=1e-4, atol=1e-6)
