@@ -13,7 +13,10 @@ Each stage runs in a fresh child process, so its peak RSS (ru_maxrss) is its own
 the loop as it was before the streaming loader (every image decoded into memory first, then
 100 `train_steps` on the list). `speed` takes the same 100 steps three ways interleaved step by
 step in one process (streamed, streamed with 2 DataLoader workers, decoded first), so the
-images/s compare under the same machine load. The model is mopoe-tiny at 64x64 pixels (batch 32). The synthetic set has as many
+images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
+decoding, resizing and batching) with 0, 1 and 2 workers, in turns, on a dataset of
+`--image-size` pixels: whether the workers scale the reading with the cores, which a CPU
+trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). The synthetic set has as many
 records as the site, and the audit compares it with the site's training and holdout patients
 (a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
 and nearest-neighbour search rather than its training loops).
@@ -60,7 +63,11 @@ def _config(work: Path, site: Path, out: Path, workers: int) -> Path:
     return path
 
 
-def stage(name: str, work: Path, n: int) -> dict:
+LOADER_BATCHES = 120
+LOADER_WORKERS = (0, 1, 2)
+
+
+def stage(name: str, work: Path, n: int, image_size: int = 64) -> dict:
     """One stage in this (child) process; returns its figures."""
     import torch
 
@@ -71,7 +78,9 @@ def stage(name: str, work: Path, n: int) -> dict:
     t0 = time.perf_counter()
     extra: dict = {}
     if name == "phantom":
-        code = cli(["data", "phantom", "--out", str(src), "--n", str(n), "--sites", "1", "--size", "64", "--quiet"])
+        code = cli(
+            ["data", "phantom", "--out", str(src), "--n", str(n), "--sites", "1", "--size", str(image_size), "--quiet"]
+        )
     elif name == "ingest":
         code = cli(["data", "ingest", "--source", "manifest", "--path", str(src), "--out", str(site), "--quiet"])
     elif name == "train":
@@ -81,6 +90,9 @@ def stage(name: str, work: Path, n: int) -> dict:
         code = 0
     elif name == "speed":
         extra["images_per_s"] = _speeds(work, site)
+        code = 0
+    elif name == "loader":
+        extra["loader_images_per_s"] = _loader_speeds(work, site)
         code = 0
     elif name == "generate":
         code = cli(["generate", "--checkpoint", str(work / "run"), "--n", str(n), "--out", str(syn), "--quiet"])
@@ -202,8 +214,33 @@ def _speeds(work: Path, site: Path) -> dict:
     return {name: STEPS * batch / run[2] for name, run in runs.items()}
 
 
+def _loader_speeds(work: Path, site: Path) -> dict:
+    """Images/s the streaming DataLoader delivers with 0, 1 and 2 workers (each record's frontal
+    and lateral PNGs decoded and batched), two turns each in the order 0, 1, 2, 0, 1, 2 so machine
+    load drifts over all alike; the workers' start-up is left out (timing from the first batch)."""
+    from cxrsynth.config import load_config
+    from cxrsynth.data.stream import IndexBatchSampler, record_loader
+    from cxrsynth.train import load_run_dataset, training_set
+
+    cfg = load_config(str(_config(work, site, work / "unused", 0)))
+    streamed = training_set(cfg, load_run_dataset(cfg))
+    batch = cfg.train.batch_size
+    seconds = dict.fromkeys(LOADER_WORKERS, 0.0)
+    images = dict.fromkeys(LOADER_WORKERS, 0)
+    for turn in range(2):
+        for workers in LOADER_WORKERS:
+            sampler = IndexBatchSampler(len(streamed), batch, turn, steps=LOADER_BATCHES + 1)
+            loader = iter(record_loader(streamed, sampler, workers))
+            next(loader)
+            t0 = time.perf_counter()
+            for b in loader:
+                images[workers] += len(b)
+            seconds[workers] += time.perf_counter() - t0
+    return {f"{w} workers": images[w] / seconds[w] for w in LOADER_WORKERS}
+
+
 STAGES = ("phantom", "ingest", "train", "steps-memory", "speed", "generate", "audit")
-EXTRA_STAGES = ("phantom-synthetic",)  # asked for by name (--stages): see `stage`
+EXTRA_STAGES = ("phantom-synthetic", "loader")  # asked for by name (--stages): see `stage`
 
 
 def main() -> int:
@@ -215,11 +252,12 @@ def main() -> int:
         "--workdir", default=None, help="where the datasets go (default: a temporary folder, removed after)"
     )
     p.add_argument("--quick", action="store_true", help="1000 studies only")
+    p.add_argument("--image-size", type=int, default=64, help="side of the phantom images written (the model sees 64)")
     p.add_argument("--child", nargs="*")
     args = p.parse_args()
     if args.child is not None:
-        name, work, n = args.child
-        print(json.dumps(stage(name, Path(work), int(n))))
+        name, work, n, *size = args.child
+        print(json.dumps(stage(name, Path(work), int(n), int(size[0]) if size else 64)))
         return 0
     sizes = [1000] if args.quick else [int(s) for s in args.sizes.split(",")]
     stages = args.stages.split(",")
@@ -232,7 +270,7 @@ def main() -> int:
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
             for name in stages:
-                r = child(__file__, name, str(work), str(n), timeout=3600)
+                r = child(__file__, name, str(work), str(n), str(args.image_size), timeout=3600)
                 if "error" in r:
                     rows.append({"name": f"{name} {n}", "value": None, "unit": "MB", "note": r["error"]})
                     continue
@@ -251,6 +289,18 @@ def main() -> int:
                         )
                         print(json.dumps(rows[-1]), file=sys.stderr)
                     note += " (speed process: holds both the decoded records and the streamed dataset)"
+                if "loader_images_per_s" in r:
+                    alone = r["loader_images_per_s"]["0 workers"]
+                    for how, ips in r["loader_images_per_s"].items():
+                        rows.append(
+                            {
+                                "name": f"DataLoader images/s, {how}, {n} studies of {args.image_size} px",
+                                "value": round(ips, 1),
+                                "unit": "images/s",
+                                "note": f"{LOADER_BATCHES} batches x 2 turns, no model; {ips / alone:.2f}x no workers",
+                            }
+                        )
+                        print(json.dumps(rows[-1]), file=sys.stderr)
                 rows.append(
                     {
                         "name": f"{name} peak RSS, {n} studies",
