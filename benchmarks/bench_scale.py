@@ -239,6 +239,20 @@ def _loader_speeds(work: Path, site: Path) -> dict:
     return {f"{w} workers": images[w] / seconds[w] for w in LOADER_WORKERS}
 
 
+def _speed_rows(rows: list, speeds: dict, reference: str, name: str, note: str) -> None:
+    """One row per way of reading (`name` and `note` take the way and the ratio to `reference`)."""
+    for how, ips in speeds.items():
+        rows.append(
+            {
+                "name": name.format(how),
+                "value": round(ips, 1),
+                "unit": "images/s",
+                "note": note.format(ips / speeds[reference]),
+            }
+        )
+        print(json.dumps(rows[-1]), file=sys.stderr)
+
+
 STAGES = ("phantom", "ingest", "train", "steps-memory", "speed", "generate", "audit")
 EXTRA_STAGES = ("phantom-synthetic", "loader")  # asked for by name (--stages): see `stage`
 
@@ -277,30 +291,22 @@ def main() -> int:
                 peaks[(name, n)] = r["peak_rss_mb"]
                 note = f"{r['seconds']:.1f} s wall"
                 if "images_per_s" in r:
-                    first = r["images_per_s"]["decoded first"]
-                    for how, ips in r["images_per_s"].items():
-                        rows.append(
-                            {
-                                "name": f"train images/s, {how}, {n} studies",
-                                "value": round(ips, 1),
-                                "unit": "images/s",
-                                "note": f"{STEPS} steps interleaved; {ips / first:.2f}x decoded first",
-                            }
-                        )
-                        print(json.dumps(rows[-1]), file=sys.stderr)
+                    _speed_rows(
+                        rows,
+                        r["images_per_s"],
+                        "decoded first",
+                        f"train images/s, {{}}, {n} studies",
+                        f"{STEPS} steps interleaved; {{:.2f}}x decoded first",
+                    )
                     note += " (speed process: holds both the decoded records and the streamed dataset)"
                 if "loader_images_per_s" in r:
-                    alone = r["loader_images_per_s"]["0 workers"]
-                    for how, ips in r["loader_images_per_s"].items():
-                        rows.append(
-                            {
-                                "name": f"DataLoader images/s, {how}, {n} studies of {args.image_size} px",
-                                "value": round(ips, 1),
-                                "unit": "images/s",
-                                "note": f"{LOADER_BATCHES} batches x 2 turns, no model; {ips / alone:.2f}x no workers",
-                            }
-                        )
-                        print(json.dumps(rows[-1]), file=sys.stderr)
+                    _speed_rows(
+                        rows,
+                        r["loader_images_per_s"],
+                        "0 workers",
+                        f"DataLoader images/s, {{}}, {n} studies of {args.image_size} px",
+                        f"{LOADER_BATCHES} batches x 2 turns, no model; {{:.2f}}x no workers",
+                    )
                 rows.append(
                     {
                         "name": f"{name} peak RSS, {n} studies",
