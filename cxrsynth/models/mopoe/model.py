@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from cxrsynth.data.labeler import label_report, states_a_finding
 from cxrsynth.data.records import LABELS, Record, empty_labels
+from cxrsynth.data.stream import has_images, metadata_view
 from cxrsynth.data.text import Vocabulary, pseudo_reports, split_sentences
 from cxrsynth.data.transforms import tensor_to_images
 from cxrsynth.errors import InputError
@@ -153,9 +154,20 @@ class Model(GenerativeModel):
         )
 
     def setup(self, records: Sequence[Record]) -> None:
-        n = len(records)
-        reports = [text for r in records if (text := report_of(self.config, r).report).strip()]
-        if self.has_reports and not reports:
+        # Text, labels and which studies have a lateral, read without decoding an image (a
+        # dataset directory's records stream from its manifest); the reports are counted, not kept.
+        n, meta = len(records), metadata_view(records)
+        with_text = [0]
+
+        def reports():
+            for r in meta:
+                text = report_of(self.config, r).report
+                if text.strip():
+                    with_text[0] += 1
+                    yield text
+
+        vocab = Vocabulary.build(reports(), min_count=self.config.vocab_min_count) if self.has_reports else None
+        if self.has_reports and not with_text[0]:
             raise self._refuse(
                 "report",
                 f"none of the {n} training records has findings or impression text"
@@ -166,23 +178,23 @@ class Model(GenerativeModel):
                 ),
                 NO_REPORTS,
             )
-        if "lateral" in self.modalities and not any(r.lateral is not None for r in records):
+        if "lateral" in self.modalities and not has_images(records, lateral=True).any():
             log.warning(
                 "MoPoE with model.modalities %s: none of the %d training records has a lateral image, so the lateral decoder stays untrained and "
                 "writes noise laterals; leave lateral out of model.modalities for frontal-only data.",
                 list(self.modalities),
                 n,
             )
-        if "labels" in self.modalities and not any(r.has_labels() for r in records):
+        if "labels" in self.modalities and not any(r.has_labels() for r in meta):
             raise self._refuse(
                 "labels",
                 f"none of the {n} training records has labels",
                 "Leave labels out of model.modalities, or ingest the label columns.",
             )
-        if self.has_reports:
-            self._build_text_nets(Vocabulary.build(reports, min_count=self.config.vocab_min_count))
+        if vocab is not None:
+            self._build_text_nets(vocab)
         if "labels" in self.modalities:
-            self.prior = LabelPrior.fit(records, self.config.label_pattern_min_count)
+            self.prior = LabelPrior.fit(meta, self.config.label_pattern_min_count)
 
     def fit_label_counts(self, counts: dict[str, int]) -> None:
         if "labels" in self.modalities:
