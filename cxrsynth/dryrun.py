@@ -7,7 +7,10 @@ The memory estimate adds what a step holds at once, counted rather than guessed:
 - the peak of the activations autograd holds for backward during the step (seen through
   `torch.autograd.graph.saved_tensors_hooks`) at the tiny batch, scaled to the configured one
   (activations grow with the batch; weights do not);
-- with DP-SGD, Opacus' per-sample gradients: one copy of each real-data parameter per sample.
+- with DP-SGD, per-sample gradients: one copy of each real-data parameter per sample. Opacus'
+  hooks hold them all; book-keeping (`dp.grad_sample: bookkeeping`, the default) holds them only
+  for the layers whose records' norms it does not take from Gram matrices, so there the figure is
+  an upper bound.
 
 All in the dtype the step ran in (fp32 on CPU); bf16 autocast on a GPU stores most activations
 at half that, so the figure is an upper bound there. On CUDA the measured peak is printed too.
