@@ -6,7 +6,8 @@ and the growth from one size to the next.
     .venv/bin/python benchmarks/bench_scale.py --stages phantom,ingest,phantom-synthetic,audit
 
 The second form audits against a phantom set of another seed in place of generated records
-(`phantom-synthetic`), for sizes at which generation takes hours on a CPU.
+(`phantom-synthetic`: a release of 1,000 studies at every size, so the growth is the site's),
+for sizes at which generation takes hours on a CPU.
 
 Each stage runs in a fresh child process, so its peak RSS (ru_maxrss) is its own. `train` is
 `cxrsynth train` on the site's directory (streamed: images decoded on access); `steps-memory`
@@ -16,8 +17,8 @@ step in one process (streamed, streamed with 2 DataLoader workers, decoded first
 images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
 decoding, resizing and batching) with 0, 1 and 2 workers, in turns, on a dataset of
 `--image-size` pixels: whether the workers scale the reading with the cores, which a CPU
-trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). The synthetic set has as many
-records as the site, and the audit compares it with the site's training and holdout patients
+trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes as many
+records as the site; the audit compares a synthetic set with the site's training and holdout patients
 (a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
 and nearest-neighbour search rather than its training loops).
 """
@@ -35,6 +36,7 @@ from pathlib import Path
 from common import child, peak_rss_mb, write
 
 STEPS = 100
+RELEASE = 1000  # studies of the stand-in synthetic set the audit checks, at every site size
 POLICY = {"bootstrap": 50, "fidelity_steps": 30, "selfsup_steps": 10, "skip": ["text_embedding"]}
 
 
@@ -107,7 +109,7 @@ def stage(name: str, work: Path, n: int, image_size: int = 64) -> dict:
                 "--out",
                 str(syn),
                 "--n",
-                str(n),
+                str(min(n, RELEASE)),
                 "--sites",
                 "1",
                 "--size",

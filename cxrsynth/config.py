@@ -219,6 +219,11 @@ class AuditPolicy(Strict):
         0.01, gt=0.0, lt=0.5, description="copy threshold: this quantile of holdout-to-train NN distances ..."
     )
     copy_margin: float = Field(0.5, gt=0.0, le=1.0, description="... times this factor")
+    calibration_max: int = Field(
+        2000,
+        ge=20,
+        description="aligned copy search: at most this many holdout images (a random subset) calibrate the threshold",
+    )
     copy_match: Literal["aligned", "embedding"] = Field(
         "aligned",
         description="aligned: best shift/zoom/mirror alignment of pixels (catches cropped and shifted copies); embedding: the encoder's distance",

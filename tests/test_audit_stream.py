@@ -100,3 +100,32 @@ def test_the_audit_of_a_directory_never_holds_its_decoded_images(tmp_path, decod
     assert (
         decoded_images["peak"] <= 256 + 32 < total
     )  # ... but never more than a batch (256) and a chunk of queries at a time
+
+
+def test_the_aligned_copy_threshold_is_calibrated_on_at_most_calibration_max_holdout_images(small, monkeypatch):
+    from cxrsynth.privacy.audit import images
+    from cxrsynth.privacy.audit.images import calibration_sample
+
+    policy = POLICY.model_copy(update={"calibration_max": 30})
+    assert np.array_equal(calibration_sample(25, policy), np.arange(25))  # fewer: all of them
+    picked = calibration_sample(1000, policy)
+    assert len(np.unique(picked)) == 30 and np.all(np.diff(picked) > 0) and picked.max() < 1000
+    assert np.array_equal(picked, calibration_sample(1000, policy))  # the policy's seed fixes it
+    # In the audit: the calibration searches read the subset, the copy searches every synthetic image.
+    _, real, synthetic = small
+    train = [r for r in real if r.split == "train"]
+    holdout = [r for r in real if r.split == "holdout"]
+    assert len(holdout) > 30
+    searched = []
+    real_search = images.aligned_nearest
+
+    def spy(queries, base, **kw):
+        searched.append((kw["label"].split("aligned ")[-1], len(queries)))
+        return real_search(queries, base, **kw)
+
+    monkeypatch.setattr(images, "aligned_nearest", spy)
+    audit_records(synthetic, train, holdout, policy.model_copy(update={"skip": ("phi", "membership")}))
+    sizes = dict(searched)
+    assert sizes["holdout calibration"] == 30 and sizes["copy search"] == len(synthetic)
+    n_lateral = sum(r.lateral is not None for r in holdout)
+    assert sizes["lateral calibration"] == min(30, n_lateral) and n_lateral >= 20

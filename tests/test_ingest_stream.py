@@ -83,3 +83,22 @@ def test_evaluate_of_directories_never_holds_their_decoded_images(tmp_path, deco
     )
     # The synthetic set's images were all read (FID), but never more than a batch (256) at a time.
     assert decoded_images["total"] > 300 and decoded_images["peak"] <= 256 + 16 < 300
+
+
+def test_an_ingest_into_an_earlier_one_keeps_its_phi_headers_and_replaces_those_ingested_again(tmp_path):
+    import os
+    import stat
+
+    from cxrsynth.data.dataset import read_phi_headers, write_phi_headers
+
+    records = make_phantom(n=30, sites=1, seed=7, image_size=16, lateral=False)
+    changed = [r.with_(phi_meta={**r.phi_meta, "PatientName": "NEW^NAME"}) for r in records[15:]]
+    for name, part in (("first", records[:20]), ("second", changed)):
+        write_dataset(tmp_path / name, part)
+        write_phi_headers(tmp_path / name, part)
+    ingest("manifest", tmp_path / "first", tmp_path / "out", seed=1)
+    ingest("manifest", tmp_path / "second", tmp_path / "out", seed=1)
+    headers = read_phi_headers(tmp_path / "out")
+    assert set(headers) == {r.record_id for r in records}
+    assert all(headers[r.record_id] == r.phi_meta for r in records[:15] + changed)
+    assert stat.S_IMODE(os.stat(tmp_path / "out" / "phi_headers.jsonl").st_mode) == 0o600

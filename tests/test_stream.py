@@ -43,8 +43,8 @@ def test_manifest_dataset_serves_the_records_read_dataset_reads_decoding_each_on
 def test_a_missing_image_is_a_reported_row_and_a_corrupt_one_names_its_row_when_decoded(tmp_path):
     write_dataset(tmp_path, make_phantom(n=6, sites=1, seed=0, image_size=16, lateral=False))
     ds, _ = ManifestDataset.open(tmp_path)
-    (tmp_path / ds.image_paths[1]).unlink()
-    (tmp_path / ds.image_paths[2]).write_bytes(b"not a png")
+    (tmp_path / ds.image_path(1)).unlink()
+    (tmp_path / ds.image_path(2)).write_bytes(b"not a png")
     ds, report = ManifestDataset.open(tmp_path)
     assert (
         len(ds) == 5
@@ -147,3 +147,73 @@ def test_iterating_the_loader_leaves_torch_s_random_stream_to_the_model():
     for _ in record_loader(RecordsDataset(recs), IndexBatchSampler(8, 4, seed=0, steps=2)):
         pass
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_an_open_dataset_keeps_no_report_text_in_memory(tmp_path):
+    import tracemalloc
+
+    records = make_phantom(n=400, sites=1, seed=8, image_size=16, lateral=False)
+    long = "There is no pneumothorax. " * 200  # 5 KB a report: 2 MB of text in all
+    write_dataset(tmp_path, [r.with_(findings=long + r.findings) for r in records])
+    tracemalloc.start()
+    ds, _ = ManifestDataset.open(tmp_path)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # Ids, codes and byte ranges: well under a kilobyte a study; the text alone is 5 KB a study.
+    assert held < 400 * 1000, held
+    assert ds.metadata(7).findings == long + records[7].findings and ds[7].report == ds.metadata(7).report
+
+
+def test_an_open_dataset_reads_the_manifest_it_opened_and_refuses_one_changed_in_place(tmp_path):
+    records = make_phantom(n=12, sites=1, seed=9, image_size=16, lateral=False)
+    write_dataset(tmp_path, records)
+    ds, _ = ManifestDataset.open(tmp_path)
+    first = ds.metadata(3).findings
+    # Replaced (a new file put in place, as a writer does): the opened one is still read.
+    manifest = tmp_path / "manifest.csv"
+    replacement = tmp_path / "new.csv"
+    replacement.write_bytes(manifest.read_bytes().replace(b"\nr000003,", b"\nx000003,"))
+    replacement.replace(manifest)
+    assert ds.metadata(3).findings == first and ds.metadata(3).record_id == "r000003"
+    # A copy sent to another process opens the path again, and refuses a different file.
+    import pickle
+
+    with pytest.raises(InputError, match="replaced while the dataset was open"):
+        pickle.loads(pickle.dumps(ds)).metadata(3)
+    # Changed in place under an open dataset: the row no longer matches, named by its row.
+    ds, _ = ManifestDataset.open(tmp_path)
+    text = manifest.read_bytes()
+    with open(manifest, "r+b") as f:
+        f.write(text.replace(b"\nx000003,", b"\ny000003,"))
+    with pytest.raises(InputError, match=r"manifest\.csv, row 4: the manifest changed"):
+        ds.metadata(3)
+
+
+def test_manifest_rows_read_back_from_their_byte_ranges_as_a_text_reader_reads_them(tmp_path):
+    import csv
+
+    from cxrsynth.data.dataset import ByteLines, csv_rows, read_csv_row
+
+    cases = [
+        b"a,b\r\n1,2\r\n3,4\r\n",
+        b'a,b\n1,"two\nlines"\n\n3,"x\r\ny"\n',
+        b'a,b\r1,2\r3,"4\r5"\r',  # a lone carriage return ends a line too
+        b'\xef\xbb\xbfa,b\n1,\xe9t\xe9\n2,"""q"""\n',  # byte-order mark; bytes that are not UTF-8
+        b"a,b\n1,2",  # no newline at the end
+    ]
+    for n, data in enumerate(cases):
+        for chunk in (2, 3, 1 << 16):  # lines across the reader's chunk boundaries
+            path = tmp_path / f"{n}.csv"
+            path.write_bytes(data)
+            with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+                expected = list(csv.DictReader(f, strict=True))
+            ByteLines.CHUNK = chunk
+            try:
+                reader = csv_rows(path)
+                got = []
+                for row in reader:
+                    got.append(row)
+                    assert read_csv_row(path, reader.fieldnames, data[slice(*reader.span)]) == row
+            finally:
+                ByteLines.CHUNK = 1 << 16
+            assert got == expected, (data, chunk)

@@ -7,9 +7,11 @@ Reading validates every row; a bad row is reported with the file and row number 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
@@ -224,17 +226,71 @@ def checked_rows(
         yield i, row, rec
 
 
+class ByteLines:
+    """The lines of a binary file as text (UTF-8; bytes that are not UTF-8 kept as surrogates, a
+    leading byte-order mark dropped), split as a text file opened with newline="" splits them (at
+    "\\n", "\\r\\n" and a lone "\\r", each kept on its line), with `offset`: the byte position
+    after the last line returned. A CSV row read from it therefore has a byte span in the file,
+    from which it can be read again later (`read_span`) without keeping its text."""
+
+    _EOL = re.compile(rb"\r\n?|\n")
+    CHUNK = 1 << 16
+
+    def __init__(self, f: io.BufferedIOBase):
+        self.f = f
+        self.buf = b""
+        self.start = 0  # position in buf of the next line
+        self.base = 0  # file offset of buf[0]
+        self.eof = False
+
+    @property
+    def offset(self) -> int:
+        return self.base + self.start
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            m = self._EOL.search(self.buf, self.start)
+            # A "\r" that ends the buffer may be the first half of "\r\n": read on before cutting.
+            if m and (m.end() < len(self.buf) or self.eof or m.group() != b"\r"):
+                end = m.end()
+                break
+            if self.eof:
+                if self.start >= len(self.buf):
+                    raise StopIteration
+                end = len(self.buf)
+                break
+            chunk = self.f.read(self.CHUNK)
+            self.base += self.start
+            self.buf, self.start = self.buf[self.start :] + chunk, 0
+            self.eof = not chunk
+        raw = self.buf[self.start : end]
+        if self.base + self.start == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        self.start = end
+        return raw.decode("utf-8", "surrogateescape")
+
+    def close(self) -> None:
+        self.f.close()
+
+
 class CsvRows:
     """The rows of a CSV text as dicts (csv.DictReader, strict quoting). A text that is not CSV
     (an unterminated quote, which would swallow every following row into one cell; a cell over
     the csv module's 128 KiB limit) is an InputError naming the file and the row where it starts:
-    such a file cannot be read row by row, so no row of it is trusted."""
+    such a file cannot be read row by row, so no row of it is trusted.
 
-    def __init__(self, path: Path, text: str | io.TextIOBase):
+    Over a file (`ByteLines`), `span` is the byte range (start, end) of the row last returned."""
+
+    def __init__(self, path: Path, text: str | io.TextIOBase | ByteLines):
         self.path = Path(path)
         # A file is read as the rows are (a manifest of 10^5 studies is tens of MB of text).
         self._source = io.StringIO(text, newline="") if isinstance(text, str) else text
+        self._lines = text if isinstance(text, ByteLines) else None
         self._reader = csv.DictReader(self._source, strict=True)
+        self.span = (0, 0)
         try:
             self.fieldnames = self._reader.fieldnames
         except csv.Error as e:
@@ -244,6 +300,9 @@ class CsvRows:
         row, line = 0, self._reader.line_num
         try:
             while True:
+                # csv reads no further than the row it returns, so the row's bytes lie between the
+                # offset before and the offset after (blank lines before it included).
+                start = self._lines.offset if self._lines else 0
                 try:
                     item = next(self._reader)
                 except StopIteration:
@@ -258,6 +317,8 @@ class CsvRows:
                         f"{self.path}, row {row + 1} (line {line + 1}): not valid CSV ({e}; {hint}). Nothing of the file was read."
                     ) from None
                 row, line = row + 1, self._reader.line_num
+                if self._lines:
+                    self.span = (start, self._lines.offset)
                 yield item
         finally:
             self._source.close()
@@ -267,7 +328,7 @@ def csv_rows(path: Path) -> CsvRows:
     """The rows of a CSV file. Bytes that are not UTF-8 are kept as surrogates so the row holding
     them can be named and skipped (see `check_utf8`) instead of failing the whole file."""
     try:
-        source = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        source = ByteLines(open(path, "rb"))
     except OSError as e:
         raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
     try:
@@ -280,6 +341,16 @@ def csv_rows(path: Path) -> CsvRows:
         source.close()
         raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
     return reader
+
+
+def read_csv_row(path: Path, fieldnames: list[str], data: bytes) -> dict:
+    """The row held by `data`, bytes of a CSV file between a row's span (`CsvRows.span`), as a
+    dict over `fieldnames` as csv.DictReader makes it."""
+    text = data.decode("utf-8", "surrogateescape")
+    try:
+        return next(csv.DictReader(io.StringIO(text, newline=""), fieldnames=fieldnames, strict=True))
+    except (csv.Error, StopIteration) as e:
+        raise InputError(f"{path}: the file changed while it was read (a row no longer reads: {e!r}).") from None
 
 
 def _has_surrogates(text: str) -> bool:
@@ -448,11 +519,13 @@ def _first_duplicate(items) -> Optional[str]:
 
 def split_overlap(records: Iterable[Record]) -> int:
     """How many patients have records on both sides of the train/holdout split."""
-    sides: dict[str, set] = {}
+    first: dict[str, str] = {}  # each patient's first split: one entry a patient, not a set
+    both: set[str] = set()
     for r in records:
         if r.split:
-            sides.setdefault(r.patient_id, set()).add(r.split)
-    return sum(1 for s in sides.values() if len(s) > 1)
+            if first.setdefault(r.patient_id, r.split) != r.split:
+                both.add(r.patient_id)
+    return len(both)
 
 
 def require_patient_split(records: Iterable[Record], where: str) -> None:
@@ -502,52 +575,70 @@ def write_phi_headers(root: str | Path, records: Iterable[Record], keep_existing
 
     The file is site-only: de-identification reads it (header PHI to find in the text and to
     replace), and it must never leave the site. Returns the path, or None when no record has PHI.
+    Written as the records come, in their order; with `keep_existing`, the file's earlier lines
+    follow, but for the records given here (a record written again is replaced, also when it no
+    longer has PHI). Memory holds the record ids, not the headers.
     """
     import json
 
     root = Path(root)
     path = root / PHI_HEADERS
-    headers = read_phi_headers(root) if keep_existing else {}
-    for rec in records:
-        if rec.phi_meta:
-            headers[rec.record_id] = dict(rec.phi_meta)
-    if not headers:
-        if path.exists() and not keep_existing:
-            path.unlink()
-        return None
     tmp = path.with_suffix(".jsonl.tmp")
     if tmp.exists():
         tmp.unlink()
+    seen: set[str] = set()
+    lines = 0
     # Site-only PHI: readable by the site's own account only, from the moment it exists.
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
-        for rid in sorted(headers):
-            f.write(json.dumps({"id": rid, "meta": headers[rid]}, ensure_ascii=False, sort_keys=True) + "\n")
+        for rec in records:
+            seen.add(rec.record_id)
+            if rec.phi_meta:
+                item = {"id": rec.record_id, "meta": dict(rec.phi_meta)}
+                f.write(json.dumps(item, ensure_ascii=False, sort_keys=True) + "\n")
+                lines += 1
+        if keep_existing and path.is_file():
+            with open(path, "rb") as old:
+                for i, raw in enumerate(old, start=1):
+                    entry = phi_line(path, i, raw)
+                    if entry is not None and entry[0] not in seen:
+                        f.write(raw.decode("utf-8").rstrip("\r\n") + "\n")
+                        lines += 1
+    if not lines:  # no record has PHI (any earlier entries were all replaced)
+        tmp.unlink()
+        path.unlink(missing_ok=True)
+        return None
     tmp.replace(path)
     return path
 
 
-def read_phi_headers(root: str | Path) -> dict[str, dict[str, str]]:
-    """record_id -> PHI header fields, from `phi_headers.jsonl` (empty when the file is absent)."""
+def phi_line(path: Path, i: int, raw: bytes) -> Optional[tuple[str, dict[str, str]]]:
+    """(record id, header fields) of line `i` of a `phi_headers.jsonl`, None for a blank line."""
     import json
 
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}, line {i}: not UTF-8 text; the file holds one JSON object a line, UTF-8.") from None
+    if not line.strip():
+        return None
+    try:
+        item = json.loads(line)
+        return str(item["id"]), {str(k): str(v) for k, v in item["meta"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(
+            f'{path}, line {i}: expected {{"id": ..., "meta": {{...}}}} ({e.__class__.__name__}).'
+        ) from None
+
+
+def read_phi_headers(root: str | Path) -> dict[str, dict[str, str]]:
+    """record_id -> PHI header fields, from `phi_headers.jsonl` (empty when the file is absent)."""
     path = Path(root) / PHI_HEADERS
     if not path.is_file():
         return {}
     out = {}
-    for i, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(
-                f"{path}, line {i}: not UTF-8 text; the file holds one JSON object a line, UTF-8."
-            ) from None
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            out[str(item["id"])] = {str(k): str(v) for k, v in item["meta"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InputError(
-                f'{path}, line {i}: expected {{"id": ..., "meta": {{...}}}} ({e.__class__.__name__}).'
-            ) from None
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            entry = phi_line(path, i, raw)
+            if entry is not None:
+                out[entry[0]] = entry[1]
     return out

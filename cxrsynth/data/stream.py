@@ -16,6 +16,8 @@ process would have drawn.
 
 from __future__ import annotations
 
+import copy
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -32,7 +34,8 @@ from cxrsynth.data.dataset import (
     _row_to_record,
     checked_rows,
     open_manifest,
-    read_phi_headers,
+    phi_line,
+    read_csv_row,
 )
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.errors import InputError
@@ -98,16 +101,48 @@ class ImageError(InputError):
         self.file, self.row, self.reason = file, row, reason
 
 
+class SpanFile:
+    """A file read by byte ranges (`os.pread`), kept open from the moment its ranges were taken:
+    a file replaced meanwhile (an ingest putting the folder's new manifest in place) is still the
+    one read. DataLoader workers made by fork share the descriptor (pread moves no file offset);
+    a copy sent to another process opens the path again and refuses a different file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: Optional[int] = os.open(self.path, os.O_RDONLY)
+        st = os.fstat(self.fd)
+        self.ident = (st.st_dev, st.st_ino, st.st_size)
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            st = os.fstat(self.fd)
+            if (st.st_dev, st.st_ino, st.st_size) != self.ident:
+                raise InputError(f"{self.path}: the file was replaced while the dataset was open; open it again.")
+        return os.pread(self.fd, end - start, start)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "fd": None}
+
+    def __del__(self):
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 class ManifestDataset(Dataset):
-    """A dataset directory whose images are decoded on access.
+    """A dataset directory whose records are read on access.
 
     The manifest is read and validated once (bad rows reported and skipped, as `read_dataset`
-    does, and a row whose image file is missing counted there too); what each row says is kept
-    in columns: strings in lists, the 14 labels in one int8 array. An image that turns out
-    corrupt when decoded is an InputError naming the file and the row.
+    does, and a row whose image file is missing counted there too). What the sampling, the split
+    and the label counts need stays in memory, compactly: record and patient ids, site, split and
+    view, the 14 labels in one int8 array, and each row's byte range in the manifest. The rest of a
+    row (report text, study id, image paths) and its PHI header line are read again from the
+    files when the record is asked for, and its PNGs decoded, so memory grows by about 150 bytes a
+    study, not by its text. An image that turns out corrupt when decoded is an InputError naming
+    the file and the row.
     """
 
-    _TEXT = ("record_id", "patient_id", "study_id", "site", "split", "view", "findings", "impression", "provenance")
     _FEW = ("site", "split", "view")
 
     def __init__(
@@ -116,21 +151,26 @@ class ManifestDataset(Dataset):
         columns: dict,
         rows: np.ndarray,
         labels: np.ndarray,
-        image_paths: list[str],
-        lateral_paths: list[str],
+        spans: np.ndarray,
+        lateral: np.ndarray,
+        source: SpanFile,
+        fieldnames: list[str],
         index: Optional[np.ndarray] = None,
     ):
         self.root = Path(root)
-        self.columns = columns
+        self.columns = columns  # record_id, patient_id, site, split, view: lists of strings
         self.rows = rows  # manifest data row of each record (1-based), for error messages
         self.labels = labels
-        self.image_paths = image_paths
-        self.lateral_paths = lateral_paths
+        self.spans = spans  # byte range of each record's row in the manifest
+        self.lateral = lateral  # whether each record names a lateral image
+        self.source = source
+        self.fieldnames = fieldnames
         # Positions in the columns this dataset serves: a subset (the training side of the split)
         # shares its parent's columns instead of copying them.
-        self.index = np.arange(len(image_paths)) if index is None else index
+        self.index = np.arange(len(rows)) if index is None else index
         self.keep_labels: Optional[np.ndarray] = None
-        self.phi: dict[str, dict[str, str]] = {}
+        self.phi_source: Optional[SpanFile] = None
+        self.phi_spans: Optional[np.ndarray] = None  # byte range of each record's PHI line; -1: none
 
     @classmethod
     def open(
@@ -138,12 +178,13 @@ class ManifestDataset(Dataset):
     ) -> tuple["ManifestDataset", DatasetReport]:
         root = Path(root)
         manifest, reader = open_manifest(root)
+        source = SpanFile(manifest)
         report = report or DatasetReport()
-        columns: dict[str, list[str]] = {c: [] for c in cls._TEXT}
-        labels: list[np.ndarray] = []
+        columns: dict[str, list[str]] = {c: [] for c in ("record_id", "patient_id") + cls._FEW}
+        labels = bytearray()
         rows: list[int] = []
-        images: list[str] = []
-        laterals: list[str] = []
+        spans: list[tuple[int, int]] = []
+        lateral = bytearray()
 
         def make(row: dict) -> Record:
             rec = _row_to_record(row, root, load_images=False)
@@ -153,44 +194,74 @@ class ManifestDataset(Dataset):
 
         # The checks of read_dataset, without keeping a Record per row.
         for i, row, rec in checked_rows(reader, make, manifest, report, strict):
-            for c in cls._TEXT:
+            for c in columns:
                 value = getattr(rec, c)
                 # One string object per distinct site, split and view, not one per row.
                 columns[c].append(sys.intern(value) if c in cls._FEW else value)
-            labels.append(
-                np.array([NO_LABEL if rec.labels[n] is None else rec.labels[n] for n in LABELS], dtype=np.int8)
-            )
+            labels += bytes((NO_LABEL if rec.labels[n] is None else rec.labels[n]) & 0xFF for n in LABELS)
             rows.append(i)
-            images.append(row["image_path"].strip())
-            laterals.append((row.get("lateral_path") or "").strip())
+            spans.append(reader.span)
+            lateral.append(bool((row.get("lateral_path") or "").strip()))
         ds = cls(
             root,
             columns,
             np.array(rows, dtype=np.int64),
-            np.stack(labels) if labels else np.zeros((0, len(LABELS)), np.int8),
-            images,
-            laterals,
+            np.frombuffer(bytes(labels), dtype=np.int8).reshape(-1, len(LABELS)).copy(),
+            np.array(spans, dtype=np.int64).reshape(-1, 2),
+            np.frombuffer(bytes(lateral), dtype=bool).copy(),
+            source,
+            list(reader.fieldnames or []),
         )
         if with_phi and (root / PHI_HEADERS).is_file():
-            ds.phi = read_phi_headers(root)
+            ds._index_phi(root / PHI_HEADERS)
         return ds, report
+
+    def _index_phi(self, path: Path) -> None:
+        """The byte range of each record's line in the PHI header file (checked line by line)."""
+        position = {rid: k for k, rid in enumerate(self.columns["record_id"])}
+        spans = np.full((len(self.rows), 2), -1, dtype=np.int64)
+        self.phi_source = SpanFile(path)
+        offset = 0
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f, start=1):
+                entry = phi_line(path, i, raw)
+                k = None if entry is None else position.get(entry[0])
+                if k is not None:
+                    spans[k] = (offset, offset + len(raw))
+                offset += len(raw)
+        self.phi_spans = spans
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def _row(self, k: int) -> dict:
+        """The manifest row of column position k, read again from the file."""
+        row = read_csv_row(self.source.path, self.fieldnames, self.source.read(*self.spans[k].tolist()))
+        if (row.get("record_id") or "").strip() != self.columns["record_id"][k]:
+            raise InputError(
+                f"{self.source.path}, row {int(self.rows[k])}: the manifest changed while the dataset was open; open it again."
+            )
+        return row
+
+    def _phi(self, k: int) -> dict[str, str]:
+        if self.phi_spans is None or self.phi_spans[k, 0] < 0:
+            return {}
+        start, end = self.phi_spans[k].tolist()
+        entry = phi_line(self.phi_source.path, 0, self.phi_source.read(start, end))
+        return entry[1] if entry else {}
+
     def metadata(self, i: int) -> Record:
-        """Record i without its images (report, labels, ids): no file is read."""
+        """Record i without its images (report, labels, ids): its manifest row is read, no image."""
         if not 0 <= i < len(self):
             raise IndexError(i)
         keep = self.keep_labels is None or self.keep_labels[i]
-        i = int(self.index[i])
-        lab = self.labels[i]
-        labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, lab.tolist())}
-        if not keep:
-            labels = dict.fromkeys(LABELS)
-        rec = Record(**{c: self.columns[c][i] for c in self._TEXT}, labels=labels)
-        if self.phi and rec.record_id in self.phi:
-            rec.phi_meta = dict(self.phi[rec.record_id])
+        k = int(self.index[i])
+        rec = _row_to_record(self._row(k), self.root, load_images=False)
+        labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, self.labels[k].tolist())}
+        rec.labels = labels if keep else dict.fromkeys(LABELS)
+        for c in self.columns:  # the split may have been made since (`with_splits`)
+            setattr(rec, c, self.columns[c][k])
+        rec.phi_meta = self._phi(k)
         return rec
 
     def __getitem__(self, i: int) -> Record:
@@ -205,12 +276,16 @@ class ManifestDataset(Dataset):
         k = int(self.index[i])
         column = "lateral_path" if lateral else "image_path"
         try:
-            return _load_rel(self.root, (self.lateral_paths if lateral else self.image_paths)[k], column)
+            return _load_rel(self.root, self.image_path(i, lateral), column)
         except ValueError as e:
             raise ImageError(str(self.root / MANIFEST), int(self.rows[k]), str(e)) from None
 
+    def image_path(self, i: int, lateral: bool = False) -> str:
+        """Record i's frontal (or lateral) image path as the manifest gives it ("" for no lateral)."""
+        return (self._row(int(self.index[i])).get("lateral_path" if lateral else "image_path") or "").strip()
+
     def has_lateral(self, i: int) -> bool:
-        return bool(self.lateral_paths[int(self.index[i])])
+        return bool(self.lateral[int(self.index[i])])
 
     def check_images(self) -> None:
         """Decode every image once, one at a time: an `ImageError` for the first that does not read."""
@@ -218,6 +293,10 @@ class ManifestDataset(Dataset):
             self.image(i)
             if self.has_lateral(i):
                 self.image(i, lateral=True)
+
+    def record_ids(self) -> list[str]:
+        column = self.columns["record_id"]
+        return [column[i] for i in self.index.tolist()]
 
     def patient_ids(self) -> list[str]:
         column = self.columns["patient_id"]
@@ -229,16 +308,9 @@ class ManifestDataset(Dataset):
 
     def subset(self, indices: Sequence[int]) -> "ManifestDataset":
         """The records at `indices`, sharing this dataset's columns (no label mask carried over)."""
-        sub = ManifestDataset(
-            self.root,
-            self.columns,
-            self.rows,
-            self.labels,
-            self.image_paths,
-            self.lateral_paths,
-            self.index[np.asarray(indices, dtype=np.int64)],
-        )
-        sub.phi = self.phi
+        sub = copy.copy(self)
+        sub.index = self.index[np.asarray(indices, dtype=np.int64)]
+        sub.keep_labels = None
         return sub
 
     def with_splits(self, splits: Sequence[str]) -> "ManifestDataset":
@@ -331,7 +403,7 @@ def has_images(records: Sequence[Record], lateral: bool = False) -> np.ndarray:
     ds = records.dataset if isinstance(records, RecordView) else None
     if isinstance(ds, ManifestDataset):
         # A manifest row always names a frontal image (a required column, checked on opening).
-        return np.array([ds.has_lateral(i) for i in range(len(ds))] if lateral else [True] * len(ds), dtype=bool)
+        return ds.lateral[ds.index] if lateral else np.ones(len(ds), dtype=bool)
     return np.array([(r.lateral if lateral else r.image) is not None for r in records], dtype=bool)
 
 

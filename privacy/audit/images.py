@@ -91,9 +91,8 @@ def _image_memorization(
 
     if policy.copy_match == "aligned":
         c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
-        c_ht, _ = aligned_nearest(
-            hold_imgs, train_imgs, progress=progress, label=f"{site} aligned holdout calibration"
-        )
+        cal = ImageColumn(holdout, calibration_sample(len(holdout), policy))
+        c_ht, _ = aligned_nearest(cal, train_imgs, progress=progress, label=f"{site} aligned holdout calibration")
     else:
         c_st, ci_st, c_ht = d_st, i_st, d_ht
     threshold = float(policy.copy_margin * np.quantile(c_ht, policy.copy_quantile))
@@ -163,6 +162,18 @@ def _image_memorization(
     }, pairs
 
 
+def calibration_sample(n: int, policy: AuditPolicy) -> np.ndarray:
+    """Positions of the holdout images the aligned copy threshold is calibrated on: all of them,
+    or `calibration_max` drawn at random (the policy's seed) when there are more. The aligned
+    search compares each with every training image, so calibrating on all of a hospital's holdout
+    would cost its training set times its holdout; the threshold is a quantile of the distances,
+    which a few thousand estimate well."""
+    if n <= policy.calibration_max:
+        return np.arange(n)
+    rng = np.random.default_rng([policy.seed, 7])
+    return np.sort(rng.choice(n, size=policy.calibration_max, replace=False))
+
+
 def lateral_copies(
     encoder: Encoder,
     synthetic: Sequence[Record],
@@ -194,7 +205,9 @@ def lateral_copies(
     hold = ImageColumn(holdout, hold_pos, np.ones(len(hold_pos), bool))
     if policy.copy_match == "aligned":
         c_sb, i_sb = aligned_nearest(q, b, progress=progress, label=f"{site} aligned lateral copy search")
-        c_hb, _ = aligned_nearest(hold, b, progress=progress, label=f"{site} aligned lateral calibration")
+        cal_pos = hold_pos[calibration_sample(len(hold_pos), policy)]
+        cal = ImageColumn(holdout, cal_pos, np.ones(len(cal_pos), bool))
+        c_hb, _ = aligned_nearest(cal, b, progress=progress, label=f"{site} aligned lateral calibration")
     else:
         with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-", dir=tmp) as own:
             e_b = encoder.embed_rows(b, own)

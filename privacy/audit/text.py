@@ -9,7 +9,7 @@ it has memorized them.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -34,21 +34,53 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return out
 
 
+def _digest(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def _gram_hashes(text: str, n: int) -> np.ndarray:
+    """A report's distinct n-grams as sorted 64-bit hashes (8 bytes each instead of a tuple of words)."""
+    grams = ngrams(text, n)
+    return np.unique(
+        np.fromiter((_digest("\x1f".join(g).encode("utf-8", "surrogatepass")) for g in grams), np.uint64, len(grams))
+    )
+
+
+def _lookup(table: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in the sorted `table` of the keys found there, which keys were found)."""
+    at = np.searchsorted(table, keys)
+    found = at < len(table)
+    found[found] = table[at[found]] == keys[found]
+    return at[found], found
+
+
 def rare_ngram_leaks(
     synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
 ) -> dict:
     """Synthetic reports holding an n-gram that occurs in 1..k-1 training reports.
 
     Holdout reports run through the same test give the baseline: how often unseen patients'
-    reports share a rare n-gram with training by chance.
+    reports share a rare n-gram with training by chance. Only the n-grams of the synthetic and
+    holdout reports are counted in the training reports, which are read once, one at a time, so
+    memory holds the asked-about n-grams (as hashes) and does not grow with the training set.
     """
     n, k = policy.rare_ngram_n, policy.rare_ngram_k
-    df: Counter = Counter()
+    parts: list[np.ndarray] = []
+    asked = np.zeros(0, np.uint64)
+    for r in chain(synthetic, holdout):
+        parts.append(_gram_hashes(r.report, n))
+        if len(parts) >= 4096:
+            asked, parts = np.unique(np.concatenate([asked, *parts])), []
+    asked = np.unique(np.concatenate([asked, *parts]))
+    df = np.zeros(len(asked), np.int64)  # training reports holding each asked-about n-gram
     for r in train:
-        df.update(ngrams(r.report, n))
+        at, _ = _lookup(asked, _gram_hashes(r.report, n))
+        df[at] += 1
 
     def leaks(rec: Record) -> int:
-        return sum(1 for g in ngrams(rec.report, n) if 0 < df[g] < k)
+        at, _ = _lookup(asked, _gram_hashes(rec.report, n))
+        c = df[at]
+        return int(((c > 0) & (c < k)).sum())
 
     counts = [leaks(r) for r in synthetic]
     hold = [leaks(r) for r in holdout]
@@ -71,36 +103,65 @@ def _minhash(text: str) -> Optional[MinHash]:
     return m
 
 
+def _bands(text: str, b: int, r: int) -> Optional[np.ndarray]:
+    """The b band keys of a report's MinHash (each band's r hash values as one 64-bit hash), as
+    locality-sensitive hashing buckets them: two reports are candidates when any band is equal."""
+    m = _minhash(text)
+    if m is None:
+        return None
+    values = m.hashvalues
+    return np.array([_digest(values[i * r : (i + 1) * r].tobytes()) for i in range(b)], dtype=np.uint64)
+
+
+DEDUP_LIMIT = 10_000  # distinct training texts remembered at a time (about 1 MB), to skip repeats
+
+
 def near_duplicates(
     synthetic: Sequence[Record], train: Sequence[Record], holdout: Sequence[Record], policy: AuditPolicy
 ) -> dict:
     """Share of synthetic reports with a near-duplicate (MinHash LSH) among training reports,
-    against the same share for holdout reports: templated reports make some duplication normal."""
-    lsh = MinHashLSH(threshold=policy.near_duplicate_jaccard, num_perm=NUM_PERM)
-    # One entry per distinct report text: the question is only whether any training report is a
-    # near-duplicate, and templated reports repeat, so the index grows with the distinct texts.
+    against the same share for holdout reports: templated reports make some duplication normal.
+
+    The synthetic and holdout reports are the index (their band keys, sorted per band) and each
+    training report, read once, is looked up in it, so memory does not grow with the training
+    set; the candidates are the pairs an LSH index over the training reports would give."""
+    lsh = MinHashLSH(threshold=policy.near_duplicate_jaccard, num_perm=NUM_PERM)  # its band layout
+    b, r = lsh.b, lsh.r
+    asked = [_bands(rec.report, b, r) for rec in chain(synthetic, holdout)]
+    keys = np.array([a if a is not None else np.zeros(b, np.uint64) for a in asked], dtype=np.uint64).reshape(-1, b)
+    has_text = np.array([a is not None for a in asked], dtype=bool)
+    del asked
+    order = [np.argsort(keys[:, i], kind="stable") for i in range(b)]
+    sorted_keys = [keys[o, i] for i, o in enumerate(order)]
+    del keys
+    dup = np.zeros(len(has_text), dtype=bool)
     seen: set[bytes] = set()
-    for i, r in enumerate(train):
-        text = r.report
+    for rec in train:
+        text = rec.report
         digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         if digest in seen:
             continue
+        if len(seen) >= DEDUP_LIMIT:
+            seen.clear()
         seen.add(digest)
-        m = _minhash(text)
-        if m is not None:
-            lsh.insert(str(i), m)
-
-    def has_dup(rec: Record) -> bool:
-        m = _minhash(rec.report)
-        return m is not None and bool(lsh.query(m))
-
-    syn = [has_dup(r) for r in synthetic]
-    hold = [has_dup(r) for r in holdout]
+        bands = _bands(text, b, r)
+        if bands is None:
+            continue
+        for i in range(b):
+            lo, hi = (
+                np.searchsorted(sorted_keys[i], bands[i : i + 1], "left")[0],
+                np.searchsorted(sorted_keys[i], bands[i : i + 1], "right")[0],
+            )
+            if hi > lo:
+                dup[order[i][lo:hi]] = True
+    dup &= has_text
+    n_syn = len(synthetic)
+    syn, hold = dup[:n_syn], dup[n_syn:]
     return {
         "jaccard": policy.near_duplicate_jaccard,
-        "duplicated_reports": [r.record_id for r, d in zip(synthetic, syn) if d],
-        "rate": float(np.mean(syn)) if syn else 0.0,
-        "holdout_rate": float(np.mean(hold)) if hold else 0.0,
+        "duplicated_reports": [rec.record_id for rec, d in zip(synthetic, syn) if d],
+        "rate": float(np.mean(syn)) if len(syn) else 0.0,
+        "holdout_rate": float(np.mean(hold)) if len(hold) else 0.0,
     }
 
 
