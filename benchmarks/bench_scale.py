@@ -17,8 +17,9 @@ step in one process (streamed, streamed with 2 DataLoader workers, decoded first
 images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
 decoding, resizing and batching) with 0, 1 and 2 workers, in turns, on a dataset of
 `--image-size` pixels: whether the workers scale the reading with the cores, which a CPU
-trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes as many
-records as the site; the audit compares a synthetic set with the site's training and holdout patients
+trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes a release of
+1,000 records (fewer for a smaller site) from the model trained on the site; the audit compares a
+synthetic set of that size with the site's training and holdout patients
 (a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
 and nearest-neighbour search rather than its training loops).
 """
@@ -97,7 +98,10 @@ def stage(name: str, work: Path, n: int, image_size: int = 64) -> dict:
         extra["loader_images_per_s"] = _loader_speeds(work, site)
         code = 0
     elif name == "generate":
-        code = cli(["generate", "--checkpoint", str(work / "run"), "--n", str(n), "--out", str(syn), "--quiet"])
+        # A release of RELEASE records from the model trained on the site: what grows with the site.
+        code = cli(
+            ["generate", "--checkpoint", str(work / "run"), "--n", str(min(n, RELEASE)), "--out", str(syn), "--quiet"]
+        )
     elif name == "phantom-synthetic":
         # A stand-in synthetic set for the audit alone: phantom studies of another seed, so the
         # audit's memory and time are measured at sizes generate takes hours to reach here.

@@ -8,6 +8,7 @@ Reading validates every row; a bad row is reported with the file and row number 
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import io
 import os
@@ -231,45 +232,44 @@ class ByteLines:
     leading byte-order mark dropped), split as a text file opened with newline="" splits them (at
     "\\n", "\\r\\n" and a lone "\\r", each kept on its line), with `offset`: the byte position
     after the last line returned. A CSV row read from it therefore has a byte span in the file,
-    from which it can be read again later (`read_span`) without keeping its text."""
+    from which it can be read again later (`read_csv_row`) without keeping its text."""
 
-    _EOL = re.compile(rb"\r\n?|\n")
-    CHUNK = 1 << 16
+    CHUNK = 1 << 20
 
     def __init__(self, f: io.BufferedIOBase):
         self.f = f
-        self.buf = b""
-        self.start = 0  # position in buf of the next line
-        self.base = 0  # file offset of buf[0]
-        self.eof = False
-
-    @property
-    def offset(self) -> int:
-        return self.base + self.start
+        self.pending: collections.deque[bytes] = collections.deque()
+        self.carry = b""  # a line not known to be complete yet
+        self.offset = 0
 
     def __iter__(self):
         return self
 
-    def __next__(self) -> str:
-        while True:
-            m = self._EOL.search(self.buf, self.start)
-            # A "\r" that ends the buffer may be the first half of "\r\n": read on before cutting.
-            if m and (m.end() < len(self.buf) or self.eof or m.group() != b"\r"):
-                end = m.end()
-                break
-            if self.eof:
-                if self.start >= len(self.buf):
-                    raise StopIteration
-                end = len(self.buf)
-                break
+    def _fill(self) -> None:
+        while not self.pending:
             chunk = self.f.read(self.CHUNK)
-            self.base += self.start
-            self.buf, self.start = self.buf[self.start :] + chunk, 0
-            self.eof = not chunk
-        raw = self.buf[self.start : end]
-        if self.base + self.start == 0 and raw.startswith(codecs.BOM_UTF8):
+            data = self.carry + chunk
+            self.carry = b""
+            if not chunk:
+                if data:
+                    self.pending.append(data)
+                return
+            # bytes.splitlines breaks at exactly "\\n", "\\r\\n" and "\\r".
+            lines = data.splitlines(keepends=True)
+            if not lines[-1].endswith((b"\n", b"\r")) or lines[-1].endswith(b"\r"):
+                self.carry = lines.pop()  # unfinished, or a "\\r" whose "\\n" is in the next chunk
+            self.pending.extend(lines)
+
+    def __next__(self) -> str:
+        if not self.pending:
+            self._fill()
+            if not self.pending:
+                raise StopIteration
+        raw = self.pending.popleft()
+        if self.offset == 0 and raw.startswith(codecs.BOM_UTF8):
+            self.offset += len(codecs.BOM_UTF8)
             raw = raw[len(codecs.BOM_UTF8) :]
-        self.start = end
+        self.offset += len(raw)
         return raw.decode("utf-8", "surrogateescape")
 
     def close(self) -> None:
@@ -353,8 +353,11 @@ def read_csv_row(path: Path, fieldnames: list[str], data: bytes) -> dict:
         raise InputError(f"{path}: the file changed while it was read (a row no longer reads: {e!r}).") from None
 
 
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return not text.isascii() and _SURROGATES.search(text) is not None
 
 
 def check_utf8(row: dict) -> None:
