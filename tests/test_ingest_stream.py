@@ -102,3 +102,61 @@ def test_an_ingest_into_an_earlier_one_keeps_its_phi_headers_and_replaces_those_
     assert set(headers) == {r.record_id for r in records}
     assert all(headers[r.record_id] == r.phi_meta for r in records[:15] + changed)
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "phi_headers.jsonl").st_mode) == 0o600
+
+
+def test_a_site_manifest_is_ingested_one_study_at_a_time_as_reading_it_whole_did(tmp_path, monkeypatch):
+    """A hospital's CSV (loose columns, PNG paths, report text): every image is decoded on
+    reading (a bad one reported before anything is written) and again when written, never more
+    than a study's at once, and the dataset written is the one the rows give."""
+    import csv as csv_module
+    import tracemalloc
+    import weakref
+
+    import cxrsynth.data.manifest as manifest
+    from cxrsynth.data.dataset import save_png
+
+    records = make_phantom(n=120, sites=1, seed=8, image_size=24, lateral=True)
+    rows = []
+    for i, r in enumerate(records):
+        save_png(r.image, tmp_path / "img" / f"{i}.png")
+        lateral = ""
+        if r.lateral is not None:
+            save_png(r.lateral, tmp_path / "img" / f"{i}_lat.png")
+            lateral = f"img/{i}_lat.png"
+        rows.append([f"img/{i}.png", lateral, r.report, r.phi_meta["PatientID"], f"ACC{i}", r.view])
+    with open(tmp_path / "site.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv_module.writer(f)
+        w.writerow(["Image Path", "lateral_path", "Report", "MRN", "Accession", "View Position"])
+        w.writerows(rows)
+    live: dict[int, weakref.ref] = {}
+    counts = {"total": 0, "peak": 0}
+    image = manifest._image
+
+    def counted(base, rel, column):
+        out = image(base, rel, column)
+        live[id(out[0])] = weakref.ref(out[0], lambda _, key=id(out[0]): live.pop(key, None))
+        counts["total"] += 1
+        counts["peak"] = max(counts["peak"], len(live))
+        return out
+
+    monkeypatch.setattr(manifest, "_image", counted)
+    tracemalloc.start()
+    recs, report = manifest.read_manifest(tmp_path / "site.csv", key=b"k" * 32, site="h1")
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    n_images = sum(r.lateral is not None for r in records) + len(records)
+    # Two studies at most: the one being read and the one just checked.
+    assert report.kept == len(recs) == 120 and counts["total"] == n_images and counts["peak"] <= 4
+    assert held < 120 * 1500, held  # ids, codes and byte ranges; the reports alone are more
+    # What the sequence gives is what the rows say, read again on access.
+    first = recs[7]
+    assert (first.findings, first.impression) == (records[7].findings, records[7].impression)
+    assert np.array_equal(first.image, records[7].image) and first.phi_meta["AccessionNumber"] == "ACC7"
+    ingest("manifest", tmp_path / "site.csv", tmp_path / "out", site="h1")
+    assert counts["peak"] <= 2 + 2 * 6 * 2  # a study's two images (and the page's few examples)
+    back, _ = read_dataset(tmp_path / "out")
+    # The site's own key pseudonymises the ids there; the accession numbers tell the studies apart.
+    by_accession = {r.phi_meta["AccessionNumber"]: r for r in back}
+    assert len(back) == 120 and set(by_accession) == {f"ACC{i}" for i in range(120)}
+    assert np.array_equal(by_accession["ACC7"].image, records[7].image)
+    assert by_accession["ACC7"].findings == records[7].findings

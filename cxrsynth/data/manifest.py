@@ -23,15 +23,28 @@ label column would otherwise be dropped without a word), unless named in `ignore
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cxrsynth.data.dataset import MANIFEST, DatasetReport, checked_rows, csv_rows, load_png, parse_label, read_dataset
+import numpy as np
+
+from cxrsynth.data.dataset import (
+    MANIFEST,
+    DatasetReport,
+    checked_rows,
+    csv_rows,
+    load_png,
+    parse_label,
+    read_csv_row,
+    read_dataset,
+)
 from cxrsynth.data.dicom import pseudonym, to_uint8, view_of
 from cxrsynth.data.label_maps import LabelVocabulary, norm, vocabulary
 from cxrsynth.data.labeler import label_report
-from cxrsynth.data.records import SPLITS, VIEWS, Record, empty_labels
+from cxrsynth.data.records import LABELS, SPLITS, VIEWS, Record, empty_labels
 from cxrsynth.data.report_text import read_report_file, sections
+from cxrsynth.data.stream import NO_LABEL, ImageError, RecordView, SpanFile
 from cxrsynth.errors import InputError
 
 ALIASES = {
@@ -162,26 +175,96 @@ def read_site_manifest(
     report: Optional[DatasetReport] = None,
     labels: str = "chexpert",
     ignore: Sequence[str] = (),
-) -> tuple[list[Record], DatasetReport]:
+) -> tuple[Sequence[Record], DatasetReport]:
+    """A site manifest's studies, as a sequence that reads each one again (its row, report file and
+    images) when it is asked for. Every row is checked here, its images decoded once and let go,
+    so a bad row is reported before anything is written and memory holds no image or text."""
     report = report or DatasetReport()
     vocab = vocabulary(labels)
     reader = csv_rows(path)
     cols, label_cols = _columns(path, list(reader.fieldnames or []), vocab, ignore)
-    base = path.parent
-    dropped: dict[str, list[str]] = {}  # record id -> its positive findings with no counterpart
-    make = lambda row: _site_row(row, cols, label_cols, base, key, site, vocab, dropped)  # noqa: E731
-    records = [rec for _, _, rec in checked_rows(reader, make, path, report, strict, duplicate="study")]
-    counts = {
-        s: sum(s in dropped.get(r.record_id, ()) for r in records)
-        for s in vocab.dropped
-        if s in label_cols or LIST in label_cols
-    }
+    ds = SiteManifest(path, list(reader.fieldnames or []), cols, label_cols, key, site, vocab)
+    dropped: dict[str, list[str]] = {}  # record id -> its positive findings with no counterpart, until kept
+    counts = {s: 0 for s in vocab.dropped if s in label_cols or LIST in label_cols}
+    make = lambda row: ds.record(row, dropped=dropped)  # noqa: E731
+    for i, _, rec in checked_rows(reader, make, path, report, strict, duplicate="study"):
+        ds.keep(i, reader.span, rec)
+        for s in dropped.pop(rec.record_id, ()):
+            if s in counts:
+                counts[s] += 1
+    ds.close_columns()
     report.notes["labels"] = {
         "vocabulary": vocab.name,
         "columns": sorted(label_cols.values()),
         **({"dropped_positives": counts, "not_stated": vocab.not_stated} if vocab.name != "chexpert" else {}),
     }
-    return records, report
+    return RecordView(ds), report
+
+
+class SiteManifest:
+    """The checked rows of a site manifest CSV, read again when asked for (`RecordView` of it:
+    with images, or `metadata` without). Memory holds what ingest's split and counts read (ids,
+    split, view, the 14 labels as int8) and each row's byte range in the CSV."""
+
+    def __init__(self, path: Path, fieldnames: list[str], cols: dict, label_cols: dict, key: bytes, site, vocab):
+        self.path, self.fieldnames = Path(path), fieldnames
+        self.cols, self.label_cols, self.key, self.site, self.vocab = cols, label_cols, key, site, vocab
+        self.source = SpanFile(self.path)
+        self.rows: list[int] = []
+        self.spans: list[tuple[int, int]] = []
+        self.ids: list[tuple[str, str, str]] = []  # record, patient, study pseudonyms
+        self.split_view: list[tuple[str, str]] = []
+        self.labels = bytearray()
+
+    def record(self, row: dict, images: bool = True, known: Optional[tuple[str, dict]] = None, dropped=None) -> Record:
+        return _site_row(
+            row,
+            self.cols,
+            self.label_cols,
+            self.path.parent,
+            self.key,
+            self.site,
+            self.vocab,
+            {} if dropped is None else dropped,
+            images=images,
+            known=known,
+        )
+
+    def keep(self, row: int, span: tuple[int, int], rec: Record) -> None:
+        self.rows.append(row)
+        self.spans.append(span)
+        self.ids.append((rec.record_id, rec.patient_id, rec.study_id))
+        self.split_view.append((sys.intern(rec.split), sys.intern(rec.view)))
+        self.labels += bytes((NO_LABEL if rec.labels[n] is None else rec.labels[n]) & 0xFF for n in LABELS)
+
+    def close_columns(self) -> None:
+        self.label_array = np.frombuffer(bytes(self.labels), dtype=np.int8).reshape(-1, len(LABELS))
+        self.labels = bytearray()
+        self.span_array = np.array(self.spans, dtype=np.int64).reshape(-1, 2)
+        self.spans = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, i: int, images: bool) -> Record:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        row = read_csv_row(self.path, self.fieldnames, self.source.read(*self.span_array[i].tolist()))
+        labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, self.label_array[i].tolist())}
+        try:
+            rec = self.record(row, images=images, known=(self.split_view[i][1], labels))
+        except ValueError as e:
+            raise ImageError(str(self.path), self.rows[i], str(e)) from None
+        if rec.record_id != self.ids[i][0]:
+            raise InputError(f"{self.path}, row {self.rows[i]}: the file changed while it was read; run again.")
+        return rec
+
+    def metadata(self, i: int) -> Record:
+        """Study i without its images (ids, report, labels, split, view, PHI header fields)."""
+        return self._read(i, images=False)
+
+    def __getitem__(self, i: int) -> Record:
+        return self._read(i, images=True)
 
 
 def _source_labels(row: dict, label_cols: dict, vocab: LabelVocabulary) -> dict[str, Optional[int]]:
@@ -201,8 +284,20 @@ def _source_labels(row: dict, label_cols: dict, vocab: LabelVocabulary) -> dict[
 
 
 def _site_row(
-    row: dict, cols: dict, label_cols: dict, base: Path, key: bytes, site: str, vocab: LabelVocabulary, dropped: dict
+    row: dict,
+    cols: dict,
+    label_cols: dict,
+    base: Path,
+    key: bytes,
+    site: str,
+    vocab: LabelVocabulary,
+    dropped: dict,
+    images: bool = True,
+    known: Optional[tuple[str, dict]] = None,
 ) -> Record:
+    """A site manifest row as a record; ValueError names the column. `images`: decode them (else
+    the record has none); `known`: (view, labels) of a row read before, so neither the DICOM header
+    nor the report labeler is read again."""
     if None in row:
         raise ValueError(f"malformed row: {len(row[None])} more cell(s) than header columns")
     get = lambda m: (row.get(cols[m]) or "").strip() if m in cols else ""  # noqa: E731
@@ -227,14 +322,18 @@ def _site_row(
         )
     labels = empty_labels()
     source = {}
-    if label_cols:
+    if known is not None:
+        labels = known[1]
+    elif label_cols:
         source = _source_labels(row, label_cols, vocab)
         labels = vocab.convert(source)
     elif text:
         labels = label_report(text)
-    image, header_view = _image(base, get("image"), cols["image"])
-    lateral = _image(base, get("lateral"), cols["lateral"])[0] if get("lateral") else None
-    view = (get("view") or header_view or "PA").upper()
+    image = lateral = header_view = None
+    if images:
+        image, header_view = _image(base, get("image"), cols["image"])
+        lateral = _image(base, get("lateral"), cols["lateral"])[0] if get("lateral") else None
+    view = known[0] if known is not None else (get("view") or header_view or "PA").upper()
     view = "LATERAL" if view in ("LL", "LAT") else view
     if view not in VIEWS:
         raise ValueError(f"view {view!r} is not one of {list(VIEWS)}")
