@@ -406,10 +406,11 @@ def _row_to_record(row: dict, root: Path, load_images: bool) -> Record:
     )
 
 
-def _load_rel(root: Path, rel: str, column: str) -> np.ndarray:
+def _load_rel(root: Path, rel: str, column: str, resolved_root: Optional[Path] = None) -> np.ndarray:
+    """`resolved_root`: `root.resolve()`, when the caller has it already (one a dataset, not one a read)."""
     rel = rel.strip()
     path = (root / rel).resolve()
-    if root.resolve() not in path.parents:
+    if (resolved_root or root.resolve()) not in path.parents:
         raise ValueError(f"{column} {rel!r} points outside the dataset directory")
     try:
         return load_png(path)

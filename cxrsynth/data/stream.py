@@ -171,6 +171,8 @@ class ManifestDataset(Dataset):
         self.keep_labels: Optional[np.ndarray] = None
         self.phi_source: Optional[SpanFile] = None
         self.phi_spans: Optional[np.ndarray] = None  # byte range of each record's PHI line; -1: none
+        self._last: Optional[tuple[int, dict]] = None  # (position, row) of the row read last
+        self._resolved_root: Optional[Path] = None
 
     @classmethod
     def open(
@@ -234,13 +236,20 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_last": None}  # a copy elsewhere reads its rows from the file
+
     def _row(self, k: int) -> dict:
-        """The manifest row of column position k, read again from the file."""
+        """The manifest row of column position k, read again from the file (the last one read is
+        kept: a record's metadata and its two images read the same row)."""
+        if self._last is not None and self._last[0] == k:
+            return self._last[1]
         row = read_csv_row(self.source.path, self.fieldnames, self.source.read(*self.spans[k].tolist()))
         if (row.get("record_id") or "").strip() != self.columns["record_id"][k]:
             raise InputError(
                 f"{self.source.path}, row {int(self.rows[k])}: the manifest changed while the dataset was open; open it again."
             )
+        self._last = (k, row)
         return row
 
     def _phi(self, k: int) -> dict[str, str]:
@@ -276,7 +285,9 @@ class ManifestDataset(Dataset):
         k = int(self.index[i])
         column = "lateral_path" if lateral else "image_path"
         try:
-            return _load_rel(self.root, self.image_path(i, lateral), column)
+            if self._resolved_root is None:
+                self._resolved_root = self.root.resolve()
+            return _load_rel(self.root, self.image_path(i, lateral), column, self._resolved_root)
         except ValueError as e:
             raise ImageError(str(self.root / MANIFEST), int(self.rows[k]), str(e)) from None
 
