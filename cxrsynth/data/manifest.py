@@ -44,7 +44,7 @@ from cxrsynth.data.label_maps import LabelVocabulary, norm, vocabulary
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, SPLITS, VIEWS, Record, empty_labels
 from cxrsynth.data.report_text import read_report_file, sections
-from cxrsynth.data.stream import NO_LABEL, ImageError, RecordView, SpanFile
+from cxrsynth.data.stream import ImageError, RecordView, SpanFile, label_codes, labels_of_codes
 from cxrsynth.errors import InputError
 
 ALIASES = {
@@ -212,8 +212,8 @@ class SiteManifest:
         self.source = SpanFile(self.path)
         self.rows: list[int] = []
         self.spans: list[tuple[int, int]] = []
-        self.ids: list[tuple[str, str, str]] = []  # record, patient, study pseudonyms
-        self.split_view: list[tuple[str, str]] = []
+        self.ids: list[str] = []  # record pseudonyms, to tell a changed file
+        self.views: list[str] = []  # as read first (a DICOM header's view is not read again)
         self.labels = bytearray()
 
     def record(self, row: dict, images: bool = True, known: Optional[tuple[str, dict]] = None, dropped=None) -> Record:
@@ -233,9 +233,9 @@ class SiteManifest:
     def keep(self, row: int, span: tuple[int, int], rec: Record) -> None:
         self.rows.append(row)
         self.spans.append(span)
-        self.ids.append((rec.record_id, rec.patient_id, rec.study_id))
-        self.split_view.append((sys.intern(rec.split), sys.intern(rec.view)))
-        self.labels += bytes((NO_LABEL if rec.labels[n] is None else rec.labels[n]) & 0xFF for n in LABELS)
+        self.ids.append(rec.record_id)
+        self.views.append(sys.intern(rec.view))
+        self.labels += label_codes(rec.labels)
 
     def close_columns(self) -> None:
         self.label_array = np.frombuffer(bytes(self.labels), dtype=np.int8).reshape(-1, len(LABELS))
@@ -250,12 +250,11 @@ class SiteManifest:
         if not 0 <= i < len(self):
             raise IndexError(i)
         row = read_csv_row(self.path, self.fieldnames, self.source.read(*self.span_array[i].tolist()))
-        labels = {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, self.label_array[i].tolist())}
         try:
-            rec = self.record(row, images=images, known=(self.split_view[i][1], labels))
+            rec = self.record(row, images=images, known=(self.views[i], labels_of_codes(self.label_array[i])))
         except ValueError as e:
             raise ImageError(str(self.path), self.rows[i], str(e)) from None
-        if rec.record_id != self.ids[i][0]:
+        if rec.record_id != self.ids[i]:
             raise InputError(f"{self.path}, row {self.rows[i]}: the file changed while it was read; run again.")
         return rec
 
