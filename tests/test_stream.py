@@ -189,6 +189,32 @@ def test_an_open_dataset_reads_the_manifest_it_opened_and_refuses_one_changed_in
         ds.metadata(3)
 
 
+def test_an_image_path_that_leaves_the_dataset_directory_is_refused_on_opening_and_on_reading(tmp_path):
+    root = tmp_path / "site"
+    write_dataset(root, make_phantom(n=6, sites=1, seed=4, image_size=16, lateral=False))
+    ds, _ = ManifestDataset.open(root)
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((root / ds.image_path(0)).read_bytes())
+    (root / "images" / "link.png").symlink_to(outside)
+    manifest = root / "manifest.csv"
+    text = manifest.read_text(encoding="utf-8")
+    for k, escape in ((1, "../elsewhere.png"), (2, str(outside)), (3, "images/link.png")):
+        text = text.replace(ds.image_path(k), escape)
+    manifest.write_text(text, encoding="utf-8")
+    opened, report = ManifestDataset.open(root)
+    assert len(opened) == 3 and report.skipped == 3
+    assert [str(p).count("outside the dataset directory") for p in report.problems] == [1, 1, 1]
+    assert sorted(p.row for p in report.problems) == [2, 3, 4]
+    # A row changed in place after opening, to a path that leaves the directory, is refused on reading.
+    ds, _ = ManifestDataset.open(root)
+    rel = ManifestDataset.open(root)[0].image_path(0)
+    escape = ("../" + "x" * len(rel))[: len(rel)]
+    with open(manifest, "r+b") as f:
+        f.write(manifest.read_bytes().replace(rel.encode(), escape.encode()))
+    with pytest.raises(InputError, match=r"row 1: image_path .*outside the dataset directory"):
+        ds.image(0)
+
+
 def test_manifest_rows_read_back_from_their_byte_ranges_as_a_text_reader_reads_them(tmp_path):
     import csv
 

@@ -406,16 +406,25 @@ def _row_to_record(row: dict, root: Path, load_images: bool) -> Record:
     )
 
 
-def _load_rel(root: Path, rel: str, column: str, resolved_root: Optional[Path] = None) -> np.ndarray:
-    """`resolved_root`: `root.resolve()`, when the caller has it already (one a dataset, not one a read)."""
-    rel = rel.strip()
-    path = (root / rel).resolve()
+def dataset_file(root: Path, rel: str, column: str, resolved_root: Optional[Path] = None) -> Path:
+    """The file a manifest path names, symbolic links followed, checked to stay inside the dataset
+    directory. `resolved_root`: `root.resolve()`, when the caller has it already."""
+    path = (root / rel.strip()).resolve()
     if (resolved_root or root.resolve()) not in path.parents:
-        raise ValueError(f"{column} {rel!r} points outside the dataset directory")
+        raise ValueError(f"{column} {rel.strip()!r} points outside the dataset directory")
+    return path
+
+
+def _load_rel(root: Path, rel: str, column: str) -> np.ndarray:
+    return load_image_file(dataset_file(root, rel, column), column, rel)
+
+
+def load_image_file(path: Path | str, column: str, rel: str) -> np.ndarray:
+    """`load_png`, its error naming the manifest column and path."""
     try:
         return load_png(path)
     except ValueError as e:
-        raise ValueError(f"{column} {rel}: {e}") from None
+        raise ValueError(f"{column} {rel.strip()}: {e}") from None
 
 
 def image_relpath(record: Record, lateral: bool = False) -> str:

@@ -30,9 +30,10 @@ from cxrsynth.data.dataset import (
     MANIFEST,
     PHI_HEADERS,
     DatasetReport,
-    _load_rel,
     _row_to_record,
     checked_rows,
+    dataset_file,
+    load_image_file,
     open_manifest,
     phi_line,
     read_csv_row,
@@ -104,10 +105,11 @@ class RecordsDataset(Dataset):
 
 
 class ImageError(InputError):
-    """A manifest row's image that turned out unreadable when decoded (file, row, reason)."""
+    """An image that turned out unreadable when decoded: the manifest (file, row) naming it, or
+    the image file itself (row None), and why."""
 
-    def __init__(self, file: str, row: int, reason: str):
-        super().__init__(f"{file}, row {row}: {reason}")
+    def __init__(self, file: str, row: Optional[int], reason: str):
+        super().__init__(f"{file}{'' if row is None else f', row {row}'}: {reason}")
         self.file, self.row, self.reason = file, row, reason
 
 
@@ -184,7 +186,7 @@ class ManifestDataset(Dataset):
         self.phi_source: Optional[SpanFile] = None
         self.phi_spans: Optional[np.ndarray] = None  # byte range of each record's PHI line; -1: none
         self._last: Optional[tuple[int, dict]] = None  # (position, row) of the row read last
-        self._resolved_root: Optional[Path] = None
+        self._resolved_root: Optional[str] = None
 
     @classmethod
     def open(
@@ -199,11 +201,12 @@ class ManifestDataset(Dataset):
         rows: list[int] = []
         spans: list[tuple[int, int]] = []
         lateral = bytearray()
+        resolved_root = root.resolve()
 
         def make(row: dict) -> Record:
             rec = _row_to_record(row, root, load_images=False)
-            _existing(root, row["image_path"], "image_path")
-            _existing(root, row.get("lateral_path") or "", "lateral_path")
+            _existing(root, row["image_path"], "image_path", resolved_root)
+            _existing(root, row.get("lateral_path") or "", "lateral_path", resolved_root)
             return rec
 
         # The checks of read_dataset, without keeping a Record per row.
@@ -291,14 +294,27 @@ class ManifestDataset(Dataset):
             rec.lateral = self.image(i, lateral=True)
         return rec
 
+    @property
+    def resolved_root(self) -> str:
+        if self._resolved_root is None:
+            self._resolved_root = str(self.root.resolve())
+        return self._resolved_root
+
     def image(self, i: int, lateral: bool = False) -> np.ndarray:
         """Record i's frontal (or lateral) image alone, decoded."""
         k = int(self.index[i])
         column = "lateral_path" if lateral else "image_path"
+        rel = self.image_path(i, lateral)
         try:
-            if self._resolved_root is None:
-                self._resolved_root = self.root.resolve()
-            return _load_rel(self.root, self.image_path(i, lateral), column, self._resolved_root)
+            # Opening the dataset resolved every path (links followed) and checked it stays inside;
+            # a row read again is the same row (its record id is checked), so a path that stays
+            # inside as written needs no second resolve, which cost as much as decoding the PNG.
+            plain = os.path.normpath(rel)
+            if os.path.isabs(plain) or plain == ".." or plain.startswith("../"):
+                path = dataset_file(self.root, rel, column, Path(self.resolved_root))
+            else:
+                path = os.path.join(self.resolved_root, plain)
+            return load_image_file(path, column, rel)
         except ValueError as e:
             raise ImageError(str(self.root / MANIFEST), int(self.rows[k]), str(e)) from None
 
@@ -344,14 +360,12 @@ class ManifestDataset(Dataset):
         return self
 
 
-def _existing(root: Path, rel: str, column: str) -> str:
+def _existing(root: Path, rel: str, column: str, resolved_root: Path) -> str:
     """A manifest path, checked to stay inside the dataset and to name a file (not decoded)."""
     rel = (rel or "").strip()
     if not rel:
         return ""
-    path = (root / rel).resolve()
-    if root.resolve() not in path.parents:
-        raise ValueError(f"{column} {rel!r} points outside the dataset directory")
+    path = dataset_file(root, rel, column, resolved_root)
     if not path.is_file():
         raise ValueError(f"{column} {rel}: image file is missing")
     return rel
