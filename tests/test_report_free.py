@@ -95,6 +95,14 @@ def test_readme_commands_take_a_report_free_folder_from_ingest_to_release(tmp_pa
     metrics = json.loads(Path("runs/rf-eval/metrics.json").read_text())
     assert metrics["status"]["reports"]["status"] == metrics["status"]["label_agreement"]["status"] == "no reports"
     assert "reports" not in metrics and metrics["utility"]["arms"]["synthetic"]["macro_auroc"] is not None
+    # On the page those two parts are marked as neither passed nor failed; the others passed.
+    page = Path("runs/rf-eval/index.html").read_text()
+    rows = re.findall(r'<tr class="(\w+)"><td>([^<]+)</td><td>([^<]+)</td>', page)
+    assert {name: cls for cls, name, status in rows if status == "no reports"} == {
+        "reports": "warn",
+        "label_agreement": "warn",
+    }
+    assert rows and all(cls == "ok" for cls, _, status in rows if status == "ok")
     assert metrics["fidelity"]["fid_synthetic_vs_holdout"] is not None
 
     checks = json.loads(Path("runs/rf-audit/audit.json").read_text())["checks"]

@@ -12,7 +12,10 @@ from matplotlib.figure import Figure
 from cxrsynth import pages
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.eval.config import EvalConfig
+from cxrsynth.eval.evaluate import NO_REPORTS
 from cxrsynth.pages import figure_uri, fmt, grid_uri
+
+STATUS_CLASS = {"ok": "ok", NO_REPORTS: "warn"}  # the class of a part's row; any other status is a failure
 
 
 def _positive(rec: Record) -> str:
@@ -110,7 +113,8 @@ def write_page(
         title="cxrsynth evaluation",
         m=metrics,
         status_rows=[(name, st["status"], st["detail"], st["seconds"]) for name, st in status.items()],
-        status_classes=["ok" if st["status"] == "ok" else "bad" for st in status.values()],
+        # "no reports" is neither a pass nor a failure: nothing to score the text against.
+        status_classes=[STATUS_CLASS.get(st["status"], "bad") for st in status.values()],
         grids={
             "real": grid_uri([r.image for r in holdout[: cfg.grid]]),
             "synthetic": grid_uri([r.image for r in synthetic[: cfg.grid]]),
