@@ -17,24 +17,46 @@ def _few_threads():
     yield
 
 
-@pytest.fixture
-def decoded_images(monkeypatch):
-    """Counts the images a `ManifestDataset` decodes (`total`) and the most of them alive at once
-    (`peak`): a stage that holds a whole dataset's images shows it in `peak`."""
-    import weakref
+class DecodedCounter(dict):
+    """Counts the arrays that the functions it `watch`es return (`total`) and the most of them
+    alive at once (`peak`); `alive()` is how many are alive now. A stage that holds a whole
+    dataset's images shows it in `peak`."""
 
+    def __init__(self, monkeypatch):
+        super().__init__(total=0, peak=0)
+        self.monkeypatch = monkeypatch
+        self.live: dict = {}
+
+    def watch(self, owner, name: str, pick=lambda out: out) -> None:
+        """Count what `owner.name` returns (`pick`: the array in it)."""
+        import weakref
+
+        original = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            out = original(*args, **kwargs)
+            arr = pick(out)
+            self.live[id(arr)] = weakref.ref(arr, lambda _, key=id(arr): self.live.pop(key, None))
+            self["total"] += 1
+            self["peak"] = max(self["peak"], len(self.live))
+            return out
+
+        self.monkeypatch.setattr(owner, name, counted)
+
+    def alive(self) -> int:
+        return len(self.live)
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """A `DecodedCounter` to `watch` decoding functions with."""
+    return DecodedCounter(monkeypatch)
+
+
+@pytest.fixture
+def decoded_images(decoded):
+    """The images a `ManifestDataset` decodes, counted (`DecodedCounter`)."""
     from cxrsynth.data.stream import ManifestDataset
 
-    counts = {"total": 0, "peak": 0}
-    live: dict[int, weakref.ref] = {}
-    image = ManifestDataset.image
-
-    def counted(self, i, lateral=False):
-        img = image(self, i, lateral)
-        live[id(img)] = weakref.ref(img, lambda _, key=id(img): live.pop(key, None))
-        counts["total"] += 1
-        counts["peak"] = max(counts["peak"], len(live))
-        return img
-
-    monkeypatch.setattr(ManifestDataset, "image", counted)
-    return counts
+    decoded.watch(ManifestDataset, "image")
+    return decoded

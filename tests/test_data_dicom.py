@@ -133,3 +133,37 @@ def test_ingest_dicom_writes_no_phi_to_manifest(tmp_path):
     assert recs[0].image.shape == (16, 16)
     assert read_phi_headers(out)[recs[0].record_id]["PatientID"] == "MRN001"
     assert json.loads((out / "ingest_report.json").read_text())["kept"] == 1
+
+
+def test_a_folder_is_read_one_file_at_a_time_and_written_from_its_files(tmp_path, monkeypatch, decoded):
+    """Each file is decoded once to check it and let go (only the header PHI is kept); a study's
+    files are read again when it is written, a file that stopped decoding meanwhile is a skipped
+    study named by its file."""
+    import cxrsynth.data.dicom as dicom
+    from cxrsynth.data.ingest import ingest
+
+    for k in range(6):
+        write_dx(tmp_path / f"in/{k}/pa.dcm", RAMP + 50 * k, view="PA", study=f"1.{k}", patient=f"MRN{k}")
+        write_dx(tmp_path / f"in/{k}/lat.dcm", RAMP.T, view="LL", study=f"1.{k}", patient=f"MRN{k}")
+    (tmp_path / "in/2/pa.txt").write_text("FINDINGS: Small right pneumothorax.\nIMPRESSION: Pneumothorax.")
+    decoded.watch(dicom, "to_uint8")
+    studies, report = read_dicom_folder(tmp_path / "in", key=KEY, site="h1")
+    assert report.kept == len(studies) == 6 and decoded["total"] == 12 and not decoded.alive()  # none kept
+    by_phi = {s.phi_meta["PatientID"]: s for s in studies}
+    assert by_phi["MRN2"].labels["Pneumothorax"] == 1 and by_phi["MRN2"].impression == "Pneumothorax."
+    assert by_phi["MRN3"].image.shape == (32, 32) and by_phi["MRN3"].lateral is not None
+    read = dicom.read_dicom_folder
+
+    def then_truncate(*args, **kwargs):
+        out = read(*args, **kwargs)
+        (tmp_path / "in/4/pa.dcm").write_bytes((tmp_path / "in/4/pa.dcm").read_bytes()[:200])
+        return out
+
+    monkeypatch.setattr(dicom, "read_dicom_folder", then_truncate)
+    ingest("dicom", tmp_path / "in", tmp_path / "out", site="h1")
+    back, _ = read_dataset(tmp_path / "out")
+    phi = read_phi_headers(tmp_path / "out")
+    assert sorted(phi[r.record_id]["PatientID"] for r in back) == ["MRN0", "MRN1", "MRN2", "MRN3", "MRN5"]
+    rep = json.loads((tmp_path / "out/ingest_report.json").read_text())
+    assert rep["kept"] == 5 and [p["file"].rsplit("/", 2)[-2:] for p in rep["problems"]] == [["4", "pa.dcm"]]
+    assert "unreadable DICOM" in rep["problems"][0]["reason"]

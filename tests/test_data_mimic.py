@@ -146,3 +146,46 @@ def test_ingest_command_writes_dataset_and_report(tmp_path, capsys):
     )
     assert "row 4" in capsys.readouterr().err
     assert not (tmp_path / "o2" / "manifest.csv").exists()
+
+
+def test_a_tree_is_read_one_study_at_a_time_and_written_from_its_files(tmp_path, monkeypatch, decoded):
+    """Reading decodes each chosen image once to check it and keeps none; the study is read
+    again from its files when written. A JPEG that stops decoding between the two is a skipped
+    study named by its file; a report changed meanwhile stops the ingest with nothing written."""
+    import numpy as np
+
+    import cxrsynth.data.mimic as mimic
+    from cxrsynth.data.ingest import ingest
+
+    build_tree(tmp_path / "tree")
+    decoded.watch(mimic, "load_png")
+    studies, report = read_mimic(tmp_path / "tree", site="mimic")
+    assert report.kept == len(studies) == 4 and decoded["total"] == 7 and not decoded.alive()  # none kept
+    first = studies[0]
+    again = Image.open(tmp_path / "tree/files/p10/p10000001/s50000001/d1b.jpg")
+    assert np.array_equal(first.image, np.asarray(again)) and first.view == "PA"
+    assert (
+        first.findings
+        and "FINDINGS" not in first.findings
+        and first.findings in " ".join((tmp_path / "tree/files/p10/p10000001/s50000001.txt").read_text().split())
+    )
+    del first
+    # Between reading and writing: one lateral turns corrupt; the other studies are written.
+    read = mimic.read_mimic
+
+    def then_corrupt(*args, **kwargs):
+        out = read(*args, **kwargs)
+        (tmp_path / "tree/files/p10/p10000002/s50000003/d3b.jpg").write_bytes(b"no longer a jpeg")
+        return out
+
+    monkeypatch.setattr(mimic, "read_mimic", then_corrupt)
+    ingest("mimic", tmp_path / "tree", tmp_path / "out", site="mimic")
+    back, _ = read_dataset(tmp_path / "out")
+    assert sorted(r.study_id for r in back) == ["s50000001", "s50000002", "s50000004"]
+    rep = json.loads((tmp_path / "out/ingest_report.json").read_text())
+    assert [p["file"].rsplit("/", 1)[-1] for p in rep["problems"]] == ["d3b.jpg"] and rep["kept"] == 3
+    # A report edited between the check and the writing: refused, naming the file.
+    studies, _ = read_mimic(tmp_path / "tree")
+    (tmp_path / "tree/files/p10/p10000001/s50000002.txt").write_text("FINDINGS: edited.", encoding="utf-8")
+    with pytest.raises(InputError, match=r"s50000002\.txt: the report changed"):
+        [s.report for s in studies]

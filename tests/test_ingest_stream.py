@@ -104,13 +104,12 @@ def test_an_ingest_into_an_earlier_one_keeps_its_phi_headers_and_replaces_those_
     assert stat.S_IMODE(os.stat(tmp_path / "out" / "phi_headers.jsonl").st_mode) == 0o600
 
 
-def test_a_site_manifest_is_ingested_one_study_at_a_time_as_reading_it_whole_did(tmp_path, monkeypatch):
+def test_a_site_manifest_is_ingested_one_study_at_a_time_as_reading_it_whole_did(tmp_path, decoded):
     """A hospital's CSV (loose columns, PNG paths, report text): every image is decoded on
     reading (a bad one reported before anything is written) and again when written, never more
     than a study's at once, and the dataset written is the one the rows give."""
     import csv as csv_module
     import tracemalloc
-    import weakref
 
     import cxrsynth.data.manifest as manifest
     from cxrsynth.data.dataset import save_png
@@ -128,18 +127,8 @@ def test_a_site_manifest_is_ingested_one_study_at_a_time_as_reading_it_whole_did
         w = csv_module.writer(f)
         w.writerow(["Image Path", "lateral_path", "Report", "MRN", "Accession", "View Position"])
         w.writerows(rows)
-    live: dict[int, weakref.ref] = {}
-    counts = {"total": 0, "peak": 0}
-    image = manifest._image
-
-    def counted(base, rel, column):
-        out = image(base, rel, column)
-        live[id(out[0])] = weakref.ref(out[0], lambda _, key=id(out[0]): live.pop(key, None))
-        counts["total"] += 1
-        counts["peak"] = max(counts["peak"], len(live))
-        return out
-
-    monkeypatch.setattr(manifest, "_image", counted)
+    decoded.watch(manifest, "_image", pick=lambda out: out[0])
+    counts = decoded
     tracemalloc.start()
     recs, report = manifest.read_manifest(tmp_path / "site.csv", key=b"k" * 32, site="h1")
     held = tracemalloc.get_traced_memory()[0]

@@ -12,14 +12,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from cxrsynth.data.dataset import DatasetReport
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import Record, empty_labels
-from cxrsynth.data.report_text import read_report_file, sections
+from cxrsynth.data.report_text import read_report_file
+from cxrsynth.data.stream import RecordView, label_codes, labels_of_codes
+from cxrsynth.data.studies import StudyFiles, report_digest
 from cxrsynth.errors import InputError
 
 # The header fields de-identification needs (the de-id gold format names the same five).
@@ -75,14 +77,32 @@ def phi_of(ds) -> dict[str, str]:
     return {f: str(ds.get(f, "") or "") for f in PHI_FIELDS if ds.get(f) not in (None, "")}
 
 
+def read_dicom_file(path: str | Path) -> np.ndarray:
+    """A DICOM file's pixels as 8 bits (`to_uint8`); ValueError saying why they cannot be read."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as e:
+        raise ValueError(f"unreadable DICOM: {e.__class__.__name__}: {str(e)[:120]}") from None
+    if "PixelData" not in ds:
+        raise ValueError("unreadable DICOM: no pixel data (not an image object)")
+    try:
+        return to_uint8(ds)
+    except Exception as e:  # pydicom raises many types for undecodable pixel data
+        raise ValueError(f"unreadable DICOM pixels: {e.__class__.__name__}: {str(e)[:160]}") from None
+
+
 def read_dicom_folder(
     root: str | Path, *, key: bytes, site: str = "", strict: bool = False, report: Optional[DatasetReport] = None
-) -> tuple[list[Record], DatasetReport]:
+) -> tuple[Sequence[Record], DatasetReport]:
     """Every DICOM file below `root` -> records grouped by study (frontal + optional lateral).
 
     A report may sit next to a file as `<file stem>.txt` (FINDINGS/IMPRESSION sections); labels
     then come from the labeler. Files pydicom cannot read, or whose pixels cannot be decoded, are
-    reported by name and skipped (or raised when `strict`).
+    reported by name and skipped (or raised when `strict`). Each file is read and decoded once
+    here to check it and let go; the studies are served again from their files (`StudyFiles`),
+    so memory holds no pixels or report text, only the header PHI de-identification needs.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -112,7 +132,7 @@ def read_dicom_folder(
             problem(path, "unreadable DICOM: no pixel data (not an image object)")
             continue
         try:
-            image = to_uint8(ds)
+            to_uint8(ds)  # decoded to check it, read again when the study is written
         except Exception as e:  # pydicom raises many types for undecodable pixel data
             problem(path, f"unreadable DICOM pixels: {e.__class__.__name__}: {str(e)[:160]}")
             continue
@@ -129,36 +149,39 @@ def read_dicom_folder(
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or study_uid)
         entry = studies.setdefault(
             study_uid,
-            {"patient": patient, "frontal": None, "lateral": None, "phi": phi_of(ds), "text": "", "files": []},
+            {
+                "patient": patient,
+                "frontal": None,
+                "lateral": None,
+                "phi": phi_of(ds),
+                "text": ("", b"", b""),
+                "first": path,
+            },
         )
-        entry["files"].append(str(path))
-        if text:
-            entry["text"] = text
+        if text:  # the labels now, the text read again when the study is written
+            entry["text"] = (str(sidecar), report_digest(text), label_codes(label_report(text)))
         slot = "lateral" if view == "LATERAL" else "frontal"
         # A PA beats an AP when a study has both (the usual choice for a study's frontal image).
         if entry[slot] is None or (slot == "frontal" and view == "PA" and entry[slot][1] == "AP"):
-            entry[slot] = (image, view)
-    records = []
+            entry[slot] = (str(path), view)
+    kept = StudyFiles(read_dicom_file, site)
     for study_uid, e in sorted(studies.items()):
         if e["frontal"] is None:
-            problem(Path(e["files"][0]), "study has no frontal (PA/AP) image; a record needs one")
+            problem(e["first"], "study has no frontal (PA/AP) image; a record needs one")
             continue
-        findings, impression = sections(e["text"])
-        labels = label_report(e["text"]) if e["text"] else empty_labels()
-        records.append(
-            Record(
-                record_id=pseudonym(study_uid, key, "r"),
-                patient_id=pseudonym(e["patient"], key, "p"),
-                study_id=pseudonym(study_uid, key, "s"),
-                site=site,
-                view=e["frontal"][1],
-                findings=findings,
-                impression=impression,
-                labels=labels,
-                image=e["frontal"][0],
-                lateral=e["lateral"][0] if e["lateral"] else None,
-                phi_meta=e["phi"],
-            )
+        sidecar, digest, codes = e["text"]
+        kept.add(
+            record_id=pseudonym(study_uid, key, "r"),
+            patient_id=pseudonym(e["patient"], key, "p"),
+            study_id=pseudonym(study_uid, key, "s"),
+            split="",
+            view=e["frontal"][1],
+            labels=labels_of_codes(np.frombuffer(codes, dtype=np.int8)) if sidecar else empty_labels(),
+            frontal=e["frontal"][0],
+            lateral=e["lateral"][0] if e["lateral"] else "",
+            report_file=sidecar,
+            digest=digest,
+            phi=e["phi"],
         )
-    report.kept += len(records)
-    return records, report
+    report.kept += len(kept)
+    return RecordView(kept), report

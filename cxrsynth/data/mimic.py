@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import gzip
 import re
+import sys
 import zlib
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
 
 from cxrsynth.data.dataset import CsvRows, DatasetReport, load_png, parse_label
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
-from cxrsynth.data.report_text import read_report_file, sections
+from cxrsynth.data.report_text import read_report_file
+from cxrsynth.data.stream import RecordView, label_codes, labels_of_codes
+from cxrsynth.data.studies import StudyFiles, report_digest
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
 
@@ -85,7 +90,7 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
         if not row.get("dicom_id"):
             _table_problem(meta_path, i, "malformed row: no dicom_id", report, strict)
             continue
-        views[row["dicom_id"]] = (row.get("ViewPosition") or "").strip().upper()
+        views[row["dicom_id"]] = sys.intern((row.get("ViewPosition") or "").strip().upper())
     labels: dict[str, dict] = {}
     chex_path = _find(root, CHEXPERT)
     if chex_path is not None:
@@ -99,7 +104,8 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
                     labels[row["study_id"].strip()] = None  # the study is skipped, not labelled wrongly
                 continue
             try:
-                labels[row["study_id"].strip()] = {n: parse_label(row.get(n) or "") for n in LABELS}
+                # As int8 codes: a dict of 14 labels a study would be most of what the tables hold.
+                labels[row["study_id"].strip()] = label_codes({n: parse_label(row.get(n) or "") for n in LABELS})
             except ValueError as e:
                 bad = next(n for n in LABELS if _bad_label(row.get(n) or ""))
                 msg = f"column {bad!r}: {e}"
@@ -136,23 +142,26 @@ def read_mimic(
     strict: bool = False,
     report: Optional[DatasetReport] = None,
     progress: Optional[Progress] = None,
-) -> tuple[list[Record], DatasetReport]:
+) -> tuple[Sequence[Record], DatasetReport]:
+    """The tree's studies, each checked here (its images decoded once and let go, its report
+    read) and served again from its files (`StudyFiles`): memory holds no image or report."""
     root = Path(root)
     files = root / "files"
     if not files.is_dir():
         raise InputError(f"{root}: no files/ folder; a MIMIC-CXR-JPG tree has files/pXX/pNNNNNNNN/sNNNNNNNN/*.jpg.")
     report = report or DatasetReport()
     views, study_labels, splits, have_labels = _read_tables(root, report, strict)
-    study_dirs = sorted(d for d in files.glob("p*/p*/s*") if d.is_dir() and _STUDY_DIR.match(d.name))
+    # As strings: a Path object a study would be most of what reading holds.
+    study_dirs = sorted(str(d) for d in files.glob("p*/p*/s*") if d.is_dir() and _STUDY_DIR.match(d.name))
     task = (progress or Progress(quiet=True)).task("mimic studies", len(study_dirs))
-    records = []
+    studies = StudyFiles(load_png, site)
 
     def problem(path, row, reason):
         if strict:
             raise InputError(f"{path}{'' if row is None else f', row {row}'}: {reason}")
         report.add(str(path), row, reason)
 
-    for d in study_dirs:
+    for d in map(Path, study_dirs):
         task.advance()
         report.read += 1
         subject, study = d.parent.name[1:], d.name[1:]
@@ -176,7 +185,8 @@ def read_mimic(
         for slot in ("frontal", "lateral"):
             for _, jpg, view in sorted(images[slot]):
                 try:
-                    chosen[slot] = (load_png(jpg), view, jpg)
+                    load_png(jpg)  # decoded to check it, read again when the study is written
+                    chosen[slot] = (jpg, view)
                     break
                 except ValueError as e:
                     problem(jpg, None, str(e))
@@ -193,27 +203,24 @@ def read_mimic(
                 continue
         else:
             report.warn(str(report_path), None, "no report file; the study is kept without report text")
-        findings, impression = sections(text)
         if study in study_labels:
-            labels = study_labels[study]
+            labels = labels_of_codes(np.frombuffer(study_labels[study], dtype=np.int8))
         else:
             if have_labels:
                 report.warn(str(d), None, f"study not in {CHEXPERT}; labels come from the report labeler")
             labels = label_report(text) if text else empty_labels()
-        records.append(
-            Record(
-                record_id=f"s{study}",
-                patient_id=f"p{subject}",
-                study_id=f"s{study}",
-                site=site,
-                split=splits.get(chosen["frontal"][2].stem, ""),
-                view=chosen["frontal"][1],
-                findings=findings,
-                impression=impression,
-                labels=labels,
-                image=chosen["frontal"][0],
-                lateral=chosen["lateral"][0] if "lateral" in chosen else None,
-            )
+        study_id = f"s{study}"
+        studies.add(
+            record_id=study_id,
+            patient_id=f"p{subject}",
+            study_id=study_id,  # one string for both
+            split=splits.get(chosen["frontal"][0].stem, ""),
+            view=chosen["frontal"][1],
+            labels=labels,
+            frontal=str(chosen["frontal"][0]),
+            lateral=str(chosen["lateral"][0]) if "lateral" in chosen else "",
+            report_file=str(report_path) if text else "",
+            digest=report_digest(text),
         )
         report.kept += 1
-    return records, report
+    return RecordView(studies), report
