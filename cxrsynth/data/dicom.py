@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -112,11 +113,13 @@ def read_dicom_folder(
         raise InputError(f"{root}: not a directory; --source dicom takes a folder of DICOM files.")
     report = report or DatasetReport()
     studies: dict[str, dict] = {}
+    # As strings (a Path object a file, with its parts interned, would be most of what reading a
+    # large folder holds), read as strings too.
     files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in (".txt", ".json", ".csv", ".md")
+        str(p) for p in root.rglob("*") if p.is_file() and p.suffix.lower() not in (".txt", ".json", ".csv", ".md")
     )
 
-    def problem(path: Path, reason: str) -> None:
+    def problem(path: str | Path, reason: str) -> None:
         if strict:
             raise InputError(f"{path}: {reason}")
         report.add(str(path), None, reason)
@@ -138,14 +141,14 @@ def read_dicom_folder(
             continue
         view = view_of(ds) or "PA"
         text = ""
-        sidecar = path.with_suffix(".txt")
-        if sidecar.is_file():
+        sidecar = os.path.splitext(path)[0] + ".txt"
+        if os.path.isfile(sidecar):
             try:
                 text = read_report_file(sidecar)
             except ValueError as e:
                 problem(sidecar, str(e))
                 continue
-        study_uid = str(ds.get("StudyInstanceUID", "") or path.stem)
+        study_uid = str(ds.get("StudyInstanceUID", "") or os.path.splitext(os.path.basename(path))[0])
         patient = str(ds.get("PatientID", "") or ds.get("PatientName", "") or study_uid)
         entry = studies.setdefault(
             study_uid,
@@ -159,11 +162,11 @@ def read_dicom_folder(
             },
         )
         if text:  # the labels now, the text read again when the study is written
-            entry["text"] = (str(sidecar), report_digest(text), label_codes(label_report(text)))
+            entry["text"] = (sidecar, report_digest(text), label_codes(label_report(text)))
         slot = "lateral" if view == "LATERAL" else "frontal"
         # A PA beats an AP when a study has both (the usual choice for a study's frontal image).
         if entry[slot] is None or (slot == "frontal" and view == "PA" and entry[slot][1] == "AP"):
-            entry[slot] = (str(path), view)
+            entry[slot] = (path, view)
     kept = StudyFiles(read_dicom_file, site)
     for study_uid, e in sorted(studies.items()):
         if e["frontal"] is None:
