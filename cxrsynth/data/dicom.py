@@ -78,8 +78,8 @@ def phi_of(ds) -> dict[str, str]:
     return {f: str(ds.get(f, "") or "") for f in PHI_FIELDS if ds.get(f) not in (None, "")}
 
 
-def read_dicom_file(path: str | Path) -> np.ndarray:
-    """A DICOM file's pixels as 8 bits (`to_uint8`); ValueError saying why they cannot be read."""
+def _dataset(path: str | Path):
+    """The file's DICOM dataset; ValueError saying why it is not an image object pydicom reads."""
     import pydicom
 
     try:
@@ -88,10 +88,19 @@ def read_dicom_file(path: str | Path) -> np.ndarray:
         raise ValueError(f"unreadable DICOM: {e.__class__.__name__}: {str(e)[:120]}") from None
     if "PixelData" not in ds:
         raise ValueError("unreadable DICOM: no pixel data (not an image object)")
+    return ds
+
+
+def _pixels(ds) -> np.ndarray:
     try:
         return to_uint8(ds)
     except Exception as e:  # pydicom raises many types for undecodable pixel data
         raise ValueError(f"unreadable DICOM pixels: {e.__class__.__name__}: {str(e)[:160]}") from None
+
+
+def read_dicom_file(path: str | Path) -> np.ndarray:
+    """A DICOM file's pixels as 8 bits (`to_uint8`); ValueError saying why they cannot be read."""
+    return _pixels(_dataset(path))
 
 
 def read_dicom_folder(
@@ -105,9 +114,6 @@ def read_dicom_folder(
     here to check it and let go; the studies are served again from their files (`StudyFiles`),
     so memory holds no pixels or report text, only the header PHI de-identification needs.
     """
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: not a directory; --source dicom takes a folder of DICOM files.")
@@ -127,17 +133,10 @@ def read_dicom_folder(
     for path in files:
         report.read += 1
         try:
-            ds = pydicom.dcmread(path)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as e:
-            problem(path, f"unreadable DICOM: {e.__class__.__name__}: {str(e)[:120]}")
-            continue
-        if "PixelData" not in ds:
-            problem(path, "unreadable DICOM: no pixel data (not an image object)")
-            continue
-        try:
-            to_uint8(ds)  # decoded to check it, read again when the study is written
-        except Exception as e:  # pydicom raises many types for undecodable pixel data
-            problem(path, f"unreadable DICOM pixels: {e.__class__.__name__}: {str(e)[:160]}")
+            ds = _dataset(path)
+            _pixels(ds)  # decoded to check it, read again when the study is written
+        except ValueError as e:
+            problem(path, str(e))
             continue
         view = view_of(ds) or "PA"
         text = ""
