@@ -13,8 +13,9 @@ Each stage runs in a fresh child process, so its peak RSS (ru_maxrss) is its own
 `cxrsynth train` on the site's directory (streamed: images decoded on access); `steps-memory`
 the loop as it was before the streaming loader (every image decoded into memory first, then
 100 `train_steps` on the list). `speed` takes the same 100 steps three ways interleaved step by
-step in one process (streamed, streamed with 2 DataLoader workers, decoded first), so the
-images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
+step in one process (streamed, streamed with 2 DataLoader workers, decoded first; the order
+turned each step, and a pause before each step so the workers' reading falls in their own run's
+steps only), so the images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
 decoding, resizing and batching) with 0, 1 and 2 workers, in turns, on a dataset of
 `--image-size` pixels: whether the workers scale the reading with the cores, which a CPU
 trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes a release of
@@ -67,6 +68,7 @@ def _config(work: Path, site: Path, out: Path, workers: int) -> Path:
 
 
 LOADER_BATCHES = 120
+SETTLE = 0.05  # seconds between the interleaved steps of `speed` (see _speeds)
 LOADER_WORKERS = (0, 1, 2)
 
 
@@ -86,6 +88,16 @@ def stage(name: str, work: Path, n: int, image_size: int = 64) -> dict:
         )
     elif name == "ingest":
         code = cli(["data", "ingest", "--source", "manifest", "--path", str(src), "--out", str(site), "--quiet"])
+    elif name in ("mimic-tree", "dicom-folder"):
+        (_mimic_tree if name == "mimic-tree" else _dicom_folder)(src, work / name)
+        code = 0
+    elif name in ("ingest-mimic", "ingest-dicom"):
+        kind = name.split("-")[1]
+        tree = work / ("mimic-tree" if kind == "mimic" else "dicom-folder")
+        out = work / f"site-{kind}"
+        code = cli(
+            ["data", "ingest", "--source", kind, "--path", str(tree), "--out", str(out), "--replace", "--quiet"]
+        )
     elif name == "train":
         code = cli(["train", "--config", str(_config(work, site, work / "run", 0)), "--quiet"])
     elif name == "steps-memory":
@@ -180,12 +192,89 @@ def _memory_loop(work: Path, site: Path) -> None:
     train_steps(model, data, steps=STEPS, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
 
 
+def _mimic_tree(src: Path, out: Path) -> None:
+    """The phantom studies at `src` laid out as a MIMIC-CXR-JPG tree (JPEGs, report files, the
+    metadata, CheXpert and split tables), written one study at a time."""
+    import csv
+
+    from PIL import Image
+
+    from cxrsynth.data.records import LABELS
+    from cxrsynth.data.stream import ManifestDataset
+
+    ds, _ = ManifestDataset.open(src)
+    subjects: dict[str, int] = {}
+    files = out / "files"
+    with (
+        open(out.parent / "mimic-meta.csv", "w", newline="") as m,
+        open(out.parent / "mimic-chex.csv", "w", newline="") as c,
+        open(out.parent / "mimic-split.csv", "w", newline="") as sp,
+    ):
+        meta, chex, split = csv.writer(m), csv.writer(c), csv.writer(sp)
+        meta.writerow(["dicom_id", "subject_id", "study_id", "ViewPosition"])
+        chex.writerow(["subject_id", "study_id", *LABELS])
+        split.writerow(["dicom_id", "study_id", "subject_id", "split"])
+        for i in range(len(ds)):
+            r = ds[i]
+            subject = str(10_000_000 + subjects.setdefault(r.patient_id, len(subjects)))
+            study = str(50_000_000 + i)
+            d = files / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+            d.mkdir(parents=True, exist_ok=True)
+            (d.parent / f"s{study}.txt").write_text(
+                f" FINDINGS:\n {r.findings}\n\n IMPRESSION:\n {r.impression}\n", encoding="utf-8"
+            )
+            for dicom_id, image, view in ((f"d{i}f", r.image, r.view), (f"d{i}l", r.lateral, "LATERAL")):
+                if image is None:
+                    continue
+                Image.fromarray(image).save(d / f"{dicom_id}.jpg", quality=95)
+                meta.writerow([dicom_id, subject, study, view])
+                split.writerow([dicom_id, study, subject, "test" if r.split == "holdout" else "train"])
+            chex.writerow([subject, study, *("" if r.labels[n] is None else f"{r.labels[n]:.1f}" for n in LABELS)])
+    for name in ("meta", "chex", "split"):
+        table = {"meta": "metadata", "chex": "chexpert", "split": "split"}[name]
+        (out.parent / f"mimic-{name}.csv").replace(out / f"mimic-cxr-2.0.0-{table}.csv")
+
+
+def _dicom_folder(src: Path, out: Path) -> None:
+    """The phantom studies at `src` as a folder of DICOM files (8-bit DX objects, the report beside
+    the frontal one as `<stem>.txt`), written one study at a time."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from cxrsynth.data.stream import ManifestDataset
+
+    ds, _ = ManifestDataset.open(src)
+    for i in range(len(ds)):
+        r = ds[i]
+        folder = out / f"{i // 1000:03d}" / f"{i:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "frontal.txt").write_text(f"FINDINGS: {r.findings}\nIMPRESSION: {r.impression}\n")
+        for stem, image, view in (("frontal", r.image, r.view), ("lateral", r.lateral, "LL")):
+            if image is None:
+                continue
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+            meta.MediaStorageSOPInstanceUID = generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            d = Dataset()
+            d.file_meta = meta
+            d.SOPClassUID, d.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+            d.StudyInstanceUID, d.Modality, d.ViewPosition = f"1.2.826.0.1.{i}", "DX", view
+            d.PatientID, d.PatientName, d.AccessionNumber = r.patient_id, f"PATIENT^{i}", f"ACC{i}"
+            d.Rows, d.Columns = image.shape
+            d.SamplesPerPixel, d.PhotometricInterpretation = 1, "MONOCHROME2"
+            d.BitsAllocated, d.BitsStored, d.HighBit, d.PixelRepresentation = 8, 8, 7, 0
+            d.PixelData = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+            d.save_as(folder / f"{stem}.dcm", enforce_file_format=True)
+
+
 def _speeds(work: Path, site: Path) -> dict:
-    """Images/s of the same 100 steps three ways, interleaved step by step so all three see the
-    same machine load: streamed (decoded in the training process), streamed with 2 DataLoader
-    workers, and from records decoded first."""
+    """Images/s of the same 100 steps three ways, interleaved step by step (the order turned each
+    step) so all see the same machine load: streamed (decoded in the training process), streamed
+    with 2 DataLoader workers, and from records decoded first."""
     from cxrsynth.config import load_config
-    from cxrsynth.data.stream import IndexBatchSampler, RecordView, record_loader
+    from cxrsynth.data.stream import IndexBatchSampler, RecordsDataset, RecordView, record_loader
     from cxrsynth.models import build_model
     from cxrsynth.train import load_run_dataset, seed_everything, training_set
 
@@ -193,11 +282,11 @@ def _speeds(work: Path, site: Path) -> dict:
     streamed = training_set(cfg, load_run_dataset(cfg))
     memory = _decoded_first(cfg, site)
     batch = cfg.train.batch_size
-    runs = {}
-    for name, data, workers in (
-        ("streamed", streamed, 0),
-        ("streamed, 2 workers", streamed, 2),
-        ("decoded first", memory, 0),
+    runs = []
+    for name, workers in (
+        ("streamed", 0),
+        ("streamed, 2 workers", 2),
+        ("decoded first", 0),
     ):
         seed_everything(0)
         model = build_model(cfg.model)
@@ -205,19 +294,20 @@ def _speeds(work: Path, site: Path) -> dict:
         model.opts = model.make_optimizers()
         model.train()
         sampler = IndexBatchSampler(len(streamed), batch, cfg.train.seed, steps=STEPS + 1)
-        if name == "decoded first":
-            from cxrsynth.data.stream import RecordsDataset
-
-            data = RecordsDataset(memory)
+        data = RecordsDataset(memory) if name == "decoded first" else streamed
         loader = iter(record_loader(data, sampler, workers))
         model.train_step(next(loader))  # warm-up (and the workers' start)
-        runs[name] = [model, loader, 0.0]
-    for _ in range(STEPS):
-        for run in runs.values():
+        runs.append([name, model, loader, 0.0])
+    for step in range(STEPS):
+        for run in runs[step % len(runs) :] + runs[: step % len(runs)]:
+            # A pause (not timed) lets the workers finish refilling what their run took last, so
+            # they do not read during another run's step: their reading overlaps their own run's
+            # steps only, as when it trains alone.
+            time.sleep(SETTLE)
             t0 = time.perf_counter()
-            run[0].train_step(next(run[1]))
-            run[2] += time.perf_counter() - t0
-    return {name: STEPS * batch / run[2] for name, run in runs.items()}
+            run[1].train_step(next(run[2]))
+            run[3] += time.perf_counter() - t0
+    return {name: STEPS * batch / seconds for name, _, _, seconds in runs}
 
 
 def _loader_speeds(work: Path, site: Path) -> dict:
@@ -260,7 +350,9 @@ def _speed_rows(rows: list, speeds: dict, reference: str, name: str, note: str) 
 
 
 STAGES = ("phantom", "ingest", "train", "steps-memory", "speed", "generate", "audit")
-EXTRA_STAGES = ("phantom-synthetic", "loader")  # asked for by name (--stages): see `stage`
+# Asked for by name (--stages): see `stage`. The source stages lay the phantom studies out as a
+# MIMIC-CXR-JPG tree or a DICOM folder, and ingest them: `--stages phantom,mimic-tree,ingest-mimic`.
+EXTRA_STAGES = ("phantom-synthetic", "loader", "mimic-tree", "ingest-mimic", "dicom-folder", "ingest-dicom")
 
 
 def main() -> int:
