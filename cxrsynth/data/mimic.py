@@ -91,7 +91,7 @@ def _read_tables(root: Path, report: DatasetReport, strict: bool) -> tuple[dict,
             _table_problem(meta_path, i, "malformed row: no dicom_id", report, strict)
             continue
         views[row["dicom_id"]] = sys.intern((row.get("ViewPosition") or "").strip().upper())
-    labels: dict[str, dict] = {}
+    labels: dict[str, Optional[bytes]] = {}  # study -> label codes (None: a bad row, the study skipped)
     chex_path = _find(root, CHEXPERT)
     if chex_path is not None:
         for i, row in _rows(chex_path):
