@@ -205,10 +205,11 @@ def _mimic_tree(src: Path, out: Path) -> None:
     ds, _ = ManifestDataset.open(src)
     subjects: dict[str, int] = {}
     files = out / "files"
+    out.mkdir(parents=True, exist_ok=True)
     with (
-        open(out.parent / "mimic-meta.csv", "w", newline="") as m,
-        open(out.parent / "mimic-chex.csv", "w", newline="") as c,
-        open(out.parent / "mimic-split.csv", "w", newline="") as sp,
+        open(out / "mimic-cxr-2.0.0-metadata.csv", "w", newline="") as m,
+        open(out / "mimic-cxr-2.0.0-chexpert.csv", "w", newline="") as c,
+        open(out / "mimic-cxr-2.0.0-split.csv", "w", newline="") as sp,
     ):
         meta, chex, split = csv.writer(m), csv.writer(c), csv.writer(sp)
         meta.writerow(["dicom_id", "subject_id", "study_id", "ViewPosition"])
@@ -230,9 +231,6 @@ def _mimic_tree(src: Path, out: Path) -> None:
                 meta.writerow([dicom_id, subject, study, view])
                 split.writerow([dicom_id, study, subject, "test" if r.split == "holdout" else "train"])
             chex.writerow([subject, study, *("" if r.labels[n] is None else f"{r.labels[n]:.1f}" for n in LABELS)])
-    for name in ("meta", "chex", "split"):
-        table = {"meta": "metadata", "chex": "chexpert", "split": "split"}[name]
-        (out.parent / f"mimic-{name}.csv").replace(out / f"mimic-cxr-2.0.0-{table}.csv")
 
 
 def _dicom_folder(src: Path, out: Path) -> None:

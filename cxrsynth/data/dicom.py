@@ -21,7 +21,7 @@ from cxrsynth.data.dataset import DatasetReport
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import Record, empty_labels
 from cxrsynth.data.report_text import read_report_file
-from cxrsynth.data.stream import RecordView, label_codes, labels_of_codes
+from cxrsynth.data.stream import RecordView, label_codes
 from cxrsynth.data.studies import StudyFiles, report_digest
 from cxrsynth.errors import InputError
 
@@ -178,7 +178,7 @@ def read_dicom_folder(
             study_id=pseudonym(study_uid, key, "s"),
             split="",
             view=e["frontal"][1],
-            labels=labels_of_codes(np.frombuffer(codes, dtype=np.int8)) if sidecar else empty_labels(),
+            codes=codes if sidecar else label_codes(empty_labels()),
             frontal=e["frontal"][0],
             lateral=e["lateral"][0] if e["lateral"] else "",
             report_file=sidecar,

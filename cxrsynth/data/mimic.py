@@ -18,13 +18,11 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-import numpy as np
-
 from cxrsynth.data.dataset import CsvRows, DatasetReport, load_png, parse_label
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.data.report_text import read_report_file
-from cxrsynth.data.stream import RecordView, label_codes, labels_of_codes
+from cxrsynth.data.stream import RecordView, label_codes
 from cxrsynth.data.studies import StudyFiles, report_digest
 from cxrsynth.errors import InputError
 from cxrsynth.progress import Progress
@@ -204,11 +202,11 @@ def read_mimic(
         else:
             report.warn(str(report_path), None, "no report file; the study is kept without report text")
         if study in study_labels:
-            labels = labels_of_codes(np.frombuffer(study_labels[study], dtype=np.int8))
+            codes = study_labels[study]
         else:
             if have_labels:
                 report.warn(str(d), None, f"study not in {CHEXPERT}; labels come from the report labeler")
-            labels = label_report(text) if text else empty_labels()
+            codes = label_codes(label_report(text) if text else empty_labels())
         study_id = f"s{study}"
         studies.add(
             record_id=study_id,
@@ -216,7 +214,7 @@ def read_mimic(
             study_id=study_id,  # one string for both
             split=splits.get(chosen["frontal"][0].stem, ""),
             view=chosen["frontal"][1],
-            labels=labels,
+            codes=codes,
             frontal=str(chosen["frontal"][0]),
             lateral=str(chosen["lateral"][0]) if "lateral" in chosen else "",
             report_file=str(report_path) if text else "",

@@ -229,6 +229,7 @@ class ManifestDataset(Dataset):
             source,
             list(reader.fieldnames or []),
         )
+        ds._resolved_root = str(resolved_root)  # the paths were checked against it above
         if with_phi and (root / PHI_HEADERS).is_file():
             ds._index_phi(root / PHI_HEADERS)
         return ds, report

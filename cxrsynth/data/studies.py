@@ -22,7 +22,7 @@ import numpy as np
 
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.report_text import read_report_file, sections
-from cxrsynth.data.stream import ImageError, label_codes, labels_of_codes
+from cxrsynth.data.stream import ImageError, labels_of_codes
 from cxrsynth.errors import InputError
 
 
@@ -54,21 +54,22 @@ class StudyFiles:
         study_id: str,
         split: str,
         view: str,
-        labels: dict,
+        codes: bytes,
         frontal: str,
         lateral: str = "",
         report_file: str = "",
         digest: bytes = b"",
         phi: Optional[dict[str, str]] = None,
     ) -> None:
-        """One study as checked: `digest` is the `report_digest` of its report as read from `report_file`."""
+        """One study as checked: `codes` its labels (`label_codes`), `digest` the `report_digest`
+        of its report as read from `report_file`."""
         if phi:
             self.phi[len(self.ids)] = phi
         self.ids.append((record_id, patient_id, study_id))
         self.few.append((sys.intern(split), sys.intern(view)))
         self.files.append((frontal, lateral, report_file))
         self.digests.append(digest or report_digest(""))
-        self._codes += label_codes(labels)
+        self._codes += codes
 
     @property
     def labels(self) -> np.ndarray:
