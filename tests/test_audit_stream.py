@@ -71,6 +71,28 @@ def test_the_streamed_audit_of_directories_gives_the_in_memory_audit_s_figures(
     assert _figures(streamed) == _figures(memory)  # ... and every figure is the same
 
 
+def test_the_aligned_searches_window_each_training_image_once(small, monkeypatch):
+    """The copy search, its calibration and the two lateral searches share the training images'
+    windows: each frontal and each lateral is windowed once."""
+    _, real, synthetic = small
+    train = [r for r in real if r.split == "train"]
+    holdout = [r for r in real if r.split == "holdout"]
+    windowed = []
+    add = align.AlignedWindows.add
+
+    def spy(self, images, *args, **kwargs):
+        windowed.append(len(images))
+        return add(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(align.AlignedWindows, "add", spy)
+    audit, _ = audit_records(synthetic, train, holdout, POLICY.model_copy(update={"skip": ("phi", "membership")}))
+    n_lateral = sum(r.lateral is not None for r in train)
+    assert sorted(windowed) == sorted([len(train), n_lateral]) and n_lateral > 0
+    # The shared windows find the planted copies, the training frontal in a lateral's place too.
+    copies = audit["checks"]["image_copies"]
+    assert copies["copies"] >= 4 and copies["lateral_copies"] >= 1, copies
+
+
 def test_nearest_over_rows_on_disk_is_the_search_over_arrays(tmp_path):
     rng = np.random.default_rng(0)
     # 16 columns, as the encoders' 64 and 256: rows start on the same alignment in a block read

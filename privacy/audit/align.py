@@ -100,9 +100,36 @@ def _max_similarity(variants: torch.Tensor, base: torch.Tensor, block: int = 819
     )
 
 
+class AlignedWindows:
+    """A base's central windows (fine and coarse), computed once and kept in temporary files in
+    `folder`, for any number of aligned searches against it."""
+
+    def __init__(self, folder: str):
+        self.fine, self.coarse = Rows(folder), Rows(folder)
+
+    def add(self, images: Sequence[np.ndarray], progress: Optional[Progress] = None, label: str = "") -> None:
+        """Append the windows of `images` (decoded `DECODE` at a time)."""
+        task = progress.task(label, len(images)) if progress and label else None
+        for s in range(0, len(images), DECODE):
+            base_t = _prepare(images[s : s + DECODE])
+            self.fine.append(standardise(_center(base_t, POOL)).numpy())
+            self.coarse.append(standardise(_center(base_t, POOL * COARSE)).numpy())
+            if task:
+                task.advance(len(base_t))
+
+    def extend(self, other: "AlignedWindows") -> None:
+        """Append the windows of another base (copied block by block, no image decoded)."""
+        for s in range(0, len(other), DECODE):
+            self.fine.append(other.fine.block(s, s + DECODE))
+            self.coarse.append(other.coarse.block(s, s + DECODE))
+
+    def __len__(self) -> int:
+        return len(self.coarse)
+
+
 def aligned_nearest(
     queries: Sequence[np.ndarray],
-    base: Sequence[np.ndarray],
+    base: Sequence[np.ndarray] | AlignedWindows,
     k: int = 8,
     chunk: int = 32,
     progress: Optional[Progress] = None,
@@ -114,41 +141,52 @@ def aligned_nearest(
     `base` (and `queries`) may be lazy sequences (`cxrsynth.data.stream.ImageColumn`): the base's
     windows are computed `DECODE` images at a time and kept in temporary files, the shortlist
     keeps a running top k per query over blocks of `block` base images, and only the shortlisted
-    windows are read back, so memory does not grow with the number of base images.
+    windows are read back, so memory does not grow with the number of base images. A base
+    searched several times is given as its `AlignedWindows`, computed once.
     """
-    block = block or BLOCK
+    if isinstance(base, AlignedWindows):
+        return _search(queries, base, k, chunk, progress, label, block or BLOCK)
     with tempfile.TemporaryDirectory(prefix="cxrsynth-align-") as tmp:
-        base_fine, base_coarse = Rows(tmp), Rows(tmp)
-        for s in range(0, len(base), DECODE):
-            base_t = _prepare(base[s : s + DECODE])
-            base_fine.append(standardise(_center(base_t, POOL)).numpy())
-            base_coarse.append(standardise(_center(base_t, POOL * COARSE)).numpy())
-        n_base = len(base_coarse)
-        k = min(k, n_base)
-        dist = np.empty(len(queries), dtype=np.float32)
-        arg = np.empty(len(queries), dtype=np.int64)
-        task = progress.task(label, len(queries)) if progress else None
-        with torch.no_grad():
-            for s in range(0, len(queries), chunk):
-                fine, coarse = _windows(_prepare(queries[s : s + chunk]))
-                b = fine.shape[0]
-                top_sim, cand = None, None
-                for bs in range(0, n_base, block):
-                    sim = _max_similarity(coarse, torch.from_numpy(base_coarse.block(bs, bs + block)), block)
-                    ids = torch.arange(bs, bs + sim.shape[1]).expand(b, -1)
-                    if top_sim is not None:
-                        sim, ids = torch.cat([top_sim, sim], dim=1), torch.cat([cand, ids], dim=1)
-                    top_sim, at = sim.topk(k, dim=1)
-                    cand = ids.gather(1, at)  # (b, k): the k base images most similar so far
-                wanted, where = np.unique(cand.numpy(), return_inverse=True)
-                cand_fine = torch.from_numpy(base_fine.take(wanted))[torch.from_numpy(where.reshape(cand.shape))]
-                best = (torch.einsum("bvd,bkd->bvk", fine, cand_fine) * _inv_norm(fine).unsqueeze(-1)).amax(
-                    dim=1
-                )  # (b, k)
-                top, j = best.max(dim=1)
-                # Unit vectors: squared distance is 2 - 2 cos.
-                dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()
-                arg[s : s + b] = cand[torch.arange(b), j].numpy()
-                if task:
-                    task.advance(b)
+        windows = AlignedWindows(tmp)
+        windows.add(base)
+        return _search(queries, windows, k, chunk, progress, label, block or BLOCK)
+
+
+def _search(
+    queries: Sequence[np.ndarray],
+    base: AlignedWindows,
+    k: int,
+    chunk: int,
+    progress: Optional[Progress],
+    label: str,
+    block: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    n_base = len(base)
+    k = min(k, n_base)
+    dist = np.empty(len(queries), dtype=np.float32)
+    arg = np.empty(len(queries), dtype=np.int64)
+    task = progress.task(label, len(queries)) if progress else None
+    with torch.no_grad():
+        for s in range(0, len(queries), chunk):
+            fine, coarse = _windows(_prepare(queries[s : s + chunk]))
+            b = fine.shape[0]
+            top_sim, cand = None, None
+            for bs in range(0, n_base, block):
+                sim = _max_similarity(coarse, torch.from_numpy(base.coarse.block(bs, bs + block)), block)
+                ids = torch.arange(bs, bs + sim.shape[1]).expand(b, -1)
+                if top_sim is not None:
+                    sim, ids = torch.cat([top_sim, sim], dim=1), torch.cat([cand, ids], dim=1)
+                top_sim, at = sim.topk(k, dim=1)
+                cand = ids.gather(1, at)  # (b, k): the k base images most similar so far
+            wanted, where = np.unique(cand.numpy(), return_inverse=True)
+            cand_fine = torch.from_numpy(base.fine.take(wanted))[torch.from_numpy(where.reshape(cand.shape))]
+            best = (torch.einsum("bvd,bkd->bvk", fine, cand_fine) * _inv_norm(fine).unsqueeze(-1)).amax(
+                dim=1
+            )  # (b, k)
+            top, j = best.max(dim=1)
+            # Unit vectors: squared distance is 2 - 2 cos.
+            dist[s : s + b] = torch.sqrt((2 - 2 * top).clamp_min(0)).numpy()
+            arg[s : s + b] = cand[torch.arange(b), j].numpy()
+            if task:
+                task.advance(b)
     return dist, arg

@@ -16,7 +16,7 @@ from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.data.stream import ImageColumn, has_images, metadata_view
 from cxrsynth.errors import InputError
-from cxrsynth.privacy.audit.align import aligned_nearest
+from cxrsynth.privacy.audit.align import AlignedWindows, aligned_nearest
 from cxrsynth.privacy.audit.encoders import Encoder
 from cxrsynth.privacy.audit.neighbors import Matrix, nearest
 from cxrsynth.privacy.audit.stats import closeness_null, closeness_replicates, percentile_ci
@@ -89,10 +89,15 @@ def _image_memorization(
     d_ht, _ = _nearest_either_way(e_hold, e_hold_m, e_train, chunk, progress, f"{site} holdout->train")
     d_sh, i_sh = _nearest_either_way(e_syn, e_syn_m, e_hold, chunk)
 
+    train_windows = None
     if policy.copy_match == "aligned":
-        c_st, ci_st = aligned_nearest(syn_imgs, train_imgs, progress=progress, label=f"{site} aligned copy search")
+        # The training images' windows are computed once, for the copy search, its calibration
+        # and the lateral searches.
+        train_windows = AlignedWindows(tmp)
+        train_windows.add(train_imgs, progress, f"{site} aligned windows of training images")
+        c_st, ci_st = aligned_nearest(syn_imgs, train_windows, progress=progress, label=f"{site} aligned copy search")
         cal = ImageColumn(holdout, calibration_sample(len(holdout), policy))
-        c_ht, _ = aligned_nearest(cal, train_imgs, progress=progress, label=f"{site} aligned holdout calibration")
+        c_ht, _ = aligned_nearest(cal, train_windows, progress=progress, label=f"{site} aligned holdout calibration")
     else:
         c_st, ci_st, c_ht = d_st, i_st, d_ht
     threshold = float(policy.copy_margin * np.quantile(c_ht, policy.copy_quantile))
@@ -126,7 +131,9 @@ def _image_memorization(
     def hist(d: np.ndarray, top: float) -> list[int]:
         return np.histogram(np.clip(d, 0, top), np.linspace(0.0, top, HIST_BINS + 1))[0].tolist()
 
-    lateral, lateral_pairs = lateral_copies(encoder, synthetic, train, holdout, policy, site, progress, tmp)
+    lateral, lateral_pairs = lateral_copies(
+        encoder, synthetic, train, holdout, policy, site, progress, tmp, train_windows
+    )
     pairs += lateral_pairs
     top = float(np.quantile(np.r_[d_st, d_sh, d_ht], 0.995)) or 1.0
     ctop = float(np.quantile(np.r_[c_st, c_ht], 0.995)) or 1.0
@@ -183,10 +190,12 @@ def lateral_copies(
     site: str = "",
     progress: Optional[Progress] = None,
     tmp: Optional[str] = None,
+    train_windows: Optional[AlignedWindows] = None,
 ) -> tuple[dict, list[CopyPair]]:
     """Synthetic laterals that copy a training image (a lateral, or a frontal put in the lateral's
     place), by the frontal search's method, with a threshold calibrated the same way on the
-    holdout's laterals. A lateral ships with the release, so it is checked like a frontal."""
+    holdout's laterals. A lateral ships with the release, so it is checked like a frontal.
+    `train_windows`: the aligned windows of the training frontals, if the frontal search made them."""
     syn_pos = np.flatnonzero(has_images(synthetic, lateral=True))
     if not len(syn_pos):
         return {"lateral_copies": []}, []
@@ -204,10 +213,19 @@ def lateral_copies(
     b = ImageColumn(train, base_pos, base_lateral)
     hold = ImageColumn(holdout, hold_pos, np.ones(len(hold_pos), bool))
     if policy.copy_match == "aligned":
-        c_sb, i_sb = aligned_nearest(q, b, progress=progress, label=f"{site} aligned lateral copy search")
-        cal_pos = hold_pos[calibration_sample(len(hold_pos), policy)]
-        cal = ImageColumn(holdout, cal_pos, np.ones(len(cal_pos), bool))
-        c_hb, _ = aligned_nearest(cal, b, progress=progress, label=f"{site} aligned lateral calibration")
+        with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-", dir=tmp) as own:
+            windows = AlignedWindows(own)
+            if train_windows is None:
+                windows.add(b, progress, f"{site} aligned windows of training images")
+            else:
+                # The laterals' windows, then the frontals' as the frontal search made them.
+                lat = ImageColumn(train, train_lat, np.ones(len(train_lat), bool))
+                windows.add(lat, progress, f"{site} aligned windows of training laterals")
+                windows.extend(train_windows)
+            c_sb, i_sb = aligned_nearest(q, windows, progress=progress, label=f"{site} aligned lateral copy search")
+            cal_pos = hold_pos[calibration_sample(len(hold_pos), policy)]
+            cal = ImageColumn(holdout, cal_pos, np.ones(len(cal_pos), bool))
+            c_hb, _ = aligned_nearest(cal, windows, progress=progress, label=f"{site} aligned lateral calibration")
     else:
         with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-", dir=tmp) as own:
             e_b = encoder.embed_rows(b, own)
