@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict
 
 from cxrsynth.config import RunConfig
@@ -170,7 +171,24 @@ def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int
             f"train.finetune {list(patterns)}: no parameter of the {model.family} model matches; parameter names are "
             f"'<network>.<parameter>' with networks {', '.join(model.nets)} (e.g. '{next(iter(model.nets))}.*')."
         )
+    if trainable < total:
+        for net in model.nets.values():
+            for m in unwrap(net).modules():
+                if isinstance(m, torch.nn.GroupNorm) and not getattr(m, "_plain_input_hook", False):
+                    m.register_forward_pre_hook(_plain_input_without_grad)
+                    m._plain_input_hook = True
     return trainable, total
+
+
+def _plain_input_without_grad(module, args):
+    """torch's CPU GroupNorm backward crashes (SIGSEGV, torch 2.13) on a channels-last input
+    that needs no gradient when the layer's weight does: the first trained norm after frozen
+    layers, which a partial `train.finetune` makes (CPU convolutions hand some layers
+    channels-last tensors). Such an input is given to the norm in the default layout."""
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and not x.requires_grad and not x.is_contiguous():
+        return (x.contiguous(), *args[1:])
+    return None
 
 
 def set_finetune_lr(model: GenerativeModel, lr: Optional[float]) -> None:

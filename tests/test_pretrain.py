@@ -153,6 +153,43 @@ def test_finetune_patterns_freeze_the_rest_and_dp_protects_only_what_trains(base
         apply_finetune(fresh, ("unet.*",))
 
 
+# A child process: the crash this guards against is a segmentation fault, which would end pytest.
+FINETUNE_ATTENTION = """
+import torch
+from cxrsynth.config import load_config
+from cxrsynth.data.phantom import make_phantom
+from cxrsynth.models import build_model
+from cxrsynth.pretrained import apply_finetune
+from cxrsynth.train import seed_everything
+
+seed_everything(0)
+cfg = load_config("ldm-tiny", {"model": {"vae_steps": 0}})
+records = make_phantom(8, sites=1, seed=0, image_size=cfg.model.image_size, lateral=False)
+model = build_model(cfg.model)
+model.setup(records)
+trainable, total = apply_finetune(model, ("unet.*attentions*",))
+model.opts = model.make_optimizers()
+before = {k: p.detach().clone() for k, p in model.nets["unet"].named_parameters()}
+model.train()
+for _ in range(2):
+    model.train_step(records[:4])
+moved = {k for k, p in model.nets["unet"].named_parameters() if not torch.equal(p, before[k])}
+assert moved and all(".attentions." in k for k in moved), sorted(moved)
+print("trained", trainable, "of", total)
+"""
+
+
+def test_fine_tuning_the_attention_layers_alone_trains_them_and_nothing_else(tmp_path):
+    # The first attention block's norm takes the output of frozen layers: an input that needs no
+    # gradient, which torch's CPU kernels may lay out channels-last.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FINETUNE_ATTENTION], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("trained ")
+
+
 def test_a_site_refuses_round_one_weights_that_are_not_the_pinned_base(base, tmp_path):
     from flwr.app import Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
