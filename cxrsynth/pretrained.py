@@ -184,9 +184,16 @@ def _plain_input_without_grad(module, args):
     """torch's CPU GroupNorm backward crashes (SIGSEGV, torch 2.13) on a channels-last input
     that needs no gradient when the layer's weight does: the first trained norm after frozen
     layers, which a partial `train.finetune` makes (CPU convolutions hand some layers
-    channels-last tensors). Such an input is given to the norm in the default layout."""
+    channels-last tensors). Such an input is given to the norm in the default layout; any other
+    call (no gradient wanted, or one through the input) is left as it is."""
     x = args[0] if args else None
-    if isinstance(x, torch.Tensor) and not x.requires_grad and not x.is_contiguous():
+    if (
+        isinstance(x, torch.Tensor)
+        and torch.is_grad_enabled()
+        and not x.requires_grad
+        and not x.is_contiguous()
+        and any(p.requires_grad for p in module.parameters(recurse=False))
+    ):
         return (x.contiguous(), *args[1:])
     return None
 
