@@ -174,6 +174,8 @@ FAMILIES = {
     "emixer": {},
     "ldm-vae-stage": {},
     "ldm-diffusion-stage": {"model": {"vae_steps": 0}},
+    # Three (timestep, noise) draws a record: three calls of every U-Net layer in one step.
+    "ldm-noise-draws": {"model": {"vae_steps": 0, "noise_draws": 3}},
     "mopoe": {},
 }
 
@@ -219,6 +221,12 @@ def test_each_family_gets_the_clipped_sum_of_opacus_hooks(case):
     assert norms and all(_straddles(n, bounds[name]) for name, n in norms.items()), norms
     bookkeeping, _ = _family_step(case, "bookkeeping", bounds)
     _assert_same_clipped_sum(hooks, bookkeeping)
+
+
+def test_a_records_noise_draws_are_clipped_as_one_record():
+    """The draws' mean is the record's gradient: as many clipped gradients as records, not draws."""
+    _, norms = _family_step("ldm-noise-draws", "hooks")
+    assert norms and all(len(n) == 6 for n in norms.values())
 
 
 def test_the_noise_has_opacus_scale_for_every_parameter():

@@ -96,6 +96,13 @@ class LDMConfig(BaseModel):
         lt=1.0,
         description="share of training prompts replaced by the empty prompt (classifier-free guidance)",
     )
+    noise_draws: int = Field(
+        1,
+        ge=1,
+        description="(timestep, noise) draws per record each step, their losses averaged: under DP-SGD the record's "
+        "gradient is clipped once, after the mean, so more draws lower its variance at no privacy cost (DPDM's noise "
+        "multiplicity); each draw costs a forward and backward pass",
+    )
     ema_decay: float = Field(0.9999, ge=0.0, lt=1.0, description="EMA of the UNet weights used for sampling; 0: off")
     mixed_precision: Literal["off", "bf16"] = Field(
         "off", description="bf16 autocast on GPU (no loss scaling needed, unlike fp16); ignored on CPU"
