@@ -23,7 +23,9 @@ same weights and rank 0 writes the checkpoint and the ledger.
 
 A rank whose share of a non-empty batch is empty (fewer records drawn than ranks; with Poisson
 sampling at the configured batch that is rare, e^-B B per step) still takes part in every
-optimizer's exchange through the family's empty-batch step (`noise_only_step`).
+optimizer's exchange, in the order the other ranks make them (`empty_share_step`: by default
+the family's empty-batch step, whose `noise_only_step` steps plain optimizers too; EMIXER adds
+the generator's step, which reads no real data).
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def data_parallel(model: GenerativeModel) -> Callable[[list], dict]:
         sizes = torch.tensor([len(records)], dtype=torch.int64)
         dist.all_reduce(sizes)
         share.local, share.total = len(records), int(sizes.item())
-        losses = model.train_step(records)
+        losses = model.empty_share_step() if share.local == 0 < share.total else model.train_step(records)
         with torch.no_grad():
             for buf in model.buffers():
                 dist.broadcast(buf, src=0)

@@ -190,21 +190,27 @@ def privatize(
             model.opts[name] = opt
         opt.attach_step_hook(hook)
 
-    step_batch = model.train_step
+    def accounted(step):
+        """`step` with its batch's releases counted as one step of the accountant."""
 
-    def train_step(records):
-        stepping = [n for n in model.nets_stepping() if n in real]
-        for n in stepping:
-            model.opts[n].noise_multiplier = dp.noise_multiplier * len(stepping) ** 0.5
-        releases.clear()
-        try:
-            return step_batch(records)
-        finally:
-            if releases:
-                spent[:] = _merge(spent, effective_noise(releases), sample_rate, 1)
+        def run(*records):
+            stepping = [n for n in model.nets_stepping() if n in real]
+            for n in stepping:
+                model.opts[n].noise_multiplier = dp.noise_multiplier * len(stepping) ** 0.5
             releases.clear()
+            try:
+                return step(*records)
+            finally:
+                if releases:
+                    spent[:] = _merge(spent, effective_noise(releases), sample_rate, 1)
+                releases.clear()
 
-    model.train_step = train_step
+        return run
+
+    # A data-parallel rank with no record of a batch releases its share of the batch's noisy
+    # gradients through `empty_share_step`: the same batch, counted the same way.
+    model.train_step = accounted(model.train_step)
+    model.empty_share_step = accounted(model.empty_share_step)
 
     def ledger() -> dict:
         hist = [(float(s), float(q), int(n)) for s, q, n in spent]

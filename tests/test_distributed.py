@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def _records():
     return make_phantom(n=48, sites=1, seed=0, image_size=16, lateral=False)
 
 
-def _cfg(dp: bool, family: str = "mopoe", grad_sample: str = "hooks"):
+def _cfg(dp: bool, family: str = "mopoe", grad_sample: str = "hooks", batch_size: int = 8):
     return load_config(
         f"{family}-tiny",
         {
@@ -71,19 +72,28 @@ def _cfg(dp: bool, family: str = "mopoe", grad_sample: str = "hooks"):
                 "privacy_unit": "study",
                 "grad_sample": grad_sample,
             },
-            "train": {"batch_size": 8},
+            "train": {"batch_size": batch_size},
         },
     )
 
 
-def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1, grad_sample: str = "hooks") -> dict:
+def _train(
+    model_kind: str,
+    dp: bool,
+    steps: int,
+    rank: int = 0,
+    world: int = 1,
+    grad_sample: str = "hooks",
+    batch_size: int = 8,
+) -> dict:
     from cxrsynth.models import build_model
     from cxrsynth.privacy.dp import privatize
     from cxrsynth.train import dp_sampling, seed_everything, train_steps
 
     torch.set_num_threads(1)
     records = _records()
-    cfg = _cfg(dp, grad_sample=grad_sample)
+    family = "mopoe" if model_kind == "probe" else model_kind
+    cfg = _cfg(dp, family, grad_sample, batch_size)
     seed_everything(0)
     if model_kind == "probe":
         model = Probe()
@@ -95,6 +105,11 @@ def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1,
     if dp:
         sampling, rate, _ = dp_sampling(records, cfg.train.batch_size, "study")
         ledger = privatize(model, cfg, rate, [])
+    # How many records this process stepped on at each step (0: none of the global batch).
+    shares: list[int] = []
+    train_step, empty_share_step = model.train_step, model.empty_share_step
+    model.train_step = lambda records: shares.append(len(records)) or train_step(records)
+    model.empty_share_step = lambda: shares.append(0) or empty_share_step()
     torch.manual_seed(1 + (rank if model_kind != "probe" else 0))
     train_steps(
         model,
@@ -106,16 +121,30 @@ def _train(model_kind: str, dp: bool, steps: int, rank: int = 0, world: int = 1,
         rank=rank,
         world_size=world,
     )
-    return {"state": {k: v.tolist() for k, v in model.state().items()}, "ledger": ledger() if ledger else None}
+    return {
+        "state": {k: v.tolist() for k, v in model.state().items()},
+        "ledger": ledger() if ledger else None,
+        "shares": shares,
+    }
 
 
-def _rank(rank: int, world: int, port: int, out: str, model_kind: str, dp: bool, steps: int, grad_sample: str) -> None:
+def _rank(
+    rank: int,
+    world: int,
+    port: int,
+    out: str,
+    model_kind: str,
+    dp: bool,
+    steps: int,
+    grad_sample: str,
+    batch_size: int,
+) -> None:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        result = _train(model_kind, dp, steps, rank, world, grad_sample)
+        result = _train(model_kind, dp, steps, rank, world, grad_sample, batch_size)
         with open(f"{out}.{rank}", "w", encoding="utf-8") as f:
             json.dump(result, f)
     finally:
@@ -128,9 +157,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _two_ranks(tmp_path, model_kind: str, dp: bool, steps: int, grad_sample: str = "hooks") -> list[dict]:
+def _two_ranks(
+    tmp_path, model_kind: str, dp: bool, steps: int, grad_sample: str = "hooks", batch_size: int = 8
+) -> list[dict]:
     out = str(tmp_path / f"{model_kind}-{dp}")
-    mp.spawn(_rank, args=(2, _free_port(), out, model_kind, dp, steps, grad_sample), nprocs=2, join=True)
+    ranks = mp.spawn(
+        _rank, args=(2, _free_port(), out, model_kind, dp, steps, grad_sample, batch_size), nprocs=2, join=False
+    )
+    # Ranks that wait for an exchange the other never makes would wait for ever.
+    limit = 600
+    deadline = time.monotonic() + limit
+    while not ranks.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ranks.processes:
+                proc.kill()
+            pytest.fail(
+                f"the two ranks did not finish in {limit} s: one waits for an exchange the other does not make"
+            )
     results = []
     for r in (0, 1):
         with open(f"{out}.{r}", encoding="utf-8") as f:
@@ -167,3 +210,15 @@ def test_a_family_on_two_ranks_keeps_one_set_of_weights_and_the_ledger_of_one_pr
     one = json.loads(json.dumps(_train("mopoe", True, steps=3, grad_sample=grad_sample)))
     assert ranks[0]["ledger"] == ranks[1]["ledger"] == one["ledger"]
     assert set(ranks[0]["state"]) == set(one["state"])
+
+
+def test_an_emixer_rank_that_draws_no_record_of_a_batch_still_steps_with_the_other(tmp_path):
+    # Poisson batches of 1 record in 48 expected: many hold one record, which rank 0 steps on
+    # alone. Rank 1 must still make every exchange of that step, the generator's included (a
+    # plain optimizer that reads no real data), or the two wait on each other for ever.
+    ranks = _two_ranks(tmp_path, "emixer", True, steps=8, batch_size=1)
+    lone = [i for i, (a, b) in enumerate(zip(ranks[0]["shares"], ranks[1]["shares"])) if a > 0 and b == 0]
+    assert lone, (ranks[0]["shares"], ranks[1]["shares"])
+    assert ranks[0]["state"] == ranks[1]["state"]
+    one = json.loads(json.dumps(_train("emixer", True, steps=8, batch_size=1)))
+    assert ranks[0]["ledger"] == ranks[1]["ledger"] == one["ledger"]

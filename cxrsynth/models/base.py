@@ -132,16 +132,23 @@ class GenerativeModel(nn.Module):
 
     def noise_only_step(self, names: Sequence[str]) -> None:
         """An empty Poisson batch: each DP optimizer among `names` still takes its noisy step (the
-        accounting assumes a release per sampled batch, empty or not); plain optimizers skip it."""
+        accounting assumes a release per sampled batch, empty or not). A plain optimizer steps
+        with no gradient: nothing moves in one process, and under data-parallel training
+        (cxrsynth.distributed) this rank takes part in the exchange of the other ranks' gradients."""
         for name in names:
             opt = self.opts[name]
-            if not hasattr(opt, "noise_multiplier"):
-                continue
             opt.zero_grad(set_to_none=True)
-            for p in self.nets[name].parameters():
-                if p.requires_grad:
-                    p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            if hasattr(opt, "noise_multiplier"):
+                for p in self.nets[name].parameters():
+                    if p.requires_grad:
+                        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
             opt.step()
+
+    def empty_share_step(self) -> dict[str, float]:
+        """Data-parallel training: this rank drew none of a global batch the other ranks drew
+        records of. It must take part in every gradient exchange their steps make, in the same
+        order; by default that is the step on an empty batch."""
+        return self.train_step([])
 
     def train_step(self, records: list[Record]) -> dict[str, float]:
         raise NotImplementedError

@@ -251,6 +251,20 @@ class Model(GenerativeModel):
             losses.update(self._generator_step(b))
         return losses
 
+    def empty_share_step(self) -> dict[str, float]:
+        """The exchanges of the other ranks' step (real-data networks, F's further updates, the
+        generator's update every `d_steps`), with no records here; the average follows G."""
+        cfg, nets = self.config, self.nets
+        self.noise_only_step(self.real_nets)
+        if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
+            for _ in range(cfg.f_steps - 1):
+                self.noise_only_step(["report_decoder"])
+        self.step_count += 1
+        if self.step_count % cfg.d_steps == 0:
+            self.noise_only_step(["generator"])  # a plain optimizer: the other ranks' gradients
+            self._update_ema()
+        return {}
+
     def _extra_decoder_steps(self, real, ids, counts, synthetic, labeled) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""
         opt = self.opts["report_decoder"]
