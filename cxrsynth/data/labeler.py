@@ -17,6 +17,7 @@ import re
 from typing import Optional
 
 from cxrsynth.data.records import LABELS
+from cxrsynth.data.text import split_sentences
 
 # label -> phrases that mention it. Patterns are matched case-insensitively on whole words.
 MENTIONS: dict[str, tuple[str, ...]] = {
@@ -258,4 +259,10 @@ def states_a_finding(sentence: str) -> bool:
     return any(v is not None for v in label_report(sentence).values())
 
 
-__all__ = ["label_report", "states_a_finding", "MENTIONS"]
+def finding_sentences(text: str) -> list[str]:
+    """The sentences of `text` that state a finding, in order: what the report-writing families
+    learn from (sign-offs, comparison lines and identifiers state none)."""
+    return [s for s in split_sentences(text or "") if states_a_finding(s)]
+
+
+__all__ = ["label_report", "states_a_finding", "finding_sentences", "MENTIONS"]

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from opacus.layers import DPLSTM
 from torch import nn
 
-from cxrsynth.data.labeler import states_a_finding
+from cxrsynth.data.labeler import finding_sentences
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import SPECIALS, Vocabulary, sentences_to_text, split_sentences, tokenize
 from cxrsynth.models.emixer.config import EmixerConfig
@@ -43,9 +43,7 @@ def report_sentences(rec: Record, keep: SentenceFilter = "findings") -> list[lis
     state no finding."""
     out = []
     for section, prefix in ((rec.impression, [IMP]), (rec.findings, [])):
-        for sent in split_sentences(section or ""):
-            if keep == "findings" and not states_a_finding(sent):
-                continue
+        for sent in finding_sentences(section) if keep == "findings" else split_sentences(section or ""):
             toks = tokenize(sent)
             while toks and toks[-1] == ".":
                 toks.pop()

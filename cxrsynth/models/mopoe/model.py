@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cxrsynth.data.labeler import label_report, states_a_finding
+from cxrsynth.data.labeler import finding_sentences, label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.data.stream import has_images, metadata_view
 from cxrsynth.data.text import Vocabulary, pseudo_reports, split_sentences
@@ -67,10 +67,10 @@ def report_of(config: MoPoEConfig, record: Record) -> Record:
     if config.report_sentences == "all":
         return record
 
-    def keep(text: str) -> str:
-        return " ".join(s for s in split_sentences(text) if states_a_finding(s))
-
-    return record.with_(findings=keep(record.findings), impression=keep(record.impression))
+    return record.with_(
+        findings=" ".join(finding_sentences(record.findings)),
+        impression=" ".join(finding_sentences(record.impression)),
+    )
 
 
 def _consistent(sections: tuple[str, str], target: dict) -> tuple[str, str]:
