@@ -159,10 +159,12 @@ def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int
     Returns (trainable, total) parameter counts. Refuses patterns that leave nothing to train.
     """
     trainable = total = 0
+    froze = False
     for net_name, net in model.nets.items():
         for pname, p in unwrap(net).named_parameters():
             # Only ever freezes: what a family keeps frozen itself (a moving average, a frozen VAE) stays so.
             keep = p.requires_grad and any(fnmatch.fnmatchcase(f"{net_name}.{pname}", pat) for pat in patterns)
+            froze |= p.requires_grad and not keep
             p.requires_grad_(keep)
             total += p.numel()
             trainable += p.numel() if keep else 0
@@ -171,7 +173,7 @@ def apply_finetune(model: GenerativeModel, patterns: Sequence[str]) -> tuple[int
             f"train.finetune {list(patterns)}: no parameter of the {model.family} model matches; parameter names are "
             f"'<network>.<parameter>' with networks {', '.join(model.nets)} (e.g. '{next(iter(model.nets))}.*')."
         )
-    if trainable < total:
+    if froze:
         for net in model.nets.values():
             for m in unwrap(net).modules():
                 if isinstance(m, torch.nn.GroupNorm) and not getattr(m, "_plain_input_hook", False):

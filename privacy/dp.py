@@ -193,13 +193,13 @@ def privatize(
     def accounted(step):
         """`step` with its batch's releases counted as one step of the accountant."""
 
-        def run(*records):
+        def run(*args):
             stepping = [n for n in model.nets_stepping() if n in real]
             for n in stepping:
                 model.opts[n].noise_multiplier = dp.noise_multiplier * len(stepping) ** 0.5
             releases.clear()
             try:
-                return step(*records)
+                return step(*args)
             finally:
                 if releases:
                     spent[:] = _merge(spent, effective_noise(releases), sample_rate, 1)

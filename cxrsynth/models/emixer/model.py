@@ -239,7 +239,7 @@ class Model(GenerativeModel):
         for name in self.real_nets:
             opts[name].step()
         losses = {k: v.item() for k, v in losses.items()}
-        if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
+        if self._extra_decoder_updates():
             losses["f_report"] = self._extra_decoder_steps(real, ids, counts, synthetic, y[:, -1])
         elif cfg.f_steps > 1 and self.writes_reports and not self._warned_f_steps:
             warnings.warn(
@@ -254,16 +254,23 @@ class Model(GenerativeModel):
     def empty_share_step(self) -> dict[str, float]:
         """The exchanges of the other ranks' step (real-data networks, F's further updates, the
         generator's update every `d_steps`), with no records here; the average follows G."""
-        cfg, nets = self.config, self.nets
         self.noise_only_step(self.real_nets)
-        if cfg.f_steps > 1 and self.writes_reports and unwrap(nets["report_decoder"]) is nets["report_decoder"]:
-            for _ in range(cfg.f_steps - 1):
-                self.noise_only_step(["report_decoder"])
+        for _ in range(self._extra_decoder_updates()):
+            self.noise_only_step(["report_decoder"])
         self.step_count += 1
-        if self.step_count % cfg.d_steps == 0:
+        if self.step_count % self.config.d_steps == 0:
             self.noise_only_step(["generator"])  # a plain optimizer: the other ranks' gradients
             self._update_ema()
         return {}
+
+    def _extra_decoder_updates(self) -> int:
+        """F's updates a step beyond the first (`f_steps - 1`): only when F writes reports and
+        trains without DP-SGD, whose accountant counts one update per sampled batch."""
+        cfg = self.config
+        if cfg.f_steps <= 1 or not self.writes_reports:
+            return 0
+        decoder = self.nets["report_decoder"]
+        return cfg.f_steps - 1 if unwrap(decoder) is decoder else 0
 
     def _extra_decoder_steps(self, real, ids, counts, synthetic, labeled) -> float:
         """F's further `f_steps - 1` teacher-forced updates on this step's batch; the last loss."""

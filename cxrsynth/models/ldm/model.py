@@ -190,8 +190,9 @@ class Model(GenerativeModel):
                 self.ema_unet.load_state_dict(self.part("unet").state_dict())
 
     def save_extra_files(self, out: Path) -> None:
-        """A diffusers-format folder next to the checkpoint: every part loads with
-        `from_pretrained(<checkpoint>/diffusers/<part>)`, and the folder is a valid `pretrained`."""
+        """A diffusers-format folder next to the checkpoint: every part loads from its local
+        subfolder of `diffusers/` (`from_pretrained` with `local_files_only=True`), and the folder
+        is a valid `pretrained`."""
         import diffusers
 
         folder = Path(out) / DIFFUSERS_DIR
