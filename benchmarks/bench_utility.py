@@ -44,10 +44,23 @@ def epsilon_name(eps: Optional[float]) -> str:
     return "no DP" if eps is None else f"{eps:g}"
 
 
-def noise_for(epsilon: float, sample_rate: float, steps: int, accountant: str) -> float:
-    """The noise multiplier that spends `epsilon` (at DELTA) in `steps` steps at `sample_rate`."""
+def noise_for(epsilon: float, sample_rate: float, steps: int, accountant: str, before: Optional[list] = None) -> float:
+    """The noise multiplier that spends `epsilon` (at DELTA) in `steps` steps at `sample_rate`,
+    after the releases of the accountant history `before` (the sites' looks)."""
     from opacus.accountants.utils import get_noise_multiplier
 
+    if before:
+        from cxrsynth.config import DPConfig
+        from cxrsynth.privacy.dp import epsilon_of
+
+        dp = DPConfig(enabled=True, delta=DELTA, accountant=accountant)
+        lo, hi = 0.3, 64.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (
+                (lo, mid) if epsilon_of([*before, (mid, sample_rate, steps)], dp) <= epsilon * 0.995 else (mid, hi)
+            )
+        return hi
     # A hair under the target, so rounding in the site's own accountant never refuses the last round.
     return float(
         get_noise_multiplier(
@@ -111,7 +124,8 @@ def make_cell_class():
         settings: dict = {}
 
         def run_config(self, **overrides):
-            return super().run_config(**merge(self.settings, overrides))
+            # `--set` wins over what the demo's stages set.
+            return super().run_config(**merge(overrides, self.settings))
 
         def phantom(self) -> dict:
             if self.site_records is None:
@@ -138,7 +152,9 @@ def make_cell_class():
                     dp_sampling([r for r in train if r.site == s], c.batch_size, dp.privacy_unit)[1]
                     for s in sorted({r.site for r in train})
                 ]
-                sigma = noise_for(self.target_epsilon, max(rates), c.rounds * c.local_steps, dp.accountant)
+                fed = self.run_config().federation
+                looks = [(fed.acquisition_noise, 1.0, 1)] if fed.acquisition else None
+                sigma = noise_for(self.target_epsilon, max(rates), c.rounds * c.local_steps, dp.accountant, looks)
                 self.cfg = c.model_copy(update={"noise_multiplier": sigma, "epsilon_budget": self.target_epsilon})
                 self.say(
                     f"   noise multiplier {sigma:.3f} for epsilon {self.target_epsilon:g} (highest site sample rate {max(rates):.3f})"

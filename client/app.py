@@ -133,16 +133,36 @@ def vocab(msg: Message, context: Context) -> Message:
             site.train, k, functools.partial(model_class(cfg.model).vocabulary_text, cfg.model)
         )
     labels = label_counts(site.train, k)
-    return Message(
-        RecordDict(
-            {
-                "counts": MetricRecord(counts),
-                "label-counts": MetricRecord(labels),
-                "metrics": MetricRecord({"num-reports": n_reports}),
-            }
-        ),
-        reply_to=msg,
+    content = RecordDict(
+        {
+            "counts": MetricRecord(counts),
+            "label-counts": MetricRecord(labels),
+            "metrics": MetricRecord({"num-reports": n_reports}),
+        }
     )
+    if "acquisition" in msg.content.config_records:
+        content["acquisition"] = _share_look(cfg, site, list(msg.content["acquisition"]["center"]), context)
+    return Message(content, reply_to=msg)
+
+
+def _share_look(cfg, site, center: list, context: Context) -> MetricRecord:
+    """The site's look (cxrsynth.models.acquisition), held to the site's DP floor and recorded in its ledger."""
+    from cxrsynth.client.task import share_look
+    from cxrsynth.privacy.dp import ledger_entry, write_ledger_file
+
+    policy = load_policy(context.node_config)
+    if policy.require_dp and not cfg.dp.enabled:
+        raise SiteRefused("site policy requires DP (require_dp); the run asks for the site's look without it.")
+    if cfg.dp.enabled and cfg.federation.acquisition_noise < policy.min_noise_multiplier:
+        raise SiteRefused(
+            f"site policy requires noise multipliers >= {policy.min_noise_multiplier:g}; the run asks for federation.acquisition_noise {cfg.federation.acquisition_noise:g}."
+        )
+    metrics, history = share_look(cfg, site, center, _dp_history(context) if cfg.dp.enabled else None)
+    if history is not None:
+        entry = ledger_entry(history, cfg.dp, cfg.federation.acquisition_noise, 1.0, ["acquisition"])
+        context.state[DP_STATE] = ledger_to_record(entry)
+        write_ledger_file(_ledger_path(context), entry)
+    return MetricRecord(metrics)
 
 
 def make_app(mods: Optional[list] = None) -> ClientApp:

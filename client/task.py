@@ -129,6 +129,36 @@ def label_counts(records: list[Record], min_patients: int) -> dict[str, int]:
     }
 
 
+def share_look(
+    cfg: RunConfig, site: SiteData, center: list[float], dp_history: Optional[list]
+) -> tuple[dict, Optional[list]]:
+    """The site's look (cxrsynth.models.acquisition): its patients' mean grey-level quantiles about
+    the coordinator's `center`, clipped, with the Gaussian mechanism when the run trains with DP.
+    Returns the metrics to send (the quantiles and the number of privacy units) and, with DP, the
+    site's accountant history with this release added (SiteRefused past the budget)."""
+    from cxrsynth.models.acquisition import site_look
+
+    fed = cfg.federation
+    history = None
+    if cfg.dp.enabled:
+        from cxrsynth.privacy.dp import gaussian_release
+
+        history = gaussian_release(dp_history or [], cfg.dp, fed.acquisition_noise, site=f"site {site.site}")
+    unit = (lambda r: r.patient_id) if cfg.dp.privacy_unit == "patient" else (lambda r: r.record_id)
+    quantiles, units = site_look(
+        ((unit(r), r.image) for r in site.train if r.image is not None),
+        center,
+        fed.acquisition_clip,
+        fed.acquisition_noise if cfg.dp.enabled else 0.0,
+        # Noise from the operating system's entropy unless the run asks for seeded noise
+        # (dp.seeded_noise): a seed the coordinator knows would let it draw the noise again.
+        np.random.default_rng(cfg.train.seed if cfg.dp.seeded_noise else None),
+    )
+    metrics = {f"q{i:02d}": float(v) for i, v in enumerate(quantiles)}
+    metrics["units"] = units
+    return metrics, history
+
+
 def _proximal_pull(model: GenerativeModel, anchor: dict[str, torch.Tensor], mu: float):
     """FedProx (Li et al. 2020, eq. 2): after each local step, move the weights toward the global ones.
 

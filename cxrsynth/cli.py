@@ -152,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--steps", type=int, default=None, help="override train.steps")
     pt.add_argument("--seed", type=int, default=1, help="phantom cohort seed")
     pt.add_argument(
+        "--phantom-styles",
+        type=int,
+        default=None,
+        metavar="K",
+        help="acquisition styles of the phantom cohort (default: 2, as a collection from one or two hospitals; the sites' looks then carry theirs, federation.acquisition)",
+    )
+    pt.add_argument(
         "--phantom-labels",
         choices=("nih", "all"),
         default="all",

@@ -62,7 +62,10 @@ def pretrain(args: argparse.Namespace) -> int:
         from cxrsynth.pretrained import public_phantom
 
         vocabulary = None if args.phantom_labels == "all" else args.phantom_labels
-        records, source = public_phantom(cfg, args.phantom or 3000, args.seed, vocabulary=vocabulary)
+        if args.phantom_styles is not None and args.phantom_styles < 1:
+            raise InputError(f"--phantom-styles {args.phantom_styles}: expected at least 1 acquisition style.")
+        styles = {} if args.phantom_styles is None else {"sites": args.phantom_styles}
+        records, source = public_phantom(cfg, args.phantom or 3000, args.seed, vocabulary=vocabulary, **styles)
     card = run_pretrain(cfg, records, out, source, progress=Progress(args.quiet))
     print(card.sha256)
     return 0

@@ -91,6 +91,10 @@ class DPConfig(Strict):
         "bookkeeping",
         description="how the clipped gradient sum is computed: Opacus' per-layer per-sample gradients (hooks), torch.func's vmap over every layer (functorch), or per-record norms and one clipped sum per layer from each layer's inputs and output gradients (bookkeeping, privacy/bookkeeping.py); the same clipped gradient, different speed",
     )
+    seeded_noise: bool = Field(
+        False,
+        description="true: the Gaussian noise is drawn from the run's seed (reproducible runs, for tests and benchmarks); false: from the operating system's entropy, since whoever knows the seed (the coordinator) could draw the same noise and take it off",
+    )
     privacy_unit: Literal["patient", "study"] = Field(
         "patient",
         description="what epsilon protects: a patient (all their studies; batches sample patients, one study each) or one study",
@@ -167,6 +171,16 @@ class FederationConfig(Strict):
         description="a site shares a report token's count only when that many of its patients have it (rare words never leave)",
     )
     round_timeout: float = Field(3600.0, gt=0.0, description="seconds the server waits for a round's replies")
+    acquisition: bool = Field(
+        False,
+        description="sites share their frontal images' mean grey-level quantiles (with DP: the Gaussian mechanism, in their ledger) and generation renders each synthetic study in one site's look (cxrsynth.models.acquisition)",
+    )
+    acquisition_clip: float = Field(
+        0.6, gt=0.0, description="L2 bound of one patient's quantile vector about the centre"
+    )
+    acquisition_noise: float = Field(
+        4.0, gt=0.0, description="with DP: the Gaussian mechanism's noise multiplier for the quantile sum"
+    )
     secure_aggregation: Literal["off", "secagg+"] = Field(
         "off", description="secagg+: the coordinator sees only the sum of the sites' updates (server/secagg.py)"
     )

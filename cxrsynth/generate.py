@@ -5,13 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 from cxrsynth.data.dataset import DatasetWriter
 from cxrsynth.errors import InputError
+from cxrsynth.models.acquisition import SiteLooks, model_reference
 from cxrsynth.models.base import pick_device
 from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
+
+
+def site_looks(train_state: dict, checkpoint: str | Path) -> Optional[SiteLooks]:
+    """The sites' looks a federated checkpoint renders its samples in (none: the model's own look)."""
+    if not train_state.get("site_looks"):
+        return None
+    try:
+        return SiteLooks.from_dict(train_state["site_looks"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(
+            f"{Path(checkpoint) / 'train_state.json'}: key site_looks is not the sites' looks cxrsynth writes ({e})."
+        ) from None
 
 
 def generate(
@@ -38,9 +53,14 @@ def generate(
     check_out(Path(out), replace)
     conditions = as_conditions(conditions, n)
     progress = progress or Progress()
-    model, cfg, _ = load_checkpoint(checkpoint, pick_device(device))
+    model, cfg, train_state = load_checkpoint(checkpoint, pick_device(device))
     model.eval()
     ckhash = checkpoint_hash(checkpoint)
+    looks = site_looks(train_state, checkpoint)
+    if looks is not None:
+        # Each study in one site's look: the grey-level map starts from this model's own samples.
+        reference = model_reference(model, seed=seed + 7_000_000)
+        look_of = looks.draw(n, np.random.default_rng([seed, 7]))
     task = progress.task(f"generate {cfg.model.family}", n)
     # Each batch's images go to disk as they are made (DatasetWriter): memory holds one batch.
     with fresh_dir(Path(out), replace) as tmp:
@@ -51,6 +71,13 @@ def generate(
             batch = model.generate(k, cond, seed=seed + start)
             for j, rec in enumerate(batch):
                 i = start + j
+                look = ""
+                if looks is not None:
+                    k = int(look_of[i])
+                    rec = rec.with_(
+                        image=looks.render(rec.image, k, reference), lateral=looks.render(rec.lateral, k, reference)
+                    )
+                    look = f";look={k}"
                 writer.add(
                     rec.with_(
                         record_id=f"syn-{i:06d}",
@@ -58,7 +85,7 @@ def generate(
                         study_id=f"syn-{i:06d}",
                         site="synthetic",
                         split="",
-                        provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}",
+                        provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}{look}",
                     )
                 )
             task.advance(k)

@@ -15,9 +15,11 @@ over rounds and runs instead of starting again at zero each round.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import torch
 from opacus import GradSampleModule
 from opacus.accountants import create_accountant
 from opacus.grad_sample.conv import compute_conv_grad_sample
@@ -187,6 +189,8 @@ def privatize(
                 max_grad_norm=dp.max_grad_norm,
                 expected_batch_size=expected_batch,
             )
+            if not dp.seeded_noise:
+                opt.generator = entropy_generator(next(net.parameters()).device)
             model.opts[name] = opt
         opt.attach_step_hook(hook)
 
@@ -213,24 +217,48 @@ def privatize(
     model.empty_share_step = accounted(model.empty_share_step)
 
     def ledger() -> dict:
-        hist = [(float(s), float(q), int(n)) for s, q, n in spent]
-        entry = {
-            "noise_multiplier": dp.noise_multiplier,
-            "max_grad_norm": dp.max_grad_norm,
-            "sample_rate": float(sample_rate),
-            "steps": int(sum(n for _, _, n in hist)),
-            "epsilon": epsilon_of(hist, dp),
-            "delta": dp.delta,
-            "accountant": dp.accountant,
-            "epsilon_budget": dp.epsilon_budget,
-            "networks": real,
-            "privacy_unit": dp.privacy_unit,
-            "history": hist,
-        }
+        entry = ledger_entry(spent, dp, dp.noise_multiplier, sample_rate, real)
         write_ledger_file(ledger_file, entry)
         return entry
 
     return ledger
+
+
+def entropy_generator(device) -> torch.Generator:
+    """A generator for DP noise seeded from the operating system's entropy: the run's seed is known
+    to the coordinator, who could otherwise draw a site's noise again and take it off its update."""
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
+def ledger_entry(history: History, dp: DPConfig, noise: float, sample_rate: float, networks: list[str]) -> dict:
+    """A site's ledger entry: its whole accountant history, the epsilon it gives, and the last release's settings."""
+    hist = [(float(s), float(q), int(n)) for s, q, n in history]
+    return {
+        "noise_multiplier": float(noise),
+        "max_grad_norm": dp.max_grad_norm,
+        "sample_rate": float(sample_rate),
+        "steps": int(sum(n for _, _, n in hist)),
+        "epsilon": epsilon_of(hist, dp),
+        "delta": dp.delta,
+        "accountant": dp.accountant,
+        "epsilon_budget": dp.epsilon_budget,
+        "networks": list(networks),
+        "privacy_unit": dp.privacy_unit,
+        "history": hist,
+    }
+
+
+def gaussian_release(history: History, dp: DPConfig, noise_multiplier: float, site: str = "this site") -> History:
+    """The accountant history after one release of the Gaussian mechanism on the whole data (a
+    sum whose per-unit sensitivity is the clipping bound, noise `noise_multiplier` times it):
+    one step at sample rate 1. SiteRefused when it would pass the budget."""
+    after = _merge(history, noise_multiplier, 1.0, 1)
+    eps = epsilon_of(after, dp)
+    if dp.epsilon_budget is not None and eps > dp.epsilon_budget:
+        raise SiteRefused(
+            f"privacy budget: {site} would spend epsilon {eps:.3f} > budget {dp.epsilon_budget:g} at delta {dp.delta:g} on this release; it is not made."
+        )
+    return after
 
 
 # ---- the ledger a site keeps on its own disk, across runs -------------------------------------

@@ -59,6 +59,10 @@ class DemoConfig(BaseModel):
     epsilon_budget: float = Field(
         8.0, gt=0.0, description="each site's DP budget (delta 1e-5); the audit requires DP within it"
     )
+    site_looks: bool = Field(
+        True,
+        description="the sites share their looks (grey-level quantiles, DP) and the release is rendered in them (federation.acquisition)",
+    )
     # RoentGen (Chambon et al., sec. 3.3) scores diversity over 4 samples per prompt.
     samples_per_condition: int = 4
     conditions: int = Field(
@@ -227,6 +231,7 @@ class Demo:
                 "local_steps": c.local_steps,
                 "min_sites": c.sites,
                 "partition": "by-site",
+                "acquisition": c.site_looks,
             },
         )
         fl_out = self.out / "fl"
@@ -241,6 +246,7 @@ class Demo:
             "rounds": state.get("round"),
             "history": state.get("history", []),
             "privacy_ledger": state.get("privacy_ledger"),
+            "site_looks": state.get("site_looks"),
         }
 
     def generate(self) -> dict:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from cxrsynth.checkpoint import load_checkpoint
@@ -73,10 +73,15 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     else:
         model = build_model(cfg.model)
     nodes = _wait_for_nodes(grid, fed.min_sites, fed.round_timeout, progress)
-    msgs = [
-        Message(RecordDict({"config": round_config(cfg, {})}), dst_node_id=n, message_type="query.vocab")
-        for n in nodes
-    ]
+    ask = {"config": round_config(cfg, {})}
+    if fed.acquisition:
+        from cxrsynth.models.acquisition import LEVELS, model_reference
+
+        # About the base's own look (the sites' looks then differ from it by little, and clipping
+        # seldom binds); a model not yet trained draws noise, so a flat grey-level spread instead.
+        center = model_reference(model, seed=cfg.train.seed) if "base" in start else LEVELS
+        ask["acquisition"] = ConfigRecord({"center": [float(v) for v in center]})
+    msgs = [Message(RecordDict(ask), dst_node_id=n, message_type="query.vocab") for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=fed.round_timeout))
     ok = [r for r in replies if not r.has_error()]
     for r in replies:
@@ -104,12 +109,38 @@ def initial_model(grid: Grid, cfg: RunConfig, progress: Progress) -> tuple[Gener
     }
     # What each site said it holds bounds the sample count it may weigh its updates with later.
     summary["site_reports"] = {str(r.metadata.src_node_id): int(r.content["metrics"]["num-reports"]) for r in ok}
+    if fed.acquisition:
+        start["site_looks"] = _site_looks(ok, cfg)
     progress.say(
         f"shared vocabulary: {len(counts)} tokens from {len(ok)} sites ({n_reports} reports)"
         if "base" not in start
         else f"label mix from {len(ok)} sites ({n_reports} studies); vocabulary from the base"
     )
     return model, {**start, "vocabulary": summary}
+
+
+def _site_looks(replies: list[Message], cfg: RunConfig) -> dict:
+    """The sites' looks (cxrsynth.models.acquisition) as generation reads them, weighted by their studies."""
+    from cxrsynth.models.acquisition import LEVELS, SiteLooks
+
+    weights, quantiles = [], []
+    for r in replies:
+        if "acquisition" not in r.content.metric_records:
+            raise RoundFailed(
+                f"vocabulary step: site {r.metadata.src_node_id} sent no look, and the run asks for them."
+            )
+        look = r.content["acquisition"]
+        try:
+            quantiles.append([float(look[f"q{i:02d}"]) for i in range(LEVELS.size)])
+        except KeyError as e:
+            raise RoundFailed(f"vocabulary step: site {r.metadata.src_node_id} sent a look without {e}.") from None
+        weights.append(max(int(r.content["metrics"]["num-reports"]), 1))
+    note = (
+        f"Gaussian mechanism, noise multiplier {cfg.federation.acquisition_noise:g}, clip {cfg.federation.acquisition_clip:g}, in each site's DP ledger"
+        if cfg.dp.enabled
+        else "without DP"
+    )
+    return SiteLooks(weights, quantiles, note).to_dict()
 
 
 def _ledger_update(fl_state: dict, rnd: int, accepted: list[Message], cfg: RunConfig) -> None:

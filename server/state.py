@@ -46,6 +46,9 @@ def save_round(
         "privacy_ledger": fl_state.get("privacy_ledger"),
         "federated": True,
     }
+    if "site_looks" in fl_state:
+        # The sites' looks generation renders its samples in (cxrsynth.models.acquisition).
+        train_state["site_looks"] = fl_state["site_looks"]
     if "base" in fl_state:
         # What the run started from, and that it cost no site's privacy (cxrsynth.pretrained).
         train_state["base"] = fl_state["base"]

@@ -71,6 +71,8 @@ def _cfg(dp: bool, family: str = "mopoe", grad_sample: str = "hooks", batch_size
                 "max_grad_norm": 1.0,
                 "privacy_unit": "study",
                 "grad_sample": grad_sample,
+                # One process and rank 0 draw the same noise only from the same seed.
+                "seeded_noise": True,
             },
             "train": {"batch_size": batch_size},
         },

@@ -261,3 +261,19 @@ def test_hooks_per_sample_gradients_of_channels_last_convolution_inputs_add_up_t
     (net(x).pow(2).sum((1, 2, 3))).mean().backward()
     # A mean loss: Opacus' per-sample gradients are the records' own, the batch gradient their mean.
     torch.testing.assert_close(conv.weight.grad_sample.mean(0), batch, rtol=1e-4, atol=1e-6)
+
+
+def _one_dp_step(cfg) -> dict:
+    model, records = _model(cfg)
+    privatize(model, cfg, cfg.train.batch_size / len(records))
+    torch.manual_seed(5)
+    train_steps(model, records, steps=1, batch_size=cfg.train.batch_size, sampling="poisson", seed=5)
+    return model.state()
+
+
+def test_dp_noise_comes_from_the_systems_entropy_unless_the_run_asks_for_seeded_noise():
+    # The coordinator knows the run's seed: noise drawn from it could be drawn again and taken off.
+    a, b = _one_dp_step(_cfg()), _one_dp_step(_cfg())
+    assert any(not (a[k] == b[k]).all() for k in a)
+    s1, s2 = _one_dp_step(_cfg(seeded_noise=True)), _one_dp_step(_cfg(seeded_noise=True))
+    assert all((s1[k] == s2[k]).all() for k in s1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -86,7 +87,25 @@ def _federate(v: dict) -> dict:
         out["ledger"] = {"epsilon": ledger.get("epsilon"), "delta": ledger.get("delta"), "rows": rows}
     elif ledger is not None:
         out["ledger_json"] = _short_json(ledger)
+    out["looks"] = _looks(v.get("site_looks"))
     return out
+
+
+def _looks(looks) -> Optional[dict]:
+    """The sites' looks (cxrsynth.models.acquisition) as response curves: quantile level against grey level."""
+    if not isinstance(looks, dict) or not looks.get("quantiles"):
+        return None
+    from cxrsynth.models.acquisition import LEVELS
+
+    fig = Figure(figsize=(4.2, 3.0))
+    ax = fig.subplots()
+    for k, (q, w) in enumerate(zip(looks["quantiles"], looks.get("weights", []))):
+        ax.plot(LEVELS, q, marker="o", ms=3, label=f"look {k} ({w:g} studies)")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
+    ax.set_xlabel("quantile level")
+    ax.set_ylabel("grey level (0-1)")
+    ax.legend(fontsize=7)
+    return {"note": looks.get("note", ""), "plot": figure_uri(fig)}
 
 
 def _generation(v: dict) -> dict:
