@@ -394,3 +394,39 @@ def test_the_steward_pins_only_a_set_its_checkpoint_generated(tmp_path):
     content["arrays"] = to_arrays({k: v + 1 if v.dtype.kind == "f" else v for k, v in arrays.items()})
     with pytest.raises(SiteRefused, match="pinned checkpoint"):
         verify_query(content, trusted)
+
+
+def _look_query(cfg):
+    from flwr.app import ConfigRecord
+
+    from cxrsynth.models.acquisition import LEVELS
+
+    content = RecordDict(
+        {"config": round_config(cfg, {}), "acquisition": ConfigRecord({"center": [float(v) for v in LEVELS]})}
+    )
+    return Message(content, dst_node_id=1, message_type="query.vocab")
+
+
+def test_a_site_sends_its_look_only_within_its_floor_and_books_it_in_its_ledger(tmp_path):
+    root = _site(tmp_path, n=40)
+    app, ctx = make_app(), _ctx(root)
+    fed = {**SMALL["federation"], "acquisition": True}
+    # Without DP, or with less noise than the hospital's floor, the look does not leave.
+    for dp, named in (({"enabled": False}, "require_dp"), (WITHIN_FLOOR, "acquisition_noise")):
+        acq = {**fed, "acquisition_noise": 0.1} if dp is WITHIN_FLOOR else fed
+        reply = app(_look_query(_cfg(dp, federation=acq)), ctx)
+        assert reply.has_error() and reply.error.code == ERROR_KINDS["refused"] and named in reply.error.reason
+    reply = app(_look_query(_cfg(WITHIN_FLOOR, federation=fed)), ctx)
+    assert not reply.has_error(), reply.error.reason
+    check_reply(reply)  # numbers only
+    look = dict(reply.content["acquisition"])
+    from cxrsynth.client.task import load_site
+    from cxrsynth.privacy.dp import read_ledger_file
+
+    train = load_site(_cfg(WITHIN_FLOOR), dict(ctx.node_config)).train
+    assert len(look) == 12 and look["units"] == len({r.patient_id for r in train})
+    from cxrsynth.train import site_ledger_path
+
+    # The release is in the site's own ledger, so the rounds that follow count it.
+    assert read_ledger_file(site_ledger_path(root)) == [(4.0, 1.0, 1)]
+    assert epsilon_of([(4.0, 1.0, 1)], _cfg(WITHIN_FLOOR).dp) > 0

@@ -169,7 +169,12 @@ def _side_by_side(demo) -> dict | None:
     step = max(1, demo.cfg.samples_per_condition)
     columns = [
         ("real (de-identified holdout)", real),
-        ("synthetic: fine-tuned at the sites with DP (the release)", syn),
+        (
+            "synthetic: fine-tuned at the sites with DP"
+            + (", in the sites' looks" if demo.cfg.site_looks else "")
+            + " (the release)",
+            syn,
+        ),
     ]
     if (base_dir / "manifest.csv").is_file():
         columns.append(("base model only, same label sets (not released)", read_dataset(base_dir)[0]))
