@@ -184,6 +184,16 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
             if isinstance(dp.get("base"), dict)
             else []
         ),
+        *(
+            [
+                "",
+                f"Rendered in the sites' looks: each of the {dp['site_looks']['sites']} sites shared 11 grey-level quantiles "
+                f"of its frontal images ({dp['site_looks']['note']}), and every synthetic study's images were mapped to one "
+                "site's grey levels (the `look=` of its provenance).",
+            ]
+            if isinstance(dp.get("site_looks"), dict)
+            else []
+        ),
         "",
         "## Privacy audit summary",
         "| check | result | status |",

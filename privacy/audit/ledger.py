@@ -67,5 +67,10 @@ def dp_ledger_check(train_state: Optional[dict], policy: AuditPolicy) -> dict:
     if isinstance(base, dict):
         # The pretrained base the sites fine-tuned (cxrsynth.pretrained): what it saw, and its cost.
         check["base"] = {k: base.get(k) for k in ("pretrained_on", "sha256", "records", "steps", "privacy_cost")}
+    looks = (train_state or {}).get("site_looks")
+    if isinstance(looks, dict):
+        # The sites' looks the release is rendered in (cxrsynth.models.acquisition): each site's
+        # release is in its ledger above; how it was made is said on the dataset card.
+        check["site_looks"] = {"sites": len(looks.get("weights", [])), "note": looks.get("note", "")}
     reasons = dp_ledger(check, policy)
     return {"passed": not reasons, **check, "reasons": reasons}
