@@ -73,11 +73,12 @@ def generate(
                 i = start + j
                 look = ""
                 if looks is not None:
-                    k = int(look_of[i])
+                    site = int(look_of[i])
                     rec = rec.with_(
-                        image=looks.render(rec.image, k, reference), lateral=looks.render(rec.lateral, k, reference)
+                        image=looks.render(rec.image, site, reference),
+                        lateral=looks.render(rec.lateral, site, reference),
                     )
-                    look = f";look={k}"
+                    look = f";look={site}"
                 writer.add(
                     rec.with_(
                         record_id=f"syn-{i:06d}",

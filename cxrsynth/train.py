@@ -244,6 +244,10 @@ def train(
     rank, world = world_from_env()
     if rank != 0:
         progress = Progress(quiet=True)
+    if cfg.federation.acquisition:
+        progress.say(
+            "federation.acquisition: the sites' looks are shared in a federated run; one site trained here keeps its own look, so it is not used"
+        )
     seed_everything(cfg.train.seed)
     device = pick_device(cfg.train.device)
     train_records = training_set(cfg, load_run_dataset(cfg))

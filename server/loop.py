@@ -7,6 +7,7 @@ starts at the round after the last complete checkpoint, with the strategy's own 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -131,9 +132,12 @@ def _site_looks(replies: list[Message], cfg: RunConfig) -> dict:
             )
         look = r.content["acquisition"]
         try:
-            quantiles.append([float(look[f"q{i:02d}"]) for i in range(LEVELS.size)])
+            q = [float(look[f"q{i:02d}"]) for i in range(LEVELS.size)]
         except KeyError as e:
             raise RoundFailed(f"vocabulary step: site {r.metadata.src_node_id} sent a look without {e}.") from None
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in q):
+            raise RoundFailed(f"vocabulary step: site {r.metadata.src_node_id} sent a look outside [0, 1].")
+        quantiles.append(q)
         weights.append(max(int(r.content["metrics"]["num-reports"]), 1))
     note = (
         f"Gaussian mechanism, noise multiplier {cfg.federation.acquisition_noise:g}, clip {cfg.federation.acquisition_clip:g}, in each site's DP ledger"

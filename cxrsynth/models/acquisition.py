@@ -85,16 +85,17 @@ def grey_map(image: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.nd
 
 class SiteLooks:
     """The sites' looks a model renders its samples in: per site its studies (the weight) and
-    its mean quantiles. Saved in the model's extra state; never a record's value."""
+    its mean quantiles, with a note on how they were released. A federated checkpoint keeps them in
+    its `train_state.json` (`site_looks`); they are aggregates, never a record's value."""
 
-    def __init__(self, weights: Sequence[float], quantiles: Sequence[Sequence[float]], epsilon_note: str = ""):
+    def __init__(self, weights: Sequence[float], quantiles: Sequence[Sequence[float]], note: str = ""):
         if len(weights) != len(quantiles) or not weights:
             raise ValueError("one weight per site's quantiles, at least one site")
         self.weights = np.asarray(weights, dtype=float)
         self.quantiles = np.array([monotone(q) for q in quantiles])
         if self.quantiles.shape[1] != LEVELS.size or (self.weights <= 0).any():
             raise ValueError(f"each look has {LEVELS.size} quantiles and a positive weight")
-        self.note = epsilon_note
+        self.note = note
 
     def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Which look each of n studies is rendered in (site indices, in proportion to the weights)."""
@@ -114,12 +115,15 @@ class SiteLooks:
 def model_reference(model, n: int = 64, seed: int = 0) -> np.ndarray:
     """The mean quantiles of `n` of the model's own frontal samples (its label mix drawn by itself):
     the public centre the sites' looks are taken about, and where generation's grey-level map starts."""
+    import copy
+
     import torch
 
-    # Sampling may leave settings in the model's extra state (a tokenizer's padding), and a run
-    # pins the hash of the base it sends: what sampling changes there is put back.
-    extra = model.extra_state()
+    # Sampled from a copy: sampling may leave settings in a model's extra state (the LDM's
+    # tokenizer keeps its padding), and a run pins the hash of the base it sends out.
+    sampler = copy.deepcopy(model)
+    sampler.eval()
     with torch.no_grad():
-        records = model.generate(n, None, seed=seed)
-    model.load_extra_state(extra)
+        records = sampler.generate(n, None, seed=seed)
+    del sampler
     return mean_quantiles(r.image for r in records if r.image is not None)
