@@ -152,7 +152,8 @@ def make_cell_class():
                     dp_sampling([r for r in train if r.site == s], c.batch_size, dp.privacy_unit)[1]
                     for s in sorted({r.site for r in train})
                 ]
-                fed = self.run_config().federation
+                # The looks as the federated stage will run them: the demo's setting, unless `--set` says otherwise.
+                fed = self.run_config(federation={"acquisition": c.site_looks}).federation
                 looks = [(fed.acquisition_noise, 1.0, 1)] if fed.acquisition else None
                 sigma = noise_for(self.target_epsilon, max(rates), c.rounds * c.local_steps, dp.accountant, looks)
                 self.cfg = c.model_copy(update={"noise_multiplier": sigma, "epsilon_budget": self.target_epsilon})
