@@ -59,6 +59,9 @@ class DemoConfig(BaseModel):
     epsilon_budget: float = Field(
         8.0, gt=0.0, description="each site's DP budget (delta 1e-5); the audit requires DP within it"
     )
+    seeded_noise: bool = Field(
+        False, description="DP noise from the seed (reproducible runs: tests, benchmarks), dp.seeded_noise"
+    )
     site_looks: bool = Field(
         True,
         description="the sites share their looks (grey-level quantiles, DP) and the release is rendered in them (federation.acquisition)",
@@ -224,6 +227,7 @@ class Demo:
                 "noise_multiplier": c.noise_multiplier,
                 "max_grad_norm": c.max_grad_norm,
                 "epsilon_budget": c.epsilon_budget,
+                "seeded_noise": c.seeded_noise,
             },
             federation={
                 "sites": c.sites,
