@@ -269,7 +269,16 @@ def test_the_public_phantom_cohort_is_published_de_identified():
     cfg = load_config("mopoe-tiny", {"data": {"phantom": {"image_size": 16}}})
     public, source = public_phantom(cfg, 60, seed=3)
     assert "de-identified" in source
-    raw = make_phantom(60, sites=8, seed=3, image_size=16, lateral=cfg.data.phantom.lateral, site_offset=8)
+    from cxrsynth.pretrained import PUBLIC_SITE_OFFSET, PUBLIC_STYLES
+
+    raw = make_phantom(
+        60,
+        sites=PUBLIC_STYLES,
+        seed=3,
+        image_size=16,
+        lateral=cfg.data.phantom.lateral,
+        site_offset=PUBLIC_SITE_OFFSET,
+    )
     assert "all 14 labels" in source
     assert [r.labels for r in public] == [r.labels for r in raw]
     assert all(np.array_equal(a.image, b.image) for a, b in zip(public, raw))
