@@ -116,8 +116,8 @@ def test_a_federated_run_with_looks_spends_them_in_each_ledger_and_renders_sampl
         assert site["history"][0] == [0.2, 1.0, 1]  # the look, then the DP-SGD round
         assert site["steps"] == 2
     # The steward's ledger check recomputes epsilon from those histories and names the looks.
-    from cxrsynth.privacy.audit.ledger import dp_ledger_check
     from cxrsynth.config import AuditPolicy
+    from cxrsynth.privacy.audit.ledger import dp_ledger_check
 
     check = dp_ledger_check(state, AuditPolicy(require_dp=True, epsilon_budget=200))
     assert (
