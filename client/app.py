@@ -19,7 +19,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from cxrsynth.client.egress import egress_guard
-from cxrsynth.client.policy import enforce, load_policy, refuse_plain_updates
+from cxrsynth.client.policy import enforce, enforce_look, load_policy, refuse_plain_updates
 from cxrsynth.client.query import admit, handle
 from cxrsynth.client.secagg import is_secure, secagg_mod
 from cxrsynth.errors import SiteRefused
@@ -150,13 +150,7 @@ def _share_look(cfg, site, center: list, context: Context) -> MetricRecord:
     from cxrsynth.client.task import share_look
     from cxrsynth.privacy.dp import ledger_entry, write_ledger_file
 
-    policy = load_policy(context.node_config)
-    if policy.require_dp and not cfg.dp.enabled:
-        raise SiteRefused("site policy requires DP (require_dp); the run asks for the site's look without it.")
-    if cfg.dp.enabled and cfg.federation.acquisition_noise < policy.min_noise_multiplier:
-        raise SiteRefused(
-            f"site policy requires noise multipliers >= {policy.min_noise_multiplier:g}; the run asks for federation.acquisition_noise {cfg.federation.acquisition_noise:g}."
-        )
+    enforce_look(cfg, load_policy(context.node_config))
     metrics, history = share_look(cfg, site, center, _dp_history(context) if cfg.dp.enabled else None)
     if history is not None:
         entry = ledger_entry(history, cfg.dp, cfg.federation.acquisition_noise, 1.0, ["acquisition"])

@@ -118,6 +118,16 @@ def enforce(cfg: RunConfig, policy: SitePolicy, *, training: bool = True) -> Run
     return cfg.model_copy(update={"federation": cfg.federation.model_copy(update={"vocab_min_count": k})})
 
 
+def enforce_look(cfg: RunConfig, policy: SitePolicy) -> None:
+    """SiteRefused when the run asks for the site's look (federation.acquisition) below the site's DP floor."""
+    if policy.require_dp and not cfg.dp.enabled:
+        raise SiteRefused("site policy requires DP (require_dp); the run asks for the site's look without it.")
+    if cfg.dp.enabled and cfg.federation.acquisition_noise < policy.min_noise_multiplier:
+        raise SiteRefused(
+            f"site policy requires noise multipliers >= {policy.min_noise_multiplier:g}; the run asks for federation.acquisition_noise {cfg.federation.acquisition_noise:g}."
+        )
+
+
 def refuse_plain_updates(policy: SitePolicy, *, secure: bool) -> None:
     """SiteRefused when the site sends updates only into a secure sum and this round is plain."""
     if policy.require_secure_aggregation and not secure:
