@@ -20,6 +20,11 @@ class EvalConfig(BaseModel):
         description="real + synthetic arm: paired = every step a real batch as in real-only plus a synthetic batch of the same size "
         "(the real data keeps its updates); pooled = one batch drawn from the union (the real data gets only its share of the steps)",
     )
+    per_site: bool = Field(
+        True,
+        description="when the real training records come from two or more sites, also train on each site's records alone and "
+        "with the synthetic set (and the base-only set), scored on the same holdout: what the release gives one hospital",
+    )
     seeds: int = Field(1, ge=1, le=20, description="utility arms are trained with this many seeds and averaged")
     uncertain_as: float = Field(
         1.0, ge=0.0, le=1.0, description="target for an uncertain (-1) label: 1 is the CheXpert U-Ones policy"

@@ -21,6 +21,7 @@ from cxrsynth.eval.results import as_metrics
 from cxrsynth.eval.stages import run_stage
 from cxrsynth.eval.text_metrics import report_metrics
 from cxrsynth.eval.utility import utility
+from cxrsynth.pages import fmt
 from cxrsynth.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -288,6 +289,9 @@ def summary_lines(metrics: dict) -> list[str]:
                     else ""
                 )
             )
+        for site, v in (util.get("sites") or {}).items():
+            scores = "  ".join(f"{a}: {fmt(m)}" for a, m in v["macro_auroc"].items())
+            lines.append(f"{site} alone ({v['train_records']} training records) and with the release: {scores}")
     rep = metrics.get("reports")
     if rep and rep.get("n"):
         lines.append(

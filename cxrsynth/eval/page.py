@@ -130,6 +130,7 @@ def write_page(
         if util
         else [],
         auroc_plot=_auroc_plot(util) if util else "",
+        **_site_table(util),
         report_keys=report_keys,
         report_values=[rep[k] for k in report_keys],
         reports=rep,
@@ -143,3 +144,20 @@ def write_page(
         probe=probe,
         pairs=sample_pairs(holdout, synthetic, cfg.sample_reports),
     )
+
+
+def _site_table(util: Optional[dict]) -> dict:
+    """`site_header` and `site_rows`: each site's macro AUROC alone and with the synthetic (and
+    base-only) set, and the release's gain over each."""
+    sites = (util or {}).get("sites") or {}
+    if not sites:
+        return {"site_header": [], "site_rows": []}
+    arms = list(next(iter(sites.values()))["macro_auroc"])
+    header = ["site", "training records", *arms, "release gain (with synthetic minus alone)"]
+    rows = []
+    for site, v in sites.items():
+        rows.append((site, v["train_records"], *[v["macro_auroc"].get(a) for a in arms], v["release_gain"]))
+    if "own+base-only" in arms:
+        header.append("gain over the base-only set")
+        rows = [(*row, sites[row[0]]["gain_over_base"]) for row in rows]
+    return {"site_header": header, "site_rows": rows}

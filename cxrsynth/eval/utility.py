@@ -5,6 +5,11 @@ holdout: real only, synthetic only, and real + synthetic (by default each step t
 as the real-only arm does, plus a synthetic batch: `EvalConfig.augmentation`) (EMIXER, Biswal et al. 2022, Table 3:
 +5.94% AUROC from augmentation; RoentGen, Chambon et al. 2022: 0.73 -> 0.77 on a small real set).
 AUROC is computed per label where the holdout has both classes; macro is their mean.
+
+A hospital in a federation holds its own records, not the union the real-only arm trains on.
+With records from two or more sites, `per_site` also scores each site's records alone, with the
+synthetic set and with the base-only set, on the same holdout: what the release gives one
+hospital beyond its own data, and beyond what the public base alone would give it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from cxrsynth.data.records import LABELS, Record
-from cxrsynth.data.stream import ImageColumn, concat_view, metadata_view
+from cxrsynth.data.stream import ImageColumn, concat_view, metadata_view, subset_view
 from cxrsynth.eval.classifier import CXRClassifier, predict, train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.progress import Progress
@@ -69,36 +74,15 @@ def utility(
     as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
     """
     # Views, not copies: with records read lazily, each classifier decodes only its batches.
-    paired = cfg.augmentation == "paired"
-    sources = {"real": (real_train, ()), "synthetic": (synthetic, ())}
-    sources["real+synthetic"] = (real_train, synthetic) if paired else (concat_view(real_train, synthetic), ())
+    sources = {
+        "real": (real_train, ()),
+        "synthetic": (synthetic, ()),
+        "real+synthetic": _added(real_train, synthetic, cfg),
+    }
     if baseline is not None:
         sources[BASELINE] = (baseline, ())
-    arms: dict[str, dict] = {}
-    first_real: Optional[CXRClassifier] = None
-    for arm, (train_set, extra) in sources.items():
-        runs = []
-        for s in range(cfg.seeds):
-            model = train_classifier(
-                train_set,
-                extra=extra,
-                **classifier_settings(cfg, seed=cfg.seed + s),
-                progress=progress,
-                label=f"utility: train on {arm} (seed {cfg.seed + s})",
-            )
-            if arm == "real" and first_real is None:
-                first_real = model
-            runs.append(auroc_per_label(model, holdout, cfg.uncertain_as))
-        per_label = {}
-        for name in LABELS:
-            vals = [r[name] for r in runs if r[name] is not None]
-            per_label[name] = float(np.mean(vals)) if vals else None
-        arms[arm] = {
-            "train_records": sum(1 for part in (train_set, extra) for r in metadata_view(part) if r.has_labels()),
-            "auroc": per_label,
-            "macro_auroc": macro(per_label),
-            "macro_auroc_per_seed": [macro(r) for r in runs],
-        }
+    arms = {arm: _arm(train_set, extra, holdout, cfg, progress, arm) for arm, (train_set, extra) in sources.items()}
+    first_real = {arm: v.pop("model") for arm, v in arms.items()}["real"]
     result = {
         "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
         "holdout_records": len(holdout),
@@ -111,14 +95,93 @@ def utility(
         # The release's headline: how much of the real data's utility the synthetic data alone carries.
         "synthetic_to_real": _ratio(arms, "synthetic", "real"),
     }
-    assert first_real is not None
+    if cfg.per_site:
+        added = {"synthetic": synthetic, **({"base-only": baseline} if baseline is not None else {})}
+        result["sites"] = per_site(real_train, holdout, cfg, added, progress)
     return result, first_real
+
+
+def _added(records: Sequence[Record], added: Sequence[Record], cfg: EvalConfig) -> tuple:
+    """(training set, extra batch set) of `records` with `added`, as `cfg.augmentation` says:
+    a batch of each every step (paired), or batches from their union (pooled)."""
+    return (records, added) if cfg.augmentation == "paired" else (concat_view(records, added), ())
+
+
+def _arm(
+    train_set: Sequence[Record],
+    extra: Sequence[Record],
+    holdout: Sequence[Record],
+    cfg: EvalConfig,
+    progress: Optional[Progress],
+    arm: str,
+) -> dict:
+    """One arm: a classifier per seed on `train_set` (plus `extra` each step), AUROC per label
+    averaged over the seeds; "model" is the first seed's classifier."""
+    runs, first = [], None
+    for s in range(cfg.seeds):
+        model = train_classifier(
+            train_set,
+            extra=extra,
+            **classifier_settings(cfg, seed=cfg.seed + s),
+            progress=progress,
+            label=f"utility: train on {arm} (seed {cfg.seed + s})",
+        )
+        first = model if first is None else first
+        runs.append(auroc_per_label(model, holdout, cfg.uncertain_as))
+    per_label = {}
+    for name in LABELS:
+        vals = [r[name] for r in runs if r[name] is not None]
+        per_label[name] = float(np.mean(vals)) if vals else None
+    return {
+        "train_records": sum(1 for part in (train_set, extra) for r in metadata_view(part) if r.has_labels()),
+        "auroc": per_label,
+        "macro_auroc": macro(per_label),
+        "macro_auroc_per_seed": [macro(r) for r in runs],
+        "model": first,
+    }
+
+
+def per_site(
+    real_train: Sequence[Record],
+    holdout: Sequence[Record],
+    cfg: EvalConfig,
+    added: dict[str, Sequence[Record]],
+    progress: Optional[Progress] = None,
+) -> Optional[dict]:
+    """Macro AUROC, per site, of a classifier on the site's own training records alone ("own")
+    and with each set of `added` ("synthetic", "base-only") added as the real + synthetic arm
+    adds it ("own+<name>"); None when the records come from fewer than two sites."""
+    meta = metadata_view(real_train)
+    by_site: dict[str, list[int]] = {}
+    for i, r in enumerate(meta):
+        if r.has_labels():
+            by_site.setdefault(r.site, []).append(i)
+    if len(by_site) < 2:
+        return None
+    out = {}
+    for site, indices in sorted(by_site.items()):
+        own = subset_view(real_train, indices)
+        sources = {"own": (own, ()), **{f"own+{name}": _added(own, part, cfg) for name, part in added.items()}}
+        scores = {
+            arm: _arm(train_set, extra, holdout, cfg, progress, f"{site}: {arm}")["macro_auroc"]
+            for arm, (train_set, extra) in sources.items()
+        }
+        out[site] = {
+            "train_records": len(indices),
+            "macro_auroc": scores,
+            "release_gain": _difference(scores.get("own+synthetic"), scores.get("own")),
+            "gain_over_base": _difference(scores.get("own+synthetic"), scores.get("own+base-only")),
+        }
+    return out
+
+
+def _difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    return a - b if a is not None and b is not None else None
 
 
 def _gain(arms: dict, arm: str, reference: str) -> Optional[float]:
     """Macro AUROC of `arm` minus that of `reference` (None when either is missing)."""
-    a, b = (arms.get(k, {}).get("macro_auroc") for k in (arm, reference))
-    return a - b if a is not None and b is not None else None
+    return _difference(*(arms.get(k, {}).get("macro_auroc") for k in (arm, reference)))
 
 
 def _ratio(arms: dict, arm: str, reference: str) -> Optional[float]:
