@@ -56,40 +56,38 @@ def labels_of_codes(codes: np.ndarray) -> dict:
 
 class RecordBatch(list):
     """A batch of records (a list, so every model's `train_step` takes it as it is) that also
-    holds its frontal images stacked in one uint8 tensor when they share a size, and its lateral
-    images likewise (`lateral_of` the positions that have one). On CUDA the DataLoader pins the
-    tensors, so `frontal_images` copies them to the GPU without blocking.
+    holds its frontal images stacked in one uint8 tensor when they share a size. On CUDA the
+    DataLoader pins that tensor, so `frontal_images` copies it to the GPU without blocking.
 
-    Sent from a DataLoader worker, the pixels travel in the stacked tensors (shared memory) and
-    the records without them; they get their images back as views of the tensors. Pickled
-    whole, a batch of 32 images at 512 px is 16 MB through a pipe that holds 64 KB, which the
-    training process reads in hundreds of turns with the worker."""
+    Sent from a DataLoader worker, the pixels travel in stacked tensors (shared memory: the
+    frontal one, and the laterals stacked as the batch is sent) and the records without them;
+    they get their images back as views of the tensors. Pickled whole, a batch of 32 studies at
+    512 px is 16 MB through a pipe that holds 64 KB, which the training process reads in
+    hundreds of turns with the worker."""
 
     frontal: Optional[torch.Tensor] = None
-    lateral: Optional[torch.Tensor] = None
-    lateral_of: tuple[int, ...] = ()
 
     def pin_memory(self) -> "RecordBatch":
         if self.frontal is not None:
             self.frontal = self.frontal.pin_memory()
-        if self.lateral is not None:
-            self.lateral = self.lateral.pin_memory()
         return self
 
     def __reduce__(self):
         records = list(self)
         if self.frontal is not None:
             records = [r.with_(image=None) for r in records]
-        if self.lateral is not None:
-            records = [r.with_(lateral=None) if i in self.lateral_of else r for i, r in enumerate(records)]
-        return _rebuild_batch, (records, self.frontal, self.lateral, self.lateral_of)
+        lateral_of = tuple(i for i, r in enumerate(records) if r.lateral is not None)
+        lateral = _stacked([records[i].lateral for i in lateral_of])
+        if lateral is not None:
+            records = [r.with_(lateral=None) if r.lateral is not None else r for r in records]
+        return _rebuild_batch, (records, self.frontal, lateral, lateral_of if lateral is not None else ())
 
 
 def _rebuild_batch(
     records: list[Record], frontal: Optional[torch.Tensor], lateral: Optional[torch.Tensor], lateral_of: tuple
 ) -> RecordBatch:
     batch = RecordBatch(records)
-    batch.frontal, batch.lateral, batch.lateral_of = frontal, lateral, tuple(lateral_of)
+    batch.frontal = frontal
     if frontal is not None:
         for r, image in zip(records, frontal.numpy()):
             r.image = image
@@ -110,10 +108,6 @@ def collate_records(records: list[Record]) -> RecordBatch:
     batch = RecordBatch(records)
     if all(r.image is not None for r in records):
         batch.frontal = _stacked([r.image for r in records])
-    lateral_of = tuple(i for i, r in enumerate(records) if r.lateral is not None)
-    batch.lateral = _stacked([records[i].lateral for i in lateral_of])
-    if batch.lateral is not None:
-        batch.lateral_of = lateral_of
     return batch
 
 
