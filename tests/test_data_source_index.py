@@ -414,6 +414,9 @@ def test_studies_are_read_in_dataloader_workers_and_after_pickling(tmp_path):
     dicom_folder(tmp_path / "dicom")
     view, _ = read_dicom_folder(tmp_path / "dicom", key=KEY)
     studies = view.dataset
+    # The rows hold header PHI: the folder and the file are the user's alone.
+    assert os.stat(studies.index.folder).st_mode & 0o777 == 0o700
+    assert os.stat(studies.index.path).st_mode & 0o777 == 0o600
     here = _records([list(view)])
     assert len(here) == 3 and any(report for report, *_ in here.values())
     copy = pickle.loads(pickle.dumps(studies))

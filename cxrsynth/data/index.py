@@ -49,7 +49,8 @@ class TempIndex:
         self._owner: Optional[int] = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._remove = weakref.finalize(self, _remove, self.folder, self._owner)
-        open(self.path, "x").close()  # SQLite takes an empty file for a new database
+        # An empty file is a new database to SQLite; its journal takes the same mode.
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         self.db.executescript(schema)
         self.db.execute("BEGIN")
 
