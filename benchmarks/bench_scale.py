@@ -18,7 +18,8 @@ turned each step, and a pause before each step so the workers' reading falls in 
 steps only), so the images/s compare under the same machine load. `loader` times the DataLoader alone (no model:
 decoding, resizing and batching) with 0, 1 and 2 workers, in turns, on a dataset of
 `--image-size` pixels: whether the workers scale the reading with the cores, which a CPU
-trainer competing for the same cores cannot show. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes a release of
+trainer competing for the same cores cannot show. `transfer` times what the training process spends taking a batch from one
+worker, sent whole (pixels in the pickle) or as a `RecordBatch` (pixels in shared tensors), in turns. The model is mopoe-tiny at 64x64 pixels (batch 32). `generate` writes a release of
 1,000 records (fewer for a smaller site) from the model trained on the site; the audit compares a
 synthetic set of that size with the site's training and holdout patients
 (a policy with fewer bootstrap rounds and classifier steps, so the audit's cost is its reading
@@ -108,6 +109,9 @@ def stage(name: str, work: Path, n: int, image_size: int = 64) -> dict:
         code = 0
     elif name == "loader":
         extra["loader_images_per_s"] = _loader_speeds(work, site)
+        code = 0
+    elif name == "transfer":
+        extra["transfer_ms_per_batch"] = _transfer_ms(work, site)
         code = 0
     elif name == "generate":
         # A release of RELEASE records from the model trained on the site: what grows with the site.
@@ -333,6 +337,39 @@ def _loader_speeds(work: Path, site: Path) -> dict:
     return {f"{w} workers": images[w] / seconds[w] for w in LOADER_WORKERS}
 
 
+class _WholeBatch(list):
+    """A batch pickled whole, its records' pixels included: how batches crossed from a worker
+    before `RecordBatch` sent them in shared tensors."""
+
+
+def _transfer_ms(work: Path, site: Path) -> dict:
+    """Milliseconds the training process spends taking a batch from one worker, a batch sent
+    whole (pixels in the pickle) against a `RecordBatch` (pixels in shared tensors), the two
+    loaders drawn from in turns and a pause before each draw, so the worker has the batch ready
+    and the time is the transfer alone."""
+    from torch.utils.data import DataLoader
+
+    from cxrsynth.config import load_config
+    from cxrsynth.data.stream import IndexBatchSampler, collate_records
+    from cxrsynth.train import load_run_dataset, training_set
+
+    cfg = load_config(str(_config(work, site, work / "unused", 0)))
+    streamed = training_set(cfg, load_run_dataset(cfg))
+    ways = {"pickled whole": _WholeBatch, "shared tensors": collate_records}
+    loaders, seconds = {}, dict.fromkeys(ways, 0.0)
+    for name, collate in ways.items():
+        sampler = IndexBatchSampler(len(streamed), cfg.train.batch_size, 0, steps=LOADER_BATCHES + 1)
+        loaders[name] = iter(DataLoader(streamed, batch_sampler=sampler, collate_fn=collate, num_workers=1))
+        next(loaders[name])
+    for _ in range(LOADER_BATCHES):
+        for name, loader in loaders.items():
+            time.sleep(SETTLE)
+            t0 = time.perf_counter()
+            next(loader)
+            seconds[name] += time.perf_counter() - t0
+    return {name: 1000 * s / LOADER_BATCHES for name, s in seconds.items()}
+
+
 def _speed_rows(rows: list, speeds: dict, reference: str, name: str, note: str) -> None:
     """One row per way of reading (`name` and `note` take the way and the ratio to `reference`)."""
     for how, ips in speeds.items():
@@ -350,7 +387,15 @@ def _speed_rows(rows: list, speeds: dict, reference: str, name: str, note: str) 
 STAGES = ("phantom", "ingest", "train", "steps-memory", "speed", "generate", "audit")
 # Asked for by name (--stages): see `stage`. The source stages lay the phantom studies out as a
 # MIMIC-CXR-JPG tree or a DICOM folder, and ingest them: `--stages phantom,mimic-tree,ingest-mimic`.
-EXTRA_STAGES = ("phantom-synthetic", "loader", "mimic-tree", "ingest-mimic", "dicom-folder", "ingest-dicom")
+EXTRA_STAGES = (
+    "phantom-synthetic",
+    "loader",
+    "transfer",
+    "mimic-tree",
+    "ingest-mimic",
+    "dicom-folder",
+    "ingest-dicom",
+)
 
 
 def main() -> int:
@@ -402,6 +447,15 @@ def main() -> int:
                         "0 workers",
                         f"DataLoader images/s, {{}}, {n} studies of {args.image_size} px",
                         f"{LOADER_BATCHES} batches x 2 turns, no model; {{:.2f}}x no workers",
+                    )
+                for how, ms in r.get("transfer_ms_per_batch", {}).items():
+                    rows.append(
+                        {
+                            "name": f"taking a batch from a worker, {how}, {n} studies of {args.image_size} px",
+                            "value": round(ms, 2),
+                            "unit": "ms",
+                            "note": f"{LOADER_BATCHES} batches, the two ways in turns",
+                        }
                     )
                 rows.append(
                     {

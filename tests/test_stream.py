@@ -71,12 +71,16 @@ def test_a_workers_batch_carries_its_pixels_in_the_stacked_tensors_and_the_recor
     """Records with and without a lateral: what a worker sends holds no pixels in the records
     (they travel as shared tensors), and the training process gets the same records and images
     as decoding in-process, each image a view of its batch's tensor."""
-    recs = make_phantom(n=6, sites=1, seed=2, image_size=16, lateral=False)
+    recs = make_phantom(n=10, sites=1, seed=2, image_size=256, lateral=False)  # 1.2 MB of pixels
     recs = [r.with_(lateral=None if i in (1, 4) else 255 - r.image) for i, r in enumerate(recs)]
     _, (sent, frontal, lateral, lateral_of) = collate_records(recs).__reduce__()
     assert all(r.image is None and r.lateral is None for r in sent)
-    assert frontal.shape == (6, 16, 16) and lateral.shape == (4, 16, 16) and lateral_of == (0, 2, 3, 5)
-    loader = torch.utils.data.DataLoader(RecordsDataset(recs), batch_size=6, collate_fn=collate_records, num_workers=1)
+    assert (
+        frontal.shape == (10, 256, 256) and lateral.shape == (8, 256, 256) and lateral_of == (0, 2, 3, 5, 6, 7, 8, 9)
+    )
+    loader = torch.utils.data.DataLoader(
+        RecordsDataset(recs), batch_size=10, collate_fn=collate_records, num_workers=1
+    )
     (got,) = list(loader)
     assert [r.record_id for r in got] == [r.record_id for r in recs]
     for r, g in zip(recs, got):
@@ -86,9 +90,13 @@ def test_a_workers_batch_carries_its_pixels_in_the_stacked_tensors_and_the_recor
             assert np.array_equal(r.lateral, g.lateral)
     # The laterals are rows of one array, the stacked tensor that carried them.
     assert len({id(g.lateral.base) for g in got if g.lateral is not None}) == 1
-    # Records of different sizes are not stacked and travel with their pixels.
+    # Records of different sizes are not stacked and travel with their pixels, and so does a batch
+    # with fewer pixels than a round trip for a shared tensor is worth.
     mixed = collate_records([recs[0], recs[1].with_(image=np.zeros((8, 8), np.uint8))])
     assert mixed.frontal is None and mixed.__reduce__()[1][0][1].image.shape == (8, 8)
+    small = [r.with_(image=r.image[:16, :16].copy(), lateral=None) for r in recs]
+    rebuild, (sent, *_) = collate_records(small).__reduce__()
+    assert all(r.image is not None for r in sent) and rebuild(sent).frontal.shape == (10, 16, 16)
 
 
 def test_a_batch_stacks_its_frontal_images_and_the_models_read_them_alike():

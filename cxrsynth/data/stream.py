@@ -54,16 +54,23 @@ def labels_of_codes(codes: np.ndarray) -> dict:
     return {n: (None if v == NO_LABEL else int(v)) for n, v in zip(LABELS, codes.tolist())}
 
 
+# Below this many bytes of pixels a batch crosses from a worker whole: fetching each shared tensor
+# costs the training process a round trip to the worker, more than reading a few hundred KB from
+# the pipe (64 px batches of 32: 1.9 ms whole, 2.3 ms as shared tensors; 256 px: 7.9 and 2.7 ms).
+SHARED_MIN_BYTES = 1 << 20
+
+
 class RecordBatch(list):
     """A batch of records (a list, so every model's `train_step` takes it as it is) that also
     holds its frontal images stacked in one uint8 tensor when they share a size. On CUDA the
     DataLoader pins that tensor, so `frontal_images` copies it to the GPU without blocking.
 
-    Sent from a DataLoader worker, the pixels travel in stacked tensors (shared memory: the
-    frontal one, and the laterals stacked as the batch is sent) and the records without them;
-    they get their images back as views of the tensors. Pickled whole, a batch of 32 studies at
-    512 px is 16 MB through a pipe that holds 64 KB, which the training process reads in
-    hundreds of turns with the worker."""
+    Sent from a DataLoader worker, a batch of `SHARED_MIN_BYTES` of pixels or more sends them in
+    stacked tensors (shared memory: the frontal one, and the laterals stacked as the batch is
+    sent) and its records without them; they get their images back as views of the tensors.
+    Pickled whole, a batch of 32 studies at 512 px is 16 MB through a pipe that holds 64 KB,
+    which the training process reads in hundreds of turns with the worker. A smaller batch is
+    sent whole and stacked again where it arrives."""
 
     frontal: Optional[torch.Tensor] = None
 
@@ -74,6 +81,9 @@ class RecordBatch(list):
 
     def __reduce__(self):
         records = list(self)
+        pixels = sum(im.nbytes for r in records for im in (r.image, r.lateral) if im is not None)
+        if pixels < SHARED_MIN_BYTES:
+            return collate_records, (records,)
         if self.frontal is not None:
             records = [r.with_(image=None) for r in records]
         lateral_of = tuple(i for i, r in enumerate(records) if r.lateral is not None)
