@@ -82,7 +82,7 @@ def utility(
     if baseline is not None:
         sources[BASELINE] = (baseline, ())
     arms = {arm: _arm(train_set, extra, holdout, cfg, progress, arm) for arm, (train_set, extra) in sources.items()}
-    first_real = {arm: v.pop("model") for arm, v in arms.items()}["real"]
+    classifiers = {arm: v.pop("model") for arm, v in arms.items()}
     result = {
         "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
         "holdout_records": len(holdout),
@@ -98,7 +98,7 @@ def utility(
     if cfg.per_site:
         added = {"synthetic": synthetic, **({"base-only": baseline} if baseline is not None else {})}
         result["sites"] = per_site(real_train, holdout, cfg, added, progress)
-    return result, first_real
+    return result, classifiers["real"]
 
 
 def _added(records: Sequence[Record], added: Sequence[Record], cfg: EvalConfig) -> tuple:
