@@ -1,6 +1,7 @@
 """MIMIC-CXR-JPG loader and `cxrsynth data ingest --source mimic`, on tiny trees built here."""
 
 import csv
+import gzip
 import json
 
 import pytest
@@ -189,3 +190,48 @@ def test_a_tree_is_read_one_study_at_a_time_and_written_from_its_files(tmp_path,
     (tmp_path / "tree/files/p10/p10000001/s50000002.txt").write_text("FINDINGS: edited.", encoding="utf-8")
     with pytest.raises(InputError, match=r"s50000002\.txt: the report changed"):
         [s.report for s in studies]
+
+
+def _table(path, n):
+    rows = "".join(f"{i:040d},PA,{'x' * 40}\n" for i in range(n))
+    data = ("dicom_id,ViewPosition,note\n" + rows).encode()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return len(data)
+
+
+def _peak_reading(path) -> tuple[int, int]:
+    import tracemalloc
+
+    from cxrsynth.data.mimic import _rows
+
+    tracemalloc.start()
+    try:
+        n = sum(1 for _ in _rows(path))
+        return n, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_a_table_is_read_as_its_rows_are_taken_not_whole(tmp_path, suffix):
+    small, big = tmp_path / f"small{suffix}", tmp_path / f"big{suffix}"
+    _table(small, 30_000)
+    size = _table(big, 120_000)  # 10 MB of text
+    (n_small, peak_small), (n_big, peak_big) = _peak_reading(small), _peak_reading(big)
+    assert (n_small, n_big) == (30_000, 120_000)
+    # Held whole, the table would cost its size twice (bytes, then text): 20 MB, growing with it.
+    assert peak_big < size / 2 and peak_big < 1.5 * peak_small, (peak_small, peak_big, size)
+
+
+def test_a_table_that_stops_being_utf8_or_gzip_names_the_file_and_row(tmp_path):
+    from cxrsynth.data.mimic import _rows
+
+    path = tmp_path / "mimic-cxr-2.0.0-split.csv"
+    path.write_bytes(b"dicom_id,split\na,train\nb,tr\xe9in\n")
+    with pytest.raises(InputError, match=r"split\.csv: not UTF-8 text \(row 2\)"):
+        list(_rows(path))
+    packed = tmp_path / "mimic-cxr-2.0.0-metadata.csv.gz"
+    _table(packed, 5_000)
+    packed.write_bytes(packed.read_bytes()[:-4000])  # cut short, as a copy that did not finish
+    with pytest.raises(InputError, match=r"metadata\.csv\.gz: not a readable gzip file \(EOFError"):
+        list(_rows(packed))

@@ -336,7 +336,7 @@ def csv_rows(path: Path) -> CsvRows:
     except BaseException:
         source.close()
         raise
-    bad = [c for c in reader.fieldnames or [] if _has_surrogates(c)]
+    bad = [c for c in reader.fieldnames or [] if has_surrogates(c)]
     if bad:
         source.close()
         raise InputError(f"{path}: the header is not UTF-8 text; save the file as UTF-8.")
@@ -356,14 +356,14 @@ def read_csv_row(path: Path, fieldnames: list[str], data: bytes) -> dict:
 _SURROGATES = re.compile("[\udc80-\udcff]")
 
 
-def _has_surrogates(text: str) -> bool:
+def has_surrogates(text: str) -> bool:
     return not text.isascii() and _SURROGATES.search(text) is not None
 
 
 def check_utf8(row: dict) -> None:
     """ValueError naming the first column whose cell held bytes that are not UTF-8."""
     for key, value in row.items():
-        if isinstance(value, str) and _has_surrogates(value):
+        if isinstance(value, str) and has_surrogates(value):
             raise ValueError(f"column {key!r} is not UTF-8 text; save the file as UTF-8")
 
 

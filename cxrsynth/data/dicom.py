@@ -187,8 +187,8 @@ def read_dicom_folder(
             report.read += 1
             row = _file_row(path, seq, problem)
             if row is not None:
-                index.db.execute(f"INSERT INTO files VALUES ({', '.join('?' * len(row))})", row)
-        rows = index.db.execute(f"SELECT {', '.join(_File._fields)} FROM files ORDER BY study_uid, seq")
+                index.execute(f"INSERT INTO files VALUES ({', '.join('?' * len(row))})", row)
+        rows = index.execute(f"SELECT {', '.join(_File._fields)} FROM files ORDER BY study_uid, seq")
         for study_uid, files in groupby(map(_File._make, rows), key=lambda f: f.study_uid):
             _add_study(unblob(study_uid), list(files), kept, key, problem)
         kept.commit()

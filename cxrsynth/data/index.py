@@ -5,9 +5,10 @@ A MIMIC-CXR-JPG tree's tables, a DICOM folder's files before they are grouped in
 checked studies of either: in memory these grow by hundreds of bytes to kilobytes a study (a
 Python string, tuple or dict entry each), which at 10^5 studies is more than the rest of an
 ingest holds. In an SQLite file they cost a few MB of page cache at any size. The file lies in a
-private temporary folder (mode 0700: it holds DICOM header PHI), removed by `close()`, when its
-`TempIndex` is collected, or at exit, whichever comes first; `TMPDIR` says where (a disk, not
-a RAM-backed /tmp, for a large source).
+private scratch folder (`cxrsynth.scratch`, mode 0700: it holds DICOM header PHI), removed by
+`close()`, when its `TempIndex` is collected, or at exit, whichever comes first, and by the next
+cxrsynth process when this one was killed; `TMPDIR` says where (a disk, not a RAM-backed /tmp,
+for a large source). A disk that fills is an error naming the folder, not SQLite's own.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import tempfile
 import weakref
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterable, Iterator, Optional
+
+from cxrsynth import scratch
+from cxrsynth.errors import InputError
 
 NAME = "index.sqlite"
 
@@ -44,15 +48,16 @@ class TempIndex:
     """
 
     def __init__(self, schema: str):
-        self.folder = tempfile.mkdtemp(prefix="cxrsynth-index-")
+        self.folder = scratch.make("index")
         self.path = os.path.join(self.folder, NAME)
         self._owner: Optional[int] = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._remove = weakref.finalize(self, _remove, self.folder, self._owner)
         # An empty file is a new database to SQLite; its journal takes the same mode.
         os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self.db.executescript(schema)
-        self.db.execute("BEGIN")
+        with self._explained():
+            self.db.executescript(schema)
+            self.db.execute("BEGIN")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -71,14 +76,32 @@ class TempIndex:
             self._connections[pid] = connection
         return self._connections[pid]
 
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """`db.execute`, with a full disk reported as the folder that filled."""
+        with self._explained():
+            return self.db.execute(sql, tuple(params))
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            if "full" not in str(e) and "disk I/O" not in str(e):
+                raise
+            raise InputError(
+                f"{self.path}: {e} (the temporary index of the source being read); free space in "
+                f"{os.path.dirname(self.folder)} or point TMPDIR at a folder on a larger disk, then read the source again."
+            ) from None
+
     def commit(self) -> None:
         """What was added, seen by other processes from now on. The creator then stays in a
         transaction, as it was since it began: a statement outside one takes and lets go of the
         file's lock, which made a lookup 16 us instead of 3."""
         connection = self._connections.get(os.getpid())
         if os.getpid() == self._owner and connection is not None:
-            connection.commit()
-            connection.execute("BEGIN")
+            with self._explained():
+                connection.commit()
+                connection.execute("BEGIN")
 
     def close(self) -> None:
         """Close this process's connection; the creator's `close` removes the file too."""

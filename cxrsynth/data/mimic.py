@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from cxrsynth.data.dataset import CsvRows, DatasetReport, load_png, parse_label
+from cxrsynth.data.dataset import ByteLines, CsvRows, DatasetReport, has_surrogates, load_png, parse_label
 from cxrsynth.data.index import TempIndex, blob
 from cxrsynth.data.labeler import label_report
 from cxrsynth.data.records import LABELS, Record, empty_labels
@@ -45,21 +45,30 @@ def _find(root: Path, name: str) -> Optional[Path]:
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(1-based data row, row) of a CSV or CSV.GZ; InputError naming the file when it is not UTF-8."""
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(
-                f"{path}: not a readable gzip file ({e.__class__.__name__}: {e}); it should be the file as distributed, or its unpacked .csv."
-            ) from None
+    """(1-based data row, row) of a CSV or CSV.GZ, read as the rows are taken (the metadata table
+    of the whole MIMIC-CXR-JPG is tens of MB of text); InputError naming the file when it is not
+    UTF-8 or not a readable gzip file. Either stops the table; the rows before were taken."""
+    packed = path.suffix == ".gz"
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise InputError(f"{path}: not UTF-8 text (line {line}); it should be the CSV as distributed.") from None
-    yield from enumerate(CsvRows(path, text), start=1)
+        lines = ByteLines(gzip.open(path, "rb") if packed else open(path, "rb"))
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read ({e.strerror or e.__class__.__name__}).") from None
+    try:
+        reader = CsvRows(path, lines)
+        if any(has_surrogates(name) for name in reader.fieldnames or []):
+            raise InputError(f"{path}: not UTF-8 text (the header); it should be the CSV as distributed.")
+        for i, row in enumerate(reader, start=1):
+            if any(isinstance(v, str) and has_surrogates(v) for v in row.values()):
+                raise InputError(f"{path}: not UTF-8 text (row {i}); it should be the CSV as distributed.")
+            yield i, row
+    except (OSError, EOFError, zlib.error) as e:
+        if not packed:
+            raise
+        raise InputError(
+            f"{path}: not a readable gzip file ({e.__class__.__name__}: {e}); it should be the file as distributed, or its unpacked .csv."
+        ) from None
+    finally:
+        lines.close()
 
 
 def _short(row: dict) -> Optional[str]:
@@ -101,7 +110,6 @@ class _Tables:
             raise
 
     def _read(self, root: Path, meta_path: Path, report: DatasetReport, strict: bool) -> None:
-        db = self.index.db
         # A row of a later line replaces one of the same key (as a dict's would).
         put = {t: f"INSERT OR REPLACE INTO {t} VALUES (?, ?)" for t in ("views", "labels", "splits")}
         for i, row in _rows(meta_path):
@@ -110,7 +118,7 @@ class _Tables:
             if not row.get("dicom_id"):
                 _table_problem(meta_path, i, "malformed row: no dicom_id", report, strict)
                 continue
-            db.execute(put["views"], (blob(row["dicom_id"]), (row.get("ViewPosition") or "").strip().upper()))
+            self.index.execute(put["views"], (blob(row["dicom_id"]), (row.get("ViewPosition") or "").strip().upper()))
         chex_path = _find(root, CHEXPERT)
         if chex_path is not None:
             for i, row in _rows(chex_path):
@@ -121,7 +129,9 @@ class _Tables:
                 if short or not study:
                     _table_problem(chex_path, i, short or "malformed row: no study_id", report, strict)
                     if study:
-                        db.execute(put["labels"], (blob(study), None))  # the study is skipped, not labelled wrongly
+                        self.index.execute(
+                            put["labels"], (blob(study), None)
+                        )  # the study is skipped, not labelled wrongly
                     continue
                 try:
                     codes = label_codes({n: parse_label(row.get(n) or "") for n in LABELS})
@@ -132,13 +142,13 @@ class _Tables:
                         raise InputError(f"{chex_path}, row {i}: {msg}") from None
                     report.add(str(chex_path), i, f"unknown label value: {msg}")
                     codes = None  # the study is skipped, not labelled wrongly
-                db.execute(put["labels"], (blob(study), codes))
+                self.index.execute(put["labels"], (blob(study), codes))
         split_path = _find(root, SPLIT)
         if split_path is not None:
             for _, row in _rows(split_path):
                 if row.get("dicom_id") is not None:
                     split = SPLIT_MAP.get((row.get("split") or "").strip(), "")
-                    db.execute(put["splits"], (blob(row["dicom_id"]), split))
+                    self.index.execute(put["splits"], (blob(row["dicom_id"]), split))
         self.index.commit()
         self.have_labels = chex_path is not None
 

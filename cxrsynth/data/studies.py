@@ -94,7 +94,7 @@ class StudyFiles:
     ) -> None:
         """One study as checked: `codes` its labels (`label_codes`), `digest` the `report_digest`
         of its report as read from `report_file`."""
-        self.index.db.execute(
+        self.index.execute(
             "INSERT INTO studies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 self._n,

@@ -10,13 +10,13 @@ Two stages keep the cost near that of a plain nearest-neighbour search:
 
 from __future__ import annotations
 
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrsynth import scratch
 from cxrsynth.privacy.audit.encoders import blur, standardise, to_tensor
 from cxrsynth.privacy.audit.neighbors import Rows
 from cxrsynth.progress import Progress
@@ -146,7 +146,7 @@ def aligned_nearest(
     """
     if isinstance(base, AlignedWindows):
         return _search(queries, base, k, chunk, progress, label, block or BLOCK)
-    with tempfile.TemporaryDirectory(prefix="cxrsynth-align-") as tmp:
+    with scratch.folder("align") as tmp:
         windows = AlignedWindows(tmp)
         windows.add(base)
         return _search(queries, windows, k, chunk, progress, label, block or BLOCK)

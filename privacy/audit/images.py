@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from cxrsynth import scratch
 from cxrsynth.config import AuditPolicy
 from cxrsynth.data.records import Record
 from cxrsynth.data.stream import ImageColumn, has_images, metadata_view
@@ -70,7 +71,7 @@ def image_memorization(
         raise InputError(
             f"site {site or '?'}: the image check needs training and synthetic images (got {len(train)} and {len(synthetic)})."
         )
-    with tempfile.TemporaryDirectory(prefix="cxrsynth-audit-") as tmp:
+    with scratch.folder("audit") as tmp:
         return _image_memorization(encoder, synthetic, train, holdout, policy, site, progress, tmp)
 
 
