@@ -230,3 +230,25 @@ def test_each_site_is_scored_alone_and_with_the_release_which_adds_what_its_imag
         assert v["release_gain"] == pytest.approx(v["macro_auroc"]["own+synthetic"] - v["macro_auroc"]["own"])
         assert v["release_gain"] > 0.04 and v["gain_over_base"] > 0.04, (site, v)
     assert per_site([r.with_(site="site0") for r in real], holdout, cfg, {"synthetic": synthetic}) is None
+
+
+def test_the_classifiers_trained_in_worker_processes_score_what_they_score_one_after_another():
+    """Every arm and every site's arms, two seeds: side by side in two spawned workers, the
+    figures and the real-only classifier kept for FID are those of one process training them in
+    turn; the automatic choice stays in this process for a small evaluation."""
+    from cxrsynth.eval.config import EvalConfig
+    from cxrsynth.eval.utility import utility, workers_for
+
+    torch.set_num_threads(1)
+    real, holdout = toy_records(30), toy_records(60, seed=2)
+    synthetic, base = toy_records(40, seed=1, prefix="s"), toy_records(40, seed=3, prefix="b")
+    settings = dict(image_size=32, classifier_width=8, classifier_steps=6, batch_size=8, seeds=2)
+    serial, model_a = utility(real, synthetic, holdout, EvalConfig(**settings, workers=1), baseline=base)
+    parallel, model_b = utility(real, synthetic, holdout, EvalConfig(**settings, workers=2), baseline=base)
+    assert serial == parallel
+    assert sorted(serial["sites"]) == ["site0", "site1", "site2"]
+    assert len(serial["arms"]["real"]["macro_auroc_per_seed"]) == 2
+    images = torch.rand(4, 1, 32, 32)
+    assert torch.equal(model_a(images), model_b(images))
+    assert workers_for(EvalConfig(**settings), 26) == 1  # 26 classifiers x 6 steps: not worth a worker
+    assert workers_for(EvalConfig(**{**settings, "workers": 3}), 2) == 2

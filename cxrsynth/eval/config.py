@@ -26,6 +26,12 @@ class EvalConfig(BaseModel):
         "with the synthetic set (and the base-only set), scored on the same holdout: what the release gives one hospital",
     )
     seeds: int = Field(1, ge=1, le=20, description="utility arms are trained with this many seeds and averaged")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="processes that train the utility classifiers side by side, one thread each; 0: one per CPU core when "
+        "the classifiers' steps add up to 2000 or more, else none (this process); the figures do not depend on it",
+    )
     uncertain_as: float = Field(
         1.0, ge=0.0, le=1.0, description="target for an uncertain (-1) label: 1 is the CheXpert U-Ones policy"
     )

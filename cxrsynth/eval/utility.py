@@ -10,13 +10,21 @@ A hospital in a federation holds its own records, not the union the real-only ar
 With records from two or more sites, `per_site` also scores each site's records alone, with the
 synthetic set and with the base-only set, on the same holdout: what the release gives one
 hospital beyond its own data, and beyond what the public base alone would give it.
+
+The classifiers are independent, so with more than one CPU core they train side by side in
+worker processes (`EvalConfig.workers`), each on one thread and from its own seed: the figures
+are the same as when they train one after another in this process.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from cxrsynth.data.records import LABELS, Record
@@ -27,6 +35,7 @@ from cxrsynth.progress import Progress
 
 ARMS = ("real", "synthetic", "real+synthetic")
 BASELINE = "base-only synthetic"
+PARALLEL_MIN_STEPS = 2000  # about a minute of classifier training on one core: worth starting workers for
 
 
 def auroc_per_label(
@@ -74,15 +83,21 @@ def utility(
     as arm `BASELINE` the same way, so the gain that fine-tuning brought is measured in one run.
     """
     # Views, not copies: with records read lazily, each classifier decodes only its batches.
-    sources = {
-        "real": (real_train, ()),
-        "synthetic": (synthetic, ()),
-        "real+synthetic": _added(real_train, synthetic, cfg),
+    parts = {"real": real_train, "synthetic": synthetic}
+    plans = {
+        "real": _Plan("real"),
+        "synthetic": _Plan("synthetic"),
+        "real+synthetic": _Plan("real", added="synthetic"),
     }
     if baseline is not None:
-        sources[BASELINE] = (baseline, ())
-    arms = {arm: _arm(train_set, extra, holdout, cfg, progress, arm) for arm, (train_set, extra) in sources.items()}
-    classifiers = {arm: v.pop("model") for arm, v in arms.items()}
+        parts["base-only"] = baseline
+        plans[BASELINE] = _Plan("base-only")
+    sites = _site_plans(real_train, [k for k in ("synthetic", "base-only") if k in parts]) if cfg.per_site else None
+    every = dict(plans)
+    for site, arms in (sites or {}).items():
+        every.update({f"{site}: {arm}": plan for arm, plan in arms.items()})
+    scored, real_model = _train_all(every, parts, holdout, cfg, progress, keep="real")
+    arms = {arm: scored[arm] for arm in plans}
     result = {
         "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
         "holdout_records": len(holdout),
@@ -96,49 +111,8 @@ def utility(
         "synthetic_to_real": _ratio(arms, "synthetic", "real"),
     }
     if cfg.per_site:
-        added = {"synthetic": synthetic, **({"base-only": baseline} if baseline is not None else {})}
-        result["sites"] = per_site(real_train, holdout, cfg, added, progress)
-    return result, classifiers["real"]
-
-
-def _added(records: Sequence[Record], added: Sequence[Record], cfg: EvalConfig) -> tuple:
-    """(training set, extra batch set) of `records` with `added`, as `cfg.augmentation` says:
-    a batch of each every step (paired), or batches from their union (pooled)."""
-    return (records, added) if cfg.augmentation == "paired" else (concat_view(records, added), ())
-
-
-def _arm(
-    train_set: Sequence[Record],
-    extra: Sequence[Record],
-    holdout: Sequence[Record],
-    cfg: EvalConfig,
-    progress: Optional[Progress],
-    arm: str,
-) -> dict:
-    """One arm: a classifier per seed on `train_set` (plus `extra` each step), AUROC per label
-    averaged over the seeds; "model" is the first seed's classifier."""
-    runs, first = [], None
-    for s in range(cfg.seeds):
-        model = train_classifier(
-            train_set,
-            extra=extra,
-            **classifier_settings(cfg, seed=cfg.seed + s),
-            progress=progress,
-            label=f"utility: train on {arm} (seed {cfg.seed + s})",
-        )
-        first = model if first is None else first
-        runs.append(auroc_per_label(model, holdout, cfg.uncertain_as))
-    per_label = {}
-    for name in LABELS:
-        vals = [r[name] for r in runs if r[name] is not None]
-        per_label[name] = float(np.mean(vals)) if vals else None
-    return {
-        "train_records": sum(1 for part in (train_set, extra) for r in metadata_view(part) if r.has_labels()),
-        "auroc": per_label,
-        "macro_auroc": macro(per_label),
-        "macro_auroc_per_seed": [macro(r) for r in runs],
-        "model": first,
-    }
+        result["sites"] = _site_table(sites, scored)
+    return result, real_model
 
 
 def per_site(
@@ -151,28 +125,158 @@ def per_site(
     """Macro AUROC, per site, of a classifier on the site's own training records alone ("own")
     and with each set of `added` ("synthetic", "base-only") added as the real + synthetic arm
     adds it ("own+<name>"); None when the records come from fewer than two sites."""
-    meta = metadata_view(real_train)
+    sites = _site_plans(real_train, list(added))
+    if sites is None:
+        return None
+    every = {f"{site}: {arm}": plan for site, arms in sites.items() for arm, plan in arms.items()}
+    scored, _ = _train_all(every, {"real": real_train, **added}, holdout, cfg, progress)
+    return _site_table(sites, scored)
+
+
+class _Plan(NamedTuple):
+    """One arm's training set: a part (`real`, `synthetic`, `base-only`), or the records of it at
+    `indices` (one site's), with the part `added` as `EvalConfig.augmentation` says."""
+
+    train: str
+    indices: Optional[tuple[int, ...]] = None
+    added: Optional[str] = None
+
+
+def _site_plans(real_train: Sequence[Record], added: Sequence[str]) -> Optional[dict[str, dict[str, _Plan]]]:
+    """site -> {"own": ..., "own+<added>": ...}; None when the records come from fewer than two sites."""
     by_site: dict[str, list[int]] = {}
-    for i, r in enumerate(meta):
+    for i, r in enumerate(metadata_view(real_train)):
         if r.has_labels():
             by_site.setdefault(r.site, []).append(i)
     if len(by_site) < 2:
         return None
-    out = {}
-    for site, indices in sorted(by_site.items()):
-        own = subset_view(real_train, indices)
-        sources = {"own": (own, ()), **{f"own+{name}": _added(own, part, cfg) for name, part in added.items()}}
-        scores = {
-            arm: _arm(train_set, extra, holdout, cfg, progress, f"{site}: {arm}")["macro_auroc"]
-            for arm, (train_set, extra) in sources.items()
+    return {
+        site: {
+            "own": _Plan("real", tuple(indices)),
+            **{f"own+{name}": _Plan("real", tuple(indices), name) for name in added},
         }
+        for site, indices in sorted(by_site.items())
+    }
+
+
+def _site_table(sites: Optional[dict[str, dict[str, _Plan]]], scored: dict[str, dict]) -> Optional[dict]:
+    if sites is None:
+        return None
+    out = {}
+    for site, arms in sites.items():
+        scores = {arm: scored[f"{site}: {arm}"]["macro_auroc"] for arm in arms}
         out[site] = {
-            "train_records": len(indices),
+            "train_records": len(arms["own"].indices),
             "macro_auroc": scores,
             "release_gain": _difference(scores.get("own+synthetic"), scores.get("own")),
             "gain_over_base": _difference(scores.get("own+synthetic"), scores.get("own+base-only")),
         }
     return out
+
+
+def _sets(plan: _Plan, parts: dict[str, Sequence[Record]], cfg: EvalConfig) -> tuple:
+    """(training set, extra batch set) of a plan: a batch of each every step (paired), or
+    batches from their union (pooled)."""
+    records = parts[plan.train] if plan.indices is None else subset_view(parts[plan.train], list(plan.indices))
+    if plan.added is None:
+        return records, ()
+    added = parts[plan.added]
+    return (records, added) if cfg.augmentation == "paired" else (concat_view(records, added), ())
+
+
+def _fit(
+    plan: _Plan,
+    seed: int,
+    parts: dict[str, Sequence[Record]],
+    holdout: Sequence[Record],
+    cfg: EvalConfig,
+    progress: Optional[Progress],
+    label: str,
+) -> tuple[dict[str, Optional[float]], CXRClassifier]:
+    train_set, extra = _sets(plan, parts, cfg)
+    model = train_classifier(
+        train_set,
+        extra=extra,
+        **classifier_settings(cfg, seed=seed),
+        progress=progress,
+        label=f"utility: train on {label} (seed {seed})",
+    )
+    return auroc_per_label(model, holdout, cfg.uncertain_as), model
+
+
+def workers_for(cfg: EvalConfig, classifiers: int) -> int:
+    """Processes to train `classifiers` classifiers of `cfg` with: `cfg.workers`, or when it is
+    0, one per CPU core this process may use once the work is worth starting them for (the
+    classifiers' steps add up to `PARALLEL_MIN_STEPS`; a worker takes a few seconds to start)."""
+    if cfg.workers:
+        return min(cfg.workers, classifiers)
+    if classifiers * cfg.classifier_steps < PARALLEL_MIN_STEPS:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, classifiers))
+
+
+def _train_all(
+    plans: dict[str, _Plan],
+    parts: dict[str, Sequence[Record]],
+    holdout: Sequence[Record],
+    cfg: EvalConfig,
+    progress: Optional[Progress],
+    keep: Optional[str] = None,
+) -> tuple[dict[str, dict], Optional[CXRClassifier]]:
+    """Every plan trained with each of `cfg.seeds` seeds and scored on `holdout`: arm -> its
+    AUROC per label (mean over the seeds), macro and macro per seed; and the first seed's
+    classifier of arm `keep`."""
+    jobs = [(arm, cfg.seed + s) for arm in plans for s in range(cfg.seeds)]
+    runs: dict[tuple[str, int], dict] = {}
+    kept = None
+    workers = workers_for(cfg, len(jobs))
+    if workers <= 1:
+        for arm, seed in jobs:
+            runs[arm, seed], model = _fit(plans[arm], seed, parts, holdout, cfg, progress, arm)
+            kept = model if (arm, seed) == (keep, cfg.seed) else kept
+    else:
+        # A paired arm takes two batches a step: the longest jobs first keep the workers equally busy.
+        jobs.sort(key=lambda job: plans[job[0]].added is None)
+        task = (
+            progress.task(f"utility: {len(jobs)} classifiers in {workers} processes", len(jobs)) if progress else None
+        )
+        with ProcessPoolExecutor(workers, get_context("spawn"), _serve, (parts, holdout, cfg)) as pool:
+            pending = {pool.submit(_fit_served, plans[arm], seed, arm == keep): (arm, seed) for arm, seed in jobs}
+            for done in as_completed(pending):
+                arm, seed = pending[done]
+                runs[arm, seed], model = done.result()
+                kept = model if (arm, seed) == (keep, cfg.seed) else kept
+                if task:
+                    task.advance(1, note=f"{arm} (seed {seed})")
+    scored = {}
+    for arm, plan in plans.items():
+        per_seed = [runs[arm, cfg.seed + s] for s in range(cfg.seeds)]
+        per_label = {}
+        for name in LABELS:
+            vals = [r[name] for r in per_seed if r[name] is not None]
+            per_label[name] = float(np.mean(vals)) if vals else None
+        scored[arm] = {
+            "train_records": sum(1 for part in _sets(plan, parts, cfg) for r in metadata_view(part) if r.has_labels()),
+            "auroc": per_label,
+            "macro_auroc": macro(per_label),
+            "macro_auroc_per_seed": [macro(r) for r in per_seed],
+        }
+    return scored, kept
+
+
+_SERVED: dict = {}
+
+
+def _serve(parts: dict[str, Sequence[Record]], holdout: Sequence[Record], cfg: EvalConfig) -> None:
+    """A worker's start: the records once (lazy views: their rows, not their images), one thread."""
+    torch.set_num_threads(1)
+    _SERVED.update(parts=parts, holdout=holdout, cfg=cfg)
+
+
+def _fit_served(plan: _Plan, seed: int, keep: bool) -> tuple[dict[str, Optional[float]], Optional[CXRClassifier]]:
+    per_label, model = _fit(plan, seed, _SERVED["parts"], _SERVED["holdout"], _SERVED["cfg"], None, "")
+    return per_label, model if keep else None
 
 
 def _difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
