@@ -128,10 +128,8 @@ class _Tables:
                 short = _short(row)
                 if short or not study:
                     _table_problem(chex_path, i, short or "malformed row: no study_id", report, strict)
-                    if study:
-                        self.index.execute(
-                            put["labels"], (blob(study), None)
-                        )  # the study is skipped, not labelled wrongly
+                    if study:  # the study is skipped, not labelled wrongly
+                        self.index.execute(put["labels"], (blob(study), None))
                     continue
                 try:
                     codes = label_codes({n: parse_label(row.get(n) or "") for n in LABELS})
