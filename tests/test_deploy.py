@@ -391,7 +391,9 @@ def test_supernode_runs_only_apps_signed_by_a_trusted_key(tmp_path):
 
 # The same deployment with SecAgg+: the four stages of each round pass the real SuperLink and
 # SuperNodes, whose node state carries each site's protocol keys from one stage to the next.
-@pytest.mark.parametrize("secure", ["off", pytest.param("secagg+", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "secure", [pytest.param("off", marks=pytest.mark.long), pytest.param("secagg+", marks=pytest.mark.slow)]
+)
 def test_loopback_deployment_with_tls_and_node_auth(tmp_path, secure):
     t_start = time.monotonic()
     certs = tmp_path / "certs"

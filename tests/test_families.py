@@ -148,6 +148,7 @@ def test_a_family_in_a_folder_of_its_own_is_registered_and_meets_the_contract(pi
     check_family("pixels", tmp_path)
 
 
+@pytest.mark.long
 def test_a_family_in_a_folder_of_its_own_trains_federated_and_generates(pixels_family, tmp_path):
     assert "pixels" in _cli("demo", "--help", cwd=tmp_path).stdout
     run = _cli("fl", "simulate", "--config", "pixels-tiny", "--out", str(tmp_path / "fl"), cwd=tmp_path)

@@ -38,6 +38,7 @@ def _state(out: Path) -> dict:
     return json.loads((out / "fl_state.json").read_text())
 
 
+@pytest.mark.long
 def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_path):
     cfg = _cfg(
         # Patient-level accounting (the default): the smallest site spends 12.5 in 3 rounds, 14.4 in 4.
@@ -90,6 +91,7 @@ def test_dp_run_ships_only_allowed_records_ledger_grows_and_stops_at_budget(tmp_
     assert (Path(syn) / "manifest.csv").read_text().count("\n") == 4
 
 
+@pytest.mark.long
 def test_killed_server_resumes_and_a_crashing_site_does_not_stop_the_others(tmp_path):
     # FedAdam under Flower's server-side clipping (client-level DP). The first run is killed
     # after round 1; the resumed run finishes rounds 2 and 3 while site 2 crashes in round 2

@@ -77,6 +77,7 @@ def _fast(root: Path) -> dict[tuple[str, ...], list[str]]:
     }
 
 
+@pytest.mark.long
 def test_readme_commands_take_a_report_free_folder_from_ingest_to_release(tmp_path, monkeypatch, capsys):
     # 200 studies: the patient split draws about 40 holdout records (the audit calibrates on 20 or more).
     make_site_folder(tmp_path, 200)

@@ -69,6 +69,7 @@ def _train_in_the_clear(root: Path, rnd: int, site: int) -> tuple[dict, int]:
     return from_arrays(reply.content["arrays"]), int(reply.content["metrics"]["num-examples"])
 
 
+@pytest.mark.long
 def test_secure_sum_equals_fedavg_hides_each_update_and_drops_a_site_that_lies(tmp_path):
     cfg = load_config("mopoe-tiny", SMALL)
     sa = cfg.federation.secagg
