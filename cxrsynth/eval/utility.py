@@ -241,7 +241,10 @@ def _train_all(
         task = (
             progress.task(f"utility: {len(jobs)} classifiers in {workers} processes", len(jobs)) if progress else None
         )
-        with ProcessPoolExecutor(workers, get_context("spawn"), _serve, (parts, holdout, cfg)) as pool:
+        spawn = get_context("spawn")  # a forked worker would inherit this process's thread pools and locks
+        with ProcessPoolExecutor(
+            workers, mp_context=spawn, initializer=_serve, initargs=(parts, holdout, cfg)
+        ) as pool:
             pending = {pool.submit(_fit_served, plans[arm], seed, arm == keep): (arm, seed) for arm, seed in jobs}
             for done in as_completed(pending):
                 arm, seed = pending[done]
