@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,7 +67,7 @@ def sweep(root: Optional[str | Path] = None) -> list[Path]:
             st = path.lstat()
         except OSError:
             continue
-        if st.st_uid != uid or not path.is_dir() or path.is_symlink():
+        if st.st_uid != uid or not stat.S_ISDIR(st.st_mode):  # lstat: a link to a folder is not one
             continue
         if _running(int(match["pid"])):
             continue

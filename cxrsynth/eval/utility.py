@@ -93,10 +93,7 @@ def utility(
         parts["base-only"] = baseline
         plans[BASELINE] = _Plan("base-only")
     sites = _site_plans(real_train, [k for k in ("synthetic", "base-only") if k in parts]) if cfg.per_site else None
-    every = dict(plans)
-    for site, arms in (sites or {}).items():
-        every.update({f"{site}: {arm}": plan for arm, plan in arms.items()})
-    scored, real_model = _train_all(every, parts, holdout, cfg, progress, keep="real")
+    scored, real_model = _train_all({**plans, **_flat(sites)}, parts, holdout, cfg, progress, keep="real")
     arms = {arm: scored[arm] for arm in plans}
     result = {
         "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
@@ -128,8 +125,7 @@ def per_site(
     sites = _site_plans(real_train, list(added))
     if sites is None:
         return None
-    every = {f"{site}: {arm}": plan for site, arms in sites.items() for arm, plan in arms.items()}
-    scored, _ = _train_all(every, {"real": real_train, **added}, holdout, cfg, progress)
+    scored, _ = _train_all(_flat(sites), {"real": real_train, **added}, holdout, cfg, progress)
     return _site_table(sites, scored)
 
 
@@ -157,6 +153,11 @@ def _site_plans(real_train: Sequence[Record], added: Sequence[str]) -> Optional[
         }
         for site, indices in sorted(by_site.items())
     }
+
+
+def _flat(sites: Optional[dict[str, dict[str, _Plan]]]) -> dict[str, _Plan]:
+    """The sites' plans under one name each, "<site>: <arm>", as `_site_table` reads them."""
+    return {f"{site}: {arm}": plan for site, arms in (sites or {}).items() for arm, plan in arms.items()}
 
 
 def _site_table(sites: Optional[dict[str, dict[str, _Plan]]], scored: dict[str, dict]) -> Optional[dict]:
