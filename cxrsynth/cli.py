@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", default=None, help="for membership inference and the DP ledger")
     a.add_argument("--out", required=True, help="a new folder, or an earlier audit's (replaced)")
     a.add_argument("--key", default=None, help="the steward's Ed25519 key: seals the audit, which a release requires")
+    _register_arg(a)
     _passphrase_args(a)
     a.set_defaults(path=("audit",))
 
@@ -246,10 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--key", help="the steward's Ed25519 private key (PEM), the one that sealed the audit; never made here"
     )
+    _register_arg(r)
     _passphrase_args(r)
     r.add_argument("--out")
     r.set_defaults(path=("release",))
-    rs = r.add_subparsers(dest="release_cmd", metavar="verify|key")
+    rs = r.add_subparsers(dest="release_cmd", metavar="verify|audits|key")
     rv = rs.add_parser("verify", parents=[common], help="check a release bundle's signature and every file hash")
     rv.add_argument("dir")
     rv.add_argument(
@@ -259,6 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rv.add_argument("--public-key", default=None, help="the signer's public key file (PEM)")
     rv.set_defaults(path=("release", "verify"))
+    ra = rs.add_parser(
+        "audits",
+        parents=[common],
+        help="list the steward's register of sealed audits, every line's signature and chain checked",
+    )
+    ra.add_argument("--key", default=None, help="the steward's private key; the register beside it is read")
+    ra.add_argument("--public-key", default=None, help="or the steward's public key (PEM), with --register")
+    _register_arg(ra)
+    _passphrase_args(ra)
+    ra.set_defaults(path=("release", "audits"))
     rk = rs.add_parser(
         "key",
         parents=[common],
@@ -268,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     _passphrase_args(rk, "encrypt the key with the passphrase ")
     rk.set_defaults(path=("release", "key"))
     return p
+
+
+def _register_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--register",
+        default=None,
+        help="the steward's register of sealed audits (default: KEY.audits.jsonl beside --key)",
+    )
 
 
 def _passphrase_args(p: argparse.ArgumentParser, what: str = "the key's passphrase ") -> None:
@@ -318,6 +338,8 @@ def resolve(path: tuple[str, ...]) -> Callable[[argparse.Namespace], int]:
         from cxrsynth.privacy.release import verify_command as handler
     elif path == ("release", "key"):
         from cxrsynth.privacy.keys import key_command as handler
+    elif path == ("release", "audits"):
+        from cxrsynth.privacy.audit.register import command as handler
     else:
         raise KeyError(f"no handler for the command {' '.join(path)}")
     return handler

@@ -208,7 +208,8 @@ class FederationConfig(Strict):
         return self
 
 
-AUDIT_CHECKS = (
+# The checks of the synthetic sample, which a steward may leave out (AuditPolicy.skip) ...
+SAMPLE_CHECKS = (
     "image_copies",
     "image_closeness",
     "text_rare_ngrams",
@@ -220,6 +221,9 @@ AUDIT_CHECKS = (
     "label_fidelity",
     "report_labels",
 )
+# ... and every check of an audit: with the steward's register of earlier audits of the same model
+# (cxrsynth.privacy.audit.register), which no policy leaves out.
+AUDIT_CHECKS = SAMPLE_CHECKS + ("earlier_audits",)
 
 
 class AuditPolicy(Strict):
@@ -298,7 +302,13 @@ class AuditPolicy(Strict):
     pixel_grid: int = Field(16, ge=4, le=128, description="encoder 'pixels': side of the downsampled image")
     selfsup_steps: int = Field(300, ge=1)
     chunk: int = Field(4096, ge=16, description="nearest-neighbour search block size (bounds memory)")
-    skip: tuple[Literal[AUDIT_CHECKS], ...] = Field(
+    max_failed_audits: int = Field(
+        0,
+        ge=0,
+        description="failed audits of the same model (in the steward's register) the gate tolerates: by default a model "
+        "whose sample failed is not released by sampling it again",
+    )
+    skip: tuple[Literal[SAMPLE_CHECKS], ...] = Field(
         (), description="checks the steward deliberately leaves out; recorded in the audit and the dataset card"
     )
     seed: int = 0

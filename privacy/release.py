@@ -13,7 +13,9 @@
 The gate trusts nothing it can recompute: the audit must carry the steward's seal (the release
 key's signature over audit.json and report.html, cxrsynth.privacy.audit.seal), its verdict is recomputed
 from its figures and its policy (cxrsynth.privacy.audit.verdict), and the synthetic folder must hold
-exactly the files the audit read. No key is made here: `cxrsynth release key` makes one.
+exactly the files the audit read. The steward's register of audits must hold the audit, and no more
+failed audits of its model than the policy tolerates (cxrsynth.privacy.audit.register). No key is
+made here: `cxrsynth release key` makes one.
 
 `cxrsynth release verify` recomputes every hash and checks the signature, with the public key
 given or the bundle's own SIGNER.pub once its fingerprint matches the one the user pins: a
@@ -129,7 +131,9 @@ def gate(synthetic: Path, audit: Audit | dict) -> None:
         )
 
 
-def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
+def dataset_card(synthetic: Path, audit: Audit, signer: str = "", audits: Optional[dict] = None) -> str:
+    """The bundle's DATASET_CARD.md; `audits`: the register's count of audits of the model
+    (cxrsynth.privacy.audit.register.history)."""
     import csv
 
     with open(synthetic / "manifest.csv", encoding="utf-8", newline="") as f:
@@ -202,6 +206,7 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
         "",
         f"Checks left out by policy: {', '.join(audit.policy.skip) or 'none'}. Full figures: audit/audit.json, audit/report.html.",
         "",
+        *_register_lines(audits, audit.policy.max_failed_audits),
         *_fidelity_lines(audit),
         "## Intended use",
         "Method development, teaching, software testing and data augmentation research. Not for clinical decisions, "
@@ -214,6 +219,18 @@ def dataset_card(synthetic: Path, audit: Audit, signer: str = "") -> str:
         f"`cxrsynth release verify <bundle> --fingerprint {signer or '<fingerprint>'}`: it checks the signature of MANIFEST.json and every file's SHA-256.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _register_lines(audits: Optional[dict], tolerated: int) -> list[str]:
+    if not audits:
+        return []
+    return [
+        "## Audits of this model",
+        f"The steward has audited samples of {audits['subject']} {audits['audits']} time(s) up to this release "
+        f"({audits['failed']} found a failing check in its sample; the policy tolerates {tolerated}). This release's audit is line {audits['line']} "
+        f"of the steward's register {audits['register']}, whose last line has SHA-256 {audits['head']}.",
+        "",
+    ]
 
 
 def _fidelity_lines(audit: Audit) -> list[str]:
@@ -287,7 +304,10 @@ def check_bundle_out(out: Path) -> None:
         raise InputError(f"--out {out}: exists and is not empty; give a new --out for the bundle.")
 
 
-def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path) -> Path:
+def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: Path, register: Path) -> Path:
+    """`register`: the steward's register of audits (cxrsynth.privacy.audit.register), which must
+    hold the audit and no more failed audits of its model than its policy tolerates."""
+    from cxrsynth.privacy.audit.register import history
     from cxrsynth.privacy.audit.seal import SEAL, check_seal
 
     check_bundle_out(out)
@@ -298,6 +318,7 @@ def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: P
     audit = read_audit(audit_dir)
     signer = check_seal(audit_dir, key.public_key())
     gate(synthetic, audit)
+    audits = history(register, key.public_key(), audit_dir / "audit.json", audit, audit.policy.max_failed_audits)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -310,7 +331,7 @@ def make_bundle(synthetic: Path, audit_dir: Path, key: Ed25519PrivateKey, out: P
     dropped = audit_dropped_labels(audit)
     if dropped:
         empty_label_columns(tmp / "data" / "manifest.csv", dropped)
-    (tmp / CARD).write_text(dataset_card(synthetic, audit, signer), encoding="utf-8")
+    (tmp / CARD).write_text(dataset_card(synthetic, audit, signer, audits), encoding="utf-8")
     (tmp / SIGNER).write_bytes(public_pem(key))
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -391,9 +412,12 @@ def command(args: argparse.Namespace) -> int:
         raise InputError(
             "release: --key is required: the steward's Ed25519 key, the one the audit was sealed with (make one with `cxrsynth release key --out FILE`)."
         )
+    from cxrsynth.privacy.audit.register import register_for
+
     check_bundle_out(Path(args.out))
     key = key_from_args(args)
-    out = make_bundle(Path(args.synthetic), Path(args.audit), key, Path(args.out))
+    register = register_for(args.key, getattr(args, "register", None))
+    out = make_bundle(Path(args.synthetic), Path(args.audit), key, Path(args.out), register)
     fp = fingerprint(key)
     print(
         f"release bundle written to {out}, signed by key {fp}; verify with: cxrsynth release verify {out} --fingerprint {fp}"

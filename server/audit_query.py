@@ -94,9 +94,12 @@ def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] =
     """Run-config keys (kebab-case): audit-synthetic, audit-out, audit-policy, audit-checkpoint,
     audit-signing-key (the coordinator's key that pins the query for the hospitals),
     audit-steward-key (the steward's release key, which seals the audit so a release accepts it;
-    its passphrase from audit-steward-passphrase-file or the variable audit-steward-passphrase-env)."""
+    its passphrase from audit-steward-passphrase-file or the variable audit-steward-passphrase-env),
+    audit-register (the steward's register of audits; default: beside the steward's key)."""
+    from cxrsynth.checkpoint import checkpoint_hash
     from cxrsynth.privacy.audit.commands import load_policy
-    from cxrsynth.privacy.audit.run import check_audit_out, read_audit_set, write_audit
+    from cxrsynth.privacy.audit.register import models_of, register_for
+    from cxrsynth.privacy.audit.run import check_audit_out, check_register, read_audit_set, write_audit
     from cxrsynth.privacy.keys import load_private_key, read_passphrase
     from cxrsynth.privacy.release import tree_hashes
 
@@ -104,23 +107,27 @@ def run_from_config(grid: Grid, run_config: dict, progress: Optional[Progress] =
     out = Path(str(run_config["audit-out"]))
     check_audit_out(out)
     policy = load_policy(run_config.get("audit-policy") or None)
-    steward = None
+    steward, register = None, None
     if run_config.get("audit-steward-key"):
         phrase = read_passphrase(
             run_config.get("audit-steward-passphrase-file") or None,
             run_config.get("audit-steward-passphrase-env") or None,
         )
         steward = load_private_key(Path(str(run_config["audit-steward-key"])), phrase)
+        register = register_for(run_config["audit-steward-key"], run_config.get("audit-register") or None)
+        check_register(steward, register)
     ckpt = Path(str(run_config["audit-checkpoint"])) if run_config.get("audit-checkpoint") else None
     synthetic = read_audit_set(syn_dir, "synthetic")
     inputs = {
         "synthetic": str(syn_dir),
         "checkpoint": str(ckpt) if ckpt else None,
+        "checkpoint_hash": checkpoint_hash(ckpt) if ckpt else None,
         "federated": True,
         "synthetic_files": tree_hashes(syn_dir),
+        "models": models_of(synthetic),
     }
     key = Path(str(run_config["audit-signing-key"])) if run_config.get("audit-signing-key") else None
     audit = federated_audit(grid, synthetic, policy, ckpt, inputs, progress=progress, signing_key=key)
-    write_audit(audit, out, key=steward)
+    write_audit(audit, out, key=steward, register=register)
     (out / "sites.json").write_text(json.dumps([a["site"] for a in audit["sites"]]), encoding="utf-8")
     return audit

@@ -65,7 +65,9 @@ def sets(tmp_path_factory):
     return root, real, good
 
 
-def _audit(root, synthetic, out, policy):
+def _audit(root, synthetic, out, policy, register):
+    """Each test keeps its own register of audits: these sets name no model, so one register would
+    count them all against the same training records (cxrsynth.privacy.audit.register)."""
     return main(
         [
             "--quiet",
@@ -82,6 +84,8 @@ def _audit(root, synthetic, out, policy):
             str(out),
             "--key",
             str(root / "steward.pem"),
+            "--register",
+            str(register),
         ]
     )
 
@@ -93,7 +97,7 @@ def _manifest(path):
 
 def test_noise_images_with_real_label_sets_are_refused_naming_the_labels(sets, capsys, tmp_path):
     root, _, _ = sets
-    assert _audit(root, root / "noise", root / "audit-noise", root / "policy.yaml") == 1
+    assert _audit(root, root / "noise", root / "audit-noise", root / "policy.yaml", tmp_path / "audits.jsonl") == 1
     audit = json.loads((root / "audit-noise" / "audit.json").read_text())
     fid = audit["checks"]["label_fidelity"]
     assert not fid["passed"] and audit["checks"]["report_labels"]["passed"]
@@ -115,6 +119,8 @@ def test_noise_images_with_real_label_sets_are_refused_naming_the_labels(sets, c
                 str(root / "audit-noise"),
                 "--key",
                 str(key),
+                "--register",
+                str(tmp_path / "audits.jsonl"),
                 "--out",
                 str(tmp_path / "bundle"),
             ]
@@ -126,7 +132,7 @@ def test_noise_images_with_real_label_sets_are_refused_naming_the_labels(sets, c
 
 def test_useful_images_pass_and_the_card_lists_per_label_fidelity(sets, tmp_path):
     root, _, good = sets
-    assert _audit(root, root / "good", root / "audit-good", root / "policy.yaml") == 0
+    assert _audit(root, root / "good", root / "audit-good", root / "policy.yaml", tmp_path / "audits.jsonl") == 0
     audit = json.loads((root / "audit-good" / "audit.json").read_text())
     fid = audit["checks"]["label_fidelity"]
     assert fid["passed"] and fid["macro_auroc"] > 0.8
@@ -146,6 +152,8 @@ def test_useful_images_pass_and_the_card_lists_per_label_fidelity(sets, tmp_path
                 str(root / "audit-good"),
                 "--key",
                 str(key),
+                "--register",
+                str(tmp_path / "audits.jsonl"),
                 "--out",
                 str(tmp_path / "bundle"),
             ]
@@ -176,7 +184,7 @@ def test_a_label_the_images_do_not_carry_is_dropped_or_refuses_as_the_policy_say
     shuffled = [r.with_(findings=prompt_from_labels(r.labels)) for r in shuffled]
     write_dataset(tmp_path / "syn", shuffled)
     (tmp_path / "p.yaml").write_text(POLICY + f"weak_labels: {weak_labels}\n", encoding="utf-8")
-    code = _audit(root, tmp_path / "syn", tmp_path / "a", tmp_path / "p.yaml")
+    code = _audit(root, tmp_path / "syn", tmp_path / "a", tmp_path / "p.yaml", tmp_path / "audits.jsonl")
     audit = json.loads((tmp_path / "a" / "audit.json").read_text())
     fid = audit["checks"]["label_fidelity"]
     assert fid["labels"]["Cardiomegaly"]["auroc"] < 0.6 < fid["macro_auroc"]
@@ -189,6 +197,8 @@ def test_a_label_the_images_do_not_carry_is_dropped_or_refuses_as_the_policy_say
         str(tmp_path / "a"),
         "--key",
         str(key),
+        "--register",
+        str(tmp_path / "audits.jsonl"),
         "--out",
         str(tmp_path / "bundle"),
     ]

@@ -8,7 +8,7 @@ import pytest
 from test_audit_support import TinyGenerator, varied_records, write_audit_inputs
 
 from cxrsynth.cli import main
-from cxrsynth.config import AUDIT_CHECKS, AuditPolicy
+from cxrsynth.config import SAMPLE_CHECKS, AuditPolicy
 from cxrsynth.data.dataset import write_dataset
 from cxrsynth.privacy.audit.run import audit_records
 
@@ -50,7 +50,7 @@ def test_normally_trained_tiny_model_passes_the_gate(real):
     _normal_gate(real, 150, AuditPolicy(bootstrap=200))
 
 
-ONLY_CLOSENESS = tuple(c for c in AUDIT_CHECKS if c != "image_closeness")
+ONLY_CLOSENESS = tuple(c for c in SAMPLE_CHECKS if c != "image_closeness")
 
 
 def _closeness(synthetic, train, holdout, test: str = "permutation") -> dict:

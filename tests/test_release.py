@@ -48,7 +48,7 @@ def _copy(audited, tmp_path):
     root, syn_dir, audit_dir = audited
     shutil.copytree(syn_dir, tmp_path / "syn")
     shutil.copytree(audit_dir, tmp_path / "audit")
-    for name in ("steward.pem", "steward.pem.pub"):
+    for name in ("steward.pem", "steward.pem.pub", "steward.pem.audits.jsonl"):
         shutil.copy(root / name, tmp_path / name)
     return tmp_path / "syn", tmp_path / "audit"
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from cxrsynth.config import AuditPolicy
 from cxrsynth.privacy.audit.fidelity import pool_sites
+from cxrsynth.privacy.audit.register import UNREGISTERED
 from cxrsynth.privacy.audit.results import FORMAT
 from cxrsynth.privacy.audit.stats import percentile_ci, permutation_p
 from cxrsynth.privacy.audit.verdict import check_reasons, dropped_labels
@@ -242,6 +243,8 @@ def combine(
         "dp_ledger": dp_check,
         "label_fidelity": image_labels,
         "report_labels": report_labels,
+        # Filled from the steward's register when the audit is sealed (run.write_audit).
+        "earlier_audits": dict(UNREGISTERED),
     }
     for name, c in checks.items():
         reasons = check_reasons(name, c, policy)

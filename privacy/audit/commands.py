@@ -31,11 +31,13 @@ def audit(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     policy = load_policy(args.policy)
-    key = None
+    key, register = None, None
     if getattr(args, "key", None):
+        from cxrsynth.privacy.audit.register import register_for
         from cxrsynth.privacy.keys import key_from_args
 
         key = key_from_args(args)
+        register = register_for(args.key, getattr(args, "register", None))
     progress = Progress(args.quiet)
     result = run_audit(
         Path(args.synthetic),
@@ -46,6 +48,7 @@ def audit(args: argparse.Namespace) -> int:
         Path(args.checkpoint) if args.checkpoint else None,
         progress,
         key=key,
+        register=register,
     )
     lines = [
         f"  {'pass' if c['passed'] else 'FAIL'}  {name} ({c.get('status', '')}){': ' + '; '.join(c['reasons']) if c.get('reasons') and not c['passed'] else ''}"
@@ -58,7 +61,11 @@ def audit(args: argparse.Namespace) -> int:
         )
     progress.say(
         f"audit written to {Path(args.out) / 'audit.json'} and {Path(args.out) / 'report.html'}"
-        + ("" if key else "; not sealed (no --key): a release will refuse it")
+        + (
+            f"; sealed and written to the register {register}"
+            if key
+            else "; not sealed (no --key): a release will refuse it"
+        )
     )
     if not result["passed"]:
         raise CheckFailed(

@@ -138,12 +138,16 @@ def run_audit(
     checkpoint: Optional[Path] = None,
     progress: Optional[Progress] = None,
     key=None,
+    register: Optional[Path] = None,
 ) -> dict:
-    """`key`: the steward's Ed25519 key; the audit is sealed with it (cxrsynth.privacy.audit.seal)."""
+    """`key`: the steward's Ed25519 key; the audit is sealed with it (cxrsynth.privacy.audit.seal)
+    and written to the steward's `register` of audits (cxrsynth.privacy.audit.register)."""
+    from cxrsynth.privacy.audit.register import models_of, training_digest
     from cxrsynth.privacy.release import tree_hashes
 
     progress = progress or Progress()
     check_audit_out(out)
+    check_register(key, register)
     # Lazy records: every check reads images a batch at a time, so the audit's memory does not
     # grow with the sizes of the sets.
     synthetic = open_audit_set(synthetic_dir, "synthetic")
@@ -180,12 +184,25 @@ def run_audit(
         "checkpoint": str(checkpoint) if checkpoint else None,
         "checkpoint_hash": ckhash,
         "synthetic_files": tree_hashes(synthetic_dir),
+        "models": models_of(metadata_view(synthetic)),
+        "training_digest": training_digest(metadata_view(train)),
     }
     audit, pairs = audit_records(
         synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress
     )
-    write_audit(audit, out, pairs, key)
+    write_audit(audit, out, pairs, key, register)
     return audit
+
+
+def check_register(key, register: Optional[Path]) -> None:
+    """Before any work: a sealing audit needs the steward's register, readable and intact."""
+    from cxrsynth.privacy.audit.register import read
+
+    if key is None:
+        return
+    if register is None:
+        raise InputError("a sealed audit is written to the steward's register of audits; none was given.")
+    read(register, key.public_key())
 
 
 def _earlier_audit(out: Path) -> bool:
@@ -197,11 +214,24 @@ def check_audit_out(out: Path) -> None:
     check_out(Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced")
 
 
-def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -> None:
+def write_audit(
+    audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None, register: Optional[Path] = None
+) -> None:
     """audit.json, report.html and, with the steward's key, the seal; written whole into `out`
-    (new, empty or an earlier audit's folder, which is replaced)."""
+    (new, empty or an earlier audit's folder, which is replaced). A sealed audit first counts the
+    earlier audits of its model in the steward's `register` (a check of its own) and is then
+    written to it, passed or failed."""
+    from cxrsynth.privacy.audit import register as reg
     from cxrsynth.privacy.audit.seal import seal_audit
+    from cxrsynth.privacy.audit.verdict import check_reasons
+    from cxrsynth.privacy.release import sha256_file
 
+    if key is not None:
+        check_register(key, register)
+        figures = reg.earlier(reg.read(register, key.public_key()), reg.subject(audit))
+        reasons = check_reasons(reg.CHECK, figures, as_audit(audit, "the audit being written").policy)
+        audit["checks"][reg.CHECK] = {"passed": not reasons, **figures, "reasons": reasons}
+        audit["passed"] = all(c["passed"] for c in audit["checks"].values())
     with fresh_dir(
         Path(out), is_own=_earlier_audit, hint="give the folder of an earlier audit, which is then replaced"
     ) as tmp:
@@ -210,3 +240,5 @@ def write_audit(audit: dict, out: Path, pairs: Sequence[tuple] = (), key=None) -
         write_page(audit, tmp, pairs)
         if key is not None:
             seal_audit(tmp, key)
+            # Registered once sealed, before the folder is in place: an audit that exists is in the register.
+            reg.append(register, key, audit, sha256_file(tmp / "audit.json"))

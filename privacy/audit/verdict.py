@@ -201,6 +201,26 @@ def report_labels(c: dict, p: AuditPolicy) -> list[str]:
     )
 
 
+def earlier_audits(c: dict, p: AuditPolicy) -> list[str]:
+    """The steward's register (cxrsynth.privacy.audit.register): failed audits of the same model."""
+    if c["status"] == "not_registered":
+        return []  # an unsealed audit, which the release gate refuses on its own
+    if c["status"] != "ran":
+        return _not_ran(c, "the register of earlier audits was not read")
+    if c["failed_before"] <= p.max_failed_audits:
+        return []
+    lines = "; ".join(f"line {e['line']} ({e['time']}): {', '.join(e['failed'])}" for e in c["earlier"])
+    return [
+        f"{c['failed_before']} earlier audit(s) of {c['subject']} failed ({lines}); policy max_failed_audits "
+        f"{p.max_failed_audits}: a model whose sample failed is not released by sampling it again"
+        + (
+            " (these samples name no model, so they are counted against their training records: give the audit --checkpoint)"
+            if c["subject"].startswith("training records")
+            else ""
+        )
+    ]
+
+
 RULES: dict[str, Rule] = {
     "image_copies": image_copies,
     "image_closeness": image_closeness,
@@ -212,6 +232,7 @@ RULES: dict[str, Rule] = {
     "dp_ledger": dp_ledger,
     "label_fidelity": label_fidelity,
     "report_labels": report_labels,
+    "earlier_audits": earlier_audits,
 }
 assert set(RULES) == set(AUDIT_CHECKS), "every audit check needs its rule"
 
