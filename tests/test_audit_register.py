@@ -151,6 +151,18 @@ def test_an_unsealed_audit_reads_and_writes_no_register(steward, tmp_path):
     assert not list(tmp_path.glob("*.jsonl")) and not list(root.glob("*.jsonl"))
 
 
+def test_a_register_that_cannot_be_written_stops_the_audit_before_it_runs(steward, tmp_path, capsys):
+    root, key = steward
+    (tmp_path / "not-a-folder").write_text("", encoding="utf-8")  # unwritable whoever runs the test
+    sample = _sample(tmp_path / "f1", "ffff", 51)
+    argv = ["--quiet", "audit", "--synthetic", str(sample), "--train", str(root / "real")]
+    argv += ["--holdout", str(root / "real"), "--out", str(tmp_path / "a"), "--key", str(key)]
+    assert main(argv + ["--register", str(tmp_path / "not-a-folder" / "audits.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "audits.jsonl: the steward's register of audits cannot be" in err and "--register FILE" in err
+    assert not (tmp_path / "a").exists()
+
+
 def _entry(model: str, passed: bool) -> dict:
     return {
         "inputs": {"checkpoint_hash": model, "synthetic_files": {}},

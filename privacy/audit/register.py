@@ -92,6 +92,11 @@ def read(path: Path, public: Ed25519PublicKey) -> list[dict]:
         return []
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder; the register of audits is a file (--register FILE).") from None
+    except OSError as e:
+        raise InputError(
+            f"{path}: the steward's register of audits cannot be read ({e.strerror}); give --register FILE "
+            "(run-config key audit-register)."
+        ) from None
     expected_fp, entries, prev = fingerprint(public), [], ""
     for n, line in enumerate(raw.splitlines(keepends=True), 1):
         try:
@@ -139,6 +144,19 @@ def earlier(entries: list[dict], about: str) -> dict:
             if failed_sample(e)
         ],
     }
+
+
+def writable(path: Path) -> None:
+    """Before an audit runs: its register can be appended to (created empty if new), so a sealed
+    audit is never computed only to fail at the end (a key mounted read-only, say)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    except OSError as e:
+        raise InputError(
+            f"{path}: the steward's register of audits cannot be written ({e.strerror}); every sealed audit is "
+            "written to it. Give --register FILE (run-config key audit-register) in a folder the steward can write."
+        ) from None
 
 
 def append(path: Path, key: Ed25519PrivateKey, audit: dict, audit_sha256: str) -> dict:

@@ -196,13 +196,14 @@ def run_audit(
 
 def check_register(key, register: Optional[Path]) -> None:
     """Before any work: a sealing audit needs the steward's register, readable and intact."""
-    from cxrsynth.privacy.audit.register import read
+    from cxrsynth.privacy.audit.register import read, writable
 
     if key is None:
         return
     if register is None:
         raise InputError("a sealed audit is written to the steward's register of audits; none was given.")
     read(register, key.public_key())
+    writable(register)
 
 
 def _earlier_audit(out: Path) -> bool:
