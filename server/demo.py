@@ -257,7 +257,7 @@ class Demo:
         """The release candidates from the fine-tuned model, and the base model's own samples for
         the same conditions (never released; the evaluation's baseline)."""
         from cxrsynth.checkpoint import load_checkpoint
-        from cxrsynth.generate import generate
+        from cxrsynth.generate import generate_side_by_side
         from cxrsynth.models.condition import Condition
 
         c = self.cfg
@@ -268,10 +268,8 @@ class Demo:
         conditions = (
             None if sets is None else [Condition(labels=s) for s in sets for _ in range(c.samples_per_condition)]
         )
-        generate(
-            self.checkpoint, n, self.out / "synthetic", seed=c.seed, conditions=conditions, progress=self.progress
-        )
-        generate(self.base, n, self.out / "base-synthetic", seed=c.seed, conditions=conditions, progress=self.progress)
+        jobs = [(self.checkpoint, self.out / "synthetic"), (self.base, self.out / "base-synthetic")]
+        generate_side_by_side(jobs, n, seed=c.seed, conditions=conditions, progress=self.progress)
         drawn = (
             "none (prior samples)"
             if sets is None

@@ -151,3 +151,42 @@ def test_the_aligned_copy_threshold_is_calibrated_on_at_most_calibration_max_hol
     assert sizes["holdout calibration"] == 30 and sizes["copy search"] == len(synthetic)
     n_lateral = sum(r.lateral is not None for r in holdout)
     assert sizes["lateral calibration"] == min(30, n_lateral) and n_lateral >= 20
+
+
+def test_sites_audited_side_by_side_give_the_figures_of_one_site_after_another(tmp_path, monkeypatch, capfd):
+    """The local audit's sites in worker processes (`audit_workers`): the same audit.json as in
+    one process, the checkpoint's member scores included (its scorer is loaded in each worker)."""
+    import torch
+    from test_ldm import TINY
+
+    from cxrsynth.checkpoint import save_checkpoint
+    from cxrsynth.config import load_config
+    from cxrsynth.models.ldm.model import Model
+    from cxrsynth.privacy.audit import run
+
+    real = split_by_patient(make_phantom(n=180, sites=3, seed=5, image_size=16, lateral=False), 0.5, 0)
+    synthetic = [
+        r.with_(record_id=f"syn{i}", site="synthetic", split="", phi_meta={})
+        for i, r in enumerate(make_phantom(n=30, sites=1, seed=6, image_size=16, lateral=False))
+    ]
+    write_dataset(tmp_path / "real", real)
+    write_dataset(tmp_path / "synthetic", synthetic)
+    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
+    torch.manual_seed(0)
+    model = Model(cfg.model)
+    model.setup(real)
+    model.eval()
+    save_checkpoint(tmp_path / "ck", model, cfg, save_optimizers=False)
+
+    def audit(out, workers):
+        monkeypatch.setattr(run, "audit_workers", lambda sites, records: workers)
+        return run_audit(
+            tmp_path / "synthetic", tmp_path / "real", tmp_path / "real", POLICY, tmp_path / out, tmp_path / "ck"
+        )
+
+    serial = audit("serial", 0)
+    assert "side by side" not in capfd.readouterr().err
+    parallel = audit("parallel", 2)
+    assert "auditing sites site0, site1, site2 side by side (2 processes)" in capfd.readouterr().err
+    assert len(serial["sites"]) == 3 and serial["checks"]["membership"]["status"] == "ran"
+    assert parallel == serial

@@ -17,6 +17,7 @@ from cxrsynth.models.ldm.components import noise_scheduler, sampling_scheduler
 from cxrsynth.models.ldm.config import LDMConfig
 from cxrsynth.models.ldm.model import Model
 from cxrsynth.models.ldm.prompts import prompt_from_labels
+from cxrsynth.progress import Progress
 
 TINY = dict(
     image_size=16,
@@ -290,6 +291,47 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
     loaded, _, _ = load_checkpoint(tmp_path / "ck")
     loaded.eval()
     np.testing.assert_array_equal(loaded.sample(prompts, seed=5)[0], expected)
+
+
+def test_sets_generated_side_by_side_are_the_ones_generated_one_after_another(records, tmp_path):
+    from cxrsynth.generate import generate, generate_side_by_side
+
+    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
+    torch.manual_seed(0)
+    m = Model(cfg.model)
+    m.setup(records)
+    m.opts = m.make_optimizers()
+    m.eval()
+    save_checkpoint(tmp_path / "base", m, cfg, save_optimizers=False)
+    m.train()
+    m.train_step(records[:4])
+    m.eval()
+    save_checkpoint(tmp_path / "tuned", m, cfg, save_optimizers=False)
+    jobs_names = ("syn", "base")
+    jobs = [(tmp_path / "tuned", tmp_path / "a" / "syn"), (tmp_path / "base", tmp_path / "a" / "base")]
+    conditions = [{"Pleural Effusion": 1}, {"Cardiomegaly": 1}, {"No Finding": 1}] * 2
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    generate_side_by_side(jobs, 6, seed=3, conditions=conditions, progress=Progress(quiet=True), workers=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for checkpoint, name in ((tmp_path / "tuned", "syn"), (tmp_path / "base", "base")):
+            generate(
+                checkpoint, 6, tmp_path / "b" / name, seed=3, conditions=conditions, progress=Progress(quiet=True)
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for name in ("syn", "base"):
+        files = sorted(p.relative_to(tmp_path / "b" / name) for p in (tmp_path / "b" / name).rglob("*") if p.is_file())
+        assert len(files) == 7  # the manifest and six images
+        for rel in files:
+            assert (tmp_path / "a" / name / rel).read_bytes() == (tmp_path / "b" / name / rel).read_bytes(), rel
+    # The two checkpoints made different images: each job wrote its own model's samples.
+    made = {
+        name: [p.read_bytes() for p in sorted((tmp_path / "a" / name / "images").iterdir())] for name in jobs_names
+    }
+    assert all(a != b for a, b in zip(made["syn"], made["base"]))
 
 
 def test_pretrained_folder_missing_parts_is_a_clear_error(tmp_path):

@@ -6,6 +6,7 @@ the transport differs, so a local audit and a federated one give the same figure
 
 from __future__ import annotations
 
+import os
 from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
@@ -54,15 +55,76 @@ def audit_records(
     train_state: Optional[dict] = None,
     inputs: Optional[dict] = None,
     progress: Optional[Progress] = None,
+    workers: int = 0,
 ) -> tuple[dict, list[tuple]]:
-    """The audit dict and the copy pairs with both images (for the local report)."""
+    """The audit dict and the copy pairs with both images (for the local report).
+
+    `workers` > 0: the sites' checks run side by side in that many spawned processes, one thread
+    each (the records go to them as lazy views, `scorer` must pickle: `CheckpointScorer`); every
+    check draws from the policy's seed, so the figures are those of one site after another."""
     progress = progress or Progress(quiet=True)
+    sites = sorted(split_sites(train, holdout).items())
+    if workers > 0 and len(sites) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        progress.say(f"auditing sites {', '.join(s for s, _ in sites)} side by side ({workers} processes)")
+        with ProcessPoolExecutor(
+            min(workers, len(sites)), mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread
+        ) as pool:
+            futures = [pool.submit(site_audit, synthetic, tr, ho, policy, scorer, site) for site, (tr, ho) in sites]
+            results = []
+            for (site, _), future in zip(sites, futures):
+                results.append(future.result())
+                progress.say(f"[{site}] audited")
+    else:
+        results = [site_audit(synthetic, tr, ho, policy, scorer, site, progress) for site, (tr, ho) in sites]
     answers, pairs = [], []
-    for site, (tr, ho) in sorted(split_sites(train, holdout).items()):
-        answer, site_pairs = site_audit(synthetic, tr, ho, policy, scorer, site, progress)
+    for answer, site_pairs in results:
         answers.append(answer)
         pairs += pair_images(site_pairs, synthetic, train)
     return finish_audit(answers, synthetic, policy, train_state, inputs), pairs
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class CheckpointScorer:
+    """A checkpoint's member scores (`member_scores`), loaded where it is first called: it pickles
+    as its path, so a site's audit in another process loads the model there."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint, self._model = Path(checkpoint), None
+
+    def __getstate__(self) -> dict:
+        return {"checkpoint": self.checkpoint, "_model": None}
+
+    def __call__(self, records: Sequence[Record]):
+        if self._model is None:
+            from cxrsynth.checkpoint import load_checkpoint
+
+            self._model, _, _ = load_checkpoint(self.checkpoint)
+            self._model.eval()
+        return self._model.member_scores(records)
+
+
+def audit_workers(sites: int, records: int) -> int:
+    """Processes for a local audit of `sites` sites over `records` records in all: the CPU's
+    cores when the work outweighs starting them (a process takes seconds to start), else none."""
+    import torch
+
+    if torch.cuda.is_available() or sites < 2 or records < PARALLEL_MIN_RECORDS:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(sites, cores) if cores > 1 else 0
+
+
+# Below this many records (training, holdout and synthetic, summed over the sites) a local audit
+# runs its sites one after another: the tests' audits, and small ones that take seconds.
+PARALLEL_MIN_RECORDS = 2000
 
 
 def pair_images(pairs, synthetic: Sequence[Record], train: Sequence[Record]) -> list[tuple]:
@@ -174,9 +236,8 @@ def run_audit(
     if checkpoint is not None:
         from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 
-        model, _, train_state = load_checkpoint(checkpoint)
-        model.eval()
-        scorer, ckhash = model.member_scores, checkpoint_hash(checkpoint)
+        _, _, train_state = load_checkpoint(checkpoint)
+        scorer, ckhash = CheckpointScorer(checkpoint), checkpoint_hash(checkpoint)
     inputs = {
         "synthetic": str(synthetic_dir),
         "train": str(train_dir),
@@ -187,8 +248,18 @@ def run_audit(
         "models": models_of(metadata_view(synthetic)),
         "training_digest": training_digest(metadata_view(train)),
     }
+    n_sites = len({r.site or "local" for r in metadata_view(train)})
+    workers = audit_workers(n_sites, n_sites * len(synthetic) + len(train) + len(holdout))
     audit, pairs = audit_records(
-        synthetic, train, holdout, policy, scorer=scorer, train_state=train_state, inputs=inputs, progress=progress
+        synthetic,
+        train,
+        holdout,
+        policy,
+        scorer=scorer,
+        train_state=train_state,
+        inputs=inputs,
+        progress=progress,
+        workers=workers,
     )
     write_audit(audit, out, pairs, key, register)
     return audit
