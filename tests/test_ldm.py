@@ -67,6 +67,16 @@ def tiny_model(records, **over) -> Model:
     return m
 
 
+def tiny_run(records):
+    """(run config, model) of the ldm-tiny preset with the tiny networks, set up and ready to train."""
+    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
+    torch.manual_seed(0)
+    m = Model(cfg.model)
+    m.setup(records)
+    m.opts = m.make_optimizers()
+    return cfg, m
+
+
 def flat(module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()]).clone()
 
@@ -263,11 +273,7 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
-    torch.manual_seed(0)
-    m = Model(cfg.model)
-    m.setup(records)
-    m.opts = m.make_optimizers()
+    cfg, m = tiny_run(records)
     for _ in range(3):
         m.train_step(records[:4])
     m.eval()
@@ -296,11 +302,7 @@ def test_checkpoint_has_diffusers_folder_that_loads_as_pretrained(records, tmp_p
 def test_sets_generated_side_by_side_are_the_ones_generated_one_after_another(records, tmp_path):
     from cxrsynth.generate import generate, generate_side_by_side
 
-    cfg = load_config("ldm-tiny", {"model": {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
-    torch.manual_seed(0)
-    m = Model(cfg.model)
-    m.setup(records)
-    m.opts = m.make_optimizers()
+    cfg, m = tiny_run(records)
     m.eval()
     save_checkpoint(tmp_path / "base", m, cfg, save_optimizers=False)
     m.train()
