@@ -68,8 +68,11 @@ class DemoConfig(BaseModel):
     )
     # RoentGen (Chambon et al., sec. 3.3) scores diversity over 4 samples per prompt.
     samples_per_condition: int = 4
+    # 1,280 records: a release twice the 640 of before is more useful on the sites' holdout (its
+    # synthetic-only and real + synthetic classifiers; README, "How large a release"), and the two
+    # sets are generated side by side, so the stage takes the time the smaller one did.
     conditions: int = Field(
-        160,
+        320,
         ge=1,
         description="label sets drawn from the sites' label mix; synthetic = conditions x samples_per_condition",
     )
