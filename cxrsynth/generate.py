@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -12,7 +11,7 @@ from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 from cxrsynth.data.dataset import DatasetWriter
 from cxrsynth.errors import InputError
 from cxrsynth.models.acquisition import SiteLooks, model_reference
-from cxrsynth.models.base import pick_device
+from cxrsynth.models.base import pick_device, usable_cores
 from cxrsynth.models.condition import Condition, as_conditions
 from cxrsynth.output import check_out, fresh_dir
 from cxrsynth.progress import Progress
@@ -121,7 +120,7 @@ def generate_side_by_side(
 
     progress = progress or Progress()
     if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         workers = 0 if torch.cuda.is_available() else cores - 1
     if len(jobs) < 2 or workers < 1:
         for checkpoint, out in jobs:

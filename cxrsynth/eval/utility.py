@@ -18,7 +18,6 @@ are the same as when they train one after another in this process.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import NamedTuple, Optional, Sequence
@@ -213,7 +212,9 @@ def workers_for(cfg: EvalConfig, classifiers: int) -> int:
         return min(cfg.workers, classifiers)
     if classifiers * cfg.classifier_steps < PARALLEL_MIN_STEPS:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from cxrsynth.models.base import usable_cores
+
+    cores = usable_cores()
     return max(1, min(cores, classifiers))
 
 

@@ -30,6 +30,7 @@ two dicts inside `train_step`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
@@ -64,6 +65,11 @@ def update_average(ema: EMAModel, updates_done: int, live: nn.Module) -> None:
     run goes on where it was."""
     ema.optimization_step = updates_done
     ema.step(live.parameters())
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def pick_device(setting: str = "auto") -> torch.device:

@@ -6,7 +6,6 @@ the transport differs, so a local audit and a federated one give the same figure
 
 from __future__ import annotations
 
-import os
 from itertools import chain
 from pathlib import Path
 from typing import Optional, Sequence
@@ -96,8 +95,11 @@ class CheckpointScorer:
     """A checkpoint's member scores (`member_scores`), loaded where it is first called: it pickles
     as its path, so a site's audit in another process loads the model there."""
 
-    def __init__(self, checkpoint: Path):
-        self.checkpoint, self._model = Path(checkpoint), None
+    def __init__(self, checkpoint: Path, model=None):
+        """`model`: the checkpoint's model when the caller has loaded it already."""
+        self.checkpoint, self._model = Path(checkpoint), model
+        if model is not None:
+            model.eval()
 
     def __getstate__(self) -> dict:
         return {"checkpoint": self.checkpoint, "_model": None}
@@ -118,7 +120,9 @@ def audit_workers(sites: int, records: int) -> int:
 
     if torch.cuda.is_available() or sites < 2 or records < PARALLEL_MIN_RECORDS:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from cxrsynth.models.base import usable_cores
+
+    cores = usable_cores()
     return min(sites, cores) if cores > 1 else 0
 
 
@@ -236,8 +240,8 @@ def run_audit(
     if checkpoint is not None:
         from cxrsynth.checkpoint import checkpoint_hash, load_checkpoint
 
-        _, _, train_state = load_checkpoint(checkpoint)
-        scorer, ckhash = CheckpointScorer(checkpoint), checkpoint_hash(checkpoint)
+        model, _, train_state = load_checkpoint(checkpoint)
+        scorer, ckhash = CheckpointScorer(checkpoint, model), checkpoint_hash(checkpoint)
     inputs = {
         "synthetic": str(synthetic_dir),
         "train": str(train_dir),
