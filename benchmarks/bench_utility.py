@@ -200,6 +200,8 @@ def summarize(cell) -> dict:
             row[f"auroc_{arm}"] = (arms.get(arm) or {}).get("macro_auroc")
         row["synthetic_to_real"] = u.get("synthetic_to_real")
         row["fine_tuning_gain"] = u.get("fine_tuning_gain")
+        row["augmentation_gain"] = u.get("augmentation_gain")
+        row["intervals"] = u.get("intervals")  # 95%, over resamples of the holdout
         fid = m.get("fidelity") or {}
         row["fid"] = fid.get("fid_synthetic_vs_holdout")
         row["fid_holdout_halves"] = fid.get("fid_holdout_halves")

@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--extractor", default="classifier", help="feature extractor: classifier or a local weights file")
     ev.add_argument("--classifier-steps", type=int, default=300, help="training steps of each utility classifier")
     ev.add_argument("--seeds", type=int, default=1, help="utility classifiers per arm, averaged")
+    ev.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples of the holdout for the 95%% intervals of the utility gains (0: none)",
+    )
     ev.set_defaults(path=("evaluate",))
 
     a = sub.add_parser(

@@ -13,7 +13,11 @@ from cxrsynth.progress import Progress
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    cfg = validate(EvalConfig, {"classifier_steps": args.classifier_steps, "seeds": args.seeds}, "cxrsynth evaluate")
+    cfg = validate(
+        EvalConfig,
+        {"classifier_steps": args.classifier_steps, "seeds": args.seeds, "bootstrap": args.bootstrap},
+        "cxrsynth evaluate",
+    )
     # Checked before any work: a missing file found in a later stage would only mark that stage failed.
     if args.extractor != "classifier" and not Path(args.extractor).is_file():
         raise InputError(

@@ -26,6 +26,13 @@ class EvalConfig(BaseModel):
         "with the synthetic set (and the base-only set), scored on the same holdout: what the release gives one hospital",
     )
     seeds: int = Field(1, ge=1, le=20, description="utility arms are trained with this many seeds and averaged")
+    bootstrap: int = Field(
+        1000,
+        ge=0,
+        le=100000,
+        description="resamples of the holdout's records for the 95% intervals of the utility gains and of synthetic-only "
+        "over real-only (the same resample for both arms of a comparison); 0: no intervals",
+    )
     workers: int = Field(
         0,
         ge=0,

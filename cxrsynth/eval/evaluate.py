@@ -13,6 +13,7 @@ from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.split import split_by_patient
 from cxrsynth.data.stream import ImageColumn, ManifestDataset, RecordView, concat_view, metadata_view, subset_view
 from cxrsynth.errors import InputError
+from cxrsynth.eval.bootstrap import format_interval
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.diversity import within_condition_ms_ssim
 from cxrsynth.eval.fidelity import classifier_extractor, file_extractor, frechet_distance
@@ -280,18 +281,33 @@ def summary_lines(metrics: dict) -> list[str]:
             for a, v in util["arms"].items()
         )
         lines.append(f"macro AUROC on real holdout ({util['holdout_records']} records)  {arms}")
+        ci = util.get("intervals") or {}
         if util.get("synthetic_to_real") is not None:
             lines.append(
                 f"synthetic-only / real-only macro AUROC: {util['synthetic_to_real']:.3f}"
+                + format_interval(ci.get("synthetic_to_real"), signed=False)
                 + (
                     f"; fine-tuning gain over the base model: {util['fine_tuning_gain']:+.3f}"
+                    + format_interval(ci.get("fine_tuning_gain"))
                     if util.get("fine_tuning_gain") is not None
                     else ""
                 )
             )
+        if util.get("augmentation_gain") is not None:
+            lines.append(
+                f"real + synthetic minus real-only macro AUROC: {util['augmentation_gain']:+.3f}"
+                + format_interval(ci.get("augmentation_gain"))
+            )
+        if ci:
+            lines.append(f"(intervals: {ci['resamples']} resamples of the holdout's records, both arms on each)")
         for site, v in (util.get("sites") or {}).items():
             scores = "  ".join(f"{a}: {fmt(m)}" for a, m in v["macro_auroc"].items())
-            lines.append(f"{site} alone ({v['train_records']} training records) and with the release: {scores}")
+            gain = (
+                f"; gain {v['release_gain']:+.3f}" + format_interval((v.get("intervals") or {}).get("release_gain"))
+                if v.get("release_gain") is not None
+                else ""
+            )
+            lines.append(f"{site} alone ({v['train_records']} training records) and with the release: {scores}{gain}")
     rep = metrics.get("reports")
     if rep and rep.get("n"):
         lines.append(

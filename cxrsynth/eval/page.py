@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from cxrsynth import pages
 from cxrsynth.data.records import LABELS, Record
+from cxrsynth.eval.bootstrap import format_interval
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.eval.evaluate import NO_REPORTS
 from cxrsynth.pages import figure_uri, fmt, grid_uri
@@ -40,7 +41,8 @@ def _auroc_plot(util: dict) -> str:
     ax.set_xticks(x, names, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("AUROC on real holdout")
-    ax.legend(fontsize=8)
+    # Beside the axes, not over the bars: with 14 labels no corner of the plot is free.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure_uri(fig)
 
 
@@ -124,6 +126,11 @@ def write_page(
         fidelity_rows=fidelity_rows,
         msssim=_msssim_plot(metrics["diversity"]) if metrics.get("diversity") else "",
         util=util,
+        util_ci={
+            k: format_interval(v, signed=k != "synthetic_to_real")
+            for k, v in (util or {}).get("intervals", {}).items()
+            if isinstance(v, list)
+        },
         utility_header=["label", *util["arms"]] if util else [],
         utility_rows=[(k, *[util["arms"][a]["auroc"].get(k) for a in util["arms"]]) for k in LABELS]
         + [("macro", *[util["arms"][a]["macro_auroc"] for a in util["arms"]])]
@@ -146,6 +153,14 @@ def write_page(
     )
 
 
+def _with_ci(site: dict, key: str) -> str:
+    """A site's gain as the page shows it: the figure and its 95% interval over holdout resamples."""
+    value = site.get(key)
+    if value is None:
+        return fmt(None)
+    return f"{value:+.3f}" + format_interval((site.get("intervals") or {}).get(key))
+
+
 def _site_table(util: Optional[dict]) -> dict:
     """`site_header` and `site_rows`: each site's macro AUROC alone and with the synthetic (and
     base-only) set, and the release's gain over each."""
@@ -156,8 +171,8 @@ def _site_table(util: Optional[dict]) -> dict:
     header = ["site", "training records", *arms, "release gain (with synthetic minus alone)"]
     rows = []
     for site, v in sites.items():
-        rows.append((site, v["train_records"], *[v["macro_auroc"].get(a) for a in arms], v["release_gain"]))
+        rows.append((site, v["train_records"], *[v["macro_auroc"].get(a) for a in arms], _with_ci(v, "release_gain")))
     if "own+base-only" in arms:
         header.append("gain over the base-only set")
-        rows = [(*row, sites[row[0]]["gain_over_base"]) for row in rows]
+        rows = [(*row, _with_ci(sites[row[0]], "gain_over_base")) for row in rows]
     return {"site_header": header, "site_rows": rows}

@@ -11,6 +11,11 @@ With records from two or more sites, `per_site` also scores each site's records 
 synthetic set and with the base-only set, on the same holdout: what the release gives one
 hospital beyond its own data, and beyond what the public base alone would give it.
 
+Each comparison (real + synthetic against real-only, synthetic-only over real-only, fine-tuned
+against base-only, each site with the release against alone) also gets a 95% interval over
+resamples of the holdout's records (`cxrsynth.eval.bootstrap`, `EvalConfig.bootstrap`): on a
+holdout of a few hundred records a difference of a hundredth can be the holdout's draw.
+
 The classifiers are independent, so with more than one CPU core they train side by side in
 worker processes (`EvalConfig.workers`), each on one thread and from its own seed: the figures
 are the same as when they train one after another in this process.
@@ -28,6 +33,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxrsynth.data.records import LABELS, Record
 from cxrsynth.data.stream import ImageColumn, concat_view, metadata_view, subset_view
+from cxrsynth.eval.bootstrap import LEVEL, HoldoutResamples, interval
 from cxrsynth.eval.classifier import CXRClassifier, predict, train_classifier
 from cxrsynth.eval.config import EvalConfig
 from cxrsynth.progress import Progress
@@ -37,11 +43,19 @@ BASELINE = "base-only synthetic"
 PARALLEL_MIN_STEPS = 2000  # about a minute of classifier training on one core: worth starting workers for
 
 
+def holdout_truth(holdout: Sequence[Record], uncertain_as: float) -> np.ndarray:
+    """(N, 14) bool: the labels each holdout record is scored against."""
+    return np.stack([r.label_vector(uncertain_as) for r in metadata_view(holdout)]) >= 0.5
+
+
 def auroc_per_label(
     model: CXRClassifier, holdout: Sequence[Record], uncertain_as: float
 ) -> dict[str, Optional[float]]:
-    probs = predict(model, ImageColumn(holdout))
-    truth = np.stack([r.label_vector(uncertain_as) for r in metadata_view(holdout)]) >= 0.5
+    return label_aurocs(predict(model, ImageColumn(holdout)), holdout_truth(holdout, uncertain_as))
+
+
+def label_aurocs(probs: np.ndarray, truth: np.ndarray) -> dict[str, Optional[float]]:
+    """AUROC per label of probabilities (N, 14) against `truth`; None where a label has one class."""
     out: dict[str, Optional[float]] = {}
     for j, name in enumerate(LABELS):
         y = truth[:, j]
@@ -92,8 +106,9 @@ def utility(
         parts["base-only"] = baseline
         plans[BASELINE] = _Plan("base-only")
     sites = _site_plans(real_train, [k for k in ("synthetic", "base-only") if k in parts]) if cfg.per_site else None
-    scored, real_model = _train_all({**plans, **_flat(sites)}, parts, holdout, cfg, progress, keep="real")
+    scored, real_model, probs = _train_all({**plans, **_flat(sites)}, parts, holdout, cfg, progress, keep="real")
     arms = {arm: scored[arm] for arm in plans}
+    spread = _Intervals(holdout, cfg, probs)
     result = {
         "fine_tuning_gain": _gain(arms, "synthetic", BASELINE),
         "holdout_records": len(holdout),
@@ -106,8 +121,16 @@ def utility(
         # The release's headline: how much of the real data's utility the synthetic data alone carries.
         "synthetic_to_real": _ratio(arms, "synthetic", "real"),
     }
+    if spread.resamples:
+        result["intervals"] = {
+            "resamples": spread.resamples,
+            "level": LEVEL,
+            "fine_tuning_gain": spread.difference("synthetic", BASELINE),
+            "augmentation_gain": spread.difference("real+synthetic", "real"),
+            "synthetic_to_real": spread.ratio("synthetic", "real"),
+        }
     if cfg.per_site:
-        result["sites"] = _site_table(sites, scored)
+        result["sites"] = _site_table(sites, scored, spread)
     return result, real_model
 
 
@@ -124,8 +147,8 @@ def per_site(
     sites = _site_plans(real_train, list(added))
     if sites is None:
         return None
-    scored, _ = _train_all(_flat(sites), {"real": real_train, **added}, holdout, cfg, progress)
-    return _site_table(sites, scored)
+    scored, _, probs = _train_all(_flat(sites), {"real": real_train, **added}, holdout, cfg, progress)
+    return _site_table(sites, scored, _Intervals(holdout, cfg, probs))
 
 
 class _Plan(NamedTuple):
@@ -159,7 +182,9 @@ def _flat(sites: Optional[dict[str, dict[str, _Plan]]]) -> dict[str, _Plan]:
     return {f"{site}: {arm}": plan for site, arms in (sites or {}).items() for arm, plan in arms.items()}
 
 
-def _site_table(sites: Optional[dict[str, dict[str, _Plan]]], scored: dict[str, dict]) -> Optional[dict]:
+def _site_table(
+    sites: Optional[dict[str, dict[str, _Plan]]], scored: dict[str, dict], spread: "_Intervals"
+) -> Optional[dict]:
     if sites is None:
         return None
     out = {}
@@ -171,7 +196,42 @@ def _site_table(sites: Optional[dict[str, dict[str, _Plan]]], scored: dict[str, 
             "release_gain": _difference(scores.get("own+synthetic"), scores.get("own")),
             "gain_over_base": _difference(scores.get("own+synthetic"), scores.get("own+base-only")),
         }
+        if spread.resamples:
+            out[site]["intervals"] = {
+                "release_gain": spread.difference(f"{site}: own+synthetic", f"{site}: own"),
+                "gain_over_base": spread.difference(f"{site}: own+synthetic", f"{site}: own+base-only"),
+            }
     return out
+
+
+class _Intervals:
+    """The 95% intervals, over resamples of the holdout, of differences and ratios of the arms'
+    macro AUROC (`cxrsynth.eval.bootstrap`); none when `cfg.bootstrap` is 0."""
+
+    def __init__(self, holdout: Sequence[Record], cfg: EvalConfig, probs: dict[str, list[np.ndarray]]):
+        self.resamples = cfg.bootstrap
+        self.probs = probs
+        self._macro: dict[str, np.ndarray] = {}
+        if self.resamples:
+            self.draws = HoldoutResamples(holdout_truth(holdout, cfg.uncertain_as), cfg.bootstrap, cfg.seed)
+
+    def _of(self, arm: str) -> Optional[np.ndarray]:
+        if arm not in self.probs:
+            return None
+        if arm not in self._macro:
+            self._macro[arm] = self.draws.macro(self.probs[arm])
+        return self._macro[arm]
+
+    def difference(self, arm: str, reference: str) -> Optional[list[float]]:
+        a, b = self._of(arm), self._of(reference)
+        return interval(a - b) if a is not None and b is not None else None
+
+    def ratio(self, arm: str, reference: str) -> Optional[list[float]]:
+        a, b = self._of(arm), self._of(reference)
+        if a is None or b is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return interval(a / b)
 
 
 def _sets(plan: _Plan, parts: dict[str, Sequence[Record]], cfg: EvalConfig) -> tuple:
@@ -192,7 +252,8 @@ def _fit(
     cfg: EvalConfig,
     progress: Optional[Progress],
     label: str,
-) -> tuple[dict[str, Optional[float]], CXRClassifier]:
+) -> tuple[np.ndarray, CXRClassifier]:
+    """The plan's classifier of `seed` and its probabilities on the holdout, (N, 14)."""
     train_set, extra = _sets(plan, parts, cfg)
     model = train_classifier(
         train_set,
@@ -201,7 +262,7 @@ def _fit(
         progress=progress,
         label=f"utility: train on {label} (seed {seed})",
     )
-    return auroc_per_label(model, holdout, cfg.uncertain_as), model
+    return predict(model, ImageColumn(holdout)), model
 
 
 def workers_for(cfg: EvalConfig, classifiers: int) -> int:
@@ -225,10 +286,10 @@ def _train_all(
     cfg: EvalConfig,
     progress: Optional[Progress],
     keep: Optional[str] = None,
-) -> tuple[dict[str, dict], Optional[CXRClassifier]]:
+) -> tuple[dict[str, dict], Optional[CXRClassifier], dict[str, list[np.ndarray]]]:
     """Every plan trained with each of `cfg.seeds` seeds and scored on `holdout`: arm -> its
-    AUROC per label (mean over the seeds), macro and macro per seed; and the first seed's
-    classifier of arm `keep`."""
+    AUROC per label (mean over the seeds), macro and macro per seed; the first seed's
+    classifier of arm `keep`; and arm -> each seed's probabilities on the holdout."""
     jobs = [(arm, cfg.seed + s) for arm in plans for s in range(cfg.seeds)]
     runs: dict[tuple[str, int], dict] = {}
     kept = None
@@ -254,9 +315,11 @@ def _train_all(
                 kept = model if (arm, seed) == (keep, cfg.seed) else kept
                 if task:
                     task.advance(1, note=f"{arm} (seed {seed})")
+    truth = holdout_truth(holdout, cfg.uncertain_as)
+    probs = {arm: [runs[arm, cfg.seed + s] for s in range(cfg.seeds)] for arm in plans}
     scored = {}
     for arm, plan in plans.items():
-        per_seed = [runs[arm, cfg.seed + s] for s in range(cfg.seeds)]
+        per_seed = [label_aurocs(p, truth) for p in probs[arm]]
         per_label = {}
         for name in LABELS:
             vals = [r[name] for r in per_seed if r[name] is not None]
@@ -267,7 +330,7 @@ def _train_all(
             "macro_auroc": macro(per_label),
             "macro_auroc_per_seed": [macro(r) for r in per_seed],
         }
-    return scored, kept
+    return scored, kept, probs
 
 
 _SERVED: dict = {}
@@ -279,9 +342,9 @@ def _serve(parts: dict[str, Sequence[Record]], holdout: Sequence[Record], cfg: E
     _SERVED.update(parts=parts, holdout=holdout, cfg=cfg)
 
 
-def _fit_served(plan: _Plan, seed: int, keep: bool) -> tuple[dict[str, Optional[float]], Optional[CXRClassifier]]:
-    per_label, model = _fit(plan, seed, _SERVED["parts"], _SERVED["holdout"], _SERVED["cfg"], None, "")
-    return per_label, model if keep else None
+def _fit_served(plan: _Plan, seed: int, keep: bool) -> tuple[np.ndarray, Optional[CXRClassifier]]:
+    probs, model = _fit(plan, seed, _SERVED["parts"], _SERVED["holdout"], _SERVED["cfg"], None, "")
+    return probs, model if keep else None
 
 
 def _difference(a: Optional[float], b: Optional[float]) -> Optional[float]:
