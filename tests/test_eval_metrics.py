@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrsynth.data.records import Record, empty_labels
+from cxrsynth.data.records import LABELS, Record, empty_labels
 from cxrsynth.errors import InputError
 from cxrsynth.eval.classifier import load_classifier, save_classifier, train_classifier
 from cxrsynth.eval.diversity import group_by_condition, ms_ssim, n_scales, within_condition_ms_ssim
@@ -15,9 +15,11 @@ from cxrsynth.eval.labels import label_agreement
 from cxrsynth.eval.text_metrics import report_metrics
 
 
-def toy_records(n: int, seed: int = 0, size: int = 32, prefix: str = "r") -> list[Record]:
+def toy_records(n: int, seed: int = 0, size: int = 32, prefix: str = "r", negatives: bool = False) -> list[Record]:
     """Studies whose image plainly shows their labels: a bright disc for Cardiomegaly, a bright
-    bottom band for Pleural Effusion; reports say the same. Independent of the phantom's details."""
+    bottom band for Pleural Effusion; reports say the same. Independent of the phantom's details.
+    The other labels are not stated, or with `negatives` stated negative, as a labelled dataset
+    with every column filled states them."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     out = []
@@ -28,7 +30,7 @@ def toy_records(n: int, seed: int = 0, size: int = 32, prefix: str = "r") -> lis
             img[(xx - 0.5) ** 2 + (yy - 0.45) ** 2 < 0.06] += 120
         if effusion:
             img[yy > 0.75] += 120
-        labels = empty_labels()
+        labels = {name: 0 for name in LABELS} if negatives else empty_labels()
         labels.update(
             {"Cardiomegaly": cardio, "Pleural Effusion": effusion, "No Finding": int(not (cardio or effusion))}
         )
@@ -185,7 +187,7 @@ def test_paired_augmentation_keeps_the_real_updates_that_pooling_gives_away():
     from cxrsynth.eval.utility import auroc_per_label, macro
 
     torch.set_num_threads(1)
-    recs = toy_records(120)
+    recs = toy_records(120, negatives=True)
     real, holdout = recs[:80], recs[80:]
     rng = np.random.default_rng(0)
     names = ("Cardiomegaly", "Pleural Effusion")
@@ -193,7 +195,7 @@ def test_paired_augmentation_keeps_the_real_updates_that_pooling_gives_away():
         real[0].with_(
             record_id=f"j{i}",
             image=np.full_like(real[0].image, 128),
-            labels={**empty_labels(), **{n: int(rng.integers(0, 2)) for n in names}},
+            labels={**real[0].labels, **{n: int(rng.integers(0, 2)) for n in names}},
         )
         for i in range(800)
     ]
@@ -214,8 +216,8 @@ def test_each_site_is_scored_alone_and_with_the_release_which_adds_what_its_imag
     from cxrsynth.eval.utility import per_site
 
     torch.set_num_threads(1)
-    real, holdout = toy_records(12), toy_records(120, seed=2)
-    synthetic = toy_records(300, seed=1, prefix="s")
+    real, holdout = toy_records(12, negatives=True), toy_records(120, seed=2)
+    synthetic = toy_records(300, seed=1, prefix="s", negatives=True)
     rng = np.random.default_rng(0)
     junk = [
         r.with_(image=np.full_like(r.image, 128), labels=synthetic[j].labels)
@@ -252,3 +254,27 @@ def test_the_classifiers_trained_in_worker_processes_score_what_they_score_one_a
     assert torch.equal(model_a(images), model_b(images))
     assert workers_for(EvalConfig(**settings), 26) == 1  # 26 classifiers x 6 steps: not worth a worker
     assert workers_for(EvalConfig(**{**settings, "workers": 3}), 2) == 2
+
+
+def test_a_label_column_a_set_leaves_empty_is_not_read_as_negative():
+    """A release that dropped Cardiomegaly (its column empty in every row) adds no Cardiomegaly
+    loss: its enlarged hearts do not teach the classifier that enlarged hearts are normal, as the
+    same rows with the column filled in as negative do."""
+    from cxrsynth.data.stream import ImageColumn
+    from cxrsynth.eval.classifier import predict
+
+    torch.set_num_threads(1)
+    real, holdout = toy_records(40), toy_records(150, seed=2)
+    synthetic = [r for r in toy_records(300, seed=1, prefix="s") if r.labels["Cardiomegaly"] == 1]
+    dropped = [r.with_(labels={**r.labels, "Cardiomegaly": None}) for r in synthetic]
+    negative = [r.with_(labels={**r.labels, "Cardiomegaly": 0}) for r in synthetic]
+    kw = dict(image_size=32, width=8, steps=80, seed=0)
+    enlarged = [r for r in holdout if r.labels["Cardiomegaly"] == 1]
+    j = 1  # Cardiomegaly in LABELS
+
+    def read_as_enlarged(extra) -> float:
+        return float(predict(train_classifier(real, extra=extra, **kw), ImageColumn(enlarged))[:, j].mean())
+
+    alone = read_as_enlarged(())
+    assert read_as_enlarged(negative) < 0.5 < alone
+    assert read_as_enlarged(dropped) > alone - 0.15

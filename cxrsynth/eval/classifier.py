@@ -50,14 +50,21 @@ def _targets(records: Sequence[Record], uncertain_as: float) -> torch.Tensor:
 
 
 def _pool(records: Sequence[Record], uncertain_as: float):
-    """(images, targets) of the labelled records with an image; a batch's images are decoded when
-    it is drawn, so a dataset of any size trains in a batch's memory. None when there are none."""
+    """(images, targets, stated) of the labelled records with an image; a batch's images are
+    decoded when it is drawn, so a dataset of any size trains in a batch's memory. `stated` (14,)
+    is 1 for the labels some record states (positive, negative or uncertain) and 0 for a column
+    empty in every record, such as a label a release dropped: read as not stated, not as negative.
+    None when there are no such records."""
     present = has_images(records)
     meta = metadata_view(records)
     usable = [i for i, r in enumerate(meta) if present[i] and r.has_labels()]
     if not usable:
         return None
-    return ImageColumn(records, usable), _targets([meta[i] for i in usable], uncertain_as)
+    rows = [meta[i] for i in usable]
+    stated = torch.as_tensor(
+        [any(r.labels.get(name) is not None for r in rows) for name in LABELS], dtype=torch.float32
+    )
+    return ImageColumn(records, usable), _targets(rows, uncertain_as), stated
 
 
 def train_classifier(
@@ -78,6 +85,8 @@ def train_classifier(
 
     `extra`: records added to every step as a second batch of the same size, so `records` get as
     many updates as they would alone (augmentation adds data; it does not replace any).
+    A label no record of a set states (its column empty, as for a label a release dropped) adds
+    no loss for that set's images.
     """
     main = _pool(records, uncertain_as)
     if main is None:
@@ -90,13 +99,22 @@ def train_classifier(
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     task = progress.task(label, steps) if progress else None
     model.train()
+    masked = any(bool((stated == 0).any()) for _, _, stated in pools)
     for _ in range(steps):
-        x, y = [], []
-        for images, targets in pools:
+        x, y, m = [], [], []
+        for images, targets, stated in pools:
             idx = torch.as_tensor(rng.choice(len(targets), size=min(batch_size, len(targets)), replace=False))
             x.append(images_to_tensor(images[idx], image_size))
             y.append(targets[idx])
-        loss = F.binary_cross_entropy_with_logits(model(torch.cat(x)), torch.cat(y))
+            m.append(stated.expand(len(idx), -1))
+        if masked:
+            mask = torch.cat(m)
+            # Scaled as the plain mean is, so a stated label's updates are as large as without the mask.
+            loss = (
+                F.binary_cross_entropy_with_logits(model(torch.cat(x)), torch.cat(y), reduction="none") * mask
+            ).mean()
+        else:
+            loss = F.binary_cross_entropy_with_logits(model(torch.cat(x)), torch.cat(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
