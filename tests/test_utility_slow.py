@@ -26,9 +26,10 @@ GAIN_FLOOR = 0.02
 # What the release gives one hospital over its own records alone (README, "What the release gives
 # each hospital"): +0.075 to +0.153 per site over 3 bench seeds and the demo; the floor sits under it.
 SITE_RELEASE_GAIN_FLOOR = 0.05
-# MoPoE (labels as a fourth modality, label sets from the sites' mix): 0.792-0.831x real-only over
-# 3 bench seeds (median 0.808), 0.836x in the demo (README); the floor sits under the lowest.
-MOPOE_SYNTHETIC_TO_REAL_FLOOR = 0.75
+# MoPoE (labels as a fourth modality, label sets from the sites' mix): 0.875x and, with the noise
+# from the seed as here, 0.846x real-only in the demo with the sites' looks (README); issue 14's
+# level for the LDM and MoPoE families is 0.8.
+MOPOE_SYNTHETIC_TO_REAL_FLOOR = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_mopoe_release_carries_its_labels_in_its_images_and_reports(tmp_path):
     them (the best of 16 sampled reports, contradicting sentences left out: positive F1 0.85,
     where single samples gave 0.38); no PHI in them. The audit still refuses the release for rare
     training n-grams (README)."""
-    demo = run_demo(tmp_path / "demo-mopoe", family="mopoe")
+    demo = run_demo(tmp_path / "demo-mopoe", family="mopoe", seeded_noise=True)
     u = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))["utility"]
     real, syn = u["arms"]["real"]["macro_auroc"], u["arms"]["synthetic"]["macro_auroc"]
     assert syn >= MOPOE_SYNTHETIC_TO_REAL_FLOOR * real, (
