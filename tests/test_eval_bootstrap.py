@@ -33,6 +33,19 @@ def test_a_resample_that_draws_each_record_once_gives_the_auroc_of_the_holdout()
     )
 
 
+def test_a_resample_scores_the_records_as_often_as_it_drew_them():
+    """Each resample's AUROC is that of the holdout with every record repeated as often as drawn."""
+    truth = labels(120, seed=3)
+    probs = scores(truth, 0.3, 4)
+    draws = HoldoutResamples(truth, 20, seed=5)
+    for b in range(20):
+        rows = np.repeat(np.arange(len(truth)), draws.counts[b].astype(int))
+        for j in (0, 7):
+            if 0 < truth[rows, j].sum() < len(rows):
+                want = roc_auc_score(truth[rows, j], probs[rows, j])
+                assert draws.label_auroc([probs], j)[b] == pytest.approx(want)
+
+
 def test_the_interval_of_a_difference_separates_a_real_gain_from_none():
     truth = labels(200)
     strong, weak = scores(truth, 0.6, 1), scores(truth, 0.1, 2)
