@@ -53,8 +53,9 @@ class HoldoutResamples:
         pairs = counts[:, pos].sum(1) * counts[:, ~pos].sum(1)
         total = np.zeros(len(counts))
         for probs in probs_per_seed:
+            ranked = _Ranked(np.asarray(probs)[:, j], pos)
             for rows in range(0, len(counts), _CHUNK):
-                total[rows : rows + _CHUNK] += _wins(np.asarray(probs)[:, j], pos, counts[rows : rows + _CHUNK])
+                total[rows : rows + _CHUNK] += ranked.wins(counts[rows : rows + _CHUNK])
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(pairs > 0, total / len(probs_per_seed) / pairs, np.nan)
 
@@ -62,17 +63,23 @@ class HoldoutResamples:
 _CHUNK = 250  # resamples at a time: a (250, N) array per step, whatever the holdout's size
 
 
-def _wins(scores: np.ndarray, pos: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per resample, the (positive, negative) pairs the scores rank right, ties counting one half,
-    each record counted as often as it was drawn: sorted once, so O(resamples x N), not N^2."""
-    order = np.argsort(scores, kind="stable")
-    s, p, w = scores[order], pos[order], counts[:, order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # the first record of each run of equal scores
-    group = np.cumsum(np.r_[True, s[1:] != s[:-1]]) - 1
-    neg_in_group = np.add.reduceat(w * ~p, starts, axis=1)
-    below = np.cumsum(neg_in_group, axis=1) - neg_in_group  # negatives scored strictly lower
-    credit = below + 0.5 * neg_in_group
-    return (w[:, p] * credit[:, group[p]]).sum(1)
+class _Ranked:
+    """One classifier's scores for one label, sorted once for all the resamples."""
+
+    def __init__(self, scores: np.ndarray, pos: np.ndarray):
+        self.order = np.argsort(scores, kind="stable")
+        s = scores[self.order]
+        first = np.r_[True, s[1:] != s[:-1]]  # the first record of each run of equal scores
+        self.starts, self.group, self.pos = np.flatnonzero(first), np.cumsum(first) - 1, pos[self.order]
+
+    def wins(self, counts: np.ndarray) -> np.ndarray:
+        """Per resample (row of `counts`), the (positive, negative) pairs the scores rank right,
+        ties counting one half, each record counted as often as it was drawn: O(resamples x N)."""
+        w, p = counts[:, self.order], self.pos
+        neg_in_group = np.add.reduceat(w * ~p, self.starts, axis=1)
+        below = np.cumsum(neg_in_group, axis=1) - neg_in_group  # negatives scored strictly lower
+        credit = below + 0.5 * neg_in_group
+        return (w[:, p] * credit[:, self.group[p]]).sum(1)
 
 
 def interval(values: np.ndarray, level: float = LEVEL) -> Optional[list[float]]:
@@ -87,7 +94,8 @@ def interval(values: np.ndarray, level: float = LEVEL) -> Optional[list[float]]:
 
 
 def format_interval(ci: Optional[Sequence[float]], signed: bool = True) -> str:
-    """ " (95% interval -0.012 to +0.021)", or "" when there is none."""
+    """The interval as the pages print it after a figure, ' (95% interval -0.012 to +0.021)';
+    '' when there is none."""
     if not ci:
         return ""
     spec = "+.3f" if signed else ".3f"
