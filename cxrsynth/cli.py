@@ -199,6 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", default=None, help="LDM: a file of prompts, one a line")
     g.add_argument("--labels-from", default=None, help="condition on the label mix of this dataset directory")
     g.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="LDM: classifier-free guidance scale (default: the checkpoint's model.guidance)",
+    )
+    g.add_argument(
+        "--sample-steps",
+        type=int,
+        default=None,
+        help="LDM: sampler steps (default: the checkpoint's model.sample_steps)",
+    )
+    g.add_argument(
         "--replace",
         action="store_true",
         help="replace a non-empty --out whole (written beside it, swapped in at the end)",

@@ -93,6 +93,7 @@ def generate(args: argparse.Namespace) -> int:
 
         recs, _ = read_dataset(args.labels_from, load_images=False)
         conditions = [Condition(labels=recs[i % len(recs)].labels) for i in range(args.n)] if recs else None
+    given = {"guidance": args.guidance, "sample_steps": args.sample_steps}
     run_generate(
         args.checkpoint,
         args.n,
@@ -101,5 +102,6 @@ def generate(args: argparse.Namespace) -> int:
         conditions=conditions,
         progress=Progress(args.quiet),
         replace=args.replace,
+        sampling={k: v for k, v in given.items() if v is not None},
     )
     return 0

@@ -39,6 +39,7 @@ def generate(
     device: str = "auto",
     progress: Optional[Progress] = None,
     replace: bool = False,
+    sampling: Optional[dict] = None,
 ) -> Path:
     """Write `n` synthetic records from `checkpoint` to `out`.
 
@@ -47,6 +48,8 @@ def generate(
     none of what it is conditioned on. `out` is new or empty, or
     with `replace` any folder; the dataset is written beside it and swapped in at the end, so a
     failed run leaves `out` as it was and a replaced folder keeps no file of the old one.
+    `sampling`: settings that change how the model samples, not its weights (the family's
+    `sampling_keys`, e.g. {"guidance": 4.0} for the LDM); each row's provenance names them.
     """
     if n < 1:
         raise InputError(f"--n {n}: expected the number of synthetic records to write, at least 1.")
@@ -55,6 +58,10 @@ def generate(
     progress = progress or Progress()
     model, cfg, train_state = load_checkpoint(checkpoint, pick_device(device))
     model.eval()
+    sampled = ""
+    if sampling:
+        model.set_sampling(**sampling)
+        sampled = "".join(f";{k}={v}" for k, v in sorted(sampling.items()))
     ckhash = checkpoint_hash(checkpoint)
     looks = site_looks(train_state, checkpoint)
     if looks is not None:
@@ -86,7 +93,7 @@ def generate(
                         study_id=f"syn-{i:06d}",
                         site="synthetic",
                         split="",
-                        provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}{look}",
+                        provenance=f"family={cfg.model.family};checkpoint={ckhash};seed={seed + i}{look}{sampled}",
                     )
                 )
             task.advance(k)
@@ -109,8 +116,9 @@ def generate_side_by_side(
     conditions: Optional[Sequence[Condition]] = None,
     progress: Optional[Progress] = None,
     workers: Optional[int] = None,
+    sampling: Optional[dict] = None,
 ) -> None:
-    """`generate` for each (checkpoint, out) with the same n, seed and conditions: on a CPU with
+    """`generate` for each (checkpoint, out) with the same n, seed, conditions and sampling: on a CPU with
     cores to spare, the jobs after the first run at once in `workers` spawned processes (default:
     the cores but one), one thread each, while this process writes the first (sampling a small
     model gains little from a second thread, so separate processes nearly halve the time on two
@@ -124,7 +132,7 @@ def generate_side_by_side(
         workers = 0 if torch.cuda.is_available() else cores - 1
     if len(jobs) < 2 or workers < 1:
         for checkpoint, out in jobs:
-            generate(checkpoint, n, out, seed=seed, conditions=conditions, progress=progress)
+            generate(checkpoint, n, out, seed=seed, conditions=conditions, progress=progress, sampling=sampling)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -134,8 +142,11 @@ def generate_side_by_side(
     try:
         # Spawned, not forked: a fork of a process holding torch's thread pool can hang.
         with ProcessPoolExecutor(min(len(rest), workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_generate_quietly, c, n, o, seed=seed, conditions=conditions) for c, o in rest]
-            generate(jobs[0][0], n, jobs[0][1], seed=seed, conditions=conditions, progress=progress)
+            futures = [
+                pool.submit(_generate_quietly, c, n, o, seed=seed, conditions=conditions, sampling=sampling)
+                for c, o in rest
+            ]
+            generate(jobs[0][0], n, jobs[0][1], seed=seed, conditions=conditions, progress=progress, sampling=sampling)
             for (_, out), future in zip(rest, futures):
                 future.result()
                 progress.say(f"wrote {n} synthetic records to {out}")

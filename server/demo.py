@@ -272,7 +272,11 @@ class Demo:
             None if sets is None else [Condition(labels=s) for s in sets for _ in range(c.samples_per_condition)]
         )
         jobs = [(self.checkpoint, self.out / "synthetic"), (self.base, self.out / "base-synthetic")]
-        generate_side_by_side(jobs, n, seed=c.seed, conditions=conditions, progress=self.progress)
+        # The base sampled as the fine-tuned model is (guidance, steps), so the two sets differ by the weights alone.
+        sampling = {key: getattr(model.config, key) for key in model.sampling_keys}
+        generate_side_by_side(
+            jobs, n, seed=c.seed, conditions=conditions, progress=self.progress, sampling=sampling or None
+        )
         drawn = (
             "none (prior samples)"
             if sets is None

@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cxrsynth.checkpoint import load_checkpoint, save_checkpoint
 from cxrsynth.config import load_config
@@ -207,8 +208,11 @@ def test_tokenizer_keeps_rare_words_out_and_round_trips(records):
     texts = [r.report for r in records] + ["Seen once by Dr Zyxwvut."]
     tok = T.train_tokenizer(texts, "wordlevel", min_count=2, vocab_size=500)
     assert "zyxwvut" not in tok.get_vocab() and "heart" in tok.get_vocab()
-    again = T.from_json(T.to_json(tok))
+    saved = T.to_json(tok)
+    again = T.from_json(saved)
     a = T.encode(tok, ["The heart is enlarged, Zyxwvut."], 12, "cpu")[0]
+    # Encoding sets padding and truncation on the tokenizer; what is saved stays the same.
+    assert T.to_json(tok) == saved
     assert torch.equal(a, T.encode(again, ["The heart is enlarged, Zyxwvut."], 12, "cpu")[0])
     assert int(a[0, 0]) == tok.convert_tokens_to_ids(T.BOS) and tok.convert_tokens_to_ids(T.UNK) in a[0].tolist()
     bpe = T.train_tokenizer(texts, "bpe", min_count=2, vocab_size=120)
@@ -441,6 +445,46 @@ def test_cli_train_then_generate_with_and_without_prompts(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "syn2" / "manifest.csv", encoding="utf-8")))
     assert rows[0]["findings"] == "There is a pleural effusion." and rows[0]["Pleural Effusion"] == "1"
     assert rows[1]["Pleural Effusion"] == "0" and rows[2]["Pleural Effusion"] == "1"
+
+
+def _pixels(folder):
+    rows = list(csv.DictReader(open(folder / "manifest.csv", encoding="utf-8")))
+    return rows, [np.asarray(Image.open(folder / r["image_path"])) for r in rows]
+
+
+def test_generate_samples_with_the_guidance_and_steps_it_is_given(tmp_path):
+    import yaml
+
+    from cxrsynth.cli import main
+
+    model_over = {k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}
+    cfg_path = tmp_path / "run.yaml"
+    run = {"preset": "ldm-tiny", "model": model_over, "data": {"phantom": {"n": 24, "image_size": 16}}}
+    cfg_path.write_text(yaml.safe_dump({**run, "train": {"batch_size": 4}}), encoding="utf-8")
+    ck = tmp_path / "ck"
+    assert main(["--quiet", "train", "--config", str(cfg_path), "--steps", "3", "--out", str(ck)]) == 0
+    own = yaml.safe_load((ck / "run.yaml").read_text(encoding="utf-8"))["model"]
+
+    def gen(name, *extra):
+        return main(
+            ["--quiet", "generate", "--checkpoint", str(ck), "--n", "4", "--out", str(tmp_path / name), *extra]
+        )
+
+    assert gen("plain") == 0
+    assert gen("same", "--guidance", str(own["guidance"]), "--sample-steps", str(own["sample_steps"])) == 0
+    assert gen("other", "--guidance", "1", "--sample-steps", "3") == 0
+    plain_rows, plain = _pixels(tmp_path / "plain")
+    same_rows, same = _pixels(tmp_path / "same")
+    other_rows, other = _pixels(tmp_path / "other")
+    # The checkpoint's own values given explicitly sample the same images; others do not.
+    assert all(np.array_equal(a, b) for a, b in zip(plain, same))
+    assert not any(np.array_equal(a, b) for a, b in zip(plain, other))
+    assert [r["Pleural Effusion"] for r in other_rows] == [r["Pleural Effusion"] for r in plain_rows]
+    assert all(r["provenance"].endswith(";guidance=1.0;sample_steps=3") for r in other_rows)
+    assert not any("guidance" in r["provenance"] for r in plain_rows)
+    # A value the model's config refuses is bad input, and nothing is written.
+    assert gen("bad", "--guidance", "0.5") == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_dp_training_through_privacy_dp_wiring(tmp_path):

@@ -53,6 +53,10 @@ def test_train_then_generate(checkpoint, tmp_path):
         assert r.image.shape == (16, 16) and r.lateral is not None
         assert "family=mopoe" in r.provenance
         assert r.labels == label_report(r.report)
+    # MoPoE samples without guidance: the setting is refused by name, not ignored.
+    bad = ["--quiet", "generate", "--checkpoint", str(checkpoint), "--n", "2", "--out", str(tmp_path / "g")]
+    assert main([*bad, "--guidance", "2"]) == 2
+    assert not (tmp_path / "g").exists()
 
 
 def test_resume_continues_the_step_count(checkpoint):

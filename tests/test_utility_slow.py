@@ -53,6 +53,14 @@ def test_default_demo_releases_synthetic_data_that_carries_its_labels(demo):
     assert (demo.out / "release").is_dir() and any((demo.out / "release").iterdir())
 
 
+def test_the_release_does_not_make_the_pooled_classifier_worse(demo):
+    # Real + synthetic against real-only on all the sites' records: at least as good, up to what
+    # the holdout's draw explains (the upper end of the 95% interval is not below 0).
+    u = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))["utility"]
+    low, high = u["intervals"]["augmentation_gain"]
+    assert high >= 0.0, f"real + synthetic minus real-only {u['augmentation_gain']:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
 def test_the_base_only_arm_is_scored_beside_the_fine_tuned_one(demo):
     metrics = json.loads((demo.out / "eval" / "metrics.json").read_text(encoding="utf-8"))
     u = metrics["utility"]

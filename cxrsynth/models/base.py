@@ -15,6 +15,8 @@ Training, federation, DP, generation and the audit are written once against it:
   batch's noise budget among them);
 - `train_step(records)`: one step on a batch of records, returning scalar losses;
 - `state()` / `load_state()`: flat name -> numpy array mapping (what Flower ships, safetensors on disk);
+- `set_sampling(**settings)`: change how `generate` samples (the config keys in
+  `sampling_keys`, e.g. the LDM's guidance scale) without touching the weights;
 - `draw_labels(n, seed)`: label sets from the label mix the model keeps (None if it keeps none);
 - `generate(n, conditions, seed)`: synthetic records (image(s), report, labels); `conditions`
   None (the model draws what it conditions on itself, e.g. from `draw_labels`) or one
@@ -37,10 +39,12 @@ from typing import Any, ClassVar, Optional, Sequence
 import numpy as np
 import torch
 from diffusers.training_utils import EMAModel
+from pydantic import ValidationError
 from torch import nn
 
 from cxrsynth.data.records import Record
 from cxrsynth.data.text import pseudo_reports
+from cxrsynth.errors import InputError
 from cxrsynth.models.condition import Condition
 
 
@@ -83,6 +87,8 @@ class GenerativeModel(nn.Module):
     # Keys of `extra_state()` that hold the label mix, which a federation refits from the sites'
     # label counts (`fit_label_counts`); they are not part of a pretrained base's identity.
     label_mix_keys: ClassVar[tuple[str, ...]] = ()
+    # Config keys that only change how `generate` samples, set per generation by `set_sampling`.
+    sampling_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any):
         super().__init__()
@@ -188,6 +194,23 @@ class GenerativeModel(nn.Module):
         sites' label counts), to condition `generate` on; None for a family that does not
         condition on labels."""
         return None
+
+    def set_sampling(self, **settings: Any) -> None:
+        """Sample with `settings` (keys of `sampling_keys`) in place of the config's values; the
+        weights, and what the checkpoint holds, are unchanged. A key the family does not sample
+        with, or a value its config refuses, is an InputError naming it."""
+        unknown = sorted(set(settings) - set(self.sampling_keys))
+        if unknown:
+            has = ", ".join(self.sampling_keys) or "none"
+            raise InputError(
+                f"sampling setting {unknown[0]!r}: the {self.family} family does not sample with it (its settings: {has})."
+            )
+        try:
+            self.config = type(self.config).model_validate({**self.config.model_dump(), **settings})
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise InputError(f"sampling setting {where}: {err['msg']}.") from None
 
     def generate(self, n: int, conditions: Optional[Sequence[Condition]] = None, seed: int = 0) -> list[Record]:
         raise NotImplementedError

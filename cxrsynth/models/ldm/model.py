@@ -44,6 +44,7 @@ DIFFUSERS_DIR = "diffusers"
 class Model(GenerativeModel):
     family = "ldm"
     label_mix_keys = ("label_counts",)
+    sampling_keys = ("guidance", "sampler", "sample_steps")
 
     def __init__(self, config: LDMConfig):
         super().__init__(config)

@@ -122,7 +122,21 @@ def encode(
     tok: PreTrainedTokenizerFast, prompts: Sequence[str], max_tokens: int, device
 ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
     """(input_ids, attention_mask) padded to max_tokens, and whether each prompt had to be cut."""
-    full = tok(list(prompts), add_special_tokens=True)["input_ids"]
-    too_long = [len(ids) > max_tokens for ids in full]
-    enc = tok(list(prompts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+    # Each call sets padding and truncation on the backend tokenizer; they are put back, so what
+    # `to_json` saves (and a base's hash) does not depend on whether the model encoded a prompt.
+    backend = tok.backend_tokenizer
+    padding, truncation = backend.padding, backend.truncation
+    try:
+        full = tok(list(prompts), add_special_tokens=True)["input_ids"]
+        too_long = [len(ids) > max_tokens for ids in full]
+        enc = tok(list(prompts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt")
+    finally:
+        if padding is None:
+            backend.no_padding()
+        else:
+            backend.enable_padding(**padding)
+        if truncation is None:
+            backend.no_truncation()
+        else:
+            backend.enable_truncation(**truncation)
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), too_long
