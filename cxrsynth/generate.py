@@ -49,7 +49,8 @@ def generate(
     with `replace` any folder; the dataset is written beside it and swapped in at the end, so a
     failed run leaves `out` as it was and a replaced folder keeps no file of the old one.
     `sampling`: settings that change how the model samples, not its weights (the family's
-    `sampling_keys`, e.g. {"guidance": 4.0} for the LDM); each row's provenance names them.
+    `sampling_keys`, e.g. {"guidance": 4.0} for the LDM); each row's provenance names those that
+    differ from the checkpoint's own.
     """
     if n < 1:
         raise InputError(f"--n {n}: expected the number of synthetic records to write, at least 1.")
@@ -60,8 +61,13 @@ def generate(
     model.eval()
     sampled = ""
     if sampling:
+        own = model.config
         model.set_sampling(**sampling)
-        sampled = "".join(f";{k}={v}" for k, v in sorted(sampling.items()))
+        # Provenance names the settings that differ from the checkpoint's own (its run.yaml has those).
+        changed = {
+            k: getattr(model.config, k) for k in sorted(sampling) if getattr(own, k) != getattr(model.config, k)
+        }
+        sampled = "".join(f";{k}={v}" for k, v in changed.items())
     ckhash = checkpoint_hash(checkpoint)
     looks = site_looks(train_state, checkpoint)
     if looks is not None:
