@@ -274,9 +274,7 @@ class Demo:
         jobs = [(self.checkpoint, self.out / "synthetic"), (self.base, self.out / "base-synthetic")]
         # The base sampled as the fine-tuned model is (guidance, steps), so the two sets differ by the weights alone.
         sampling = {key: getattr(model.config, key) for key in model.sampling_keys}
-        generate_side_by_side(
-            jobs, n, seed=c.seed, conditions=conditions, progress=self.progress, sampling=sampling or None
-        )
+        generate_side_by_side(jobs, n, seed=c.seed, conditions=conditions, progress=self.progress, sampling=sampling)
         drawn = (
             "none (prior samples)"
             if sets is None
